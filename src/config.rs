@@ -1,0 +1,325 @@
+//! Settings: defaults < TOML file < `SYNCSTORE_*` environment < command-line flags.
+//!
+//! Every key of the TOML file can also be set from the environment as
+//! `SYNCSTORE_<KEY>` (upper case), e.g. `SYNCSTORE_MAX_POST_RECORDS=50`;
+//! `SYNCSTORE_SECRETS` takes a comma-separated list.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors while loading settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file or an environment value is not valid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// The generated secret could not be stored.
+    #[error("cannot store the generated secret in {path}: {source}")]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// All settings of a syncstore process. Field names are the TOML keys.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: String,
+    /// Directory for user files, the generated secret and other state.
+    pub data_dir: PathBuf,
+    /// Master secrets shared with the tokenserver; the first signs, all verify.
+    pub secrets: Vec<String>,
+    /// The URL clients use to reach this node (for Hawk host/port and token `node`);
+    /// empty: taken from the request's Host header.
+    pub public_url: String,
+    /// Take host, port and scheme from X-Forwarded-* headers (only behind a trusted proxy).
+    pub trust_forwarded_headers: bool,
+    /// Allowed difference between a client's clock and ours, seconds.
+    pub hawk_skew_secs: i64,
+    /// The most (token, ts, nonce) triples the replay cache remembers.
+    pub nonce_cache_size: usize,
+    /// Lifetime of tokens minted by `syncstore token`, seconds.
+    pub token_duration_secs: u64,
+    /// How many users' files may be open at once.
+    pub max_open_users: usize,
+    /// SQLite connections per open user.
+    pub connections_per_user: u32,
+    /// How long a write waits for the user's lock before answering 503, milliseconds.
+    pub lock_timeout_ms: u64,
+    /// `normal` (default; a power loss may lose the last writes) or `full`.
+    pub synchronous: String,
+    /// Largest request body, bytes.
+    pub max_request_bytes: usize,
+    /// Most records in one POST.
+    pub max_post_records: usize,
+    /// Most payload bytes in one POST.
+    pub max_post_bytes: usize,
+    /// Largest payload of one record, bytes.
+    pub max_record_payload_bytes: usize,
+    /// Most records in one batch.
+    pub max_total_records: usize,
+    /// Most payload bytes in one batch.
+    pub max_total_bytes: usize,
+    /// Per-user quota in bytes; 0 turns quotas off.
+    pub quota_bytes: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8000".into(),
+            data_dir: PathBuf::from("./data"),
+            secrets: vec![],
+            public_url: String::new(),
+            trust_forwarded_headers: false,
+            hawk_skew_secs: 60,
+            nonce_cache_size: 500_000,
+            token_duration_secs: 3600,
+            max_open_users: 1000,
+            connections_per_user: 4,
+            lock_timeout_ms: 5000,
+            synchronous: "normal".into(),
+            max_request_bytes: 2_625_536,
+            max_post_records: 100,
+            max_post_bytes: 2_621_440,
+            max_record_payload_bytes: 2_621_440,
+            max_total_records: 10_000,
+            max_total_bytes: 262_144_000,
+            quota_bytes: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        shown.secrets = shown.secrets.iter().map(|_| "<redacted>".into()).collect();
+        let text = toml::to_string(&shown).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+/// The limits published in `info/configuration` and enforced on writes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_request_bytes: usize,
+    /// Most records in one POST.
+    pub max_post_records: usize,
+    /// Most payload bytes in one POST.
+    pub max_post_bytes: usize,
+    /// Largest payload of one record, bytes.
+    pub max_record_payload_bytes: usize,
+    /// Most records in one batch.
+    pub max_total_records: usize,
+    /// Most payload bytes in one batch.
+    pub max_total_bytes: usize,
+}
+
+impl Settings {
+    /// Loads settings from defaults, an optional TOML file and the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like `load`, with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let known = toml::Table::try_from(Settings::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("SYNCSTORE_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let Some(default) = known.get(&key) else {
+                continue;
+            };
+            table.insert(key.clone(), env_value(&key, &value, default)?);
+        }
+        let settings: Settings = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if !matches!(self.synchronous.as_str(), "normal" | "full") {
+            return bad("synchronous must be \"normal\" or \"full\"");
+        }
+        if self.secrets.iter().any(|s| s.is_empty()) {
+            return bad("secrets must not be empty strings");
+        }
+        if self.max_open_users == 0 || self.connections_per_user == 0 {
+            return bad("max_open_users and connections_per_user must be at least 1");
+        }
+        if !self.public_url.is_empty() && self.public_url.parse::<axum::http::Uri>().is_err() {
+            return bad("public_url is not a valid URL");
+        }
+        Ok(())
+    }
+
+    /// The limits to publish and enforce.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_request_bytes: self.max_request_bytes,
+            max_post_records: self.max_post_records,
+            max_post_bytes: self.max_post_bytes,
+            max_record_payload_bytes: self.max_record_payload_bytes,
+            max_total_records: self.max_total_records,
+            max_total_bytes: self.max_total_bytes,
+        }
+    }
+
+    /// Makes sure there is a signing secret: when none is configured, reads the one
+    /// stored in the data dir, or generates and stores one (mode 0600). Returns the
+    /// path of a newly generated secret file.
+    pub fn ensure_secret(&mut self) -> Result<Option<PathBuf>, ConfigError> {
+        if !self.secrets.is_empty() {
+            return Ok(None);
+        }
+        let path = self.data_dir.join("secret");
+        let err = |source| ConfigError::Secret {
+            path: path.clone(),
+            source,
+        };
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let secret = text.trim().to_string();
+            if !secret.is_empty() {
+                self.secrets = vec![secret];
+                return Ok(None);
+            }
+        }
+        crate::storage::userdbs::create_private_dir(&self.data_dir)
+            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        f.write_all(format!("{secret}\n").as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(err)?;
+        self.secrets = vec![secret];
+        Ok(Some(path))
+    }
+}
+
+/// Converts an environment value to the TOML type of the key's default.
+fn env_value(key: &str, value: &str, default: &toml::Value) -> Result<toml::Value, ConfigError> {
+    let invalid = || ConfigError::Invalid(format!("SYNCSTORE_{}: bad value", key.to_uppercase()));
+    Ok(match default {
+        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse().map_err(|_| invalid())?),
+        toml::Value::Boolean(_) => match value.trim() {
+            "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
+            "0" | "false" | "no" | "off" | "" => toml::Value::Boolean(false),
+            _ => return Err(invalid()),
+        },
+        toml::Value::Array(_) => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(value.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "max_post_records = 7\nmax_post_bytes = 9\n").unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("SYNCSTORE_MAX_POST_BYTES", "11"),
+                ("SYNCSTORE_SECRETS", "a, b"),
+                ("SYNCSTORE_UNRELATED", "x"),
+                ("HOME", "/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.max_post_records, 7);
+        assert_eq!(s.max_post_bytes, 9 + 2);
+        assert_eq!(s.secrets, vec!["a", "b"]);
+        assert_eq!(s.max_request_bytes, 2_625_536);
+        assert!(!format!("{s:?}").contains("\"a\""));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Settings::load_from(None, env(&[("SYNCSTORE_MAX_POST_BYTES", "lots")])).is_err());
+        assert!(Settings::load_from(None, env(&[("SYNCSTORE_SYNCHRONOUS", "off")])).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "no_such_key = 1\n").unwrap();
+        assert!(Settings::load_from(Some(&file), env(&[])).is_err());
+    }
+
+    #[test]
+    fn a_generated_secret_is_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings {
+            data_dir: dir.path().join("d"),
+            ..Settings::default()
+        };
+        let path = s.ensure_secret().unwrap().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let first = s.secrets.clone();
+        let mut again = Settings {
+            data_dir: dir.path().join("d"),
+            ..Settings::default()
+        };
+        assert!(again.ensure_secret().unwrap().is_none());
+        assert_eq!(again.secrets, first);
+    }
+}

@@ -1,0 +1,425 @@
+//! Storage: the protocol's operations over per-user SQLite files.
+//!
+//! `model` holds the data model and validation rules, `userdbs` the pooled connection
+//! manager, `queries` the SQL. `Storage` offers one method per protocol operation; each
+//! runs in one transaction of the user's file and checks the request's precondition
+//! (`X-If-Modified-Since` / `X-If-Unmodified-Since`) inside that transaction.
+
+pub mod model;
+pub mod queries;
+pub mod userdbs;
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use model::{Bso, BsoInput, ClientTime, Timestamp};
+use queries::{Cursor, ListQuery};
+pub use userdbs::{UserDbs, UserDbsConfig};
+
+/// Errors of the storage layer. The web layer maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// 304: nothing changed since `X-If-Modified-Since`.
+    #[error("not modified")]
+    NotModified(Timestamp),
+    /// 412: the resource changed after `X-If-Unmodified-Since`.
+    #[error("precondition failed")]
+    PreconditionFailed(Timestamp),
+    /// 404: no such record.
+    #[error("not found")]
+    NotFound,
+    /// 400: an `offset` token this server did not issue.
+    #[error("invalid offset")]
+    InvalidOffset,
+    /// 503: the user's write lock or a connection could not be had in time.
+    #[error("storage busy")]
+    Busy,
+    /// 503: the user's file is unusable (corrupt, unreadable, disk full).
+    #[error("user {uid}: storage unavailable: {source}")]
+    Unavailable {
+        /// Whose file failed.
+        uid: u64,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// 500: any other SQLite failure.
+    #[error("user {uid}: database error: {source}")]
+    Sqlite {
+        /// Whose file failed.
+        uid: u64,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// 503: a connection pool failure (timeout opening a connection).
+    #[error("connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// 500: file system error creating directories.
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
+    /// 500: a blocking task panicked or was cancelled.
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// 500: an internal lock was poisoned by a panic.
+    #[error("internal lock poisoned")]
+    Poisoned,
+}
+
+impl StorageError {
+    /// Classifies a SQLite error of `uid`'s file: busy → `Busy`; corruption, I/O and
+    /// full-disk errors → `Unavailable`; the rest → `Sqlite`.
+    pub fn from_sqlite(uid: u64, e: rusqlite::Error) -> StorageError {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => StorageError::Busy,
+            Some(
+                C::DatabaseCorrupt
+                | C::NotADatabase
+                | C::DiskFull
+                | C::SystemIoFailure
+                | C::CannotOpen
+                | C::ReadOnly
+                | C::PermissionDenied
+                | C::FileLockingProtocolFailed,
+            ) => StorageError::Unavailable { uid, source: e },
+            _ => StorageError::Sqlite { uid, source: e },
+        }
+    }
+}
+
+/// The `X-If-Modified-Since` / `X-If-Unmodified-Since` condition of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// No condition.
+    #[default]
+    None,
+    /// Answer 304 unless the resource changed after this time (reads only).
+    IfModifiedSince(ClientTime),
+    /// Answer 412 if the resource changed after this time.
+    IfUnmodifiedSince(ClientTime),
+}
+
+impl Precondition {
+    /// Checks the condition against the resource's last-modified time.
+    pub fn check(&self, resource: Timestamp) -> Result<(), StorageError> {
+        match self {
+            Precondition::IfModifiedSince(t) if !t.is_before(resource) => {
+                Err(StorageError::NotModified(resource))
+            }
+            Precondition::IfUnmodifiedSince(t) if t.is_before(resource) => {
+                Err(StorageError::PreconditionFailed(resource))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which per-collection figure `info/*` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InfoKind {
+    /// `info/collections`: last-modified times.
+    Timestamps,
+    /// `info/collection_counts`: live record counts.
+    Counts,
+    /// `info/collection_usage`: live payload kilobytes.
+    Usage,
+}
+
+/// The answer to an `info/*` request.
+#[derive(Debug, Clone)]
+pub struct Info {
+    /// The storage's last-modified time.
+    pub modified: Timestamp,
+    /// One JSON value per collection.
+    pub collections: BTreeMap<String, serde_json::Value>,
+    /// Payload bytes stored in all collections (for `info/quota`).
+    pub total_bytes: i64,
+}
+
+/// A page of a collection listing.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The collection's last-modified time (0 when it does not exist).
+    pub modified: Timestamp,
+    /// The records (with empty payloads unless `full` was asked).
+    pub items: Vec<Bso>,
+    /// The opaque offset of the next page, when there is one.
+    pub next_offset: Option<String>,
+}
+
+/// The answer to a POST of records.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PostResult {
+    /// The write's timestamp.
+    pub modified: Timestamp,
+    /// Ids stored.
+    pub success: Vec<String>,
+    /// Ids refused, with reasons.
+    pub failed: BTreeMap<String, Vec<String>>,
+}
+
+/// One method per protocol operation over the users' files. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    dbs: UserDbs,
+}
+
+/// Encodes a listing cursor as an opaque, URL-safe offset token.
+pub fn encode_offset(c: &Cursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", c.key, c.id))
+}
+
+/// Decodes an offset token made by `encode_offset`.
+pub fn decode_offset(token: &str) -> Result<Cursor, StorageError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| StorageError::InvalidOffset)?;
+    let text = String::from_utf8(raw).map_err(|_| StorageError::InvalidOffset)?;
+    let (key, id) = text.split_once(':').ok_or(StorageError::InvalidOffset)?;
+    let key = key.parse().map_err(|_| StorageError::InvalidOffset)?;
+    if !model::valid_bso_id(id) {
+        return Err(StorageError::InvalidOffset);
+    }
+    Ok(Cursor {
+        key,
+        id: id.to_string(),
+    })
+}
+
+impl Storage {
+    /// Wraps the connection manager.
+    pub fn new(dbs: UserDbs) -> Storage {
+        Storage { dbs }
+    }
+
+    /// The connection manager (for health checks and upkeep).
+    pub fn dbs(&self) -> &UserDbs {
+        &self.dbs
+    }
+
+    /// `GET info/collections|collection_counts|collection_usage|quota`.
+    pub async fn info(
+        &self,
+        uid: u64,
+        kind: InfoKind,
+        pre: Precondition,
+    ) -> Result<Info, StorageError> {
+        self.dbs
+            .read(uid, move |tx, now| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let modified = queries::storage_modified(tx).map_err(sql)?;
+                pre.check(modified)?;
+                let mut collections = BTreeMap::new();
+                let mut total_bytes = 0;
+                if kind == InfoKind::Timestamps {
+                    for (name, ts) in queries::collection_timestamps(tx).map_err(sql)? {
+                        collections.insert(name, serde_json::to_value(ts).unwrap_or_default());
+                    }
+                } else {
+                    for (name, count, bytes) in queries::collection_sizes(tx, now).map_err(sql)? {
+                        total_bytes += bytes;
+                        let v = match kind {
+                            InfoKind::Counts => count.into(),
+                            _ => (bytes as f64 / 1024.0).into(),
+                        };
+                        collections.insert(name, v);
+                    }
+                }
+                Ok(Info {
+                    modified,
+                    collections,
+                    total_bytes,
+                })
+            })
+            .await
+    }
+
+    /// `GET storage/{collection}`.
+    pub async fn list(
+        &self,
+        uid: u64,
+        collection: String,
+        query: ListQuery,
+        pre: Precondition,
+    ) -> Result<Listing, StorageError> {
+        self.dbs
+            .read(uid, move |tx, now| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let Some((coll, modified)) = queries::collection(tx, &collection).map_err(sql)?
+                else {
+                    pre.check(Timestamp(0))?;
+                    return Ok(Listing {
+                        modified: Timestamp(0),
+                        items: vec![],
+                        next_offset: None,
+                    });
+                };
+                pre.check(modified)?;
+                let (items, next) = queries::list_bsos(tx, coll, &query, now).map_err(sql)?;
+                Ok(Listing {
+                    modified,
+                    items,
+                    next_offset: next.as_ref().map(encode_offset),
+                })
+            })
+            .await
+    }
+
+    /// `GET storage/{collection}/{id}`.
+    pub async fn get(
+        &self,
+        uid: u64,
+        collection: String,
+        id: String,
+        pre: Precondition,
+    ) -> Result<Bso, StorageError> {
+        self.dbs
+            .read(uid, move |tx, now| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let (coll, _) = queries::collection(tx, &collection)
+                    .map_err(sql)?
+                    .ok_or(StorageError::NotFound)?;
+                let bso = queries::get_bso(tx, coll, &id, now)
+                    .map_err(sql)?
+                    .ok_or(StorageError::NotFound)?;
+                pre.check(bso.modified)?;
+                Ok(bso)
+            })
+            .await
+    }
+
+    /// `PUT storage/{collection}/{id}`: returns the write's timestamp.
+    pub async fn put(
+        &self,
+        uid: u64,
+        collection: String,
+        bso: BsoInput,
+        pre: Precondition,
+    ) -> Result<Timestamp, StorageError> {
+        self.dbs
+            .write(uid, move |w| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let current = match queries::collection(w.tx, &collection).map_err(sql)? {
+                    Some((coll, _)) => queries::bso_modified(w.tx, coll, &bso.id, w.now).map_err(sql)?,
+                    None => None,
+                };
+                pre.check(current.unwrap_or_default())?;
+                let coll = queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
+                queries::upsert_bso(w.tx, coll, &bso, w.ts, w.now).map_err(sql)?;
+                Ok(w.ts)
+            })
+            .await
+    }
+
+    /// `POST storage/{collection}` (without batch): stores the valid records.
+    pub async fn post(
+        &self,
+        uid: u64,
+        collection: String,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+    ) -> Result<PostResult, StorageError> {
+        self.dbs
+            .write(uid, move |w| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let current = queries::collection(w.tx, &collection).map_err(sql)?;
+                pre.check(current.map(|c| c.1).unwrap_or_default())?;
+                let coll = queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
+                let mut success = Vec::with_capacity(bsos.len());
+                for bso in &bsos {
+                    queries::upsert_bso(w.tx, coll, bso, w.ts, w.now).map_err(sql)?;
+                    success.push(bso.id.clone());
+                }
+                Ok(PostResult {
+                    modified: w.ts,
+                    success,
+                    failed: BTreeMap::new(),
+                })
+            })
+            .await
+    }
+
+    /// `DELETE storage/{collection}[?ids=…]`: returns the write's timestamp.
+    pub async fn delete_collection(
+        &self,
+        uid: u64,
+        collection: String,
+        ids: Option<Vec<String>>,
+        pre: Precondition,
+    ) -> Result<Timestamp, StorageError> {
+        self.dbs
+            .write(uid, move |w| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let current = queries::collection(w.tx, &collection).map_err(sql)?;
+                pre.check(current.map(|c| c.1).unwrap_or_default())?;
+                if let Some((coll, _)) = current {
+                    match &ids {
+                        Some(ids) => {
+                            queries::delete_bsos(w.tx, coll, ids).map_err(sql)?;
+                            queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
+                        }
+                        None => queries::delete_collection(w.tx, coll).map_err(sql)?,
+                    }
+                }
+                Ok(w.ts)
+            })
+            .await
+    }
+
+    /// `DELETE storage/{collection}/{id}`: returns the write's timestamp.
+    pub async fn delete(
+        &self,
+        uid: u64,
+        collection: String,
+        id: String,
+        pre: Precondition,
+    ) -> Result<Timestamp, StorageError> {
+        self.dbs
+            .write(uid, move |w| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let (coll, _) = queries::collection(w.tx, &collection)
+                    .map_err(sql)?
+                    .ok_or(StorageError::NotFound)?;
+                let current = queries::bso_modified(w.tx, coll, &id, w.now).map_err(sql)?;
+                pre.check(current.unwrap_or_default())?;
+                if !queries::delete_bso(w.tx, coll, &id, w.now).map_err(sql)? {
+                    return Err(StorageError::NotFound);
+                }
+                queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
+                Ok(w.ts)
+            })
+            .await
+    }
+
+    /// `DELETE storage` and `DELETE /1.5/{uid}`: removes all the user's data.
+    pub async fn delete_all(&self, uid: u64, pre: Precondition) -> Result<Timestamp, StorageError> {
+        self.dbs
+            .write(uid, move |w| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                pre.check(queries::storage_modified(w.tx).map_err(sql)?)?;
+                queries::delete_everything(w.tx).map_err(sql)?;
+                Ok(w.ts)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            key: -5,
+            id: "a:b c".into(),
+        };
+        let token = encode_offset(&c);
+        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(decode_offset(&token).unwrap(), c);
+        for bad in ["", "!!", "bm9jb2xvbg", "YWJj"] {
+            assert!(decode_offset(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The SQL of one user's file. Every function takes an open transaction; none of them
+//! knows about HTTP. Timestamps are integer 10 ms units.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::model::{Bso, BsoInput, Field, NEVER, Timestamp};
+
+/// The user's last write timestamp (0 for a fresh file).
+pub fn storage_modified(tx: &Transaction<'_>) -> rusqlite::Result<Timestamp> {
+    tx.prepare_cached("SELECT value FROM meta WHERE key = 'last_modified'")?
+        .query_row([], |r| r.get(0))
+        .optional()
+        .map(|v| Timestamp(v.unwrap_or(0)))
+}
+
+/// Records the user's latest write timestamp.
+pub fn set_storage_modified(tx: &Transaction<'_>, ts: Timestamp) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('last_modified', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([ts.0])?;
+    Ok(())
+}
+
+/// A collection's row id and last-modified time, if it exists.
+pub fn collection(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<(i64, Timestamp)>> {
+    tx.prepare_cached("SELECT id, modified FROM collections WHERE name = ?1")?
+        .query_row([name], |r| Ok((r.get(0)?, Timestamp(r.get(1)?))))
+        .optional()
+}
+
+/// Creates the collection if needed and moves its last-modified to `ts`; returns its id.
+pub fn touch_collection(tx: &Transaction<'_>, name: &str, ts: Timestamp) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO collections (name, modified) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET modified = excluded.modified
+         RETURNING id",
+    )?
+    .query_row(params![name, ts.0], |r| r.get(0))
+}
+
+/// `{name: last_modified}` of every collection.
+pub fn collection_timestamps(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(String, Timestamp)>> {
+    let mut stmt = tx.prepare_cached("SELECT name, modified FROM collections ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, Timestamp(r.get(1)?))))?;
+    rows.collect()
+}
+
+/// `{name: (live record count, live payload bytes)}` of every non-empty collection.
+pub fn collection_sizes(
+    tx: &Transaction<'_>,
+    now: Timestamp,
+) -> rusqlite::Result<Vec<(String, i64, i64)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT c.name, count(*), total(b.payload_size)
+         FROM bso b JOIN collections c ON c.id = b.collection
+         WHERE b.expiry > ?1 GROUP BY c.name ORDER BY c.name",
+    )?;
+    let rows = stmt.query_map([now.0], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, f64>(2)? as i64))
+    })?;
+    rows.collect()
+}
+
+/// The modified time of a live record (`None` when missing or expired).
+pub fn bso_modified(
+    tx: &Transaction<'_>,
+    coll: i64,
+    id: &str,
+    now: Timestamp,
+) -> rusqlite::Result<Option<Timestamp>> {
+    tx.prepare_cached("SELECT modified FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3")?
+        .query_row(params![coll, id, now.0], |r| Ok(Timestamp(r.get(0)?)))
+        .optional()
+}
+
+/// One live record.
+pub fn get_bso(
+    tx: &Transaction<'_>,
+    coll: i64,
+    id: &str,
+    now: Timestamp,
+) -> rusqlite::Result<Option<Bso>> {
+    tx.prepare_cached(
+        "SELECT id, modified, payload, sortindex FROM bso
+         WHERE collection = ?1 AND id = ?2 AND expiry > ?3",
+    )?
+    .query_row(params![coll, id, now.0], row_to_bso)
+    .optional()
+}
+
+fn row_to_bso(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bso> {
+    Ok(Bso {
+        id: r.get(0)?,
+        modified: Timestamp(r.get(1)?),
+        payload: r.get(2)?,
+        sortindex: r.get(3)?,
+    })
+}
+
+/// Creates or updates one record as a PUT does: fields not sent are kept (or take
+/// their defaults on a new record); a write of `ttl` alone keeps `modified`.
+pub fn upsert_bso(
+    tx: &Transaction<'_>,
+    coll: i64,
+    bso: &BsoInput,
+    ts: Timestamp,
+    now: Timestamp,
+) -> rusqlite::Result<()> {
+    let live: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT modified, expiry FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3",
+        )?
+        .query_row(params![coll, bso.id, now.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let payload: Option<&str> = match &bso.payload {
+        Field::Set(p) => Some(p),
+        Field::Null => Some(""),
+        Field::Absent => None,
+    };
+    let (set_sortindex, sortindex) = match bso.sortindex {
+        Field::Set(s) => (true, Some(s)),
+        Field::Null => (true, None),
+        Field::Absent => (false, None),
+    };
+    let expiry_from = |old: i64| match bso.ttl {
+        Field::Set(t) => ts.plus_secs(t),
+        Field::Null => NEVER,
+        Field::Absent => old,
+    };
+    match live {
+        Some((modified, expiry)) => {
+            let modified = if bso.changes_data() { ts.0 } else { modified };
+            tx.prepare_cached(
+                "UPDATE bso SET
+                    payload = coalesce(?3, payload),
+                    payload_size = coalesce(length(CAST(?3 AS BLOB)), payload_size),
+                    sortindex = CASE WHEN ?4 THEN ?5 ELSE sortindex END,
+                    modified = ?6, expiry = ?7
+                 WHERE collection = ?1 AND id = ?2",
+            )?
+            .execute(params![
+                coll,
+                bso.id,
+                payload,
+                set_sortindex,
+                sortindex,
+                modified,
+                expiry_from(expiry)
+            ])?;
+        }
+        None => {
+            let payload = payload.unwrap_or("");
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO bso
+                    (collection, id, sortindex, payload, payload_size, modified, expiry)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                coll,
+                bso.id,
+                sortindex,
+                payload,
+                payload.len() as i64,
+                ts.0,
+                expiry_from(NEVER)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one record; returns whether a live one existed.
+pub fn delete_bso(
+    tx: &Transaction<'_>,
+    coll: i64,
+    id: &str,
+    now: Timestamp,
+) -> rusqlite::Result<bool> {
+    let n = tx
+        .prepare_cached("DELETE FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3")?
+        .execute(params![coll, id, now.0])?;
+    Ok(n > 0)
+}
+
+/// Deletes the listed records of a collection.
+pub fn delete_bsos(tx: &Transaction<'_>, coll: i64, ids: &[String]) -> rusqlite::Result<usize> {
+    let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(
+        "DELETE FROM bso WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2))",
+    )?
+    .execute(params![coll, ids])
+}
+
+/// Deletes a collection and all its records.
+pub fn delete_collection(tx: &Transaction<'_>, coll: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM bso WHERE collection = ?1")?
+        .execute([coll])?;
+    tx.prepare_cached("DELETE FROM collections WHERE id = ?1")?
+        .execute([coll])?;
+    Ok(())
+}
+
+/// Deletes every record and collection of the user (the last-modified time stays, so
+/// later writes still get larger timestamps).
+pub fn delete_everything(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("DELETE FROM bso; DELETE FROM collections;")
+}
+
+/// The order of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// By id (the order when the client asks for none).
+    #[default]
+    None,
+    /// Newest first.
+    Newest,
+    /// Oldest first.
+    Oldest,
+    /// Highest `sortindex` first (records without one last).
+    Index,
+}
+
+/// The position after the last record of a page: the sort key and id of that record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The record's sort key (modified time, or sortindex, or 0 for id order).
+    pub key: i64,
+    /// The record's id.
+    pub id: String,
+}
+
+/// The sort key of `sort=index`: records without a sortindex sort below every allowed value.
+const INDEX_KEY: &str = "coalesce(sortindex, -1000000000)";
+
+/// Filters and order of a collection listing, already validated.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only these ids.
+    pub ids: Option<Vec<String>>,
+    /// Only records modified strictly after this many 10 ms units.
+    pub newer_than: Option<i64>,
+    /// Only records modified strictly before this many 10 ms units.
+    pub older_than: Option<i64>,
+    /// Return payloads too.
+    pub full: bool,
+    /// At most this many records.
+    pub limit: Option<u32>,
+    /// Continue after this record.
+    pub after: Option<Cursor>,
+    /// The order.
+    pub sort: Sort,
+}
+
+/// Lists live records of a collection. Returns the records and, when more match, the
+/// cursor of the last one returned (keyset paging: never skips or repeats a record
+/// when others are written between pages).
+pub fn list_bsos(
+    tx: &Transaction<'_>,
+    coll: i64,
+    q: &ListQuery,
+    now: Timestamp,
+) -> rusqlite::Result<(Vec<Bso>, Option<Cursor>)> {
+    use rusqlite::types::Value;
+    let key = match q.sort {
+        Sort::None => "0",
+        Sort::Newest | Sort::Oldest => "modified",
+        Sort::Index => INDEX_KEY,
+    };
+    let cols = if q.full { "payload" } else { "''" };
+    let mut sql = format!(
+        "SELECT id, modified, {cols}, sortindex, {key} FROM bso WHERE collection = ?1 AND expiry > ?2"
+    );
+    let mut args: Vec<Value> = vec![coll.into(), now.0.into()];
+    let mut arg = |sql: &mut String, clause: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(ids) = &q.ids {
+        let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        arg(&mut sql, " AND id IN (SELECT value FROM json_each(?))", json.into());
+    }
+    if let Some(n) = q.newer_than {
+        arg(&mut sql, " AND modified > ?", n.into());
+    }
+    if let Some(o) = q.older_than {
+        arg(&mut sql, " AND modified < ?", o.into());
+    }
+    if let Some(c) = &q.after {
+        let (kcmp, idcmp) = match q.sort {
+            Sort::None | Sort::Oldest => (">", ">"),
+            Sort::Newest | Sort::Index => ("<", "<"),
+        };
+        if q.sort == Sort::None {
+            arg(&mut sql, " AND id > ?", c.id.clone().into());
+        } else {
+            arg(&mut sql, &format!(" AND ({key} {kcmp} ?"), c.key.into());
+            arg(&mut sql, &format!(" OR ({key} = ?"), c.key.into());
+            arg(&mut sql, &format!(" AND id {idcmp} ?))"), c.id.clone().into());
+        }
+    }
+    let direction = match q.sort {
+        Sort::None | Sort::Oldest => "ASC",
+        Sort::Newest | Sort::Index => "DESC",
+    };
+    match q.sort {
+        Sort::None => sql.push_str(" ORDER BY id ASC"),
+        _ => sql.push_str(&format!(" ORDER BY {key} {direction}, id {direction}")),
+    }
+    if let Some(limit) = q.limit {
+        arg(&mut sql, " LIMIT ?", (i64::from(limit) + 1).into());
+    }
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::new();
+    let mut keys = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(row_to_bso(r)?);
+        keys.push(r.get::<_, i64>(4)?);
+    }
+    let mut next = None;
+    if let Some(limit) = q.limit
+        && out.len() > limit as usize
+    {
+        out.truncate(limit as usize);
+        let last = out.last().expect("limit is positive");
+        next = Some(Cursor {
+            key: keys[limit as usize - 1],
+            id: last.id.clone(),
+        });
+    }
+    Ok((out, next))
+}

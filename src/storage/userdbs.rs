@@ -1,0 +1,276 @@
+//! `UserDbs`: the pooled connection manager that routes each uid to its own SQLite file.
+//!
+//! * A file lives at `<data-dir>/users/<uid % 1000, three digits>/<uid>.sqlite`; the
+//!   path is built from the numeric uid only, so no client string reaches the filesystem.
+//! * Each open user has a small r2d2 pool; open users live in a bounded LRU, so open
+//!   files and memory stay flat however many users exist. All pools share one reaper
+//!   thread pool (r2d2 would otherwise start threads per pool).
+//! * Writes of one user are serialized by an async lock taken before any blocking work,
+//!   with a timeout (→ 503), and run in `BEGIN IMMEDIATE` transactions; SQLite's busy
+//!   timeout covers the rare case of two handles for one uid (an evicted handle that is
+//!   still finishing a request), so clients never see "database is locked".
+//! * Every SQLite call runs on tokio's blocking pool, never on the reactor.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lru::LruCache;
+use scheduled_thread_pool::ScheduledThreadPool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use super::StorageError;
+use super::model::Timestamp;
+
+/// The per-user schema, applied to fresh files.
+const USER_SCHEMA: &str = include_str!("../../schema/user.sql");
+/// The schema version written to `PRAGMA user_version` after migration.
+pub const USER_SCHEMA_VERSION: i64 = 1;
+
+/// How user files are opened and shared; taken from the server settings.
+#[derive(Debug, Clone)]
+pub struct UserDbsConfig {
+    /// Root of the data directory (files go under `users/`).
+    pub data_dir: PathBuf,
+    /// How many users may be open at once (LRU capacity).
+    pub max_open_users: usize,
+    /// Connections per open user (readers run concurrently).
+    pub connections_per_user: u32,
+    /// How long a write waits for the user's write lock before answering 503.
+    pub lock_timeout: Duration,
+    /// `PRAGMA synchronous=FULL` instead of `NORMAL`.
+    pub synchronous_full: bool,
+}
+
+/// One open user: a connection pool and the lock that serializes the user's writes.
+pub struct UserDb {
+    uid: u64,
+    pool: r2d2::Pool<SqliteConnectionManager>,
+    /// Held for the whole of a write so a user's writes never contend inside SQLite.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write in progress: the transaction, the write's timestamp and the wall clock.
+pub struct WriteCtx<'a> {
+    /// The open `BEGIN IMMEDIATE` transaction.
+    pub tx: &'a Transaction<'a>,
+    /// The timestamp every change of this write carries, strictly above the last one.
+    pub ts: Timestamp,
+    /// The wall-clock time at the start of the write (for expiry checks).
+    pub now: Timestamp,
+}
+
+/// The manager of all users' files. Cheap to clone.
+#[derive(Clone)]
+pub struct UserDbs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: UserDbsConfig,
+    open: Mutex<LruCache<u64, Arc<UserDb>>>,
+    reaper: Arc<ScheduledThreadPool>,
+}
+
+impl UserDbs {
+    /// Creates the manager; files are opened lazily on first use.
+    pub fn new(config: UserDbsConfig) -> Result<UserDbs, StorageError> {
+        let users = config.data_dir.join("users");
+        create_private_dir(&users)?;
+        let cap = NonZeroUsize::new(config.max_open_users.max(1)).expect("non-zero");
+        Ok(UserDbs {
+            inner: Arc::new(Inner {
+                config,
+                open: Mutex::new(LruCache::new(cap)),
+                reaper: Arc::new(ScheduledThreadPool::builder().num_threads(1).thread_name_pattern("sqlite-reaper-{}").build()),
+            }),
+        })
+    }
+
+    /// The path of a user's file.
+    pub fn user_path(&self, uid: u64) -> PathBuf {
+        user_path(&self.inner.config.data_dir, uid)
+    }
+
+    /// How many users are open now.
+    pub fn open_count(&self) -> usize {
+        self.inner.open.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Returns the open handle of `uid`, opening (and creating) the file if needed.
+    pub async fn get(&self, uid: u64) -> Result<Arc<UserDb>, StorageError> {
+        if let Some(db) = self.cached(uid) {
+            return Ok(db);
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.open_blocking(uid)).await?
+    }
+
+    fn cached(&self, uid: u64) -> Option<Arc<UserDb>> {
+        self.inner.open.lock().ok()?.get(&uid).cloned()
+    }
+
+    fn open_blocking(&self, uid: u64) -> Result<Arc<UserDb>, StorageError> {
+        if let Some(db) = self.cached(uid) {
+            return Ok(db);
+        }
+        let db = Arc::new(self.open_user(uid)?);
+        let evicted = {
+            let mut open = self.inner.open.lock().map_err(|_| StorageError::Poisoned)?;
+            if let Some(existing) = open.get(&uid) {
+                return Ok(existing.clone());
+            }
+            open.push(uid, db.clone())
+        };
+        // Dropping an evicted pool closes its connections (and may checkpoint): do it
+        // here, on the blocking pool, outside the LRU lock.
+        drop(evicted);
+        Ok(db)
+    }
+
+    fn open_user(&self, uid: u64) -> Result<UserDb, StorageError> {
+        let cfg = &self.inner.config;
+        let path = user_path(&cfg.data_dir, uid);
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        let sync = if cfg.synchronous_full { "FULL" } else { "NORMAL" };
+        let init = format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; \
+             PRAGMA busy_timeout={};",
+            cfg.lock_timeout.as_millis().max(1000)
+        );
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .with_init(move |c| c.execute_batch(&init));
+        let pool = r2d2::Pool::builder()
+            .max_size(cfg.connections_per_user.max(1))
+            .min_idle(Some(0))
+            .idle_timeout(Some(Duration::from_secs(120)))
+            .connection_timeout(cfg.lock_timeout)
+            .test_on_check_out(false)
+            .thread_pool(self.inner.reaper.clone())
+            .build_unchecked(manager);
+        let conn = pool.get()?;
+        migrate(&conn).map_err(|e| StorageError::from_sqlite(uid, e))?;
+        drop(conn);
+        Ok(UserDb {
+            uid,
+            pool,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Checks that the data dir is writable and SQLite works there (for heartbeats).
+    pub async fn health_check(&self) -> Result<(), StorageError> {
+        let dir = self.inner.config.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let probe = dir.join(".heartbeat.sqlite");
+            let result = Connection::open(&probe)
+                .and_then(|c| c.execute_batch("CREATE TABLE IF NOT EXISTS probe (x); INSERT INTO probe VALUES (1);"))
+                .map_err(|e| StorageError::from_sqlite(0, e));
+            let _ = std::fs::remove_file(&probe);
+            result
+        })
+        .await?
+    }
+
+    /// Runs `f` in a read transaction (one consistent snapshot) of `uid`'s file.
+    pub async fn read<T, F>(&self, uid: u64, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, Timestamp) -> Result<T, StorageError> + Send + 'static,
+    {
+        let db = self.get(uid).await?;
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.pool.get()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(|e| StorageError::from_sqlite(db.uid, e))?;
+            f(&tx, Timestamp::now())
+        })
+        .await?
+    }
+
+    /// Runs `f` as one write of `uid`: serialized with the user's other writes, in one
+    /// transaction, with a timestamp strictly above every earlier one of this user.
+    /// The write is committed only if `f` succeeds; the storage's last-modified moves
+    /// to the write's timestamp.
+    pub async fn write<T, F>(&self, uid: u64, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteCtx<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let db = self.get(uid).await?;
+        let timeout = self.inner.config.lock_timeout;
+        let guard = tokio::time::timeout(timeout, db.write_lock.clone().lock_owned())
+            .await
+            .map_err(|_| StorageError::Busy)?;
+        let result = tokio::task::spawn_blocking(move || {
+            let uid = db.uid;
+            let sql = |e| StorageError::from_sqlite(uid, e);
+            let mut conn = db.pool.get()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let last = super::queries::storage_modified(&tx).map_err(sql)?;
+            let now = Timestamp::now();
+            let ts = Timestamp(now.0.max(last.0 + 1));
+            let out = f(&WriteCtx { tx: &tx, ts, now })?;
+            super::queries::set_storage_modified(&tx, ts).map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(out)
+        })
+        .await?;
+        drop(guard);
+        result
+    }
+}
+
+/// Builds `<data-dir>/users/<shard>/<uid>.sqlite` from the numeric uid.
+pub fn user_path(data_dir: &Path, uid: u64) -> PathBuf {
+    data_dir
+        .join("users")
+        .join(format!("{:03}", uid % 1000))
+        .join(format!("{uid}.sqlite"))
+}
+
+/// Creates a directory (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(StorageError::Io)
+}
+
+/// Brings a user file to the current schema; a no-op read of `user_version` when warm.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == USER_SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let result = match version {
+        0 => conn.execute_batch(&format!(
+            "{USER_SCHEMA}\nPRAGMA user_version = {USER_SCHEMA_VERSION};"
+        )),
+        v if v == USER_SCHEMA_VERSION => Ok(()),
+        _ => Err(rusqlite::Error::InvalidQuery),
+    };
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}

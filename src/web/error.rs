@@ -1,0 +1,155 @@
+//! `ApiError`: every way a request can fail, mapped to a status and a small JSON body
+//! in one place. Internal causes are logged, never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::storage::StorageError;
+use crate::storage::model::Timestamp;
+
+/// Sync's numeric error codes (the body of a 400/403/413).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WeaveCode {
+    /// Illegal method or protocol use (bad parameter or header).
+    IllegalMethod = 1,
+    /// The body is not valid JSON.
+    InvalidJson = 6,
+    /// The BSO is not valid.
+    InvalidBso = 8,
+    /// The collection name is not valid.
+    InvalidCollection = 13,
+    /// The user is over quota.
+    OverQuota = 14,
+    /// A size limit was exceeded.
+    SizeLimitExceeded = 17,
+}
+
+/// Errors of the web layer, each with its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 with a Sync error code; the message is logged only.
+    #[error("bad request ({code:?}): {message}")]
+    BadRequest {
+        /// The code sent as the body.
+        code: WeaveCode,
+        /// What was wrong, for the log.
+        message: String,
+    },
+    /// 401: not authenticated.
+    #[error("unauthorized: {0}")]
+    Unauthorized(#[from] AuthError),
+    /// 404: no such resource or route.
+    #[error("not found")]
+    NotFound,
+    /// 405: the route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 406: the requested response format is not available.
+    #[error("not acceptable")]
+    NotAcceptable,
+    /// 413: the request body is larger than the server accepts.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 415: the request body's content type is not supported.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// Errors of the storage layer.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl ApiError {
+    /// A 400 with the given code and a message for the log.
+    pub fn bad(code: WeaveCode, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn json_body(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn with_last_modified(mut r: Response, ts: Timestamp) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&ts.to_string()) {
+        r.headers_mut().insert("x-last-modified", v);
+    }
+    r
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::BadRequest { code, message } => {
+                tracing::debug!(?code, %message, "bad request");
+                json_body(StatusCode::BAD_REQUEST, json!(code as u8))
+            }
+            ApiError::Unauthorized(e) => {
+                tracing::debug!(reason = %e, "unauthorized");
+                let mut r = json_body(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"status": "invalid-credentials", "errors": [
+                        {"location": "header", "name": "Authorization", "description": e.to_string()}
+                    ]}),
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
+                r
+            }
+            ApiError::NotFound => json_body(StatusCode::NOT_FOUND, json!(0)),
+            ApiError::MethodNotAllowed => json_body(StatusCode::METHOD_NOT_ALLOWED, json!(0)),
+            ApiError::NotAcceptable => json_body(StatusCode::NOT_ACCEPTABLE, json!(0)),
+            ApiError::PayloadTooLarge => json_body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!(WeaveCode::SizeLimitExceeded as u8),
+            ),
+            ApiError::UnsupportedMediaType => {
+                json_body(StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(0))
+            }
+            ApiError::Storage(e) => storage_response(e),
+        }
+    }
+}
+
+fn storage_response(e: StorageError) -> Response {
+    let unavailable = |retry: &'static str| {
+        let mut r = json_body(StatusCode::SERVICE_UNAVAILABLE, json!("server busy"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
+        r
+    };
+    match e {
+        StorageError::NotModified(ts) => {
+            with_last_modified(StatusCode::NOT_MODIFIED.into_response(), ts)
+        }
+        StorageError::PreconditionFailed(ts) => with_last_modified(
+            json_body(StatusCode::PRECONDITION_FAILED, json!(0)),
+            ts,
+        ),
+        StorageError::NotFound => json_body(StatusCode::NOT_FOUND, json!(0)),
+        StorageError::InvalidOffset => {
+            ApiError::bad(WeaveCode::IllegalMethod, "invalid offset").into_response()
+        }
+        StorageError::Busy => {
+            tracing::warn!("storage busy: write lock or connection not available in time");
+            unavailable("5")
+        }
+        StorageError::Pool(ref err) => {
+            tracing::warn!(error = %err, "storage busy: connection pool");
+            unavailable("5")
+        }
+        StorageError::Unavailable { uid, ref source } => {
+            tracing::error!(uid, error = %source, "user file unavailable");
+            unavailable("60")
+        }
+        other => {
+            tracing::error!(error = %other, "internal error");
+            json_body(StatusCode::INTERNAL_SERVER_ERROR, json!("internal error"))
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Extractors: one per concern (identity, preconditions, listing query, body).
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+
+use super::AppState;
+use super::error::{ApiError, WeaveCode};
+use crate::auth::Identity;
+use crate::auth::hawk::{self, SignedRequest};
+use crate::storage::Precondition;
+use crate::storage::model::{self, ClientTime, MAX_IDS};
+use crate::storage::queries::{ListQuery, Sort};
+
+/// The authenticated user of a `/1.5/{uid}/…` request.
+pub struct HawkUser(pub Identity);
+
+/// Parses the `{uid}` segment: 1 to 19 digits that fit an i64.
+fn path_uid(path: &str) -> Option<u64> {
+    let seg = path.strip_prefix("/1.5/")?.split('/').next()?;
+    if seg.is_empty() || seg.len() > 19 || !seg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    seg.parse::<i64>().ok().map(|v| v as u64)
+}
+
+/// The host and port the client signed: the configured public URL, trusted
+/// X-Forwarded-* headers, or the Host header (port from scheme when absent).
+fn signed_host(headers: &HeaderMap, state: &AppState) -> (String, u16) {
+    if let Some((host, port)) = &state.public_host {
+        return (host.clone(), *port);
+    }
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trusted = state.settings.trust_forwarded_headers;
+    let scheme_port = match trusted.then(|| get("x-forwarded-proto")).flatten() {
+        Some(p) if p.trim().eq_ignore_ascii_case("https") => 443,
+        _ => 80,
+    };
+    let host = trusted
+        .then(|| get("x-forwarded-host"))
+        .flatten()
+        .and_then(|h| h.split(',').next())
+        .or_else(|| get("host"))
+        .unwrap_or("")
+        .trim();
+    let forwarded_port = trusted
+        .then(|| get("x-forwarded-port"))
+        .flatten()
+        .and_then(|p| p.trim().parse().ok());
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => match p.parse() {
+            Ok(port) => (h.to_string(), forwarded_port.unwrap_or(port)),
+            Err(_) => (host.to_string(), forwarded_port.unwrap_or(scheme_port)),
+        },
+        _ => (host.to_string(), forwarded_port.unwrap_or(scheme_port)),
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl FromRequestParts<AppState> for HawkUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let path = parts.uri.path();
+        let uid = path_uid(path).ok_or(ApiError::NotFound)?;
+        let (host, port) = signed_host(&parts.headers, state);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or(path);
+        let req = SignedRequest {
+            method: parts.method.as_str(),
+            path_and_query,
+            host: &host,
+            port,
+        };
+        // Clients may read their state with an expired token, as Mozilla's nodes allow.
+        let allow_expired = parts.method == Method::GET && path.ends_with("/info/collections");
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let identity = state
+            .auth
+            .verify(header, &req, uid, allow_expired, unix_now())?;
+        Ok(HawkUser(identity))
+    }
+}
+
+/// The request's `X-If-Modified-Since` / `X-If-Unmodified-Since` condition.
+pub struct Pre(pub Precondition);
+
+impl<S: Send + Sync> FromRequestParts<S> for Pre {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let parse = |name: &str| -> Result<Option<ClientTime>, ApiError> {
+            match parts.headers.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| ClientTime::parse(s.trim()))
+                    .map(Some)
+                    .ok_or_else(|| ApiError::bad(WeaveCode::IllegalMethod, format!("bad {name}"))),
+            }
+        };
+        let ims = parse("x-if-modified-since")?;
+        let ius = parse("x-if-unmodified-since")?;
+        Ok(Pre(match (ims, ius) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad(
+                    WeaveCode::IllegalMethod,
+                    "both X-If-Modified-Since and X-If-Unmodified-Since",
+                ));
+            }
+            // X-If-Modified-Since only means something on reads.
+            (Some(t), None) if parts.method == Method::GET => Precondition::IfModifiedSince(t),
+            (_, Some(t)) => Precondition::IfUnmodifiedSince(t),
+            _ => Precondition::None,
+        }))
+    }
+}
+
+/// The query parameters of a request, in order (later duplicates win).
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    /// The last value of a parameter.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .map(Params)
+            .map_err(|_| ApiError::bad(WeaveCode::IllegalMethod, "malformed query string"))
+    }
+}
+
+/// Parses `ids=a,b,c` (at most 100).
+pub fn parse_ids(value: &str) -> Result<Vec<String>, ApiError> {
+    let ids: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::bad(WeaveCode::IllegalMethod, "too many ids"));
+    }
+    Ok(ids)
+}
+
+/// Builds a validated listing query from `ids`, `newer`, `older`, `full`, `limit`,
+/// `offset` and `sort`.
+pub fn list_query(p: &Params) -> Result<ListQuery, ApiError> {
+    let bad = |what: &str| ApiError::bad(WeaveCode::IllegalMethod, format!("invalid {what}"));
+    let time = |name: &str| -> Result<Option<ClientTime>, ApiError> {
+        p.get(name)
+            .map(|v| ClientTime::parse(v.trim()).ok_or_else(|| bad(name)))
+            .transpose()
+    };
+    let limit = match p.get("limit") {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad("limit"))?,
+        ),
+    };
+    let sort = match p.get("sort") {
+        None => Sort::None,
+        Some("newest") => Sort::Newest,
+        Some("oldest") => Sort::Oldest,
+        Some("index") => Sort::Index,
+        Some(_) => return Err(bad("sort")),
+    };
+    let after = match p.get("offset") {
+        None => None,
+        Some(v) => Some(crate::storage::decode_offset(v).map_err(|_| bad("offset"))?),
+    };
+    Ok(ListQuery {
+        ids: p.get("ids").map(parse_ids).transpose()?,
+        newer_than: time("newer")?.map(|t| t.floor()),
+        older_than: time("older")?.map(|t| t.exclusive_upper()),
+        full: p.get("full").is_some(),
+        limit,
+        after,
+        sort,
+    })
+}
+
+/// Checks a collection name from the URL.
+pub fn collection_name(name: &str) -> Result<String, ApiError> {
+    if model::valid_collection(name) {
+        Ok(name.to_string())
+    } else {
+        Err(ApiError::bad(WeaveCode::InvalidCollection, "invalid collection name"))
+    }
+}
+
+/// The kinds of request body the storage API accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `application/json` (also `text/plain`, or no content type).
+    Json,
+    /// `application/newlines`: one JSON value per line.
+    Newlines,
+}
+
+/// A request body, read with the size limit enforced before it is buffered whole,
+/// and checked against the Hawk payload hash when the client signed one.
+pub struct SyncBody {
+    /// The body's format, from Content-Type.
+    pub format: BodyFormat,
+    /// The raw bytes.
+    pub bytes: axum::body::Bytes,
+}
+
+impl FromRequest<AppState> for SyncBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.settings.max_request_bytes;
+        let (parts, body): (Parts, Body) = req.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let format = match mime.as_str() {
+            "" | "application/json" | "text/plain" => BodyFormat::Json,
+            "application/newlines" if parts.method == Method::POST => BodyFormat::Newlines,
+            _ => return Err(ApiError::UnsupportedMediaType),
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        // The Hawk MAC (checked by `HawkUser`) covers the `hash` parameter; here the
+        // body must match it.
+        if let Some(expected) = hawk_hash_of(&parts.headers)
+            && !hawk::macs_equal(&hawk::payload_hash(content_type, &bytes), &expected)
+        {
+            return Err(crate::auth::AuthError::PayloadHash.into());
+        }
+        Ok(SyncBody { format, bytes })
+    }
+}
+
+/// Reads the `hash` parameter of a Hawk header, if any.
+fn hawk_hash_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(hawk::parse_header)
+        .and_then(|h| h.hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_come_from_the_path() {
+        assert_eq!(path_uid("/1.5/42/info/collections"), Some(42));
+        assert_eq!(path_uid("/1.5/42"), Some(42));
+        assert_eq!(path_uid("/1.5/abc/info"), None);
+        assert_eq!(path_uid("/1.5//info"), None);
+        assert_eq!(path_uid("/1.5/99999999999999999999/info"), None);
+        assert_eq!(path_uid("/1.5/9223372036854775808/info"), None);
+    }
+}

@@ -1,0 +1,389 @@
+//! Handlers of the storage API, one per route: parse → one storage call → response.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, WeaveCode};
+use super::extract::{BodyFormat, HawkUser, Params, Pre, SyncBody, collection_name, list_query};
+use crate::storage::model::{self, BsoError, BsoInput, Timestamp};
+use crate::storage::{InfoKind, PostResult};
+
+/// `{collection}` of a collection URL.
+#[derive(Deserialize)]
+pub struct CollectionPath {
+    collection: String,
+}
+
+/// `{collection}/{bso}` of a record URL.
+#[derive(Deserialize)]
+pub struct ItemPath {
+    collection: String,
+    bso: String,
+}
+
+/// A JSON response with `X-Last-Modified` (and, for writes, `X-Weave-Timestamp`).
+fn reply<T: Serialize>(body: &T, last_modified: Timestamp, write: bool) -> Response {
+    let mut r = axum::Json(body).into_response();
+    let ts = HeaderValue::from_str(&last_modified.to_string()).expect("digits and a dot");
+    if write {
+        r.headers_mut().insert("x-weave-timestamp", ts.clone());
+    }
+    r.headers_mut().insert("x-last-modified", ts);
+    r
+}
+
+/// The body of a successful write that is not a POST.
+#[derive(Serialize)]
+struct Modified {
+    modified: Timestamp,
+}
+
+fn written(ts: Timestamp) -> Response {
+    reply(&Modified { modified: ts }, ts, true)
+}
+
+async fn info(state: &AppState, uid: u64, kind: InfoKind, pre: Pre) -> Result<Response, ApiError> {
+    let info = state.storage.info(uid, kind, pre.0).await?;
+    Ok(reply(&info.collections, info.modified, false))
+}
+
+/// `GET info/collections`.
+pub async fn info_collections(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    pre: Pre,
+) -> Result<Response, ApiError> {
+    info(&s, user.uid, InfoKind::Timestamps, pre).await
+}
+
+/// `GET info/collection_counts`.
+pub async fn info_counts(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    pre: Pre,
+) -> Result<Response, ApiError> {
+    info(&s, user.uid, InfoKind::Counts, pre).await
+}
+
+/// `GET info/collection_usage`.
+pub async fn info_usage(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    pre: Pre,
+) -> Result<Response, ApiError> {
+    info(&s, user.uid, InfoKind::Usage, pre).await
+}
+
+/// `GET info/quota`: `[used_kb, quota_kb or null]`.
+pub async fn info_quota(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+) -> Result<Response, ApiError> {
+    let info = s.storage.info(user.uid, InfoKind::Usage, pre).await?;
+    let quota = s.settings.quota_bytes;
+    let quota_kb = (quota > 0).then(|| quota as f64 / 1024.0);
+    let used_kb = info.total_bytes as f64 / 1024.0;
+    Ok(reply(&json!([used_kb, quota_kb]), info.modified, false))
+}
+
+/// `GET info/configuration`: the server's limits.
+pub async fn info_configuration(
+    State(s): State<AppState>,
+    HawkUser(_): HawkUser,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(s.settings.limits()).into_response())
+}
+
+/// The response formats a listing can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Newlines,
+}
+
+/// Picks the first format of the Accept header we can produce (JSON by default).
+fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Format::Json);
+    };
+    for range in accept.split(',') {
+        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match mime.as_str() {
+            "application/json" | "application/*" | "*/*" | "" => return Ok(Format::Json),
+            "application/newlines" => return Ok(Format::Newlines),
+            _ => {}
+        }
+    }
+    Err(ApiError::NotAcceptable)
+}
+
+/// `GET storage/{collection}`.
+pub async fn get_collection(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+    Path(p): Path<CollectionPath>,
+    params: Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&p.collection)?;
+    let format = negotiate(&headers)?;
+    let query = list_query(&params)?;
+    let full = query.full;
+    let listing = s.storage.list(user.uid, collection, query, pre).await?;
+    let values: Vec<Value> = listing
+        .items
+        .iter()
+        .map(|b| if full { json!(b) } else { json!(b.id) })
+        .collect();
+    let mut r = match format {
+        Format::Json => axum::Json(&values).into_response(),
+        Format::Newlines => {
+            let mut text = String::new();
+            for v in &values {
+                text.push_str(&v.to_string());
+                text.push('\n');
+            }
+            ([(header::CONTENT_TYPE, "application/newlines")], text).into_response()
+        }
+    };
+    let h = r.headers_mut();
+    h.insert(
+        "x-last-modified",
+        HeaderValue::from_str(&listing.modified.to_string()).expect("timestamp"),
+    );
+    h.insert("x-weave-records", HeaderValue::from(values.len()));
+    if let Some(next) = listing.next_offset {
+        h.insert(
+            "x-weave-next-offset",
+            HeaderValue::from_str(&next).expect("url-safe base64"),
+        );
+    }
+    Ok(r)
+}
+
+/// `GET storage/{collection}/{bso}`.
+pub async fn get_item(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+    Path(p): Path<ItemPath>,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&p.collection)?;
+    if !model::valid_bso_id(&p.bso) {
+        return Err(ApiError::NotFound);
+    }
+    let bso = s.storage.get(user.uid, collection, p.bso, pre).await?;
+    Ok(reply(&bso, bso.modified, false))
+}
+
+fn bso_error(e: BsoError) -> ApiError {
+    match e {
+        BsoError::PayloadTooLarge => ApiError::PayloadTooLarge,
+        e => ApiError::bad(WeaveCode::InvalidBso, e.to_string()),
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad(WeaveCode::InvalidJson, e.to_string()))
+}
+
+/// `PUT storage/{collection}/{bso}`.
+pub async fn put_item(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+    Path(p): Path<ItemPath>,
+    body: SyncBody,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&p.collection)?;
+    if !model::valid_bso_id(&p.bso) {
+        return Err(ApiError::NotFound);
+    }
+    let value = parse_json(&body.bytes)?;
+    let bso = model::parse_bso(&value, Some(&p.bso), s.settings.max_record_payload_bytes)
+        .map_err(bso_error)?;
+    let ts = s.storage.put(user.uid, collection, bso, pre).await?;
+    Ok(written(ts))
+}
+
+/// Splits a POST body into BSO values: a JSON list, or one JSON value per line.
+fn post_values(body: &SyncBody) -> Result<Vec<Value>, ApiError> {
+    let values = match body.format {
+        BodyFormat::Json => match parse_json(&body.bytes)? {
+            Value::Array(items) => items,
+            _ => return Err(ApiError::bad(WeaveCode::InvalidBso, "body is not a list")),
+        },
+        BodyFormat::Newlines => body
+            .bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(parse_json)
+            .collect::<Result<_, _>>()?,
+    };
+    if values.iter().any(|v| !v.is_object()) {
+        return Err(ApiError::bad(WeaveCode::InvalidBso, "list item is not an object"));
+    }
+    Ok(values)
+}
+
+/// Validates each posted BSO and applies the per-POST limits: records past
+/// `max_post_records` or past `max_post_bytes` of payload go to `failed`.
+fn sort_posted(
+    values: Vec<Value>,
+    s: &AppState,
+) -> (Vec<BsoInput>, BTreeMap<String, Vec<String>>) {
+    let limits = s.settings.limits();
+    let mut valid = Vec::with_capacity(values.len());
+    let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut bytes = 0usize;
+    for v in values {
+        let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+        let reason = match model::parse_bso(&v, None, limits.max_record_payload_bytes) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) if valid.len() >= limits.max_post_records => {
+                Some("retry bso: too many records in one request".to_string())
+            }
+            Ok(bso) if bytes + bso.payload_len() > limits.max_post_bytes => {
+                Some("retry bytes: too many payload bytes in one request".to_string())
+            }
+            Ok(bso) => {
+                bytes += bso.payload_len();
+                valid.push(bso);
+                None
+            }
+        };
+        if let Some(reason) = reason {
+            failed.entry(id).or_default().push(reason);
+        }
+    }
+    (valid, failed)
+}
+
+/// Refuses a POST whose announced batch size (`X-Weave-Total-Records` /
+/// `X-Weave-Total-Bytes`) passes the server's limits.
+fn check_announced_totals(headers: &HeaderMap, s: &AppState) -> Result<(), ApiError> {
+    let limits = s.settings.limits();
+    for (name, max) in [
+        ("x-weave-total-records", limits.max_total_records),
+        ("x-weave-total-bytes", limits.max_total_bytes),
+    ] {
+        if let Some(v) = headers.get(name) {
+            let n: u64 = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| ApiError::bad(WeaveCode::IllegalMethod, format!("bad {name}")))?;
+            if n > max as u64 {
+                return Err(ApiError::bad(
+                    WeaveCode::SizeLimitExceeded,
+                    format!("{name} over the limit"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST storage/{collection}`.
+pub async fn post_collection(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+    Path(p): Path<CollectionPath>,
+    params: Params,
+    headers: HeaderMap,
+    body: SyncBody,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&p.collection)?;
+    if params.get("batch").is_some() || params.get("commit").is_some() {
+        return Err(ApiError::bad(
+            WeaveCode::IllegalMethod,
+            "batch uploads are not supported yet",
+        ));
+    }
+    check_announced_totals(&headers, &s)?;
+    let (valid, failed) = sort_posted(post_values(&body)?, &s);
+    let mut result: PostResult = s.storage.post(user.uid, collection, valid, pre).await?;
+    result.failed = failed;
+    Ok(reply(&result, result.modified, true))
+}
+
+/// `DELETE storage/{collection}[?ids=…]`.
+pub async fn delete_collection(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+    Path(p): Path<CollectionPath>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&p.collection)?;
+    let ids = params.get("ids").map(super::extract::parse_ids).transpose()?;
+    let ts = s
+        .storage
+        .delete_collection(user.uid, collection, ids, pre)
+        .await?;
+    Ok(written(ts))
+}
+
+/// `DELETE storage/{collection}/{bso}`.
+pub async fn delete_item(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+    Path(p): Path<ItemPath>,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&p.collection)?;
+    if !model::valid_bso_id(&p.bso) {
+        return Err(ApiError::NotFound);
+    }
+    let ts = s.storage.delete(user.uid, collection, p.bso, pre).await?;
+    Ok(written(ts))
+}
+
+/// `DELETE storage` and `DELETE /1.5/{uid}`.
+pub async fn delete_all(
+    State(s): State<AppState>,
+    HawkUser(user): HawkUser,
+    Pre(pre): Pre,
+) -> Result<Response, ApiError> {
+    let ts = s.storage.delete_all(user.uid, pre).await?;
+    Ok(written(ts))
+}
+
+/// `GET /__heartbeat__`: checks that the data dir is writable and SQLite answers.
+pub async fn heartbeat(State(s): State<AppState>) -> Response {
+    match s.storage.dbs().health_check().await {
+        Ok(_) => axum::Json(json!({"status": "Ok", "database": "Ok"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "heartbeat failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"status": "Err", "database": "Err"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /__lbheartbeat__`: the process is up.
+pub async fn lbheartbeat() -> Response {
+    axum::Json(json!({})).into_response()
+}
+
+/// `GET /__version__`: name, version and commit of this build.
+pub async fn version() -> Response {
+    axum::Json(json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("SYNCSTORE_COMMIT"),
+    }))
+    .into_response()
+}

@@ -1,0 +1,143 @@
+//! The HTTP layer: router, shared state, response headers common to every route.
+//!
+//! `handlers` holds one function per route, `extract` the extractors (Hawk identity,
+//! preconditions, query, body), `error` the mapping of every error to a response.
+
+pub mod error;
+pub mod extract;
+pub mod handlers;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use tokio::net::TcpListener;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::storage::Storage;
+use crate::storage::model::Timestamp;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The protocol's operations over user files.
+    pub storage: Storage,
+    /// Token and Hawk verification.
+    pub auth: Arc<Authenticator>,
+    /// The process's settings.
+    pub settings: Arc<Settings>,
+    /// Host and port of the configured public URL, when there is one.
+    pub public_host: Option<(String, u16)>,
+}
+
+impl AppState {
+    /// Builds the state; the public URL's host and port are parsed once here.
+    pub fn new(storage: Storage, auth: Arc<Authenticator>, settings: Arc<Settings>) -> AppState {
+        let public_host = settings
+            .public_url
+            .parse::<axum::http::Uri>()
+            .ok()
+            .and_then(|u| {
+                let host = u.host()?.to_string();
+                let port = u.port_u16().unwrap_or(match u.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                });
+                Some((host, port))
+            });
+        AppState {
+            storage,
+            auth,
+            settings,
+            public_host,
+        }
+    }
+}
+
+/// Adds `X-Weave-Timestamp` (the server's time) to responses that lack one.
+async fn weave_timestamp(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    if !res.headers().contains_key("x-weave-timestamp") {
+        let now = HeaderValue::from_str(&Timestamp::now().to_string()).expect("digits");
+        res.headers_mut().insert("x-weave-timestamp", now);
+    }
+    res
+}
+
+fn cors() -> CorsLayer {
+    let h = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            h("x-if-modified-since"),
+            h("x-if-unmodified-since"),
+            h("x-weave-total-records"),
+            h("x-weave-total-bytes"),
+        ])
+        .expose_headers([
+            h("x-weave-timestamp"),
+            h("x-last-modified"),
+            h("x-weave-records"),
+            h("x-weave-next-offset"),
+            h("x-weave-quota-remaining"),
+            h("x-weave-backoff"),
+            h("x-weave-alert"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// The storage node's routes.
+pub fn router(state: AppState) -> Router {
+    use handlers::*;
+    let api = Router::new()
+        .route("/1.5/{uid}", delete(delete_all))
+        .route("/1.5/{uid}/info/collections", get(info_collections))
+        .route("/1.5/{uid}/info/collection_counts", get(info_counts))
+        .route("/1.5/{uid}/info/collection_usage", get(info_usage))
+        .route("/1.5/{uid}/info/quota", get(info_quota))
+        .route("/1.5/{uid}/info/configuration", get(info_configuration))
+        .route("/1.5/{uid}/storage", delete(delete_all))
+        .route(
+            "/1.5/{uid}/storage/{collection}",
+            get(get_collection)
+                .post(post_collection)
+                .delete(handlers::delete_collection),
+        )
+        .route(
+            "/1.5/{uid}/storage/{collection}/{bso}",
+            get(get_item).put(put_item).delete(delete_item),
+        )
+        .route("/__heartbeat__", get(heartbeat))
+        .route("/__lbheartbeat__", get(lbheartbeat))
+        .route("/__version__", get(version));
+    api.fallback(|| async { ApiError::NotFound.into_response() })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .layer(middleware::from_fn(weave_timestamp))
+        .layer(cors())
+        .with_state(state)
+}
+
+/// Serves the router on `listener` until `shutdown` completes, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
