@@ -1,0 +1,332 @@
+//! Test support: start the real `syncstore` binary on a random port and talk to it
+//! over HTTP with Hawk-signed requests, as a Sync client would.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use syncstore::auth::hawk::{HawkHeader, SignedRequest, compute_mac};
+use syncstore::auth::token::{TokenPayload, make_token, new_salt};
+
+/// The master secret the test servers are started with.
+pub const SECRET: &str = "test-master-secret";
+
+/// A running server process, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The server's data directory (removed on drop).
+    pub data: tempfile::TempDir,
+    /// Everything the server logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts a server with default settings plus `env`.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let data = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data, env)
+    }
+
+    /// Starts a server on an existing data dir.
+    pub fn start_in(data: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncstore"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .env("SYNCSTORE_SECRETS", SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn syncstore");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        Server {
+            child,
+            addr,
+            data,
+            log,
+        }
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client for `uid` with a fresh token.
+    pub fn client(&self, uid: u64) -> Client {
+        Client::new(self, uid, 3600.0)
+    }
+
+    /// Stops the server and returns its data dir.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mints a token for `uid` on `node`, expiring `ttl` seconds from now.
+pub fn token(secret: &str, uid: u64, node: &str, ttl: f64) -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    make_token(
+        secret,
+        &TokenPayload {
+            uid,
+            node: node.into(),
+            expires: now + ttl,
+            salt: new_salt(),
+            fxa_uid: Some(format!("fxa{uid}")),
+            fxa_kid: None,
+            hashed_fxa_uid: None,
+            hashed_device_id: None,
+        },
+    )
+}
+
+/// A Sync client of one user.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// Base URL of the server.
+    pub base: String,
+    /// The user.
+    pub uid: u64,
+    /// The token id.
+    pub id: String,
+    /// The derived Hawk key.
+    pub key: String,
+    port: u16,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body text.
+    pub text: String,
+}
+
+impl Resp {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// A header as a string.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// A timestamp header as 10 ms units (exact).
+    pub fn ts(&self, name: &str) -> i64 {
+        let v = self.header(name).unwrap_or_else(|| panic!("no {name}"));
+        parse_ts(&v)
+    }
+}
+
+/// Parses a two-decimal timestamp string into 10 ms units, insisting on the format.
+pub fn parse_ts(v: &str) -> i64 {
+    let (s, c) = v.split_once('.').unwrap_or_else(|| panic!("no decimals: {v}"));
+    assert_eq!(c.len(), 2, "two decimals: {v}");
+    s.parse::<i64>().unwrap() * 100 + c.parse::<i64>().unwrap()
+}
+
+impl Client {
+    /// A client with a token valid for `ttl` seconds.
+    pub fn new(server: &Server, uid: u64, ttl: f64) -> Client {
+        let (id, key) = token(SECRET, uid, &server.url(), ttl);
+        Client::with_token(server, uid, id, key)
+    }
+
+    /// A client using the given token.
+    pub fn with_token(server: &Server, uid: u64, id: String, key: String) -> Client {
+        let port = server.addr.rsplit(':').next().unwrap().parse().unwrap();
+        Client {
+            http: reqwest::Client::new(),
+            base: server.url(),
+            uid,
+            id,
+            key,
+            port,
+        }
+    }
+
+    /// The Authorization header for a request.
+    pub fn authorization(&self, method: &str, path_and_query: &str, ts: i64) -> String {
+        let h = HawkHeader {
+            id: self.id.clone(),
+            ts,
+            ts_raw: ts.to_string(),
+            nonce: hex::encode(rand::random::<[u8; 8]>()),
+            mac: String::new(),
+            hash: None,
+            ext: None,
+        };
+        let mac = compute_mac(
+            self.key.as_bytes(),
+            &h,
+            &SignedRequest {
+                method,
+                path_and_query,
+                host: "127.0.0.1",
+                port: self.port,
+            },
+        );
+        format!(
+            "Hawk id=\"{}\", ts=\"{}\", nonce=\"{}\", mac=\"{}\"",
+            h.id, h.ts_raw, h.nonce, mac
+        )
+    }
+
+    /// Sends a signed request to `/1.5/{uid}{path}` (path starts with `/` or is empty).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Resp {
+        let full = format!("/1.5/{}{}", self.uid, path);
+        self.raw(method, &full, headers, body, true).await
+    }
+
+    /// Sends a request to an absolute path, signed or not.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, Vec<u8>)>,
+        sign: bool,
+    ) -> Resp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(m, format!("{}{}", self.base, path_and_query));
+        if sign {
+            req = req.header("authorization", self.authorization(method, path_and_query, now));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some((ct, bytes)) = body {
+            req = req.header("content-type", ct).body(bytes);
+        }
+        let r = req.send().await.expect("request");
+        Resp {
+            status: r.status(),
+            headers: r.headers().clone(),
+            text: r.text().await.expect("body"),
+        }
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, &[], None).await
+    }
+
+    /// GET with extra headers.
+    pub async fn get_h(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send("GET", path, headers, None).await
+    }
+
+    /// PUT a JSON value.
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        self.put_h(path, body, &[]).await
+    }
+
+    /// PUT a JSON value with extra headers.
+    pub async fn put_h(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.send("PUT", path, headers, Some(("application/json", bytes)))
+            .await
+    }
+
+    /// POST a JSON value.
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.post_h(path, body, &[]).await
+    }
+
+    /// POST a JSON value with extra headers.
+    pub async fn post_h(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.send("POST", path, headers, Some(("application/json", bytes)))
+            .await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send("DELETE", path, &[], None).await
+    }
+
+    /// DELETE with extra headers.
+    pub async fn delete_h(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send("DELETE", path, headers, None).await
+    }
+}
+
+/// The current Unix time in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Sends raw bytes over HTTP/1.1 and returns the whole response text.
+pub async fn raw_http(addr: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON timestamp (seconds, two decimals) as 10 ms units.
+pub fn ts_value(v: &Value) -> i64 {
+    (v.as_f64().expect("a number") * 100.0).round() as i64
+}
