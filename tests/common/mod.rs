@@ -330,3 +330,39 @@ pub async fn raw_http(addr: &str, request: &str) -> String {
 pub fn ts_value(v: &Value) -> i64 {
     (v.as_f64().expect("a number") * 100.0).round() as i64
 }
+
+/// Builds a Hawk Authorization header from its parts (for forging tests).
+#[allow(clippy::too_many_arguments)]
+pub fn hawk_header(
+    id: &str,
+    key: &str,
+    method: &str,
+    path_and_query: &str,
+    host: &str,
+    port: u16,
+    ts: i64,
+    nonce: &str,
+    hash: Option<&str>,
+) -> String {
+    let h = HawkHeader {
+        id: id.into(),
+        ts,
+        ts_raw: ts.to_string(),
+        nonce: nonce.into(),
+        mac: String::new(),
+        hash: hash.map(str::to_string),
+        ext: None,
+    };
+    let mac = compute_mac(
+        key.as_bytes(),
+        &h,
+        &SignedRequest {
+            method,
+            path_and_query,
+            host,
+            port,
+        },
+    );
+    let hash = hash.map(|h| format!(", hash=\"{h}\"")).unwrap_or_default();
+    format!("Hawk id=\"{id}\", ts=\"{ts}\", nonce=\"{nonce}\", mac=\"{mac}\"{hash}")
+}
