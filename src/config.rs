@@ -242,7 +242,9 @@ impl Settings {
 fn env_value(key: &str, value: &str, default: &toml::Value) -> Result<toml::Value, ConfigError> {
     let invalid = || ConfigError::Invalid(format!("SYNCSTORE_{}: bad value", key.to_uppercase()));
     Ok(match default {
-        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse().map_err(|_| invalid())?),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(value.trim().parse().map_err(|_| invalid())?)
+        }
         toml::Value::Boolean(_) => match value.trim() {
             "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
             "0" | "false" | "no" | "off" | "" => toml::Value::Boolean(false),

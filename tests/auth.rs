@@ -10,7 +10,8 @@ fn port(s: &Server) -> u16 {
 }
 
 async fn get_with(c: &Client, path: &str, auth: &str) -> common::Resp {
-    c.raw("GET", path, &[("authorization", auth)], None, false).await
+    c.raw("GET", path, &[("authorization", auth)], None, false)
+        .await
 }
 
 #[tokio::test]
@@ -24,23 +25,67 @@ async fn missing_or_forged_credentials_are_refused() {
     assert_eq!(r.json()["status"], "invalid-credentials");
 
     // Signed with a wrong key.
-    let auth = hawk_header(&c.id, "not-the-key", "GET", path, "127.0.0.1", port(&s), now(), "n1", None);
+    let auth = hawk_header(
+        &c.id,
+        "not-the-key",
+        "GET",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "n1",
+        None,
+    );
     assert_eq!(get_with(&c, path, &auth).await.status, 401);
     // A token made with another master secret.
     let (id, key) = token("another-secret", 1, &s.url(), 600.0);
-    let auth = hawk_header(&id, &key, "GET", path, "127.0.0.1", port(&s), now(), "n2", None);
+    let auth = hawk_header(
+        &id,
+        &key,
+        "GET",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "n2",
+        None,
+    );
     assert_eq!(get_with(&c, path, &auth).await.status, 401);
     // A signature for another path, method, host or port.
-    for (m, p, h, po) in [("GET", "/1.5/1/info/quota", "127.0.0.1", port(&s)), ("PUT", path, "127.0.0.1", port(&s)), ("GET", path, "evil.example", port(&s)), ("GET", path, "127.0.0.1", 1)] {
+    for (m, p, h, po) in [
+        ("GET", "/1.5/1/info/quota", "127.0.0.1", port(&s)),
+        ("PUT", path, "127.0.0.1", port(&s)),
+        ("GET", path, "evil.example", port(&s)),
+        ("GET", path, "127.0.0.1", 1),
+    ] {
         let auth = hawk_header(&c.id, &c.key, m, p, h, po, now(), "n3", None);
-        assert_eq!(get_with(&c, path, &auth).await.status, 401, "{m} {p} {h} {po}");
+        assert_eq!(
+            get_with(&c, path, &auth).await.status,
+            401,
+            "{m} {p} {h} {po}"
+        );
     }
     // Garbage headers.
-    for auth in ["Hawk", "Hawk id=\"x\"", "Bearer abc", "Hawk id=\"!!\", ts=\"1\", nonce=\"n\", mac=\"m\""] {
+    for auth in [
+        "Hawk",
+        "Hawk id=\"x\"",
+        "Bearer abc",
+        "Hawk id=\"!!\", ts=\"1\", nonce=\"n\", mac=\"m\"",
+    ] {
         assert_eq!(get_with(&c, path, auth).await.status, 401, "{auth}");
     }
     // The correct signature works.
-    let auth = hawk_header(&c.id, &c.key, "GET", path, "127.0.0.1", port(&s), now(), "n4", None);
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "GET",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "n4",
+        None,
+    );
     assert_eq!(get_with(&c, path, &auth).await.status, 200);
 }
 
@@ -48,10 +93,28 @@ async fn missing_or_forged_credentials_are_refused() {
 async fn tokens_are_bound_to_their_user() {
     let s = Server::start(&[]);
     let c = s.client(1);
-    s.client(2).put("/storage/col/a", &json!({"payload": "x"})).await;
-    for (method, path) in [("GET", "/1.5/2/info/collections"), ("GET", "/1.5/2/storage/col"), ("DELETE", "/1.5/2")] {
-        let auth = hawk_header(&c.id, &c.key, method, path, "127.0.0.1", port(&s), now(), &format!("n{path}"), None);
-        let r = c.raw(method, path, &[("authorization", &auth)], None, false).await;
+    s.client(2)
+        .put("/storage/col/a", &json!({"payload": "x"}))
+        .await;
+    for (method, path) in [
+        ("GET", "/1.5/2/info/collections"),
+        ("GET", "/1.5/2/storage/col"),
+        ("DELETE", "/1.5/2"),
+    ] {
+        let auth = hawk_header(
+            &c.id,
+            &c.key,
+            method,
+            path,
+            "127.0.0.1",
+            port(&s),
+            now(),
+            &format!("n{path}"),
+            None,
+        );
+        let r = c
+            .raw(method, path, &[("authorization", &auth)], None, false)
+            .await;
         assert_eq!(r.status, 401, "{path}");
     }
     assert_eq!(s.client(2).get("/storage/col").await.json(), json!(["a"]));
@@ -64,7 +127,13 @@ async fn expired_tokens_only_read_info_collections() {
     good.put("/storage/col/a", &json!({"payload": "x"})).await;
     let expired = Client::new(&s, 3, -60.0);
     assert_eq!(expired.get("/storage/col").await.status, 401);
-    assert_eq!(expired.put("/storage/col/a", &json!({"payload": "y"})).await.status, 401);
+    assert_eq!(
+        expired
+            .put("/storage/col/a", &json!({"payload": "y"}))
+            .await
+            .status,
+        401
+    );
     assert_eq!(expired.get("/info/quota").await.status, 401);
     let r = expired.get("/info/collections").await;
     assert_eq!(r.status, 200);
@@ -77,10 +146,35 @@ async fn skewed_timestamps_and_replayed_nonces_are_refused() {
     let c = s.client(4);
     let path = "/1.5/4/info/collections";
     for (ts, expect) in [(now() - 120, 401), (now() + 120, 401), (now() - 10, 200)] {
-        let auth = hawk_header(&c.id, &c.key, "GET", path, "127.0.0.1", port(&s), ts, &format!("skew{ts}"), None);
-        assert_eq!(get_with(&c, path, &auth).await.status, expect, "ts offset {}", ts - now());
+        let auth = hawk_header(
+            &c.id,
+            &c.key,
+            "GET",
+            path,
+            "127.0.0.1",
+            port(&s),
+            ts,
+            &format!("skew{ts}"),
+            None,
+        );
+        assert_eq!(
+            get_with(&c, path, &auth).await.status,
+            expect,
+            "ts offset {}",
+            ts - now()
+        );
     }
-    let auth = hawk_header(&c.id, &c.key, "GET", path, "127.0.0.1", port(&s), now(), "once", None);
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "GET",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "once",
+        None,
+    );
     assert_eq!(get_with(&c, path, &auth).await.status, 200);
     let replay = get_with(&c, path, &auth).await;
     assert_eq!(replay.status, 401);
@@ -95,7 +189,13 @@ async fn secrets_rotate_old_ones_still_verify() {
         assert_eq!(c.get("/info/collections").await.status, 200, "{secret}");
     }
     let (id, key) = token(SECRET, 5, &s.url(), 600.0);
-    assert_eq!(Client::with_token(&s, 5, id, key).get("/info/collections").await.status, 401);
+    assert_eq!(
+        Client::with_token(&s, 5, id, key)
+            .get("/info/collections")
+            .await
+            .status,
+        401
+    );
 }
 
 #[tokio::test]
@@ -105,11 +205,47 @@ async fn signed_payload_hashes_must_match_the_body() {
     let path = "/1.5/6/storage/col/a";
     let body = br#"{"payload":"x"}"#.to_vec();
     let hash = syncstore::auth::hawk::payload_hash("application/json", &body);
-    let auth = hawk_header(&c.id, &c.key, "PUT", path, "127.0.0.1", port(&s), now(), "h1", Some(&hash));
-    let r = c.raw("PUT", path, &[("authorization", &auth)], Some(("application/json", body)), false).await;
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "PUT",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "h1",
+        Some(&hash),
+    );
+    let r = c
+        .raw(
+            "PUT",
+            path,
+            &[("authorization", &auth)],
+            Some(("application/json", body)),
+            false,
+        )
+        .await;
     assert_eq!(r.status, 200);
-    let auth = hawk_header(&c.id, &c.key, "PUT", path, "127.0.0.1", port(&s), now(), "h2", Some(&hash));
-    let r = c.raw("PUT", path, &[("authorization", &auth)], Some(("application/json", br#"{"payload":"evil"}"#.to_vec())), false).await;
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "PUT",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "h2",
+        Some(&hash),
+    );
+    let r = c
+        .raw(
+            "PUT",
+            path,
+            &[("authorization", &auth)],
+            Some(("application/json", br#"{"payload":"evil"}"#.to_vec())),
+            false,
+        )
+        .await;
     assert_eq!(r.status, 401);
     assert_eq!(c.get("/storage/col/a").await.json()["payload"], "x");
 }
@@ -119,20 +255,68 @@ async fn public_url_and_forwarded_headers_set_the_signed_host() {
     let s = Server::start(&[("SYNCSTORE_PUBLIC_URL", "https://sync.example.com")]);
     let c = s.client(7);
     let path = "/1.5/7/info/collections";
-    let auth = hawk_header(&c.id, &c.key, "GET", path, "sync.example.com", 443, now(), "p1", None);
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "GET",
+        path,
+        "sync.example.com",
+        443,
+        now(),
+        "p1",
+        None,
+    );
     assert_eq!(get_with(&c, path, &auth).await.status, 200);
-    let auth = hawk_header(&c.id, &c.key, "GET", path, "127.0.0.1", port(&s), now(), "p2", None);
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "GET",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "p2",
+        None,
+    );
     assert_eq!(get_with(&c, path, &auth).await.status, 401);
 
     let s = Server::start(&[("SYNCSTORE_TRUST_FORWARDED_HEADERS", "true")]);
     let c = s.client(7);
-    let auth = hawk_header(&c.id, &c.key, "GET", path, "proxy.example", 443, now(), "f1", None);
-    let headers = [("authorization", auth.as_str()), ("x-forwarded-host", "proxy.example"), ("x-forwarded-proto", "https")];
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "GET",
+        path,
+        "proxy.example",
+        443,
+        now(),
+        "f1",
+        None,
+    );
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-host", "proxy.example"),
+        ("x-forwarded-proto", "https"),
+    ];
     assert_eq!(c.raw("GET", path, &headers, None, false).await.status, 200);
     // Without trust, forwarded headers are ignored.
     let s = Server::start(&[]);
     let c = s.client(7);
-    let auth = hawk_header(&c.id, &c.key, "GET", path, "proxy.example", 443, now(), "f2", None);
-    let headers = [("authorization", auth.as_str()), ("x-forwarded-host", "proxy.example"), ("x-forwarded-proto", "https")];
+    let auth = hawk_header(
+        &c.id,
+        &c.key,
+        "GET",
+        path,
+        "proxy.example",
+        443,
+        now(),
+        "f2",
+        None,
+    );
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-host", "proxy.example"),
+        ("x-forwarded-proto", "https"),
+    ];
     assert_eq!(c.raw("GET", path, &headers, None, false).await.status, 401);
 }

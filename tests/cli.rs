@@ -41,7 +41,17 @@ async fn minted_tokens_work_against_the_server() {
     let s = Server::start(&[]);
     let data = s.data.path().to_str().unwrap().to_string();
     let (ok, out, err) = syncstore(
-        &["token", "--uid", "77", "--node", &s.url(), "--duration", "120", "--data-dir", &data],
+        &[
+            "token",
+            "--uid",
+            "77",
+            "--node",
+            &s.url(),
+            "--duration",
+            "120",
+            "--data-dir",
+            &data,
+        ],
         &[("SYNCSTORE_SECRETS", SECRET)],
     );
     assert!(ok, "{err}");
@@ -50,9 +60,15 @@ async fn minted_tokens_work_against_the_server() {
     assert_eq!(t["duration"], 120);
     assert_eq!(t["hashalg"], "sha256");
     assert_eq!(t["api_endpoint"], format!("{}/1.5/77", s.url()));
-    let v = syncstore::auth::token::verify_token(&[SECRET.into()], t["id"].as_str().unwrap()).unwrap();
+    let v =
+        syncstore::auth::token::verify_token(&[SECRET.into()], t["id"].as_str().unwrap()).unwrap();
     assert_eq!(v.key, t["key"].as_str().unwrap());
-    let c = Client::with_token(&s, 77, t["id"].as_str().unwrap().into(), t["key"].as_str().unwrap().into());
+    let c = Client::with_token(
+        &s,
+        77,
+        t["id"].as_str().unwrap().into(),
+        t["key"].as_str().unwrap().into(),
+    );
     assert_eq!(c.get("/info/collections").await.status, 200);
 }
 
@@ -61,9 +77,15 @@ async fn zero_configuration_generates_a_private_secret() {
     use std::os::unix::fs::PermissionsExt;
     let s = Server::start(&[("SYNCSTORE_SECRETS", "")]);
     let secret_file = s.data.path().join("secret");
-    let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let secret = std::fs::read_to_string(&secret_file).unwrap().trim().to_string();
+    let secret = std::fs::read_to_string(&secret_file)
+        .unwrap()
+        .trim()
+        .to_string();
     assert!(secret.len() >= 32);
     let log = s.log.lock().unwrap().join("\n");
     assert!(log.contains("generated a new master secret"), "{log}");
@@ -73,11 +95,20 @@ async fn zero_configuration_generates_a_private_secret() {
     let (ok, out, err) = syncstore(&["token", "--uid", "3", "--data-dir", &data], &[]);
     assert!(ok, "{err}");
     let t: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let c = Client::with_token(&s, 3, t["id"].as_str().unwrap().into(), t["key"].as_str().unwrap().into());
+    let c = Client::with_token(
+        &s,
+        3,
+        t["id"].as_str().unwrap().into(),
+        t["key"].as_str().unwrap().into(),
+    );
     assert_eq!(c.get("/info/collections").await.status, 200);
     // User files and folders are private too.
-    c.put("/storage/col/a", &serde_json::json!({"payload": "x"})).await;
-    let users = std::fs::metadata(s.data.path().join("users")).unwrap().permissions().mode();
+    c.put("/storage/col/a", &serde_json::json!({"payload": "x"}))
+        .await;
+    let users = std::fs::metadata(s.data.path().join("users"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(users & 0o077, 0);
 }
 
@@ -86,10 +117,22 @@ fn bad_configuration_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "max_post_records = \"many\"\n").unwrap();
-    let (ok, _, err) = syncstore(&["serve", "--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[]);
+    let (ok, _, err) = syncstore(
+        &[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
     assert!(!ok);
     assert!(err.contains("invalid configuration"), "{err}");
-    let (ok, _, err) = syncstore(&["serve", "--listen", "127.0.0.1:0"], &[("SYNCSTORE_MAX_POST_RECORDS", "x")]);
+    let (ok, _, err) = syncstore(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SYNCSTORE_MAX_POST_RECORDS", "x")],
+    );
     assert!(!ok);
     assert!(err.contains("SYNCSTORE_MAX_POST_RECORDS"), "{err}");
 }

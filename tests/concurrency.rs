@@ -19,8 +19,15 @@ async fn concurrent_writers_lose_nothing() {
             let mut acked = Vec::new();
             for i in 0..25 {
                 let id = format!("d{device}-{i}");
-                let r = c.put(&format!("/storage/history/{id}"), &json!({"payload": id})).await;
-                assert!(r.status == 200 || r.status == 503, "{}: {}", r.status, r.text);
+                let r = c
+                    .put(&format!("/storage/history/{id}"), &json!({"payload": id}))
+                    .await;
+                assert!(
+                    r.status == 200 || r.status == 503,
+                    "{}: {}",
+                    r.status,
+                    r.text
+                );
                 if r.status == 200 {
                     acked.push((1u64, id));
                 }
@@ -34,9 +41,18 @@ async fn concurrent_writers_lose_nothing() {
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for round in 0..3 {
-                let body: Vec<_> = (0..5).map(|i| json!({"id": format!("r{round}-{i}"), "payload": "x"})).collect();
-                let r = c.post("/storage/tabs", &serde_json::Value::Array(body)).await;
-                assert!(r.status == 200 || r.status == 503, "{}: {}", r.status, r.text);
+                let body: Vec<_> = (0..5)
+                    .map(|i| json!({"id": format!("r{round}-{i}"), "payload": "x"}))
+                    .collect();
+                let r = c
+                    .post("/storage/tabs", &serde_json::Value::Array(body))
+                    .await;
+                assert!(
+                    r.status == 200 || r.status == 503,
+                    "{}: {}",
+                    r.status,
+                    r.text
+                );
                 if r.status == 200 {
                     for id in r.json()["success"].as_array().unwrap() {
                         acked.push((uid, id.as_str().unwrap().to_string()));
@@ -50,7 +66,11 @@ async fn concurrent_writers_lose_nothing() {
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
-    assert!(acked.len() > 1000, "most writes should succeed: {}", acked.len());
+    assert!(
+        acked.len() > 1000,
+        "most writes should succeed: {}",
+        acked.len()
+    );
     // Everything acknowledged is there, per user.
     let mut stored: BTreeSet<(u64, String)> = BTreeSet::new();
     for uid in std::iter::once(1).chain(100..220) {
@@ -65,6 +85,11 @@ async fn concurrent_writers_lose_nothing() {
     assert!(acked.is_subset(&stored), "acknowledged writes missing");
     // Timestamps of the shared user are unique (one per write).
     let full = s.client(1).get("/storage/history?full=1").await.json();
-    let times: BTreeSet<String> = full.as_array().unwrap().iter().map(|b| b["modified"].to_string()).collect();
+    let times: BTreeSet<String> = full
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["modified"].to_string())
+        .collect();
     assert_eq!(times.len(), full.as_array().unwrap().len());
 }

@@ -43,7 +43,10 @@ async fn info_views_track_collections() {
     assert_eq!(info.as_object().unwrap().len(), 2);
     assert_eq!(r.ts("x-last-modified"), ts2);
     // The value is the collection's timestamp, written with exactly two decimals.
-    assert!(r.text.contains(&format!("\"col2\":{}", r2.header("x-last-modified").unwrap())));
+    assert!(r.text.contains(&format!(
+        "\"col2\":{}",
+        r2.header("x-last-modified").unwrap()
+    )));
     assert_eq!(
         c.get("/info/collection_counts").await.json(),
         json!({"col1": 3, "col2": 5})
@@ -80,7 +83,10 @@ async fn listing_filters_and_formats() {
     let r = c.get("/storage/col2").await;
     assert_eq!(ids(&r.json()), ["0", "1", "2", "3", "4"]);
     assert_eq!(r.header("x-weave-records").as_deref(), Some("5"));
-    assert_eq!(ids(&c.get("/storage/col2?ids=1,3,17").await.json()), ["1", "3"]);
+    assert_eq!(
+        ids(&c.get("/storage/col2?ids=1,3,17").await.json()),
+        ["1", "3"]
+    );
     assert_eq!(
         ids(&c.get("/storage/col2?ids=1%2C3").await.json()),
         ["1", "3"],
@@ -94,28 +100,81 @@ async fn listing_filters_and_formats() {
 
     // newer / older are strict bounds.
     c.delete("/storage/col2").await;
-    let t1 = c.put("/storage/col2/a", &json!({"payload": "x"})).await.header("x-last-modified").unwrap();
-    let t2 = c.put("/storage/col2/b", &json!({"payload": "x"})).await.header("x-last-modified").unwrap();
+    let t1 = c
+        .put("/storage/col2/a", &json!({"payload": "x"}))
+        .await
+        .header("x-last-modified")
+        .unwrap();
+    let t2 = c
+        .put("/storage/col2/b", &json!({"payload": "x"}))
+        .await
+        .header("x-last-modified")
+        .unwrap();
     assert!(parse_ts(&t1) < parse_ts(&t2));
-    assert_eq!(ids(&c.get(&format!("/storage/col2?newer={t1}")).await.json()), ["b"]);
-    assert_eq!(ids(&c.get(&format!("/storage/col2?newer={t2}")).await.json()), Vec::<String>::new());
-    assert_eq!(ids(&c.get(&format!("/storage/col2?older={t2}")).await.json()), ["a"]);
-    assert_eq!(ids(&c.get("/storage/col2?newer=0").await.json()), ["a", "b"]);
+    assert_eq!(
+        ids(&c.get(&format!("/storage/col2?newer={t1}")).await.json()),
+        ["b"]
+    );
+    assert_eq!(
+        ids(&c.get(&format!("/storage/col2?newer={t2}")).await.json()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(&c.get(&format!("/storage/col2?older={t2}")).await.json()),
+        ["a"]
+    );
+    assert_eq!(
+        ids(&c.get("/storage/col2?newer=0").await.json()),
+        ["a", "b"]
+    );
     // More than two decimals are compared exactly.
     let t1_plus = format!("{t1}1");
-    assert_eq!(ids(&c.get(&format!("/storage/col2?newer={t1_plus}")).await.json()), ["b"]);
-    assert_eq!(ids(&c.get(&format!("/storage/col2?older={t1_plus}")).await.json()), ["a"]);
+    assert_eq!(
+        ids(&c
+            .get(&format!("/storage/col2?newer={t1_plus}"))
+            .await
+            .json()),
+        ["b"]
+    );
+    assert_eq!(
+        ids(&c
+            .get(&format!("/storage/col2?older={t1_plus}"))
+            .await
+            .json()),
+        ["a"]
+    );
 
     // application/newlines out; 406 for formats we cannot produce.
-    let r = c.get_h("/storage/col2?full=1", &[("accept", "application/newlines")]).await;
-    assert_eq!(r.header("content-type").as_deref(), Some("application/newlines"));
+    let r = c
+        .get_h(
+            "/storage/col2?full=1",
+            &[("accept", "application/newlines")],
+        )
+        .await;
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/newlines")
+    );
     assert!(r.text.ends_with('\n'));
-    let lines: Vec<Value> = r.text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = r
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["payload"], "x");
-    let r = c.get_h("/storage/col2", &[("accept", "application/json")]).await;
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
-    assert_eq!(c.get_h("/storage/col2", &[("accept", "x/yy")]).await.status, 406);
+    let r = c
+        .get_h("/storage/col2", &[("accept", "application/json")])
+        .await;
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(
+        c.get_h("/storage/col2", &[("accept", "x/yy")]).await.status,
+        406
+    );
 }
 
 #[tokio::test]
@@ -123,9 +182,14 @@ async fn sorting_orders_records() {
     let s = Server::start(&[]);
     let c = s.client(3);
     for (id, si) in [("0", -1), ("1", 34), ("2", 12)] {
-        c.post("/storage/col", &json!([{"id": id, "payload": "x", "sortindex": si}])).await;
+        c.post(
+            "/storage/col",
+            &json!([{"id": id, "payload": "x", "sortindex": si}]),
+        )
+        .await;
     }
-    c.post("/storage/col", &json!([{"id": "3", "payload": "x"}])).await;
+    c.post("/storage/col", &json!([{"id": "3", "payload": "x"}]))
+        .await;
     let get = |q: &'static str| {
         let c = c.clone();
         async move { c.get(&format!("/storage/col?sort={q}")).await.json() }
@@ -147,10 +211,18 @@ async fn page_all(c: &common::Client, query: &str, limit: usize) -> Vec<String> 
         assert_eq!(r.status, 200, "{}", r.text);
         let page = r.json();
         assert!(page.as_array().unwrap().len() <= limit);
-        out.extend(page.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+        out.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string()),
+        );
         match r.header("x-weave-next-offset") {
             Some(next) => {
-                assert!(next.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                assert!(
+                    next.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                );
                 url = format!("/storage/col?{query}&limit={limit}&offset={next}");
             }
             None => break,
@@ -170,14 +242,24 @@ async fn paging_with_offsets_matches_the_unpaged_listing() {
         c.post("/storage/col", &Value::Array(body)).await;
     }
     for sort in ["sort=newest", "sort=oldest", "sort=index", "unsorted=1"] {
-        let all: Vec<String> = c.get(&format!("/storage/col?{sort}")).await.json()
-            .as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let all: Vec<String> = c
+            .get(&format!("/storage/col?{sort}"))
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(all.len(), 12);
         for limit in [1, 2, 3, 5, 12, 100] {
             assert_eq!(page_all(&c, sort, limit).await, all, "{sort} limit={limit}");
         }
     }
-    assert_eq!(c.get("/storage/col?limit=2&offset=garbage!").await.status, 400);
+    assert_eq!(
+        c.get("/storage/col?limit=2&offset=garbage!").await.status,
+        400
+    );
     assert_eq!(c.get("/storage/col?limit=0").await.status, 400);
     assert_eq!(c.get("/storage/col?limit=-1").await.status, 400);
     assert_eq!(c.get("/storage/col?limit=abc").await.status, 400);
@@ -187,18 +269,34 @@ async fn paging_with_offsets_matches_the_unpaged_listing() {
 async fn paging_survives_writes_between_pages() {
     let s = Server::start(&[]);
     let c = s.client(5);
-    let body: Vec<Value> = (0..20).map(|i| json!({"id": format!("{i:02}"), "payload": "x"})).collect();
-    let t0 = c.post("/storage/col", &Value::Array(body)).await.header("x-last-modified").unwrap();
+    let body: Vec<Value> = (0..20)
+        .map(|i| json!({"id": format!("{i:02}"), "payload": "x"}))
+        .collect();
+    let t0 = c
+        .post("/storage/col", &Value::Array(body))
+        .await
+        .header("x-last-modified")
+        .unwrap();
     for sort in ["oldest", "newest", "index"] {
         let mut seen = Vec::new();
         let mut url = format!("/storage/col?sort={sort}&limit=3");
         let mut extra = 0;
         loop {
             let r = c.get(&url).await;
-            seen.extend(r.json().as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+            seen.extend(
+                r.json()
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string()),
+            );
             // Other clients write new records (and delete none) between pages.
             extra += 1;
-            c.put(&format!("/storage/col/new-{sort}-{extra}"), &json!({"payload": "y"})).await;
+            c.put(
+                &format!("/storage/col/new-{sort}-{extra}"),
+                &json!({"payload": "y"}),
+            )
+            .await;
             match r.header("x-weave-next-offset") {
                 Some(n) => url = format!("/storage/col?sort={sort}&limit=3&offset={n}"),
                 None => break,
@@ -221,15 +319,23 @@ async fn items_are_created_read_updated_and_deleted() {
     let s = Server::start(&[]);
     let c = s.client(9);
     assert_eq!(c.get("/storage/col/x").await.status, 404);
-    let r = c.put("/storage/col/x", &json!({"payload": "one", "sortindex": 5})).await;
+    let r = c
+        .put("/storage/col/x", &json!({"payload": "one", "sortindex": 5}))
+        .await;
     assert_eq!(r.status, 200);
     let ts = r.ts("x-last-modified");
     assert_eq!(r.ts("x-weave-timestamp"), ts);
     assert_eq!(ts_value(&r.json()["modified"]), ts);
     let r = c.get("/storage/col/x").await;
-    assert_eq!(r.json(), json!({"id": "x", "modified": r.json()["modified"], "payload": "one", "sortindex": 5}));
+    assert_eq!(
+        r.json(),
+        json!({"id": "x", "modified": r.json()["modified"], "payload": "one", "sortindex": 5})
+    );
     assert_eq!(r.ts("x-last-modified"), ts);
-    assert!(r.text.contains(&format!("\"modified\":{}", r.header("x-last-modified").unwrap())));
+    assert!(r.text.contains(&format!(
+        "\"modified\":{}",
+        r.header("x-last-modified").unwrap()
+    )));
 
     // Partial update: fields not sent are kept.
     c.put("/storage/col/x", &json!({"sortindex": 9})).await;
@@ -237,7 +343,12 @@ async fn items_are_created_read_updated_and_deleted() {
     assert_eq!(got["payload"], "one");
     assert_eq!(got["sortindex"], 9);
     // A client-sent "modified" is ignored; explicit null resets to the default.
-    let r = c.put("/storage/col/x", &json!({"payload": "two", "modified": 12, "sortindex": null})).await;
+    let r = c
+        .put(
+            "/storage/col/x",
+            &json!({"payload": "two", "modified": 12, "sortindex": null}),
+        )
+        .await;
     let got = c.get("/storage/col/x").await.json();
     assert_eq!(ts_value(&got["modified"]), r.ts("x-weave-timestamp"));
     assert!(got.get("sortindex").is_none());
@@ -258,28 +369,52 @@ async fn items_are_created_read_updated_and_deleted() {
 async fn ttl_hides_records_and_ttl_only_updates_keep_modified() {
     let s = Server::start(&[]);
     let c = s.client(11);
-    c.put("/storage/col/gone", &json!({"payload": "x", "ttl": 0})).await;
+    c.put("/storage/col/gone", &json!({"payload": "x", "ttl": 0}))
+        .await;
     assert_eq!(c.get("/storage/col/gone").await.status, 404);
     assert_eq!(c.get("/storage/col").await.json(), json!([]));
     // An expired record can be written again.
-    assert_eq!(c.put("/storage/col/gone", &json!({"payload": "x", "ttl": 42})).await.status, 200);
+    assert_eq!(
+        c.put("/storage/col/gone", &json!({"payload": "x", "ttl": 42}))
+            .await
+            .status,
+        200
+    );
 
     let r = c
-        .post("/storage/col", &json!([{"id": "a", "payload": "x", "ttl": 1}, {"id": "b", "payload": "x", "ttl": 1}]))
+        .post(
+            "/storage/col",
+            &json!([{"id": "a", "payload": "x", "ttl": 1}, {"id": "b", "payload": "x", "ttl": 1}]),
+        )
         .await;
     let t1 = r.ts("x-last-modified");
     // Bump b's ttl without data: its modified time stays.
-    let r = c.post("/storage/col", &json!([{"id": "b", "ttl": 100}])).await;
+    let r = c
+        .post("/storage/col", &json!([{"id": "b", "ttl": 100}]))
+        .await;
     assert_eq!(r.json()["success"], json!(["b"]));
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let items = c.get("/storage/col?full=1").await.json();
-    let mut live: Vec<&str> = items.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let mut live: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
     live.sort();
     assert_eq!(live, ["b", "gone"]);
-    let b = items.as_array().unwrap().iter().find(|x| x["id"] == "b").unwrap();
+    let b = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "b")
+        .unwrap();
     assert_eq!(ts_value(&b["modified"]), t1);
     assert_eq!(b["payload"], "x");
-    assert_eq!(c.get("/info/collection_counts").await.json(), json!({"col": 2}));
+    assert_eq!(
+        c.get("/info/collection_counts").await.json(),
+        json!({"col": 2})
+    );
 }
 
 #[tokio::test]
@@ -288,7 +423,9 @@ async fn timestamps_strictly_increase() {
     let c = s.client(12);
     let mut last = 0;
     for i in 0..30 {
-        let r = c.put(&format!("/storage/col/{i}"), &json!({"payload": "x"})).await;
+        let r = c
+            .put(&format!("/storage/col/{i}"), &json!({"payload": "x"}))
+            .await;
         let ts = r.ts("x-last-modified");
         assert!(ts > last, "write {i}: {ts} <= {last}");
         last = ts;
@@ -304,37 +441,91 @@ async fn conditional_headers() {
     let before = format!("{}.00", parse_ts(&ts) / 100 - 1);
 
     // X-If-Modified-Since on reads.
-    for path in ["/storage/col", "/storage/col/a", "/info/collections", "/info/quota", "/info/collection_counts", "/info/collection_usage"] {
+    for path in [
+        "/storage/col",
+        "/storage/col/a",
+        "/info/collections",
+        "/info/quota",
+        "/info/collection_counts",
+        "/info/collection_usage",
+    ] {
         let r = c.get_h(path, &[("x-if-modified-since", &ts)]).await;
         assert_eq!(r.status, 304, "{path}");
         assert!(r.header("x-last-modified").is_some());
-        assert_eq!(c.get_h(path, &[("x-if-modified-since", &before)]).await.status, 200, "{path}");
+        assert_eq!(
+            c.get_h(path, &[("x-if-modified-since", &before)])
+                .await
+                .status,
+            200,
+            "{path}"
+        );
     }
 
     // X-If-Unmodified-Since on reads and writes.
     let iu = [("x-if-unmodified-since", before.as_str())];
-    let r = c.put_h("/storage/col/a", &json!({"payload": "y"}), &iu).await;
+    let r = c
+        .put_h("/storage/col/a", &json!({"payload": "y"}), &iu)
+        .await;
     assert_eq!(r.status, 412);
     assert_eq!(r.header("x-last-modified").as_deref(), Some(ts.as_str()));
-    assert_eq!(c.post_h("/storage/col", &json!([{"id": "a", "payload": "y"}]), &iu).await.status, 412);
+    assert_eq!(
+        c.post_h("/storage/col", &json!([{"id": "a", "payload": "y"}]), &iu)
+            .await
+            .status,
+        412
+    );
     assert_eq!(c.delete_h("/storage/col/a", &iu).await.status, 412);
     assert_eq!(c.delete_h("/storage/col?ids=a", &iu).await.status, 412);
     assert_eq!(c.delete_h("/storage/col", &iu).await.status, 412);
     assert_eq!(c.get_h("/storage/col", &iu).await.status, 412);
     assert_eq!(c.get_h("/storage/col/a", &iu).await.status, 412);
-    assert_eq!(c.get("/storage/col/a").await.json()["payload"], "x", "nothing was written");
+    assert_eq!(
+        c.get("/storage/col/a").await.json()["payload"],
+        "x",
+        "nothing was written"
+    );
 
     // Equal to the last-modified time is fine; a new record's time is 0.
     let ok = [("x-if-unmodified-since", ts.as_str())];
-    assert_eq!(c.put_h("/storage/col/a", &json!({"payload": "z"}), &ok).await.status, 200);
-    assert_eq!(c.put_h("/storage/col/new", &json!({"payload": "z"}), &[("x-if-unmodified-since", "0")]).await.status, 200);
+    assert_eq!(
+        c.put_h("/storage/col/a", &json!({"payload": "z"}), &ok)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.put_h(
+            "/storage/col/new",
+            &json!({"payload": "z"}),
+            &[("x-if-unmodified-since", "0")]
+        )
+        .await
+        .status,
+        200
+    );
 
     // Both at once, malformed and negative values are refused.
     let both = [("x-if-modified-since", "1"), ("x-if-unmodified-since", "1")];
     assert_eq!(c.get_h("/storage/col", &both).await.status, 400);
     for bad in ["-3", "abc", "1e9", ""] {
-        assert_eq!(c.get_h("/storage/col", &[("x-if-modified-since", bad)]).await.status, 400, "{bad}");
-        assert_eq!(c.put_h("/storage/col/a", &json!({"payload": "q"}), &[("x-if-unmodified-since", bad)]).await.status, 400, "{bad}");
+        assert_eq!(
+            c.get_h("/storage/col", &[("x-if-modified-since", bad)])
+                .await
+                .status,
+            400,
+            "{bad}"
+        );
+        assert_eq!(
+            c.put_h(
+                "/storage/col/a",
+                &json!({"payload": "q"}),
+                &[("x-if-unmodified-since", bad)]
+            )
+            .await
+            .status,
+            400,
+            "{bad}"
+        );
     }
 }
 
@@ -343,14 +534,17 @@ async fn posts_report_each_record_and_accept_newlines() {
     let s = Server::start(&[]);
     let c = s.client(14);
     let r = c
-        .post("/storage/col", &json!([
-            {"id": "good", "payload": "x"},
-            {"id": "bad-sortindex", "payload": "x", "sortindex": "meh"},
-            {"id": "bad-ttl", "payload": "x", "ttl": -1},
-            {"id": "bad-field", "payload": "x", "nope": 1},
-            {"id": "A\nB", "payload": "x"},
-            {"id": "bad-payload", "payload": 42},
-        ]))
+        .post(
+            "/storage/col",
+            &json!([
+                {"id": "good", "payload": "x"},
+                {"id": "bad-sortindex", "payload": "x", "sortindex": "meh"},
+                {"id": "bad-ttl", "payload": "x", "ttl": -1},
+                {"id": "bad-field", "payload": "x", "nope": 1},
+                {"id": "A\nB", "payload": "x"},
+                {"id": "bad-payload", "payload": 42},
+            ]),
+        )
         .await;
     assert_eq!(r.status, 200);
     let body = r.json();
@@ -361,18 +555,65 @@ async fn posts_report_each_record_and_accept_newlines() {
     assert_eq!(ts_value(&body["modified"]), r.ts("x-last-modified"));
 
     // application/newlines, payloads with embedded newlines.
-    let lines = [json!({"id": "n1", "payload": "hello\nworld"}), json!({"id": "n2", "payload": "\nmarco\n"})];
-    let text = lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
-    let r = c.send("POST", "/storage/nl", &[], Some(("application/newlines", text.into_bytes()))).await;
+    let lines = [
+        json!({"id": "n1", "payload": "hello\nworld"}),
+        json!({"id": "n2", "payload": "\nmarco\n"}),
+    ];
+    let text = lines
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = c
+        .send(
+            "POST",
+            "/storage/nl",
+            &[],
+            Some(("application/newlines", text.into_bytes())),
+        )
+        .await;
     assert_eq!(r.json()["success"], json!(["n1", "n2"]));
-    assert_eq!(c.get("/storage/nl/n1").await.json()["payload"], "hello\nworld");
+    assert_eq!(
+        c.get("/storage/nl/n1").await.json()["payload"],
+        "hello\nworld"
+    );
 
     // text/plain is JSON; other types are 415 and change nothing.
     let body = serde_json::to_vec(&json!([{"id": "t", "payload": "x"}])).unwrap();
-    assert_eq!(c.send("POST", "/storage/tp", &[], Some(("text/plain", body.clone()))).await.status, 200);
-    assert_eq!(c.send("POST", "/storage/oct", &[], Some(("application/octet-stream", body))).await.status, 415);
+    assert_eq!(
+        c.send(
+            "POST",
+            "/storage/tp",
+            &[],
+            Some(("text/plain", body.clone()))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        c.send(
+            "POST",
+            "/storage/oct",
+            &[],
+            Some(("application/octet-stream", body))
+        )
+        .await
+        .status,
+        415
+    );
     let put = serde_json::to_vec(&json!({"payload": "x"})).unwrap();
-    assert_eq!(c.send("PUT", "/storage/oct/a", &[], Some(("application/newlines", put))).await.status, 415);
+    assert_eq!(
+        c.send(
+            "PUT",
+            "/storage/oct/a",
+            &[],
+            Some(("application/newlines", put))
+        )
+        .await
+        .status,
+        415
+    );
     assert!(c.get("/info/collections").await.json().get("oct").is_none());
 }
 
@@ -380,24 +621,65 @@ async fn posts_report_each_record_and_accept_newlines() {
 async fn malformed_bodies_are_refused_with_sync_codes() {
     let s = Server::start(&[]);
     let c = s.client(15);
-    for body in [json!("notabso"), json!(42), json!({"id": ["1"], "payload": {"3": "4"}}), json!({"payload": "x", "sortindex": 2.6}), json!({"payload": "x", "unexpected": 1}), json!({"id": "other", "payload": "x"})] {
+    for body in [
+        json!("notabso"),
+        json!(42),
+        json!({"id": ["1"], "payload": {"3": "4"}}),
+        json!({"payload": "x", "sortindex": 2.6}),
+        json!({"payload": "x", "unexpected": 1}),
+        json!({"id": "other", "payload": "x"}),
+    ] {
         let r = c.put("/storage/col/item", &body).await;
         assert_eq!(r.status, 400, "{body}");
         assert_eq!(r.json(), json!(8), "{body}");
     }
-    for body in [json!("notalist"), json!(42), json!([{"id": "1", "payload": "x"}, "BAD"])] {
+    for body in [
+        json!("notalist"),
+        json!(42),
+        json!([{"id": "1", "payload": "x"}, "BAD"]),
+    ] {
         let r = c.post("/storage/col", &body).await;
         assert_eq!(r.status, 400, "{body}");
         assert_eq!(r.json(), json!(8));
     }
-    let r = c.send("PUT", "/storage/col/item", &[], Some(("application/json", b"{not json".to_vec()))).await;
+    let r = c
+        .send(
+            "PUT",
+            "/storage/col/item",
+            &[],
+            Some(("application/json", b"{not json".to_vec())),
+        )
+        .await;
     assert_eq!((r.status.as_u16(), r.json()), (400, json!(6)));
-    let r = c.send("POST", "/storage/col", &[], Some(("application/newlines", b"{\"id\":\"a\"}\n{oops".to_vec()))).await;
+    let r = c
+        .send(
+            "POST",
+            "/storage/col",
+            &[],
+            Some(("application/newlines", b"{\"id\":\"a\"}\n{oops".to_vec())),
+        )
+        .await;
     assert_eq!(r.status, 400);
     // An over-long id in the URL is not a record URL.
-    assert_eq!(c.put(&format!("/storage/col/{}", "x".repeat(65)), &json!({"payload": "x"})).await.status, 404);
+    assert_eq!(
+        c.put(
+            &format!("/storage/col/{}", "x".repeat(65)),
+            &json!({"payload": "x"})
+        )
+        .await
+        .status,
+        404
+    );
     // Negative sortindex is fine.
-    assert_eq!(c.put("/storage/col/neg", &json!({"payload": "x", "sortindex": -42})).await.status, 200);
+    assert_eq!(
+        c.put(
+            "/storage/col/neg",
+            &json!({"payload": "x", "sortindex": -42})
+        )
+        .await
+        .status,
+        200
+    );
     // Nothing above was stored.
     assert_eq!(c.get("/storage/col").await.json(), json!(["neg"]));
 }
@@ -415,23 +697,50 @@ async fn limits_are_enforced() {
     let r = c.post("/storage/col", &bsos(8)).await.json();
     assert_eq!(r["success"].as_array().unwrap().len(), 5);
     assert_eq!(r["failed"].as_object().unwrap().len(), 3);
-    let big: Vec<Value> = (0..3).map(|i| json!({"id": format!("b{i}"), "payload": "x".repeat(400)})).collect();
+    let big: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("b{i}"), "payload": "x".repeat(400)}))
+        .collect();
     let r = c.post("/storage/col", &Value::Array(big)).await.json();
     assert_eq!(r["success"], json!(["b0", "b1"]));
     assert!(r["failed"]["b2"][0].as_str().unwrap().contains("bytes"));
     // One record over the payload limit.
-    let r = c.post("/storage/col", &json!([{"id": "huge", "payload": "x".repeat(601)}])).await.json();
+    let r = c
+        .post(
+            "/storage/col",
+            &json!([{"id": "huge", "payload": "x".repeat(601)}]),
+        )
+        .await
+        .json();
     assert!(r["failed"].get("huge").is_some());
-    assert_eq!(c.put("/storage/col/huge", &json!({"payload": "x".repeat(601)})).await.status, 413);
+    assert_eq!(
+        c.put("/storage/col/huge", &json!({"payload": "x".repeat(601)}))
+            .await
+            .status,
+        413
+    );
     // A body over max_request_bytes is refused before it is stored.
-    let r = c.put("/storage/col/huge", &json!({"payload": "x".repeat(5000)})).await;
+    let r = c
+        .put("/storage/col/huge", &json!({"payload": "x".repeat(5000)}))
+        .await;
     assert_eq!(r.status, 413);
     assert_eq!(c.get("/storage/col/huge").await.status, 404);
     // Announced batch totals.
-    let r = c.post_h("/storage/col", &bsos(1), &[("x-weave-total-records", "51")]).await;
+    let r = c
+        .post_h("/storage/col", &bsos(1), &[("x-weave-total-records", "51")])
+        .await;
     assert_eq!(r.status, 400);
-    assert_eq!(c.post_h("/storage/col", &bsos(1), &[("x-weave-total-records", "50")]).await.status, 200);
-    assert_eq!(c.post_h("/storage/col", &bsos(1), &[("x-weave-total-bytes", "lots")]).await.status, 400);
+    assert_eq!(
+        c.post_h("/storage/col", &bsos(1), &[("x-weave-total-records", "50")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.post_h("/storage/col", &bsos(1), &[("x-weave-total-bytes", "lots")])
+            .await
+            .status,
+        400
+    );
 }
 
 #[tokio::test]
@@ -445,9 +754,20 @@ async fn deletes_of_collections_ids_and_everything() {
     assert_eq!(ids(&c.get("/storage/col").await.json()), ["1", "3"]);
     let info = c.get("/info/collections").await.json();
     assert_eq!(ts_value(&info["col"]), r.ts("x-last-modified"));
-    let too_many = (0..101).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-    assert_eq!(c.delete(&format!("/storage/col?ids={too_many}")).await.status, 400);
-    assert_eq!(c.get(&format!("/storage/col?ids={too_many}")).await.status, 400);
+    let too_many = (0..101)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        c.delete(&format!("/storage/col?ids={too_many}"))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        c.get(&format!("/storage/col?ids={too_many}")).await.status,
+        400
+    );
 
     assert_eq!(c.delete("/storage/col").await.status, 200);
     assert_eq!(c.get("/storage/col").await.json(), json!([]));
@@ -471,32 +791,77 @@ async fn routes_methods_and_bad_names() {
     let c = s.client(19);
     let r = c.get("/nonexistent/url").await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(r.json(), json!(0));
     assert!(r.header("x-weave-timestamp").is_some());
     assert_eq!(c.send("PUT", "/info/quota", &[], None).await.status, 405);
     assert_eq!(c.send("PUT", "/storage/col", &[], None).await.status, 405);
-    assert_eq!(c.send("POST", "/storage/col/x", &[], None).await.status, 405);
+    assert_eq!(
+        c.send("POST", "/storage/col/x", &[], None).await.status,
+        405
+    );
     // HTTP clients resolve dot segments before sending, so send these by hand.
     for dots in [".", ".."] {
         let path = format!("/1.5/19/storage/{dots}");
         let auth = c.authorization("GET", &path, common::now());
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n", s.addr);
-        assert!(common::raw_http(&s.addr, &req).await.starts_with("HTTP/1.1 400"), "{dots}");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n",
+            s.addr
+        );
+        assert!(
+            common::raw_http(&s.addr, &req)
+                .await
+                .starts_with("HTTP/1.1 400"),
+            "{dots}"
+        );
     }
-    for bad in ["/storage/a%2Fb", &format!("/storage/{}", "c".repeat(33)), "/storage/bad%20name"] {
+    for bad in [
+        "/storage/a%2Fb",
+        &format!("/storage/{}", "c".repeat(33)),
+        "/storage/bad%20name",
+    ] {
         assert_eq!(c.get(bad).await.status, 400, "{bad}");
     }
-    assert_eq!(c.raw("GET", "/1.5/abc/info/collections", &[], None, false).await.status, 404);
-    assert_eq!(c.raw("GET", "/1.5/99999999999999999999/info/collections", &[], None, false).await.status, 404);
+    assert_eq!(
+        c.raw("GET", "/1.5/abc/info/collections", &[], None, false)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        c.raw(
+            "GET",
+            "/1.5/99999999999999999999/info/collections",
+            &[],
+            None,
+            false
+        )
+        .await
+        .status,
+        404
+    );
     // Ids with URL-encoded characters round-trip.
-    let r = c.put("/storage/col/a%2Fb%3Fc%20d", &json!({"payload": "x"})).await;
+    let r = c
+        .put("/storage/col/a%2Fb%3Fc%20d", &json!({"payload": "x"}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(c.get("/storage/col").await.json(), json!(["a/b?c d"]));
-    assert_eq!(c.get("/storage/col/a%2Fb%3Fc%20d").await.json()["id"], "a/b?c d");
+    assert_eq!(
+        c.get("/storage/col/a%2Fb%3Fc%20d").await.json()["id"],
+        "a/b?c d"
+    );
     // Unknown parameters are ignored; bad values of known ones are not.
     assert_eq!(c.get("/storage/col?blabla=1").await.status, 200);
-    for q in ["newer=abc", "older=-1", "limit=x", "offset=%%%", "sort=random"] {
+    for q in [
+        "newer=abc",
+        "older=-1",
+        "limit=x",
+        "offset=%%%",
+        "sort=random",
+    ] {
         assert_eq!(c.get(&format!("/storage/col?{q}")).await.status, 400, "{q}");
     }
 }
@@ -510,20 +875,43 @@ async fn unauthenticated_endpoints_and_cors() {
         assert_eq!(r.status, 200, "{path}");
         r.json();
     }
-    assert_eq!(c.raw("GET", "/__version__", &[], None, false).await.json()["name"], "syncstore");
+    assert_eq!(
+        c.raw("GET", "/__version__", &[], None, false).await.json()["name"],
+        "syncstore"
+    );
     let r = c
-        .raw("OPTIONS", "/1.5/20/storage/col", &[
-            ("origin", "https://example.com"),
-            ("access-control-request-method", "PUT"),
-            ("access-control-request-headers", "authorization,x-if-unmodified-since"),
-        ], None, false)
+        .raw(
+            "OPTIONS",
+            "/1.5/20/storage/col",
+            &[
+                ("origin", "https://example.com"),
+                ("access-control-request-method", "PUT"),
+                (
+                    "access-control-request-headers",
+                    "authorization,x-if-unmodified-since",
+                ),
+            ],
+            None,
+            false,
+        )
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("*"));
-    let allowed = r.header("access-control-allow-headers").unwrap().to_ascii_lowercase();
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    let allowed = r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
     assert!(allowed.contains("authorization") && allowed.contains("x-if-unmodified-since"));
-    let r = c.get_h("/info/collections", &[("origin", "https://example.com")]).await;
-    let exposed = r.header("access-control-expose-headers").unwrap().to_ascii_lowercase();
+    let r = c
+        .get_h("/info/collections", &[("origin", "https://example.com")])
+        .await;
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap()
+        .to_ascii_lowercase();
     assert!(exposed.contains("x-last-modified") && exposed.contains("x-weave-next-offset"));
 }
 
@@ -532,14 +920,20 @@ async fn users_are_isolated_in_their_own_files() {
     let s = Server::start(&[]);
     let a = s.client(1001);
     let b = s.client(2002);
-    a.put("/storage/col/secret", &json!({"payload": "alice"})).await;
+    a.put("/storage/col/secret", &json!({"payload": "alice"}))
+        .await;
     assert_eq!(b.get("/storage/col").await.json(), json!([]));
     assert_eq!(b.get("/storage/col/secret").await.status, 404);
     assert_eq!(b.get("/info/collections").await.json(), json!({}));
     b.delete("/storage").await;
-    assert_eq!(a.get("/storage/col/secret").await.json()["payload"], "alice");
+    assert_eq!(
+        a.get("/storage/col/secret").await.json()["payload"],
+        "alice"
+    );
     // A's token cannot be used on B's URLs.
-    let r = a.raw("GET", "/1.5/2002/info/collections", &[], None, true).await;
+    let r = a
+        .raw("GET", "/1.5/2002/info/collections", &[], None, true)
+        .await;
     assert_eq!(r.status, 401);
     assert!(s.data.path().join("users/001/1001.sqlite").exists());
     assert!(s.data.path().join("users/002/2002.sqlite").exists());

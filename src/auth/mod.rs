@@ -95,7 +95,8 @@ impl Authenticator {
         let h = header
             .and_then(hawk::parse_header)
             .ok_or(AuthError::MissingOrMalformed)?;
-        let token = token::verify_token(&self.secrets, &h.id).map_err(|_| AuthError::InvalidToken)?;
+        let token =
+            token::verify_token(&self.secrets, &h.id).map_err(|_| AuthError::InvalidToken)?;
         let expected = hawk::compute_mac(token.key.as_bytes(), &h, req);
         if !hawk::macs_equal(&expected, &h.mac) {
             return Err(AuthError::BadSignature);
@@ -110,7 +111,10 @@ impl Authenticator {
         if (h.ts - now_secs).abs() > self.skew {
             return Err(AuthError::Skew);
         }
-        if !self.nonces.check_and_insert(&h.id, h.ts, &h.nonce, now_secs) {
+        if !self
+            .nonces
+            .check_and_insert(&h.id, h.ts, &h.nonce, now_secs)
+        {
             return Err(AuthError::Replay);
         }
         Ok(Identity {

@@ -1,8 +1,8 @@
 //! tokenlib v1 tokens: HMAC-signed JSON payloads and their HKDF-derived Hawk keys.
 
 use base64::Engine;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,11 @@ fn signature(secret: &str, payload: &[u8]) -> Hmac<Sha256> {
 /// The Hawk key a client gets for `token_id` (URL-safe base64 of the HKDF output).
 pub fn derive_key(secret: &str, salt: &str, token_id: &str) -> String {
     let info = format!("{INFO_DERIVE}{token_id}");
-    URL_SAFE.encode(hkdf32(secret.as_bytes(), Some(salt.as_bytes()), info.as_bytes()))
+    URL_SAFE.encode(hkdf32(
+        secret.as_bytes(),
+        Some(salt.as_bytes()),
+        info.as_bytes(),
+    ))
 }
 
 /// Signs a payload with `secret`; returns the token id and its derived Hawk key.

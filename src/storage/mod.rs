@@ -301,7 +301,9 @@ impl Storage {
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
                 let current = match queries::collection(w.tx, &collection).map_err(sql)? {
-                    Some((coll, _)) => queries::bso_modified(w.tx, coll, &bso.id, w.now).map_err(sql)?,
+                    Some((coll, _)) => {
+                        queries::bso_modified(w.tx, coll, &bso.id, w.now).map_err(sql)?
+                    }
                     None => None,
                 };
                 pre.check(current.unwrap_or_default())?;
@@ -416,7 +418,11 @@ mod tests {
             id: "a:b c".into(),
         };
         let token = encode_offset(&c);
-        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_eq!(decode_offset(&token).unwrap(), c);
         for bad in ["", "!!", "bm9jb2xvbg", "YWJj"] {
             assert!(decode_offset(bad).is_err(), "{bad}");

@@ -71,8 +71,7 @@ impl ClientTime {
             None => (s, ""),
         };
         let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if int.is_empty() || !digits(int) || !digits(frac) || (s.contains('.') && frac.is_empty())
-        {
+        if int.is_empty() || !digits(int) || !digits(frac) || (s.contains('.') && frac.is_empty()) {
             return None;
         }
         let secs: i64 = int.parse().ok()?;
@@ -305,7 +304,17 @@ mod tests {
         assert!(!t.is_before(Timestamp(1234)));
         assert_eq!(t.exclusive_upper(), 1234);
         assert_eq!(ClientTime::parse("7").unwrap().floor(), 700);
-        for bad in ["", "-1", "1e5", "abc", "1.", ".5", "1.2.3", " 1", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "1e5",
+            "abc",
+            "1.",
+            ".5",
+            "1.2.3",
+            " 1",
+            "99999999999999999999",
+        ] {
             assert!(ClientTime::parse(bad).is_none(), "{bad}");
         }
     }
@@ -326,8 +335,12 @@ mod tests {
 
     #[test]
     fn bsos_are_validated() {
-        let ok = parse_bso(&json!({"id": "a", "payload": "x", "ttl": 5, "modified": 3}), None, 10)
-            .unwrap();
+        let ok = parse_bso(
+            &json!({"id": "a", "payload": "x", "ttl": 5, "modified": 3}),
+            None,
+            10,
+        )
+        .unwrap();
         assert_eq!(ok.ttl, Field::Set(5));
         assert!(ok.changes_data());
         let ttl_only = parse_bso(&json!({"ttl": 5}), Some("a"), 10).unwrap();
@@ -337,12 +350,21 @@ mod tests {
             (json!({"payload": "x"}), BsoError::Id),
             (json!({"id": 1}), BsoError::Id),
             (json!({"id": "a", "payload": 4}), BsoError::Payload),
-            (json!({"id": "a", "payload": "x".repeat(11)}), BsoError::PayloadTooLarge),
+            (
+                json!({"id": "a", "payload": "x".repeat(11)}),
+                BsoError::PayloadTooLarge,
+            ),
             (json!({"id": "a", "sortindex": "1"}), BsoError::Sortindex),
             (json!({"id": "a", "sortindex": 2.5}), BsoError::Sortindex),
-            (json!({"id": "a", "sortindex": 1_000_000_000}), BsoError::Sortindex),
+            (
+                json!({"id": "a", "sortindex": 1_000_000_000}),
+                BsoError::Sortindex,
+            ),
             (json!({"id": "a", "ttl": -1}), BsoError::Ttl),
-            (json!({"id": "a", "what": 1}), BsoError::UnknownField("what".into())),
+            (
+                json!({"id": "a", "what": 1}),
+                BsoError::UnknownField("what".into()),
+            ),
         ];
         for (v, e) in cases {
             assert_eq!(parse_bso(&v, None, 10), Err(e), "{v}");

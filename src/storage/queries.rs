@@ -279,7 +279,11 @@ pub fn list_bsos(
     };
     if let Some(ids) = &q.ids {
         let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-        arg(&mut sql, " AND id IN (SELECT value FROM json_each(?))", json.into());
+        arg(
+            &mut sql,
+            " AND id IN (SELECT value FROM json_each(?))",
+            json.into(),
+        );
     }
     if let Some(n) = q.newer_than {
         arg(&mut sql, " AND modified > ?", n.into());
@@ -297,7 +301,11 @@ pub fn list_bsos(
         } else {
             arg(&mut sql, &format!(" AND ({key} {kcmp} ?"), c.key.into());
             arg(&mut sql, &format!(" OR ({key} = ?"), c.key.into());
-            arg(&mut sql, &format!(" AND id {idcmp} ?))"), c.id.clone().into());
+            arg(
+                &mut sql,
+                &format!(" AND id {idcmp} ?))"),
+                c.id.clone().into(),
+            );
         }
     }
     let direction = match q.sort {

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lru::LruCache;
-use scheduled_thread_pool::ScheduledThreadPool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use scheduled_thread_pool::ScheduledThreadPool;
 
 use super::StorageError;
 use super::model::Timestamp;
@@ -84,7 +84,12 @@ impl UserDbs {
             inner: Arc::new(Inner {
                 config,
                 open: Mutex::new(LruCache::new(cap)),
-                reaper: Arc::new(ScheduledThreadPool::builder().num_threads(1).thread_name_pattern("sqlite-reaper-{}").build()),
+                reaper: Arc::new(
+                    ScheduledThreadPool::builder()
+                        .num_threads(1)
+                        .thread_name_pattern("sqlite-reaper-{}")
+                        .build(),
+                ),
             }),
         })
     }
@@ -136,7 +141,11 @@ impl UserDbs {
         if let Some(dir) = path.parent() {
             create_private_dir(dir)?;
         }
-        let sync = if cfg.synchronous_full { "FULL" } else { "NORMAL" };
+        let sync = if cfg.synchronous_full {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
         let init = format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; \
              PRAGMA busy_timeout={};",
@@ -173,7 +182,11 @@ impl UserDbs {
         tokio::task::spawn_blocking(move || {
             let probe = dir.join(".heartbeat.sqlite");
             let result = Connection::open(&probe)
-                .and_then(|c| c.execute_batch("CREATE TABLE IF NOT EXISTS probe (x); INSERT INTO probe VALUES (1);"))
+                .and_then(|c| {
+                    c.execute_batch(
+                        "CREATE TABLE IF NOT EXISTS probe (x); INSERT INTO probe VALUES (1);",
+                    )
+                })
                 .map_err(|e| StorageError::from_sqlite(0, e));
             let _ = std::fs::remove_file(&probe);
             result

@@ -127,10 +127,9 @@ fn storage_response(e: StorageError) -> Response {
         StorageError::NotModified(ts) => {
             with_last_modified(StatusCode::NOT_MODIFIED.into_response(), ts)
         }
-        StorageError::PreconditionFailed(ts) => with_last_modified(
-            json_body(StatusCode::PRECONDITION_FAILED, json!(0)),
-            ts,
-        ),
+        StorageError::PreconditionFailed(ts) => {
+            with_last_modified(json_body(StatusCode::PRECONDITION_FAILED, json!(0)), ts)
+        }
         StorageError::NotFound => json_body(StatusCode::NOT_FOUND, json!(0)),
         StorageError::InvalidOffset => {
             ApiError::bad(WeaveCode::IllegalMethod, "invalid offset").into_response()

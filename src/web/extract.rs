@@ -215,7 +215,10 @@ pub fn collection_name(name: &str) -> Result<String, ApiError> {
     if model::valid_collection(name) {
         Ok(name.to_string())
     } else {
-        Err(ApiError::bad(WeaveCode::InvalidCollection, "invalid collection name"))
+        Err(ApiError::bad(
+            WeaveCode::InvalidCollection,
+            "invalid collection name",
+        ))
     }
 }
 

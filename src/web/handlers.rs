@@ -114,7 +114,12 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
         return Ok(Format::Json);
     };
     for range in accept.split(',') {
-        let mime = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = range
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match mime.as_str() {
             "application/json" | "application/*" | "*/*" | "" => return Ok(Format::Json),
             "application/newlines" => return Ok(Format::Newlines),
@@ -229,23 +234,27 @@ fn post_values(body: &SyncBody) -> Result<Vec<Value>, ApiError> {
             .collect::<Result<_, _>>()?,
     };
     if values.iter().any(|v| !v.is_object()) {
-        return Err(ApiError::bad(WeaveCode::InvalidBso, "list item is not an object"));
+        return Err(ApiError::bad(
+            WeaveCode::InvalidBso,
+            "list item is not an object",
+        ));
     }
     Ok(values)
 }
 
 /// Validates each posted BSO and applies the per-POST limits: records past
 /// `max_post_records` or past `max_post_bytes` of payload go to `failed`.
-fn sort_posted(
-    values: Vec<Value>,
-    s: &AppState,
-) -> (Vec<BsoInput>, BTreeMap<String, Vec<String>>) {
+fn sort_posted(values: Vec<Value>, s: &AppState) -> (Vec<BsoInput>, BTreeMap<String, Vec<String>>) {
     let limits = s.settings.limits();
     let mut valid = Vec::with_capacity(values.len());
     let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut bytes = 0usize;
     for v in values {
-        let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+        let id = v
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let reason = match model::parse_bso(&v, None, limits.max_record_payload_bytes) {
             Err(e) => Some(e.to_string()),
             Ok(_) if valid.len() >= limits.max_post_records => {
@@ -325,7 +334,10 @@ pub async fn delete_collection(
     params: Params,
 ) -> Result<Response, ApiError> {
     let collection = collection_name(&p.collection)?;
-    let ids = params.get("ids").map(super::extract::parse_ids).transpose()?;
+    let ids = params
+        .get("ids")
+        .map(super::extract::parse_ids)
+        .transpose()?;
     let ts = s
         .storage
         .delete_collection(user.uid, collection, ids, pre)

@@ -165,7 +165,9 @@ impl Resp {
 
 /// Parses a two-decimal timestamp string into 10 ms units, insisting on the format.
 pub fn parse_ts(v: &str) -> i64 {
-    let (s, c) = v.split_once('.').unwrap_or_else(|| panic!("no decimals: {v}"));
+    let (s, c) = v
+        .split_once('.')
+        .unwrap_or_else(|| panic!("no decimals: {v}"));
     assert_eq!(c.len(), 2, "two decimals: {v}");
     s.parse::<i64>().unwrap() * 100 + c.parse::<i64>().unwrap()
 }
@@ -247,7 +249,10 @@ impl Client {
             .http
             .request(m, format!("{}{}", self.base, path_and_query));
         if sign {
-            req = req.header("authorization", self.authorization(method, path_and_query, now));
+            req = req.header(
+                "authorization",
+                self.authorization(method, path_and_query, now),
+            );
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
