@@ -75,6 +75,16 @@ pub struct Settings {
     pub max_total_bytes: usize,
     /// Per-user quota in bytes; 0 turns quotas off.
     pub quota_bytes: u64,
+    /// Lifetime of an uncommitted batch, seconds.
+    pub batch_ttl_secs: u64,
+    /// Seconds between background upkeep ticks (purge, checkpoint, close idle files).
+    pub upkeep_interval_secs: u64,
+    /// Most user files upkeep visits per tick.
+    pub upkeep_users_per_tick: usize,
+    /// Close a user's file after this many idle seconds.
+    pub idle_user_secs: u64,
+    /// On shutdown, how long to wait for requests in flight, seconds.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -99,6 +109,11 @@ impl Default for Settings {
             max_total_records: 10_000,
             max_total_bytes: 262_144_000,
             quota_bytes: 0,
+            batch_ttl_secs: 7200,
+            upkeep_interval_secs: 60,
+            upkeep_users_per_tick: 500,
+            idle_user_secs: 300,
+            shutdown_grace_secs: 10,
         }
     }
 }
@@ -177,6 +192,9 @@ impl Settings {
         }
         if self.secrets.iter().any(|s| s.is_empty()) {
             return bad("secrets must not be empty strings");
+        }
+        if self.upkeep_interval_secs == 0 || self.upkeep_users_per_tick == 0 {
+            return bad("upkeep_interval_secs and upkeep_users_per_tick must be at least 1");
         }
         if self.max_open_users == 0 || self.connections_per_user == 0 {
             return bad("max_open_users and connections_per_user must be at least 1");

@@ -46,6 +46,7 @@ pub fn build_state(settings: Settings) -> Result<web::AppState, ServerError> {
         connections_per_user: settings.connections_per_user,
         lock_timeout: Duration::from_millis(settings.lock_timeout_ms),
         synchronous_full: settings.synchronous == "full",
+        quota_bytes: settings.quota_bytes,
     })?;
     let auth = Authenticator::new(
         settings.secrets.clone(),

@@ -33,6 +33,15 @@ pub enum StorageError {
     /// 400: an `offset` token this server did not issue.
     #[error("invalid offset")]
     InvalidOffset,
+    /// 403: the write would take the user past their quota; nothing was written.
+    #[error("over quota")]
+    OverQuota,
+    /// 400: the batch id is unknown, expired, committed, or of another collection.
+    #[error("invalid batch")]
+    BatchNotFound,
+    /// 400: the batch would hold more records or bytes than allowed.
+    #[error("batch too large")]
+    BatchTooLarge,
     /// 503: the user's write lock or a connection could not be had in time.
     #[error("storage busy")]
     Busy,
@@ -133,7 +142,8 @@ pub struct Info {
     pub modified: Timestamp,
     /// One JSON value per collection.
     pub collections: BTreeMap<String, serde_json::Value>,
-    /// Payload bytes stored in all collections (for `info/quota`).
+    /// Payload bytes stored in all collections, expired records not yet purged
+    /// included (for `info/quota`; the sum of `info/collection_usage`).
     pub total_bytes: i64,
 }
 
@@ -157,6 +167,60 @@ pub struct PostResult {
     pub success: Vec<String>,
     /// Ids refused, with reasons.
     pub failed: BTreeMap<String, Vec<String>>,
+}
+
+/// The result of a committed write and the user's payload bytes after it (0 when
+/// quotas are off).
+#[derive(Debug, Clone)]
+pub struct Written<T> {
+    /// What the operation returns.
+    pub value: T,
+    /// Payload bytes the user stores now (only tracked with quotas on).
+    pub usage_bytes: i64,
+}
+
+/// Which batch a POST adds to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchRef {
+    /// `batch=true`: open a new batch.
+    Start,
+    /// `batch=<id>`: an open batch.
+    Existing(String),
+}
+
+/// A POST that is a step of a batch upload.
+#[derive(Debug, Clone)]
+pub struct BatchPost {
+    /// The collection.
+    pub collection: String,
+    /// Which batch.
+    pub batch: BatchRef,
+    /// Apply the batch after appending these records.
+    pub commit: bool,
+    /// The valid records of this POST.
+    pub bsos: Vec<BsoInput>,
+    /// Most records a batch may hold.
+    pub max_records: usize,
+    /// Most payload bytes a batch may hold.
+    pub max_bytes: usize,
+    /// Lifetime of a new batch, seconds.
+    pub batch_ttl_secs: i64,
+}
+
+/// The answer to a batch step.
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    /// The batch id, while the batch is open (not after commit).
+    pub batch: Option<String>,
+    /// The commit's timestamp, or the collection's last-modified time before commit.
+    pub modified: Timestamp,
+    /// Ids of this POST that were accepted.
+    pub success: Vec<String>,
+}
+
+/// A new unguessable batch id: 128 random bits, URL-safe.
+fn new_batch_id() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
 }
 
 /// One method per protocol operation over the users' files. Cheap to clone.
@@ -217,13 +281,15 @@ impl Storage {
                         collections.insert(name, serde_json::to_value(ts).unwrap_or_default());
                     }
                 } else {
+                    total_bytes = queries::usage_bytes(tx).map_err(sql)?;
                     for (name, count, bytes) in queries::collection_sizes(tx, now).map_err(sql)? {
-                        total_bytes += bytes;
-                        let v = match kind {
-                            InfoKind::Counts => count.into(),
-                            _ => (bytes as f64 / 1024.0).into(),
+                        match kind {
+                            InfoKind::Counts if count > 0 => collections.insert(name, count.into()),
+                            InfoKind::Usage => {
+                                collections.insert(name, (bytes as f64 / 1024.0).into())
+                            }
+                            _ => None,
                         };
-                        collections.insert(name, v);
                     }
                 }
                 Ok(Info {
@@ -296,7 +362,7 @@ impl Storage {
         collection: String,
         bso: BsoInput,
         pre: Precondition,
-    ) -> Result<Timestamp, StorageError> {
+    ) -> Result<Written<Timestamp>, StorageError> {
         self.dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
@@ -321,17 +387,19 @@ impl Storage {
         collection: String,
         bsos: Vec<BsoInput>,
         pre: Precondition,
-    ) -> Result<PostResult, StorageError> {
+    ) -> Result<Written<PostResult>, StorageError> {
         self.dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
                 let current = queries::collection(w.tx, &collection).map_err(sql)?;
                 pre.check(current.map(|c| c.1).unwrap_or_default())?;
-                let coll = queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
                 let mut success = Vec::with_capacity(bsos.len());
-                for bso in &bsos {
-                    queries::upsert_bso(w.tx, coll, bso, w.ts, w.now).map_err(sql)?;
-                    success.push(bso.id.clone());
+                if !bsos.is_empty() {
+                    let coll = queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
+                    for bso in &bsos {
+                        queries::upsert_bso(w.tx, coll, bso, w.ts, w.now).map_err(sql)?;
+                        success.push(bso.id.clone());
+                    }
                 }
                 Ok(PostResult {
                     modified: w.ts,
@@ -349,7 +417,7 @@ impl Storage {
         collection: String,
         ids: Option<Vec<String>>,
         pre: Precondition,
-    ) -> Result<Timestamp, StorageError> {
+    ) -> Result<Written<Timestamp>, StorageError> {
         self.dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
@@ -376,7 +444,7 @@ impl Storage {
         collection: String,
         id: String,
         pre: Precondition,
-    ) -> Result<Timestamp, StorageError> {
+    ) -> Result<Written<Timestamp>, StorageError> {
         self.dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
@@ -395,13 +463,80 @@ impl Storage {
     }
 
     /// `DELETE storage` and `DELETE /1.5/{uid}`: removes all the user's data.
-    pub async fn delete_all(&self, uid: u64, pre: Precondition) -> Result<Timestamp, StorageError> {
+    pub async fn delete_all(
+        &self,
+        uid: u64,
+        pre: Precondition,
+    ) -> Result<Written<Timestamp>, StorageError> {
         self.dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
                 pre.check(queries::storage_modified(w.tx).map_err(sql)?)?;
                 queries::delete_everything(w.tx).map_err(sql)?;
                 Ok(w.ts)
+            })
+            .await
+    }
+}
+
+impl Storage {
+    /// `POST storage/{collection}?batch=…[&commit=true]`: opens a batch or appends to
+    /// one, and on commit applies every record of the batch atomically with one
+    /// timestamp (TTLs count from the commit).
+    pub async fn batch_post(
+        &self,
+        uid: u64,
+        post: BatchPost,
+        pre: Precondition,
+    ) -> Result<Written<BatchResult>, StorageError> {
+        self.dbs
+            .write(uid, move |w| {
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let current = queries::collection(w.tx, &post.collection).map_err(sql)?;
+                let coll_modified = current.map(|c| c.1).unwrap_or_default();
+                pre.check(coll_modified)?;
+                let id = match post.batch {
+                    BatchRef::Start => {
+                        let id = new_batch_id();
+                        let expiry = w.ts.plus_secs(post.batch_ttl_secs);
+                        queries::create_batch(w.tx, &id, &post.collection, expiry).map_err(sql)?;
+                        id
+                    }
+                    BatchRef::Existing(id) => {
+                        let row = queries::batch(w.tx, &id, w.now).map_err(sql)?;
+                        match row {
+                            Some(b) if b.collection == post.collection => id,
+                            _ => return Err(StorageError::BatchNotFound),
+                        }
+                    }
+                };
+                let totals = queries::append_batch(w.tx, &id, &post.bsos).map_err(sql)?;
+                if totals.records > post.max_records as i64 || totals.bytes > post.max_bytes as i64
+                {
+                    return Err(StorageError::BatchTooLarge);
+                }
+                let success = post.bsos.iter().map(|b| b.id.clone()).collect();
+                if !post.commit {
+                    return Ok(BatchResult {
+                        batch: Some(id),
+                        modified: coll_modified,
+                        success,
+                    });
+                }
+                let records = queries::batch_bsos(w.tx, &id).map_err(sql)?;
+                if !records.is_empty() {
+                    let coll =
+                        queries::touch_collection(w.tx, &post.collection, w.ts).map_err(sql)?;
+                    for bso in &records {
+                        queries::upsert_bso(w.tx, coll, bso, w.ts, w.now).map_err(sql)?;
+                    }
+                }
+                queries::delete_batch(w.tx, &id).map_err(sql)?;
+                Ok(BatchResult {
+                    batch: None,
+                    modified: w.ts,
+                    success,
+                })
             })
             .await
     }

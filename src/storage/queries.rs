@@ -47,15 +47,17 @@ pub fn collection_timestamps(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(Stri
     rows.collect()
 }
 
-/// `{name: (live record count, live payload bytes)}` of every non-empty collection.
+/// `{name: (live record count, stored payload bytes)}` of every collection holding
+/// records. Bytes count every stored record, including expired ones not yet purged,
+/// so they add up to `usage_bytes`.
 pub fn collection_sizes(
     tx: &Transaction<'_>,
     now: Timestamp,
 ) -> rusqlite::Result<Vec<(String, i64, i64)>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT c.name, count(*), total(b.payload_size)
+        "SELECT c.name, sum(b.expiry > ?1), total(b.payload_size)
          FROM bso b JOIN collections c ON c.id = b.collection
-         WHERE b.expiry > ?1 GROUP BY c.name ORDER BY c.name",
+         GROUP BY c.name ORDER BY c.name",
     )?;
     let rows = stmt.query_map([now.0], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get::<_, f64>(2)? as i64))
@@ -339,4 +341,160 @@ pub fn list_bsos(
         });
     }
     Ok((out, next))
+}
+
+/// Payload bytes stored by the user (kept exact by triggers on `bso`).
+pub fn usage_bytes(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.prepare_cached("SELECT value FROM meta WHERE key = 'usage_bytes'")?
+        .query_row([], |r| r.get(0))
+        .optional()
+        .map(|v| v.unwrap_or(0))
+}
+
+/// A batch in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRow {
+    /// The collection the batch belongs to.
+    pub collection: String,
+    /// Distinct records appended so far.
+    pub records: i64,
+    /// Payload bytes appended so far.
+    pub bytes: i64,
+}
+
+/// Opens a new batch for `collection`, purged if not committed before `expiry`.
+pub fn create_batch(
+    tx: &Transaction<'_>,
+    id: &str,
+    collection: &str,
+    expiry: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO batches (id, collection, expiry) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, collection, expiry])?;
+    Ok(())
+}
+
+/// A live (unexpired) batch.
+pub fn batch(tx: &Transaction<'_>, id: &str, now: Timestamp) -> rusqlite::Result<Option<BatchRow>> {
+    tx.prepare_cached(
+        "SELECT collection, records, bytes FROM batches WHERE id = ?1 AND expiry > ?2",
+    )?
+    .query_row(params![id, now.0], |r| {
+        Ok(BatchRow {
+            collection: r.get(0)?,
+            records: r.get(1)?,
+            bytes: r.get(2)?,
+        })
+    })
+    .optional()
+}
+
+/// Appends records to a batch (a repeated id merges field by field) and returns the
+/// batch's new totals.
+pub fn append_batch(
+    tx: &Transaction<'_>,
+    id: &str,
+    bsos: &[BsoInput],
+) -> rusqlite::Result<BatchRow> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO batch_bsos
+            (batch, id, seq, payload, sortindex, sortindex_set, ttl, ttl_set)
+         VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) + 1 FROM batch_bsos WHERE batch = ?1),
+                 ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(batch, id) DO UPDATE SET
+            payload = coalesce(excluded.payload, payload),
+            sortindex = CASE WHEN excluded.sortindex_set THEN excluded.sortindex ELSE sortindex END,
+            sortindex_set = sortindex_set OR excluded.sortindex_set,
+            ttl = CASE WHEN excluded.ttl_set THEN excluded.ttl ELSE ttl END,
+            ttl_set = ttl_set OR excluded.ttl_set",
+    )?;
+    for b in bsos {
+        let payload: Option<&str> = match &b.payload {
+            Field::Set(p) => Some(p),
+            Field::Null => Some(""),
+            Field::Absent => None,
+        };
+        let (si_set, si) = field_parts(&b.sortindex);
+        let (ttl_set, ttl) = field_parts(&b.ttl);
+        stmt.execute(params![id, b.id, payload, si, si_set, ttl, ttl_set])?;
+    }
+    tx.prepare_cached(
+        "UPDATE batches SET
+            records = (SELECT count(*) FROM batch_bsos WHERE batch = ?1),
+            bytes = (SELECT total(length(CAST(payload AS BLOB))) FROM batch_bsos WHERE batch = ?1)
+         WHERE id = ?1
+         RETURNING collection, records, bytes",
+    )?
+    .query_row([id], |r| {
+        Ok(BatchRow {
+            collection: r.get(0)?,
+            records: r.get(1)?,
+            bytes: r.get::<_, f64>(2)? as i64,
+        })
+    })
+}
+
+fn field_parts(f: &Field<i64>) -> (bool, Option<i64>) {
+    match f {
+        Field::Set(v) => (true, Some(*v)),
+        Field::Null => (true, None),
+        Field::Absent => (false, None),
+    }
+}
+
+/// The records of a batch, in the order they were first appended.
+pub fn batch_bsos(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Vec<BsoInput>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, payload, sortindex, sortindex_set, ttl, ttl_set
+         FROM batch_bsos WHERE batch = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        let field = |set: bool, v: Option<i64>| match (set, v) {
+            (false, _) => Field::Absent,
+            (true, None) => Field::Null,
+            (true, Some(v)) => Field::Set(v),
+        };
+        Ok(BsoInput {
+            id: r.get(0)?,
+            payload: match r.get::<_, Option<String>>(1)? {
+                Some(p) => Field::Set(p),
+                None => Field::Absent,
+            },
+            sortindex: field(r.get(3)?, r.get(2)?),
+            ttl: field(r.get(5)?, r.get(4)?),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Deletes a batch and its records.
+pub fn delete_batch(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM batch_bsos WHERE batch = ?1")?
+        .execute([id])?;
+    tx.prepare_cached("DELETE FROM batches WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Deletes up to `limit` expired records and every expired batch; returns how many
+/// records and batches went.
+pub fn purge_expired(
+    tx: &Transaction<'_>,
+    now: Timestamp,
+    limit: i64,
+) -> rusqlite::Result<(usize, usize)> {
+    let records = tx
+        .prepare_cached(
+            "DELETE FROM bso WHERE rowid IN
+                (SELECT rowid FROM bso WHERE expiry <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now.0, limit])?;
+    tx.prepare_cached(
+        "DELETE FROM batch_bsos WHERE batch IN (SELECT id FROM batches WHERE expiry <= ?1)",
+    )?
+    .execute([now.0])?;
+    let batches = tx
+        .prepare_cached("DELETE FROM batches WHERE expiry <= ?1")?
+        .execute([now.0])?;
+    Ok((records, batches))
 }

@@ -21,8 +21,8 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use scheduled_thread_pool::ScheduledThreadPool;
 
-use super::StorageError;
 use super::model::Timestamp;
+use super::{StorageError, Written};
 
 /// The per-user schema, applied to fresh files.
 const USER_SCHEMA: &str = include_str!("../../schema/user.sql");
@@ -42,6 +42,8 @@ pub struct UserDbsConfig {
     pub lock_timeout: Duration,
     /// `PRAGMA synchronous=FULL` instead of `NORMAL`.
     pub synchronous_full: bool,
+    /// Per-user quota in payload bytes; 0 turns quotas off.
+    pub quota_bytes: u64,
 }
 
 /// One open user: a connection pool and the lock that serializes the user's writes.
@@ -213,15 +215,17 @@ impl UserDbs {
 
     /// Runs `f` as one write of `uid`: serialized with the user's other writes, in one
     /// transaction, with a timestamp strictly above every earlier one of this user.
-    /// The write is committed only if `f` succeeds; the storage's last-modified moves
-    /// to the write's timestamp.
-    pub async fn write<T, F>(&self, uid: u64, f: F) -> Result<T, StorageError>
+    /// The write is committed only if `f` succeeds and, with quotas on, does not take
+    /// the user's usage up past the quota; the storage's last-modified moves to the
+    /// write's timestamp.
+    pub async fn write<T, F>(&self, uid: u64, f: F) -> Result<Written<T>, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteCtx<'_>) -> Result<T, StorageError> + Send + 'static,
     {
         let db = self.get(uid).await?;
         let timeout = self.inner.config.lock_timeout;
+        let quota = self.inner.config.quota_bytes as i64;
         let guard = tokio::time::timeout(timeout, db.write_lock.clone().lock_owned())
             .await
             .map_err(|_| StorageError::Busy)?;
@@ -235,10 +239,19 @@ impl UserDbs {
             let last = super::queries::storage_modified(&tx).map_err(sql)?;
             let now = Timestamp::now();
             let ts = Timestamp(now.0.max(last.0 + 1));
-            let out = f(&WriteCtx { tx: &tx, ts, now })?;
+            let usage = |tx: &Transaction<'_>| match quota {
+                0 => Ok(0),
+                _ => super::queries::usage_bytes(tx),
+            };
+            let before = usage(&tx).map_err(sql)?;
+            let value = f(&WriteCtx { tx: &tx, ts, now })?;
+            let usage_bytes = usage(&tx).map_err(sql)?;
+            if quota > 0 && usage_bytes > quota && usage_bytes > before {
+                return Err(StorageError::OverQuota);
+            }
             super::queries::set_storage_modified(&tx, ts).map_err(sql)?;
             tx.commit().map_err(sql)?;
-            Ok(out)
+            Ok(Written { value, usage_bytes })
         })
         .await?;
         drop(guard);

@@ -134,6 +134,19 @@ fn storage_response(e: StorageError) -> Response {
         StorageError::InvalidOffset => {
             ApiError::bad(WeaveCode::IllegalMethod, "invalid offset").into_response()
         }
+        StorageError::OverQuota => {
+            json_body(StatusCode::FORBIDDEN, json!(WeaveCode::OverQuota as u8))
+        }
+        StorageError::BatchNotFound => ApiError::bad(
+            WeaveCode::IllegalMethod,
+            "unknown, expired or foreign batch",
+        )
+        .into_response(),
+        StorageError::BatchTooLarge => ApiError::bad(
+            WeaveCode::SizeLimitExceeded,
+            "batch over max_total_records or max_total_bytes",
+        )
+        .into_response(),
         StorageError::Busy => {
             tracing::warn!("storage busy: write lock or connection not available in time");
             unavailable("5")

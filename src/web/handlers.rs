@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::{ApiError, WeaveCode};
 use super::extract::{BodyFormat, HawkUser, Params, Pre, SyncBody, collection_name, list_query};
 use crate::storage::model::{self, BsoError, BsoInput, Timestamp};
-use crate::storage::{InfoKind, PostResult};
+use crate::storage::{BatchPost, BatchRef, InfoKind, Written};
 
 /// `{collection}` of a collection URL.
 #[derive(Deserialize)]
@@ -44,8 +44,25 @@ struct Modified {
     modified: Timestamp,
 }
 
-fn written(ts: Timestamp) -> Response {
-    reply(&Modified { modified: ts }, ts, true)
+/// Adds `X-Weave-Quota-Remaining` (KB, two decimals) once a user has used 80% of
+/// their quota; quotas off: nothing.
+fn quota_header(mut r: Response, s: &AppState, usage_bytes: i64) -> Response {
+    let quota = s.settings.quota_bytes as i64;
+    if quota > 0 && usage_bytes * 5 >= quota * 4 {
+        let remaining = (quota - usage_bytes).max(0) as f64 / 1024.0;
+        if let Ok(v) = HeaderValue::from_str(&format!("{remaining:.2}")) {
+            r.headers_mut().insert("x-weave-quota-remaining", v);
+        }
+    }
+    r
+}
+
+fn written(s: &AppState, w: Written<Timestamp>) -> Response {
+    quota_header(
+        reply(&Modified { modified: w.value }, w.value, true),
+        s,
+        w.usage_bytes,
+    )
 }
 
 async fn info(state: &AppState, uid: u64, kind: InfoKind, pre: Pre) -> Result<Response, ApiError> {
@@ -215,8 +232,8 @@ pub async fn put_item(
     let value = parse_json(&body.bytes)?;
     let bso = model::parse_bso(&value, Some(&p.bso), s.settings.max_record_payload_bytes)
         .map_err(bso_error)?;
-    let ts = s.storage.put(user.uid, collection, bso, pre).await?;
-    Ok(written(ts))
+    let w = s.storage.put(user.uid, collection, bso, pre).await?;
+    Ok(written(&s, w))
 }
 
 /// Splits a POST body into BSO values: a JSON list, or one JSON value per line.
@@ -301,7 +318,32 @@ fn check_announced_totals(headers: &HeaderMap, s: &AppState) -> Result<(), ApiEr
     Ok(())
 }
 
-/// `POST storage/{collection}`.
+/// Reads `batch` / `commit`: `None` for a plain POST, else which batch and whether
+/// to commit it.
+fn batch_params(p: &Params) -> Result<Option<(BatchRef, bool)>, ApiError> {
+    let bad = |m: &str| ApiError::bad(WeaveCode::IllegalMethod, m.to_string());
+    let commit = match p.get("commit") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(_) => return Err(bad("commit must be \"true\"")),
+    };
+    match p.get("batch") {
+        None if commit => Err(bad("commit without batch")),
+        None => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some((BatchRef::Start, commit))),
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Ok(Some((BatchRef::Existing(v.to_string()), commit)))
+        }
+        Some(_) => Err(bad("invalid batch id")),
+    }
+}
+
+/// `POST storage/{collection}`: a plain write, or a step of a batch upload.
 pub async fn post_collection(
     State(s): State<AppState>,
     HawkUser(user): HawkUser,
@@ -312,17 +354,41 @@ pub async fn post_collection(
     body: SyncBody,
 ) -> Result<Response, ApiError> {
     let collection = collection_name(&p.collection)?;
-    if params.get("batch").is_some() || params.get("commit").is_some() {
-        return Err(ApiError::bad(
-            WeaveCode::IllegalMethod,
-            "batch uploads are not supported yet",
-        ));
-    }
+    let batch = batch_params(&params)?;
     check_announced_totals(&headers, &s)?;
     let (valid, failed) = sort_posted(post_values(&body)?, &s);
-    let mut result: PostResult = s.storage.post(user.uid, collection, valid, pre).await?;
-    result.failed = failed;
-    Ok(reply(&result, result.modified, true))
+    let Some((batch, commit)) = batch else {
+        let w = s.storage.post(user.uid, collection, valid, pre).await?;
+        let mut result = w.value;
+        result.failed = failed;
+        let r = reply(&result, result.modified, true);
+        return Ok(quota_header(r, &s, w.usage_bytes));
+    };
+    let post = BatchPost {
+        collection,
+        batch,
+        commit,
+        bsos: valid,
+        max_records: s.settings.max_total_records,
+        max_bytes: s.settings.max_total_bytes,
+        batch_ttl_secs: s.settings.batch_ttl_secs as i64,
+    };
+    let w = s.storage.batch_post(user.uid, post, pre).await?;
+    let b = w.value;
+    let r = match b.batch {
+        Some(id) => {
+            let body = json!({"batch": id, "success": b.success, "failed": failed});
+            let mut r = reply(&body, b.modified, false);
+            *r.status_mut() = StatusCode::ACCEPTED;
+            r
+        }
+        None => reply(
+            &json!({"modified": b.modified, "success": b.success, "failed": failed}),
+            b.modified,
+            true,
+        ),
+    };
+    Ok(quota_header(r, &s, w.usage_bytes))
 }
 
 /// `DELETE storage/{collection}[?ids=…]`.
@@ -338,11 +404,11 @@ pub async fn delete_collection(
         .get("ids")
         .map(super::extract::parse_ids)
         .transpose()?;
-    let ts = s
+    let w = s
         .storage
         .delete_collection(user.uid, collection, ids, pre)
         .await?;
-    Ok(written(ts))
+    Ok(written(&s, w))
 }
 
 /// `DELETE storage/{collection}/{bso}`.
@@ -356,8 +422,8 @@ pub async fn delete_item(
     if !model::valid_bso_id(&p.bso) {
         return Err(ApiError::NotFound);
     }
-    let ts = s.storage.delete(user.uid, collection, p.bso, pre).await?;
-    Ok(written(ts))
+    let w = s.storage.delete(user.uid, collection, p.bso, pre).await?;
+    Ok(written(&s, w))
 }
 
 /// `DELETE storage` and `DELETE /1.5/{uid}`.
@@ -366,8 +432,8 @@ pub async fn delete_all(
     HawkUser(user): HawkUser,
     Pre(pre): Pre,
 ) -> Result<Response, ApiError> {
-    let ts = s.storage.delete_all(user.uid, pre).await?;
-    Ok(written(ts))
+    let w = s.storage.delete_all(user.uid, pre).await?;
+    Ok(written(&s, w))
 }
 
 /// `GET /__heartbeat__`: checks that the data dir is writable and SQLite answers.
