@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use auth::Authenticator;
 use config::Settings;
@@ -60,7 +61,53 @@ pub fn build_state(settings: Settings) -> Result<web::AppState, ServerError> {
     ))
 }
 
-/// Runs the storage node on `listener` until `shutdown` completes.
+/// Runs background upkeep every `interval` until `stop` turns true.
+async fn upkeep_loop(
+    dbs: UserDbs,
+    interval: Duration,
+    users_per_tick: usize,
+    idle_secs: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut cursor = storage::upkeep::UpkeepCursor::default();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick fires at once; start one interval in
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let tick_dbs = dbs.clone();
+        let mut c = cursor.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let report = tick_dbs.upkeep_tick(&mut c, users_per_tick, idle_secs);
+            (report, c)
+        })
+        .await;
+        match done {
+            Ok((report, c)) => {
+                cursor = c;
+                tracing::debug!(?report, "upkeep tick");
+                if report.records_purged + report.batches_purged > 0 || report.closed > 0 {
+                    tracing::info!(
+                        users = report.users,
+                        records_purged = report.records_purged,
+                        batches_purged = report.batches_purged,
+                        pages_reclaimed = report.pages_reclaimed,
+                        idle_closed = report.closed,
+                        "upkeep"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "upkeep tick failed"),
+        }
+    }
+}
+
+/// Runs the storage node on `listener` until `shutdown` completes; then stops
+/// accepting, waits up to `shutdown_grace_secs` for requests in flight, and
+/// checkpoints and closes every user file.
 pub async fn run(
     mut settings: Settings,
     listener: TcpListener,
@@ -69,9 +116,45 @@ pub async fn run(
     if let Some(path) = settings.ensure_secret()? {
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");
     }
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
+    let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let state = build_state(settings)?;
+    let dbs = state.storage.dbs().clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let upkeep = tokio::spawn(upkeep_loop(
+        dbs.clone(),
+        upkeep_every,
+        users_per_tick,
+        idle_secs,
+        stop_rx.clone(),
+    ));
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    web::serve(listener, state, shutdown).await?;
-    tracing::info!("stopped");
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let server = web::serve(listener, state, signal);
+    tokio::pin!(server);
+    let mut stopping = stop_rx.clone();
+    let served = tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("requests still in flight after the grace period; closing them");
+            Ok(())
+        }
+    };
+    if !*stop_rx.borrow() {
+        upkeep.abort(); // the server ended on its own (an error): no signal will come
+    }
+    let _ = upkeep.await;
+    let closed = tokio::task::spawn_blocking(move || dbs.close_all())
+        .await
+        .unwrap_or(0);
+    tracing::info!(files = closed, "stopped: user files checkpointed and closed");
+    served?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod model;
 pub mod queries;
+pub mod upkeep;
 pub mod userdbs;
 
 use std::collections::BTreeMap;

@@ -498,3 +498,22 @@ pub fn purge_expired(
         .execute([now.0])?;
     Ok((records, batches))
 }
+
+/// Checkpoints the write-ahead log; `truncate` also empties the WAL file (used when
+/// closing), otherwise the checkpoint never waits for readers.
+pub fn checkpoint(conn: &rusqlite::Connection, truncate: bool) -> rusqlite::Result<()> {
+    let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+}
+
+/// Hands free pages back to the file system when at least a quarter of the file
+/// (and more than `min_pages`) is free; returns the pages freed.
+pub fn reclaim_free_pages(conn: &rusqlite::Connection, min_pages: i64) -> rusqlite::Result<i64> {
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let total: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if free <= min_pages || free * 4 < total {
+        return Ok(0);
+    }
+    conn.execute_batch("PRAGMA incremental_vacuum")?;
+    Ok(free)
+}

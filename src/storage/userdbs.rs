@@ -13,6 +13,7 @@
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,29 @@ pub struct UserDb {
     pool: r2d2::Pool<SqliteConnectionManager>,
     /// Held for the whole of a write so a user's writes never contend inside SQLite.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Unix seconds of the last request, so upkeep can close idle files.
+    last_used: AtomicU64,
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl UserDb {
+    /// A pooled connection to the user's file.
+    pub fn connection(
+        &self,
+    ) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StorageError> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Takes the user's write lock if it is free right now.
+    pub fn try_write_lock(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, StorageError> {
+        self.write_lock.try_lock().map_err(|_| StorageError::Busy)
+    }
 }
 
 /// A write in progress: the transaction, the write's timestamp and the wall clock.
@@ -116,7 +140,64 @@ impl UserDbs {
     }
 
     fn cached(&self, uid: u64) -> Option<Arc<UserDb>> {
-        self.inner.open.lock().ok()?.get(&uid).cloned()
+        let db = self.inner.open.lock().ok()?.get(&uid).cloned()?;
+        db.last_used.store(unix_secs(), Ordering::Relaxed);
+        Some(db)
+    }
+
+    /// The open handle of `uid`, if open, without touching the LRU order.
+    pub fn peek(&self, uid: u64) -> Option<Arc<UserDb>> {
+        self.inner.open.lock().ok()?.peek(&uid).cloned()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// Closes files idle for `idle_secs` and not in use; returns how many.
+    /// Blocking (closing may checkpoint): call from the blocking pool.
+    pub fn close_idle(&self, idle_secs: u64) -> usize {
+        let cutoff = unix_secs().saturating_sub(idle_secs);
+        let closed: Vec<Arc<UserDb>> = {
+            let Ok(mut open) = self.inner.open.lock() else {
+                return 0;
+            };
+            let idle: Vec<u64> = open
+                .iter()
+                .filter(|(_, db)| {
+                    db.last_used.load(Ordering::Relaxed) <= cutoff && Arc::strong_count(db) == 1
+                })
+                .map(|(uid, _)| *uid)
+                .collect();
+            idle.iter().filter_map(|uid| open.pop(uid)).collect()
+        };
+        let n = closed.len();
+        drop(closed);
+        n
+    }
+
+    /// Checkpoints and closes every open file (at shutdown). Blocking.
+    pub fn close_all(&self) -> usize {
+        let all: Vec<Arc<UserDb>> = match self.inner.open.lock() {
+            Ok(mut open) => {
+                let mut v = Vec::with_capacity(open.len());
+                while let Some((_, db)) = open.pop_lru() {
+                    v.push(db);
+                }
+                v
+            }
+            Err(_) => return 0,
+        };
+        for db in &all {
+            let result = db
+                .connection()
+                .and_then(|c| super::queries::checkpoint(&c, true).map_err(|e| StorageError::from_sqlite(db.uid, e)));
+            if let Err(e) = result {
+                tracing::warn!(uid = db.uid, error = %e, "checkpoint at shutdown failed");
+            }
+        }
+        all.len()
     }
 
     fn open_blocking(&self, uid: u64) -> Result<Arc<UserDb>, StorageError> {
@@ -175,6 +256,7 @@ impl UserDbs {
             uid,
             pool,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            last_used: AtomicU64::new(unix_secs()),
         })
     }
 
