@@ -245,7 +245,7 @@ impl UserDbs {
             .max_size(cfg.connections_per_user.max(1))
             .min_idle(Some(0))
             .idle_timeout(Some(Duration::from_secs(120)))
-            .connection_timeout(cfg.lock_timeout)
+            .connection_timeout(cfg.lock_timeout.max(Duration::from_secs(1)))
             .test_on_check_out(false)
             .thread_pool(self.inner.reaper.clone())
             .build_unchecked(manager);

@@ -371,3 +371,25 @@ pub fn hawk_header(
     let hash = hash.map(|h| format!(", hash=\"{h}\"")).unwrap_or_default();
     format!("Hawk id=\"{id}\", ts=\"{ts}\", nonce=\"{nonce}\", mac=\"{mac}\"{hash}")
 }
+
+impl Server {
+    /// Sends SIGTERM and waits (up to `secs`) for the process to exit; returns
+    /// whether it exited successfully.
+    pub fn terminate(&mut self, secs: u64) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The log so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
