@@ -154,7 +154,10 @@ pub async fn run(
     let closed = tokio::task::spawn_blocking(move || dbs.close_all())
         .await
         .unwrap_or(0);
-    tracing::info!(files = closed, "stopped: user files checkpointed and closed");
+    tracing::info!(
+        files = closed,
+        "stopped: user files checkpointed and closed"
+    );
     served?;
     Ok(())
 }

@@ -5,91 +5,124 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::Server;
+use common::{Server, ts_value};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_lose_nothing() {
-    let s = Server::start(&[("SYNCSTORE_MAX_OPEN_USERS", "50")]);
+type Acked = Vec<(u64, String)>;
+
+/// 16 devices × 50 PUTs on user 1, while 200 other users post 2 × 5 records each.
+async fn hammer(s: &Server) -> (Acked, usize) {
     let mut tasks = Vec::new();
-    // 8 devices of one user, 25 writes each.
-    for device in 0..8 {
+    for device in 0..16 {
         let c = s.client(1);
         tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..25 {
+            let (mut acked, mut busy) = (Vec::new(), 0);
+            for i in 0..50 {
                 let id = format!("d{device}-{i}");
                 let r = c
                     .put(&format!("/storage/history/{id}"), &json!({"payload": id}))
                     .await;
-                assert!(
-                    r.status == 200 || r.status == 503,
-                    "{}: {}",
-                    r.status,
-                    r.text
-                );
-                if r.status == 200 {
-                    acked.push((1u64, id));
+                match r.status.as_u16() {
+                    200 => acked.push((1u64, id)),
+                    503 => {
+                        assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+                        busy += 1;
+                    }
+                    other => panic!("{other}: {}", r.text),
                 }
             }
-            acked
+            (acked, busy)
         }));
     }
-    // 120 other users, 3 posts of 5 records each (more users than the open-file LRU holds).
-    for uid in 100..220u64 {
+    for uid in 100..300u64 {
         let c = s.client(uid);
         tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for round in 0..3 {
+            let (mut acked, mut busy) = (Vec::new(), 0);
+            for round in 0..2 {
                 let body: Vec<_> = (0..5)
                     .map(|i| json!({"id": format!("r{round}-{i}"), "payload": "x"}))
                     .collect();
                 let r = c
                     .post("/storage/tabs", &serde_json::Value::Array(body))
                     .await;
-                assert!(
-                    r.status == 200 || r.status == 503,
-                    "{}: {}",
-                    r.status,
-                    r.text
-                );
-                if r.status == 200 {
-                    for id in r.json()["success"].as_array().unwrap() {
-                        acked.push((uid, id.as_str().unwrap().to_string()));
-                    }
+                match r.status.as_u16() {
+                    200 => acked.extend(
+                        r.json()["success"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|id| (uid, id.as_str().unwrap().to_string())),
+                    ),
+                    503 => busy += 1,
+                    other => panic!("{other}: {}", r.text),
                 }
             }
-            acked
+            (acked, busy)
         }));
     }
-    let mut acked: BTreeSet<(u64, String)> = BTreeSet::new();
+    let (mut acked, mut busy) = (Vec::new(), 0);
     for t in tasks {
-        acked.extend(t.await.unwrap());
+        let (a, b) = t.await.unwrap();
+        acked.extend(a);
+        busy += b;
     }
-    assert!(
-        acked.len() > 1000,
-        "most writes should succeed: {}",
-        acked.len()
-    );
-    // Everything acknowledged is there, per user.
-    let mut stored: BTreeSet<(u64, String)> = BTreeSet::new();
-    for uid in std::iter::once(1).chain(100..220) {
-        let c = s.client(uid);
+    (acked, busy)
+}
+
+async fn stored(s: &Server) -> BTreeSet<(u64, String)> {
+    let mut out = BTreeSet::new();
+    for uid in std::iter::once(1).chain(100..300) {
         let coll = if uid == 1 { "history" } else { "tabs" };
-        let r = c.get(&format!("/storage/{coll}")).await;
+        let r = s.client(uid).get(&format!("/storage/{coll}")).await;
         assert_eq!(r.status, 200);
-        for id in r.json().as_array().unwrap() {
-            stored.insert((uid, id.as_str().unwrap().to_string()));
-        }
+        out.extend(
+            r.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| (uid, id.as_str().unwrap().to_string())),
+        );
     }
-    assert!(acked.is_subset(&stored), "acknowledged writes missing");
-    // Timestamps of the shared user are unique (one per write).
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_lose_nothing() {
+    let s = Server::start(&[("SYNCSTORE_MAX_OPEN_USERS", "64")]);
+    let (acked, busy) = hammer(&s).await;
+    let acked_set: BTreeSet<_> = acked.iter().cloned().collect();
+    assert_eq!(acked_set.len(), acked.len());
+    // With the default lock timeout nothing should even have to wait that long.
+    assert_eq!(busy, 0);
+    assert_eq!(acked.len(), 16 * 50 + 200 * 10);
+    assert_eq!(
+        stored(&s).await,
+        acked_set,
+        "stored records = acknowledged records"
+    );
+    // Every write of the shared user got its own, strictly increasing timestamp.
     let full = s.client(1).get("/storage/history?full=1").await.json();
-    let times: BTreeSet<String> = full
+    let times: BTreeSet<i64> = full
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| b["modified"].to_string())
+        .map(|b| ts_value(&b["modified"]))
         .collect();
-    assert_eq!(times.len(), full.as_array().unwrap().len());
+    assert_eq!(times.len(), 16 * 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_cannot_get_the_lock_in_time_gets_503_and_changes_nothing() {
+    let s = Server::start(&[("SYNCSTORE_LOCK_TIMEOUT_MS", "0")]);
+    let (acked, busy) = hammer(&s).await;
+    assert!(
+        busy > 0,
+        "a zero lock timeout under contention must produce 503s"
+    );
+    let acked_set: BTreeSet<_> = acked.into_iter().collect();
+    assert_eq!(
+        stored(&s).await,
+        acked_set,
+        "exactly the acknowledged writes are stored"
+    );
 }

@@ -190,9 +190,10 @@ impl UserDbs {
             Err(_) => return 0,
         };
         for db in &all {
-            let result = db
-                .connection()
-                .and_then(|c| super::queries::checkpoint(&c, true).map_err(|e| StorageError::from_sqlite(db.uid, e)));
+            let result = db.connection().and_then(|c| {
+                super::queries::checkpoint(&c, true)
+                    .map_err(|e| StorageError::from_sqlite(db.uid, e))
+            });
             if let Err(e) = result {
                 tracing::warn!(uid = db.uid, error = %e, "checkpoint at shutdown failed");
             }

@@ -1,0 +1,154 @@
+//! Quota enforcement, background upkeep and graceful shutdown, seen from outside.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use rusqlite::Connection;
+use serde_json::json;
+
+#[tokio::test]
+async fn quota_refuses_writes_past_it_and_reports_usage() {
+    let s = Server::start(&[("SYNCSTORE_QUOTA_BYTES", "1000")]);
+    let c = s.client(1);
+    let r = c
+        .put("/storage/col/a", &json!({"payload": "x".repeat(500)}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-weave-quota-remaining").is_none(),
+        "not near the quota yet"
+    );
+    let r = c
+        .post(
+            "/storage/col",
+            &json!([{"id": "b", "payload": "x".repeat(350)}]),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-weave-quota-remaining").as_deref(), Some("0.15"));
+    // Past the quota: 403 with code 14, nothing written.
+    let r = c
+        .put("/storage/col/c", &json!({"payload": "x".repeat(300)}))
+        .await;
+    assert_eq!((r.status.as_u16(), r.json()), (403, json!(14)));
+    assert_eq!(c.get("/storage/col/c").await.status, 404);
+    let r = c
+        .post(
+            "/storage/col",
+            &json!([{"id": "d", "payload": "x".repeat(300)}]),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .post(
+            "/storage/other?batch=true&commit=true",
+            &json!([{"id": "e", "payload": "x".repeat(300)}]),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    // info/quota and info/collection_usage agree with what is stored.
+    let quota = c.get("/info/quota").await.json();
+    assert!((quota[0].as_f64().unwrap() - 850.0 / 1024.0).abs() < 1e-9);
+    assert!((quota[1].as_f64().unwrap() - 1000.0 / 1024.0).abs() < 1e-9);
+    let usage = c.get("/info/collection_usage").await.json();
+    assert!((usage["col"].as_f64().unwrap() - 850.0 / 1024.0).abs() < 1e-9);
+    // Shrinking is always allowed, and frees room.
+    assert_eq!(
+        c.put("/storage/col/a", &json!({"payload": "x"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.put("/storage/col/c", &json!({"payload": "x".repeat(300)}))
+            .await
+            .status,
+        200
+    );
+    c.delete("/storage/col").await;
+    let quota = c.get("/info/quota").await.json();
+    assert_eq!(quota[0].as_f64().unwrap(), 0.0);
+}
+
+fn count(conn: &Connection, table: &str) -> i64 {
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn upkeep_purges_expired_records_and_abandoned_batches_from_disk() {
+    let s = Server::start(&[
+        ("SYNCSTORE_UPKEEP_INTERVAL_SECS", "1"),
+        ("SYNCSTORE_BATCH_TTL_SECS", "1"),
+        ("SYNCSTORE_IDLE_USER_SECS", "1"),
+    ]);
+    let c = s.client(42);
+    let short: Vec<_> = (0..50)
+        .map(|i| json!({"id": format!("t{i}"), "payload": "x".repeat(100), "ttl": 1}))
+        .collect();
+    c.post("/storage/col", &serde_json::Value::Array(short))
+        .await;
+    c.put("/storage/col/keep", &json!({"payload": "kept"}))
+        .await;
+    let r = c
+        .post(
+            "/storage/col?batch=true",
+            &json!([{"id": "abandoned", "payload": "x"}]),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let path = s.data.path().join("users/042/42.sqlite");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let conn = Connection::open(&path).unwrap();
+        let (bsos, batches, batch_bsos) = (
+            count(&conn, "bso"),
+            count(&conn, "batches"),
+            count(&conn, "batch_bsos"),
+        );
+        if bsos == 1 && batches == 0 && batch_bsos == 0 {
+            let usage: i64 = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'usage_bytes'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(usage, 4, "usage follows purges");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not purged: {bsos} records, {batches} batches"
+        );
+    }
+    assert_eq!(c.get("/storage/col").await.json(), json!(["keep"]));
+    let log = s.log_text();
+    assert!(log.contains("records_purged=50"), "{log}");
+    assert!(log.contains("idle_closed="), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_and_closes_files_cleanly() {
+    let mut s = Server::start(&[]);
+    let c = s.client(5);
+    for i in 0..20 {
+        c.put(&format!("/storage/col/{i}"), &json!({"payload": "x"}))
+            .await;
+    }
+    assert!(s.terminate(20), "clean exit on SIGTERM:\n{}", s.log_text());
+    assert!(s.log_text().contains("stopped"), "{}", s.log_text());
+    let wal = s.data.path().join("users/005/5.sqlite-wal");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal_len, 0, "WAL checkpointed at shutdown");
+    // Everything acknowledged is there after a restart.
+    let dir = s.stop();
+    let s = Server::start_in(dir, &[]);
+    assert_eq!(
+        s.client(5).get("/info/collection_counts").await.json(),
+        json!({"col": 20})
+    );
+}
