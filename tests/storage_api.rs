@@ -938,3 +938,41 @@ async fn users_are_isolated_in_their_own_files() {
     assert!(s.data.path().join("users/001/1001.sqlite").exists());
     assert!(s.data.path().join("users/002/2002.sqlite").exists());
 }
+
+#[tokio::test]
+async fn hostile_paths_queries_and_bodies_get_4xx_never_5xx() {
+    let s = Server::start(&[]);
+    let c = s.client(21);
+    c.put("/storage/col/a", &json!({"payload": "x"})).await;
+    for path in [
+        "/storage/%FF",
+        "/storage/col/%FF%FE",
+        "/storage/col?ids=%FF",
+        "/storage/col?newer=%",
+        "/storage/col?limit=99999999999999999999",
+        "/storage/col?newer=99999999999999999999",
+        "/storage/col?offset=",
+        "/storage//x",
+        "/storage/col/%00",
+        "/info/collections/extra",
+    ] {
+        let r = c.get(path).await;
+        let ok_listing = path == "/storage/col?ids=%FF"; // an id that matches nothing
+        assert!(r.status.is_client_error() || ok_listing, "{path}: {}", r.status);
+        assert!(r.status.as_u16() < 500, "{path}: {}", r.status);
+    }
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    for (ct, body) in [
+        ("application/json", deep.clone().into_bytes()),
+        ("application/json", vec![0xff, 0xfe, 0x00]),
+        ("application/json", b"".to_vec()),
+        ("application/newlines", b"\n\n".to_vec()),
+        ("application/json", br#"[{"id": "\ud800", "payload": "x"}]"#.to_vec()),
+    ] {
+        let r = c.send("POST", "/storage/col", &[], Some((ct, body))).await;
+        assert!(r.status.as_u16() < 500, "{ct}: {} {}", r.status, r.text);
+    }
+    let r = c.send("PUT", "/storage/col/a", &[], Some(("application/json", deep.into_bytes()))).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(c.get("/storage/col/a").await.json()["payload"], "x");
+}
