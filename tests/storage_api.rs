@@ -958,7 +958,11 @@ async fn hostile_paths_queries_and_bodies_get_4xx_never_5xx() {
     ] {
         let r = c.get(path).await;
         let ok_listing = path == "/storage/col?ids=%FF"; // an id that matches nothing
-        assert!(r.status.is_client_error() || ok_listing, "{path}: {}", r.status);
+        assert!(
+            r.status.is_client_error() || ok_listing,
+            "{path}: {}",
+            r.status
+        );
         assert!(r.status.as_u16() < 500, "{path}: {}", r.status);
     }
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
@@ -967,12 +971,22 @@ async fn hostile_paths_queries_and_bodies_get_4xx_never_5xx() {
         ("application/json", vec![0xff, 0xfe, 0x00]),
         ("application/json", b"".to_vec()),
         ("application/newlines", b"\n\n".to_vec()),
-        ("application/json", br#"[{"id": "\ud800", "payload": "x"}]"#.to_vec()),
+        (
+            "application/json",
+            br#"[{"id": "\ud800", "payload": "x"}]"#.to_vec(),
+        ),
     ] {
         let r = c.send("POST", "/storage/col", &[], Some((ct, body))).await;
         assert!(r.status.as_u16() < 500, "{ct}: {} {}", r.status, r.text);
     }
-    let r = c.send("PUT", "/storage/col/a", &[], Some(("application/json", deep.into_bytes()))).await;
+    let r = c
+        .send(
+            "PUT",
+            "/storage/col/a",
+            &[],
+            Some(("application/json", deep.into_bytes())),
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert_eq!(c.get("/storage/col/a").await.json()["payload"], "x");
 }

@@ -124,14 +124,9 @@ pub fn macs_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// The Hawk payload hash of a body: base64(SHA-256("hawk.1.payload\n{type}\n{body}\n")).
-pub fn payload_hash(content_type: &str, body: &[u8]) -> String {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+/// The Hawk payload hash of a body: base64(SHA-256("hawk.1.payload\n{type}\n{body}\n")),
+/// where `mime` is the media type without parameters, lower-cased.
+pub fn payload_hash(mime: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(b"hawk.1.payload\n");
     h.update(mime.as_bytes());

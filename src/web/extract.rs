@@ -246,17 +246,13 @@ impl FromRequest<AppState> for SyncBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.settings.max_request_bytes;
         let (parts, body): (Parts, Body) = req.into_parts();
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let mime = media_type(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
         let format = match mime.as_str() {
             "" | "application/json" | "text/plain" => BodyFormat::Json,
             "application/newlines" if parts.method == Method::POST => BodyFormat::Newlines,
@@ -276,12 +272,22 @@ impl FromRequest<AppState> for SyncBody {
         // The Hawk MAC (checked by `HawkUser`) covers the `hash` parameter; here the
         // body must match it.
         if let Some(expected) = hawk_hash_of(&parts.headers)
-            && !hawk::macs_equal(&hawk::payload_hash(content_type, &bytes), &expected)
+            && !hawk::macs_equal(&hawk::payload_hash(&mime, &bytes), &expected)
         {
             return Err(crate::auth::AuthError::PayloadHash.into());
         }
         Ok(SyncBody { format, bytes })
     }
+}
+
+/// The media type of a Content-Type or Accept entry: no parameters, lower-cased.
+pub fn media_type(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Reads the `hash` parameter of a Hawk header, if any.

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, WeaveCode};
-use super::extract::{BodyFormat, HawkUser, Params, Pre, SyncBody, collection_name, list_query};
+use super::extract::{
+    BodyFormat, HawkUser, Params, Pre, SyncBody, collection_name, list_query, media_type,
+};
 use crate::storage::model::{self, BsoError, BsoInput, Timestamp};
 use crate::storage::{BatchPost, BatchRef, InfoKind, Written};
 
@@ -131,13 +133,7 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
         return Ok(Format::Json);
     };
     for range in accept.split(',') {
-        let mime = range
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match mime.as_str() {
+        match media_type(range).as_str() {
             "application/json" | "application/*" | "*/*" | "" => return Ok(Format::Json),
             "application/newlines" => return Ok(Format::Newlines),
             _ => {}
