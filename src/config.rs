@@ -36,6 +36,9 @@ pub enum ConfigError {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
+    /// What this process serves: `all` (storage node and tokenserver), `storage`, or
+    /// `tokenserver`.
+    pub role: String,
     /// Address to listen on.
     pub listen: String,
     /// Directory for user files, the generated secret and other state.
@@ -85,11 +88,31 @@ pub struct Settings {
     pub idle_user_secs: u64,
     /// On shutdown, how long to wait for requests in flight, seconds.
     pub shutdown_grace_secs: u64,
+    /// FxA's JWK set for verifying OAuth JWTs: a file path, or the JSON inline.
+    pub fxa_jwks: String,
+    /// Required issuer (`iss`) of OAuth JWTs; empty: not checked.
+    pub fxa_issuer: String,
+    /// FxA's token verification endpoint (POST `{"token": …}`); empty: JWTs only.
+    pub fxa_verify_url: String,
+    /// How long a remote verification result is reused, seconds.
+    pub fxa_verify_cache_secs: u64,
+    /// Users' emails are `<fxa uid>@<this domain>` (allow- and deny-lists may use them).
+    pub fxa_email_domain: String,
+    /// `postgres://…` to share assignments between processes; empty: SQLite in data_dir.
+    pub tokenserver_database_url: String,
+    /// This storage node's URL in the assignment database; empty: public_url, else
+    /// `http://<listen address>`.
+    pub node_url: String,
+    /// Capacity this process registers itself with when the node list is empty.
+    pub node_capacity: i64,
+    /// How long a storage node trusts a looked-up assignment, seconds.
+    pub assignment_check_secs: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            role: "all".into(),
             listen: "127.0.0.1:8000".into(),
             data_dir: PathBuf::from("./data"),
             secrets: vec![],
@@ -114,6 +137,15 @@ impl Default for Settings {
             upkeep_users_per_tick: 500,
             idle_user_secs: 300,
             shutdown_grace_secs: 10,
+            fxa_jwks: String::new(),
+            fxa_issuer: "https://accounts.firefox.com".into(),
+            fxa_verify_url: "https://oauth.accounts.firefox.com/v1/verify".into(),
+            fxa_verify_cache_secs: 60,
+            fxa_email_domain: "api.accounts.firefox.com".into(),
+            tokenserver_database_url: String::new(),
+            node_url: String::new(),
+            node_capacity: 100_000,
+            assignment_check_secs: 5,
         }
     }
 }
@@ -122,6 +154,11 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut shown = self.clone();
         shown.secrets = shown.secrets.iter().map(|_| "<redacted>".into()).collect();
+        if let Some((scheme, rest)) = shown.tokenserver_database_url.split_once("://")
+            && let Some((_, host)) = rest.rsplit_once('@')
+        {
+            shown.tokenserver_database_url = format!("{scheme}://<redacted>@{host}");
+        }
         let text = toml::to_string(&shown).map_err(|_| std::fmt::Error)?;
         f.write_str(&text)
     }
@@ -187,6 +224,9 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if !matches!(self.role.as_str(), "all" | "storage" | "tokenserver") {
+            return bad("role must be \"all\", \"storage\" or \"tokenserver\"");
+        }
         if !matches!(self.synchronous.as_str(), "normal" | "full") {
             return bad("synchronous must be \"normal\" or \"full\"");
         }
@@ -203,6 +243,16 @@ impl Settings {
             return bad("public_url is not a valid URL");
         }
         Ok(())
+    }
+
+    /// Whether this process serves the storage API.
+    pub fn serves_storage(&self) -> bool {
+        self.role != "tokenserver"
+    }
+
+    /// Whether this process serves the tokenserver API.
+    pub fn serves_tokens(&self) -> bool {
+        self.role != "storage"
     }
 
     /// The limits to publish and enforce.

@@ -5,13 +5,18 @@
 //! * [`auth`] — tokenlib tokens, Hawk request signatures, the replay cache.
 //! * [`storage`] — the data model and its rules, the per-user SQLite connection
 //!   manager (`UserDbs`), the SQL, and one method per protocol operation (`Storage`).
+//! * [`tokenserver`] — FxA OAuth verification, node assignment with rollout rules, the
+//!   assignment database (SQLite or PostgreSQL).
+//! * [`admin`] — operator commands (nodes, rollout rules, sign-ups).
 //! * [`web`] — the axum router, extractors, handlers and the error → response mapping.
 //!
 //! The binary (`src/main.rs`) only parses flags and calls [`run`], which tests call too.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod storage;
+pub mod tokenserver;
 pub mod web;
 
 use std::future::Future;
@@ -24,6 +29,9 @@ use tokio::sync::watch;
 use auth::Authenticator;
 use config::Settings;
 use storage::{Storage, UserDbs, UserDbsConfig};
+use tokenserver::db::AssignmentDb;
+use tokenserver::fxa::{FxaConfig, FxaVerifier};
+use tokenserver::{AssignmentCheck, Tokenserver, TokenserverConfig};
 
 /// Errors that stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +42,94 @@ pub enum ServerError {
     /// The data directory cannot be used.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    /// The tokenserver could not be set up.
+    #[error("tokenserver: {0}")]
+    Tokenserver(String),
     /// Listening or serving failed.
     #[error("network: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Builds the storage node's state from settings (which must hold a secret).
-pub fn build_state(settings: Settings) -> Result<web::AppState, ServerError> {
+/// The URL this process is known by as a storage node.
+pub fn node_url(settings: &Settings, bound: std::net::SocketAddr) -> String {
+    let url = if !settings.node_url.is_empty() {
+        settings.node_url.clone()
+    } else if !settings.public_url.is_empty() {
+        settings.public_url.clone()
+    } else {
+        format!("http://{bound}")
+    };
+    url.trim_end_matches('/').to_string()
+}
+
+/// Opens the assignment database (blocking work, off the reactor).
+pub async fn open_assignments(settings: &Settings) -> Result<AssignmentDb, ServerError> {
+    let url = settings.tokenserver_database_url.clone();
+    let dir = settings.data_dir.clone();
+    tokio::task::spawn_blocking(move || AssignmentDb::open(&url, &dir))
+        .await
+        .map_err(|e| ServerError::Tokenserver(e.to_string()))?
+        .map_err(|e| ServerError::Tokenserver(e.to_string()))
+}
+
+/// Sets up the tokenserver (if this process serves tokens) and the storage node's
+/// assignment check (if it shares an assignment database); registers this process as
+/// the single node of an empty node list when it serves both.
+async fn tokenserver_parts(
+    settings: &Settings,
+    node_url: &str,
+) -> Result<(Option<Arc<Tokenserver>>, Option<Arc<AssignmentCheck>>), ServerError> {
+    let shares_db = settings.serves_tokens() || !settings.tokenserver_database_url.is_empty();
+    if !shares_db {
+        return Ok((None, None));
+    }
+    let db = open_assignments(settings).await?;
+    let mut tokenserver = None;
+    if settings.serves_tokens() {
+        if settings.serves_storage() {
+            let (db2, url, cap) = (db.clone(), node_url.to_string(), settings.node_capacity);
+            let added = tokio::task::spawn_blocking(move || admin::register_self(&db2, &url, cap))
+                .await
+                .map_err(|e| ServerError::Tokenserver(e.to_string()))?
+                .map_err(|e| ServerError::Tokenserver(e.to_string()))?;
+            if added {
+                tracing::info!(
+                    node = node_url,
+                    "registered this process as the storage node"
+                );
+            }
+        }
+        let fxa = FxaVerifier::new(&FxaConfig {
+            jwks: settings.fxa_jwks.clone(),
+            issuer: settings.fxa_issuer.clone(),
+            verify_url: settings.fxa_verify_url.clone(),
+            cache_ttl: Duration::from_secs(settings.fxa_verify_cache_secs),
+        })
+        .map_err(|e| ServerError::Tokenserver(e.to_string()))?;
+        let config = TokenserverConfig {
+            secrets: settings.secrets.clone(),
+            token_duration: settings.token_duration_secs,
+            email_domain: settings.fxa_email_domain.clone(),
+        };
+        tokenserver = Some(Arc::new(Tokenserver::new(db.clone(), fxa, config)));
+        tracing::info!(database = db.kind(), "tokenserver enabled at /1.0/sync/1.5");
+    }
+    let check = settings.serves_storage().then(|| {
+        Arc::new(AssignmentCheck::new(
+            db,
+            node_url.to_string(),
+            Duration::from_secs(settings.assignment_check_secs),
+        ))
+    });
+    Ok((tokenserver, check))
+}
+
+/// Builds the process's state from settings (which must hold a secret).
+pub fn build_state(
+    settings: Settings,
+    tokenserver: Option<Arc<Tokenserver>>,
+    assignments: Option<Arc<AssignmentCheck>>,
+) -> Result<web::AppState, ServerError> {
     let dbs = UserDbs::new(UserDbsConfig {
         data_dir: settings.data_dir.clone(),
         max_open_users: settings.max_open_users,
@@ -58,6 +147,8 @@ pub fn build_state(settings: Settings) -> Result<web::AppState, ServerError> {
         Storage::new(dbs),
         Arc::new(auth),
         Arc::new(settings),
+        tokenserver,
+        assignments,
     ))
 }
 
@@ -119,7 +210,9 @@ pub async fn run(
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
-    let state = build_state(settings)?;
+    let node_url = node_url(&settings, listener.local_addr()?);
+    let (tokenserver, assignments) = tokenserver_parts(&settings, &node_url).await?;
+    let state = build_state(settings, tokenserver, assignments)?;
     let dbs = state.storage.dbs().clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let upkeep = tokio::spawn(upkeep_loop(

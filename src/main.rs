@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use syncstore::admin::{self, AdminError};
 use syncstore::auth::token::{TokenPayload, make_token, new_salt};
 use syncstore::config::Settings;
+use syncstore::tokenserver::db::AssignmentDb;
+use syncstore::tokenserver::store::{ListKind, NodeChange};
 
 /// A Firefox Sync storage server that keeps each user's data in their own SQLite file.
 ///
@@ -23,11 +26,137 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the storage node (Sync storage API 1.5).
+    /// Run the server: the storage node (Sync storage API 1.5) and the tokenserver
+    /// (/1.0/sync/1.5), or one of them with --role.
     Serve(ServeArgs),
     /// Print a token as a tokenserver would hand it out, signed with the configured
     /// (or generated) secret: for testing and for operators.
     Token(TokenArgs),
+    /// Manage the storage nodes users are assigned to.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Roll a node out to a subset of new users (percentage, allow- and deny-lists).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Open or close sign-ups of new users.
+    Signups {
+        #[command(flatten)]
+        common: Common,
+        /// `open` or `close`.
+        #[arg(value_parser = ["open", "close"])]
+        state: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Add a node.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// The node's base URL, e.g. https://sync2.example.com
+        url: String,
+        /// Most users the node should hold.
+        #[arg(long, default_value_t = 100_000)]
+        capacity: i64,
+    },
+    /// List nodes with capacity, load, available slots, rollout share and state.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Change a node's settings.
+    Set {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+        /// Most users the node should hold.
+        #[arg(long)]
+        capacity: Option<i64>,
+        /// New users the node may still take.
+        #[arg(long)]
+        available: Option<i64>,
+        /// Seconds clients should back off.
+        #[arg(long)]
+        backoff: Option<i64>,
+        /// Mark the node down (true) or up (false).
+        #[arg(long)]
+        downed: Option<bool>,
+        /// Start (true) or stop (false) draining.
+        #[arg(long)]
+        draining: Option<bool>,
+    },
+    /// Mark a node down: its users get a new node on their next token request.
+    Down {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+    },
+    /// Drain a node: no new users, and its users move on their next token request.
+    Drain {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+    },
+    /// Remove a node: its users get a new node on their next token request.
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Send PERCENT of new users (by a stable hash of their FxA uid) to the node;
+    /// raising it later keeps the users already chosen. 100 makes it a general node.
+    Set {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+        /// Share of new users, 0–100 (decimals allowed).
+        percent: String,
+    },
+    /// Always send these users (FxA uids or emails) to the node.
+    Allow {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+        /// FxA uids or emails.
+        #[arg(required = true)]
+        who: Vec<String>,
+    },
+    /// Never send these users to the node.
+    Deny {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+        /// FxA uids or emails.
+        #[arg(required = true)]
+        who: Vec<String>,
+    },
+    /// Take these users off the node's allow- and deny-lists.
+    Unlist {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+        /// FxA uids or emails.
+        #[arg(required = true)]
+        who: Vec<String>,
+    },
+    /// Show every node's share, the lists, and whether sign-ups are open.
+    Show {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Args)]
@@ -47,6 +176,10 @@ struct ServeArgs {
     /// Address to listen on [env: SYNCSTORE_LISTEN] [default: 127.0.0.1:8000]
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// What to serve: all (storage node and tokenserver), storage, or tokenserver
+    /// [env: SYNCSTORE_ROLE] [default: all]
+    #[arg(long, value_parser = ["all", "storage", "tokenserver"])]
+    role: Option<String>,
 }
 
 #[derive(Args)]
@@ -98,6 +231,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
+    if let Some(role) = args.role {
+        settings.role = role;
+    }
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -148,6 +284,90 @@ fn token(args: TokenArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn admin(
+    common: &Common,
+    f: impl FnOnce(&AssignmentDb) -> Result<String, AdminError>,
+) -> Result<(), String> {
+    let settings = load(common)?;
+    let db = AssignmentDb::open(&settings.tokenserver_database_url, &settings.data_dir)
+        .map_err(|e| format!("cannot open the assignment database: {e}"))?;
+    let out = f(&db).map_err(|e| e.to_string())?;
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
+fn node(cmd: NodeCommand) -> Result<(), String> {
+    match cmd {
+        NodeCommand::Add {
+            common,
+            url,
+            capacity,
+        } => admin(&common, |db| admin::node_add(db, &url, capacity)),
+        NodeCommand::List { common } => admin(&common, admin::node_list),
+        NodeCommand::Set {
+            common,
+            url,
+            capacity,
+            available,
+            backoff,
+            downed,
+            draining,
+        } => {
+            let change = NodeChange {
+                capacity,
+                available,
+                backoff,
+                downed,
+                draining,
+                percent_bp: None,
+            };
+            admin(&common, |db| admin::node_set(db, &url, &change))
+        }
+        NodeCommand::Down { common, url } => {
+            let change = NodeChange {
+                downed: Some(true),
+                ..Default::default()
+            };
+            admin(&common, |db| admin::node_set(db, &url, &change))
+        }
+        NodeCommand::Drain { common, url } => {
+            let change = NodeChange {
+                draining: Some(true),
+                ..Default::default()
+            };
+            admin(&common, |db| admin::node_set(db, &url, &change))
+        }
+        NodeCommand::Remove { common, url } => admin(&common, |db| admin::node_remove(db, &url)),
+    }
+}
+
+fn rollout(cmd: RolloutCommand) -> Result<(), String> {
+    match cmd {
+        RolloutCommand::Set {
+            common,
+            url,
+            percent,
+        } => {
+            let bp = admin::percent_to_bp(&percent).map_err(|e| e.to_string())?;
+            let change = NodeChange {
+                percent_bp: Some(bp),
+                ..Default::default()
+            };
+            admin(&common, |db| admin::node_set(db, &url, &change))
+        }
+        RolloutCommand::Allow { common, url, who } => admin(&common, |db| {
+            admin::rollout_list(db, &url, Some(ListKind::Allow), &who)
+        }),
+        RolloutCommand::Deny { common, url, who } => admin(&common, |db| {
+            admin::rollout_list(db, &url, Some(ListKind::Deny), &who)
+        }),
+        RolloutCommand::Unlist { common, url, who } => {
+            admin(&common, |db| admin::rollout_list(db, &url, None, &who))
+        }
+        RolloutCommand::Show { common } => admin(&common, admin::rollout_show),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -158,6 +378,11 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(serve(args)))
         }
         Command::Token(args) => token(args),
+        Command::Node(cmd) => node(cmd),
+        Command::Rollout(cmd) => rollout(cmd),
+        Command::Signups { common, state } => {
+            admin(&common, |db| admin::signups(db, state == "open"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

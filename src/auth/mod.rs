@@ -33,6 +33,9 @@ pub enum AuthError {
     /// The (id, ts, nonce) triple was seen before.
     #[error("replayed nonce")]
     Replay,
+    /// The user was moved to another node (or given a new uid) by the tokenserver.
+    #[error("user is assigned to another node")]
+    Reassigned,
     /// The payload hash in the header does not match the body.
     #[error("payload hash mismatch")]
     PayloadHash,

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::storage::StorageError;
 use crate::storage::model::Timestamp;
+use crate::tokenserver::TokenserverError;
 
 /// Sync's numeric error codes (the body of a 400/403/413).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,12 @@ pub enum ApiError {
     /// Errors of the storage layer.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Errors of the tokenserver.
+    #[error(transparent)]
+    Token(#[from] TokenserverError),
+    /// 503: a dependency (e.g. the assignment database) is unavailable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -112,17 +119,57 @@ impl IntoResponse for ApiError {
                 json_body(StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(0))
             }
             ApiError::Storage(e) => storage_response(e),
+            ApiError::Token(e) => token_response(e),
+            ApiError::Unavailable(m) => {
+                tracing::error!(error = %m, "dependency unavailable");
+                unavailable(json!("server busy"), "30")
+            }
         }
     }
 }
 
-fn storage_response(e: StorageError) -> Response {
-    let unavailable = |retry: &'static str| {
-        let mut r = json_body(StatusCode::SERVICE_UNAVAILABLE, json!("server busy"));
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
-        r
+fn unavailable(body: serde_json::Value, retry: &'static str) -> Response {
+    let mut r = json_body(StatusCode::SERVICE_UNAVAILABLE, body);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
+    r
+}
+
+/// Tokenserver errors in Mozilla's shape: `{"status", "errors": [{location, name, description}]}`.
+fn token_response(e: TokenserverError) -> Response {
+    use TokenserverError as E;
+    let (status, code, location, name) = match &e {
+        E::InvalidCredentials(_) => (401, "invalid-credentials", "header", "Authorization"),
+        E::InvalidKeyId => (401, "invalid-credentials", "header", "X-KeyID"),
+        E::InvalidGeneration => (401, "invalid-generation", "body", ""),
+        E::InvalidKeysChangedAt => (401, "invalid-keysChangedAt", "body", ""),
+        E::InvalidClientState => (401, "invalid-client-state", "header", "X-KeyID"),
+        E::NewUsersDisabled => (401, "new-users-disabled", "body", ""),
+        E::NoNodes | E::VerifierUnavailable(_) | E::Db(_) => (503, "server-error", "body", ""),
+        E::Internal(_) => (500, "server-error", "body", ""),
     };
+    if status >= 500 {
+        tracing::error!(error = %e, "token request failed");
+    } else {
+        tracing::debug!(error = %e, "token request refused");
+    }
+    let body = json!({"status": code, "errors": [
+        {"location": location, "name": name, "description": e.to_string()}
+    ]});
+    let status = StatusCode::from_u16(status).expect("valid status");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return unavailable(body, "30");
+    }
+    let mut r = json_body(status, body);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn storage_response(e: StorageError) -> Response {
+    let unavailable = |retry: &'static str| unavailable(json!("server busy"), retry);
     match e {
         StorageError::NotModified(ts) => {
             with_last_modified(StatusCode::NOT_MODIFIED.into_response(), ts)

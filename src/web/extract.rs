@@ -91,6 +91,14 @@ impl FromRequestParts<AppState> for HawkUser {
         let identity = state
             .auth
             .verify(header, &req, uid, allow_expired, unix_now())?;
+        if let Some(check) = &state.assignments
+            && !check
+                .allows(uid)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        {
+            return Err(crate::auth::AuthError::Reassigned.into());
+        }
         Ok(HawkUser(identity))
     }
 }

@@ -1,11 +1,13 @@
 //! The HTTP layer: router, shared state, response headers common to every route.
 //!
-//! `handlers` holds one function per route, `extract` the extractors (Hawk identity,
+//! `handlers` holds one function per storage route, `tokens` the tokenserver route,
+//! `extract` the extractors (Hawk identity,
 //! preconditions, query, body), `error` the mapping of every error to a response.
 
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::storage::Storage;
 use crate::storage::model::Timestamp;
+use crate::tokenserver::{AssignmentCheck, Tokenserver};
 use error::ApiError;
 
 /// What every handler can reach.
@@ -36,11 +39,21 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Host and port of the configured public URL, when there is one.
     pub public_host: Option<(String, u16)>,
+    /// The tokenserver, when this process serves tokens.
+    pub tokenserver: Option<Arc<Tokenserver>>,
+    /// Refuses users moved to other nodes, when an assignment database is shared.
+    pub assignments: Option<Arc<AssignmentCheck>>,
 }
 
 impl AppState {
     /// Builds the state; the public URL's host and port are parsed once here.
-    pub fn new(storage: Storage, auth: Arc<Authenticator>, settings: Arc<Settings>) -> AppState {
+    pub fn new(
+        storage: Storage,
+        auth: Arc<Authenticator>,
+        settings: Arc<Settings>,
+        tokenserver: Option<Arc<Tokenserver>>,
+        assignments: Option<Arc<AssignmentCheck>>,
+    ) -> AppState {
         let public_host = settings
             .public_url
             .parse::<axum::http::Uri>()
@@ -58,6 +71,8 @@ impl AppState {
             auth,
             settings,
             public_host,
+            tokenserver,
+            assignments,
         }
     }
 }
@@ -99,10 +114,30 @@ fn cors() -> CorsLayer {
         .max_age(std::time::Duration::from_secs(3600))
 }
 
-/// The storage node's routes.
+/// The routes this process serves: the storage API and/or the tokenserver, and the
+/// health endpoints.
 pub fn router(state: AppState) -> Router {
     use handlers::*;
-    let api = Router::new()
+    let mut api = Router::new()
+        .route("/__heartbeat__", get(heartbeat))
+        .route("/__lbheartbeat__", get(lbheartbeat))
+        .route("/__version__", get(version));
+    if state.tokenserver.is_some() {
+        api = api.route("/1.0/sync/1.5", get(tokens::token));
+    }
+    if state.settings.serves_storage() {
+        api = api.merge(storage_routes());
+    }
+    api.fallback(|| async { ApiError::NotFound.into_response() })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .layer(middleware::from_fn(weave_timestamp))
+        .layer(cors())
+        .with_state(state)
+}
+
+fn storage_routes() -> Router<AppState> {
+    use handlers::*;
+    Router::new()
         .route("/1.5/{uid}", delete(delete_all))
         .route("/1.5/{uid}/info/collections", get(info_collections))
         .route("/1.5/{uid}/info/collection_counts", get(info_counts))
@@ -120,14 +155,6 @@ pub fn router(state: AppState) -> Router {
             "/1.5/{uid}/storage/{collection}/{bso}",
             get(get_item).put(put_item).delete(delete_item),
         )
-        .route("/__heartbeat__", get(heartbeat))
-        .route("/__lbheartbeat__", get(lbheartbeat))
-        .route("/__version__", get(version));
-    api.fallback(|| async { ApiError::NotFound.into_response() })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
-        .layer(middleware::from_fn(weave_timestamp))
-        .layer(cors())
-        .with_state(state)
 }
 
 /// Serves the router on `listener` until `shutdown` completes, then finishes the

@@ -1,0 +1,49 @@
+-- Tokenserver assignments (PostgreSQL flavour, shared by several tokenservers and storage nodes).
+-- Times are Unix milliseconds.
+
+-- Storage nodes users can be assigned to.
+CREATE TABLE IF NOT EXISTS nodes (
+    id           BIGSERIAL PRIMARY KEY,
+    service      TEXT NOT NULL DEFAULT 'sync-1.5',
+    node         TEXT NOT NULL UNIQUE,      -- base URL, e.g. https://sync1.example.com
+    capacity     BIGINT NOT NULL,          -- most users the node should hold
+    available    BIGINT NOT NULL,          -- new users it may still take (rate control)
+    current_load BIGINT NOT NULL DEFAULT 0, -- users assigned now
+    downed       BIGINT NOT NULL DEFAULT 0, -- dead: its users move on their next sign-in
+    draining     BIGINT NOT NULL DEFAULT 0, -- no new users; its users move on next sign-in
+    backoff      BIGINT NOT NULL DEFAULT 0, -- seconds clients should back off (X-Backoff)
+    percent_bp   BIGINT NOT NULL DEFAULT 10000 -- rollout: share of new users, basis points
+);
+
+-- Users for whom a node is always (allow) or never (deny) chosen, by FxA uid or email.
+CREATE TABLE IF NOT EXISTS rollout_lists (
+    node_id BIGINT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    kind    TEXT NOT NULL CHECK (kind IN ('allow', 'deny')),
+    who     TEXT NOT NULL,
+    PRIMARY KEY (node_id, kind, who)
+);
+
+-- One row per (FxA user, uid). The current row has replaced_at NULL; a key change or
+-- a move to another node replaces it with a new row (a new uid).
+CREATE TABLE IF NOT EXISTS users (
+    uid             BIGSERIAL PRIMARY KEY,
+    service         TEXT NOT NULL DEFAULT 'sync-1.5',
+    fxa_uid         TEXT NOT NULL,
+    email           TEXT NOT NULL,
+    generation      BIGINT NOT NULL,
+    keys_changed_at BIGINT,
+    client_state    TEXT NOT NULL,
+    node_id         BIGINT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    replaced_at     BIGINT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS users_current
+    ON users (service, fxa_uid) WHERE replaced_at IS NULL;
+CREATE INDEX IF NOT EXISTS users_by_fxa_uid ON users (service, fxa_uid);
+CREATE INDEX IF NOT EXISTS users_by_node ON users (node_id) WHERE replaced_at IS NULL;
+
+-- Deployment-wide switches: `signups` ('open' or 'closed').
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

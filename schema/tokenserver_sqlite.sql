@@ -1,0 +1,49 @@
+-- Tokenserver assignments (SQLite flavour; see tokenserver_postgres.sql for the shared one).
+-- Times are Unix milliseconds.
+
+-- Storage nodes users can be assigned to.
+CREATE TABLE IF NOT EXISTS nodes (
+    id           INTEGER PRIMARY KEY,
+    service      TEXT NOT NULL DEFAULT 'sync-1.5',
+    node         TEXT NOT NULL UNIQUE,      -- base URL, e.g. https://sync1.example.com
+    capacity     INTEGER NOT NULL,          -- most users the node should hold
+    available    INTEGER NOT NULL,          -- new users it may still take (rate control)
+    current_load INTEGER NOT NULL DEFAULT 0, -- users assigned now
+    downed       INTEGER NOT NULL DEFAULT 0, -- dead: its users move on their next sign-in
+    draining     INTEGER NOT NULL DEFAULT 0, -- no new users; its users move on next sign-in
+    backoff      INTEGER NOT NULL DEFAULT 0, -- seconds clients should back off (X-Backoff)
+    percent_bp   INTEGER NOT NULL DEFAULT 10000 -- rollout: share of new users, basis points
+);
+
+-- Users for whom a node is always (allow) or never (deny) chosen, by FxA uid or email.
+CREATE TABLE IF NOT EXISTS rollout_lists (
+    node_id INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    kind    TEXT NOT NULL CHECK (kind IN ('allow', 'deny')),
+    who     TEXT NOT NULL,
+    PRIMARY KEY (node_id, kind, who)
+);
+
+-- One row per (FxA user, uid). The current row has replaced_at NULL; a key change or
+-- a move to another node replaces it with a new row (a new uid).
+CREATE TABLE IF NOT EXISTS users (
+    uid             INTEGER PRIMARY KEY,
+    service         TEXT NOT NULL DEFAULT 'sync-1.5',
+    fxa_uid         TEXT NOT NULL,
+    email           TEXT NOT NULL,
+    generation      INTEGER NOT NULL,
+    keys_changed_at INTEGER,
+    client_state    TEXT NOT NULL,
+    node_id         INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    replaced_at     INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS users_current
+    ON users (service, fxa_uid) WHERE replaced_at IS NULL;
+CREATE INDEX IF NOT EXISTS users_by_fxa_uid ON users (service, fxa_uid);
+CREATE INDEX IF NOT EXISTS users_by_node ON users (node_id) WHERE replaced_at IS NULL;
+
+-- Deployment-wide switches: `signups` ('open' or 'closed').
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -1,0 +1,303 @@
+//! The assignment database: SQLite in the data dir by default, PostgreSQL when shared
+//! by several tokenservers. Both speak through one small interface (`SqlTx`), so the
+//! assignment logic and its SQL are written once; numbered placeholders (`?1`) are
+//! rewritten for PostgreSQL (`$1`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use postgres::NoTls;
+use postgres::types::{ToSql, Type};
+use r2d2_postgres::PostgresConnectionManager;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::TransactionBehavior;
+
+const SQLITE_SCHEMA: &str = include_str!("../../schema/tokenserver_sqlite.sql");
+const POSTGRES_SCHEMA: &str = include_str!("../../schema/tokenserver_postgres.sql");
+
+/// Errors of the assignment database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// No connection could be had.
+    #[error("connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// A value of an unexpected type came back.
+    #[error("unexpected column type in {0}")]
+    Type(String),
+    /// Creating the database's folder failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A SQL value as both backends exchange it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    /// NULL.
+    Null,
+    /// An integer (also used for booleans).
+    Int(i64),
+    /// Text.
+    Text(String),
+}
+
+impl Val {
+    /// The integer, or an error naming `what`.
+    pub fn int(&self, what: &str) -> Result<i64, DbError> {
+        match self {
+            Val::Int(i) => Ok(*i),
+            _ => Err(DbError::Type(what.into())),
+        }
+    }
+
+    /// The integer or `None` for NULL.
+    pub fn opt_int(&self, what: &str) -> Result<Option<i64>, DbError> {
+        match self {
+            Val::Null => Ok(None),
+            v => v.int(what).map(Some),
+        }
+    }
+
+    /// The text, or an error naming `what`.
+    pub fn text(&self, what: &str) -> Result<String, DbError> {
+        match self {
+            Val::Text(s) => Ok(s.clone()),
+            _ => Err(DbError::Type(what.into())),
+        }
+    }
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+impl From<bool> for Val {
+    fn from(v: bool) -> Val {
+        Val::Int(v as i64)
+    }
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.to_string())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+impl From<Option<i64>> for Val {
+    fn from(v: Option<i64>) -> Val {
+        v.map_or(Val::Null, Val::Int)
+    }
+}
+
+/// One open transaction of either backend.
+pub trait SqlTx {
+    /// Runs a query; every row comes back as values.
+    fn query(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError>;
+    /// Runs a statement; returns the rows it changed.
+    fn execute(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError>;
+    /// Serializes sign-ins of one FxA user until the transaction ends (PostgreSQL takes
+    /// an advisory lock; SQLite transactions are already exclusive).
+    fn lock_key(&mut self, key: &str) -> Result<(), DbError>;
+}
+
+struct SqliteTx<'a>(rusqlite::Transaction<'a>);
+
+impl SqlTx for SqliteTx<'_> {
+    fn query(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let n = stmt.column_count();
+        let params = rusqlite::params_from_iter(args.iter().map(to_sqlite));
+        let mut rows = stmt.query(params)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut row = Vec::with_capacity(n);
+            for i in 0..n {
+                row.push(match r.get::<_, rusqlite::types::Value>(i)? {
+                    rusqlite::types::Value::Integer(v) => Val::Int(v),
+                    rusqlite::types::Value::Text(t) => Val::Text(t),
+                    rusqlite::types::Value::Real(f) => Val::Int(f as i64),
+                    _ => Val::Null,
+                });
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    fn execute(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
+        let params = rusqlite::params_from_iter(args.iter().map(to_sqlite));
+        Ok(self.0.prepare_cached(sql)?.execute(params)? as u64)
+    }
+
+    fn lock_key(&mut self, _key: &str) -> Result<(), DbError> {
+        Ok(())
+    }
+}
+
+fn to_sqlite(v: &Val) -> rusqlite::types::Value {
+    match v {
+        Val::Null => rusqlite::types::Value::Null,
+        Val::Int(i) => rusqlite::types::Value::Integer(*i),
+        Val::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    }
+}
+
+struct PgTx<'a>(postgres::Transaction<'a>);
+
+/// Rewrites `?1` placeholders as PostgreSQL's `$1`.
+fn pg_sql(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+fn pg_args(args: &[Val]) -> Vec<Box<dyn ToSql + Sync>> {
+    args.iter()
+        .map(|v| -> Box<dyn ToSql + Sync> {
+            match v {
+                Val::Null => Box::new(None::<i64>),
+                Val::Int(i) => Box::new(*i),
+                Val::Text(t) => Box::new(t.clone()),
+            }
+        })
+        .collect()
+}
+
+impl SqlTx for PgTx<'_> {
+    fn query(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
+        let boxed = pg_args(args);
+        let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
+        let rows = self.0.query(pg_sql(sql).as_str(), &refs)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut row = Vec::with_capacity(r.len());
+            for (i, col) in r.columns().iter().enumerate() {
+                let ty = col.type_();
+                row.push(if *ty == Type::INT8 {
+                    r.get::<_, Option<i64>>(i).map_or(Val::Null, Val::Int)
+                } else if *ty == Type::INT4 {
+                    r.get::<_, Option<i32>>(i)
+                        .map_or(Val::Null, |v| Val::Int(v.into()))
+                } else if *ty == Type::TEXT || *ty == Type::VARCHAR {
+                    r.get::<_, Option<String>>(i).map_or(Val::Null, Val::Text)
+                } else if *ty == Type::NUMERIC || *ty == Type::FLOAT8 {
+                    return Err(DbError::Type(format!("{} ({ty})", col.name())));
+                } else {
+                    Val::Null
+                });
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    fn execute(&mut self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
+        let boxed = pg_args(args);
+        let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(|b| b.as_ref()).collect();
+        Ok(self.0.execute(pg_sql(sql).as_str(), &refs)?)
+    }
+
+    fn lock_key(&mut self, key: &str) -> Result<(), DbError> {
+        self.0
+            .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
+        Ok(())
+    }
+}
+
+/// A pool of connections to the assignment database. Cheap to clone. Blocking: use
+/// from the blocking pool or the CLI.
+#[derive(Clone)]
+pub enum AssignmentDb {
+    /// A SQLite file (one tokenserver process).
+    Sqlite(r2d2::Pool<SqliteConnectionManager>),
+    /// A PostgreSQL database (shared by several processes).
+    Postgres(r2d2::Pool<PostgresConnectionManager<NoTls>>),
+}
+
+impl std::fmt::Debug for AssignmentDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AssignmentDb::Sqlite(_) => "AssignmentDb::Sqlite",
+            AssignmentDb::Postgres(_) => "AssignmentDb::Postgres",
+        })
+    }
+}
+
+impl AssignmentDb {
+    /// Opens (and creates the schema of) the database: `url` is a `postgres://` URL,
+    /// or empty for `<data_dir>/tokenserver.sqlite`.
+    pub fn open(url: &str, data_dir: &Path) -> Result<AssignmentDb, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let config: postgres::Config = url.parse()?;
+            let manager = PostgresConnectionManager::new(config, NoTls);
+            let pool = r2d2::Pool::builder()
+                .max_size(8)
+                .min_idle(Some(0))
+                .connection_timeout(Duration::from_secs(10))
+                .build(manager)?;
+            let mut client = pool.get()?;
+            let mut tx = client.transaction()?;
+            // Several processes may start at once: create the schema under a lock.
+            tx.execute("SELECT pg_advisory_xact_lock(727274)", &[])?;
+            tx.batch_execute(POSTGRES_SCHEMA)?;
+            tx.commit()?;
+            return Ok(AssignmentDb::Postgres(pool));
+        }
+        crate::storage::userdbs::create_private_dir(data_dir)
+            .map_err(|e| DbError::Io(std::io::Error::other(e.to_string())))?;
+        let manager =
+            SqliteConnectionManager::file(data_dir.join("tokenserver.sqlite")).with_init(|c| {
+                c.execute_batch(
+                    "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+                )
+            });
+        let pool = r2d2::Pool::builder()
+            .max_size(4)
+            .min_idle(Some(0))
+            .build_unchecked(manager);
+        pool.get()?.execute_batch(SQLITE_SCHEMA)?;
+        Ok(AssignmentDb::Sqlite(pool))
+    }
+
+    /// Which backend this is, for logs and `node_type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AssignmentDb::Sqlite(_) => "sqlite",
+            AssignmentDb::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Runs `f` in one transaction, committed only if `f` succeeds.
+    pub fn transaction<T, E>(&self, f: impl FnOnce(&mut dyn SqlTx) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
+        match self {
+            AssignmentDb::Sqlite(pool) => {
+                let mut conn = pool.get().map_err(DbError::from)?;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(DbError::from)?;
+                let mut stx = SqliteTx(tx);
+                let out = f(&mut stx)?;
+                stx.0.commit().map_err(DbError::from)?;
+                Ok(out)
+            }
+            AssignmentDb::Postgres(pool) => {
+                let mut client = pool.get().map_err(DbError::from)?;
+                let tx = client.transaction().map_err(DbError::from)?;
+                let mut ptx = PgTx(tx);
+                let out = f(&mut ptx)?;
+                ptx.0.commit().map_err(DbError::from)?;
+                Ok(out)
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Verification of Firefox Accounts OAuth access tokens: RS256 JWTs checked against a
+//! JWK set, or opaque tokens checked by POSTing them to FxA's `/v1/verify` (results
+//! cached briefly).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The scope a token must carry to use Sync.
+pub const OLDSYNC_SCOPE: &str = "https://identity.mozilla.com/apps/oldsync";
+/// Most verify results kept in the cache.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// A verified FxA user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthUser {
+    /// The FxA uid (`sub`).
+    pub fxa_uid: String,
+    /// The FxA generation, when the token says.
+    pub generation: Option<i64>,
+}
+
+/// Why a token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FxaError {
+    /// Not a valid token for Sync (401 invalid-credentials).
+    #[error("invalid oauth token: {0}")]
+    Invalid(String),
+    /// The remote verifier could not be asked (503).
+    #[error("oauth verifier unavailable: {0}")]
+    Unavailable(String),
+    /// The JWK set could not be loaded (at start-up).
+    #[error("fxa_jwks: {0}")]
+    Config(String),
+}
+
+/// How tokens are verified; from the settings.
+#[derive(Debug, Clone, Default)]
+pub struct FxaConfig {
+    /// A JWK set: inline JSON (starting with `{`) or a file path; empty: none.
+    pub jwks: String,
+    /// Required `iss` of JWTs; empty: not checked.
+    pub issuer: String,
+    /// FxA's verify endpoint; empty: JWTs only.
+    pub verify_url: String,
+    /// How long a remote verification is reused.
+    pub cache_ttl: Duration,
+}
+
+/// Verifies FxA OAuth access tokens.
+pub struct FxaVerifier {
+    keys: Vec<(Option<String>, DecodingKey)>,
+    issuer: Option<String>,
+    verify_url: Option<String>,
+    http: reqwest::Client,
+    cache_ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], (OAuthUser, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(rename = "fxa-generation", default)]
+    generation: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Scope {
+    /// Scopes separated by spaces or commas.
+    Text(String),
+    /// A list of scopes.
+    List(Vec<String>),
+    #[default]
+    None,
+}
+
+impl Scope {
+    fn has_oldsync(&self) -> bool {
+        match self {
+            Scope::Text(s) => s
+                .split(|c: char| c == ' ' || c == ',')
+                .any(|s| s == OLDSYNC_SCOPE),
+            Scope::List(l) => l.iter().any(|s| s == OLDSYNC_SCOPE),
+            Scope::None => false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct VerifyResponse {
+    user: String,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    generation: Option<i64>,
+}
+
+impl FxaVerifier {
+    /// Loads the JWK set (if any) and prepares the HTTP client.
+    pub fn new(cfg: &FxaConfig) -> Result<FxaVerifier, FxaError> {
+        let mut keys = Vec::new();
+        let jwks = cfg.jwks.trim();
+        if !jwks.is_empty() {
+            let text = if jwks.starts_with('{') {
+                jwks.to_string()
+            } else {
+                std::fs::read_to_string(jwks)
+                    .map_err(|e| FxaError::Config(format!("{jwks}: {e}")))?
+            };
+            let set: JwkSet =
+                serde_json::from_str(&text).map_err(|e| FxaError::Config(e.to_string()))?;
+            for jwk in &set.keys {
+                let key =
+                    DecodingKey::from_jwk(jwk).map_err(|e| FxaError::Config(e.to_string()))?;
+                keys.push((jwk.common.key_id.clone(), key));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| FxaError::Config(e.to_string()))?;
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(FxaVerifier {
+            keys,
+            issuer: non_empty(&cfg.issuer),
+            verify_url: non_empty(&cfg.verify_url),
+            http,
+            cache_ttl: cfg.cache_ttl,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Verifies an access token: as a JWT when it is one and keys are configured,
+    /// else (or when the JWT check fails and a verify URL is set) remotely.
+    pub async fn verify(&self, token: &str) -> Result<OAuthUser, FxaError> {
+        let looks_like_jwt = token.split('.').count() == 3;
+        if looks_like_jwt && !self.keys.is_empty() {
+            match self.verify_jwt(token) {
+                Ok(user) => return Ok(user),
+                Err(e) if self.verify_url.is_none() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if self.verify_url.is_some() {
+            return self.verify_remote(token).await;
+        }
+        Err(FxaError::Invalid(
+            "no way to verify this token is configured".into(),
+        ))
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<OAuthUser, FxaError> {
+        let invalid = |m: String| FxaError::Invalid(m);
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(invalid("only RS256 tokens are accepted".into()));
+        }
+        if let Some(typ) = &header.typ
+            && !typ.eq_ignore_ascii_case("at+jwt")
+            && !typ.eq_ignore_ascii_case("jwt")
+        {
+            return Err(invalid(format!("unexpected token type {typ}")));
+        }
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_aud = false;
+        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let candidates = self
+            .keys
+            .iter()
+            .filter(|(kid, _)| header.kid.is_none() || kid.is_none() || kid == &header.kid);
+        let mut last = String::from("no matching key");
+        for (_, key) in candidates {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => {
+                    if !data.claims.scope.has_oldsync() {
+                        return Err(invalid("token lacks the oldsync scope".into()));
+                    }
+                    if data.claims.sub.is_empty() {
+                        return Err(invalid("empty sub".into()));
+                    }
+                    return Ok(OAuthUser {
+                        fxa_uid: data.claims.sub,
+                        generation: data.claims.generation,
+                    });
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(invalid(last))
+    }
+
+    async fn verify_remote(&self, token: &str) -> Result<OAuthUser, FxaError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Ok(cache) = self.cache.lock()
+            && let Some((user, at)) = cache.get(&key)
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok(user.clone());
+        }
+        let url = self.verify_url.as_deref().unwrap_or_default();
+        let resp = self
+            .http
+            .post(url)
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+            .await
+            .map_err(|e| FxaError::Unavailable(e.to_string()))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(FxaError::Unavailable(format!("verifier answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(FxaError::Invalid(format!("verifier answered {status}")));
+        }
+        let body: VerifyResponse = resp
+            .json()
+            .await
+            .map_err(|e| FxaError::Invalid(format!("verifier answer: {e}")))?;
+        if !body.scope.has_oldsync() {
+            return Err(FxaError::Invalid("token lacks the oldsync scope".into()));
+        }
+        if body.user.is_empty() {
+            return Err(FxaError::Invalid("empty user".into()));
+        }
+        let user = OAuthUser {
+            fxa_uid: body.user,
+            generation: body.generation,
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                let ttl = self.cache_ttl;
+                cache.retain(|_, (_, at)| at.elapsed() < ttl);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (user.clone(), Instant::now()));
+        }
+        Ok(user)
+    }
+}

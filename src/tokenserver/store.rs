@@ -1,0 +1,400 @@
+//! The SQL of the assignment database, written once for both backends.
+
+use super::db::{DbError, SqlTx, Val};
+
+/// The service name rows are kept under.
+pub const SERVICE: &str = "sync-1.5";
+
+/// A storage node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Node {
+    /// Row id.
+    pub id: i64,
+    /// Base URL.
+    pub node: String,
+    /// Most users it should hold.
+    pub capacity: i64,
+    /// New users it may still take.
+    pub available: i64,
+    /// Users assigned now.
+    pub current_load: i64,
+    /// Dead: its users move on their next sign-in.
+    pub downed: bool,
+    /// Taking no new users; its users move on their next sign-in.
+    pub draining: bool,
+    /// Seconds clients should back off.
+    pub backoff: i64,
+    /// Share of new users it is rolled out to, in basis points (10000 = everyone).
+    pub percent_bp: i64,
+}
+
+impl Node {
+    /// Whether users may stay on (or be sent to) this node at all.
+    pub fn serving(&self) -> bool {
+        !self.downed && !self.draining
+    }
+}
+
+const NODE_COLS: &str =
+    "id, node, capacity, available, current_load, downed, draining, backoff, percent_bp";
+
+fn node_from(r: &[Val]) -> Result<Node, DbError> {
+    Ok(Node {
+        id: r[0].int("id")?,
+        node: r[1].text("node")?,
+        capacity: r[2].int("capacity")?,
+        available: r[3].int("available")?,
+        current_load: r[4].int("current_load")?,
+        downed: r[5].int("downed")? != 0,
+        draining: r[6].int("draining")? != 0,
+        backoff: r[7].int("backoff")?,
+        percent_bp: r[8].int("percent_bp")?,
+    })
+}
+
+/// Every node, by id.
+pub fn nodes(tx: &mut dyn SqlTx) -> Result<Vec<Node>, DbError> {
+    let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE service = ?1 ORDER BY id");
+    tx.query(&sql, &[SERVICE.into()])?
+        .iter()
+        .map(|r| node_from(r))
+        .collect()
+}
+
+/// One node by URL.
+pub fn node_by_url(tx: &mut dyn SqlTx, url: &str) -> Result<Option<Node>, DbError> {
+    let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE service = ?1 AND node = ?2");
+    tx.query(&sql, &[SERVICE.into(), url.into()])?
+        .first()
+        .map(|r| node_from(r))
+        .transpose()
+}
+
+/// Adds a node; `available` defaults to its capacity.
+pub fn add_node(tx: &mut dyn SqlTx, url: &str, capacity: i64) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO nodes (service, node, capacity, available) VALUES (?1, ?2, ?3, ?3)",
+        &[SERVICE.into(), url.into(), capacity.into()],
+    )?;
+    Ok(())
+}
+
+/// Changes of a node's settings (`None`: leave as is).
+#[derive(Debug, Clone, Default)]
+pub struct NodeChange {
+    /// New capacity.
+    pub capacity: Option<i64>,
+    /// New number of slots for new users.
+    pub available: Option<i64>,
+    /// Mark dead or alive.
+    pub downed: Option<bool>,
+    /// Start or stop draining.
+    pub draining: Option<bool>,
+    /// Client back-off, seconds.
+    pub backoff: Option<i64>,
+    /// Rollout share, basis points.
+    pub percent_bp: Option<i64>,
+}
+
+/// Applies a change to a node; returns whether the node exists.
+pub fn set_node(tx: &mut dyn SqlTx, url: &str, c: &NodeChange) -> Result<bool, DbError> {
+    let n = tx.execute(
+        "UPDATE nodes SET
+            capacity = coalesce(?3, capacity),
+            available = coalesce(?4, available),
+            downed = coalesce(?5, downed),
+            draining = coalesce(?6, draining),
+            backoff = coalesce(?7, backoff),
+            percent_bp = coalesce(?8, percent_bp)
+         WHERE service = ?1 AND node = ?2",
+        &[
+            SERVICE.into(),
+            url.into(),
+            c.capacity.into(),
+            c.available.into(),
+            c.downed.map(i64::from).into(),
+            c.draining.map(i64::from).into(),
+            c.backoff.into(),
+            c.percent_bp.into(),
+        ],
+    )?;
+    Ok(n > 0)
+}
+
+/// Removes a node; its users are moved on their next sign-in. Returns whether it existed.
+pub fn remove_node(tx: &mut dyn SqlTx, url: &str) -> Result<bool, DbError> {
+    let Some(node) = node_by_url(tx, url)? else {
+        return Ok(false);
+    };
+    tx.execute(
+        "DELETE FROM rollout_lists WHERE node_id = ?1",
+        &[node.id.into()],
+    )?;
+    tx.execute("DELETE FROM nodes WHERE id = ?1", &[node.id.into()])?;
+    Ok(true)
+}
+
+/// Takes one slot on a node for a new user, if it still has room; returns whether it did.
+pub fn take_slot(tx: &mut dyn SqlTx, node_id: i64) -> Result<bool, DbError> {
+    let n = tx.execute(
+        "UPDATE nodes SET current_load = current_load + 1, available = available - 1
+         WHERE id = ?1 AND current_load < capacity AND available > 0",
+        &[node_id.into()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Gives back a slot when a user leaves a node.
+pub fn release_slot(tx: &mut dyn SqlTx, node_id: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE nodes SET current_load = current_load - 1 WHERE id = ?1 AND current_load > 0",
+        &[node_id.into()],
+    )?;
+    Ok(())
+}
+
+/// Allow- or deny-list entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    /// Always sent to the node.
+    Allow,
+    /// Never sent to the node.
+    Deny,
+}
+
+impl ListKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Allow => "allow",
+            ListKind::Deny => "deny",
+        }
+    }
+}
+
+/// Adds (or with `add = false` removes) a user to a node's allow- or deny-list.
+pub fn edit_list(
+    tx: &mut dyn SqlTx,
+    node_id: i64,
+    kind: ListKind,
+    who: &str,
+    add: bool,
+) -> Result<(), DbError> {
+    let args = [node_id.into(), kind.as_str().into(), who.into()];
+    if add {
+        tx.execute(
+            "INSERT INTO rollout_lists (node_id, kind, who) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            &args,
+        )?;
+    } else {
+        tx.execute(
+            "DELETE FROM rollout_lists WHERE node_id = ?1 AND kind = ?2 AND who = ?3",
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// Every list entry: (node URL, kind, who).
+pub fn lists(tx: &mut dyn SqlTx) -> Result<Vec<(String, String, String)>, DbError> {
+    tx.query(
+        "SELECT n.node, l.kind, l.who FROM rollout_lists l JOIN nodes n ON n.id = l.node_id
+         ORDER BY n.node, l.kind, l.who",
+        &[],
+    )?
+    .iter()
+    .map(|r| Ok((r[0].text("node")?, r[1].text("kind")?, r[2].text("who")?)))
+    .collect()
+}
+
+/// The lists that name this user (by FxA uid or email): (node id, kind).
+pub fn lists_naming(
+    tx: &mut dyn SqlTx,
+    fxa_uid: &str,
+    email: &str,
+) -> Result<Vec<(i64, ListKind)>, DbError> {
+    tx.query(
+        "SELECT node_id, kind FROM rollout_lists WHERE who = ?1 OR who = ?2",
+        &[fxa_uid.into(), email.into()],
+    )?
+    .iter()
+    .map(|r| {
+        let kind = match r[1].text("kind")?.as_str() {
+            "allow" => ListKind::Allow,
+            _ => ListKind::Deny,
+        };
+        Ok((r[0].int("node_id")?, kind))
+    })
+    .collect()
+}
+
+/// A deployment-wide setting.
+pub fn setting(tx: &mut dyn SqlTx, key: &str) -> Result<Option<String>, DbError> {
+    tx.query("SELECT value FROM settings WHERE key = ?1", &[key.into()])?
+        .first()
+        .map(|r| r[0].text("value"))
+        .transpose()
+}
+
+/// Sets a deployment-wide setting.
+pub fn set_setting(tx: &mut dyn SqlTx, key: &str, value: &str) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[key.into(), value.into()],
+    )?;
+    Ok(())
+}
+
+/// A user's assignment row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The storage uid.
+    pub uid: i64,
+    /// Last seen FxA generation.
+    pub generation: i64,
+    /// Last seen keys_changed_at (ms).
+    pub keys_changed_at: Option<i64>,
+    /// Last seen client state (hex).
+    pub client_state: String,
+    /// The node's row id.
+    pub node_id: i64,
+    /// Creation time (ms).
+    pub created_at: i64,
+}
+
+/// The current row of an FxA user.
+pub fn current_user(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<Option<User>, DbError> {
+    tx.query(
+        "SELECT uid, generation, keys_changed_at, client_state, node_id, created_at FROM users
+         WHERE service = ?1 AND fxa_uid = ?2 AND replaced_at IS NULL",
+        &[SERVICE.into(), fxa_uid.into()],
+    )?
+    .first()
+    .map(|r| {
+        Ok(User {
+            uid: r[0].int("uid")?,
+            generation: r[1].int("generation")?,
+            keys_changed_at: r[2].opt_int("keys_changed_at")?,
+            client_state: r[3].text("client_state")?,
+            node_id: r[4].int("node_id")?,
+            created_at: r[5].int("created_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Whether the user used `client_state` in an earlier (replaced) row.
+pub fn client_state_was_used(
+    tx: &mut dyn SqlTx,
+    fxa_uid: &str,
+    client_state: &str,
+) -> Result<bool, DbError> {
+    Ok(!tx
+        .query(
+            "SELECT 1 FROM users WHERE service = ?1 AND fxa_uid = ?2 AND client_state = ?3
+             AND replaced_at IS NOT NULL LIMIT 1",
+            &[SERVICE.into(), fxa_uid.into(), client_state.into()],
+        )?
+        .is_empty())
+}
+
+/// A new assignment row.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    /// FxA uid.
+    pub fxa_uid: &'a str,
+    /// Email (`<fxa_uid>@<domain>`).
+    pub email: &'a str,
+    /// FxA generation.
+    pub generation: i64,
+    /// keys_changed_at (ms).
+    pub keys_changed_at: Option<i64>,
+    /// Client state (hex).
+    pub client_state: &'a str,
+    /// Node row id.
+    pub node_id: i64,
+    /// Now (ms).
+    pub now: i64,
+}
+
+/// Inserts a current row; returns the new uid.
+pub fn insert_user(tx: &mut dyn SqlTx, u: &NewUser<'_>) -> Result<i64, DbError> {
+    tx.query(
+        "INSERT INTO users (service, fxa_uid, email, generation, keys_changed_at, client_state,
+                            node_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING uid",
+        &[
+            SERVICE.into(),
+            u.fxa_uid.into(),
+            u.email.into(),
+            u.generation.into(),
+            u.keys_changed_at.into(),
+            u.client_state.into(),
+            u.node_id.into(),
+            u.now.into(),
+        ],
+    )?
+    .first()
+    .ok_or_else(|| DbError::Type("uid".into()))?[0]
+        .int("uid")
+}
+
+/// Marks a row replaced (its uid is retired).
+pub fn replace_user(tx: &mut dyn SqlTx, uid: i64, now: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE users SET replaced_at = ?2 WHERE uid = ?1 AND replaced_at IS NULL",
+        &[uid.into(), now.into()],
+    )?;
+    Ok(())
+}
+
+/// Records a newer generation / keys_changed_at on the current row.
+pub fn update_user(
+    tx: &mut dyn SqlTx,
+    uid: i64,
+    generation: i64,
+    keys_changed_at: Option<i64>,
+) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE users SET generation = ?2, keys_changed_at = ?3 WHERE uid = ?1",
+        &[uid.into(), generation.into(), keys_changed_at.into()],
+    )?;
+    Ok(())
+}
+
+/// For a storage node: whether `uid` is a current assignment, and to which node URL.
+/// `None` when this database never issued the uid.
+pub fn uid_assignment(
+    tx: &mut dyn SqlTx,
+    uid: i64,
+) -> Result<Option<(bool, Option<String>)>, DbError> {
+    tx.query(
+        "SELECT u.replaced_at, n.node, n.downed, n.draining FROM users u
+         LEFT JOIN nodes n ON n.id = u.node_id WHERE u.uid = ?1",
+        &[uid.into()],
+    )?
+    .first()
+    .map(|r| {
+        let current = r[0].opt_int("replaced_at")?.is_none();
+        let serving = r[2].opt_int("downed")? == Some(0) && r[3].opt_int("draining")? == Some(0);
+        let node = match &r[1] {
+            Val::Text(t) if serving => Some(t.clone()),
+            _ => None,
+        };
+        Ok((current, node))
+    })
+    .transpose()
+}
+
+/// Number of current users per node id.
+pub fn users_per_node(tx: &mut dyn SqlTx) -> Result<Vec<(i64, i64)>, DbError> {
+    tx.query(
+        "SELECT node_id, count(*) FROM users WHERE replaced_at IS NULL GROUP BY node_id",
+        &[],
+    )?
+    .iter()
+    .map(|r| Ok((r[0].int("node_id")?, r[1].int("count")?)))
+    .collect()
+}
