@@ -86,7 +86,7 @@ impl Scope {
     fn has_oldsync(&self) -> bool {
         match self {
             Scope::Text(s) => s
-                .split(|c: char| c == ' ' || c == ',')
+                .split([' ', ','])
                 .any(|s| s == OLDSYNC_SCOPE),
             Scope::List(l) => l.iter().any(|s| s == OLDSYNC_SCOPE),
             Scope::None => false,
