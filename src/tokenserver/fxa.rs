@@ -85,9 +85,7 @@ enum Scope {
 impl Scope {
     fn has_oldsync(&self) -> bool {
         match self {
-            Scope::Text(s) => s
-                .split([' ', ','])
-                .any(|s| s == OLDSYNC_SCOPE),
+            Scope::Text(s) => s.split([' ', ',']).any(|s| s == OLDSYNC_SCOPE),
             Scope::List(l) => l.iter().any(|s| s == OLDSYNC_SCOPE),
             Scope::None => false,
         }
