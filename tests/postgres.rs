@@ -1,0 +1,227 @@
+//! The shared-PostgreSQL deployment: several tokenserver processes and a storage node
+//! using one real PostgreSQL database (started by `scripts/test`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{Client, Server};
+use serde_json::{Value, json};
+
+const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
+
+/// A fresh database on the test PostgreSQL server; returns its URL.
+async fn fresh_database() -> String {
+    let admin = std::env::var("SYNCSTORE_TEST_POSTGRES_URL").expect(
+        "SYNCSTORE_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
+    );
+    let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
+    let url = admin.clone();
+    let db = name.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut client =
+            postgres::Client::connect(&url, postgres::NoTls).expect("connect to PostgreSQL");
+        client
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+/// A stand-in for FxA's `/v1/verify`: tokens `good-<uid>` are valid.
+async fn fake_verifier() -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/verify",
+        post(|axum::Json(body): axum::Json<Value>| async move {
+            let token = body["token"].as_str().unwrap_or("").to_string();
+            match token.strip_prefix("good-") {
+                Some(user) => (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"user": user, "scope": [OLDSYNC]})),
+                ),
+                None => (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({}))),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1/verify")
+}
+
+fn cli(db_url: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", db_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn sign_in(tokenserver: &Server, user: &str) -> Value {
+    let r = tokenserver
+        .client(0)
+        .raw(
+            "GET",
+            "/1.0/sync/1.5",
+            &[
+                ("authorization", &format!("Bearer good-{user}")),
+                ("x-keyid", "1-qg"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()
+}
+
+struct Cluster {
+    storage: Server,
+    tokenservers: Vec<Arc<Server>>,
+    db: String,
+}
+
+async fn cluster() -> Cluster {
+    let db = fresh_database().await;
+    let verify = fake_verifier().await;
+    let shared = [
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.as_str()),
+        ("SYNCSTORE_FXA_VERIFY_URL", verify.as_str()),
+        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0"),
+    ];
+    let with_role = |role: &'static str| {
+        let mut env = shared.to_vec();
+        env.push(("SYNCSTORE_ROLE", role));
+        env
+    };
+    let storage = Server::start(&with_role("storage"));
+    cli(&db, &["node", "add", &storage.url(), "--capacity", "1000"]);
+    let tokenservers = (0..2)
+        .map(|_| Arc::new(Server::start(&with_role("tokenserver"))))
+        .collect();
+    Cluster {
+        storage,
+        tokenservers,
+        db,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokenservers_share_assignments_in_postgres() {
+    let c = cluster().await;
+    // 60 users sign in through either tokenserver, concurrently.
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let ts = c.tokenservers[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            (i, sign_in(&ts, &format!("pg-user{i}")).await)
+        }));
+    }
+    let mut uids = HashSet::new();
+    for t in tasks {
+        let (i, answer) = t.await.unwrap();
+        assert!(
+            answer["api_endpoint"]
+                .as_str()
+                .unwrap()
+                .starts_with(&c.storage.url())
+        );
+        uids.insert(answer["uid"].as_u64().unwrap());
+        // The other tokenserver knows the same assignment.
+        let again = sign_in(&c.tokenservers[(i + 1) % 2], &format!("pg-user{i}")).await;
+        assert_eq!(again["uid"], answer["uid"]);
+    }
+    assert_eq!(uids.len(), 60);
+    // Tokens from either tokenserver work on the storage node.
+    let answer = sign_in(&c.tokenservers[1], "pg-user7").await;
+    let client = Client::with_token(
+        &c.storage,
+        answer["uid"].as_u64().unwrap(),
+        answer["id"].as_str().unwrap().into(),
+        answer["key"].as_str().unwrap().into(),
+    );
+    assert_eq!(
+        client
+            .put("/storage/tabs/t", &json!({"payload": "x"}))
+            .await
+            .status,
+        200
+    );
+    let list = cli(&c.db, &["node", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&c.storage.url()))
+        .unwrap();
+    assert_eq!(row.split_whitespace().nth(2), Some("60"), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_sign_ins_across_tokenservers_make_one_uid() {
+    let c = cluster().await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let ts = c.tokenservers[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            sign_in(&ts, "racer").await["uid"].as_u64().unwrap()
+        }));
+    }
+    let mut uids = HashSet::new();
+    for t in tasks {
+        uids.insert(t.await.unwrap());
+    }
+    assert_eq!(uids.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollout_and_moves_work_through_postgres() {
+    let c = cluster().await;
+    let other = "http://other-node.test";
+    cli(&c.db, &["node", "add", other, "--capacity", "1000"]);
+    cli(&c.db, &["rollout", "set", other, "30"]);
+    let mut on_other = 0;
+    for i in 0..300 {
+        let a = sign_in(&c.tokenservers[i % 2], &format!("roll{i}")).await;
+        let expected = syncstore::tokenserver::rollout::bucket(&format!("roll{i}")) < 3000;
+        assert_eq!(
+            a["api_endpoint"].as_str().unwrap().starts_with(other),
+            expected
+        );
+        on_other += expected as usize;
+    }
+    assert!((60..=120).contains(&on_other), "30% of 300: {on_other}");
+
+    // A user on the storage node is moved when it drains; the node then refuses the
+    // old token (it reads the shared database).
+    let before = (0..300)
+        .map(|i| format!("roll{i}"))
+        .find(|u| syncstore::tokenserver::rollout::bucket(u) >= 3000)
+        .unwrap();
+    let answer = sign_in(&c.tokenservers[0], &before).await;
+    let old = Client::with_token(
+        &c.storage,
+        answer["uid"].as_u64().unwrap(),
+        answer["id"].as_str().unwrap().into(),
+        answer["key"].as_str().unwrap().into(),
+    );
+    assert_eq!(old.get("/info/collections").await.status, 200);
+    cli(&c.db, &["rollout", "set", other, "100"]);
+    cli(&c.db, &["node", "drain", &c.storage.url()]);
+    let moved = sign_in(&c.tokenservers[1], &before).await;
+    assert!(moved["api_endpoint"].as_str().unwrap().starts_with(other));
+    assert_eq!(old.get("/info/collections").await.status, 401);
+}
