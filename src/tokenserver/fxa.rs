@@ -249,3 +249,53 @@ impl FxaVerifier {
         Ok(user)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWKS: &str = include_str!("../../tests/fixtures/fxa-test-jwks.json");
+
+    #[test]
+    fn jwk_sets_load_inline_or_from_a_file_and_bad_ones_are_reported() {
+        let inline = FxaVerifier::new(&FxaConfig {
+            jwks: JWKS.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(inline.keys.len(), 1);
+        assert_eq!(inline.keys[0].0.as_deref(), Some("test-key-1"));
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fxa-test-jwks.json"
+        );
+        let from_file = FxaVerifier::new(&FxaConfig {
+            jwks: path.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.keys.len(), 1);
+        for bad in [
+            "{not json",
+            "/no/such/file.json",
+            r#"{"keys": [{"kty": "RSA"}]}"#,
+        ] {
+            let cfg = FxaConfig {
+                jwks: bad.into(),
+                ..Default::default()
+            };
+            assert!(
+                matches!(FxaVerifier::new(&cfg), Err(FxaError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn scopes_are_matched_exactly() {
+        assert!(Scope::Text(format!("profile {OLDSYNC_SCOPE}")).has_oldsync());
+        assert!(Scope::List(vec![OLDSYNC_SCOPE.into()]).has_oldsync());
+        assert!(!Scope::Text(format!("{OLDSYNC_SCOPE}x profile")).has_oldsync());
+        assert!(!Scope::None.has_oldsync());
+    }
+}
