@@ -88,6 +88,14 @@ pub struct Settings {
     pub idle_user_secs: u64,
     /// On shutdown, how long to wait for requests in flight, seconds.
     pub shutdown_grace_secs: u64,
+    /// Most client connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// A client must send its request headers within this many seconds.
+    pub header_read_timeout_secs: u64,
+    /// A client must send its whole request body within this many seconds.
+    pub body_read_timeout_secs: u64,
+    /// Most threads for blocking work (SQLite); the async workers are one per core.
+    pub max_blocking_threads: usize,
     /// FxA's JWK set for verifying OAuth JWTs: a file path, or the JSON inline.
     pub fxa_jwks: String,
     /// Required issuer (`iss`) of OAuth JWTs; empty: not checked.
@@ -137,6 +145,10 @@ impl Default for Settings {
             upkeep_users_per_tick: 500,
             idle_user_secs: 300,
             shutdown_grace_secs: 10,
+            max_connections: 4096,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 60,
+            max_blocking_threads: 64,
             fxa_jwks: String::new(),
             fxa_issuer: "https://accounts.firefox.com".into(),
             fxa_verify_url: "https://oauth.accounts.firefox.com/v1/verify".into(),
@@ -235,6 +247,12 @@ impl Settings {
         }
         if self.upkeep_interval_secs == 0 || self.upkeep_users_per_tick == 0 {
             return bad("upkeep_interval_secs and upkeep_users_per_tick must be at least 1");
+        }
+        if self.max_connections == 0 || self.max_blocking_threads == 0 {
+            return bad("max_connections and max_blocking_threads must be at least 1");
+        }
+        if self.header_read_timeout_secs == 0 || self.body_read_timeout_secs == 0 {
+            return bad("read timeouts must be at least 1 second");
         }
         if self.max_open_users == 0 || self.connections_per_user == 0 {
             return bad("max_open_users and connections_per_user must be at least 1");

@@ -208,6 +208,11 @@ pub async fn run(
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");
     }
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let limits = web::ConnectionLimits {
+        max_connections: settings.max_connections,
+        header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs),
+        body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
+    };
     let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let node_url = node_url(&settings, listener.local_addr()?);
@@ -227,7 +232,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let server = web::serve(listener, state, signal);
+    let server = web::serve(listener, state, limits, signal);
     tokio::pin!(server);
     let mut stopping = stop_rx.clone();
     let served = tokio::select! {

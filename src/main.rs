@@ -226,7 +226,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+fn serve(args: ServeArgs) -> Result<(), String> {
     let mut settings = load(&args.common)?;
     if let Some(listen) = args.listen {
         settings.listen = listen;
@@ -234,6 +234,26 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(role) = args.role {
         settings.role = role;
     }
+    ignore_file_size_signal();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(settings.max_blocking_threads)
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(serve_on(settings))
+}
+
+/// A write past a file size limit (RLIMIT_FSIZE) must fail that one write with an
+/// error (SQLite reports "disk full"), not kill the process and every user with it.
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no handler to run and no
+    // memory effects; it is done once, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+async fn serve_on(settings: Settings) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -373,9 +393,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => {
             init_logging();
-            tokio::runtime::Runtime::new()
-                .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(serve(args)))
+            serve(args)
         }
         Command::Token(args) => token(args),
         Command::Node(cmd) => node(cmd),

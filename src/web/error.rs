@@ -54,6 +54,9 @@ pub enum ApiError {
     /// 413: the request body is larger than the server accepts.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// 408: the request body did not arrive in time (or the connection broke).
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// 415: the request body's content type is not supported.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -115,6 +118,7 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!(WeaveCode::SizeLimitExceeded as u8),
             ),
+            ApiError::RequestTimeout => json_body(StatusCode::REQUEST_TIMEOUT, json!(0)),
             ApiError::UnsupportedMediaType => {
                 json_body(StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(0))
             }

@@ -274,9 +274,14 @@ impl FromRequest<AppState> for SyncBody {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::PayloadTooLarge);
         }
-        let bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge)?;
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+            let cause = e.into_inner();
+            if cause.is::<http_body_util::LengthLimitError>() {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::RequestTimeout
+            }
+        })?;
         // The Hawk MAC (checked by `HawkUser`) covers the `hash` parameter; here the
         // body must match it.
         if let Some(expected) = hawk_hash_of(&parts.headers)
