@@ -235,12 +235,20 @@ impl UserDbs {
              PRAGMA busy_timeout={};",
             cfg.lock_timeout.as_millis().max(1000)
         );
+        create_private_file(&path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // Check and migrate the file with a direct connection first: a corrupt or
+        // unreadable file is reported at once, naming the user, rather than after the
+        // pool has retried connecting until its timeout.
+        let sql = |e| StorageError::from_sqlite(uid, e);
+        let conn = Connection::open_with_flags(&path, flags).map_err(sql)?;
+        conn.execute_batch(&init).map_err(sql)?;
+        migrate(&conn).map_err(sql)?;
+        drop(conn);
         let manager = SqliteConnectionManager::file(&path)
-            .with_flags(
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
+            .with_flags(flags)
             .with_init(move |c| c.execute_batch(&init));
         let pool = r2d2::Pool::builder()
             .max_size(cfg.connections_per_user.max(1))
@@ -250,9 +258,6 @@ impl UserDbs {
             .test_on_check_out(false)
             .thread_pool(self.inner.reaper.clone())
             .build_unchecked(manager);
-        let conn = pool.get()?;
-        migrate(&conn).map_err(|e| StorageError::from_sqlite(uid, e))?;
-        drop(conn);
         Ok(UserDb {
             uid,
             pool,
@@ -266,6 +271,7 @@ impl UserDbs {
         let dir = self.inner.config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             let probe = dir.join(".heartbeat.sqlite");
+            create_private_file(&probe)?;
             let result = Connection::open(&probe)
                 .and_then(|c| {
                     c.execute_batch(
@@ -357,6 +363,20 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+        .map_err(StorageError::Io)
+}
+
+/// Creates a file readable by the owner only, if it does not exist. SQLite gives its
+/// `-wal` and `-shm` files the same permissions as the database file.
+pub fn create_private_file(path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
         .map_err(StorageError::Io)
 }
 

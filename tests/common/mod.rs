@@ -240,6 +240,20 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         sign: bool,
     ) -> Resp {
+        self.try_raw(method, path_and_query, headers, body, sign)
+            .await
+            .expect("request")
+    }
+
+    /// Like `raw`, but a connection failure is an `Err` instead of a panic.
+    pub async fn try_raw(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, Vec<u8>)>,
+        sign: bool,
+    ) -> Result<Resp, reqwest::Error> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -260,12 +274,12 @@ impl Client {
         if let Some((ct, bytes)) = body {
             req = req.header("content-type", ct).body(bytes);
         }
-        let r = req.send().await.expect("request");
-        Resp {
+        let r = req.send().await?;
+        Ok(Resp {
             status: r.status(),
             headers: r.headers().clone(),
-            text: r.text().await.expect("body"),
-        }
+            text: r.text().await?,
+        })
     }
 
     /// GET.
@@ -373,6 +387,11 @@ pub fn hawk_header(
 }
 
 impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits (up to `secs`) for the process to exit; returns
     /// whether it exited successfully.
     pub fn terminate(&mut self, secs: u64) -> bool {
