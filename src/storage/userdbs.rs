@@ -98,6 +98,10 @@ struct Inner {
     config: UserDbsConfig,
     open: Mutex<LruCache<u64, Arc<UserDb>>>,
     reaper: Arc<ScheduledThreadPool>,
+    /// The bytes of an empty, migrated user file in WAL mode: new users get a copy,
+    /// which is far cheaper than creating the schema (and switching journal modes)
+    /// in every new file.
+    template: Vec<u8>,
 }
 
 impl UserDbs {
@@ -105,9 +109,11 @@ impl UserDbs {
     pub fn new(config: UserDbsConfig) -> Result<UserDbs, StorageError> {
         let users = config.data_dir.join("users");
         create_private_dir(&users)?;
+        let template = build_template(&config.data_dir)?;
         let cap = NonZeroUsize::new(config.max_open_users.max(1)).expect("non-zero");
         Ok(UserDbs {
             inner: Arc::new(Inner {
+                template,
                 config,
                 open: Mutex::new(LruCache::new(cap)),
                 reaper: Arc::new(
@@ -235,7 +241,9 @@ impl UserDbs {
              PRAGMA busy_timeout={};",
             cfg.lock_timeout.as_millis().max(1000)
         );
-        create_private_file(&path)?;
+        if !path.exists() {
+            install_template(&path, &self.inner.template)?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -246,7 +254,6 @@ impl UserDbs {
         let conn = Connection::open_with_flags(&path, flags).map_err(sql)?;
         conn.execute_batch(&init).map_err(sql)?;
         migrate(&conn).map_err(sql)?;
-        drop(conn);
         let manager = SqliteConnectionManager::file(&path)
             .with_flags(flags)
             .with_init(move |c| c.execute_batch(&init));
@@ -258,6 +265,11 @@ impl UserDbs {
             .test_on_check_out(false)
             .thread_pool(self.inner.reaper.clone())
             .build_unchecked(manager);
+        // Open the pool's first connection while the checking one is still open, so
+        // closing the latter is not the file's last close (which would checkpoint,
+        // fsync and delete the WAL only for the pool to create it again).
+        drop(pool.get()?);
+        drop(conn);
         Ok(UserDb {
             uid,
             pool,
@@ -364,6 +376,58 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
         .mode(0o700)
         .create(dir)
         .map_err(StorageError::Io)
+}
+
+/// Builds the template of a new user file: the schema applied, WAL mode set, the WAL
+/// checkpointed away; returns its bytes.
+fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
+    let path = data_dir.join(format!(".template-{}.sqlite", std::process::id()));
+    let cleanup = |p: &Path| {
+        for ext in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
+    };
+    cleanup(&path);
+    let sql = |e| StorageError::from_sqlite(0, e);
+    {
+        let conn = Connection::open(&path).map_err(sql)?;
+        migrate(&conn).map_err(sql)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(sql)?;
+        debug_assert_eq!(mode, "wal");
+    } // the last close checkpoints and removes the WAL
+    let bytes = std::fs::read(&path).map_err(StorageError::Io);
+    cleanup(&path);
+    bytes
+}
+
+/// Installs a new user file from the template, atomically: written to a temporary
+/// file, synced, then hard-linked into place (which fails if another request created
+/// the file first — then that one is used).
+fn install_template(path: &Path, template: &[u8]) -> Result<(), StorageError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(template)?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(StorageError::Io)
 }
 
 /// Creates a file readable by the owner only, if it does not exist. SQLite gives its

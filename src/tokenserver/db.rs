@@ -252,12 +252,14 @@ impl AssignmentDb {
         }
         crate::storage::userdbs::create_private_dir(data_dir)
             .map_err(|e| DbError::Io(std::io::Error::other(e.to_string())))?;
-        let manager =
-            SqliteConnectionManager::file(data_dir.join("tokenserver.sqlite")).with_init(|c| {
-                c.execute_batch(
-                    "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
-                )
-            });
+        let path = data_dir.join("tokenserver.sqlite");
+        crate::storage::userdbs::create_private_file(&path)
+            .map_err(|e| DbError::Io(std::io::Error::other(e.to_string())))?;
+        let manager = SqliteConnectionManager::file(path).with_init(|c| {
+            c.execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+            )
+        });
         let pool = r2d2::Pool::builder()
             .max_size(4)
             .min_idle(Some(0))
