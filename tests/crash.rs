@@ -19,7 +19,7 @@ const ROUNDS: u64 = 20;
 const USERS: [u64; 3] = [11, 22, 33];
 
 /// What clients were told succeeded.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Acked {
     /// (uid, id) → payload of every acknowledged single write.
     records: BTreeMap<(u64, String), String>,
@@ -204,7 +204,8 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut rng = StdRng::seed_from_u64(42);
     for round in 0..ROUNDS {
         let s = Server::start_in(data, &[]);
-        verify(&s, &acked.lock().unwrap()).await;
+        let snapshot = acked.lock().unwrap().clone();
+        verify(&s, &snapshot).await;
         // Each user's timestamps keep increasing across the crash.
         for uid in USERS {
             let probe = s
@@ -237,7 +238,7 @@ async fn acknowledged_writes_survive_sigkill() {
         }
     }
     let s = Server::start_in(data, &[]);
-    let a = acked.lock().unwrap();
+    let a = acked.lock().unwrap().clone();
     verify(&s, &a).await;
     eprintln!(
         "crash harness: {ROUNDS} SIGKILL rounds, {} acknowledged records, {} acknowledged batches, {} attempted",
