@@ -59,6 +59,36 @@ async fn info_views_track_collections() {
 }
 
 #[tokio::test]
+async fn info_collections_timestamps_keep_two_decimals() {
+    let s = Server::start(&[]);
+    let c = s.client(2);
+    // Write until a timestamp's last digit is 0, where float formatting would drop it.
+    for i in 0..200 {
+        let r = c
+            .put(&format!("/storage/col/{i}"), &json!({"payload": "x"}))
+            .await;
+        let ts = r.header("x-last-modified").unwrap();
+        if ts.ends_with('0') {
+            let info = c.get("/info/collections").await;
+            assert!(
+                info.text.contains(&format!("\"col\":{ts}")),
+                "{} vs {ts}",
+                info.text
+            );
+            let full = c.get("/storage/col?full=1&sort=newest&limit=1").await;
+            assert!(
+                full.text.contains(&format!("\"modified\":{ts}")),
+                "{}",
+                full.text
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    panic!("no timestamp ending in 0 in 200 writes");
+}
+
+#[tokio::test]
 async fn info_configuration_publishes_configured_limits() {
     let s = Server::start(&[("SYNCSTORE_MAX_POST_RECORDS", "7")]);
     let r = s.client(1).get("/info/configuration").await;

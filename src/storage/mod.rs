@@ -136,13 +136,25 @@ pub enum InfoKind {
     Usage,
 }
 
+/// One collection's figure in an `info/*` answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum InfoValue {
+    /// Last-modified time (serialized with exactly two decimals).
+    Modified(Timestamp),
+    /// Live records.
+    Count(i64),
+    /// Stored payload kilobytes.
+    Kilobytes(f64),
+}
+
 /// The answer to an `info/*` request.
 #[derive(Debug, Clone)]
 pub struct Info {
     /// The storage's last-modified time.
     pub modified: Timestamp,
-    /// One JSON value per collection.
-    pub collections: BTreeMap<String, serde_json::Value>,
+    /// One figure per collection.
+    pub collections: BTreeMap<String, InfoValue>,
     /// Payload bytes stored in all collections, expired records not yet purged
     /// included (for `info/quota`; the sum of `info/collection_usage`).
     pub total_bytes: i64,
@@ -279,16 +291,17 @@ impl Storage {
                 let mut total_bytes = 0;
                 if kind == InfoKind::Timestamps {
                     for (name, ts) in queries::collection_timestamps(tx).map_err(sql)? {
-                        collections.insert(name, serde_json::to_value(ts).unwrap_or_default());
+                        collections.insert(name, InfoValue::Modified(ts));
                     }
                 } else {
                     total_bytes = queries::usage_bytes(tx).map_err(sql)?;
                     for (name, count, bytes) in queries::collection_sizes(tx, now).map_err(sql)? {
                         match kind {
-                            InfoKind::Counts if count > 0 => collections.insert(name, count.into()),
-                            InfoKind::Usage => {
-                                collections.insert(name, (bytes as f64 / 1024.0).into())
+                            InfoKind::Counts if count > 0 => {
+                                collections.insert(name, InfoValue::Count(count))
                             }
+                            InfoKind::Usage => collections
+                                .insert(name, InfoValue::Kilobytes(bytes as f64 / 1024.0)),
                             _ => None,
                         };
                     }

@@ -14,7 +14,7 @@ use super::extract::{
     BodyFormat, HawkUser, Params, Pre, SyncBody, collection_name, list_query, media_type,
 };
 use crate::storage::model::{self, BsoError, BsoInput, Timestamp};
-use crate::storage::{BatchPost, BatchRef, InfoKind, Written};
+use crate::storage::{BatchPost, BatchRef, InfoKind, PostResult, Written};
 
 /// `{collection}` of a collection URL.
 #[derive(Deserialize)]
@@ -156,17 +156,27 @@ pub async fn get_collection(
     let query = list_query(&params)?;
     let full = query.full;
     let listing = s.storage.list(user.uid, collection, query, pre).await?;
-    let values: Vec<Value> = listing
-        .items
-        .iter()
-        .map(|b| if full { json!(b) } else { json!(b.id) })
-        .collect();
+    // Serialize records directly (not through serde_json::Value, whose floats would
+    // print `1700000000.10` as `1700000000.1`).
+    let one = |b: &crate::storage::model::Bso| {
+        if full {
+            serde_json::to_string(b)
+        } else {
+            serde_json::to_string(&b.id)
+        }
+        .expect("records serialize")
+    };
+    let count = listing.items.len();
     let mut r = match format {
-        Format::Json => axum::Json(&values).into_response(),
+        Format::Json => {
+            let parts: Vec<String> = listing.items.iter().map(one).collect();
+            let text = format!("[{}]", parts.join(","));
+            ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+        }
         Format::Newlines => {
             let mut text = String::new();
-            for v in &values {
-                text.push_str(&v.to_string());
+            for b in &listing.items {
+                text.push_str(&one(b));
                 text.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/newlines")], text).into_response()
@@ -177,7 +187,7 @@ pub async fn get_collection(
         "x-last-modified",
         HeaderValue::from_str(&listing.modified.to_string()).expect("timestamp"),
     );
-    h.insert("x-weave-records", HeaderValue::from(values.len()));
+    h.insert("x-weave-records", HeaderValue::from(count));
     if let Some(next) = listing.next_offset {
         h.insert(
             "x-weave-next-offset",
@@ -378,11 +388,14 @@ pub async fn post_collection(
             *r.status_mut() = StatusCode::ACCEPTED;
             r
         }
-        None => reply(
-            &json!({"modified": b.modified, "success": b.success, "failed": failed}),
-            b.modified,
-            true,
-        ),
+        None => {
+            let body = PostResult {
+                modified: b.modified,
+                success: b.success,
+                failed,
+            };
+            reply(&body, b.modified, true)
+        }
     };
     Ok(quota_header(r, &s, w.usage_bytes))
 }

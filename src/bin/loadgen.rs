@@ -1,0 +1,629 @@
+//! `loadgen`: a Sync load generator. It speaks tokenlib + Hawk like a real client (a
+//! fresh nonce per request) and replays the Sync mix against a storage node, then
+//! reports throughput, latency percentiles per request kind, every non-2xx status, the
+//! server's peak RSS and open descriptors (with `--pid`) and its own CPU time, as JSON,
+//! a Markdown table and an SVG latency plot.
+//!
+//! Only 127.0.0.1 targets are accepted; every run is bounded by `--duration` and
+//! `--sessions`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use syncstore::auth::hawk::{HawkHeader, SignedRequest, compute_mac};
+use syncstore::auth::token::{TokenPayload, make_token, new_salt};
+
+/// Replays the Sync mix (or one request kind) against a syncstore storage node.
+#[derive(Parser, Clone)]
+struct Args {
+    /// Base URL of the node (must be on 127.0.0.1 / localhost).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// The node's master secret (tokens are minted locally, as a tokenserver would).
+    #[arg(long, env = "SYNCSTORE_SECRETS")]
+    secret: String,
+    /// Users to draw from (Zipf, s = 1): uids 1..=users.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Stop after this many sessions (0: no limit besides the duration).
+    #[arg(long, default_value_t = 0)]
+    sessions: u64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = Workload::Mix)]
+    workload: Workload,
+    /// The server's pid, to sample its RSS and open descriptors.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Write `<name>.json`, `<name>.md` and `<name>.svg` here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Name of this run in the output files.
+    #[arg(long, default_value = "run")]
+    name: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// The Sync mix: info/collections, three incremental GETs, a history POST, a
+    /// client-record PUT, and every 20th session a 4 × 100 record batch upload.
+    Mix,
+    /// `GET info/collections` only.
+    InfoCollections,
+    /// One PUT per user, uids 1..=users in order (to create the users' files).
+    Prefill,
+}
+
+/// Cumulative distribution of Zipf(s = 1) over ranks 1..=n.
+struct Zipf(Vec<f64>);
+
+impl Zipf {
+    fn new(n: u64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n as usize);
+        let mut sum = 0.0;
+        for k in 1..=n {
+            sum += 1.0 / k as f64;
+            cdf.push(sum);
+        }
+        cdf.iter_mut().for_each(|c| *c /= sum);
+        Zipf(cdf)
+    }
+
+    fn sample(&self, rng: &mut StdRng) -> u64 {
+        let u: f64 = rng.random();
+        self.0.partition_point(|c| *c < u) as u64 + 1
+    }
+}
+
+/// Latencies and statuses per request kind.
+#[derive(Default)]
+struct Stats {
+    kinds: BTreeMap<&'static str, Histogram<u64>>,
+    statuses: BTreeMap<(&'static str, u16), u64>,
+    failures: u64,
+    sessions: u64,
+}
+
+impl Stats {
+    fn record(&mut self, kind: &'static str, micros: u64, status: u16) {
+        self.kinds
+            .entry(kind)
+            .or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"))
+            .saturating_record(micros.max(1));
+        if !(200..300).contains(&status) {
+            *self.statuses.entry((kind, status)).or_default() += 1;
+        }
+    }
+
+    fn merge(&mut self, other: Stats) {
+        for (k, h) in other.kinds {
+            match self.kinds.get_mut(k) {
+                Some(mine) => mine.add(&h).expect("same bounds"),
+                None => {
+                    self.kinds.insert(k, h);
+                }
+            }
+        }
+        for (k, n) in other.statuses {
+            *self.statuses.entry(k).or_default() += n;
+        }
+        self.failures += other.failures;
+        self.sessions += other.sessions;
+    }
+}
+
+/// One simulated device of many users, on its own connection.
+struct Worker {
+    http: reqwest::Client,
+    args: Args,
+    host: String,
+    port: u16,
+    rng: StdRng,
+    stats: Stats,
+    /// Each user's last sync time (for `newer=`), shared by all workers.
+    last_sync: Arc<Mutex<BTreeMap<u64, String>>>,
+}
+
+impl Worker {
+    fn auth(&mut self, token: &(String, String), method: &str, path: &str) -> String {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let h = HawkHeader {
+            id: token.0.clone(),
+            ts,
+            ts_raw: ts.to_string(),
+            nonce: hex::encode(self.rng.random::<[u8; 8]>()),
+            mac: String::new(),
+            hash: None,
+            ext: None,
+        };
+        let mac = compute_mac(
+            token.1.as_bytes(),
+            &h,
+            &SignedRequest {
+                method,
+                path_and_query: path,
+                host: &self.host,
+                port: self.port,
+            },
+        );
+        format!(
+            "Hawk id=\"{}\", ts=\"{}\", nonce=\"{}\", mac=\"{mac}\"",
+            h.id, h.ts_raw, h.nonce
+        )
+    }
+
+    fn token(&self, uid: u64) -> (String, String) {
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
+            + 3600.0;
+        make_token(
+            &self.args.secret,
+            &TokenPayload {
+                uid,
+                node: self.args.url.clone(),
+                expires,
+                salt: new_salt(),
+                fxa_uid: Some(format!("loadgen-{uid}")),
+                fxa_kid: None,
+                hashed_fxa_uid: None,
+                hashed_device_id: None,
+            },
+        )
+    }
+
+    /// Sends one request; returns the status and body (or None if the connection failed).
+    async fn call(
+        &mut self,
+        kind: &'static str,
+        token: &(String, String),
+        method: &str,
+        path: String,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
+        let auth = self.auth(token, method, &path);
+        let url = format!("{}{}", self.args.url, path);
+        let mut req = self
+            .http
+            .request(method.parse().expect("method"), url)
+            .header("authorization", auth);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let started = Instant::now();
+        let result = async {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let bytes = r.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        }
+        .await;
+        let micros = started.elapsed().as_micros() as u64;
+        match result {
+            Ok((status, bytes)) => {
+                self.stats.record(kind, micros, status);
+                Some((
+                    status,
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                ))
+            }
+            Err(_) => {
+                self.stats.failures += 1;
+                None
+            }
+        }
+    }
+
+    fn records(&mut self, prefix: &str, n: usize) -> Value {
+        let payload: String = (0..500)
+            .map(|_| self.rng.random_range(b'a'..=b'z') as char)
+            .collect();
+        Value::Array(
+            (0..n)
+                .map(|i| json!({"id": format!("{prefix}{:06}", self.rng.random_range(0..1_000_000) + i), "payload": payload, "sortindex": i}))
+                .collect(),
+        )
+    }
+
+    async fn session(&mut self, uid: u64, session: u64) {
+        let token = self.token(uid);
+        let base = format!("/1.5/{uid}");
+        match self.args.workload {
+            Workload::InfoCollections => {
+                self.call(
+                    "info/collections",
+                    &token,
+                    "GET",
+                    format!("{base}/info/collections"),
+                    None,
+                )
+                .await;
+            }
+            Workload::Prefill => {
+                let body = json!({"payload": "x".repeat(500)});
+                self.call(
+                    "prefill PUT",
+                    &token,
+                    "PUT",
+                    format!("{base}/storage/clients/device"),
+                    Some(body),
+                )
+                .await;
+            }
+            Workload::Mix => self.mix(uid, session, &token, &base).await,
+        }
+        self.stats.sessions += 1;
+    }
+
+    async fn mix(&mut self, uid: u64, session: u64, token: &(String, String), base: &str) {
+        let since = self
+            .last_sync
+            .lock()
+            .expect("lock")
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| "0".into());
+        if self
+            .call(
+                "GET info/collections",
+                token,
+                "GET",
+                format!("{base}/info/collections"),
+                None,
+            )
+            .await
+            .is_none()
+        {
+            return;
+        }
+        for coll in ["bookmarks", "history", "tabs"] {
+            let path = format!("{base}/storage/{coll}?newer={since}&full=1");
+            self.call("GET storage?newer", token, "GET", path, None)
+                .await;
+        }
+        let n = self.rng.random_range(1..=20);
+        let body = self.records("h", n);
+        let posted = self
+            .call(
+                "POST history",
+                token,
+                "POST",
+                format!("{base}/storage/history"),
+                Some(body),
+            )
+            .await;
+        let client =
+            json!({"payload": format!("{{\"name\":\"device {uid}\",\"type\":\"desktop\"}}")});
+        self.call(
+            "PUT client",
+            token,
+            "PUT",
+            format!("{base}/storage/clients/c{uid}"),
+            Some(client),
+        )
+        .await;
+        if session.is_multiple_of(20) {
+            let body = self.records("b", 100);
+            let started = self
+                .call(
+                    "batch",
+                    token,
+                    "POST",
+                    format!("{base}/storage/bookmarks?batch=true"),
+                    Some(body),
+                )
+                .await;
+            if let Some(id) = started.and_then(|(_, v)| v["batch"].as_str().map(str::to_string)) {
+                for _ in 0..2 {
+                    let body = self.records("b", 100);
+                    self.call(
+                        "batch",
+                        token,
+                        "POST",
+                        format!("{base}/storage/bookmarks?batch={id}"),
+                        Some(body),
+                    )
+                    .await;
+                }
+                let body = self.records("b", 100);
+                let path = format!("{base}/storage/bookmarks?batch={id}&commit=true");
+                self.call("batch", token, "POST", path, Some(body)).await;
+            }
+        }
+        if let Some((_, v)) = posted
+            && let Some(m) = v.get("modified")
+        {
+            self.last_sync
+                .lock()
+                .expect("lock")
+                .insert(uid, m.to_string());
+        }
+    }
+}
+
+/// Peak RSS (KB) and descriptors of a process, sampled every 100 ms until `stop`.
+async fn sample_process(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> (u64, usize) {
+    let (mut rss, mut fds) = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:"))
+        {
+            let kb: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            rss = rss.max(kb);
+        }
+        fds = fds.max(
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (rss, fds)
+}
+
+/// CPU seconds (user + system) this process has used.
+fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+fn report(
+    args: &Args,
+    stats: &Stats,
+    elapsed: f64,
+    server: Option<(u64, usize)>,
+    cpu: f64,
+) -> (Value, String) {
+    let total: u64 = stats.kinds.values().map(|h| h.len()).sum();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let mut kinds = serde_json::Map::new();
+    let mut md = String::from(
+        "| request | count | p50 ms | p90 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    for (k, h) in &stats.kinds {
+        all.add(h).expect("same bounds");
+        kinds.insert(k.to_string(), json!({"count": h.len(), "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9), "p99_ms": ms(h, 0.99), "max_ms": h.max() as f64 / 1000.0}));
+        let _ = writeln!(
+            md,
+            "| {k} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            h.len(),
+            ms(h, 0.5),
+            ms(h, 0.9),
+            ms(h, 0.99),
+            h.max() as f64 / 1000.0
+        );
+    }
+    if total > 0 {
+        let _ = writeln!(
+            md,
+            "| **all** | {total} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            ms(&all, 0.5),
+            ms(&all, 0.9),
+            ms(&all, 0.99),
+            all.max() as f64 / 1000.0
+        );
+    }
+    let errors: BTreeMap<String, u64> = stats
+        .statuses
+        .iter()
+        .map(|((k, s), n)| (format!("{k} {s}"), *n))
+        .collect();
+    let rps = total as f64 / elapsed;
+    let summary = json!({
+        "name": args.name, "workload": format!("{:?}", args.workload as u8), "users": args.users,
+        "connections": args.connections, "seconds": elapsed, "requests": total, "requests_per_sec": rps,
+        "sessions": stats.sessions, "sessions_per_sec": stats.sessions as f64 / elapsed,
+        "p50_ms": if total > 0 { ms(&all, 0.5) } else { 0.0 }, "p99_ms": if total > 0 { ms(&all, 0.99) } else { 0.0 },
+        "non_2xx": errors, "connection_failures": stats.failures,
+        "server_peak_rss_mb": server.map(|s| s.0 as f64 / 1024.0), "server_peak_fds": server.map(|s| s.1),
+        "loadgen_cpu_secs": cpu, "kinds": kinds,
+    });
+    let mut head = format!(
+        "**{}**: {} users, {} connections, {:.1} s — **{:.0} req/s**, {:.0} sessions/s, p99 {:.2} ms, {} non-2xx, {} connection failures",
+        args.name,
+        args.users,
+        args.connections,
+        elapsed,
+        rps,
+        stats.sessions as f64 / elapsed,
+        summary["p99_ms"].as_f64().unwrap_or(0.0),
+        stats.statuses.values().sum::<u64>(),
+        stats.failures
+    );
+    if let Some((rss, fds)) = server {
+        let _ = write!(
+            head,
+            "; server peak RSS {:.1} MB, {fds} descriptors",
+            rss as f64 / 1024.0
+        );
+    }
+    let _ = write!(head, "; loadgen CPU {cpu:.1} s\n\n");
+    for ((k, s), n) in &stats.statuses {
+        let _ = writeln!(head, "- {k}: {n} × {s}");
+    }
+    (summary, format!("{head}\n{md}"))
+}
+
+/// An SVG plot of latency by percentile (log scale), one line per request kind.
+fn svg(stats: &Stats, title: &str) -> String {
+    let (w, h, pad) = (720.0, 420.0, 60.0);
+    let max_ms = stats
+        .kinds
+        .values()
+        .map(|h| h.max() as f64 / 1000.0)
+        .fold(1.0, f64::max);
+    let nines = [0.0, 0.5, 0.9, 0.99, 0.999, 0.9999];
+    let x = |q: f64| pad + (-(1.0 - q).max(1e-4).log10()) / 4.0 * (w - 2.0 * pad);
+    let y = |ms: f64| h - pad - (ms / max_ms) * (h - 2.0 * pad);
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+    ];
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{pad}\" y=\"20\" font-size=\"14\">{title}: latency by percentile</text>\n"
+    );
+    let _ = writeln!(
+        out,
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>",
+        h - pad,
+        w - pad,
+        h - pad,
+        h - pad
+    );
+    for q in nines {
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">p{}</text>",
+            x(q),
+            h - pad + 16.0,
+            q * 100.0
+        );
+    }
+    for i in 0..=4 {
+        let ms = max_ms * i as f64 / 4.0;
+        let _ = writeln!(
+            out,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{ms:.1} ms</text>",
+            pad - 4.0,
+            y(ms) + 4.0
+        );
+    }
+    for (i, (kind, hist)) in stats.kinds.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points: Vec<String> = (0..=200)
+            .map(|j| {
+                let q = 1.0 - 10f64.powf(-(j as f64) / 50.0);
+                let q = q.min(0.9999);
+                format!(
+                    "{:.1},{:.1}",
+                    x(q),
+                    y(hist.value_at_quantile(q) as f64 / 1000.0)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{kind}</text>",
+            pad + 10.0,
+            pad + 14.0 * i as f64
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let uri: axum::http::Uri = args.url.parse().expect("--url must be a URL");
+    let host = uri.host().unwrap_or("").to_string();
+    assert!(
+        host == "127.0.0.1" || host == "localhost",
+        "loadgen only targets 127.0.0.1 or localhost, not {host}"
+    );
+    let port = uri.port_u16().unwrap_or(80);
+    let zipf = Arc::new(Zipf::new(args.users.max(1)));
+    let last_sync = Arc::new(Mutex::new(BTreeMap::new()));
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let next_session = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = args
+        .pid
+        .map(|pid| tokio::spawn(sample_process(pid, stop.clone())));
+    let cpu_before = own_cpu_secs();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.connections {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
+        let mut worker = Worker {
+            http,
+            args: args.clone(),
+            host: host.clone(),
+            port,
+            rng: StdRng::seed_from_u64(args.seed * 1_000_003 + w as u64),
+            stats: Stats::default(),
+            last_sync: last_sync.clone(),
+        };
+        let (zipf, next_session) = (zipf.clone(), next_session.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let session = next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let limit_reached = match worker.args.workload {
+                    Workload::Prefill => session >= worker.args.users,
+                    _ => worker.args.sessions > 0 && session >= worker.args.sessions,
+                };
+                if limit_reached || Instant::now() >= deadline {
+                    break;
+                }
+                let uid = match worker.args.workload {
+                    Workload::Prefill => session + 1,
+                    _ => zipf.sample(&mut worker.rng),
+                };
+                worker.session(uid, session).await;
+            }
+            worker.stats
+        }));
+    }
+    let mut stats = Stats::default();
+    for t in tasks {
+        stats.merge(t.await.expect("worker"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let server = match sampler {
+        Some(s) => Some(s.await.expect("sampler")),
+        None => None,
+    };
+    let (summary, md) = report(&args, &stats, elapsed, server, own_cpu_secs() - cpu_before);
+    println!("{md}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).expect("output dir");
+        let write = |ext: &str, text: String| {
+            std::fs::write(dir.join(format!("{}.{ext}", args.name)), text).expect("write results")
+        };
+        write(
+            "json",
+            serde_json::to_string_pretty(&summary).expect("json"),
+        );
+        write("md", md);
+        write("svg", svg(&stats, &args.name));
+    }
+}
