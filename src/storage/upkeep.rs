@@ -119,7 +119,8 @@ impl UserDbs {
         };
         match self.peek(uid) {
             Some(db) => {
-                let Ok(_guard) = db.try_write_lock() else {
+                let lock = self.lock_for(uid);
+                let Ok(_guard) = lock.try_lock() else {
                     return Ok((0, 0, 0));
                 };
                 let mut conn = db.connection()?;

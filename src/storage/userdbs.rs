@@ -11,10 +11,11 @@
 //!   still finishing a request), so clients never see "database is locked".
 //! * Every SQLite call runs on tokio's blocking pool, never on the reactor.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -51,8 +52,6 @@ pub struct UserDbsConfig {
 pub struct UserDb {
     uid: u64,
     pool: r2d2::Pool<SqliteConnectionManager>,
-    /// Held for the whole of a write so a user's writes never contend inside SQLite.
-    write_lock: Arc<tokio::sync::Mutex<()>>,
     /// Unix seconds of the last request, so upkeep can close idle files.
     last_used: AtomicU64,
 }
@@ -70,11 +69,6 @@ impl UserDb {
         &self,
     ) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StorageError> {
         Ok(self.pool.get()?)
-    }
-
-    /// Takes the user's write lock if it is free right now.
-    pub fn try_write_lock(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, StorageError> {
-        self.write_lock.try_lock().map_err(|_| StorageError::Busy)
     }
 }
 
@@ -98,6 +92,10 @@ struct Inner {
     config: UserDbsConfig,
     open: Mutex<LruCache<u64, Arc<UserDb>>>,
     reaper: Arc<ScheduledThreadPool>,
+    /// Each user's write lock, held for the whole of a write so a user's writes never
+    /// contend inside SQLite. Kept apart from the open handles so that a user evicted
+    /// from the LRU while a write is in flight still has exactly one lock.
+    locks: Mutex<HashMap<u64, Weak<tokio::sync::Mutex<()>>>>,
     /// The bytes of an empty, migrated user file in WAL mode: new users get a copy,
     /// which is far cheaper than creating the schema (and switching journal modes)
     /// in every new file.
@@ -113,6 +111,7 @@ impl UserDbs {
         let cap = NonZeroUsize::new(config.max_open_users.max(1)).expect("non-zero");
         Ok(UserDbs {
             inner: Arc::new(Inner {
+                locks: Mutex::new(HashMap::new()),
                 template,
                 config,
                 open: Mutex::new(LruCache::new(cap)),
@@ -134,15 +133,6 @@ impl UserDbs {
     /// How many users are open now.
     pub fn open_count(&self) -> usize {
         self.inner.open.lock().map(|l| l.len()).unwrap_or(0)
-    }
-
-    /// Returns the open handle of `uid`, opening (and creating) the file if needed.
-    pub async fn get(&self, uid: u64) -> Result<Arc<UserDb>, StorageError> {
-        if let Some(db) = self.cached(uid) {
-            return Ok(db);
-        }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.open_blocking(uid)).await?
     }
 
     fn cached(&self, uid: u64) -> Option<Arc<UserDb>> {
@@ -238,7 +228,7 @@ impl UserDbs {
         };
         let init = format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; \
-             PRAGMA busy_timeout={};",
+             PRAGMA busy_timeout={}; PRAGMA cache_size=-{CACHE_KB};",
             cfg.lock_timeout.as_millis().max(1000)
         );
         if !path.exists() {
@@ -247,16 +237,13 @@ impl UserDbs {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        // Check and migrate the file with a direct connection first: a corrupt or
-        // unreadable file is reported at once, naming the user, rather than after the
-        // pool has retried connecting until its timeout.
-        let sql = |e| StorageError::from_sqlite(uid, e);
-        let conn = Connection::open_with_flags(&path, flags).map_err(sql)?;
-        conn.execute_batch(&init).map_err(sql)?;
-        migrate(&conn).map_err(sql)?;
+        let init_pool = init.clone();
         let manager = SqliteConnectionManager::file(&path)
             .with_flags(flags)
-            .with_init(move |c| c.execute_batch(&init));
+            .with_init(move |c| {
+                prepare_connection(c, &init_pool)?;
+                migrate(c)
+            });
         let pool = r2d2::Pool::builder()
             .max_size(cfg.connections_per_user.max(1))
             .min_idle(Some(0))
@@ -265,15 +252,19 @@ impl UserDbs {
             .test_on_check_out(false)
             .thread_pool(self.inner.reaper.clone())
             .build_unchecked(manager);
-        // Open the pool's first connection while the checking one is still open, so
-        // closing the latter is not the file's last close (which would checkpoint,
-        // fsync and delete the WAL only for the pool to create it again).
-        drop(pool.get()?);
-        drop(conn);
+        // The first connection checks (and migrates) the file. A file that cannot be
+        // opened fails this quickly; open it once more directly to learn SQLite's own
+        // error, so the user gets the right status and the log names the uid.
+        if let Err(pool_error) = pool.get_timeout(FIRST_CONNECT_TIMEOUT) {
+            let sql = |e| StorageError::from_sqlite(uid, e);
+            let conn = Connection::open_with_flags(&path, flags).map_err(sql)?;
+            prepare_connection(&conn, &init).map_err(sql)?;
+            migrate(&conn).map_err(sql)?;
+            return Err(StorageError::Pool(pool_error));
+        }
         Ok(UserDb {
             uid,
             pool,
-            write_lock: Arc::new(tokio::sync::Mutex::new(())),
             last_used: AtomicU64::new(unix_secs()),
         })
     }
@@ -297,18 +288,43 @@ impl UserDbs {
         .await?
     }
 
-    /// Runs `f` in a read transaction (one consistent snapshot) of `uid`'s file.
+    /// The write lock of `uid` (one per user while anyone holds it).
+    pub fn lock_for(&self, uid: u64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = locks.get(&uid).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if locks.len() >= 1024 && locks.len().is_power_of_two() {
+            locks.retain(|_, w| w.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(uid, Arc::downgrade(&lock));
+        lock
+    }
+
+    /// The handle of `uid`: from the LRU, or opened now. Blocking.
+    fn handle(&self, cached: Option<Arc<UserDb>>, uid: u64) -> Result<Arc<UserDb>, StorageError> {
+        match cached {
+            Some(db) => Ok(db),
+            None => self.open_blocking(uid),
+        }
+    }
+
+    /// Runs `f` in a read transaction (one consistent snapshot) of `uid`'s file; a
+    /// cold file is opened in the same trip to the blocking pool.
     pub async fn read<T, F>(&self, uid: u64, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, Timestamp) -> Result<T, StorageError> + Send + 'static,
     {
-        let db = self.get(uid).await?;
+        let cached = self.cached(uid);
+        let this = self.clone();
         tokio::task::spawn_blocking(move || {
+            let db = this.handle(cached, uid)?;
             let mut conn = db.pool.get()?;
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Deferred)
-                .map_err(|e| StorageError::from_sqlite(db.uid, e))?;
+                .map_err(|e| StorageError::from_sqlite(uid, e))?;
             f(&tx, Timestamp::now())
         })
         .await?
@@ -324,14 +340,15 @@ impl UserDbs {
         T: Send + 'static,
         F: FnOnce(&WriteCtx<'_>) -> Result<T, StorageError> + Send + 'static,
     {
-        let db = self.get(uid).await?;
         let timeout = self.inner.config.lock_timeout;
         let quota = self.inner.config.quota_bytes as i64;
-        let guard = tokio::time::timeout(timeout, db.write_lock.clone().lock_owned())
+        let guard = tokio::time::timeout(timeout, self.lock_for(uid).lock_owned())
             .await
             .map_err(|_| StorageError::Busy)?;
+        let cached = self.cached(uid);
+        let this = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let uid = db.uid;
+            let db = this.handle(cached, uid)?;
             let sql = |e| StorageError::from_sqlite(uid, e);
             let mut conn = db.pool.get()?;
             let tx = conn
@@ -428,6 +445,25 @@ fn install_template(path: &Path, template: &[u8]) -> Result<(), StorageError> {
     })();
     let _ = std::fs::remove_file(&tmp);
     result.map_err(StorageError::Io)
+}
+
+/// How long the first connection to a user file may take before the file is
+/// considered unusable.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Page cache of one connection, KB. User files are small; a small cache keeps memory
+/// flat with many users open.
+const CACHE_KB: u32 = 256;
+
+/// Sets up a connection to a user file: PRAGMAs, and no checkpoint when it closes —
+/// evicting a user from the LRU must not cost a checkpoint and an fsync on the request
+/// path; background upkeep and shutdown checkpoint instead.
+fn prepare_connection(conn: &Connection, pragmas: &str) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
+    conn.execute_batch(pragmas)
 }
 
 /// Creates a file readable by the owner only, if it does not exist. SQLite gives its
