@@ -136,8 +136,8 @@ struct Worker {
     port: u16,
     rng: StdRng,
     stats: Stats,
-    /// Each user's last sync time (for `newer=`), shared by all workers.
-    last_sync: Arc<Mutex<BTreeMap<u64, String>>>,
+    /// Each user's last sync time per collection (for `newer=`), shared by all workers.
+    last_sync: Arc<Mutex<BTreeMap<(u64, &'static str), String>>>,
 }
 
 impl Worker {
@@ -192,7 +192,8 @@ impl Worker {
         )
     }
 
-    /// Sends one request; returns the status and body (or None if the connection failed).
+    /// Sends one request; returns the status, body and X-Last-Modified (or None if the
+    /// connection failed).
     async fn call(
         &mut self,
         kind: &'static str,
@@ -200,7 +201,7 @@ impl Worker {
         method: &str,
         path: String,
         body: Option<Value>,
-    ) -> Option<(u16, Value)> {
+    ) -> Option<(u16, Value, Option<String>)> {
         let auth = self.auth(token, method, &path);
         let url = format!("{}{}", self.args.url, path);
         let mut req = self
@@ -216,18 +217,21 @@ impl Worker {
         let result = async {
             let r = req.send().await?;
             let status = r.status().as_u16();
+            let last_modified = r
+                .headers()
+                .get("x-last-modified")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let bytes = r.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
+            Ok::<_, reqwest::Error>((status, bytes, last_modified))
         }
         .await;
         let micros = started.elapsed().as_micros() as u64;
         match result {
-            Ok((status, bytes)) => {
+            Ok((status, bytes, last_modified)) => {
                 self.stats.record(kind, micros, status);
-                Some((
-                    status,
-                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                ))
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                Some((status, body, last_modified))
             }
             Err(_) => {
                 self.stats.failures += 1;
@@ -278,41 +282,38 @@ impl Worker {
     }
 
     async fn mix(&mut self, uid: u64, session: u64, token: &(String, String), base: &str) {
-        let since = self
-            .last_sync
-            .lock()
-            .expect("lock")
-            .get(&uid)
-            .cloned()
-            .unwrap_or_else(|| "0".into());
+        let info = format!("{base}/info/collections");
         if self
-            .call(
-                "GET info/collections",
-                token,
-                "GET",
-                format!("{base}/info/collections"),
-                None,
-            )
+            .call("GET info/collections", token, "GET", info, None)
             .await
             .is_none()
         {
             return;
         }
+        // Like a real client, fetch what changed since each collection's last sync.
         for coll in ["bookmarks", "history", "tabs"] {
+            let since = self
+                .last_sync
+                .lock()
+                .expect("lock")
+                .get(&(uid, coll))
+                .cloned();
+            let since = since.unwrap_or_else(|| "0".into());
             let path = format!("{base}/storage/{coll}?newer={since}&full=1");
-            self.call("GET storage?newer", token, "GET", path, None)
+            let answer = self
+                .call("GET storage?newer", token, "GET", path, None)
                 .await;
+            if let Some((200, _, Some(modified))) = answer {
+                self.last_sync
+                    .lock()
+                    .expect("lock")
+                    .insert((uid, coll), modified);
+            }
         }
         let n = self.rng.random_range(1..=20);
         let body = self.records("h", n);
-        let posted = self
-            .call(
-                "POST history",
-                token,
-                "POST",
-                format!("{base}/storage/history"),
-                Some(body),
-            )
+        let history = format!("{base}/storage/history");
+        self.call("POST history", token, "POST", history, Some(body))
             .await;
         let client =
             json!({"payload": format!("{{\"name\":\"device {uid}\",\"type\":\"desktop\"}}")});
@@ -335,7 +336,8 @@ impl Worker {
                     Some(body),
                 )
                 .await;
-            if let Some(id) = started.and_then(|(_, v)| v["batch"].as_str().map(str::to_string)) {
+            if let Some(id) = started.and_then(|(_, v, _)| v["batch"].as_str().map(str::to_string))
+            {
                 for _ in 0..2 {
                     let body = self.records("b", 100);
                     self.call(
@@ -351,14 +353,6 @@ impl Worker {
                 let path = format!("{base}/storage/bookmarks?batch={id}&commit=true");
                 self.call("batch", token, "POST", path, Some(body)).await;
             }
-        }
-        if let Some((_, v)) = posted
-            && let Some(m) = v.get("modified")
-        {
-            self.last_sync
-                .lock()
-                .expect("lock")
-                .insert(uid, m.to_string());
         }
     }
 }
