@@ -96,8 +96,6 @@ struct Inner {
     /// contend inside SQLite. Kept apart from the open handles so that a user evicted
     /// from the LRU while a write is in flight still has exactly one lock.
     locks: Mutex<HashMap<u64, Weak<tokio::sync::Mutex<()>>>>,
-    /// Where evicted and idle handles go to be checkpointed and closed.
-    closer: std::sync::mpsc::SyncSender<Arc<UserDb>>,
     /// The bytes of an empty, migrated user file in WAL mode: new users get a copy,
     /// which is far cheaper than creating the schema (and switching journal modes)
     /// in every new file.
@@ -111,18 +109,8 @@ impl UserDbs {
         create_private_dir(&users)?;
         let template = build_template(&config.data_dir)?;
         let cap = NonZeroUsize::new(config.max_open_users.max(1)).expect("non-zero");
-        let (closer, retired) = std::sync::mpsc::sync_channel::<Arc<UserDb>>(1024);
-        std::thread::Builder::new()
-            .name("sqlite-closer".into())
-            .spawn(move || {
-                for db in retired {
-                    close_user(db);
-                }
-            })
-            .map_err(StorageError::Io)?;
         Ok(UserDbs {
             inner: Arc::new(Inner {
-                closer,
                 locks: Mutex::new(HashMap::new()),
                 template,
                 config,
@@ -181,21 +169,8 @@ impl UserDbs {
             idle.iter().filter_map(|uid| open.pop(uid)).collect()
         };
         let n = closed.len();
-        for db in closed {
-            self.retire(db);
-        }
+        drop(closed);
         n
-    }
-
-    /// Hands a handle that left the LRU to the closer thread, which checkpoints its
-    /// WAL into the database file and closes it, off the request path (inline if the
-    /// closer is backed up).
-    fn retire(&self, db: Arc<UserDb>) {
-        match self.inner.closer.try_send(db) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(db))
-            | Err(std::sync::mpsc::TrySendError::Disconnected(db)) => close_user(db),
-        }
     }
 
     /// Checkpoints and closes every open file (at shutdown). Blocking.
@@ -234,9 +209,9 @@ impl UserDbs {
             }
             open.push(uid, db.clone())
         };
-        if let Some((_, old)) = evicted {
-            self.retire(old);
-        }
+        // Dropping an evicted pool closes its connections (and may checkpoint): do it
+        // here, on the blocking pool, outside the LRU lock.
+        drop(evicted);
         Ok(db)
     }
 
@@ -418,17 +393,6 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
         .mode(0o700)
         .create(dir)
         .map_err(StorageError::Io)
-}
-
-/// Checkpoints a retired user's WAL (so files stay compact on disk) and closes it. A
-/// handle still used by a request in flight is closed by that request instead.
-fn close_user(db: Arc<UserDb>) {
-    if Arc::strong_count(&db) == 1
-        && let Ok(conn) = db.pool.get_timeout(Duration::from_millis(100))
-        && let Err(e) = super::queries::checkpoint(&conn, true)
-    {
-        tracing::debug!(uid = db.uid, error = %e, "checkpoint on close failed");
-    }
 }
 
 /// Builds the template of a new user file: the schema applied, WAL mode set, the WAL
