@@ -59,7 +59,7 @@ struct Args {
     name: String,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// The Sync mix: info/collections, three incremental GETs, a history POST, a
     /// client-record PUT, and every 20th session a 4 × 100 record batch upload.
@@ -434,7 +434,7 @@ fn report(
         .collect();
     let rps = total as f64 / elapsed;
     let summary = json!({
-        "name": args.name, "workload": format!("{:?}", args.workload as u8), "users": args.users,
+        "name": args.name, "workload": format!("{:?}", args.workload), "users": args.users,
         "connections": args.connections, "seconds": elapsed, "requests": total, "requests_per_sec": rps,
         "sessions": stats.sessions, "sessions_per_sec": stats.sessions as f64 / elapsed,
         "p50_ms": if total > 0 { ms(&all, 0.5) } else { 0.0 }, "p99_ms": if total > 0 { ms(&all, 0.99) } else { 0.0 },
