@@ -407,17 +407,10 @@ impl Storage {
                 let sql = |e| StorageError::from_sqlite(uid, e);
                 let current = queries::collection(w.tx, &collection).map_err(sql)?;
                 pre.check(current.map(|c| c.1).unwrap_or_default())?;
-                let mut success = Vec::with_capacity(bsos.len());
-                if !bsos.is_empty() {
-                    let coll = queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
-                    for bso in &bsos {
-                        queries::upsert_bso(w.tx, coll, bso, w.ts, w.now).map_err(sql)?;
-                        success.push(bso.id.clone());
-                    }
-                }
+                queries::store_bsos(w.tx, &collection, &bsos, w.ts, w.now).map_err(sql)?;
                 Ok(PostResult {
                     modified: w.ts,
-                    success,
+                    success: bsos.into_iter().map(|b| b.id).collect(),
                     failed: BTreeMap::new(),
                 })
             })
@@ -538,13 +531,7 @@ impl Storage {
                     });
                 }
                 let records = queries::batch_bsos(w.tx, &id).map_err(sql)?;
-                if !records.is_empty() {
-                    let coll =
-                        queries::touch_collection(w.tx, &post.collection, w.ts).map_err(sql)?;
-                    for bso in &records {
-                        queries::upsert_bso(w.tx, coll, bso, w.ts, w.now).map_err(sql)?;
-                    }
-                }
+                queries::store_bsos(w.tx, &post.collection, &records, w.ts, w.now).map_err(sql)?;
                 queries::delete_batch(w.tx, &id).map_err(sql)?;
                 Ok(BatchResult {
                     batch: None,

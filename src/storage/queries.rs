@@ -173,6 +173,26 @@ pub fn upsert_bso(
     Ok(())
 }
 
+/// Writes records into a collection as one write (PUT semantics for each): creates
+/// the collection if needed and moves its last-modified to `ts`. Nothing is touched
+/// when there are no records.
+pub fn store_bsos(
+    tx: &Transaction<'_>,
+    collection: &str,
+    bsos: &[BsoInput],
+    ts: Timestamp,
+    now: Timestamp,
+) -> rusqlite::Result<()> {
+    if bsos.is_empty() {
+        return Ok(());
+    }
+    let coll = touch_collection(tx, collection, ts)?;
+    for bso in bsos {
+        upsert_bso(tx, coll, bso, ts, now)?;
+    }
+    Ok(())
+}
+
 /// Deletes one record; returns whether a live one existed.
 pub fn delete_bso(
     tx: &Transaction<'_>,

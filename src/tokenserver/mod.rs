@@ -234,10 +234,7 @@ fn place(
     let lists = store::lists_naming(tx, fxa_uid, email)?;
     for choice in rollout::choices(nodes, &lists, fxa_uid) {
         if choice.forced {
-            tx.execute(
-                "UPDATE nodes SET current_load = current_load + 1 WHERE id = ?1",
-                &[choice.node_id.into()],
-            )?;
+            store::take_slot_forced(tx, choice.node_id)?;
             return Ok(choice.node_id);
         }
         if store::take_slot(tx, choice.node_id)? {

@@ -144,6 +144,15 @@ pub fn take_slot(tx: &mut dyn SqlTx, node_id: i64) -> Result<bool, DbError> {
     Ok(n == 1)
 }
 
+/// Places an allow-listed user on a node even past its capacity.
+pub fn take_slot_forced(tx: &mut dyn SqlTx, node_id: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE nodes SET current_load = current_load + 1 WHERE id = ?1",
+        &[node_id.into()],
+    )?;
+    Ok(())
+}
+
 /// Gives back a slot when a user leaves a node.
 pub fn release_slot(tx: &mut dyn SqlTx, node_id: i64) -> Result<(), DbError> {
     tx.execute(

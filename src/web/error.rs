@@ -173,7 +173,6 @@ fn token_response(e: TokenserverError) -> Response {
 }
 
 fn storage_response(e: StorageError) -> Response {
-    let unavailable = |retry: &'static str| unavailable(json!("server busy"), retry);
     match e {
         StorageError::NotModified(ts) => {
             with_last_modified(StatusCode::NOT_MODIFIED.into_response(), ts)
@@ -200,15 +199,15 @@ fn storage_response(e: StorageError) -> Response {
         .into_response(),
         StorageError::Busy => {
             tracing::warn!("storage busy: write lock or connection not available in time");
-            unavailable("5")
+            unavailable(json!("server busy"), "5")
         }
         StorageError::Pool(ref err) => {
             tracing::warn!(error = %err, "storage busy: connection pool");
-            unavailable("5")
+            unavailable(json!("server busy"), "5")
         }
         StorageError::Unavailable { uid, ref source } => {
             tracing::error!(uid, error = %source, "user file unavailable");
-            unavailable("60")
+            unavailable(json!("server busy"), "60")
         }
         other => {
             tracing::error!(error = %other, "internal error");

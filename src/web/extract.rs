@@ -16,6 +16,11 @@ use crate::storage::queries::{ListQuery, Sort};
 /// The authenticated user of a `/1.5/{uid}/…` request.
 pub struct HawkUser(pub Identity);
 
+/// The payload hash a verified Hawk header carried, left in the request's extensions by
+/// `HawkUser` for `SyncBody` to check against the body.
+#[derive(Clone)]
+struct SignedPayloadHash(String);
+
 /// Parses the `{uid}` segment: 1 to 19 digits that fit an i64.
 fn path_uid(path: &str) -> Option<u64> {
     let seg = path.strip_prefix("/1.5/")?.split('/').next()?;
@@ -98,6 +103,9 @@ impl FromRequestParts<AppState> for HawkUser {
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?
         {
             return Err(crate::auth::AuthError::Reassigned.into());
+        }
+        if let Some(hash) = &identity.payload_hash {
+            parts.extensions.insert(SignedPayloadHash(hash.clone()));
         }
         Ok(HawkUser(identity))
     }
@@ -284,8 +292,8 @@ impl FromRequest<AppState> for SyncBody {
         })?;
         // The Hawk MAC (checked by `HawkUser`) covers the `hash` parameter; here the
         // body must match it.
-        if let Some(expected) = hawk_hash_of(&parts.headers)
-            && !hawk::macs_equal(&hawk::payload_hash(&mime, &bytes), &expected)
+        if let Some(SignedPayloadHash(expected)) = parts.extensions.get::<SignedPayloadHash>()
+            && !hawk::macs_equal(&hawk::payload_hash(&mime, &bytes), expected)
         {
             return Err(crate::auth::AuthError::PayloadHash.into());
         }
@@ -301,15 +309,6 @@ pub fn media_type(value: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase()
-}
-
-/// Reads the `hash` parameter of a Hawk header, if any.
-fn hawk_hash_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(hawk::parse_header)
-        .and_then(|h| h.hash)
 }
 
 #[cfg(test)]
