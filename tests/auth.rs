@@ -280,43 +280,28 @@ async fn public_url_and_forwarded_headers_set_the_signed_host() {
     );
     assert_eq!(get_with(&c, path, &auth).await.status, 401);
 
-    let s = Server::start(&[("SYNCSTORE_TRUST_FORWARDED_HEADERS", "true")]);
-    let c = s.client(7);
-    let auth = hawk_header(
-        &c.id,
-        &c.key,
-        "GET",
-        path,
-        "proxy.example",
-        443,
-        now(),
-        "f1",
-        None,
-    );
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("x-forwarded-host", "proxy.example"),
-        ("x-forwarded-proto", "https"),
-    ];
-    assert_eq!(c.raw("GET", path, &headers, None, false).await.status, 200);
-    // Without trust, forwarded headers are ignored.
-    let s = Server::start(&[]);
-    let c = s.client(7);
-    let auth = hawk_header(
-        &c.id,
-        &c.key,
-        "GET",
-        path,
-        "proxy.example",
-        443,
-        now(),
-        "f2",
-        None,
-    );
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("x-forwarded-host", "proxy.example"),
-        ("x-forwarded-proto", "https"),
-    ];
-    assert_eq!(c.raw("GET", path, &headers, None, false).await.status, 401);
+    // Forwarded headers name the signed host only when trusted.
+    for (trust, expected) in [("true", 200), ("false", 401)] {
+        let s = Server::start(&[("SYNCSTORE_TRUST_FORWARDED_HEADERS", trust)]);
+        let c = s.client(7);
+        let nonce = format!("f-{trust}");
+        let auth = hawk_header(
+            &c.id,
+            &c.key,
+            "GET",
+            path,
+            "proxy.example",
+            443,
+            now(),
+            &nonce,
+            None,
+        );
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("x-forwarded-host", "proxy.example"),
+            ("x-forwarded-proto", "https"),
+        ];
+        let r = c.raw("GET", path, &headers, None, false).await;
+        assert_eq!(r.status, expected, "trust_forwarded_headers={trust}");
+    }
 }

@@ -51,11 +51,8 @@ async fn writer(c: Client, task: u64, round: u64, stop: Arc<AtomicBool>, acked: 
         if kind < 5 {
             let p = payload(&tag, rng.random_range(10..4_000));
             let body = serde_json::to_vec(&json!({"payload": p})).unwrap();
-            let path = format!("/1.5/{}/storage/single/{tag}", c.uid);
-            let Ok(r) = c
-                .try_raw("PUT", &path, &[], Some(("application/json", body)), true)
-                .await
-            else {
+            let path = format!("/storage/single/{tag}");
+            let Ok(r) = c.try_json("PUT", &path, body).await else {
                 return;
             };
             if r.status == 200 {
@@ -69,11 +66,7 @@ async fn writer(c: Client, task: u64, round: u64, stop: Arc<AtomicBool>, acked: 
                 .map(|k| json!({"id": format!("{tag}-{k}"), "payload": payload(&format!("{tag}-{k}"), 300)}))
                 .collect();
             let body = serde_json::to_vec(&items).unwrap();
-            let path = format!("/1.5/{}/storage/posted", c.uid);
-            let Ok(r) = c
-                .try_raw("POST", &path, &[], Some(("application/json", body)), true)
-                .await
-            else {
+            let Ok(r) = c.try_json("POST", "/storage/posted", body).await else {
                 return;
             };
             if r.status == 200 {
@@ -99,15 +92,9 @@ async fn writer(c: Client, task: u64, round: u64, stop: Arc<AtomicBool>, acked: 
                 .unwrap()
                 .attempted
                 .insert((c.uid, tag.clone()), 60);
-            let base = format!("/1.5/{}/storage/batched", c.uid);
+            let base = "/storage/batched";
             let Ok(r) = c
-                .try_raw(
-                    "POST",
-                    &format!("{base}?batch=true"),
-                    &[],
-                    Some(("application/json", rec(0))),
-                    true,
-                )
+                .try_json("POST", &format!("{base}?batch=true"), rec(0))
                 .await
             else {
                 return;
@@ -117,13 +104,7 @@ async fn writer(c: Client, task: u64, round: u64, stop: Arc<AtomicBool>, acked: 
             }
             let id = r.json()["batch"].as_str().unwrap().to_string();
             let Ok(r) = c
-                .try_raw(
-                    "POST",
-                    &format!("{base}?batch={id}"),
-                    &[],
-                    Some(("application/json", rec(1))),
-                    true,
-                )
+                .try_json("POST", &format!("{base}?batch={id}"), rec(1))
                 .await
             else {
                 return;
@@ -132,16 +113,7 @@ async fn writer(c: Client, task: u64, round: u64, stop: Arc<AtomicBool>, acked: 
                 continue;
             }
             let commit = format!("{base}?batch={id}&commit=true");
-            let Ok(r) = c
-                .try_raw(
-                    "POST",
-                    &commit,
-                    &[],
-                    Some(("application/json", rec(2))),
-                    true,
-                )
-                .await
-            else {
+            let Ok(r) = c.try_json("POST", &commit, rec(2)).await else {
                 return;
             };
             if r.status == 200 {

@@ -173,12 +173,12 @@ fn random_requests_never_get_a_5xx() {
                 let c = server().client(next_uid());
                 let q: Vec<String> = query
                     .iter()
-                    .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                    .map(|(k, v)| format!("{k}={}", percent_encode(v, b"-_.,")))
                     .collect();
                 let full = format!(
                     "/1.5/{}{}{}{}",
                     c.uid,
-                    encode_path(&path),
+                    percent_encode(&path, b"-_./%"),
                     if q.is_empty() { "" } else { "?" },
                     q.join("&")
                 );
@@ -204,22 +204,11 @@ fn random_requests_never_get_a_5xx() {
         .unwrap();
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes every byte but ASCII alphanumerics and those in `keep`.
+fn percent_encode(s: &str, keep: &[u8]) -> String {
     s.bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.,".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn encode_path(p: &str) -> String {
-    p.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_./%".contains(&b) {
+            if b.is_ascii_alphanumeric() || keep.contains(&b) {
                 (b as char).to_string()
             } else {
                 format!("%{b:02X}")

@@ -245,6 +245,19 @@ impl Client {
             .expect("request")
     }
 
+    /// Sends a signed JSON request to `/1.5/{uid}{path}`; a connection failure is an
+    /// `Err` (for tests that kill the server mid-request).
+    pub async fn try_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Resp, reqwest::Error> {
+        let full = format!("/1.5/{}{}", self.uid, path);
+        self.try_raw(method, &full, &[], Some(("application/json", body)), true)
+            .await
+    }
+
     /// Like `raw`, but a connection failure is an `Err` instead of a panic.
     pub async fn try_raw(
         &self,
