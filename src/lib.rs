@@ -204,6 +204,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    storage::userdbs::configure_sqlite();
     if let Some(path) = settings.ensure_secret()? {
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");
     }

@@ -357,9 +357,39 @@ impl Worker {
     }
 }
 
-/// Peak RSS (KB) and descriptors of a process, sampled every 100 ms until `stop`.
-async fn sample_process(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> (u64, usize) {
+/// What the server process used during a run.
+#[derive(Debug, Clone, Copy)]
+struct ServerUse {
+    /// Peak resident set, KB.
+    rss_kb: u64,
+    /// Peak open descriptors.
+    fds: usize,
+    /// CPU seconds (user + system) used during the run.
+    cpu_secs: f64,
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn process_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name; utime and stime are fields 14, 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks / hz
+}
+
+/// Samples a process every 100 ms until `stop`: peak RSS and descriptors, CPU used.
+async fn sample_process(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> ServerUse {
     let (mut rss, mut fds) = (0, 0);
+    let cpu_before = process_cpu_secs(pid);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
             && let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:"))
@@ -378,7 +408,11 @@ async fn sample_process(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> (
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (rss, fds)
+    ServerUse {
+        rss_kb: rss,
+        fds,
+        cpu_secs: process_cpu_secs(pid) - cpu_before,
+    }
 }
 
 /// CPU seconds (user + system) this process has used.
@@ -394,7 +428,7 @@ fn report(
     args: &Args,
     stats: &Stats,
     elapsed: f64,
-    server: Option<(u64, usize)>,
+    server: Option<ServerUse>,
     cpu: f64,
 ) -> (Value, String) {
     let total: u64 = stats.kinds.values().map(|h| h.len()).sum();
@@ -439,7 +473,9 @@ fn report(
         "sessions": stats.sessions, "sessions_per_sec": stats.sessions as f64 / elapsed,
         "p50_ms": if total > 0 { ms(&all, 0.5) } else { 0.0 }, "p99_ms": if total > 0 { ms(&all, 0.99) } else { 0.0 },
         "non_2xx": errors, "connection_failures": stats.failures,
-        "server_peak_rss_mb": server.map(|s| s.0 as f64 / 1024.0), "server_peak_fds": server.map(|s| s.1),
+        "server_peak_rss_mb": server.map(|s| s.rss_kb as f64 / 1024.0), "server_peak_fds": server.map(|s| s.fds),
+        "server_cpu_secs": server.map(|s| s.cpu_secs),
+        "server_cpu_us_per_request": server.map(|s| s.cpu_secs * 1e6 / total.max(1) as f64),
         "loadgen_cpu_secs": cpu, "kinds": kinds,
     });
     let mut head = format!(
@@ -454,11 +490,14 @@ fn report(
         stats.statuses.values().sum::<u64>(),
         stats.failures
     );
-    if let Some((rss, fds)) = server {
+    if let Some(s) = server {
         let _ = write!(
             head,
-            "; server peak RSS {:.1} MB, {fds} descriptors",
-            rss as f64 / 1024.0
+            "; server peak RSS {:.1} MB, {} descriptors, CPU {:.1} s ({:.0} µs a request)",
+            s.rss_kb as f64 / 1024.0,
+            s.fds,
+            s.cpu_secs,
+            s.cpu_secs * 1e6 / total.max(1) as f64
         );
     }
     let _ = write!(head, "; loadgen CPU {cpu:.1} s\n\n");

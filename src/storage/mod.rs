@@ -62,9 +62,6 @@ pub enum StorageError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
-    /// 503: a connection pool failure (timeout opening a connection).
-    #[error("connection pool: {0}")]
-    Pool(#[from] r2d2::Error),
     /// 500: file system error creating directories.
     #[error("file system: {0}")]
     Io(#[from] std::io::Error),

@@ -201,10 +201,6 @@ fn storage_response(e: StorageError) -> Response {
             tracing::warn!("storage busy: write lock or connection not available in time");
             unavailable(json!("server busy"), "5")
         }
-        StorageError::Pool(ref err) => {
-            tracing::warn!(error = %err, "storage busy: connection pool");
-            unavailable(json!("server busy"), "5")
-        }
         StorageError::Unavailable { uid, ref source } => {
             tracing::error!(uid, error = %source, "user file unavailable");
             unavailable(json!("server busy"), "60")
