@@ -416,11 +416,15 @@ pub fn append_batch(
     id: &str,
     bsos: &[BsoInput],
 ) -> rusqlite::Result<BatchRow> {
+    // Order of first appearance: numbered on from the batch's highest so far, found
+    // once per append (asking per record made a long batch quadratic).
+    let last_seq: i64 = tx
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM batch_bsos WHERE batch = ?1")?
+        .query_row([id], |r| r.get(0))?;
     let mut stmt = tx.prepare_cached(
         "INSERT INTO batch_bsos
             (batch, id, seq, payload, sortindex, sortindex_set, ttl, ttl_set)
-         VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) + 1 FROM batch_bsos WHERE batch = ?1),
-                 ?3, ?4, ?5, ?6, ?7)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(batch, id) DO UPDATE SET
             payload = coalesce(excluded.payload, payload),
             sortindex = CASE WHEN excluded.sortindex_set THEN excluded.sortindex ELSE sortindex END,
@@ -428,7 +432,7 @@ pub fn append_batch(
             ttl = CASE WHEN excluded.ttl_set THEN excluded.ttl ELSE ttl END,
             ttl_set = ttl_set OR excluded.ttl_set",
     )?;
-    for b in bsos {
+    for (seq, b) in (last_seq + 1..).zip(bsos) {
         let payload: Option<&str> = match &b.payload {
             Field::Set(p) => Some(p),
             Field::Null => Some(""),
@@ -436,7 +440,7 @@ pub fn append_batch(
         };
         let (si_set, si) = field_parts(&b.sortindex);
         let (ttl_set, ttl) = field_parts(&b.ttl);
-        stmt.execute(params![id, b.id, payload, si, si_set, ttl, ttl_set])?;
+        stmt.execute(params![id, b.id, seq, payload, si, si_set, ttl, ttl_set])?;
     }
     tx.prepare_cached(
         "UPDATE batches SET
