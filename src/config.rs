@@ -148,7 +148,7 @@ impl Default for Settings {
             max_connections: 4096,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 60,
-            max_blocking_threads: 64,
+            max_blocking_threads: 16,
             fxa_jwks: String::new(),
             fxa_issuer: "https://accounts.firefox.com".into(),
             fxa_verify_url: "https://oauth.accounts.firefox.com/v1/verify".into(),

@@ -393,7 +393,15 @@ fn rollout(cmd: RolloutCommand) -> Result<(), String> {
     }
 }
 
+/// mimalloc's `purge_delay` option (see mimalloc.h).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Hand freed memory back to the OS at once rather than after 10 ms: the blocking
+    // threads that run SQLite each keep a heap, and delayed purging let their idle
+    // pages add up (measured: ~100 MB more peak RSS under the Sync mix, no speed gain).
+    // SAFETY: sets a process-wide allocator option before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
