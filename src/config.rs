@@ -96,6 +96,11 @@ pub struct Settings {
     pub body_read_timeout_secs: u64,
     /// Most threads for blocking work (SQLite); the async workers are one per core.
     pub max_blocking_threads: usize,
+    /// Log format: `text` (human) or `json` (one object a line).
+    pub log_format: String,
+    /// Serve `/__metrics__` on this address instead of the main listener (e.g. a
+    /// private `127.0.0.1:9100`); empty serves it on the main listener.
+    pub metrics_listen: String,
     /// FxA's JWK set for verifying OAuth JWTs: a file path, or the JSON inline.
     pub fxa_jwks: String,
     /// Required issuer (`iss`) of OAuth JWTs; empty: not checked.
@@ -149,6 +154,8 @@ impl Default for Settings {
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 60,
             max_blocking_threads: 16,
+            log_format: "text".into(),
+            metrics_listen: String::new(),
             fxa_jwks: String::new(),
             fxa_issuer: "https://accounts.firefox.com".into(),
             fxa_verify_url: "https://oauth.accounts.firefox.com/v1/verify".into(),
@@ -247,6 +254,9 @@ impl Settings {
         }
         if self.upkeep_interval_secs == 0 || self.upkeep_users_per_tick == 0 {
             return bad("upkeep_interval_secs and upkeep_users_per_tick must be at least 1");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be \"text\" or \"json\"");
         }
         if self.max_connections == 0 || self.max_blocking_threads == 0 {
             return bad("max_connections and max_blocking_threads must be at least 1");

@@ -205,6 +205,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     storage::userdbs::configure_sqlite();
+    web::observe::metrics_handle();
     if let Some(path) = settings.ensure_secret()? {
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");
     }
@@ -218,6 +219,16 @@ pub async fn run(
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let node_url = node_url(&settings, listener.local_addr()?);
     let (tokenserver, assignments) = tokenserver_parts(&settings, &node_url).await?;
+    let metrics_server = match settings.metrics_listen.as_str() {
+        "" => None,
+        addr => {
+            let l = TcpListener::bind(addr).await?;
+            tracing::info!("metrics on http://{}/__metrics__", l.local_addr()?);
+            let app = axum::Router::new()
+                .route("/__metrics__", axum::routing::get(web::observe::metrics));
+            Some(tokio::spawn(async move { axum::serve(l, app).await }))
+        }
+    };
     let state = build_state(settings, tokenserver, assignments)?;
     let dbs = state.storage.dbs().clone();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -250,6 +261,9 @@ pub async fn run(
         upkeep.abort(); // the server ended on its own (an error): no signal will come
     }
     let _ = upkeep.await;
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let closed = tokio::task::spawn_blocking(move || dbs.close_all())
         .await
         .unwrap_or(0);

@@ -180,6 +180,10 @@ struct ServeArgs {
     /// [env: SYNCSTORE_ROLE] [default: all]
     #[arg(long, value_parser = ["all", "storage", "tokenserver"])]
     role: Option<String>,
+    /// Log format: text (for people) or json (one object a line, for log pipelines)
+    /// [env: SYNCSTORE_LOG_FORMAT] [default: text]
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 #[derive(Args)]
@@ -210,15 +214,19 @@ fn load(common: &Common) -> Result<Settings, String> {
     Ok(settings)
 }
 
-fn init_logging() {
+/// Logs go to stderr, filtered by RUST_LOG (default `info`: one line per request).
+fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 async fn shutdown_signal() {
@@ -239,6 +247,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(role) = args.role {
         settings.role = role;
     }
+    if let Some(format) = args.log_format {
+        settings.log_format = format;
+    }
+    init_logging(&settings.log_format);
     ignore_file_size_signal();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -404,10 +416,7 @@ fn main() -> ExitCode {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => {
-            init_logging();
-            serve(args)
-        }
+        Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::Node(cmd) => node(cmd),
         Command::Rollout(cmd) => rollout(cmd),

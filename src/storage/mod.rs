@@ -78,7 +78,7 @@ impl StorageError {
     /// full-disk errors → `Unavailable`; the rest → `Sqlite`.
     pub fn from_sqlite(uid: u64, e: rusqlite::Error) -> StorageError {
         use rusqlite::ErrorCode as C;
-        match e.sqlite_error_code() {
+        let error = match e.sqlite_error_code() {
             Some(C::DatabaseBusy | C::DatabaseLocked) => StorageError::Busy,
             Some(
                 C::DatabaseCorrupt
@@ -91,7 +91,14 @@ impl StorageError {
                 | C::FileLockingProtocolFailed,
             ) => StorageError::Unavailable { uid, source: e },
             _ => StorageError::Sqlite { uid, source: e },
-        }
+        };
+        let kind = match error {
+            StorageError::Busy => "busy",
+            StorageError::Unavailable { .. } => "unavailable",
+            _ => "other",
+        };
+        metrics::counter!("syncstore_db_errors_total", "kind" => kind).increment(1);
+        error
     }
 }
 
@@ -386,6 +393,7 @@ impl Storage {
                 pre.check(current.unwrap_or_default())?;
                 let coll = queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
                 queries::upsert_bso(w.tx, coll, &bso, w.ts, w.now).map_err(sql)?;
+                w.wrote(std::slice::from_ref(&bso));
                 Ok(w.ts)
             })
             .await
@@ -405,6 +413,7 @@ impl Storage {
                 let current = queries::collection(w.tx, &collection).map_err(sql)?;
                 pre.check(current.map(|c| c.1).unwrap_or_default())?;
                 queries::store_bsos(w.tx, &collection, &bsos, w.ts, w.now).map_err(sql)?;
+                w.wrote(&bsos);
                 Ok(PostResult {
                     modified: w.ts,
                     success: bsos.into_iter().map(|b| b.id).collect(),
@@ -493,7 +502,9 @@ impl Storage {
         post: BatchPost,
         pre: Precondition,
     ) -> Result<Written<BatchResult>, StorageError> {
-        self.dbs
+        let (create, commit) = (matches!(post.batch, BatchRef::Start), post.commit);
+        let result = self
+            .dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
                 let current = queries::collection(w.tx, &post.collection).map_err(sql)?;
@@ -530,13 +541,25 @@ impl Storage {
                 let records = queries::batch_bsos(w.tx, &id).map_err(sql)?;
                 queries::store_bsos(w.tx, &post.collection, &records, w.ts, w.now).map_err(sql)?;
                 queries::delete_batch(w.tx, &id).map_err(sql)?;
+                w.wrote(&records);
                 Ok(BatchResult {
                     batch: None,
                     modified: w.ts,
                     success,
                 })
             })
-            .await
+            .await;
+        if result.is_ok() {
+            let count = |op: &'static str| metrics::counter!("syncstore_batches_total", "op" => op);
+            count("append").increment(1);
+            if create {
+                count("create").increment(1);
+            }
+            if commit {
+                count("commit").increment(1);
+            }
+        }
+        result
     }
 }
 

@@ -172,6 +172,18 @@ pub struct WriteCtx<'a> {
     pub ts: Timestamp,
     /// The wall-clock time at the start of the write (for expiry checks).
     pub now: Timestamp,
+    /// Records and payload bytes this write stores, counted in metrics once committed.
+    written: std::cell::Cell<(u64, u64)>,
+}
+
+impl WriteCtx<'_> {
+    /// Notes records this write stores (for the written-records metrics).
+    pub fn wrote(&self, bsos: &[super::model::BsoInput]) {
+        let (n, bytes) = self.written.get();
+        let more: usize = bsos.iter().map(|b| b.payload_len()).sum();
+        self.written
+            .set((n + bsos.len() as u64, bytes + more as u64));
+    }
 }
 
 /// The manager of all users' files. Cheap to clone.
@@ -235,7 +247,11 @@ impl UserDbs {
     }
 
     fn cached(&self, uid: u64) -> Option<Arc<UserDb>> {
-        let db = self.inner.open.lock().ok()?.get(&uid).cloned()?;
+        let Some(db) = self.inner.open.lock().ok()?.get(&uid).cloned() else {
+            metrics::counter!("syncstore_lru_misses_total").increment(1);
+            return None;
+        };
+        metrics::counter!("syncstore_lru_hits_total").increment(1);
         db.last_used.store(unix_secs(), Ordering::Relaxed);
         Some(db)
     }
@@ -265,7 +281,9 @@ impl UserDbs {
                 })
                 .map(|(uid, _)| *uid)
                 .collect();
-            idle.iter().filter_map(|uid| open.pop(uid)).collect()
+            let closed = idle.iter().filter_map(|uid| open.pop(uid)).collect();
+            metrics::gauge!("syncstore_open_users").set(open.len() as f64);
+            closed
         };
         let n = closed.len();
         drop(closed);
@@ -297,7 +315,14 @@ impl UserDbs {
     }
 
     fn open_blocking(&self, uid: u64) -> Result<Arc<UserDb>, StorageError> {
-        if let Some(db) = self.cached(uid) {
+        // Another request may have opened it since this one looked.
+        if let Some(db) = self
+            .inner
+            .open
+            .lock()
+            .ok()
+            .and_then(|mut o| o.get(&uid).cloned())
+        {
             return Ok(db);
         }
         let db = Arc::new(self.open_user(uid)?);
@@ -306,8 +331,13 @@ impl UserDbs {
             if let Some(existing) = open.get(&uid) {
                 return Ok(existing.clone());
             }
-            open.push(uid, db.clone())
+            let evicted = open.push(uid, db.clone());
+            metrics::gauge!("syncstore_open_users").set(open.len() as f64);
+            evicted
         };
+        if evicted.is_some() {
+            metrics::counter!("syncstore_lru_evictions_total").increment(1);
+        }
         // Dropping an evicted pool closes its connections (and may checkpoint): do it
         // here, on the blocking pool, outside the LRU lock.
         drop(evicted);
@@ -415,9 +445,15 @@ impl UserDbs {
     {
         let timeout = self.inner.config.lock_timeout;
         let quota = self.inner.config.quota_bytes as i64;
+        let waited = Instant::now();
         let guard = tokio::time::timeout(timeout, self.lock_for(uid).lock_owned())
             .await
-            .map_err(|_| StorageError::Busy)?;
+            .map_err(|_| {
+                metrics::counter!("syncstore_write_lock_timeouts_total").increment(1);
+                StorageError::Busy
+            })?;
+        metrics::histogram!("syncstore_write_lock_wait_seconds")
+            .record(waited.elapsed().as_secs_f64());
         let cached = self.cached(uid);
         let this = self.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -435,13 +471,24 @@ impl UserDbs {
                 _ => super::queries::usage_bytes(tx),
             };
             let before = usage(&tx).map_err(sql)?;
-            let value = f(&WriteCtx { tx: &tx, ts, now })?;
+            let ctx = WriteCtx {
+                tx: &tx,
+                ts,
+                now,
+                written: Default::default(),
+            };
+            let value = f(&ctx)?;
+            let (records, bytes) = ctx.written.get();
             let usage_bytes = usage(&tx).map_err(sql)?;
             if quota > 0 && usage_bytes > quota && usage_bytes > before {
                 return Err(StorageError::OverQuota);
             }
             super::queries::set_storage_modified(&tx, ts).map_err(sql)?;
             tx.commit().map_err(sql)?;
+            if records > 0 {
+                metrics::counter!("syncstore_records_written_total").increment(records);
+                metrics::counter!("syncstore_payload_bytes_written_total").increment(bytes);
+            }
             Ok(Written { value, usage_bytes })
         })
         .await?;

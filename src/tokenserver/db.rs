@@ -268,6 +268,11 @@ impl AssignmentDb {
         Ok(AssignmentDb::Sqlite(pool))
     }
 
+    /// Checks that the database answers (for heartbeats). Blocking.
+    pub fn ping(&self) -> Result<(), DbError> {
+        self.transaction(|tx| tx.query("SELECT 1", &[]).map(drop))
+    }
+
     /// Which backend this is, for logs and `node_type`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -363,6 +363,11 @@ impl AssignmentCheck {
         }
     }
 
+    /// The assignment database.
+    pub fn db(&self) -> &AssignmentDb {
+        &self.db
+    }
+
     /// Whether `uid` may use this node.
     pub async fn allows(&self, uid: u64) -> Result<bool, DbError> {
         if let Ok(cache) = self.cache.lock()

@@ -445,19 +445,47 @@ pub async fn delete_all(
     Ok(written(&s, w))
 }
 
-/// `GET /__heartbeat__`: checks that the data dir is writable and SQLite answers.
+/// `GET /__heartbeat__`: checks that the data dir is writable and SQLite works there,
+/// and that the assignment database answers when this process uses one.
 pub async fn heartbeat(State(s): State<AppState>) -> Response {
-    match s.storage.dbs().health_check().await {
-        Ok(_) => axum::Json(json!({"status": "Ok", "database": "Ok"})).into_response(),
+    let storage = match s.storage.dbs().health_check().await {
+        Ok(()) => true,
         Err(e) => {
-            tracing::error!(error = %e, "heartbeat failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"status": "Err", "database": "Err"})),
-            )
-                .into_response()
+            tracing::error!(error = %e, "heartbeat: data dir unusable");
+            false
         }
+    };
+    let assignments = s
+        .tokenserver
+        .as_ref()
+        .map(|t| t.db().clone())
+        .or_else(|| s.assignments.as_ref().map(|a| a.db().clone()));
+    let tokenserver_db = match assignments {
+        None => None,
+        Some(db) => Some(match tokio::task::spawn_blocking(move || db.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "heartbeat: assignment database unreachable");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "heartbeat: check failed");
+                false
+            }
+        }),
+    };
+    let word = |ok: bool| if ok { "Ok" } else { "Err" };
+    let healthy = storage && tokenserver_db.unwrap_or(true);
+    let mut body = json!({"status": word(healthy), "database": word(storage)});
+    if let Some(ok) = tokenserver_db {
+        body["tokenserver_database"] = json!(word(ok));
     }
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// `GET /__lbheartbeat__`: the process is up.

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod observe;
 pub mod tokens;
 
 use std::future::Future;
@@ -123,16 +124,21 @@ pub fn router(state: AppState) -> Router {
         .route("/__heartbeat__", get(heartbeat))
         .route("/__lbheartbeat__", get(lbheartbeat))
         .route("/__version__", get(version));
+    if state.settings.metrics_listen.is_empty() {
+        api = api.route("/__metrics__", get(observe::metrics));
+    }
     if state.tokenserver.is_some() {
         api = api.route("/1.0/sync/1.5", get(tokens::token));
     }
     if state.settings.serves_storage() {
         api = api.merge(storage_routes());
     }
-    api.fallback(|| async { ApiError::NotFound.into_response() })
+    api.route_layer(middleware::from_fn(observe::tag_route))
+        .fallback(|| async { ApiError::NotFound.into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(middleware::from_fn(weave_timestamp))
         .layer(cors())
+        .layer(middleware::from_fn(observe::log_request))
         .with_state(state)
 }
 

@@ -1,0 +1,179 @@
+//! Observability at the HTTP edge: one log line and two metrics per request, and the
+//! Prometheus exposition at `/__metrics__`.
+//!
+//! The log line names the route template (`/1.5/{uid}/storage/{collection}`), never the
+//! raw path, query, token or payload; the uid comes from the path. Metrics from the
+//! storage layer (LRU, locks, batches, errors, bytes) are recorded where they happen
+//! through the `metrics` facade and rendered here.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// The route template a request matched, carried on the response to the outer layer.
+#[derive(Clone)]
+struct RouteTemplate(String);
+
+/// Inner layer (runs only for matched routes): records the route template.
+pub async fn tag_route(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let mut res = next.run(req).await;
+    if let Some(route) = route {
+        res.extensions_mut().insert(RouteTemplate(route));
+    }
+    res
+}
+
+/// Outer layer (runs for every request, 404s included): logs and counts it.
+pub async fn log_request(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let uid = path_uid(req.uri().path());
+    let res = next.run(req).await;
+    let elapsed = started.elapsed();
+    let route = res
+        .extensions()
+        .get::<RouteTemplate>()
+        .map_or("unmatched", |r| r.0.as_str())
+        .to_owned();
+    let status = res.status().as_u16();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    match uid {
+        Some(uid) => tracing::info!(
+            target: "syncstore::access", method = %method, route = %route, status,
+            duration_ms, uid, "request"
+        ),
+        None => tracing::info!(
+            target: "syncstore::access", method = %method, route = %route, status,
+            duration_ms, "request"
+        ),
+    }
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("syncstore_http_requests_total", &labels).increment(1);
+    metrics::histogram!("syncstore_http_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
+    res
+}
+
+/// The uid of a storage path (`/1.5/<uid>/…`), if it is one.
+fn path_uid(path: &str) -> Option<u64> {
+    let rest = path.strip_prefix("/1.5/")?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// The process-wide Prometheus recorder, installed on first use (once per process:
+/// tests may start several servers in one process).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
+            )
+            .expect("non-empty buckets");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may exist (a test harness); then ours only renders zeros,
+        // which is better than failing to start.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /__metrics__ is empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "syncstore_http_requests_total",
+        "HTTP requests by method, route template and status"
+    );
+    describe_histogram!(
+        "syncstore_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method and route template"
+    );
+    describe_gauge!(
+        "syncstore_open_users",
+        "User files open now (the LRU's size)"
+    );
+    describe_counter!(
+        "syncstore_lru_hits_total",
+        "Requests whose user file was open"
+    );
+    describe_counter!(
+        "syncstore_lru_misses_total",
+        "Requests that had to open a user file"
+    );
+    describe_counter!(
+        "syncstore_lru_evictions_total",
+        "User files closed to make room"
+    );
+    describe_histogram!(
+        "syncstore_write_lock_wait_seconds",
+        Unit::Seconds,
+        "Time writes waited for their user's write lock"
+    );
+    describe_counter!(
+        "syncstore_write_lock_timeouts_total",
+        "Writes that gave up waiting for the write lock (503)"
+    );
+    describe_counter!(
+        "syncstore_batches_total",
+        "Batch operations by op: create, append, commit"
+    );
+    describe_counter!(
+        "syncstore_db_errors_total",
+        "SQLite errors by kind: busy, unavailable, other"
+    );
+    describe_counter!(
+        "syncstore_payload_bytes_written_total",
+        "Payload bytes of records written (PUT, POST, batch commit)"
+    );
+    describe_counter!(
+        "syncstore_records_written_total",
+        "Records written (PUT, POST, batch commit)"
+    );
+}
+
+/// `GET /__metrics__`: every metric in Prometheus' text format.
+pub async fn metrics() -> Response {
+    let body = metrics_handle().render();
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_uid;
+
+    #[test]
+    fn uid_comes_from_storage_paths_only() {
+        assert_eq!(path_uid("/1.5/42/storage/tabs"), Some(42));
+        assert_eq!(path_uid("/1.5/42"), Some(42));
+        assert_eq!(path_uid("/1.5/abc/info/collections"), None);
+        assert_eq!(path_uid("/1.0/sync/1.5"), None);
+        assert_eq!(path_uid("/__heartbeat__"), None);
+    }
+}
