@@ -38,6 +38,31 @@ enum Command {
     /// Roll a node out to a subset of new users (percentage, allow- and deny-lists).
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Export, import, delete or inspect one user's data.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Check every user file with SQLite's integrity check (in parallel); exits
+    /// non-zero and names the bad files if any.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Rebuild (VACUUM) user files with many free pages, giving the space back.
+    Compact {
+        #[command(flatten)]
+        common: Common,
+        /// Share of free pages (0–1) from which a file is rebuilt.
+        #[arg(long, default_value_t = 0.25)]
+        threshold: f64,
+    },
+    /// Users, records and bytes stored, and the largest users.
+    Stats {
+        #[command(flatten)]
+        common: Common,
+        /// How many of the largest users to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
     /// Open or close sign-ups of new users.
     Signups {
         #[command(flatten)]
@@ -107,6 +132,44 @@ enum NodeCommand {
         common: Common,
         /// The node's URL.
         url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Write all of a user's data (every record, timestamps included) as JSON to stdout.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        /// The user's numeric id.
+        uid: u64,
+    },
+    /// Read an export (from FILE or stdin) back into a user's file.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// The export file; stdin when absent.
+        file: Option<PathBuf>,
+        /// Import as this user instead of the one named in the file.
+        #[arg(long)]
+        uid: Option<u64>,
+        /// Remove everything the user has first (otherwise records are merged).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Delete all of a user's data and files.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        /// The user's numeric id.
+        uid: u64,
+    },
+    /// Show a user's collections, records and bytes.
+    Stats {
+        #[command(flatten)]
+        common: Common,
+        /// The user's numeric id.
+        uid: u64,
     },
 }
 
@@ -333,6 +396,40 @@ fn admin(
     Ok(())
 }
 
+/// Runs an admin command over the data dir's user files and prints what it returns.
+fn files(
+    common: &Common,
+    f: impl FnOnce(&std::path::Path) -> Result<String, AdminError>,
+) -> Result<(), String> {
+    let settings = load(common)?;
+    let out = f(&settings.data_dir).map_err(|e| e.to_string())?;
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
+fn user(cmd: UserCommand) -> Result<(), String> {
+    use admin::users;
+    match cmd {
+        UserCommand::Export { common, uid } => files(&common, |dir| users::export(dir, uid)),
+        UserCommand::Import {
+            common,
+            file,
+            uid,
+            replace,
+        } => {
+            let json = match &file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                None => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| format!("cannot read stdin: {e}"))?,
+            };
+            files(&common, |dir| users::import(dir, &json, uid, replace))
+        }
+        UserCommand::Delete { common, uid } => files(&common, |dir| users::delete(dir, uid)),
+        UserCommand::Stats { common, uid } => files(&common, |dir| users::user_stats(dir, uid)),
+    }
+}
+
 fn node(cmd: NodeCommand) -> Result<(), String> {
     match cmd {
         NodeCommand::Add {
@@ -420,6 +517,21 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Node(cmd) => node(cmd),
         Command::Rollout(cmd) => rollout(cmd),
+        Command::User(cmd) => user(cmd),
+        Command::Check { common } => load(&common).and_then(|settings| {
+            let (report, sound) =
+                admin::users::check(&settings.data_dir).map_err(|e| e.to_string())?;
+            print!("{report}");
+            if sound {
+                Ok(())
+            } else {
+                Err("some user files are damaged".into())
+            }
+        }),
+        Command::Compact { common, threshold } => {
+            files(&common, |dir| admin::users::compact(dir, threshold))
+        }
+        Command::Stats { common, top } => files(&common, |dir| admin::users::stats(dir, top)),
         Command::Signups { common, state } => {
             admin(&common, |db| admin::signups(db, state == "open"))
         }

@@ -1,5 +1,8 @@
-//! Operator commands over the assignment database: nodes, rollout rules, sign-ups.
+//! Operator commands over the assignment database: nodes, rollout rules, sign-ups;
+//! [`users`] holds the commands over user files.
 //! Changes take effect on the next token request; no restart is needed.
+
+pub mod users;
 
 use std::fmt::Write;
 

@@ -5,6 +5,7 @@
 //! runs in one transaction of the user's file and checks the request's precondition
 //! (`X-If-Modified-Since` / `X-If-Unmodified-Since`) inside that transaction.
 
+pub mod files;
 pub mod model;
 pub mod queries;
 pub mod upkeep;
@@ -68,6 +69,9 @@ pub enum StorageError {
     /// 500: a blocking task panicked or was cancelled.
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// Bad input to an admin command (an import file, say).
+    #[error("{0}")]
+    Invalid(String),
     /// 500: an internal lock was poisoned by a panic.
     #[error("internal lock poisoned")]
     Poisoned,

@@ -497,6 +497,16 @@ impl UserDbs {
     }
 }
 
+/// Creates an empty user file (for admin commands; the server uses its own template).
+pub fn create_user_file(data_dir: &Path, uid: u64) -> Result<(), StorageError> {
+    let path = user_path(data_dir, uid);
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let template = build_template(data_dir)?;
+    install_template(&path, &template)
+}
+
 /// Builds `<data-dir>/users/<shard>/<uid>.sqlite` from the numeric uid.
 pub fn user_path(data_dir: &Path, uid: u64) -> PathBuf {
     data_dir

@@ -1,0 +1,270 @@
+//! Operator commands over user files: export, import, delete, per-user and overall
+//! statistics, integrity checks and compaction. Long runs show a progress bar on
+//! stderr and end with a summary; each returns the text to print on stdout.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::AdminError;
+use crate::storage::StorageError;
+use crate::storage::files::{self, UserExport};
+
+impl From<StorageError> for AdminError {
+    fn from(e: StorageError) -> AdminError {
+        AdminError::Invalid(e.to_string())
+    }
+}
+
+/// A progress bar over `len` items (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// `user export UID`: the user's data as JSON.
+pub fn export(data_dir: &Path, uid: u64) -> Result<String, AdminError> {
+    let mut conn = files::open(data_dir, uid).map_err(|e| no_user(e, uid))?;
+    let data = files::export(&mut conn, uid)?;
+    serde_json::to_string_pretty(&data).map_err(|e| AdminError::Invalid(e.to_string()))
+}
+
+fn no_user(e: StorageError, uid: u64) -> AdminError {
+    match e {
+        StorageError::NotFound => AdminError::Invalid(format!("user {uid} has no data here")),
+        e => e.into(),
+    }
+}
+
+/// `user import [--uid UID] [--replace] < file.json`: writes an export back.
+pub fn import(
+    data_dir: &Path,
+    json: &str,
+    uid: Option<u64>,
+    replace: bool,
+) -> Result<String, AdminError> {
+    let data: UserExport = serde_json::from_str(json)
+        .map_err(|e| AdminError::Invalid(format!("not a user export: {e}")))?;
+    if data.format != files::EXPORT_FORMAT {
+        return Err(AdminError::Invalid(format!(
+            "unknown export format {:?} (this version reads {:?})",
+            data.format,
+            files::EXPORT_FORMAT
+        )));
+    }
+    let uid = uid.unwrap_or(data.uid);
+    let mut conn = files::open_or_create(data_dir, uid)?;
+    let n = files::import(&mut conn, uid, &data, replace)?;
+    Ok(format!(
+        "user {uid}: imported {n} records in {} collections",
+        data.collections.len()
+    ))
+}
+
+/// `user delete UID`.
+pub fn delete(data_dir: &Path, uid: u64) -> Result<String, AdminError> {
+    Ok(if files::delete_user(data_dir, uid)? {
+        format!("user {uid}: deleted")
+    } else {
+        format!("user {uid}: had no data")
+    })
+}
+
+/// `user stats UID`.
+pub fn user_stats(data_dir: &Path, uid: u64) -> Result<String, AdminError> {
+    let path = crate::storage::userdbs::user_path(data_dir, uid);
+    let mut conn = files::open(data_dir, uid).map_err(|e| no_user(e, uid))?;
+    let s = files::stats(&mut conn, uid, &path)?;
+    let mut out = format!(
+        "user {uid}: {} records, {} payload bytes, {} on disk, last write {}\n",
+        s.records,
+        s.payload_bytes,
+        human_bytes(s.file_bytes),
+        s.modified
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>9} {:>12}  modified",
+        "collection", "records", "bytes"
+    );
+    for (name, n, b, ts) in &s.collections {
+        let _ = writeln!(out, "{name:<16} {n:>9} {b:>12}  {ts}");
+    }
+    Ok(out)
+}
+
+/// Runs `f` over every user file on `threads` threads with a progress bar; returns
+/// what each call gave, in uid order.
+fn over_all_users<T: Send>(
+    data_dir: &Path,
+    what: &str,
+    f: impl Fn(u64, &Path) -> T + Sync,
+) -> Result<Vec<(u64, T)>, AdminError> {
+    let users = files::list_users(data_dir)?;
+    let bar = progress(users.len() as u64, what);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(u64, T)>> = Mutex::new(Vec::with_capacity(users.len()));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((uid, path)) = users.get(i) else {
+                        break;
+                    };
+                    let out = f(*uid, path);
+                    results.lock().expect("no panics").push((*uid, out));
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut results = results.into_inner().expect("no panics");
+    results.sort_by_key(|r| r.0);
+    Ok(results)
+}
+
+/// `check`: SQLite's integrity check over every user file, in parallel.
+/// Returns the report and whether every file was sound.
+pub fn check(data_dir: &Path) -> Result<(String, bool), AdminError> {
+    let results = over_all_users(data_dir, "checking", |uid, path| {
+        files::integrity_check(path, uid).map_err(|e| e.to_string())
+    })?;
+    let mut out = String::new();
+    let mut bad = 0;
+    for (uid, r) in &results {
+        let problem = match r {
+            Ok(None) => continue,
+            Ok(Some(p)) => p.clone(),
+            Err(e) => e.clone(),
+        };
+        bad += 1;
+        let path = crate::storage::userdbs::user_path(data_dir, *uid);
+        let _ = writeln!(out, "BAD user {uid} ({}): {problem}", path.display());
+    }
+    let _ = writeln!(
+        out,
+        "checked {} user files: {} ok, {bad} bad",
+        results.len(),
+        results.len() - bad
+    );
+    Ok((out, bad == 0))
+}
+
+/// `compact`: vacuums user files whose free pages reach `threshold` (0–1).
+pub fn compact(data_dir: &Path, threshold: f64) -> Result<String, AdminError> {
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(AdminError::Invalid(
+            "--threshold must be between 0 and 1".into(),
+        ));
+    }
+    let results = over_all_users(data_dir, "compacting", |uid, path| {
+        files::compact(path, uid, threshold).map_err(|e| e.to_string())
+    })?;
+    let (mut done, mut saved, mut failed) = (0, 0u64, Vec::new());
+    for (uid, r) in &results {
+        match r {
+            Ok((before, after)) if after < before => {
+                done += 1;
+                saved += before - after;
+            }
+            Ok((before, after)) if after > before => done += 1,
+            Ok(_) => {}
+            Err(e) => failed.push(format!("user {uid}: {e}")),
+        }
+    }
+    let mut out = String::new();
+    for f in &failed {
+        let _ = writeln!(out, "FAILED {f}");
+    }
+    let _ = writeln!(
+        out,
+        "compacted {done} of {} user files, {} freed{}",
+        results.len(),
+        human_bytes(saved),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(", {} failed", failed.len())
+        }
+    );
+    Ok(out)
+}
+
+/// `stats`: users, records, bytes, and the largest users.
+pub fn stats(data_dir: &Path, top: usize) -> Result<String, AdminError> {
+    let results = over_all_users(data_dir, "reading", |uid, path| {
+        let path: PathBuf = path.to_path_buf();
+        files::open(data_dir, uid)
+            .and_then(|mut c| files::stats(&mut c, uid, &path))
+            .map_err(|e| e.to_string())
+    })?;
+    let mut ok: Vec<_> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    let failed = results.len() - ok.len();
+    let disk: u64 = ok.iter().map(|s| s.file_bytes).sum();
+    let records: i64 = ok.iter().map(|s| s.records).sum();
+    let payload: i64 = ok.iter().map(|s| s.payload_bytes).sum();
+    let mut out = format!(
+        "{} users, {records} records, {} of payloads, {} on disk ({} a user on average)\n",
+        results.len(),
+        human_bytes(payload.max(0) as u64),
+        human_bytes(disk),
+        human_bytes(disk / (ok.len().max(1) as u64)),
+    );
+    if failed > 0 {
+        let _ = writeln!(
+            out,
+            "{failed} user files could not be read (run `syncstore check`)"
+        );
+    }
+    ok.sort_by_key(|s| std::cmp::Reverse(s.file_bytes));
+    if !ok.is_empty() {
+        let _ = writeln!(out, "largest users:");
+        let _ = writeln!(
+            out,
+            "{:>12} {:>10} {:>10}  last write",
+            "uid", "on disk", "records"
+        );
+        for s in ok.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "{:>12} {:>10} {:>10}  {}",
+                s.uid,
+                human_bytes(s.file_bytes),
+                s.records,
+                s.modified
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `12.3 MB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
