@@ -392,6 +392,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/syncstore.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let listed: toml::Table = toml::from_str(&text).unwrap();
+        let defaults = serde_json::to_value(Settings::default()).unwrap();
+        let keys: Vec<&String> = defaults.as_object().unwrap().keys().collect();
+        let missing: Vec<_> = keys.iter().filter(|k| !listed.contains_key(**k)).collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from the example: {missing:?}"
+        );
+        let loaded = Settings::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(serde_json::to_value(loaded).unwrap(), defaults);
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(Settings::load_from(None, env(&[("SYNCSTORE_MAX_POST_BYTES", "lots")])).is_err());
         assert!(Settings::load_from(None, env(&[("SYNCSTORE_SYNCHRONOUS", "off")])).is_err());

@@ -63,6 +63,15 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Ask a running server's /__heartbeat__ whether it is healthy (exit 0) or not
+    /// (exit 1): for container health checks and monitoring scripts.
+    Health {
+        #[command(flatten)]
+        common: Common,
+        /// The server's base URL [default: http://<listen>]
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Open or close sign-ups of new users.
     Signups {
         #[command(flatten)]
@@ -396,6 +405,34 @@ fn admin(
     Ok(())
 }
 
+fn health(common: &Common, url: Option<String>) -> Result<(), String> {
+    let settings = load(common)?;
+    let base = url.unwrap_or_else(|| {
+        let listen = settings.listen.replace("0.0.0.0", "127.0.0.1");
+        format!("http://{listen}")
+    });
+    let url = format!("{}/__heartbeat__", base.trim_end_matches('/'));
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(async {
+            let r = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await?;
+            Ok::<_, reqwest::Error>((r.status(), r.text().await?))
+        })
+        .map_err(|e| format!("{url}: {e}"))?;
+    println!("{}", answer.1.trim_end());
+    if answer.0.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url}: {}", answer.0))
+    }
+}
+
 /// Runs an admin command over the data dir's user files and prints what it returns.
 fn files(
     common: &Common,
@@ -518,6 +555,7 @@ fn main() -> ExitCode {
         Command::Node(cmd) => node(cmd),
         Command::Rollout(cmd) => rollout(cmd),
         Command::User(cmd) => user(cmd),
+        Command::Health { common, url } => health(&common, url),
         Command::Check { common } => load(&common).and_then(|settings| {
             let (report, sound) =
                 admin::users::check(&settings.data_dir).map_err(|e| e.to_string())?;

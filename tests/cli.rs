@@ -136,3 +136,19 @@ fn bad_configuration_is_reported() {
     assert!(!ok);
     assert!(err.contains("SYNCSTORE_MAX_POST_RECORDS"), "{err}");
 }
+
+#[test]
+fn health_asks_a_running_server() {
+    let server = Server::start(&[]);
+    let url = server.url();
+    let (ok, out, err) = syncstore(&["health", "--url", &url], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"status\":\"Ok\""), "{out}");
+    std::fs::remove_dir_all(server.data.path()).unwrap();
+    let (ok, out, err) = syncstore(&["health", "--url", &url], &[]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("503"), "{err}");
+    drop(server);
+    let (ok, _, err) = syncstore(&["health", "--url", &url], &[]);
+    assert!(!ok && err.contains("__heartbeat__"), "{err}");
+}
