@@ -63,6 +63,16 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Copy users from a Mozilla storage server's database into per-user files:
+    /// server-syncstorage (Python) on SQLite, or syncstorage-rs on PostgreSQL. Resumable:
+    /// users already present here are skipped.
+    ImportLegacy {
+        #[command(flatten)]
+        common: Common,
+        /// sqlite:///path/to/syncstorage.db or postgres://user:pass@host/db
+        #[arg(long, value_name = "URL")]
+        from: String,
+    },
     /// Ask a running server's /__heartbeat__ whether it is healthy (exit 0) or not
     /// (exit 1): for container health checks and monitoring scripts.
     Health {
@@ -556,6 +566,9 @@ fn main() -> ExitCode {
         Command::Rollout(cmd) => rollout(cmd),
         Command::User(cmd) => user(cmd),
         Command::Health { common, url } => health(&common, url),
+        Command::ImportLegacy { common, from } => {
+            files(&common, |dir| admin::users::import_legacy(dir, &from))
+        }
         Command::Check { common } => load(&common).and_then(|settings| {
             let (report, sound) =
                 admin::users::check(&settings.data_dir).map_err(|e| e.to_string())?;

@@ -7,31 +7,10 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Client, Server};
+use common::{Client, Server, fresh_database};
 use serde_json::{Value, json};
 
 const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
-/// A fresh database on the test PostgreSQL server; returns its URL.
-async fn fresh_database() -> String {
-    let admin = std::env::var("SYNCSTORE_TEST_POSTGRES_URL").expect(
-        "SYNCSTORE_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
-    );
-    let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
-    let url = admin.clone();
-    let db = name.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut client =
-            postgres::Client::connect(&url, postgres::NoTls).expect("connect to PostgreSQL");
-        client
-            .batch_execute(&format!("CREATE DATABASE {db}"))
-            .unwrap();
-    })
-    .await
-    .unwrap();
-    let base = admin.rsplit_once('/').unwrap().0;
-    format!("{base}/{name}")
-}
 
 /// A stand-in for FxA's `/v1/verify`: tokens `good-<uid>` are valid.
 async fn fake_verifier() -> String {

@@ -253,6 +253,54 @@ pub fn stats(data_dir: &Path, top: usize) -> Result<String, AdminError> {
     Ok(out)
 }
 
+/// `import-legacy --from URL`: copies every user of a Mozilla storage server's database
+/// into per-user files, one transaction per user. Users that already have data here
+/// are skipped, so an interrupted run can simply be started again. Prints one line
+/// per user to stdout as it goes; returns the summary.
+pub fn import_legacy(data_dir: &Path, url: &str) -> Result<String, AdminError> {
+    use crate::storage::legacy::LegacySource;
+    use std::io::Write;
+    let mut source = LegacySource::open(url)?;
+    let users = source.users()?;
+    let bar = progress(users.len() as u64, "importing");
+    let (mut imported, mut skipped, mut failed, mut records) = (0, 0, 0, 0);
+    let mut stdout = std::io::stdout().lock();
+    for uid in users {
+        let line = if files::has_data(data_dir, uid)? {
+            skipped += 1;
+            format!("user {uid}: skipped (already has data here)")
+        } else {
+            let result = source.user(uid).and_then(|data| {
+                let mut conn = files::open_or_create(data_dir, uid)?;
+                let n = files::import(&mut conn, uid, &data, false)?;
+                Ok((n, data.collections.len()))
+            });
+            match result {
+                Ok((n, c)) => {
+                    imported += 1;
+                    records += n;
+                    format!("user {uid}: imported {n} records in {c} collections")
+                }
+                Err(e) => {
+                    failed += 1;
+                    format!("user {uid}: FAILED: {e}")
+                }
+            }
+        };
+        bar.suspend(|| writeln!(stdout, "{line}"))
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let summary = format!(
+        "imported {imported} users ({records} records), skipped {skipped}, failed {failed}"
+    );
+    if failed > 0 {
+        return Err(AdminError::Invalid(summary));
+    }
+    Ok(summary)
+}
+
 /// `12.3 MB`-style sizes.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];

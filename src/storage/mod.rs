@@ -6,6 +6,7 @@
 //! (`X-If-Modified-Since` / `X-If-Unmodified-Since`) inside that transaction.
 
 pub mod files;
+pub mod legacy;
 pub mod model;
 pub mod queries;
 pub mod upkeep;

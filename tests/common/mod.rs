@@ -432,3 +432,24 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 }
+
+/// A fresh database on the test PostgreSQL server; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = std::env::var("SYNCSTORE_TEST_POSTGRES_URL").expect(
+        "SYNCSTORE_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
+    );
+    let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
+    let url = admin.clone();
+    let db = name.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut client =
+            postgres::Client::connect(&url, postgres::NoTls).expect("connect to PostgreSQL");
+        client
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}

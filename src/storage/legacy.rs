@@ -1,0 +1,257 @@
+//! Reading users out of Mozilla's storage servers' databases, for `import-legacy`:
+//!
+//! * the older Python server (server-syncstorage) on SQLite: tables `collections
+//!   (collectionid, name)`, `user_collections (userid, collection, last_modified)` and
+//!   `bso` (or shards `bso0`…`bsoN`) `(userid, collection, id, sortindex, modified,
+//!   payload, payload_size, ttl)`; times in milliseconds, `ttl` an absolute expiry in
+//!   seconds with 2100000000 meaning never; the standard collections have fixed ids;
+//! * syncstorage-rs on PostgreSQL: `collections (collection_id, name)`,
+//!   `user_collections (user_id, collection_id, modified, …)`, `bsos (user_id,
+//!   collection_id, bso_id, sortindex, payload, modified, expiry)` with TIMESTAMP times.
+//!
+//! Both key users by the tokenserver's numeric uid, which stays the user's uid here.
+
+use std::collections::BTreeMap;
+
+use rusqlite::OpenFlags;
+
+use super::StorageError;
+use super::files::{CollectionExport, EXPORT_FORMAT, RecordExport, UserExport};
+use super::model::Timestamp;
+
+/// Collection ids both servers reserve for the standard collections.
+const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
+    (1, "clients"),
+    (2, "crypto"),
+    (3, "forms"),
+    (4, "history"),
+    (5, "keys"),
+    (6, "meta"),
+    (7, "bookmarks"),
+    (8, "prefs"),
+    (9, "tabs"),
+    (10, "passwords"),
+    (11, "addons"),
+];
+
+/// The Python server's "never expires" `ttl`.
+const PYTHON_MAX_TTL: i64 = 2_100_000_000;
+/// syncstorage-rs stores "never" as a default TTL of this many seconds after the write.
+const RUST_NEVER_AFTER_SECS: i64 = 2_000_000_000;
+
+/// An open source database.
+pub enum LegacySource {
+    /// server-syncstorage's schema in a SQLite file; the names of its BSO tables.
+    PythonSqlite(rusqlite::Connection, Vec<String>),
+    /// syncstorage-rs's schema in PostgreSQL.
+    RustPostgres(Box<postgres::Client>),
+}
+
+fn bad(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Invalid(format!("source database: {e}"))
+}
+
+impl LegacySource {
+    /// Opens `sqlite:///path/to/file.db` (or `sqlite:relative.db`) or `postgres://…`.
+    pub fn open(url: &str) -> Result<LegacySource, StorageError> {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or(url.strip_prefix("sqlite:"))
+        {
+            let conn = rusqlite::Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(bad)?;
+            let tables: Vec<String> = conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'
+                     AND (name = 'bso' OR name GLOB 'bso[0-9]*') ORDER BY name",
+                )
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(bad)?;
+            if tables.is_empty() {
+                return Err(bad("no bso table: not a server-syncstorage database"));
+            }
+            return Ok(LegacySource::PythonSqlite(conn, tables));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let client = postgres::Client::connect(url, postgres::NoTls).map_err(bad)?;
+            return Ok(LegacySource::RustPostgres(Box::new(client)));
+        }
+        Err(StorageError::Invalid(format!(
+            "unsupported source {url:?}: use sqlite:///path (server-syncstorage) or \
+             postgres://… (syncstorage-rs)"
+        )))
+    }
+
+    /// Every user with data, ascending.
+    pub fn users(&mut self) -> Result<Vec<u64>, StorageError> {
+        let ids: Vec<i64> = match self {
+            LegacySource::PythonSqlite(conn, _) => conn
+                .prepare("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(bad)?,
+            LegacySource::RustPostgres(client) => client
+                .query(
+                    "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
+                    &[],
+                )
+                .map_err(bad)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        };
+        Ok(ids
+            .into_iter()
+            .filter_map(|i| u64::try_from(i).ok())
+            .collect())
+    }
+
+    /// One user's collections and records, as an export.
+    pub fn user(&mut self, uid: u64) -> Result<UserExport, StorageError> {
+        let mut names: BTreeMap<i64, String> = STANDARD_COLLECTIONS
+            .iter()
+            .map(|(id, n)| (*id, n.to_string()))
+            .collect();
+        let mut colls: BTreeMap<i64, CollectionExport> = BTreeMap::new();
+        let mut records: Vec<(i64, RecordExport)> = Vec::new();
+        let user = uid as i64;
+        match self {
+            LegacySource::PythonSqlite(conn, tables) => {
+                let mut s = conn
+                    .prepare("SELECT collectionid, name FROM collections")
+                    .map_err(bad)?;
+                for row in s
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(bad)?
+                {
+                    let (id, name) = row.map_err(bad)?;
+                    names.insert(id, name);
+                }
+                let mut s = conn
+                    .prepare(
+                        "SELECT collection, last_modified FROM user_collections
+                         WHERE userid = ?1",
+                    )
+                    .map_err(bad)?;
+                for row in s
+                    .query_map([user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(bad)?
+                {
+                    let (id, ms) = row.map_err(bad)?;
+                    colls.insert(id, collection(&names, id, Timestamp(ms / 10))?);
+                }
+                for table in tables.iter() {
+                    let mut s = conn
+                        .prepare(&format!(
+                            "SELECT collection, id, sortindex, modified, payload, ttl
+                             FROM \"{}\" WHERE userid = ?1",
+                            table.replace('"', "\"\"")
+                        ))
+                        .map_err(bad)?;
+                    let rows = s
+                        .query_map([user], |r| {
+                            let ttl: i64 = r.get(5)?;
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                RecordExport {
+                                    id: r.get(1)?,
+                                    sortindex: r.get(2)?,
+                                    modified: Timestamp(r.get::<_, i64>(3)? / 10),
+                                    payload: r.get(4)?,
+                                    expires: (ttl < PYTHON_MAX_TTL)
+                                        .then_some(Timestamp(ttl.saturating_mul(100))),
+                                },
+                            ))
+                        })
+                        .map_err(bad)?;
+                    for row in rows {
+                        records.push(row.map_err(bad)?);
+                    }
+                }
+            }
+            LegacySource::RustPostgres(client) => {
+                for row in client
+                    .query("SELECT collection_id, name FROM collections", &[])
+                    .map_err(bad)?
+                {
+                    names.insert(row.get::<_, i32>(0).into(), row.get(1));
+                }
+                let cs = "ROUND(EXTRACT(EPOCH FROM modified) * 100)::BIGINT";
+                for row in client
+                    .query(
+                        &format!(
+                            "SELECT collection_id, {cs} FROM user_collections WHERE user_id = $1"
+                        ),
+                        &[&user],
+                    )
+                    .map_err(bad)?
+                {
+                    let id: i64 = row.get::<_, i32>(0).into();
+                    colls.insert(id, collection(&names, id, Timestamp(row.get(1)))?);
+                }
+                let sql = format!(
+                    "SELECT collection_id, bso_id, sortindex, payload, {cs},
+                            ROUND(EXTRACT(EPOCH FROM expiry) * 100)::BIGINT
+                     FROM bsos WHERE user_id = $1"
+                );
+                for row in client.query(&sql, &[&user]).map_err(bad)? {
+                    let modified: i64 = row.get(4);
+                    let expiry: i64 = row.get(5);
+                    let never = expiry - modified >= RUST_NEVER_AFTER_SECS * 100;
+                    records.push((
+                        row.get::<_, i32>(0).into(),
+                        RecordExport {
+                            id: row.get(1),
+                            sortindex: row.get::<_, Option<i64>>(2),
+                            payload: row.get(3),
+                            modified: Timestamp(modified),
+                            expires: (!never).then_some(Timestamp(expiry)),
+                        },
+                    ));
+                }
+            }
+        }
+        for (coll, record) in records {
+            let entry = match colls.get_mut(&coll) {
+                Some(c) => c,
+                None => {
+                    // A record without its user_collections row: the collection's
+                    // time is its newest record's.
+                    let c = collection(&names, coll, record.modified)?;
+                    colls.entry(coll).or_insert(c)
+                }
+            };
+            entry.modified = entry.modified.max(record.modified);
+            entry.records.push(record);
+        }
+        let collections: Vec<CollectionExport> = colls.into_values().collect();
+        let modified = collections
+            .iter()
+            .map(|c| c.modified)
+            .max()
+            .unwrap_or_default();
+        Ok(UserExport {
+            format: EXPORT_FORMAT.into(),
+            uid,
+            modified,
+            collections,
+        })
+    }
+}
+
+fn collection(
+    names: &BTreeMap<i64, String>,
+    id: i64,
+    modified: Timestamp,
+) -> Result<CollectionExport, StorageError> {
+    let name = names
+        .get(&id)
+        .ok_or_else(|| bad(format!("collection id {id} has no name")))?;
+    Ok(CollectionExport {
+        name: name.clone(),
+        modified,
+        records: Vec::new(),
+    })
+}

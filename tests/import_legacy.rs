@@ -1,0 +1,259 @@
+//! `import-legacy`: users copied out of databases laid out as Mozilla's servers lay
+//! them out (server-syncstorage on SQLite, syncstorage-rs on a real PostgreSQL started
+//! by `scripts/test`), then read back through the real server as a client would.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Server, fresh_database};
+use serde_json::{Value, json};
+
+fn import(dir: &Path, url: &str) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["import-legacy", "--from", url, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One source record; `expires_in` is seconds from now, `None` for never.
+struct Row {
+    user: i64,
+    coll: i32,
+    id: &'static str,
+    sortindex: Option<i64>,
+    modified_ms: i64,
+    payload: &'static str,
+    expires_in: Option<i64>,
+}
+
+/// What both sources hold: user 101 with bookmarks (7), tabs (9, one record live and
+/// one expired) and a custom collection; user 102 with history (4).
+const ROWS: [Row; 8] = [
+    row(101, 7, "b1", None, 1699999999000, "bookmark 1", None),
+    row(101, 7, "b2", Some(200), 1700000000000, "bookmark 2", None),
+    row(101, 7, "b3", Some(300), 1700000000120, "bookmark 3 ✓", None),
+    row(101, 9, "live", None, 1700000300500, "tab", Some(3600)),
+    row(101, 9, "gone", None, 1700000300500, "old tab", Some(-10)),
+    row(101, 100, "c1", None, 1700000200000, "custom", None),
+    row(102, 4, "h1", None, 1700000400000, "visit", None),
+    row(102, 4, "h2", None, 1700000500000, "visit 2", None),
+];
+
+/// Per user and collection: the collection's last-modified time, milliseconds.
+const USER_COLLECTIONS: [(i64, i32, i64); 4] = [
+    (101, 7, 1700000000120),
+    (101, 9, 1700000300500),
+    (101, 100, 1700000200000),
+    (102, 4, 1700000500000),
+];
+
+const fn row(
+    user: i64,
+    coll: i32,
+    id: &'static str,
+    sortindex: Option<i64>,
+    modified_ms: i64,
+    payload: &'static str,
+    expires_in: Option<i64>,
+) -> Row {
+    Row {
+        user,
+        coll,
+        id,
+        sortindex,
+        modified_ms,
+        payload,
+        expires_in,
+    }
+}
+
+/// Reads back what a client sees and checks it against what the source held.
+async fn check_imported(server: &Server) {
+    let c = server.client(101);
+    let info = c.get("/info/collections").await.json();
+    assert_eq!(
+        info,
+        json!({"bookmarks": 1700000000.12, "tabs": 1700000300.5, "my-custom": 1700000200.0})
+    );
+    let r = c.get("/storage/bookmarks?full=1&sort=index").await;
+    let items: Vec<Value> = r.json().as_array().unwrap().clone();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0]["id"], "b3");
+    assert_eq!(items[0]["sortindex"], 300);
+    assert_eq!(items[0]["payload"], "bookmark 3 ✓");
+    assert_eq!(items[0]["modified"].to_string(), "1700000000.12");
+    assert_eq!(items[2]["id"], "b1");
+    assert!(items[2].get("sortindex").is_none());
+    let r = c.get("/storage/my-custom/c1").await;
+    assert_eq!(r.json()["payload"], "custom");
+    // The record with a TTL in the future is there; the expired one is not.
+    let tabs = c.get("/storage/tabs?full=1").await.json();
+    let ids: Vec<&str> = tabs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["live"]);
+    let counts = c.get("/info/collection_counts").await.json();
+    assert_eq!(counts["tabs"], 1);
+    // User 102 came too, and later writes go on from the imported times.
+    let d = server.client(102);
+    let hist = d.get("/storage/history?full=1").await.json();
+    assert_eq!(hist.as_array().unwrap().len(), 2);
+    let r = d
+        .put("/storage/history/h9", &json!({"payload": "new"}))
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn python_server_sqlite_users_are_imported_and_reimport_is_a_no_op() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    let now = common::now();
+    {
+        let db = rusqlite::Connection::open(&src).unwrap();
+        // The layout server-syncstorage creates (syncstorage/storage/sql/dbconnect.py).
+        db.execute_batch(
+            "CREATE TABLE collections (collectionid INTEGER PRIMARY KEY,
+                 name VARCHAR(32) NOT NULL UNIQUE);
+             CREATE TABLE user_collections (userid INTEGER NOT NULL,
+                 collection INTEGER NOT NULL, last_modified BIGINT NOT NULL,
+                 PRIMARY KEY (userid, collection));
+             CREATE TABLE bso (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
+                 id VARCHAR(64) NOT NULL, sortindex INTEGER, modified BIGINT NOT NULL,
+                 payload TEXT NOT NULL DEFAULT '', payload_size INTEGER NOT NULL DEFAULT 0,
+                 ttl INTEGER DEFAULT 2100000000, PRIMARY KEY (userid, collection, id));
+             CREATE INDEX bso_ttl_idx ON bso (ttl);
+             CREATE INDEX bso_usr_col_mod_idx ON bso (userid, collection, modified);
+             INSERT INTO collections VALUES (100, 'my-custom');",
+        )
+        .unwrap();
+        for (u, c, ms) in USER_COLLECTIONS {
+            db.execute(
+                "INSERT INTO user_collections VALUES (?1, ?2, ?3)",
+                rusqlite::params![u, c, ms],
+            )
+            .unwrap();
+        }
+        let mut put = db
+            .prepare("INSERT INTO bso VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+            .unwrap();
+        for r in &ROWS {
+            // `ttl` is an absolute expiry in seconds; 2100000000 means never.
+            let ttl = r.expires_in.map_or(2_100_000_000, |s| now + s);
+            put.execute(rusqlite::params![
+                r.user,
+                r.coll,
+                r.id,
+                r.sortindex,
+                r.modified_ms,
+                r.payload,
+                r.payload.len() as i64,
+                ttl
+            ])
+            .unwrap();
+        }
+    }
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", src.display());
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: imported 6 records in 3 collections"),
+        "{out}"
+    );
+    assert!(
+        out.contains("user 102: imported 2 records in 1 collections"),
+        "{out}"
+    );
+    assert!(
+        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
+        "{out}"
+    );
+
+    // Running it again changes nothing.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("imported 0 users (0 records), skipped 2, failed 0"),
+        "{out}"
+    );
+
+    let server = Server::start_in(data, &[]);
+    check_imported(&server).await;
+
+    // Not a syncstorage database, or an unknown scheme: a clear error.
+    let (ok, _, err) = import(src_dir.path(), "mysql://somewhere/db");
+    assert!(!ok && err.contains("unsupported source"), "{err}");
+}
+
+#[tokio::test]
+async fn syncstorage_rs_postgres_users_are_imported() {
+    let url = fresh_database().await;
+    let now = common::now();
+    let setup = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut pg = postgres::Client::connect(&setup, postgres::NoTls).unwrap();
+        // The layout of syncstorage-rs's PostgreSQL backend.
+        pg.batch_execute(
+            "CREATE TABLE collections (collection_id INTEGER PRIMARY KEY,
+                 name VARCHAR(32) UNIQUE NOT NULL);
+             CREATE TABLE user_collections (user_id BIGINT NOT NULL,
+                 collection_id INTEGER NOT NULL, modified TIMESTAMP NOT NULL,
+                 count BIGINT, total_bytes BIGINT, PRIMARY KEY (user_id, collection_id));
+             CREATE TABLE bsos (user_id BIGINT NOT NULL, collection_id INTEGER NOT NULL,
+                 bso_id TEXT NOT NULL, sortindex BIGINT, payload TEXT NOT NULL,
+                 modified TIMESTAMP NOT NULL, expiry TIMESTAMP NOT NULL,
+                 PRIMARY KEY (user_id, collection_id, bso_id));
+             INSERT INTO collections VALUES (1, 'clients'), (4, 'history'), (7, 'bookmarks'),
+                 (9, 'tabs'), (100, 'my-custom');",
+        )
+        .unwrap();
+        let ts = |ms: i64| format!("to_timestamp({ms} / 1000.0) AT TIME ZONE 'UTC'");
+        let far = 2_100_000_000i64 * 1000;
+        for (u, c, ms) in USER_COLLECTIONS {
+            pg.batch_execute(&format!(
+                "INSERT INTO user_collections VALUES ({u}, {c}, {}, 0, 0)",
+                ts(ms)
+            ))
+            .unwrap();
+        }
+        for r in &ROWS {
+            // Never expiring is a TTL of 2100000000 seconds after the write.
+            let expiry = r
+                .expires_in
+                .map_or(r.modified_ms + far, |s| (now + s) * 1000);
+            pg.execute(
+                &format!(
+                    "INSERT INTO bsos VALUES ($1, $2, $3, $4, $5, {}, {})",
+                    ts(r.modified_ms),
+                    ts(expiry)
+                ),
+                &[&r.user, &r.coll, &r.id, &r.sortindex, &r.payload],
+            )
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
+        "{out}"
+    );
+    let server = Server::start_in(data, &[]);
+    check_imported(&server).await;
+}
