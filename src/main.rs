@@ -138,12 +138,21 @@ enum NodeCommand {
         /// The node's URL.
         url: String,
     },
-    /// Drain a node: no new users, and its users move on their next token request.
+    /// Drain a node: no new users, and its users move on their next token request
+    /// (with a new uid: clients upload again). With --live, every user is moved now,
+    /// data included, with progress; run again to resume.
     Drain {
         #[command(flatten)]
         common: Common,
         /// The node's URL.
         url: String,
+        /// Move each user's data to another node now (live moves).
+        #[arg(long)]
+        live: bool,
+        /// With --live: the node to move everyone to [default: the serving node with
+        /// the most free capacity, for each user]
+        #[arg(long, requires = "live")]
+        to: Option<String>,
     },
     /// Remove a node: its users get a new node on their next token request.
     Remove {
@@ -182,6 +191,18 @@ enum UserCommand {
         common: Common,
         /// The user's numeric id.
         uid: u64,
+    },
+    /// Move a user, live, to another storage node: data and timestamps go along, the
+    /// client sees a few seconds of 503 and then a 401 that sends it to the new node.
+    /// Needs a shared assignment database.
+    Move {
+        #[command(flatten)]
+        common: Common,
+        /// The user's numeric id.
+        uid: u64,
+        /// The target node's URL.
+        #[arg(long)]
+        to: String,
     },
     /// Show a user's collections, records and bytes.
     Stats {
@@ -474,7 +495,38 @@ fn user(cmd: UserCommand) -> Result<(), String> {
         }
         UserCommand::Delete { common, uid } => files(&common, |dir| users::delete(dir, uid)),
         UserCommand::Stats { common, uid } => files(&common, |dir| users::user_stats(dir, uid)),
+        UserCommand::Move { common, uid, to } => live_moves(&common, |db, secret| async move {
+            let r = admin::moves::move_user(&db, &secret, uid, &to).await?;
+            Ok(format!(
+                "user {uid}: moved from {} to {} ({} records, {} bytes; writes held {} ms)",
+                r.from, r.to, r.records, r.bytes, r.held_ms
+            ))
+        }),
     }
+}
+
+/// Runs a live-move command: opens the assignment database, finds the signing secret.
+fn live_moves<F, Fut>(common: &Common, f: F) -> Result<(), String>
+where
+    F: FnOnce(AssignmentDb, String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, AdminError>>,
+{
+    let mut settings = load(common)?;
+    settings.ensure_secret().map_err(|e| e.to_string())?;
+    let db = AssignmentDb::open(&settings.tokenserver_database_url, &settings.data_dir)
+        .map_err(|e| format!("cannot open the assignment database: {e}"))?;
+    let secret = settings.secrets[0].clone();
+    // `db` outlives the runtime: closing its PostgreSQL connections blocks, which must
+    // not happen on a runtime thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let out = rt.block_on(f(db.clone(), secret));
+    drop(rt);
+    let out = out.map_err(|e| e.to_string())?;
+    println!("{}", out.trim_end());
+    Ok(())
 }
 
 fn node(cmd: NodeCommand) -> Result<(), String> {
@@ -511,7 +563,15 @@ fn node(cmd: NodeCommand) -> Result<(), String> {
             };
             admin(&common, |db| admin::node_set(db, &url, &change))
         }
-        NodeCommand::Drain { common, url } => {
+        NodeCommand::Drain {
+            common,
+            url,
+            live: true,
+            to,
+        } => live_moves(&common, |db, secret| async move {
+            admin::moves::drain(&db, &secret, &url, to.as_deref()).await
+        }),
+        NodeCommand::Drain { common, url, .. } => {
             let change = NodeChange {
                 draining: Some(true),
                 ..Default::default()

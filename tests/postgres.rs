@@ -4,70 +4,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::Arc;
 
-use common::{Client, Server, fresh_database};
-use serde_json::{Value, json};
-
-const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
-/// A stand-in for FxA's `/v1/verify`: tokens `good-<uid>` are valid.
-async fn fake_verifier() -> String {
-    use axum::routing::post;
-    let app = axum::Router::new().route(
-        "/v1/verify",
-        post(|axum::Json(body): axum::Json<Value>| async move {
-            let token = body["token"].as_str().unwrap_or("").to_string();
-            match token.strip_prefix("good-") {
-                Some(user) => (
-                    axum::http::StatusCode::OK,
-                    axum::Json(json!({"user": user, "scope": [OLDSYNC]})),
-                ),
-                None => (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({}))),
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/v1/verify")
-}
-
-fn cli(db_url: &str, args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", db_url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn sign_in(tokenserver: &Server, user: &str) -> Value {
-    let r = tokenserver
-        .client(0)
-        .raw(
-            "GET",
-            "/1.0/sync/1.5",
-            &[
-                ("authorization", &format!("Bearer good-{user}")),
-                ("x-keyid", "1-qg"),
-            ],
-            None,
-            false,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()
-}
+use common::{Client, Server, cli, fake_verifier, fresh_database, sign_in};
+use serde_json::json;
 
 struct Cluster {
     storage: Server,

@@ -2,6 +2,7 @@
 //! (`hawk`) and replay protection (`nonce`), combined by `Authenticator`.
 
 pub mod hawk;
+pub mod internal;
 pub mod nonce;
 pub mod token;
 
@@ -83,6 +84,11 @@ impl Authenticator {
     /// The secret that signs new tokens.
     pub fn signing_secret(&self) -> &str {
         &self.secrets[0]
+    }
+
+    /// Every secret that verifies (tokens and internal requests).
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
     }
 
     /// Authenticates a request for `path_uid`. `allow_expired` lets an expired token

@@ -45,6 +45,12 @@ pub enum StorageError {
     /// 400: the batch would hold more records or bytes than allowed.
     #[error("batch too large")]
     BatchTooLarge,
+    /// 503: the user is being moved to another node; try again in a moment.
+    #[error("user is moving")]
+    Moving,
+    /// 401: the user now lives on another node (moved away from this one).
+    #[error("user moved to another node")]
+    MovedAway,
     /// 503: the user's write lock or a connection could not be had in time.
     #[error("storage busy")]
     Busy,

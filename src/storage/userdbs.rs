@@ -201,6 +201,10 @@ struct Inner {
     /// contend inside SQLite. Kept apart from the open handles so that a user evicted
     /// from the LRU while a write is in flight still has exactly one lock.
     locks: Mutex<HashMap<u64, Weak<tokio::sync::Mutex<()>>>>,
+    /// Users being copied to another node: their writes get 503 until it is over.
+    moving: Mutex<std::collections::HashSet<u64>>,
+    /// Users moved to another node by this process: every request gets 401.
+    moved_away: Mutex<std::collections::HashSet<u64>>,
     /// The bytes of an empty, migrated user file in WAL mode: new users get a copy,
     /// which is far cheaper than creating the schema (and switching journal modes)
     /// in every new file.
@@ -228,6 +232,8 @@ impl UserDbs {
         Ok(UserDbs {
             inner: Arc::new(Inner {
                 locks: Mutex::new(HashMap::new()),
+                moving: Mutex::new(Default::default()),
+                moved_away: Mutex::new(Default::default()),
                 template,
                 config,
                 open: Mutex::new(LruCache::new(cap)),
@@ -391,6 +397,153 @@ impl UserDbs {
         .await?
     }
 
+    fn is_moving(&self, uid: u64) -> bool {
+        self.inner.moving.lock().is_ok_and(|m| m.contains(&uid))
+    }
+
+    fn check_not_moved(&self, uid: u64) -> Result<(), StorageError> {
+        match self.inner.moved_away.lock() {
+            Ok(m) if m.contains(&uid) => Err(StorageError::MovedAway),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts moving `uid` away: from now on its writes get 503 (reads go on), and once
+    /// the write in flight (if any) is done, no other can start until the hold ends.
+    pub async fn begin_move(&self, uid: u64) -> Result<MoveHold, StorageError> {
+        self.check_not_moved(uid)?;
+        if !self
+            .inner
+            .moving
+            .lock()
+            .map_err(|_| StorageError::Poisoned)?
+            .insert(uid)
+        {
+            return Err(StorageError::Moving);
+        }
+        let mut hold = MoveHold {
+            dbs: self.clone(),
+            uid,
+            lock: None,
+        };
+        let timeout = self.inner.config.lock_timeout;
+        let lock = tokio::time::timeout(timeout, self.lock_for(uid).lock_owned())
+            .await
+            .map_err(|_| StorageError::Busy)?;
+        hold.lock = Some(lock);
+        Ok(hold)
+    }
+
+    /// Copies `uid`'s file, consistently, to `dest` with SQLite's online backup.
+    pub async fn backup(&self, uid: u64, dest: PathBuf) -> Result<(), StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = this.handle(this.cached(uid), uid)?;
+            let conn = db.connection()?;
+            conn.backup(rusqlite::MAIN_DB, &dest, None)
+                .map_err(|e| StorageError::from_sqlite(uid, e))
+        })
+        .await?
+    }
+
+    /// Closes `uid`'s file if it is open (the handle goes when its last request ends).
+    fn evict(&self, uid: u64) {
+        let gone = self.inner.open.lock().ok().and_then(|mut o| o.pop(&uid));
+        drop(gone);
+    }
+
+    /// Installs a copy of `uid`'s file received from another node, replacing whatever
+    /// this node had for the uid; the copy is checked (integrity, schema) first.
+    /// Returns the number of records in it.
+    pub async fn install_copy(&self, uid: u64, bytes: Vec<u8>) -> Result<i64, StorageError> {
+        let this = self.clone();
+        let _lock = self.lock_for(uid).lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let path = this.user_path(uid);
+            if let Some(dir) = path.parent() {
+                create_private_dir(dir)?;
+            }
+            let tmp = path.with_extension(format!("incoming{}", rand::random::<u32>()));
+            let result = (|| {
+                {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    f.write_all(&bytes)?;
+                    f.sync_all()?;
+                }
+                let sql = |e| StorageError::from_sqlite(uid, e);
+                let records: i64 = {
+                    let conn = Connection::open_with_flags(&tmp, OPEN_FLAGS).map_err(sql)?;
+                    let ok: String = conn
+                        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                        .map_err(sql)?;
+                    let version: i64 = conn
+                        .query_row("PRAGMA user_version", [], |r| r.get(0))
+                        .map_err(sql)?;
+                    if ok != "ok" || version != USER_SCHEMA_VERSION {
+                        return Err(StorageError::Invalid(format!(
+                            "copy of user {uid} is not sound ({ok}, schema {version})"
+                        )));
+                    }
+                    conn.query_row("SELECT count(*) FROM bso", [], |r| r.get(0))
+                        .map_err(sql)?
+                };
+                this.evict(uid);
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+                }
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
+                }
+                std::fs::rename(&tmp, &path)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(records)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await?
+    }
+
+    /// After `uid` moved to another node: every later request gets 401, and its files
+    /// here are removed.
+    pub async fn finish_move_away(&self, uid: u64) -> Result<(), StorageError> {
+        self.inner
+            .moved_away
+            .lock()
+            .map_err(|_| StorageError::Poisoned)?
+            .insert(uid);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.evict(uid);
+            let path = this.user_path(uid);
+            for ext in ["", "-wal", "-shm"] {
+                match std::fs::remove_file(format!("{}{ext}", path.display())) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Lets `uid` be served here again (it was moved back to this node).
+    pub fn welcome_back(&self, uid: u64) {
+        if let Ok(mut m) = self.inner.moved_away.lock() {
+            m.remove(&uid);
+        }
+    }
+
     /// The write lock of `uid` (one per user while anyone holds it).
     pub fn lock_for(&self, uid: u64) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -420,6 +573,7 @@ impl UserDbs {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, Timestamp) -> Result<T, StorageError> + Send + 'static,
     {
+        self.check_not_moved(uid)?;
         let cached = self.cached(uid);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -445,6 +599,10 @@ impl UserDbs {
     {
         let timeout = self.inner.config.lock_timeout;
         let quota = self.inner.config.quota_bytes as i64;
+        self.check_not_moved(uid)?;
+        if self.is_moving(uid) {
+            return Err(StorageError::Moving);
+        }
         let waited = Instant::now();
         let guard = tokio::time::timeout(timeout, self.lock_for(uid).lock_owned())
             .await
@@ -454,6 +612,11 @@ impl UserDbs {
             })?;
         metrics::histogram!("syncstore_write_lock_wait_seconds")
             .record(waited.elapsed().as_secs_f64());
+        // A move may have begun, or ended, while this write waited for the lock.
+        self.check_not_moved(uid)?;
+        if self.is_moving(uid) {
+            return Err(StorageError::Moving);
+        }
         let cached = self.cached(uid);
         let this = self.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -505,6 +668,21 @@ pub fn create_user_file(data_dir: &Path, uid: u64) -> Result<(), StorageError> {
     }
     let template = build_template(data_dir)?;
     install_template(&path, &template)
+}
+
+/// A move of one user in progress (see [`UserDbs::begin_move`]); ends when dropped.
+pub struct MoveHold {
+    dbs: UserDbs,
+    uid: u64,
+    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for MoveHold {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.dbs.inner.moving.lock() {
+            m.remove(&self.uid);
+        }
+    }
 }
 
 /// Builds `<data-dir>/users/<shard>/<uid>.sqlite` from the numeric uid.

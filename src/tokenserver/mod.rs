@@ -368,6 +368,18 @@ impl AssignmentCheck {
         &self.db
     }
 
+    /// This node's URL in the assignment database.
+    pub fn node_url(&self) -> &str {
+        &self.node_url
+    }
+
+    /// Drops what is cached about `uid` (its assignment just changed).
+    pub fn forget(&self, uid: u64) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(&uid);
+        }
+    }
+
     /// Whether `uid` may use this node.
     pub async fn allows(&self, uid: u64) -> Result<bool, DbError> {
         if let Ok(cache) = self.cache.lock()

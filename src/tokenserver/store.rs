@@ -397,6 +397,51 @@ pub fn uid_assignment(
     .transpose()
 }
 
+/// Moves a current uid to another node, keeping the uid (its data moved with it);
+/// node loads follow. Returns false when the uid is not current.
+pub fn move_user(tx: &mut dyn SqlTx, uid: i64, to_node: i64) -> Result<bool, DbError> {
+    let from = tx.query(
+        "SELECT node_id FROM users WHERE uid = ?1 AND replaced_at IS NULL",
+        &[uid.into()],
+    )?;
+    let Some(from) = from.first().map(|r| r[0].int("node_id")).transpose()? else {
+        return Ok(false);
+    };
+    if from == to_node {
+        return Ok(true);
+    }
+    tx.execute(
+        "UPDATE users SET node_id = ?2 WHERE uid = ?1 AND replaced_at IS NULL",
+        &[uid.into(), to_node.into()],
+    )?;
+    release_slot(tx, from)?;
+    take_slot_forced(tx, to_node)?;
+    Ok(true)
+}
+
+/// The current uids assigned to a node, ascending.
+pub fn node_uids(tx: &mut dyn SqlTx, node_id: i64) -> Result<Vec<i64>, DbError> {
+    tx.query(
+        "SELECT uid FROM users WHERE node_id = ?1 AND replaced_at IS NULL ORDER BY uid",
+        &[node_id.into()],
+    )?
+    .iter()
+    .map(|r| r[0].int("uid"))
+    .collect()
+}
+
+/// The node URL a current uid is assigned to.
+pub fn uid_node(tx: &mut dyn SqlTx, uid: i64) -> Result<Option<String>, DbError> {
+    tx.query(
+        "SELECT n.node FROM users u JOIN nodes n ON n.id = u.node_id
+         WHERE u.uid = ?1 AND u.replaced_at IS NULL",
+        &[uid.into()],
+    )?
+    .first()
+    .map(|r| r[0].text("node"))
+    .transpose()
+}
+
 /// Number of current users per node id.
 pub fn users_per_node(tx: &mut dyn SqlTx) -> Result<Vec<(i64, i64)>, DbError> {
     tx.query(

@@ -201,6 +201,10 @@ fn storage_response(e: StorageError) -> Response {
             tracing::warn!("storage busy: write lock or connection not available in time");
             unavailable(json!("server busy"), "5")
         }
+        StorageError::Moving => unavailable(json!("user is moving to another node"), "2"),
+        StorageError::MovedAway => {
+            ApiError::Unauthorized(crate::auth::AuthError::Reassigned).into_response()
+        }
         StorageError::Unavailable { uid, ref source } => {
             tracing::error!(uid, error = %source, "user file unavailable");
             unavailable(json!("server busy"), "60")

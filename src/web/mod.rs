@@ -7,6 +7,7 @@
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod internal;
 pub mod observe;
 pub mod tokens;
 
@@ -131,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         api = api.route("/1.0/sync/1.5", get(tokens::token));
     }
     if state.settings.serves_storage() {
-        api = api.merge(storage_routes());
+        api = api.merge(storage_routes()).merge(internal_routes());
     }
     api.route_layer(middleware::from_fn(observe::tag_route))
         .fallback(|| async { ApiError::NotFound.into_response() })
@@ -163,6 +164,18 @@ fn storage_routes() -> Router<AppState> {
             get(get_item).put(put_item).delete(delete_item),
         )
 }
+
+/// Node-to-node routes: signed, and with no body limit beyond a user's file.
+fn internal_routes() -> Router<AppState> {
+    use axum::routing::post;
+    Router::new()
+        .route("/__internal__/move/{uid}", post(internal::move_user))
+        .route("/__internal__/receive/{uid}", post(internal::receive))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_MOVED_FILE_BYTES))
+}
+
+/// The largest user file one move carries (in memory), bytes.
+const MAX_MOVED_FILE_BYTES: usize = 4 << 30;
 
 /// Limits on client connections, against slow or greedy clients.
 #[derive(Debug, Clone, Copy)]

@@ -35,8 +35,14 @@ impl Server {
 
     /// Starts a server on an existing data dir.
     pub fn start_in(data: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        Self::start_at(data, "127.0.0.1:0", env)
+    }
+
+    /// Starts a server on an existing data dir and a given address (a restart keeps
+    /// its URL).
+    pub fn start_at(data: tempfile::TempDir, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncstore"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data.path())
             .env("SYNCSTORE_SECRETS", SECRET)
             .env("RUST_LOG", "info")
@@ -452,4 +458,67 @@ pub async fn fresh_database() -> String {
     .unwrap();
     let base = admin.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
+}
+
+const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
+
+/// A stand-in for FxA's `/v1/verify`: tokens `good-<uid>` are valid.
+pub async fn fake_verifier() -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/verify",
+        post(|axum::Json(body): axum::Json<Value>| async move {
+            let token = body["token"].as_str().unwrap_or("").to_string();
+            match token.strip_prefix("good-") {
+                Some(user) => (
+                    axum::http::StatusCode::OK,
+                    axum::Json(serde_json::json!({"user": user, "scope": [OLDSYNC]})),
+                ),
+                None => (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({})),
+                ),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1/verify")
+}
+
+pub fn cli(db_url: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", db_url)
+        .env("SYNCSTORE_SECRETS", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub async fn sign_in(tokenserver: &Server, user: &str) -> Value {
+    let r = tokenserver
+        .client(0)
+        .raw(
+            "GET",
+            "/1.0/sync/1.5",
+            &[
+                ("authorization", &format!("Bearer good-{user}")),
+                ("x-keyid", "1-qg"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()
 }

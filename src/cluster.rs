@@ -1,0 +1,214 @@
+//! Moving a user between storage nodes while they keep syncing, which Mozilla's servers
+//! do not do (they hand the user a new uid and the client uploads everything again).
+//!
+//! The source node drives a move: it holds the user's writes (clients get 503 +
+//! Retry-After; reads go on), copies the file with SQLite's online backup, sends it to
+//! the target over a signed internal request, has the target check and install it,
+//! checks the target's count and digest, flips the assignment in the shared database,
+//! and from then on answers 401 for the user, so the client fetches a new token and
+//! carries on at the target with all its data and timestamps. Until the flip the user
+//! is wholly on the source; after it, wholly on the target.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::auth::internal::{SIGNATURE_HEADER, sign};
+use crate::storage::StorageError;
+use crate::tokenserver::store;
+use crate::web::AppState;
+
+/// Why a move failed (the user then stays on the source).
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// This node has no shared assignment database to flip.
+    #[error("moves need a shared assignment database (tokenserver_database_url)")]
+    NoAssignments,
+    /// The target is not a known node, or is this node.
+    #[error("{0}")]
+    BadTarget(String),
+    /// The user is not assigned to this node.
+    #[error("user {0} is not assigned to this node")]
+    NotHere(u64),
+    /// Reading or holding the user's file failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The target did not take the copy.
+    #[error("target: {0}")]
+    Target(String),
+    /// The assignment database failed.
+    #[error("assignment database: {0}")]
+    Db(String),
+}
+
+/// What a finished move did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveReport {
+    /// The user.
+    pub uid: u64,
+    /// Source node URL.
+    pub from: String,
+    /// Target node URL.
+    pub to: String,
+    /// Records copied.
+    pub records: i64,
+    /// Bytes of the copied file.
+    pub bytes: u64,
+    /// How long the user's writes were held, milliseconds.
+    pub held_ms: u64,
+}
+
+/// What the target answers for a received copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Received {
+    /// Records in the installed file.
+    pub records: i64,
+    /// SHA-256 of the bytes received, hex.
+    pub sha256: String,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Sends a signed internal request; returns the response body on 200.
+pub async fn signed_post(
+    secret: &str,
+    base: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let signature = sign(secret, "POST", path, &body, unix_now());
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .timeout(std::time::Duration::from_secs(600))
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = r.status();
+    let bytes = r.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{url}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// The source's half: moves `uid` from this node to the node at `to`.
+pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport, MoveError> {
+    let check = state.assignments.as_ref().ok_or(MoveError::NoAssignments)?;
+    let from = check.node_url().to_string();
+    let to = to.trim_end_matches('/').to_string();
+    if to == from {
+        return Err(MoveError::BadTarget(format!("{to} is this node")));
+    }
+    let db = check.db().clone();
+    let (target_id, current) = {
+        let (db, to) = (db.clone(), to.clone());
+        tokio::task::spawn_blocking(move || {
+            db.transaction(|tx| {
+                let node = store::node_by_url(tx, &to)?;
+                Ok::<_, crate::tokenserver::db::DbError>((
+                    node.map(|n| n.id),
+                    store::uid_node(tx, uid as i64)?,
+                ))
+            })
+        })
+        .await
+        .map_err(|e| MoveError::Db(e.to_string()))?
+        .map_err(|e| MoveError::Db(e.to_string()))?
+    };
+    let target_id = target_id.ok_or_else(|| MoveError::BadTarget(format!("no node {to}")))?;
+    if current.as_deref() != Some(from.as_str()) {
+        return Err(MoveError::NotHere(uid));
+    }
+
+    let dbs = state.storage.dbs();
+    let hold = dbs.begin_move(uid).await?;
+    let held = Instant::now();
+    let dir = dbs.data_dir().join("moves");
+    crate::storage::userdbs::create_private_dir(&dir)?;
+    let copy = dir.join(format!("{uid}-{:08x}.sqlite", rand::random::<u32>()));
+    let result = async {
+        dbs.backup(uid, copy.clone()).await?;
+        let bytes = tokio::fs::read(&copy).await.map_err(StorageError::Io)?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        let path = format!("/__internal__/receive/{uid}");
+        let answer = signed_post(state.auth.signing_secret(), &to, &path, bytes)
+            .await
+            .map_err(MoveError::Target)?;
+        let got: Received =
+            serde_json::from_slice(&answer).map_err(|e| MoveError::Target(e.to_string()))?;
+        if got.sha256 != digest {
+            return Err(MoveError::Target("the copy arrived damaged".into()));
+        }
+        // The flip: from here on the user lives on the target.
+        let db = db.clone();
+        let moved = tokio::task::spawn_blocking(move || {
+            db.transaction(|tx| store::move_user(tx, uid as i64, target_id))
+        })
+        .await
+        .map_err(|e| MoveError::Db(e.to_string()))?
+        .map_err(|e| MoveError::Db(e.to_string()))?;
+        if !moved {
+            return Err(MoveError::NotHere(uid));
+        }
+        check.forget(uid);
+        dbs.finish_move_away(uid).await?;
+        Ok(MoveReport {
+            uid,
+            from: from.clone(),
+            to: to.clone(),
+            records: got.records,
+            bytes: size,
+            held_ms: held.elapsed().as_millis() as u64,
+        })
+    }
+    .await;
+    drop(hold);
+    let _ = tokio::fs::remove_file(&copy).await;
+    match &result {
+        Ok(r) => {
+            tracing::info!(uid, to = %r.to, records = r.records, held_ms = r.held_ms, "user moved")
+        }
+        Err(e) => tracing::warn!(uid, to = %to, error = %e, "move failed; the user stays here"),
+    }
+    result
+}
+
+/// The target's half: installs a copy of `uid`'s file sent by the source.
+pub async fn receive(state: &AppState, uid: u64, bytes: Vec<u8>) -> Result<Received, MoveError> {
+    // Never overwrite a user this node is serving.
+    if is_assigned_here(state, uid).await? {
+        return Err(MoveError::BadTarget(format!(
+            "user {uid} already lives on this node"
+        )));
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let records = state.storage.dbs().install_copy(uid, bytes).await?;
+    state.storage.dbs().welcome_back(uid);
+    Ok(Received { records, sha256 })
+}
+
+async fn is_assigned_here(state: &AppState, uid: u64) -> Result<bool, MoveError> {
+    let Some(check) = &state.assignments else {
+        return Ok(false);
+    };
+    let db = check.db().clone();
+    let node =
+        tokio::task::spawn_blocking(move || db.transaction(|tx| store::uid_node(tx, uid as i64)))
+            .await
+            .map_err(|e| MoveError::Db(e.to_string()))?
+            .map_err(|e| MoveError::Db(e.to_string()))?;
+    Ok(node.as_deref() == Some(check.node_url()))
+}
