@@ -101,13 +101,27 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     RT.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
 }
 
+/// One server shared by the property tests. Statics are never dropped, so the process
+/// is killed when the test binary exits.
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
+    static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    extern "C" fn kill_server() {
+        let pid = PID.load(std::sync::atomic::Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill has no memory effects; the pid is our own child's.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
     SERVER.get_or_init(|| {
-        Server::start(&[
+        let server = Server::start(&[
             ("SYNCSTORE_MAX_POST_RECORDS", "4"),
             ("SYNCSTORE_MAX_TOTAL_RECORDS", "8"),
-        ])
+        ]);
+        PID.store(server.pid() as i32, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: registers a plain function to run at process exit.
+        unsafe { libc::atexit(kill_server) };
+        server
     })
 }
 
