@@ -108,8 +108,13 @@ async fn a_thousand_users_sign_in_through_two_tokenservers_onto_three_nodes() {
     let users: Vec<String> = placed.keys().cloned().collect();
     for chunk in users.chunks(50) {
         let mut tasks = Vec::new();
-        for user in chunk.iter().cloned() {
-            let (ts, nodes, placed) = (survivor.clone(), nodes.clone(), placed.clone());
+        for user in chunk {
+            let (ts, nodes, placed, user) = (
+                survivor.clone(),
+                nodes.clone(),
+                placed.clone(),
+                user.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let t = sign_in(&ts, &user).await;
                 let (uid, node) = &placed[&user];
