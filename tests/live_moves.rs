@@ -157,6 +157,7 @@ async fn a_user_moves_while_its_client_keeps_writing_and_nothing_acknowledged_is
     .unwrap();
     assert!(ok, "{out}{err}");
     assert!(out.contains(&format!("user {uid}: moved from")), "{out}");
+    eprintln!("{}", out.trim());
 
     let (client, base, acked, statuses) = writer.await.unwrap();
     assert_eq!(
