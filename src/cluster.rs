@@ -197,6 +197,10 @@ pub async fn receive(state: &AppState, uid: u64, bytes: Vec<u8>) -> Result<Recei
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let records = state.storage.dbs().install_copy(uid, bytes).await?;
     state.storage.dbs().welcome_back(uid);
+    if let Some(check) = &state.assignments {
+        // Whatever this node remembered about the uid is about to be wrong.
+        check.forget(uid);
+    }
     Ok(Received { records, sha256 })
 }
 

@@ -245,7 +245,7 @@ async fn draining_a_node_moves_its_200_users_with_their_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_move_cut_short_by_a_dead_node_leaves_the_user_wholly_on_one_node() {
+async fn a_move_cut_short_by_a_dead_or_killed_node_leaves_the_user_wholly_on_one_node() {
     let n = nodes().await;
     let (client, _) = signed_in(&n, "interrupted").await;
     let uid = client.uid;
@@ -317,6 +317,43 @@ async fn a_move_cut_short_by_a_dead_node_leaves_the_user_wholly_on_one_node() {
     let a_data = a.stop(); // SIGKILL
     let _ = mover.await.unwrap();
     let a = Server::start_at(a_data, &a_addr, &env_refs(&env));
+    let n = Nodes {
+        a,
+        b,
+        tokenserver,
+        db,
+        env,
+    };
+    let (client, base) = signed_in(&n, "interrupted").await;
+    assert_eq!(client.uid, uid);
+    assert_eq!(records(&client, "history").await, before, "on {base}");
+
+    // The target dies in the middle of a move back the other way: the same holds.
+    let to = if base == n.a.url() { &n.b } else { &n.a };
+    let (db2, target) = (n.db.clone(), to.url());
+    let mover = tokio::task::spawn_blocking(move || {
+        syncstore(&db2, &["user", "move", &uid.to_string(), "--to", &target])
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let to_is_a = to.url() == n.a.url();
+    let Nodes {
+        a,
+        b,
+        tokenserver,
+        db,
+        env,
+    } = n;
+    let (a, b) = if to_is_a {
+        let addr = a.addr.clone();
+        let data = a.stop();
+        let _ = mover.await.unwrap();
+        (Server::start_at(data, &addr, &env_refs(&env)), b)
+    } else {
+        let addr = b.addr.clone();
+        let data = b.stop();
+        let _ = mover.await.unwrap();
+        (a, Server::start_at(data, &addr, &env_refs(&env)))
+    };
     let n = Nodes {
         a,
         b,
