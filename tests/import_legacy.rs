@@ -257,3 +257,72 @@ async fn syncstorage_rs_postgres_users_are_imported() {
     let server = Server::start_in(data, &[]);
     check_imported(&server).await;
 }
+
+#[tokio::test]
+async fn python_server_mysql_users_are_imported() {
+    use mysql::prelude::Queryable;
+    let admin = std::env::var("SYNCSTORE_TEST_MYSQL_URL").expect(
+        "SYNCSTORE_TEST_MYSQL_URL is not set: run the tests with scripts/test, which starts MariaDB",
+    );
+    let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
+    let url = format!("{}/{name}", admin.trim_end_matches('/'));
+    let now = common::now();
+    let setup = (admin.clone(), url.clone(), name.clone());
+    tokio::task::spawn_blocking(move || {
+        let (admin, url, name) = setup;
+        let mut root = mysql::Conn::new(mysql::Opts::from_url(&admin).unwrap()).unwrap();
+        root.query_drop(format!("CREATE DATABASE {name}")).unwrap();
+        let mut db = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+        // server-syncstorage's tables (it declares them latin1, for ASCII payloads; the
+        // test's payloads are not all ASCII, so they use utf8mb4 here).
+        db.query_drop(
+            "CREATE TABLE collections (collectionid INTEGER NOT NULL AUTO_INCREMENT,
+                 name VARCHAR(32) NOT NULL, PRIMARY KEY (collectionid), UNIQUE (name))
+                 ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        )
+        .unwrap();
+        db.query_drop(
+            "CREATE TABLE user_collections (userid INTEGER NOT NULL,
+                 collection INTEGER NOT NULL, last_modified BIGINT NOT NULL,
+                 PRIMARY KEY (userid, collection)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        )
+        .unwrap();
+        // Sharded, as large deployments ran it: users spread over bso0 and bso1.
+        for shard in ["bso0", "bso1"] {
+            db.query_drop(format!(
+                "CREATE TABLE {shard} (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
+                     id VARCHAR(64) NOT NULL, sortindex INTEGER, modified BIGINT NOT NULL,
+                     payload MEDIUMTEXT NOT NULL, payload_size INTEGER NOT NULL DEFAULT 0,
+                     ttl INTEGER DEFAULT 2100000000, PRIMARY KEY (userid, collection, id),
+                     KEY {shard}_ttl_idx (ttl), KEY {shard}_usr_col_mod_idx (userid, collection, modified))
+                     ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            ))
+            .unwrap();
+        }
+        db.query_drop("INSERT INTO collections VALUES (100, 'my-custom')").unwrap();
+        for (u, c, ms) in USER_COLLECTIONS {
+            db.exec_drop("INSERT INTO user_collections VALUES (?, ?, ?)", (u, c, ms))
+                .unwrap();
+        }
+        for r in &ROWS {
+            let ttl = r.expires_in.map_or(2_100_000_000, |s| now + s);
+            db.exec_drop(
+                format!(
+                    "INSERT INTO bso{} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    r.user % 2
+                ),
+                (r.user, r.coll, r.id, r.sortindex, r.modified_ms, r.payload, r.payload.len(), ttl),
+            )
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("imported 2 users (8 records), skipped 0, failed 0"), "{out}");
+    let server = Server::start_in(data, &[]);
+    check_imported(&server).await;
+}

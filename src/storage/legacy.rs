@@ -1,6 +1,6 @@
 //! Reading users out of Mozilla's storage servers' databases, for `import-legacy`:
 //!
-//! * the older Python server (server-syncstorage) on SQLite: tables `collections
+//! * the older Python server (server-syncstorage) on SQLite or MySQL: tables `collections
 //!   (collectionid, name)`, `user_collections (userid, collection, last_modified)` and
 //!   `bso` (or shards `bso0`…`bsoN`) `(userid, collection, id, sortindex, modified,
 //!   payload, payload_size, ttl)`; times in milliseconds, `ttl` an absolute expiry in
@@ -43,6 +43,8 @@ const RUST_NEVER_AFTER_SECS: i64 = 2_000_000_000;
 pub enum LegacySource {
     /// server-syncstorage's schema in a SQLite file; the names of its BSO tables.
     PythonSqlite(rusqlite::Connection, Vec<String>),
+    /// server-syncstorage's schema in MySQL (or MariaDB); the names of its BSO tables.
+    PythonMysql(Box<mysql::Conn>, Vec<String>),
     /// syncstorage-rs's schema in PostgreSQL.
     RustPostgres(Box<postgres::Client>),
 }
@@ -63,25 +65,38 @@ impl LegacySource {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(bad)?;
-            let tables: Vec<String> = conn
-                .prepare(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'
-                     AND (name = 'bso' OR name GLOB 'bso[0-9]*') ORDER BY name",
-                )
+            let mut tables: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(bad)?;
+            tables.retain(|t| is_bso_table(t));
             if tables.is_empty() {
                 return Err(bad("no bso table: not a server-syncstorage database"));
             }
             return Ok(LegacySource::PythonSqlite(conn, tables));
+        }
+        if url.starts_with("mysql://") {
+            let opts = mysql::Opts::from_url(url).map_err(bad)?;
+            let mut conn = mysql::Conn::new(opts).map_err(bad)?;
+            use mysql::prelude::Queryable;
+            let tables: Vec<String> = conn
+                .query::<String, _>("SHOW TABLES")
+                .map_err(bad)?
+                .into_iter()
+                .filter(|t| is_bso_table(t))
+                .collect();
+            if tables.is_empty() {
+                return Err(bad("no bso table: not a server-syncstorage database"));
+            }
+            return Ok(LegacySource::PythonMysql(Box::new(conn), tables));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let client = postgres::Client::connect(url, postgres::NoTls).map_err(bad)?;
             return Ok(LegacySource::RustPostgres(Box::new(client)));
         }
         Err(StorageError::Invalid(format!(
-            "unsupported source {url:?}: use sqlite:///path (server-syncstorage) or \
-             postgres://… (syncstorage-rs)"
+            "unsupported source {url:?}: use sqlite:///path or mysql://… (server-syncstorage) \
+             or postgres://… (syncstorage-rs)"
         )))
     }
 
@@ -92,6 +107,11 @@ impl LegacySource {
                 .prepare("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(bad)?,
+            LegacySource::PythonMysql(conn, _) => {
+                use mysql::prelude::Queryable;
+                conn.query("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
+                    .map_err(bad)?
+            }
             LegacySource::RustPostgres(client) => client
                 .query(
                     "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
@@ -152,22 +172,46 @@ impl LegacySource {
                         .map_err(bad)?;
                     let rows = s
                         .query_map([user], |r| {
-                            let ttl: i64 = r.get(5)?;
                             Ok((
                                 r.get::<_, i64>(0)?,
-                                RecordExport {
-                                    id: r.get(1)?,
-                                    sortindex: r.get(2)?,
-                                    modified: Timestamp(r.get::<_, i64>(3)? / 10),
-                                    payload: r.get(4)?,
-                                    expires: (ttl < PYTHON_MAX_TTL)
-                                        .then_some(Timestamp(ttl.saturating_mul(100))),
-                                },
+                                python_record(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
                             ))
                         })
                         .map_err(bad)?;
                     for row in rows {
                         records.push(row.map_err(bad)?);
+                    }
+                }
+            }
+            LegacySource::PythonMysql(conn, tables) => {
+                use mysql::prelude::Queryable;
+                let named: Vec<(i64, String)> = conn
+                    .query("SELECT collectionid, name FROM collections")
+                    .map_err(bad)?;
+                names.extend(named);
+                let stamps: Vec<(i64, i64)> = conn
+                    .exec(
+                        "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
+                        (user,),
+                    )
+                    .map_err(bad)?;
+                for (id, ms) in stamps {
+                    colls.insert(id, collection(&names, id, Timestamp(ms / 10))?);
+                }
+                for table in tables.iter() {
+                    type Row = (i64, String, Option<i64>, i64, String, i64);
+                    let rows: Vec<Row> = conn
+                        .exec(
+                            format!(
+                                "SELECT collection, id, sortindex, modified, payload, ttl
+                                 FROM `{}` WHERE userid = ?",
+                                table.replace('`', "``")
+                            ),
+                            (user,),
+                        )
+                        .map_err(bad)?;
+                    for (coll, id, sortindex, modified, payload, ttl) in rows {
+                        records.push((coll, python_record(id, sortindex, modified, payload, ttl)));
                     }
                 }
             }
@@ -239,6 +283,30 @@ impl LegacySource {
             collections,
         })
     }
+}
+
+/// A record of the Python server: times in milliseconds, `ttl` an absolute expiry in
+/// seconds (2100000000: never).
+fn python_record(
+    id: String,
+    sortindex: Option<i64>,
+    modified_ms: i64,
+    payload: String,
+    ttl: i64,
+) -> RecordExport {
+    RecordExport {
+        id,
+        sortindex,
+        modified: Timestamp(modified_ms / 10),
+        payload,
+        expires: (ttl < PYTHON_MAX_TTL).then_some(Timestamp(ttl.saturating_mul(100))),
+    }
+}
+
+/// `bso`, or a shard `bso0`…`bsoN`.
+fn is_bso_table(name: &str) -> bool {
+    name.strip_prefix("bso")
+        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn collection(
