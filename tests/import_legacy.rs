@@ -193,7 +193,7 @@ async fn python_server_sqlite_users_are_imported_and_reimport_is_a_no_op() {
     check_imported(&server).await;
 
     // Not a syncstorage database, or an unknown scheme: a clear error.
-    let (ok, _, err) = import(src_dir.path(), "mysql://somewhere/db");
+    let (ok, _, err) = import(src_dir.path(), "mongodb://127.0.0.1/db");
     assert!(!ok && err.contains("unsupported source"), "{err}");
 }
 
@@ -322,7 +322,10 @@ async fn python_server_mysql_users_are_imported() {
     let data = tempfile::tempdir().unwrap();
     let (ok, out, err) = import(data.path(), &url);
     assert!(ok, "{out}{err}");
-    assert!(out.contains("imported 2 users (8 records), skipped 0, failed 0"), "{out}");
+    assert!(
+        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
+        "{out}"
+    );
     let server = Server::start_in(data, &[]);
     check_imported(&server).await;
 }

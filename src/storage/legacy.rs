@@ -174,7 +174,13 @@ impl LegacySource {
                         .query_map([user], |r| {
                             Ok((
                                 r.get::<_, i64>(0)?,
-                                python_record(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+                                python_record(
+                                    r.get(1)?,
+                                    r.get(2)?,
+                                    r.get(3)?,
+                                    r.get(4)?,
+                                    r.get(5)?,
+                                ),
                             ))
                         })
                         .map_err(bad)?;
