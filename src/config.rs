@@ -134,7 +134,7 @@ impl Default for Settings {
             hawk_skew_secs: 60,
             nonce_cache_size: 500_000,
             token_duration_secs: 3600,
-            max_open_users: 1000,
+            max_open_users: 250,
             connections_per_user: 4,
             lock_timeout_ms: 5000,
             synchronous: "normal".into(),
