@@ -75,6 +75,19 @@ const fn row(
     }
 }
 
+/// Imports from `url` into a fresh data dir and checks what a client then sees.
+async fn import_and_check(url: &str) {
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
+        "{out}"
+    );
+    let server = Server::start_in(data, &[]);
+    check_imported(&server).await;
+}
+
 /// Reads back what a client sees and checks it against what the source held.
 async fn check_imported(server: &Server) {
     let c = server.client(101);
@@ -247,15 +260,7 @@ async fn syncstorage_rs_postgres_users_are_imported() {
     .await
     .unwrap();
 
-    let data = tempfile::tempdir().unwrap();
-    let (ok, out, err) = import(data.path(), &url);
-    assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
-        "{out}"
-    );
-    let server = Server::start_in(data, &[]);
-    check_imported(&server).await;
+    import_and_check(&url).await;
 }
 
 #[tokio::test]
@@ -319,13 +324,5 @@ async fn python_server_mysql_users_are_imported() {
     .await
     .unwrap();
 
-    let data = tempfile::tempdir().unwrap();
-    let (ok, out, err) = import(data.path(), &url);
-    assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
-        "{out}"
-    );
-    let server = Server::start_in(data, &[]);
-    check_imported(&server).await;
+    import_and_check(&url).await;
 }

@@ -465,17 +465,7 @@ impl UserDbs {
             }
             let tmp = path.with_extension(format!("incoming{}", rand::random::<u32>()));
             let result = (|| {
-                {
-                    use std::io::Write;
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&tmp)?;
-                    f.write_all(&bytes)?;
-                    f.sync_all()?;
-                }
+                write_new_private_file(&tmp, &bytes)?;
                 let sql = |e| StorageError::from_sqlite(uid, e);
                 let records: i64 = {
                     let conn = Connection::open_with_flags(&tmp, OPEN_FLAGS).map_err(sql)?;
@@ -727,21 +717,26 @@ fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
     bytes
 }
 
+/// Writes `bytes` to a new owner-only file and syncs it (fails if the file exists).
+fn write_new_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// Installs a new user file from the template, atomically: written to a temporary
 /// file, synced, then hard-linked into place (which fails if another request created
 /// the file first — then that one is used).
 fn install_template(path: &Path, template: &[u8]) -> Result<(), StorageError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(template)?;
-        f.sync_all()?;
+        write_new_private_file(&tmp, template)?;
         match std::fs::hard_link(&tmp, path) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
