@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::internal::{SIGNATURE_HEADER, sign};
 use crate::storage::StorageError;
+use crate::tokenserver::db::DbError;
 use crate::tokenserver::store;
 use crate::web::AppState;
 
@@ -39,7 +40,7 @@ pub enum MoveError {
     Target(String),
     /// The assignment database failed.
     #[error("assignment database: {0}")]
-    Db(String),
+    Db(#[from] DbError),
 }
 
 /// What a finished move did.
@@ -111,21 +112,14 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
     if to == from {
         return Err(MoveError::BadTarget(format!("{to} is this node")));
     }
-    let db = check.db().clone();
+    let db = check.db();
     let (target_id, current) = {
-        let (db, to) = (db.clone(), to.clone());
-        tokio::task::spawn_blocking(move || {
-            db.transaction(|tx| {
-                let node = store::node_by_url(tx, &to)?;
-                Ok::<_, crate::tokenserver::db::DbError>((
-                    node.map(|n| n.id),
-                    store::uid_node(tx, uid as i64)?,
-                ))
-            })
+        let to = to.clone();
+        db.run(move |tx| {
+            let node = store::node_by_url(tx, &to)?;
+            Ok::<_, DbError>((node.map(|n| n.id), store::uid_node(tx, uid as i64)?))
         })
-        .await
-        .map_err(|e| MoveError::Db(e.to_string()))?
-        .map_err(|e| MoveError::Db(e.to_string()))?
+        .await?
     };
     let target_id = target_id.ok_or_else(|| MoveError::BadTarget(format!("no node {to}")))?;
     if current.as_deref() != Some(from.as_str()) {
@@ -153,13 +147,9 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
             return Err(MoveError::Target("the copy arrived damaged".into()));
         }
         // The flip: from here on the user lives on the target.
-        let db = db.clone();
-        let moved = tokio::task::spawn_blocking(move || {
-            db.transaction(|tx| store::move_user(tx, uid as i64, target_id))
-        })
-        .await
-        .map_err(|e| MoveError::Db(e.to_string()))?
-        .map_err(|e| MoveError::Db(e.to_string()))?;
+        let moved = db
+            .run(move |tx| store::move_user(tx, uid as i64, target_id))
+            .await?;
         if !moved {
             return Err(MoveError::NotHere(uid));
         }
@@ -208,11 +198,9 @@ async fn is_assigned_here(state: &AppState, uid: u64) -> Result<bool, MoveError>
     let Some(check) = &state.assignments else {
         return Ok(false);
     };
-    let db = check.db().clone();
-    let node =
-        tokio::task::spawn_blocking(move || db.transaction(|tx| store::uid_node(tx, uid as i64)))
-            .await
-            .map_err(|e| MoveError::Db(e.to_string()))?
-            .map_err(|e| MoveError::Db(e.to_string()))?;
+    let node = check
+        .db()
+        .run(move |tx| store::uid_node(tx, uid as i64))
+        .await?;
     Ok(node.as_deref() == Some(check.node_url()))
 }

@@ -6,7 +6,7 @@ use crate::cluster::{MoveReport, signed_post};
 use crate::tokenserver::db::AssignmentDb;
 use crate::tokenserver::store::{self, NodeChange};
 
-fn db_err(e: impl std::fmt::Display) -> AdminError {
+fn invalid(e: impl std::fmt::Display) -> AdminError {
     AdminError::Invalid(e.to_string())
 }
 
@@ -17,18 +17,13 @@ pub async fn move_user(
     uid: u64,
     to: &str,
 ) -> Result<MoveReport, AdminError> {
-    let from = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.transaction(|tx| store::uid_node(tx, uid as i64)))
-            .await
-            .map_err(db_err)??
-    };
+    let from = db.run(move |tx| store::uid_node(tx, uid as i64)).await?;
     let from = from.ok_or_else(|| AdminError::Invalid(format!("user {uid} is not assigned")))?;
-    let body = serde_json::to_vec(&serde_json::json!({ "to": to })).map_err(db_err)?;
+    let body = serde_json::to_vec(&serde_json::json!({ "to": to })).map_err(invalid)?;
     let answer = signed_post(secret, &from, &format!("/__internal__/move/{uid}"), body)
         .await
         .map_err(AdminError::Invalid)?;
-    serde_json::from_slice(&answer).map_err(db_err)
+    serde_json::from_slice(&answer).map_err(invalid)
 }
 
 /// Moves every user off `node`, live, with a progress bar: the node takes no new users
@@ -43,21 +38,18 @@ pub async fn drain(
 ) -> Result<String, AdminError> {
     let node = node.trim_end_matches('/').to_string();
     let (uids, node_id) = {
-        let (db, node) = (db.clone(), node.clone());
-        tokio::task::spawn_blocking(move || {
-            db.transaction(|tx| {
-                let n = store::node_by_url(tx, &node)?
-                    .ok_or_else(|| AdminError::NoSuchNode(node.clone()))?;
-                let stop_new = NodeChange {
-                    available: Some(0),
-                    ..Default::default()
-                };
-                store::set_node(tx, &node, &stop_new)?;
-                Ok::<_, AdminError>((store::node_uids(tx, n.id)?, n.id))
-            })
+        let node = node.clone();
+        db.run(move |tx| {
+            let n = store::node_by_url(tx, &node)?
+                .ok_or_else(|| AdminError::NoSuchNode(node.clone()))?;
+            let stop_new = NodeChange {
+                available: Some(0),
+                ..Default::default()
+            };
+            store::set_node(tx, &node, &stop_new)?;
+            Ok::<_, AdminError>((store::node_uids(tx, n.id)?, n.id))
         })
-        .await
-        .map_err(db_err)??
+        .await?
     };
     let bar = super::users::progress(uids.len() as u64, "moving");
     let (mut moved, mut failed, mut records) = (0, Vec::new(), 0);
@@ -80,19 +72,15 @@ pub async fn drain(
     }
     bar.finish_and_clear();
     if failed.is_empty() {
-        let db = db.clone();
         let node = node.clone();
-        tokio::task::spawn_blocking(move || {
-            db.transaction(|tx| {
-                let change = NodeChange {
-                    draining: Some(true),
-                    ..Default::default()
-                };
-                store::set_node(tx, &node, &change)
-            })
+        db.run(move |tx| {
+            let change = NodeChange {
+                draining: Some(true),
+                ..Default::default()
+            };
+            store::set_node(tx, &node, &change)
         })
-        .await
-        .map_err(db_err)??;
+        .await?;
     }
     let summary = format!(
         "moved {moved} of {} users ({records} records) off {node}{}",
@@ -112,17 +100,13 @@ pub async fn drain(
 
 /// The serving node, other than `except`, with the most free capacity.
 async fn least_loaded(db: &AssignmentDb, except: i64) -> Result<String, AdminError> {
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || {
-        db.transaction(|tx| {
-            let best = store::nodes(tx)?
-                .into_iter()
-                .filter(|n| n.id != except && n.serving())
-                .max_by_key(|n| n.capacity - n.current_load);
-            best.map(|n| n.node)
-                .ok_or_else(|| AdminError::Invalid("no other serving node to move to".into()))
-        })
+    db.run(move |tx| {
+        let best = store::nodes(tx)?
+            .into_iter()
+            .filter(|n| n.id != except && n.serving())
+            .max_by_key(|n| n.capacity - n.current_load);
+        best.map(|n| n.node)
+            .ok_or_else(|| AdminError::Invalid("no other serving node to move to".into()))
     })
     .await
-    .map_err(db_err)?
 }

@@ -268,6 +268,21 @@ impl AssignmentDb {
         Ok(AssignmentDb::Sqlite(pool))
     }
 
+    /// Runs `f` in one transaction on the blocking pool (for async callers).
+    pub async fn run<T, E>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlTx) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.transaction(f))
+            .await
+            .map_err(|e| E::from(DbError::Type(e.to_string())))?
+    }
+
     /// Checks that the database answers (for heartbeats). Blocking.
     pub fn ping(&self) -> Result<(), DbError> {
         self.transaction(|tx| tx.query("SELECT 1", &[]).map(drop))

@@ -177,6 +177,7 @@ impl Tokenserver {
         let db = self.db.clone();
         let email = format!("{}@{}", user.fxa_uid, self.config.email_domain);
         let (u, k) = (user.clone(), key_id.clone());
+        // Not `db.run`: a panicked task is an internal error (500) here, not a 503.
         let assignment = tokio::task::spawn_blocking(move || {
             db.transaction(|tx| assign(tx, &u, &email, &k, now_ms()))
         })
@@ -388,12 +389,10 @@ impl AssignmentCheck {
         {
             return Ok(*ok);
         }
-        let db = self.db.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            db.transaction(|tx| store::uid_assignment(tx, uid as i64))
-        })
-        .await
-        .map_err(|e| DbError::Type(e.to_string()))??;
+        let found = self
+            .db
+            .run(move |tx| store::uid_assignment(tx, uid as i64))
+            .await?;
         let ok = match found {
             None => true,
             Some((current, node)) => current && node.as_deref() == Some(self.node_url.as_str()),
