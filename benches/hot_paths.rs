@@ -89,7 +89,10 @@ fn bso_validation(c: &mut Criterion) {
     });
 }
 
-fn storage(max_open_users: usize) -> (tempfile::TempDir, Storage, tokio::runtime::Runtime) {
+fn storage(
+    max_open_users: usize,
+    summary_cache_users: usize,
+) -> (tempfile::TempDir, Storage, tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().unwrap();
     let dbs = UserDbs::new(UserDbsConfig {
         data_dir: dir.path().to_path_buf(),
@@ -98,6 +101,7 @@ fn storage(max_open_users: usize) -> (tempfile::TempDir, Storage, tokio::runtime
         lock_timeout: Duration::from_secs(10),
         synchronous_full: false,
         quota_bytes: 0,
+        summary_cache_users,
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -114,7 +118,7 @@ fn record(i: u64) -> syncstore::storage::model::BsoInput {
 }
 
 fn storage_ops(c: &mut Criterion) {
-    let (_dir, st, rt) = storage(1000);
+    let (_dir, st, rt) = storage(1000, 100_000);
     let mut i = 0u64;
     c.bench_function("PUT one record (warm user)", |b| {
         b.iter(|| {
@@ -145,9 +149,9 @@ fn storage_ops(c: &mut Criterion) {
 }
 
 fn cold_open(c: &mut Criterion) {
-    // An LRU of one: every read of another user evicts (closes) the last one and opens
-    // its own file — the whole cost of an LRU miss.
-    let (_dir, st, rt) = storage(1);
+    // An LRU of one and no summaries: every read of another user evicts (closes) the
+    // last one and opens its own file — the whole cost of an LRU miss.
+    let (_dir, st, rt) = storage(1, 0);
     const USERS: u64 = 200;
     for uid in 0..USERS {
         rt.block_on(st.put(uid, "clients".into(), record(uid), Precondition::None))

@@ -58,6 +58,8 @@ pub struct Settings {
     pub token_duration_secs: u64,
     /// How many users' files may be open at once.
     pub max_open_users: usize,
+    /// How many users' collection timestamps are kept in memory (0: none).
+    pub summary_cache_users: usize,
     /// SQLite connections per open user.
     pub connections_per_user: u32,
     /// How long a write waits for the user's lock before answering 503, milliseconds.
@@ -135,6 +137,7 @@ impl Default for Settings {
             nonce_cache_size: 500_000,
             token_duration_secs: 3600,
             max_open_users: 250,
+            summary_cache_users: 100_000,
             connections_per_user: 4,
             lock_timeout_ms: 5000,
             synchronous: "normal".into(),

@@ -138,6 +138,7 @@ pub fn build_state(
         lock_timeout: Duration::from_millis(settings.lock_timeout_ms),
         synchronous_full: settings.synchronous == "full",
         quota_bytes: settings.quota_bytes,
+        summary_cache_users: settings.summary_cache_users,
     })?;
     let auth = Authenticator::new(
         settings.secrets.clone(),

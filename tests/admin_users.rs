@@ -117,6 +117,56 @@ async fn export_delete_import_round_trips_every_record_and_timestamp() {
     assert!(common::ts_value(&r.json()["modified"]) > last);
 }
 
+/// The server answers info/collections and "anything newer?" listings from memory; an
+/// admin command writing to the user's file while the server runs must show at once,
+/// however soon after the server's own last write it lands.
+#[tokio::test]
+async fn admin_writes_beside_a_running_server_show_at_once() {
+    let server = Server::start(&[]);
+    let c = server.client(7);
+    let dir = server.data.path();
+    for round in 0..5 {
+        // The client syncs: its write, then what it would ask next time.
+        let r = c
+            .put(
+                "/storage/tabs/t",
+                &json!({"payload": format!("tab {round}")}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let info = c.get("/info/collections").await;
+        let since = info.header("x-last-modified").unwrap();
+        assert_eq!(
+            c.get(&format!("/storage/forms?newer={since}")).await.json(),
+            json!([])
+        );
+
+        // An import adds a collection and a record newer than anything the client saw.
+        // (The collection claims to be older than its record: the record wins.)
+        let forms = format!("f{round}");
+        let newer = common::parse_ts(&since) + 1;
+        let export = format!(
+            r#"{{"format": "syncstore-user/1", "uid": 7, "modified": 1.00,
+                "collections": [{{"name": "forms", "modified": 1.00, "records": [
+                    {{"id": "{forms}", "payload": "imported", "modified": {}.{:02}}}]}}]}}"#,
+            newer / 100,
+            newer % 100
+        );
+        let (ok, _, err) = syncstore(dir, &["user", "import"], Some(&export));
+        assert!(ok, "{err}");
+        let info = c.get("/info/collections").await.json();
+        assert!(info.get("forms").is_some(), "round {round}: {info}");
+        let listed = c.get(&format!("/storage/forms?newer={since}")).await.json();
+        assert_eq!(listed, json!([forms]), "round {round}");
+    }
+
+    // A user deleted beside the server has nothing left to sync.
+    let (ok, _, err) = syncstore(dir, &["user", "delete", "7"], None);
+    assert!(ok, "{err}");
+    assert_eq!(c.get("/info/collections").await.json(), json!({}));
+    assert_eq!(c.get("/storage/tabs?newer=0").await.json(), json!([]));
+}
+
 fn common_user_file(dir: &Path, uid: u64) -> std::path::PathBuf {
     dir.join("users")
         .join(format!("{:03}", uid % 1000))

@@ -130,17 +130,24 @@ async fn metrics_count_requests_files_batches_and_bytes() {
         )
         .await;
     assert_eq!(r.status, 200);
-    // Another user evicts the first from an LRU of one; then the first comes back.
+    // Another user evicts the first from an LRU of one; then the first comes back:
+    // its info/collections from memory (its last write left its summary there), a
+    // record from its file.
     assert_eq!(b.get("/info/collections").await.status, 200);
     assert_eq!(a.get("/info/collections").await.status, 200);
+    assert_eq!(a.get("/storage/tabs/t1").await.status, 200);
     // Wait until the last request's line (and so its metrics) is recorded.
-    wait_for_lines(&server, 5).await;
+    wait_for_lines(&server, 6).await;
 
     let text = scrape(&server.url()).await;
     let put = r#"syncstore_http_requests_total{method="PUT",route="/1.5/{uid}/storage/{collection}/{bso}",status="200"}"#;
     assert_eq!(metric(&text, put), 1.0, "{text}");
     let info = r#"syncstore_http_requests_total{method="GET",route="/1.5/{uid}/info/collections",status="200"}"#;
     assert_eq!(metric(&text, info), 2.0, "{text}");
+    for (outcome, want) in [("hit", 1.0), ("miss", 1.0)] {
+        let series = format!(r#"syncstore_summary_lookups_total{{outcome="{outcome}"}}"#);
+        assert_eq!(metric(&text, &series), want, "{series}: {text}");
+    }
     assert!(
         text.contains(
             r#"syncstore_http_request_duration_seconds_bucket{method="PUT",route="/1.5/{uid}/storage/{collection}/{bso}",le="+Inf"} 1"#

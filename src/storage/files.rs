@@ -231,6 +231,7 @@ pub fn import(
         queries::delete_everything(&tx).map_err(sql)?;
     }
     let mut written = 0;
+    let mut newest_write = data.modified;
     for c in &data.collections {
         if !super::model::valid_collection(&c.name) {
             return Err(StorageError::Invalid(format!(
@@ -238,12 +239,16 @@ pub fn import(
                 c.name
             )));
         }
+        // A collection is never older than its records (listings rely on it).
+        let newest = c.records.iter().map(|r| r.modified).max();
+        let modified = newest.map_or(c.modified, |n| n.max(c.modified));
+        newest_write = newest_write.max(modified);
         let coll: i64 = tx
             .query_row(
                 "INSERT INTO collections (name, modified) VALUES (?1, ?2)
                  ON CONFLICT(name) DO UPDATE SET modified = max(modified, excluded.modified)
                  RETURNING id",
-                params![c.name, c.modified.0],
+                params![c.name, modified.0],
                 |r| r.get(0),
             )
             .map_err(sql)?;
@@ -273,8 +278,12 @@ pub fn import(
         }
     }
     let last = queries::storage_modified(&tx).map_err(sql)?;
-    queries::set_storage_modified(&tx, last.max(data.modified)).map_err(sql)?;
+    queries::set_storage_modified(&tx, last.max(newest_write)).map_err(sql)?;
     tx.commit().map_err(sql)?;
+    // A server serving this user from memory must see the change.
+    if let Some(path) = conn.path() {
+        super::summary::mark_changed(Path::new(path))?;
+    }
     Ok(written)
 }
 

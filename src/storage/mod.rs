@@ -9,6 +9,7 @@ pub mod files;
 pub mod legacy;
 pub mod model;
 pub mod queries;
+pub mod summary;
 pub mod upkeep;
 pub mod userdbs;
 
@@ -297,29 +298,35 @@ impl Storage {
         kind: InfoKind,
         pre: Precondition,
     ) -> Result<Info, StorageError> {
+        if kind == InfoKind::Timestamps {
+            let summary = self.dbs.summary(uid).await?;
+            pre.check(summary.modified)?;
+            let collections = summary.collections.iter();
+            return Ok(Info {
+                modified: summary.modified,
+                collections: collections
+                    .map(|(name, ts)| (name.to_string(), InfoValue::Modified(*ts)))
+                    .collect(),
+                total_bytes: 0,
+            });
+        }
         self.dbs
             .read(uid, move |tx, now| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
                 let modified = queries::storage_modified(tx).map_err(sql)?;
                 pre.check(modified)?;
                 let mut collections = BTreeMap::new();
-                let mut total_bytes = 0;
-                if kind == InfoKind::Timestamps {
-                    for (name, ts) in queries::collection_timestamps(tx).map_err(sql)? {
-                        collections.insert(name, InfoValue::Modified(ts));
-                    }
-                } else {
-                    total_bytes = queries::usage_bytes(tx).map_err(sql)?;
-                    for (name, count, bytes) in queries::collection_sizes(tx, now).map_err(sql)? {
-                        match kind {
-                            InfoKind::Counts if count > 0 => {
-                                collections.insert(name, InfoValue::Count(count))
-                            }
-                            InfoKind::Usage => collections
-                                .insert(name, InfoValue::Kilobytes(bytes as f64 / 1024.0)),
-                            _ => None,
-                        };
-                    }
+                let total_bytes = queries::usage_bytes(tx).map_err(sql)?;
+                for (name, count, bytes) in queries::collection_sizes(tx, now).map_err(sql)? {
+                    match kind {
+                        InfoKind::Counts if count > 0 => {
+                            collections.insert(name, InfoValue::Count(count))
+                        }
+                        InfoKind::Usage => {
+                            collections.insert(name, InfoValue::Kilobytes(bytes as f64 / 1024.0))
+                        }
+                        _ => None,
+                    };
                 }
                 Ok(Info {
                     modified,
@@ -338,6 +345,22 @@ impl Storage {
         query: ListQuery,
         pre: Precondition,
     ) -> Result<Listing, StorageError> {
+        // A collection that does not exist, or has not changed since `newer`, has
+        // nothing to list: its summary says so without opening the file.
+        if let Some(summary) = self.dbs.fresh_summary(uid)? {
+            let modified = summary.collection(&collection);
+            pre.check(modified.unwrap_or_default())?;
+            match modified {
+                Some(m) if query.newer_than.is_none_or(|newer| newer < m.0) => {}
+                _ => {
+                    return Ok(Listing {
+                        modified: modified.unwrap_or_default(),
+                        items: vec![],
+                        next_offset: None,
+                    });
+                }
+            }
+        }
         self.dbs
             .read(uid, move |tx, now| {
                 let sql = |e| StorageError::from_sqlite(uid, e);

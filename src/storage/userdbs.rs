@@ -26,7 +26,8 @@ use lru::LruCache;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use super::model::Timestamp;
-use super::{StorageError, Written};
+use super::summary::{Summaries, Summary, WalStamp};
+use super::{StorageError, Written, queries};
 
 /// The per-user schema, applied to fresh files.
 const USER_SCHEMA: &str = include_str!("../../schema/user.sql");
@@ -48,6 +49,8 @@ pub struct UserDbsConfig {
     pub synchronous_full: bool,
     /// Per-user quota in payload bytes; 0 turns quotas off.
     pub quota_bytes: u64,
+    /// How many users' summaries (collection timestamps) are kept in memory.
+    pub summary_cache_users: usize,
 }
 
 /// One open user: a small pool of connections to the user's file.
@@ -205,6 +208,8 @@ struct Inner {
     moving: Mutex<std::collections::HashSet<u64>>,
     /// Users moved to another node by this process: every request gets 401.
     moved_away: Mutex<std::collections::HashSet<u64>>,
+    /// Recently active users' collection timestamps.
+    summaries: Summaries,
     /// The bytes of an empty, migrated user file in WAL mode: new users get a copy,
     /// which is far cheaper than creating the schema (and switching journal modes)
     /// in every new file.
@@ -234,6 +239,7 @@ impl UserDbs {
                 locks: Mutex::new(HashMap::new()),
                 moving: Mutex::new(Default::default()),
                 moved_away: Mutex::new(Default::default()),
+                summaries: Summaries::new(config.summary_cache_users),
                 template,
                 config,
                 open: Mutex::new(LruCache::new(cap)),
@@ -310,8 +316,7 @@ impl UserDbs {
         };
         for db in &all {
             let result = db.connection().and_then(|c| {
-                super::queries::checkpoint(&c, true)
-                    .map_err(|e| StorageError::from_sqlite(db.uid, e))
+                queries::checkpoint(&c, true).map_err(|e| StorageError::from_sqlite(db.uid, e))
             });
             if let Err(e) = result {
                 tracing::warn!(uid = db.uid, error = %e, "checkpoint at shutdown failed");
@@ -491,6 +496,7 @@ impl UserDbs {
                     let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
                 }
                 std::fs::rename(&tmp, &path)?;
+                this.inner.summaries.forget(uid);
                 if let Some(dir) = path.parent() {
                     std::fs::File::open(dir)?.sync_all()?;
                 }
@@ -513,6 +519,7 @@ impl UserDbs {
             .map_err(|_| StorageError::Poisoned)?
             .insert(uid);
         let this = self.clone();
+        self.inner.summaries.forget(uid);
         tokio::task::spawn_blocking(move || {
             this.evict(uid);
             let path = this.user_path(uid);
@@ -616,12 +623,12 @@ impl UserDbs {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
-            let last = super::queries::storage_modified(&tx).map_err(sql)?;
+            let last = queries::storage_modified(&tx).map_err(sql)?;
             let now = Timestamp::now();
             let ts = Timestamp(now.0.max(last.0 + 1));
             let usage = |tx: &Transaction<'_>| match quota {
                 0 => Ok(0),
-                _ => super::queries::usage_bytes(tx),
+                _ => queries::usage_bytes(tx),
             };
             let before = usage(&tx).map_err(sql)?;
             let ctx = WriteCtx {
@@ -636,11 +643,17 @@ impl UserDbs {
             if quota > 0 && usage_bytes > quota && usage_bytes > before {
                 return Err(StorageError::OverQuota);
             }
-            super::queries::set_storage_modified(&tx, ts).map_err(sql)?;
+            queries::set_storage_modified(&tx, ts).map_err(sql)?;
             tx.commit().map_err(sql)?;
             if records > 0 {
                 metrics::counter!("syncstore_records_written_total").increment(records);
                 metrics::counter!("syncstore_payload_bytes_written_total").increment(bytes);
+            }
+            // The next sync of this user starts with info/collections: have it ready.
+            // (Still under the write lock; a failure here only costs a later read.)
+            match read_summary(uid, &db.path, &mut conn) {
+                Ok(summary) => this.inner.summaries.put(uid, Arc::new(summary)),
+                Err(_) => this.inner.summaries.forget(uid),
             }
             Ok(Written { value, usage_bytes })
         })
@@ -648,6 +661,43 @@ impl UserDbs {
         drop(guard);
         result
     }
+
+    /// `uid`'s summary (storage and collection last-modified times): from memory when
+    /// the file has not changed since it was read, else read from the file — and kept,
+    /// if no write of the user is in flight to race with it.
+    pub async fn summary(&self, uid: u64) -> Result<Arc<Summary>, StorageError> {
+        if let Some(summary) = self.fresh_summary(uid)? {
+            return Ok(summary);
+        }
+        let lock = self.lock_for(uid).try_lock_owned().ok();
+        let cached = self.cached(uid);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = this.handle(cached, uid)?;
+            let summary = Arc::new(read_summary(uid, &db.path, &mut *db.connection()?)?);
+            if lock.is_some() {
+                this.inner.summaries.put(uid, summary.clone());
+            }
+            Ok(summary)
+        })
+        .await?
+    }
+
+    /// `uid`'s summary if memory holds an up-to-date one.
+    pub fn fresh_summary(&self, uid: u64) -> Result<Option<Arc<Summary>>, StorageError> {
+        self.check_not_moved(uid)?;
+        Ok(self.inner.summaries.get(uid, &self.user_path(uid)))
+    }
+}
+
+/// Reads a user's summary in a read transaction of its own, stamping the WAL first.
+fn read_summary(uid: u64, path: &Path, conn: &mut Connection) -> Result<Summary, StorageError> {
+    let sql = |e| StorageError::from_sqlite(uid, e);
+    let stamp = WalStamp::of(path);
+    let tx = conn.transaction().map_err(sql)?;
+    let modified = queries::storage_modified(&tx).map_err(sql)?;
+    let collections = queries::collection_timestamps(&tx).map_err(sql)?;
+    Ok(Summary::new(stamp, modified, collections))
 }
 
 /// Creates an empty user file (for admin commands; the server uses its own template).

@@ -126,6 +126,10 @@ fn describe() {
         "syncstore_lru_evictions_total",
         "User files closed to make room"
     );
+    describe_counter!(
+        "syncstore_summary_lookups_total",
+        "Looks for a user's collection timestamps in memory, by outcome: hit, miss"
+    );
     describe_histogram!(
         "syncstore_write_lock_wait_seconds",
         Unit::Seconds,
