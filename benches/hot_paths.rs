@@ -149,16 +149,52 @@ fn storage_ops(c: &mut Criterion) {
 }
 
 fn cold_open(c: &mut Criterion) {
-    // An LRU of one and no summaries: every read of another user evicts (closes) the
-    // last one and opens its own file — the whole cost of an LRU miss.
-    let (_dir, st, rt) = storage(1, 0);
     const USERS: u64 = 200;
-    for uid in 0..USERS {
-        rt.block_on(st.put(uid, "clients".into(), record(uid), Precondition::None))
-            .unwrap();
-    }
+    let prefill = |st: &Storage, rt: &tokio::runtime::Runtime| {
+        for uid in 0..USERS {
+            rt.block_on(st.put(uid, "clients".into(), record(uid), Precondition::None))
+                .unwrap();
+        }
+    };
+    // No summaries: info/collections reads the file. The files are closed between
+    // rounds, untimed, so each timed read opens its user's file: open + first query.
+    let (_dir, st, rt) = storage(1000, 0);
+    prefill(&st, &rt);
+    st.dbs().close_idle(0);
+    c.bench_function("cold open + first query (closing not timed)", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for i in 0..iters {
+                let uid = i % USERS;
+                if uid == 0 {
+                    st.dbs().close_idle(0);
+                }
+                let start = std::time::Instant::now();
+                rt.block_on(st.info(uid, InfoKind::Timestamps, Precondition::None))
+                    .unwrap();
+                timed += start.elapsed();
+            }
+            st.dbs().close_idle(0);
+            timed
+        })
+    });
+    // An LRU of one: every read of another user evicts (closes) the last one and opens
+    // its own file — the whole cost of an LRU miss.
+    let (_dir, st, rt) = storage(1, 0);
+    prefill(&st, &rt);
     let mut uid = 0u64;
-    c.bench_function("cold open + info/collections (LRU miss)", |b| {
+    c.bench_function("LRU miss: close + open + first query", |b| {
+        b.iter(|| {
+            uid = (uid + 1) % USERS;
+            rt.block_on(st.info(uid, InfoKind::Timestamps, Precondition::None))
+                .unwrap()
+        })
+    });
+    // With summaries (the default): a user whose file is not open, but whose
+    // collection timestamps are in memory, gets info/collections without an open.
+    let (_dir, st, rt) = storage(1, 100_000);
+    prefill(&st, &rt);
+    c.bench_function("info/collections from the summary (file not open)", |b| {
         b.iter(|| {
             uid = (uid + 1) % USERS;
             rt.block_on(st.info(uid, InfoKind::Timestamps, Precondition::None))

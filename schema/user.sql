@@ -29,7 +29,8 @@ CREATE INDEX bso_by_modified ON bso (collection, modified);
 CREATE INDEX bso_by_expiry ON bso (expiry);
 
 -- Small per-user facts: `last_modified` (the user's latest write timestamp) and
--- `usage_bytes` (payload bytes stored, kept exact by the triggers below).
+-- `usage_bytes` (payload bytes stored; kept by the triggers below in version 1, by the
+-- storage code since version 2, which drops them: see user_v2.sql).
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -503,6 +503,16 @@ fn random_operation_sequences_agree_with_the_model() {
                     serde_json::from_value::<BTreeMap<String, usize>>(counts).unwrap(),
                     want_counts
                 );
+                // The stored-bytes figure behind quotas is exact after every write.
+                let quota = runtime().block_on(c.get("/info/quota")).json();
+                let want_bytes: usize = want.values().flatten().map(|(_, (p, _))| p.len()).sum();
+                prop_assert_eq!(
+                    (quota[0].as_f64().unwrap() * 1024.0).round() as usize,
+                    want_bytes,
+                    "stored bytes after step {}: {:?}",
+                    i,
+                    op
+                );
             }
             Ok(())
         })

@@ -152,3 +152,51 @@ async fn sigterm_finishes_and_closes_files_cleanly() {
         json!({"col": 20})
     );
 }
+
+/// A file written by a version-1 server (usage kept by triggers, which missed records
+/// dropped by INSERT OR REPLACE) is brought to the current schema on first use: the
+/// figure is recounted, the triggers are gone, the records are untouched.
+#[tokio::test]
+async fn version_one_files_are_migrated_on_first_open() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("users").join("009");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("9.sqlite");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../schema/user.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA user_version = 1;
+             INSERT INTO collections (name, modified) VALUES ('forms', 170000000000);
+             INSERT INTO bso (collection, id, payload, payload_size, modified, expiry)
+             VALUES (1, 'f1', 'hello', 5, 170000000000, 9223372036854775807);
+             INSERT INTO meta (key, value) VALUES ('last_modified', 170000000000);
+             UPDATE meta SET value = 1000005 WHERE key = 'usage_bytes';",
+        )
+        .unwrap();
+    }
+    let s = Server::start_in(data, &[]);
+    let c = s.client(9);
+    assert_eq!(c.get("/storage/forms/f1").await.json()["payload"], "hello");
+    let quota = c.get("/info/quota").await.json();
+    assert_eq!(quota[0].as_f64().unwrap(), 5.0 / 1024.0);
+    // Writes keep the figure from here on, without triggers.
+    let r = c.put("/storage/forms/f1", &json!({"payload": "hi"})).await;
+    assert_eq!(r.status, 200);
+    let quota = c.get("/info/quota").await.json();
+    assert_eq!(quota[0].as_f64().unwrap(), 2.0 / 1024.0);
+    let conn = Connection::open(s.data.path().join("users/009/9.sqlite")).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let triggers: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(triggers, 0);
+}

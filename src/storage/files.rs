@@ -277,6 +277,7 @@ pub fn import(
             written += 1;
         }
     }
+    queries::recount_usage(&tx).map_err(sql)?;
     let last = queries::storage_modified(&tx).map_err(sql)?;
     queries::set_storage_modified(&tx, last.max(newest_write)).map_err(sql)?;
     tx.commit().map_err(sql)?;

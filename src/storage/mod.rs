@@ -425,9 +425,9 @@ impl Storage {
                     None => None,
                 };
                 pre.check(current.unwrap_or_default())?;
-                let coll = queries::touch_collection(w.tx, &collection, w.ts).map_err(sql)?;
-                queries::upsert_bso(w.tx, coll, &bso, w.ts, w.now).map_err(sql)?;
-                w.wrote(std::slice::from_ref(&bso));
+                let bsos = std::slice::from_ref(&bso);
+                queries::store_bsos(w.tx, &collection, bsos, w.ts, w.now).map_err(sql)?;
+                w.wrote(bsos);
                 Ok(w.ts)
             })
             .await

@@ -101,21 +101,50 @@ fn row_to_bso(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bso> {
     })
 }
 
+/// Moves the user's stored payload bytes by `delta`. Every change to `bso` goes
+/// through a function here that keeps this figure exact (no triggers: they would be
+/// parsed on every open of the file and compiled into every statement that writes).
+pub fn add_usage(tx: &Transaction<'_>, delta: i64) -> rusqlite::Result<()> {
+    if delta != 0 {
+        tx.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'usage_bytes'")?
+            .execute([delta])?;
+    }
+    Ok(())
+}
+
+/// Sets the user's stored payload bytes from the records themselves.
+pub fn recount_usage(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE meta SET value = (SELECT coalesce(sum(payload_size), 0) FROM bso)
+         WHERE key = 'usage_bytes'",
+        [],
+    )?;
+    Ok(())
+}
+
 /// Creates or updates one record as a PUT does: fields not sent are kept (or take
-/// their defaults on a new record); a write of `ttl` alone keeps `modified`.
-pub fn upsert_bso(
+/// their defaults on a new record); a write of `ttl` alone keeps `modified`. Returns
+/// the change in stored payload bytes, for the caller to pass to [`add_usage`].
+fn upsert_bso(
     tx: &Transaction<'_>,
     coll: i64,
     bso: &BsoInput,
     ts: Timestamp,
     now: Timestamp,
-) -> rusqlite::Result<()> {
-    let live: Option<(i64, i64)> = tx
+) -> rusqlite::Result<i64> {
+    // The stored row, live or expired (an expired one is replaced as if absent).
+    let stored: Option<(i64, i64, i64)> = tx
         .prepare_cached(
-            "SELECT modified, expiry FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3",
+            "SELECT modified, expiry, payload_size FROM bso WHERE collection = ?1 AND id = ?2",
         )?
-        .query_row(params![coll, bso.id, now.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![coll, bso.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
+    let old_size = stored.map_or(0, |(_, _, size)| size);
+    let live = stored
+        .filter(|&(_, expiry, _)| expiry > now.0)
+        .map(|(modified, expiry, _)| (modified, expiry));
     let payload: Option<&str> = match &bso.payload {
         Field::Set(p) => Some(p),
         Field::Null => Some(""),
@@ -151,6 +180,7 @@ pub fn upsert_bso(
                 modified,
                 expiry_from(expiry)
             ])?;
+            Ok(payload.map_or(0, |p| p.len() as i64 - old_size))
         }
         None => {
             let payload = payload.unwrap_or("");
@@ -168,9 +198,9 @@ pub fn upsert_bso(
                 ts.0,
                 expiry_from(NEVER)
             ])?;
+            Ok(payload.len() as i64 - old_size)
         }
     }
-    Ok(())
 }
 
 /// Writes records into a collection as one write (PUT semantics for each): creates
@@ -187,10 +217,11 @@ pub fn store_bsos(
         return Ok(());
     }
     let coll = touch_collection(tx, collection, ts)?;
+    let mut delta = 0;
     for bso in bsos {
-        upsert_bso(tx, coll, bso, ts, now)?;
+        delta += upsert_bso(tx, coll, bso, ts, now)?;
     }
-    Ok(())
+    add_usage(tx, delta)
 }
 
 /// Deletes one record; returns whether a live one existed.
@@ -200,23 +231,37 @@ pub fn delete_bso(
     id: &str,
     now: Timestamp,
 ) -> rusqlite::Result<bool> {
-    let n = tx
-        .prepare_cached("DELETE FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3")?
-        .execute(params![coll, id, now.0])?;
-    Ok(n > 0)
+    let size: Option<i64> = tx
+        .prepare_cached(
+            "DELETE FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3
+             RETURNING payload_size",
+        )?
+        .query_row(params![coll, id, now.0], |r| r.get(0))
+        .optional()?;
+    add_usage(tx, -size.unwrap_or(0))?;
+    Ok(size.is_some())
 }
 
 /// Deletes the listed records of a collection.
 pub fn delete_bsos(tx: &Transaction<'_>, coll: i64, ids: &[String]) -> rusqlite::Result<usize> {
     let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-    tx.prepare_cached(
-        "DELETE FROM bso WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2))",
-    )?
-    .execute(params![coll, ids])
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM bso WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2))
+         RETURNING payload_size",
+    )?;
+    let sizes = stmt
+        .query_map(params![coll, ids], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    add_usage(tx, -sizes.iter().sum::<i64>())?;
+    Ok(sizes.len())
 }
 
 /// Deletes a collection and all its records.
 pub fn delete_collection(tx: &Transaction<'_>, coll: i64) -> rusqlite::Result<()> {
+    let bytes: i64 = tx
+        .prepare_cached("SELECT coalesce(sum(payload_size), 0) FROM bso WHERE collection = ?1")?
+        .query_row([coll], |r| r.get(0))?;
+    add_usage(tx, -bytes)?;
     tx.prepare_cached("DELETE FROM bso WHERE collection = ?1")?
         .execute([coll])?;
     tx.prepare_cached("DELETE FROM collections WHERE id = ?1")?
@@ -227,7 +272,10 @@ pub fn delete_collection(tx: &Transaction<'_>, coll: i64) -> rusqlite::Result<()
 /// Deletes every record and collection of the user (the last-modified time stays, so
 /// later writes still get larger timestamps).
 pub fn delete_everything(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    tx.execute_batch("DELETE FROM bso; DELETE FROM collections;")
+    tx.execute_batch(
+        "DELETE FROM bso; DELETE FROM collections;
+         UPDATE meta SET value = 0 WHERE key = 'usage_bytes';",
+    )
 }
 
 /// The order of a listing.
@@ -363,7 +411,7 @@ pub fn list_bsos(
     Ok((out, next))
 }
 
-/// Payload bytes stored by the user (kept exact by triggers on `bso`).
+/// Payload bytes stored by the user (kept exact by every write of `bso` here).
 pub fn usage_bytes(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
     tx.prepare_cached("SELECT value FROM meta WHERE key = 'usage_bytes'")?
         .query_row([], |r| r.get(0))
@@ -507,12 +555,16 @@ pub fn purge_expired(
     now: Timestamp,
     limit: i64,
 ) -> rusqlite::Result<(usize, usize)> {
-    let records = tx
+    let sizes = tx
         .prepare_cached(
             "DELETE FROM bso WHERE rowid IN
-                (SELECT rowid FROM bso WHERE expiry <= ?1 LIMIT ?2)",
+                (SELECT rowid FROM bso WHERE expiry <= ?1 LIMIT ?2)
+             RETURNING payload_size",
         )?
-        .execute(params![now.0, limit])?;
+        .query_map(params![now.0, limit], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    add_usage(tx, -sizes.iter().sum::<i64>())?;
+    let records = sizes.len();
     tx.prepare_cached(
         "DELETE FROM batch_bsos WHERE batch IN (SELECT id FROM batches WHERE expiry <= ?1)",
     )?

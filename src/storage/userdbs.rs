@@ -29,10 +29,14 @@ use super::model::Timestamp;
 use super::summary::{Summaries, Summary, WalStamp};
 use super::{StorageError, Written, queries};
 
-/// The per-user schema, applied to fresh files.
-const USER_SCHEMA: &str = include_str!("../../schema/user.sql");
+/// The per-user schema, version by version: entry `i` takes a file from version `i`
+/// to `i + 1`.
+const USER_SCHEMA: [&str; 2] = [
+    include_str!("../../schema/user.sql"),
+    include_str!("../../schema/user_v2.sql"),
+];
 /// The schema version written to `PRAGMA user_version` after migration.
-pub const USER_SCHEMA_VERSION: i64 = 1;
+pub const USER_SCHEMA_VERSION: i64 = USER_SCHEMA.len() as i64;
 
 /// How user files are opened and shared; taken from the server settings.
 #[derive(Debug, Clone)]
@@ -480,7 +484,8 @@ impl UserDbs {
                     let version: i64 = conn
                         .query_row("PRAGMA user_version", [], |r| r.get(0))
                         .map_err(sql)?;
-                    if ok != "ok" || version != USER_SCHEMA_VERSION {
+                    // An older schema is fine: it is migrated when first opened.
+                    if ok != "ok" || !(1..=USER_SCHEMA_VERSION).contains(&version) {
                         return Err(StorageError::Invalid(format!(
                             "copy of user {uid} is not sound ({ok}, schema {version})"
                         )));
@@ -910,11 +915,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let result = match version {
-        0 => conn.execute_batch(&format!(
-            "{USER_SCHEMA}\nPRAGMA user_version = {USER_SCHEMA_VERSION};"
-        )),
-        v if v == USER_SCHEMA_VERSION => Ok(()),
+    let result = match usize::try_from(version) {
+        Ok(from) if from <= USER_SCHEMA.len() => USER_SCHEMA[from..]
+            .iter()
+            .try_for_each(|step| conn.execute_batch(step))
+            .and_then(|()| {
+                conn.execute_batch(&format!("PRAGMA user_version = {USER_SCHEMA_VERSION};"))
+            }),
+        // A newer schema than this binary knows: refuse rather than damage it.
         _ => Err(rusqlite::Error::InvalidQuery),
     };
     match result {
