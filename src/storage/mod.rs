@@ -187,6 +187,17 @@ pub struct Listing {
     pub next_offset: Option<String>,
 }
 
+impl Listing {
+    /// A page with no records, of a collection last modified at `modified`.
+    fn empty(modified: Timestamp) -> Listing {
+        Listing {
+            modified,
+            items: vec![],
+            next_offset: None,
+        }
+    }
+}
+
 /// The answer to a POST of records.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PostResult {
@@ -349,16 +360,10 @@ impl Storage {
         // nothing to list: its summary says so without opening the file.
         if let Some(summary) = self.dbs.fresh_summary(uid)? {
             let modified = summary.collection(&collection);
-            pre.check(modified.unwrap_or_default())?;
-            match modified {
-                Some(m) if query.newer_than.is_none_or(|newer| newer < m.0) => {}
-                _ => {
-                    return Ok(Listing {
-                        modified: modified.unwrap_or_default(),
-                        items: vec![],
-                        next_offset: None,
-                    });
-                }
+            let last = modified.unwrap_or_default();
+            pre.check(last)?;
+            if modified.is_none() || query.newer_than.is_some_and(|newer| newer >= last.0) {
+                return Ok(Listing::empty(last));
             }
         }
         self.dbs
@@ -367,11 +372,7 @@ impl Storage {
                 let Some((coll, modified)) = queries::collection(tx, &collection).map_err(sql)?
                 else {
                     pre.check(Timestamp(0))?;
-                    return Ok(Listing {
-                        modified: Timestamp(0),
-                        items: vec![],
-                        next_offset: None,
-                    });
+                    return Ok(Listing::empty(Timestamp(0)));
                 };
                 pre.check(modified)?;
                 let (items, next) = queries::list_bsos(tx, coll, &query, now).map_err(sql)?;

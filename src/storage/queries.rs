@@ -112,6 +112,21 @@ pub fn add_usage(tx: &Transaction<'_>, delta: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Runs `sql`, a `DELETE` of records `RETURNING payload_size`, and takes their bytes
+/// off the user's stored bytes; returns how many records went.
+fn delete_records<P: rusqlite::Params>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    let sizes = tx
+        .prepare_cached(sql)?
+        .query_map(params, |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    add_usage(tx, -sizes.iter().sum::<i64>())?;
+    Ok(sizes.len())
+}
+
 /// Sets the user's stored payload bytes from the records themselves.
 pub fn recount_usage(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute(
@@ -231,39 +246,33 @@ pub fn delete_bso(
     id: &str,
     now: Timestamp,
 ) -> rusqlite::Result<bool> {
-    let size: Option<i64> = tx
-        .prepare_cached(
-            "DELETE FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3
-             RETURNING payload_size",
-        )?
-        .query_row(params![coll, id, now.0], |r| r.get(0))
-        .optional()?;
-    add_usage(tx, -size.unwrap_or(0))?;
-    Ok(size.is_some())
+    let n = delete_records(
+        tx,
+        "DELETE FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3
+         RETURNING payload_size",
+        params![coll, id, now.0],
+    )?;
+    Ok(n > 0)
 }
 
 /// Deletes the listed records of a collection.
 pub fn delete_bsos(tx: &Transaction<'_>, coll: i64, ids: &[String]) -> rusqlite::Result<usize> {
     let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-    let mut stmt = tx.prepare_cached(
+    delete_records(
+        tx,
         "DELETE FROM bso WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2))
          RETURNING payload_size",
-    )?;
-    let sizes = stmt
-        .query_map(params![coll, ids], |r| r.get::<_, i64>(0))?
-        .collect::<rusqlite::Result<Vec<i64>>>()?;
-    add_usage(tx, -sizes.iter().sum::<i64>())?;
-    Ok(sizes.len())
+        params![coll, ids],
+    )
 }
 
 /// Deletes a collection and all its records.
 pub fn delete_collection(tx: &Transaction<'_>, coll: i64) -> rusqlite::Result<()> {
-    let bytes: i64 = tx
-        .prepare_cached("SELECT coalesce(sum(payload_size), 0) FROM bso WHERE collection = ?1")?
-        .query_row([coll], |r| r.get(0))?;
-    add_usage(tx, -bytes)?;
-    tx.prepare_cached("DELETE FROM bso WHERE collection = ?1")?
-        .execute([coll])?;
+    delete_records(
+        tx,
+        "DELETE FROM bso WHERE collection = ?1 RETURNING payload_size",
+        [coll],
+    )?;
     tx.prepare_cached("DELETE FROM collections WHERE id = ?1")?
         .execute([coll])?;
     Ok(())
@@ -555,16 +564,13 @@ pub fn purge_expired(
     now: Timestamp,
     limit: i64,
 ) -> rusqlite::Result<(usize, usize)> {
-    let sizes = tx
-        .prepare_cached(
-            "DELETE FROM bso WHERE rowid IN
-                (SELECT rowid FROM bso WHERE expiry <= ?1 LIMIT ?2)
-             RETURNING payload_size",
-        )?
-        .query_map(params![now.0, limit], |r| r.get::<_, i64>(0))?
-        .collect::<rusqlite::Result<Vec<i64>>>()?;
-    add_usage(tx, -sizes.iter().sum::<i64>())?;
-    let records = sizes.len();
+    let records = delete_records(
+        tx,
+        "DELETE FROM bso WHERE rowid IN
+            (SELECT rowid FROM bso WHERE expiry <= ?1 LIMIT ?2)
+         RETURNING payload_size",
+        params![now.0, limit],
+    )?;
     tx.prepare_cached(
         "DELETE FROM batch_bsos WHERE batch IN (SELECT id FROM batches WHERE expiry <= ?1)",
     )?

@@ -129,6 +129,11 @@ impl Summaries {
         fresh
     }
 
+    /// Whether summaries are kept at all (`summary_cache_users` above 0).
+    pub fn enabled(&self) -> bool {
+        self.map.is_some()
+    }
+
     /// Keeps `summary` for `uid`. Call only while holding the user's write lock.
     pub fn put(&self, uid: u64, summary: Arc<Summary>) {
         if summary.stamp.is_none() {

@@ -656,9 +656,11 @@ impl UserDbs {
             }
             // The next sync of this user starts with info/collections: have it ready.
             // (Still under the write lock; a failure here only costs a later read.)
-            match read_summary(uid, &db.path, &mut conn) {
-                Ok(summary) => this.inner.summaries.put(uid, Arc::new(summary)),
-                Err(_) => this.inner.summaries.forget(uid),
+            if this.inner.summaries.enabled() {
+                match read_summary(uid, &db.path, &mut conn) {
+                    Ok(summary) => this.inner.summaries.put(uid, Arc::new(summary)),
+                    Err(_) => this.inner.summaries.forget(uid),
+                }
             }
             Ok(Written { value, usage_bytes })
         })
