@@ -812,15 +812,15 @@ fn install_template(path: &Path, template: &[u8]) -> Result<(), StorageError> {
 const OPEN_FLAGS: OpenFlags =
     OpenFlags::SQLITE_OPEN_READ_WRITE.union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
-/// Page cache of one connection, KB. Big enough for the pages one write touches
-/// (the meta and collection rows, a leaf of the records and of each index, the
-/// pointer map): with 32 KB every POST of 5 records read ~24 pages back from the
-/// OS and spilled dirty pages to the WAL mid-transaction (25 pwrites, 24 preads per
-/// write; a 300-record batch upload ~1,560 pwrites and ~2,960 preads); with 64 KB
-/// the POST reads none and writes 17, the batch upload 690 and 580, and takes 5.5
-/// instead of 9 ms. Still small, so memory stays flat with many users open (256 KB
-/// took the Sync mix with 1,000 users open to ~300 MB peak RSS).
-const CACHE_KB: u32 = 64;
+/// Page cache of one connection, KB. Small on purpose: most opens of a user file
+/// serve one session and are closed again, so a page read once is rarely read from
+/// this cache twice, and each page allocated is a page the allocator must fault in and
+/// hand back. 64 KB spared a warm POST its page reads (strace: 25 pwrites and 24
+/// preads per write → 17 and 0) and halved a 300-record batch upload's syscalls, but
+/// the 100,000-user mix, nearly all cold opens, ran ~8% slower in two paired runs
+/// (4,534 and 4,871 req/s against 4,949 and 5,317; peak RSS 111 against 100 MB).
+/// 256 KB took the mix with 1,000 users open to ~300 MB peak RSS.
+const CACHE_KB: u32 = 32;
 
 /// Sets up a connection to a user file: PRAGMAs, and no checkpoint when it closes —
 /// evicting a user from the LRU must not cost a checkpoint and an fsync on the request
