@@ -14,12 +14,16 @@ pub fn storage_modified(tx: &Transaction<'_>) -> rusqlite::Result<Timestamp> {
 }
 
 /// Records the user's latest write timestamp.
+/// (An `UPDATE`, and an `INSERT` only for the user's first write: see
+/// [`touch_collection`] on compiling upserts.)
 pub fn set_storage_modified(tx: &Transaction<'_>, ts: Timestamp) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES ('last_modified', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([ts.0])?;
+    let updated = tx
+        .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_modified'")?
+        .execute([ts.0])?;
+    if updated == 0 {
+        tx.prepare_cached("INSERT INTO meta (key, value) VALUES ('last_modified', ?1)")?
+            .execute([ts.0])?;
+    }
     Ok(())
 }
 
