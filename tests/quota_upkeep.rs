@@ -104,12 +104,8 @@ async fn upkeep_purges_expired_records_and_abandoned_batches_from_disk() {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let conn = Connection::open(&path).unwrap();
-        let (bsos, batches, batch_bsos) = (
-            count(&conn, "bso"),
-            count(&conn, "batches"),
-            count(&conn, "batch_bsos"),
-        );
-        if bsos == 1 && batches == 0 && batch_bsos == 0 {
+        let (bsos, batch_rows) = (count(&conn, "bso"), count(&conn, "batch_items"));
+        if bsos == 1 && batch_rows == 0 {
             let usage: i64 = conn
                 .query_row(
                     "SELECT value FROM meta WHERE key = 'usage_bytes'",
@@ -122,7 +118,7 @@ async fn upkeep_purges_expired_records_and_abandoned_batches_from_disk() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "not purged: {bsos} records, {batches} batches"
+            "not purged: {bsos} records, {batch_rows} batch rows"
         );
     }
     assert_eq!(c.get("/storage/col").await.json(), json!(["keep"]));
@@ -190,7 +186,7 @@ async fn version_one_files_are_migrated_on_first_open() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let triggers: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'",
@@ -199,4 +195,82 @@ async fn version_one_files_are_migrated_on_first_open() {
         )
         .unwrap();
     assert_eq!(triggers, 0);
+}
+
+/// A batch left open by a version-2 server (two batch tables) survives the move to
+/// version 3 (one table): after the upgrade it is still bound to its collection, keeps
+/// its records with the fields that were sent, takes more records, and commits them all.
+#[tokio::test]
+async fn open_batches_survive_the_version_three_migration() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("users").join("011");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("11.sqlite");
+    let far = 9_000_000_000_000_i64; // batch expiry, 10 ms units: far in the future
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../schema/user.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../schema/user_v2.sql"))
+            .unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA user_version = 2;
+             INSERT INTO batches (id, collection, expiry, records, bytes)
+             VALUES ('oldbatch', 'bookmarks', {far}, 3, 6);
+             INSERT INTO batch_bsos (batch, id, seq, payload, sortindex, sortindex_set, ttl, ttl_set)
+             VALUES ('oldbatch', 'zz', 1, 'first', 7, 1, NULL, 0),
+                    ('oldbatch', 'aa', 2, NULL, NULL, 1, 3600, 1),
+                    ('oldbatch', 'mm', 3, 'third', NULL, 0, NULL, 0);"
+        ))
+        .unwrap();
+    }
+    let s = Server::start_in(data, &[]);
+    let c = s.client(11);
+    let r = c
+        .post(
+            "/storage/history?batch=oldbatch",
+            &json!([{"id": "x", "payload": "y"}]),
+        )
+        .await;
+    assert_eq!(r.status, 400, "still bound to its collection");
+    let r = c
+        .post(
+            "/storage/bookmarks?batch=oldbatch&commit=true",
+            &json!([{"id": "aa", "payload": "second"}, {"id": "new", "payload": "fourth"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let listed = c.get("/storage/bookmarks?full=1&sort=oldest").await.json();
+    let fields: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["id"].clone(),
+                b["payload"].clone(),
+                b["sortindex"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(fields.len(), 4, "{listed}");
+    let by_id = |id: &str| fields.iter().find(|f| f.0 == id).cloned().unwrap();
+    assert_eq!(by_id("zz"), (json!("zz"), json!("first"), json!(7)));
+    assert_eq!(by_id("aa"), (json!("aa"), json!("second"), json!(null)));
+    assert_eq!(by_id("mm"), (json!("mm"), json!("third"), json!(null)));
+    assert_eq!(by_id("new"), (json!("new"), json!("fourth"), json!(null)));
+    let conn = Connection::open(s.data.path().join("users/011/11.sqlite")).unwrap();
+    assert_eq!(
+        count(&conn, "batch_items"),
+        0,
+        "the committed batch is gone"
+    );
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name IN ('batches', 'batch_bsos')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
 }

@@ -153,7 +153,7 @@ fn open_path(path: &Path, uid: u64) -> Result<Connection, StorageError> {
     )
     .map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(30)).map_err(sql)?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;")
+    conn.execute_batch("PRAGMA journal_mode=WAL;")
         .map_err(sql)?;
     Ok(conn)
 }
@@ -303,7 +303,7 @@ pub fn delete_user(data_dir: &Path, uid: u64) -> Result<bool, StorageError> {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         queries::delete_everything(&tx).map_err(sql)?;
-        tx.execute("DELETE FROM batches", []).map_err(sql)?;
+        queries::delete_batches(&tx).map_err(sql)?;
         tx.commit().map_err(sql)?;
     }
     for ext in ["", "-wal", "-shm"] {

@@ -553,9 +553,9 @@ impl Storage {
                         id
                     }
                     BatchRef::Existing(id) => {
-                        let row = queries::batch(w.tx, &id, w.now).map_err(sql)?;
-                        match row {
-                            Some(b) if b.collection == post.collection => id,
+                        let bound = queries::batch_collection(w.tx, &id, w.now).map_err(sql)?;
+                        match bound {
+                            Some(c) if c == post.collection => id,
                             _ => return Err(StorageError::BatchNotFound),
                         }
                     }

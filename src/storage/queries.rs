@@ -443,42 +443,41 @@ pub fn usage_bytes(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
         .map(|v| v.unwrap_or(0))
 }
 
-/// A batch in progress.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchRow {
-    /// The collection the batch belongs to.
-    pub collection: String,
-    /// Distinct records appended so far.
-    pub records: i64,
-    /// Payload bytes appended so far.
-    pub bytes: i64,
-}
-
-/// Opens a new batch for `collection`, purged if not committed before `expiry`.
+/// Opens a new batch for `collection`, purged if not committed before `expiry`: its
+/// header row (id '').
 pub fn create_batch(
     tx: &Transaction<'_>,
     id: &str,
     collection: &str,
     expiry: i64,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO batches (id, collection, expiry) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, collection, expiry])?;
+    tx.prepare_cached(
+        "INSERT INTO batch_items (batch, id, collection, expiry) VALUES (?1, '', ?2, ?3)",
+    )?
+    .execute(params![id, collection, expiry])?;
     Ok(())
 }
 
-/// A live (unexpired) batch.
-pub fn batch(tx: &Transaction<'_>, id: &str, now: Timestamp) -> rusqlite::Result<Option<BatchRow>> {
+/// The collection a live (unexpired) batch is bound to.
+pub fn batch_collection(
+    tx: &Transaction<'_>,
+    id: &str,
+    now: Timestamp,
+) -> rusqlite::Result<Option<String>> {
     tx.prepare_cached(
-        "SELECT collection, records, bytes FROM batches WHERE id = ?1 AND expiry > ?2",
+        "SELECT collection FROM batch_items WHERE batch = ?1 AND id = '' AND expiry > ?2",
     )?
-    .query_row(params![id, now.0], |r| {
-        Ok(BatchRow {
-            collection: r.get(0)?,
-            records: r.get(1)?,
-            bytes: r.get(2)?,
-        })
-    })
+    .query_row(params![id, now.0], |r| r.get(0))
     .optional()
+}
+
+/// A batch's size so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTotals {
+    /// Distinct records appended.
+    pub records: i64,
+    /// Payload bytes appended.
+    pub bytes: i64,
 }
 
 /// Appends records to a batch (a repeated id merges field by field) and returns the
@@ -487,24 +486,17 @@ pub fn append_batch(
     tx: &Transaction<'_>,
     id: &str,
     bsos: &[BsoInput],
-) -> rusqlite::Result<BatchRow> {
-    // Order of first appearance: numbered on from the batch's highest so far, found
-    // once per append (asking per record made a long batch quadratic).
-    let last_seq: i64 = tx
-        .prepare_cached("SELECT coalesce(max(seq), 0) FROM batch_bsos WHERE batch = ?1")?
-        .query_row([id], |r| r.get(0))?;
+) -> rusqlite::Result<BatchTotals> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO batch_bsos
-            (batch, id, seq, payload, sortindex, sortindex_set, ttl, ttl_set)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO batch_items (batch, id, payload, sortindex, ttl, sent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(batch, id) DO UPDATE SET
             payload = coalesce(excluded.payload, payload),
-            sortindex = CASE WHEN excluded.sortindex_set THEN excluded.sortindex ELSE sortindex END,
-            sortindex_set = sortindex_set OR excluded.sortindex_set,
-            ttl = CASE WHEN excluded.ttl_set THEN excluded.ttl ELSE ttl END,
-            ttl_set = ttl_set OR excluded.ttl_set",
+            sortindex = CASE WHEN excluded.sent & 1 THEN excluded.sortindex ELSE sortindex END,
+            ttl = CASE WHEN excluded.sent & 2 THEN excluded.ttl ELSE ttl END,
+            sent = sent | excluded.sent",
     )?;
-    for (seq, b) in (last_seq + 1..).zip(bsos) {
+    for b in bsos {
         let payload: Option<&str> = match &b.payload {
             Field::Set(p) => Some(p),
             Field::Null => Some(""),
@@ -512,20 +504,17 @@ pub fn append_batch(
         };
         let (si_set, si) = field_parts(&b.sortindex);
         let (ttl_set, ttl) = field_parts(&b.ttl);
-        stmt.execute(params![id, b.id, seq, payload, si, si_set, ttl, ttl_set])?;
+        let sent = i64::from(si_set) | i64::from(ttl_set) << 1;
+        stmt.execute(params![id, b.id, payload, si, ttl, sent])?;
     }
     tx.prepare_cached(
-        "UPDATE batches SET
-            records = (SELECT count(*) FROM batch_bsos WHERE batch = ?1),
-            bytes = (SELECT total(length(CAST(payload AS BLOB))) FROM batch_bsos WHERE batch = ?1)
-         WHERE id = ?1
-         RETURNING collection, records, bytes",
+        "SELECT count(*), total(length(CAST(payload AS BLOB)))
+         FROM batch_items WHERE batch = ?1 AND id > ''",
     )?
     .query_row([id], |r| {
-        Ok(BatchRow {
-            collection: r.get(0)?,
-            records: r.get(1)?,
-            bytes: r.get::<_, f64>(2)? as i64,
+        Ok(BatchTotals {
+            records: r.get(0)?,
+            bytes: r.get::<_, f64>(1)? as i64,
         })
     })
 }
@@ -541,11 +530,12 @@ fn field_parts(f: &Field<i64>) -> (bool, Option<i64>) {
 /// The records of a batch, in the order they were first appended.
 pub fn batch_bsos(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Vec<BsoInput>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT id, payload, sortindex, sortindex_set, ttl, ttl_set
-         FROM batch_bsos WHERE batch = ?1 ORDER BY seq",
+        "SELECT id, payload, sortindex, ttl, sent
+         FROM batch_items WHERE batch = ?1 AND id > '' ORDER BY rowid",
     )?;
     let rows = stmt.query_map([id], |r| {
-        let field = |set: bool, v: Option<i64>| match (set, v) {
+        let sent: i64 = r.get(4)?;
+        let field = |bit: i64, v: Option<i64>| match (sent & bit != 0, v) {
             (false, _) => Field::Absent,
             (true, None) => Field::Null,
             (true, Some(v)) => Field::Set(v),
@@ -556,19 +546,23 @@ pub fn batch_bsos(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Vec<BsoInp
                 Some(p) => Field::Set(p),
                 None => Field::Absent,
             },
-            sortindex: field(r.get(3)?, r.get(2)?),
-            ttl: field(r.get(5)?, r.get(4)?),
+            sortindex: field(1, r.get(2)?),
+            ttl: field(2, r.get(3)?),
         })
     })?;
     rows.collect()
 }
 
-/// Deletes a batch and its records.
+/// Deletes a batch: its header and records.
 pub fn delete_batch(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM batch_bsos WHERE batch = ?1")?
+    tx.prepare_cached("DELETE FROM batch_items WHERE batch = ?1")?
         .execute([id])?;
-    tx.prepare_cached("DELETE FROM batches WHERE id = ?1")?
-        .execute([id])?;
+    Ok(())
+}
+
+/// Deletes every batch of the user.
+pub fn delete_batches(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM batch_items", [])?;
     Ok(())
 }
 
@@ -586,13 +580,17 @@ pub fn purge_expired(
          RETURNING payload_size",
         params![now.0, limit],
     )?;
-    tx.prepare_cached(
-        "DELETE FROM batch_bsos WHERE batch IN (SELECT id FROM batches WHERE expiry <= ?1)",
-    )?
-    .execute([now.0])?;
     let batches = tx
-        .prepare_cached("DELETE FROM batches WHERE expiry <= ?1")?
-        .execute([now.0])?;
+        .prepare_cached(
+            "DELETE FROM batch_items WHERE batch IN
+                (SELECT batch FROM batch_items WHERE id = '' AND expiry <= ?1)
+             RETURNING id = ''",
+        )?
+        .query_map([now.0], |r| r.get::<_, bool>(0))?
+        .collect::<rusqlite::Result<Vec<bool>>>()?
+        .into_iter()
+        .filter(|&header| header)
+        .count();
     Ok((records, batches))
 }
 

@@ -31,9 +31,10 @@ use super::{StorageError, Written, queries};
 
 /// The per-user schema, version by version: entry `i` takes a file from version `i`
 /// to `i + 1`.
-const USER_SCHEMA: [&str; 2] = [
+const USER_SCHEMA: [&str; 3] = [
     include_str!("../../schema/user.sql"),
     include_str!("../../schema/user_v2.sql"),
+    include_str!("../../schema/user_v3.sql"),
 ];
 /// The schema version written to `PRAGMA user_version` after migration.
 pub const USER_SCHEMA_VERSION: i64 = USER_SCHEMA.len() as i64;
@@ -234,7 +235,7 @@ impl UserDbs {
             "NORMAL"
         };
         let pragmas = format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; \
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
              PRAGMA busy_timeout={}; PRAGMA cache_size=-{CACHE_KB};",
             config.lock_timeout.as_millis().max(1000)
         );
