@@ -33,3 +33,8 @@ FROM batch_bsos ORDER BY batch, seq;
 
 DROP TABLE batch_bsos;
 DROP TABLE batches;
+
+-- Only records with a TTL are indexed by expiry (NEVER is the largest integer): most
+-- records have none, and each write of one used to update this index too.
+DROP INDEX bso_by_expiry;
+CREATE INDEX bso_by_expiry ON bso (expiry) WHERE expiry < 9223372036854775807;

@@ -576,7 +576,7 @@ pub fn purge_expired(
     let records = delete_records(
         tx,
         "DELETE FROM bso WHERE rowid IN
-            (SELECT rowid FROM bso WHERE expiry <= ?1 LIMIT ?2)
+            (SELECT rowid FROM bso WHERE expiry <= ?1 AND expiry < 9223372036854775807 LIMIT ?2)
          RETURNING payload_size",
         params![now.0, limit],
     )?;
