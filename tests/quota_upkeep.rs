@@ -274,3 +274,99 @@ async fn open_batches_survive_the_version_three_migration() {
         .unwrap();
     assert_eq!(tables, 0);
 }
+
+/// A user's WAL is checkpointed in the background once it passes 500 frames (~2 MB;
+/// the hourly upkeep is off here): the next write starts it over, so it never reaches
+/// the 1,000 frames at which SQLite would checkpoint inline, in a client's write.
+#[tokio::test]
+async fn long_wals_are_checkpointed_in_the_background() {
+    const THRESHOLD: u64 = 500 * (4096 + 24);
+    let s = Server::start(&[("SYNCSTORE_UPKEEP_INTERVAL_SECS", "3600")]);
+    let c = s.client(77);
+    let wal = s.data.path().join("users/077/77.sqlite-wal");
+    let checkpoints = || async {
+        let text = reqwest::get(format!("{}/__metrics__", s.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("syncstore_checkpoints_total{outcome=\"done\"} "))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    let (mut longest, mut seen) = (0, 0);
+    for round in 0..60 {
+        let records: Vec<_> = (0..100)
+            .map(|i| json!({"id": format!("r{round}-{i}"), "payload": "x".repeat(1000)}))
+            .collect();
+        let r = c
+            .post("/storage/history", &serde_json::Value::Array(records))
+            .await;
+        assert_eq!(r.status, 200);
+        let len = std::fs::metadata(&wal).unwrap().len();
+        longest = longest.max(len);
+        if len > THRESHOLD {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while checkpoints().await == seen {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no checkpoint at {len} bytes"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen = checkpoints().await;
+        }
+    }
+    assert!(seen >= 2, "{seen} background checkpoints");
+    assert!(
+        longest < THRESHOLD + (1 << 20),
+        "the WAL grew to {longest} bytes"
+    );
+    assert_eq!(
+        c.get("/info/collection_counts").await.json(),
+        json!({"history": 6000})
+    );
+}
+
+/// Upkeep visits files no request has opened since an upgrade: it brings them to the
+/// current schema first, then purges them.
+#[tokio::test]
+async fn upkeep_migrates_files_it_visits_before_purging() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("users").join("012");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let conn = Connection::open(dir.join("12.sqlite")).unwrap();
+        conn.execute_batch(include_str!("../schema/user.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../schema/user_v2.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA user_version = 2;
+             INSERT INTO collections (name, modified) VALUES ('tabs', 170000000000);
+             INSERT INTO bso (collection, id, payload, payload_size, modified, expiry)
+             VALUES (1, 'gone', 'old', 3, 170000000000, 170000000100),
+                    (1, 'kept', 'new', 3, 170000000000, 9223372036854775807);
+             UPDATE meta SET value = 6 WHERE key = 'usage_bytes';",
+        )
+        .unwrap();
+    }
+    let s = Server::start_in(data, &[("SYNCSTORE_UPKEEP_INTERVAL_SECS", "1")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !s.log_text().contains("records_purged=1") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!s.log_text().contains("upkeep skipped"), "{}", s.log_text());
+    let conn = Connection::open(s.data.path().join("users/012/12.sqlite")).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    assert_eq!(count(&conn, "bso"), 1);
+    assert_eq!(
+        s.client(12).get("/storage/tabs").await.json(),
+        json!(["kept"])
+    );
+}

@@ -5,6 +5,7 @@
 //! runs in one transaction of the user's file and checks the request's precondition
 //! (`X-If-Modified-Since` / `X-If-Unmodified-Since`) inside that transaction.
 
+mod checkpointer;
 pub mod files;
 pub mod legacy;
 pub mod model;

@@ -52,6 +52,11 @@ impl WalStamp {
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
         })
     }
+
+    /// The WAL's length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
 }
 
 /// Sets the modification time of the WAL of the database at `db` to the precise

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::model::Timestamp;
-use super::userdbs::{UserDbs, user_path};
+use super::userdbs::UserDbs;
 use super::{StorageError, queries};
 
 /// Most expired records purged from one user per visit.
@@ -126,19 +126,10 @@ impl UserDbs {
                 let mut conn = db.connection()?;
                 work(&mut conn)
             }
-            None => {
-                let path = user_path(self.data_dir(), uid);
-                let mut conn = Connection::open(&path).map_err(sql)?;
-                conn.busy_timeout(std::time::Duration::from_secs(5))
-                    .map_err(sql)?;
-                let version: i64 = conn
-                    .query_row("PRAGMA user_version", [], |r| r.get(0))
-                    .map_err(sql)?;
-                if version == 0 {
-                    return Ok((0, 0, 0)); // not yet migrated: nothing stored
-                }
-                work(&mut conn)
-            }
+            None => match self.open_unpooled(uid).map_err(sql)? {
+                Some(mut conn) => work(&mut conn),
+                None => Ok((0, 0, 0)), // never written: nothing stored
+            },
         }
     }
 }

@@ -18,13 +18,14 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use super::checkpointer::{BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointer};
 use super::model::Timestamp;
 use super::summary::{Summaries, Summary, WalStamp};
 use super::{StorageError, Written, queries};
@@ -60,7 +61,7 @@ pub struct UserDbsConfig {
 
 /// One open user: a small pool of connections to the user's file.
 pub struct UserDb {
-    uid: u64,
+    pub(super) uid: u64,
     path: PathBuf,
     /// The PRAGMAs every new connection runs.
     pragmas: Arc<str>,
@@ -72,6 +73,8 @@ pub struct UserDb {
     freed: Condvar,
     /// Unix seconds of the last request, so upkeep can close idle files.
     last_used: AtomicU64,
+    /// Whether the background checkpointer has this file in its queue.
+    pub(super) checkpoint_queued: AtomicBool,
 }
 
 /// The connections of one user: idle ones, and how many exist in all.
@@ -215,6 +218,8 @@ struct Inner {
     moved_away: Mutex<std::collections::HashSet<u64>>,
     /// Recently active users' collection timestamps.
     summaries: Summaries,
+    /// Checkpoints long WALs off the request path.
+    checkpointer: Checkpointer,
     /// The bytes of an empty, migrated user file in WAL mode: new users get a copy,
     /// which is far cheaper than creating the schema (and switching journal modes)
     /// in every new file.
@@ -236,7 +241,8 @@ impl UserDbs {
         };
         let pragmas = format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
-             PRAGMA busy_timeout={}; PRAGMA cache_size=-{CACHE_KB};",
+             PRAGMA busy_timeout={}; PRAGMA cache_size=-{CACHE_KB}; \
+             PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}; PRAGMA journal_size_limit={CHECKPOINT_AT_BYTES};",
             config.lock_timeout.as_millis().max(1000)
         );
         Ok(UserDbs {
@@ -245,6 +251,7 @@ impl UserDbs {
                 moving: Mutex::new(Default::default()),
                 moved_away: Mutex::new(Default::default()),
                 summaries: Summaries::new(config.summary_cache_users),
+                checkpointer: Checkpointer::start().map_err(StorageError::Io)?,
                 template,
                 config,
                 open: Mutex::new(LruCache::new(cap)),
@@ -383,9 +390,24 @@ impl UserDbs {
             }),
             freed: Condvar::new(),
             last_used: AtomicU64::new(unix_secs()),
+            checkpoint_queued: AtomicBool::new(false),
         };
         drop(db.connection()?);
         Ok(db)
+    }
+
+    /// A connection to `uid`'s file outside the pool and the LRU (for upkeep), set up as
+    /// the pool's are and brought to the current schema; `None` for a file that was
+    /// created but never given a schema.
+    pub(super) fn open_unpooled(&self, uid: u64) -> rusqlite::Result<Option<Connection>> {
+        let conn = Connection::open_with_flags(self.user_path(uid), OPEN_FLAGS)?;
+        prepare_connection(&conn, &self.inner.pragmas)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            return Ok(None);
+        }
+        migrate(&conn)?;
+        Ok(Some(conn))
     }
 
     /// Checks that the data dir is writable and SQLite works there (for heartbeats).
@@ -657,11 +679,16 @@ impl UserDbs {
             }
             // The next sync of this user starts with info/collections: have it ready.
             // (Still under the write lock; a failure here only costs a later read.)
+            let stamp = WalStamp::of(&db.path);
             if this.inner.summaries.enabled() {
-                match read_summary(uid, &db.path, &mut conn) {
+                match read_summary(uid, stamp, &mut conn) {
                     Ok(summary) => this.inner.summaries.put(uid, Arc::new(summary)),
                     Err(_) => this.inner.summaries.forget(uid),
                 }
+            }
+            drop(conn);
+            if stamp.is_some_and(|s| s.size() > CHECKPOINT_AT_BYTES) {
+                this.inner.checkpointer.request(&db);
             }
             Ok(Written { value, usage_bytes })
         })
@@ -682,7 +709,8 @@ impl UserDbs {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let db = this.handle(cached, uid)?;
-            let summary = Arc::new(read_summary(uid, &db.path, &mut *db.connection()?)?);
+            let stamp = WalStamp::of(&db.path);
+            let summary = Arc::new(read_summary(uid, stamp, &mut *db.connection()?)?);
             if lock.is_some() {
                 this.inner.summaries.put(uid, summary.clone());
             }
@@ -698,10 +726,14 @@ impl UserDbs {
     }
 }
 
-/// Reads a user's summary in a read transaction of its own, stamping the WAL first.
-fn read_summary(uid: u64, path: &Path, conn: &mut Connection) -> Result<Summary, StorageError> {
+/// Reads a user's summary in a read transaction of its own; `stamp` is the WAL's,
+/// taken just before.
+fn read_summary(
+    uid: u64,
+    stamp: Option<WalStamp>,
+    conn: &mut Connection,
+) -> Result<Summary, StorageError> {
     let sql = |e| StorageError::from_sqlite(uid, e);
-    let stamp = WalStamp::of(path);
     let tx = conn.transaction().map_err(sql)?;
     let modified = queries::storage_modified(&tx).map_err(sql)?;
     let collections = queries::collection_timestamps(&tx).map_err(sql)?;
