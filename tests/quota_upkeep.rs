@@ -370,3 +370,70 @@ async fn upkeep_migrates_files_it_visits_before_purging() {
         json!(["kept"])
     );
 }
+
+/// A user whose file leaves the LRU with a long WAL has the WAL emptied in the
+/// background (its next open has nothing to replay), and its info/collections is still
+/// answered from memory with the right figures, without opening the file.
+#[tokio::test]
+async fn files_leaving_the_lru_with_long_wals_are_left_with_empty_ones() {
+    let s = Server::start(&[
+        ("SYNCSTORE_MAX_OPEN_USERS", "1"),
+        ("SYNCSTORE_UPKEEP_INTERVAL_SECS", "3600"),
+    ]);
+    let (a, b) = (s.client(31), s.client(32));
+    let mut modified = 0;
+    for round in 0..2 {
+        let records: Vec<_> = (0..100)
+            .map(|i| json!({"id": format!("h{round}-{i}"), "payload": "x".repeat(1000)}))
+            .collect();
+        let r = a
+            .post("/storage/history", &serde_json::Value::Array(records))
+            .await;
+        assert_eq!(r.status, 200);
+        modified = r.ts("x-last-modified");
+    }
+    let wal = s.data.path().join("users/031/31.sqlite-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 32 * 4120);
+    // b's first request evicts a from the LRU of one.
+    assert_eq!(
+        b.put("/storage/tabs/t", &json!({"payload": "p"}))
+            .await
+            .status,
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&wal).unwrap().len() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let scrape = || async {
+        reqwest::get(format!("{}/__metrics__", s.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let misses = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("syncstore_lru_misses_total "))
+            .map(|n| n.trim().to_string())
+    };
+    let before = misses(&scrape().await);
+    let info = a.get("/info/collections").await;
+    assert_eq!(info.status, 200);
+    assert_eq!(info.ts("x-last-modified"), modified);
+    assert!(info.json()["history"].is_number());
+    assert_eq!(
+        misses(&scrape().await),
+        before,
+        "answered without opening the file"
+    );
+    assert_eq!(
+        a.get("/info/collection_counts").await.json(),
+        json!({"history": 200})
+    );
+}

@@ -12,12 +12,23 @@
 //! [`CHECKPOINT_AT_BYTES`]); a user writing without pause can keep it from catching
 //! up, and then the inline checkpoint at 1,000 pages still runs, but finds most pages
 //! already copied.
+//!
+//! The same thread retires files leaving the LRU. Every first open of a file rebuilds
+//! the WAL's index from the `-wal` file, reading and checksumming every frame written
+//! since the WAL last started over — and a user who is never hot would start it over
+//! only every 1,000 frames, so each of their cold opens would pay for up to 4 MB of
+//! frames. A retired file whose WAL holds more than [`RETIRE_AT_BYTES`] is
+//! checkpointed with `TRUNCATE` (the WAL emptied) before it is closed; its summary,
+//! which the WAL's new stamp would otherwise make stale, is re-stamped when nothing else
+//! wrote meanwhile (`PRAGMA data_version`), so its next info/collections is still
+//! answered from memory.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use super::userdbs::UserDb;
+use super::summary::WalStamp;
+use super::userdbs::{UserDb, UserDbs, WeakUserDbs};
 use super::{StorageError, queries};
 
 /// A WAL longer than this (500 frames of a 4 KB page) is checkpointed in the
@@ -27,24 +38,34 @@ pub const CHECKPOINT_AT_BYTES: u64 = 500 * (4096 + 24);
 /// Connections checkpoint inline past this many pages (SQLite's default).
 pub const BACKSTOP_PAGES: u32 = 1000;
 
-/// Users waiting for the thread; more requests than this are dropped (the
-/// backstop covers them).
+/// A file leaving the LRU with a WAL longer than this (32 frames) is checkpointed and
+/// its WAL emptied: rebuilding the index of 32 frames costs about as much as the rest
+/// of a cold open.
+pub const RETIRE_AT_BYTES: u64 = 32 * (4096 + 24);
+
+/// Jobs waiting for the thread; more than this are not queued (a checkpoint is then
+/// left to the backstop, a retired file is closed at once).
 const QUEUE: usize = 256;
 
-/// The handle writes use to ask for a checkpoint. Cheap to clone.
+/// What the thread does for a user.
+pub enum Job {
+    /// A `PASSIVE` checkpoint of an open user's long WAL.
+    Checkpoint(Arc<UserDb>),
+    /// Close a file that left the LRU, emptying its WAL first if it is long.
+    Retire(Arc<UserDb>),
+}
+
+/// The handle writes and the LRU use to queue jobs. Cheap to clone.
 #[derive(Clone)]
 pub struct Checkpointer {
-    queue: SyncSender<Arc<UserDb>>,
+    queue: SyncSender<Job>,
 }
 
 impl Checkpointer {
-    /// Starts the checkpoint thread; it ends when the last handle is dropped.
-    pub fn start() -> std::io::Result<Checkpointer> {
+    /// The handle and the queue its thread will read (see [`start`]).
+    pub fn new() -> (Checkpointer, Receiver<Job>) {
         let (queue, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("syncstore-checkpoint".into())
-            .spawn(move || run(rx))?;
-        Ok(Checkpointer { queue })
+        (Checkpointer { queue }, rx)
     }
 
     /// Asks for a checkpoint of `db`'s file unless one is already queued.
@@ -52,31 +73,73 @@ impl Checkpointer {
         if db.checkpoint_queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        match self.queue.try_send(db.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(db) | TrySendError::Disconnected(db)) => {
-                db.checkpoint_queued.store(false, Ordering::Release);
-                metrics::counter!("syncstore_checkpoints_total", "outcome" => "dropped")
-                    .increment(1);
-            }
+        if let Err(e) = self.queue.try_send(Job::Checkpoint(db.clone())) {
+            let (TrySendError::Full(_) | TrySendError::Disconnected(_)) = e;
+            db.checkpoint_queued.store(false, Ordering::Release);
+            metrics::counter!("syncstore_checkpoints_total", "outcome" => "dropped").increment(1);
+        }
+    }
+
+    /// Hands over a file that left the LRU; if the queue is full it is closed here.
+    pub fn retire(&self, db: Arc<UserDb>) {
+        if let Err(e) = self.queue.try_send(Job::Retire(db)) {
+            let (TrySendError::Full(job) | TrySendError::Disconnected(job)) = e;
+            drop(job);
         }
     }
 }
 
-fn run(rx: Receiver<Arc<UserDb>>) {
-    while let Ok(db) = rx.recv() {
-        let result = db.connection().and_then(|conn| {
-            queries::checkpoint(&conn, false).map_err(|e| StorageError::from_sqlite(db.uid, e))
-        });
-        // Writes while this ran saw the WAL still long: they ask again only from here.
-        db.checkpoint_queued.store(false, Ordering::Release);
-        let outcome = match result {
-            Ok(()) => "done",
-            Err(e) => {
-                tracing::warn!(uid = db.uid, error = %e, "background checkpoint failed");
-                "failed"
+/// Starts the thread; it ends when the manager is gone.
+pub fn start(rx: Receiver<Job>, dbs: WeakUserDbs) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("syncstore-checkpoint".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                let Some(dbs) = dbs.upgrade() else { return };
+                match job {
+                    Job::Checkpoint(db) => checkpoint(&db),
+                    Job::Retire(db) => dbs.retire(db),
+                }
             }
-        };
-        metrics::counter!("syncstore_checkpoints_total", "outcome" => outcome).increment(1);
+        })
+        .map(drop)
+}
+
+fn checkpoint(db: &UserDb) {
+    let result = db.connection().and_then(|conn| {
+        queries::checkpoint(&conn, false).map_err(|e| StorageError::from_sqlite(db.uid, e))
+    });
+    // Writes while this ran saw the WAL still long: they ask again only from here.
+    db.checkpoint_queued.store(false, Ordering::Release);
+    count(result.map(|_| true), db.uid);
+}
+
+fn count(result: Result<bool, StorageError>, uid: u64) {
+    let outcome = match result {
+        Ok(true) => "done",
+        Ok(false) => "busy",
+        Err(e) => {
+            tracing::warn!(uid, error = %e, "background checkpoint failed");
+            "failed"
+        }
+    };
+    metrics::counter!("syncstore_checkpoints_total", "outcome" => outcome).increment(1);
+}
+
+impl UserDbs {
+    /// Closes `db` (gone from the LRU), emptying its WAL first if it is long and no
+    /// request of the user is writing.
+    fn retire(&self, db: Arc<UserDb>) {
+        let long = WalStamp::of(&db.path).is_some_and(|s| s.size() > RETIRE_AT_BYTES);
+        // Back in the LRU already: its new handle has the file open, nothing to gain.
+        if !long || self.peek(db.uid).is_some() {
+            return;
+        }
+        let lock = self.lock_for(db.uid);
+        let Ok(_guard) = lock.try_lock() else { return };
+        let result = db
+            .connection()
+            .and_then(|conn| self.empty_wal(db.uid, &db.path, &conn));
+        count(result, db.uid);
     }
 }

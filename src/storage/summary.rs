@@ -102,6 +102,16 @@ impl Summary {
         }
     }
 
+    /// The same summary, for the WAL as it is now stamped (after a checkpoint that
+    /// changed no data).
+    pub fn restamped(&self, stamp: Option<WalStamp>) -> Summary {
+        Summary {
+            modified: self.modified,
+            collections: self.collections.clone(),
+            stamp,
+        }
+    }
+
     /// The last-modified time of `collection`, if it exists.
     pub fn collection(&self, collection: &str) -> Option<Timestamp> {
         self.collections
@@ -132,6 +142,12 @@ impl Summaries {
         let outcome = if fresh.is_some() { "hit" } else { "miss" };
         metrics::counter!("syncstore_summary_lookups_total", "outcome" => outcome).increment(1);
         fresh
+    }
+
+    /// Like [`Summaries::get`], but neither counted nor moved up the LRU.
+    pub fn peek_fresh(&self, uid: u64, db: &Path) -> Option<Arc<Summary>> {
+        let summary = self.map.as_ref()?.lock().ok()?.peek(&uid).cloned();
+        summary.filter(|s| s.stamp.is_some() && s.stamp == WalStamp::of(db))
     }
 
     /// Whether summaries are kept at all (`summary_cache_users` above 0).

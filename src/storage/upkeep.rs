@@ -102,9 +102,10 @@ impl UserDbs {
         out
     }
 
-    /// Purges, checkpoints and vacuums one user's file. An open user is served
-    /// through its pool (skipped this tick if a write holds its lock); a closed one
-    /// through a short-lived connection, so upkeep never churns the LRU.
+    /// Purges, checkpoints and vacuums one user's file (skipped this tick if a write
+    /// holds the user's lock). An open user is served through its pool; a closed one
+    /// through a short-lived connection, so upkeep never churns the LRU, and its WAL
+    /// is emptied.
     fn upkeep_user(&self, uid: u64, now: Timestamp) -> Result<(usize, usize, i64), StorageError> {
         let sql = |e| StorageError::from_sqlite(uid, e);
         let work = |conn: &mut Connection| -> Result<(usize, usize, i64), StorageError> {
@@ -126,10 +127,19 @@ impl UserDbs {
                 let mut conn = db.connection()?;
                 work(&mut conn)
             }
-            None => match self.open_unpooled(uid).map_err(sql)? {
-                Some(mut conn) => work(&mut conn),
-                None => Ok((0, 0, 0)), // never written: nothing stored
-            },
+            None => {
+                let lock = self.lock_for(uid);
+                let Ok(_guard) = lock.try_lock() else {
+                    return Ok((0, 0, 0));
+                };
+                let Some(mut conn) = self.open_unpooled(uid).map_err(sql)? else {
+                    return Ok((0, 0, 0)); // never written: nothing stored
+                };
+                let done = work(&mut conn)?;
+                // Closed files are left with an empty WAL: cheap to open next time.
+                self.empty_wal(uid, &self.user_path(uid), &conn)?;
+                Ok(done)
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-use super::checkpointer::{BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointer};
+use super::checkpointer::{self, BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointer};
 use super::model::Timestamp;
 use super::summary::{Summaries, Summary, WalStamp};
 use super::{StorageError, Written, queries};
@@ -62,7 +62,7 @@ pub struct UserDbsConfig {
 /// One open user: a small pool of connections to the user's file.
 pub struct UserDb {
     pub(super) uid: u64,
-    path: PathBuf,
+    pub(super) path: PathBuf,
     /// The PRAGMAs every new connection runs.
     pragmas: Arc<str>,
     /// At most this many connections at once (readers run concurrently).
@@ -203,6 +203,16 @@ pub struct UserDbs {
     inner: Arc<Inner>,
 }
 
+/// A [`UserDbs`] that does not keep it alive (for its background thread).
+pub struct WeakUserDbs(Weak<Inner>);
+
+impl WeakUserDbs {
+    /// The manager, while it exists.
+    pub fn upgrade(&self) -> Option<UserDbs> {
+        self.0.upgrade().map(|inner| UserDbs { inner })
+    }
+}
+
 struct Inner {
     config: UserDbsConfig,
     open: Mutex<LruCache<u64, Arc<UserDb>>>,
@@ -239,25 +249,29 @@ impl UserDbs {
         } else {
             "NORMAL"
         };
+        let (checkpointer, jobs) = Checkpointer::new();
         let pragmas = format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
              PRAGMA busy_timeout={}; PRAGMA cache_size=-{CACHE_KB}; \
              PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}; PRAGMA journal_size_limit={CHECKPOINT_AT_BYTES};",
-            config.lock_timeout.as_millis().max(1000)
+            config.lock_timeout.max(Duration::from_secs(1)).as_millis()
         );
-        Ok(UserDbs {
+        let dbs = UserDbs {
             inner: Arc::new(Inner {
                 locks: Mutex::new(HashMap::new()),
                 moving: Mutex::new(Default::default()),
                 moved_away: Mutex::new(Default::default()),
                 summaries: Summaries::new(config.summary_cache_users),
-                checkpointer: Checkpointer::start().map_err(StorageError::Io)?,
+                checkpointer,
                 template,
                 config,
                 open: Mutex::new(LruCache::new(cap)),
                 pragmas: pragmas.into(),
             }),
-        })
+        };
+        checkpointer::start(jobs, WeakUserDbs(Arc::downgrade(&dbs.inner)))
+            .map_err(StorageError::Io)?;
+        Ok(dbs)
     }
 
     /// The path of a user's file.
@@ -310,7 +324,9 @@ impl UserDbs {
             closed
         };
         let n = closed.len();
-        drop(closed);
+        for db in closed {
+            self.inner.checkpointer.retire(db);
+        }
         n
     }
 
@@ -358,12 +374,10 @@ impl UserDbs {
             metrics::gauge!("syncstore_open_users").set(open.len() as f64);
             evicted
         };
-        if evicted.is_some() {
+        if let Some((_, evicted)) = evicted {
             metrics::counter!("syncstore_lru_evictions_total").increment(1);
+            self.inner.checkpointer.retire(evicted);
         }
-        // Dropping an evicted pool closes its connections (and may checkpoint): do it
-        // here, on the blocking pool, outside the LRU lock.
-        drop(evicted);
         Ok(db)
     }
 
@@ -408,6 +422,45 @@ impl UserDbs {
         }
         migrate(&conn)?;
         Ok(Some(conn))
+    }
+
+    /// Checkpoints `uid`'s file with `TRUNCATE`, emptying its WAL, unless a reader is
+    /// in the way (then `false`). The user's summary stays in use, re-stamped, if it
+    /// was up to date and no other connection wrote meanwhile. Call holding the user's
+    /// write lock, with a connection that is not in a transaction.
+    pub(super) fn empty_wal(
+        &self,
+        uid: u64,
+        path: &Path,
+        conn: &Connection,
+    ) -> Result<bool, StorageError> {
+        let sql = |e| StorageError::from_sqlite(uid, e);
+        let data_version = || conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+        let before = data_version().map_err(sql)?;
+        let summary = self.inner.summaries.peek_fresh(uid, path);
+        // Never wait for readers here; the connection may go back to a pool.
+        conn.busy_timeout(Duration::ZERO).map_err(sql)?;
+        let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        conn.busy_timeout(self.busy_timeout()).map_err(sql)?;
+        if busy.map_err(sql)? != 0 {
+            return Ok(false);
+        }
+        let stamp = WalStamp::of(path);
+        if let Some(summary) = summary
+            && data_version().map_err(sql)? == before
+        {
+            self.inner
+                .summaries
+                .put(uid, Arc::new(summary.restamped(stamp)));
+        }
+        Ok(true)
+    }
+
+    /// How long a connection waits for SQLite's locks (see `pragmas`).
+    fn busy_timeout(&self) -> Duration {
+        self.inner.config.lock_timeout.max(Duration::from_secs(1))
     }
 
     /// Checks that the data dir is writable and SQLite works there (for heartbeats).
