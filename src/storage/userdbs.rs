@@ -330,6 +330,12 @@ impl UserDbs {
         n
     }
 
+    /// Waits until the files handed to the background thread so far are closed (and
+    /// its queued checkpoints done). Blocking.
+    pub fn settle(&self) {
+        self.inner.checkpointer.flush();
+    }
+
     /// Checkpoints and closes every open file (at shutdown). Blocking.
     pub fn close_all(&self) -> usize {
         let all: Vec<Arc<UserDb>> = match self.inner.open.lock() {
