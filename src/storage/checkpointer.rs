@@ -144,8 +144,9 @@ impl UserDbs {
     /// request of the user is writing.
     fn retire(&self, db: Arc<UserDb>) {
         let long = WalStamp::of(&db.path).is_some_and(|s| s.size() > RETIRE_AT_BYTES);
-        // Back in the LRU already: its new handle has the file open, nothing to gain.
-        if !long || self.peek(db.uid).is_some() {
+        // Still in use by a request, or back in the LRU already (its new handle has the
+        // file open): readers may be in the way, and there is little to gain.
+        if !long || Arc::strong_count(&db) > 1 || self.peek(db.uid).is_some() {
             return;
         }
         let lock = self.lock_for(db.uid);

@@ -336,8 +336,10 @@ impl UserDbs {
         self.inner.checkpointer.flush();
     }
 
-    /// Checkpoints and closes every open file (at shutdown). Blocking.
+    /// Checkpoints and closes every open file (at shutdown), after the files the
+    /// background thread is closing. Blocking.
     pub fn close_all(&self) -> usize {
+        self.settle();
         let all: Vec<Arc<UserDb>> = match self.inner.open.lock() {
             Ok(mut open) => {
                 let mut v = Vec::with_capacity(open.len());
