@@ -77,6 +77,28 @@ fn count(conn: &Connection, table: &str) -> i64 {
         .unwrap()
 }
 
+/// A data dir holding one user file as a server of schema `version` (1 or 2) left it:
+/// the schema files up to that version applied, then `sql` (journal mode and
+/// `user_version` are set here).
+fn old_user_file(uid: u64, version: usize, sql: &str) -> tempfile::TempDir {
+    const STEPS: [&str; 2] = [
+        include_str!("../schema/user.sql"),
+        include_str!("../schema/user_v2.sql"),
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("users").join(format!("{:03}", uid % 1000));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conn = Connection::open(dir.join(format!("{uid}.sqlite"))).unwrap();
+    for step in &STEPS[..version] {
+        conn.execute_batch(step).unwrap();
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA user_version = {version}; {sql}"
+    ))
+    .unwrap();
+    data
+}
+
 #[tokio::test]
 async fn upkeep_purges_expired_records_and_abandoned_batches_from_disk() {
     let s = Server::start(&[
@@ -154,24 +176,15 @@ async fn sigterm_finishes_and_closes_files_cleanly() {
 /// figure is recounted, the triggers are gone, the records are untouched.
 #[tokio::test]
 async fn version_one_files_are_migrated_on_first_open() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = data.path().join("users").join("009");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("9.sqlite");
-    {
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../schema/user.sql"))
-            .unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA user_version = 1;
-             INSERT INTO collections (name, modified) VALUES ('forms', 170000000000);
-             INSERT INTO bso (collection, id, payload, payload_size, modified, expiry)
-             VALUES (1, 'f1', 'hello', 5, 170000000000, 9223372036854775807);
-             INSERT INTO meta (key, value) VALUES ('last_modified', 170000000000);
-             UPDATE meta SET value = 1000005 WHERE key = 'usage_bytes';",
-        )
-        .unwrap();
-    }
+    let data = old_user_file(
+        9,
+        1,
+        "INSERT INTO collections (name, modified) VALUES ('forms', 170000000000);
+         INSERT INTO bso (collection, id, payload, payload_size, modified, expiry)
+         VALUES (1, 'f1', 'hello', 5, 170000000000, 9223372036854775807);
+         INSERT INTO meta (key, value) VALUES ('last_modified', 170000000000);
+         UPDATE meta SET value = 1000005 WHERE key = 'usage_bytes';",
+    );
     let s = Server::start_in(data, &[]);
     let c = s.client(9);
     assert_eq!(c.get("/storage/forms/f1").await.json()["payload"], "hello");
@@ -202,28 +215,19 @@ async fn version_one_files_are_migrated_on_first_open() {
 /// its records with the fields that were sent, takes more records, and commits them all.
 #[tokio::test]
 async fn open_batches_survive_the_version_three_migration() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = data.path().join("users").join("011");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("11.sqlite");
     let far = 9_000_000_000_000_i64; // batch expiry, 10 ms units: far in the future
-    {
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../schema/user.sql"))
-            .unwrap();
-        conn.execute_batch(include_str!("../schema/user_v2.sql"))
-            .unwrap();
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA user_version = 2;
-             INSERT INTO batches (id, collection, expiry, records, bytes)
+    let data = old_user_file(
+        11,
+        2,
+        &format!(
+            "INSERT INTO batches (id, collection, expiry, records, bytes)
              VALUES ('oldbatch', 'bookmarks', {far}, 3, 6);
              INSERT INTO batch_bsos (batch, id, seq, payload, sortindex, sortindex_set, ttl, ttl_set)
              VALUES ('oldbatch', 'zz', 1, 'first', 7, 1, NULL, 0),
                     ('oldbatch', 'aa', 2, NULL, NULL, 1, 3600, 1),
                     ('oldbatch', 'mm', 3, 'third', NULL, 0, NULL, 0);"
-        ))
-        .unwrap();
-    }
+        ),
+    );
     let s = Server::start_in(data, &[]);
     let c = s.client(11);
     let r = c
@@ -333,25 +337,15 @@ async fn long_wals_are_checkpointed_in_the_background() {
 /// current schema first, then purges them.
 #[tokio::test]
 async fn upkeep_migrates_files_it_visits_before_purging() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = data.path().join("users").join("012");
-    std::fs::create_dir_all(&dir).unwrap();
-    {
-        let conn = Connection::open(dir.join("12.sqlite")).unwrap();
-        conn.execute_batch(include_str!("../schema/user.sql"))
-            .unwrap();
-        conn.execute_batch(include_str!("../schema/user_v2.sql"))
-            .unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA user_version = 2;
-             INSERT INTO collections (name, modified) VALUES ('tabs', 170000000000);
-             INSERT INTO bso (collection, id, payload, payload_size, modified, expiry)
-             VALUES (1, 'gone', 'old', 3, 170000000000, 170000000100),
-                    (1, 'kept', 'new', 3, 170000000000, 9223372036854775807);
-             UPDATE meta SET value = 6 WHERE key = 'usage_bytes';",
-        )
-        .unwrap();
-    }
+    let data = old_user_file(
+        12,
+        2,
+        "INSERT INTO collections (name, modified) VALUES ('tabs', 170000000000);
+         INSERT INTO bso (collection, id, payload, payload_size, modified, expiry)
+         VALUES (1, 'gone', 'old', 3, 170000000000, 170000000100),
+                (1, 'kept', 'new', 3, 170000000000, 9223372036854775807);
+         UPDATE meta SET value = 6 WHERE key = 'usage_bytes';",
+    );
     let s = Server::start_in(data, &[("SYNCSTORE_UPKEEP_INTERVAL_SECS", "1")]);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !s.log_text().contains("records_purged=1") {
