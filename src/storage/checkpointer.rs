@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::summary::WalStamp;
 use super::userdbs::{UserDb, UserDbs, WeakUserDbs};
@@ -77,8 +77,7 @@ impl Checkpointer {
         if db.checkpoint_queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Err(e) = self.queue.try_send(Job::Checkpoint(db.clone())) {
-            let (TrySendError::Full(_) | TrySendError::Disconnected(_)) = e;
+        if self.queue.try_send(Job::Checkpoint(db.clone())).is_err() {
             db.checkpoint_queued.store(false, Ordering::Release);
             metrics::counter!("syncstore_checkpoints_total", "outcome" => "dropped").increment(1);
         }
@@ -92,12 +91,10 @@ impl Checkpointer {
         }
     }
 
-    /// Hands over a file that left the LRU; if the queue is full it is closed here.
+    /// Hands over a file that left the LRU; if the queue is full it is closed here
+    /// (dropping the refused job drops the last handle).
     pub fn retire(&self, db: Arc<UserDb>) {
-        if let Err(e) = self.queue.try_send(Job::Retire(db)) {
-            let (TrySendError::Full(job) | TrySendError::Disconnected(job)) = e;
-            drop(job);
-        }
+        drop(self.queue.try_send(Job::Retire(db)));
     }
 }
 
@@ -122,6 +119,7 @@ fn checkpoint(db: &UserDb) {
     let result = db.connection().and_then(|conn| {
         queries::checkpoint(&conn, false).map_err(|e| StorageError::from_sqlite(db.uid, e))
     });
+    // One cut short by readers counts as done too: the next long-WAL write asks again.
     // Writes while this ran saw the WAL still long: they ask again only from here.
     db.checkpoint_queued.store(false, Ordering::Release);
     count(result.map(|_| true), db.uid);

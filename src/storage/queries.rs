@@ -595,10 +595,13 @@ pub fn purge_expired(
 }
 
 /// Checkpoints the write-ahead log; `truncate` also empties the WAL file (used when
-/// closing), otherwise the checkpoint never waits for readers.
-pub fn checkpoint(conn: &rusqlite::Connection, truncate: bool) -> rusqlite::Result<()> {
+/// closing), otherwise the checkpoint never waits for readers. Returns `false` when
+/// readers or writers kept it from finishing (SQLite's busy flag).
+pub fn checkpoint(conn: &rusqlite::Connection, truncate: bool) -> rusqlite::Result<bool> {
     let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(0).map(|busy| busy == 0)
+    })
 }
 
 /// Hands free pages back to the file system when at least a quarter of the file

@@ -112,6 +112,11 @@ impl Summary {
         }
     }
 
+    /// Whether the file at `db` is unchanged since this summary was read.
+    fn is_fresh(&self, db: &Path) -> bool {
+        self.stamp.is_some() && self.stamp == WalStamp::of(db)
+    }
+
     /// The last-modified time of `collection`, if it exists.
     pub fn collection(&self, collection: &str) -> Option<Timestamp> {
         self.collections
@@ -138,7 +143,7 @@ impl Summaries {
     /// since it was read.
     pub fn get(&self, uid: u64, db: &Path) -> Option<Arc<Summary>> {
         let summary = self.map.as_ref()?.lock().ok()?.get(&uid).cloned();
-        let fresh = summary.filter(|s| s.stamp.is_some() && s.stamp == WalStamp::of(db));
+        let fresh = summary.filter(|s| s.is_fresh(db));
         let outcome = if fresh.is_some() { "hit" } else { "miss" };
         metrics::counter!("syncstore_summary_lookups_total", "outcome" => outcome).increment(1);
         fresh
@@ -147,7 +152,7 @@ impl Summaries {
     /// Like [`Summaries::get`], but neither counted nor moved up the LRU.
     pub fn peek_fresh(&self, uid: u64, db: &Path) -> Option<Arc<Summary>> {
         let summary = self.map.as_ref()?.lock().ok()?.peek(&uid).cloned();
-        summary.filter(|s| s.stamp.is_some() && s.stamp == WalStamp::of(db))
+        summary.filter(|s| s.is_fresh(db))
     }
 
     /// Whether summaries are kept at all (`summary_cache_users` above 0).

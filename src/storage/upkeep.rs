@@ -114,29 +114,27 @@ impl UserDbs {
                 .map_err(sql)?;
             let (records, batches) = queries::purge_expired(&tx, now, PURGE_LIMIT).map_err(sql)?;
             tx.commit().map_err(sql)?;
-            queries::checkpoint(conn, false).map_err(sql)?;
             let pages = queries::reclaim_free_pages(conn, MIN_FREE_PAGES).map_err(sql)?;
             Ok((records, batches, pages))
         };
+        let lock = self.lock_for(uid);
+        let Ok(_guard) = lock.try_lock() else {
+            return Ok((0, 0, 0));
+        };
         match self.peek(uid) {
             Some(db) => {
-                let lock = self.lock_for(uid);
-                let Ok(_guard) = lock.try_lock() else {
-                    return Ok((0, 0, 0));
-                };
                 let mut conn = db.connection()?;
-                work(&mut conn)
+                let done = work(&mut conn)?;
+                queries::checkpoint(&conn, false).map_err(sql)?;
+                Ok(done)
             }
             None => {
-                let lock = self.lock_for(uid);
-                let Ok(_guard) = lock.try_lock() else {
-                    return Ok((0, 0, 0));
-                };
                 let Some(mut conn) = self.open_unpooled(uid).map_err(sql)? else {
                     return Ok((0, 0, 0)); // never written: nothing stored
                 };
                 let done = work(&mut conn)?;
-                // Closed files are left with an empty WAL: cheap to open next time.
+                // Closed files are left with an empty WAL (one checkpoint, not a
+                // passive one first): cheap to open next time.
                 self.empty_wal(uid, &self.user_path(uid), &conn)?;
                 Ok(done)
             }

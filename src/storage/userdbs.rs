@@ -254,7 +254,7 @@ impl UserDbs {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
              PRAGMA busy_timeout={}; PRAGMA cache_size=-{CACHE_KB}; \
              PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}; PRAGMA journal_size_limit={CHECKPOINT_AT_BYTES};",
-            config.lock_timeout.max(Duration::from_secs(1)).as_millis()
+            busy_timeout(&config).as_millis()
         );
         let dbs = UserDbs {
             inner: Arc::new(Inner {
@@ -448,11 +448,10 @@ impl UserDbs {
         let summary = self.inner.summaries.peek_fresh(uid, path);
         // Never wait for readers here; the connection may go back to a pool.
         conn.busy_timeout(Duration::ZERO).map_err(sql)?;
-        let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            r.get::<_, i64>(0)
-        });
-        conn.busy_timeout(self.busy_timeout()).map_err(sql)?;
-        if busy.map_err(sql)? != 0 {
+        let done = queries::checkpoint(conn, true);
+        conn.busy_timeout(busy_timeout(&self.inner.config))
+            .map_err(sql)?;
+        if !done.map_err(sql)? {
             return Ok(false);
         }
         let stamp = WalStamp::of(path);
@@ -464,11 +463,6 @@ impl UserDbs {
                 .put(uid, Arc::new(summary.restamped(stamp)));
         }
         Ok(true)
-    }
-
-    /// How long a connection waits for SQLite's locks (see `pragmas`).
-    fn busy_timeout(&self) -> Duration {
-        self.inner.config.lock_timeout.max(Duration::from_secs(1))
     }
 
     /// Checks that the data dir is writable and SQLite works there (for heartbeats).
@@ -899,6 +893,11 @@ fn install_template(path: &Path, template: &[u8]) -> Result<(), StorageError> {
     })();
     let _ = std::fs::remove_file(&tmp);
     result.map_err(StorageError::Io)
+}
+
+/// How long a connection to a user file waits for SQLite's locks.
+fn busy_timeout(config: &UserDbsConfig) -> Duration {
+    config.lock_timeout.max(Duration::from_secs(1))
 }
 
 /// How user files are opened: no SQLite-level mutex (a connection is used by one
