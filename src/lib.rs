@@ -206,7 +206,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    storage::userdbs::configure_sqlite();
+    storage::sqlite::configure();
     web::observe::metrics_handle();
     if let Some(path) = settings.ensure_secret()? {
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -239,7 +238,7 @@ struct Inner {
 impl UserDbs {
     /// Creates the manager; files are opened lazily on first use.
     pub fn new(config: UserDbsConfig) -> Result<UserDbs, StorageError> {
-        configure_sqlite();
+        super::sqlite::configure();
         let users = config.data_dir.join("users");
         create_private_dir(&users)?;
         let template = build_template(&config.data_dir)?;
@@ -924,72 +923,6 @@ fn prepare_connection(conn: &Connection, pragmas: &str) -> rusqlite::Result<()> 
         true,
     )?;
     conn.execute_batch(pragmas)
-}
-
-/// Each connection's lookaside allocator: slot size and count. SQLite's default
-/// (1,200 bytes × 100) gives every open user 120 KB up front; with mimalloc behind
-/// SQLite a small one costs no measurable speed.
-const LOOKASIDE: (c_int, c_int) = (256, 32);
-
-/// Process-wide SQLite settings, applied once before the first connection:
-/// * SQLite allocates from mimalloc, as the rest of the server does, instead of the C
-///   library's malloc (whose per-arena locks and fragmentation showed up under load);
-/// * no memory statistics, which would take one global mutex on every allocation of
-///   every connection.
-pub fn configure_sqlite() {
-    use rusqlite::ffi;
-    use std::os::raw::c_void;
-
-    unsafe extern "C" fn x_malloc(n: c_int) -> *mut c_void {
-        // SAFETY: mi_malloc accepts any size; SQLite never asks for a negative one.
-        unsafe { libmimalloc_sys::mi_malloc(n.max(0) as usize) }
-    }
-    unsafe extern "C" fn x_free(p: *mut c_void) {
-        // SAFETY: `p` came from x_malloc / x_realloc (or is null).
-        unsafe { libmimalloc_sys::mi_free(p) }
-    }
-    unsafe extern "C" fn x_realloc(p: *mut c_void, n: c_int) -> *mut c_void {
-        // SAFETY: as above.
-        unsafe { libmimalloc_sys::mi_realloc(p, n.max(0) as usize) }
-    }
-    unsafe extern "C" fn x_size(p: *mut c_void) -> c_int {
-        // SAFETY: `p` came from x_malloc / x_realloc.
-        unsafe { libmimalloc_sys::mi_usable_size(p) as c_int }
-    }
-    unsafe extern "C" fn x_roundup(n: c_int) -> c_int {
-        // SAFETY: pure function of its argument.
-        unsafe { libmimalloc_sys::mi_good_size(n.max(0) as usize) as c_int }
-    }
-    unsafe extern "C" fn x_init(_: *mut c_void) -> c_int {
-        ffi::SQLITE_OK
-    }
-    unsafe extern "C" fn x_shutdown(_: *mut c_void) {}
-
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let methods = ffi::sqlite3_mem_methods {
-            xMalloc: Some(x_malloc),
-            xFree: Some(x_free),
-            xRealloc: Some(x_realloc),
-            xSize: Some(x_size),
-            xRoundup: Some(x_roundup),
-            xInit: Some(x_init),
-            xShutdown: Some(x_shutdown),
-            pAppData: std::ptr::null_mut(),
-        };
-        // SAFETY: called before any connection exists in this process (SQLite answers
-        // SQLITE_MISUSE, changing nothing, if one already does); SQLite copies
-        // `methods`, whose functions uphold its allocator contract (8-byte aligned
-        // blocks, sizes as allocated).
-        let rc = unsafe {
-            ffi::sqlite3_config(ffi::SQLITE_CONFIG_MALLOC, &methods as *const _)
-                | ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int)
-                | ffi::sqlite3_config(ffi::SQLITE_CONFIG_LOOKASIDE, LOOKASIDE.0, LOOKASIDE.1)
-        };
-        if rc != ffi::SQLITE_OK {
-            tracing::debug!(rc, "SQLite was already initialized; its allocator stays");
-        }
-    });
 }
 
 /// Creates a file readable by the owner only, if it does not exist. SQLite gives its

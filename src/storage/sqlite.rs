@@ -1,0 +1,155 @@
+//! Process-wide SQLite settings, applied once before the first connection.
+//!
+//! * SQLite allocates from mimalloc, as the rest of the server does, instead of the C
+//!   library's malloc (whose per-arena locks and fragmentation showed up under load);
+//! * no memory statistics, which would take one global mutex on every allocation of
+//!   every connection;
+//! * a small lookaside allocator per connection;
+//! * a cheaper reset of a WAL file's shared-memory index (`-shm`) when this process is
+//!   the first to open it, which is every cold open of a user file (see
+//!   [`reset_aware_ftruncate`]).
+
+use std::os::raw::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::ffi;
+
+/// Each connection's lookaside allocator: slot size and count. SQLite's default
+/// (1,200 bytes × 100) gives every open user 120 KB up front; with mimalloc behind
+/// SQLite a small one costs no measurable speed.
+const LOOKASIDE: (c_int, c_int) = (256, 32);
+
+/// Applies the settings; later calls, and calls after SQLite has been initialized by
+/// another part of the process, change nothing.
+pub fn configure() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let methods = ffi::sqlite3_mem_methods {
+            xMalloc: Some(x_malloc),
+            xFree: Some(x_free),
+            xRealloc: Some(x_realloc),
+            xSize: Some(x_size),
+            xRoundup: Some(x_roundup),
+            xInit: Some(x_init),
+            xShutdown: Some(x_shutdown),
+            pAppData: std::ptr::null_mut(),
+        };
+        // SAFETY: called before any connection exists in this process (SQLite answers
+        // SQLITE_MISUSE, changing nothing, if one already does); SQLite copies
+        // `methods`, whose functions uphold its allocator contract (8-byte aligned
+        // blocks, sizes as allocated).
+        let rc = unsafe {
+            ffi::sqlite3_config(ffi::SQLITE_CONFIG_MALLOC, &methods as *const _)
+                | ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int)
+                | ffi::sqlite3_config(ffi::SQLITE_CONFIG_LOOKASIDE, LOOKASIDE.0, LOOKASIDE.1)
+        };
+        if rc != ffi::SQLITE_OK {
+            tracing::debug!(rc, "SQLite was already initialized; its settings stay");
+            return;
+        }
+        // SAFETY: no connection exists yet (the configuration above succeeded), so no
+        // thread is inside the VFS; `reset_aware_ftruncate` has ftruncate's signature,
+        // which is what SQLite casts the "ftruncate" slot back to.
+        let rc = unsafe {
+            let vfs = ffi::sqlite3_vfs_find(std::ptr::null());
+            match vfs.as_ref().and_then(|v| v.xSetSystemCall) {
+                Some(set) => {
+                    let f: unsafe extern "C" fn(c_int, libc::off_t) -> c_int =
+                        reset_aware_ftruncate;
+                    set(
+                        vfs,
+                        c"ftruncate".as_ptr(),
+                        Some(std::mem::transmute::<
+                            unsafe extern "C" fn(c_int, libc::off_t) -> c_int,
+                            unsafe extern "C" fn(),
+                        >(f)),
+                    )
+                }
+                None => ffi::SQLITE_NOTFOUND,
+            }
+        };
+        if rc != ffi::SQLITE_OK {
+            tracing::warn!(
+                rc,
+                "SQLite's ftruncate could not be replaced; cold opens cost more"
+            );
+        }
+    });
+}
+
+/// The size of one region of a WAL index (`-shm`), fixed by SQLite's file format. Every
+/// user file's index is one region unless its WAL once held more than ~4,000 frames.
+const SHM_REGION: usize = 32 * 1024;
+
+/// The length SQLite truncates a `-shm` file to when this process is the first to
+/// attach to it (and only then: database, journal and WAL files are cut to page
+/// multiples or zero).
+const SHM_RESET_LEN: libc::off_t = 3;
+
+/// Cold opens whose `-shm` was reset by zeroing its one region in place.
+static SHM_ZEROED: AtomicU64 = AtomicU64::new(0);
+
+/// How many `-shm` resets were done by zeroing in place since the process started.
+pub fn shm_resets_zeroed() -> u64 {
+    SHM_ZEROED.load(Ordering::Relaxed)
+}
+
+/// SQLite's `ftruncate`, except for the reset of a one-region `-shm` file.
+///
+/// The first connection of a process to a WAL database takes the exclusive "DMS" lock
+/// of its `-shm` file (so no other process is attached) and truncates the file to 3
+/// bytes, so that nothing left in it from an earlier life is trusted: the zeroed header
+/// reads as uninitialised, and the index is rebuilt from the WAL. SQLite then grows the
+/// file back page by page (eight one-byte writes for a region) and maps it. On ext4
+/// this truncate-and-regrow (freeing and reallocating the blocks, each a journalled
+/// change) was about a quarter of a cold open.
+///
+/// For a file of exactly one region this writes zeros over the whole of it instead:
+/// the contents SQLite then reads are the same (all zero where it looks), the file keeps
+/// its blocks, and SQLite finds it already large enough. Any other case, or a failed
+/// write, falls through to the real `ftruncate`.
+unsafe extern "C" fn reset_aware_ftruncate(fd: c_int, len: libc::off_t) -> c_int {
+    if len == SHM_RESET_LEN {
+        static ZEROS: [u8; SHM_REGION] = [0; SHM_REGION];
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `fd` is an open descriptor of SQLite's; fstat fills `st` when it
+        // returns 0; ZEROS is SHM_REGION bytes long.
+        let zeroed = unsafe {
+            libc::fstat(fd, st.as_mut_ptr()) == 0
+                && st.assume_init().st_size == SHM_REGION as libc::off_t
+                && libc::pwrite(fd, ZEROS.as_ptr().cast::<c_void>(), SHM_REGION, 0)
+                    == SHM_REGION as isize
+        };
+        if zeroed {
+            SHM_ZEROED.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
+    }
+    // SAFETY: the system call SQLite asked for, with its arguments.
+    unsafe { libc::ftruncate(fd, len) }
+}
+
+unsafe extern "C" fn x_malloc(n: c_int) -> *mut c_void {
+    // SAFETY: mi_malloc accepts any size; SQLite never asks for a negative one.
+    unsafe { libmimalloc_sys::mi_malloc(n.max(0) as usize) }
+}
+unsafe extern "C" fn x_free(p: *mut c_void) {
+    // SAFETY: `p` came from x_malloc / x_realloc (or is null).
+    unsafe { libmimalloc_sys::mi_free(p) }
+}
+unsafe extern "C" fn x_realloc(p: *mut c_void, n: c_int) -> *mut c_void {
+    // SAFETY: as above.
+    unsafe { libmimalloc_sys::mi_realloc(p, n.max(0) as usize) }
+}
+unsafe extern "C" fn x_size(p: *mut c_void) -> c_int {
+    // SAFETY: `p` came from x_malloc / x_realloc.
+    unsafe { libmimalloc_sys::mi_usable_size(p) as c_int }
+}
+unsafe extern "C" fn x_roundup(n: c_int) -> c_int {
+    // SAFETY: pure function of its argument.
+    unsafe { libmimalloc_sys::mi_good_size(n.max(0) as usize) as c_int }
+}
+unsafe extern "C" fn x_init(_: *mut c_void) -> c_int {
+    ffi::SQLITE_OK
+}
+unsafe extern "C" fn x_shutdown(_: *mut c_void) {}
