@@ -136,7 +136,7 @@ impl Default for Settings {
             hawk_skew_secs: 60,
             nonce_cache_size: 500_000,
             token_duration_secs: 3600,
-            max_open_users: 250,
+            max_open_users: 400,
             summary_cache_users: 50_000,
             connections_per_user: 4,
             lock_timeout_ms: 5000,

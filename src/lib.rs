@@ -198,6 +198,45 @@ async fn upkeep_loop(
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard one, as the system allows any
+/// process to (a common soft default, 1,024, is below what the default settings can
+/// hold open: each open user has up to `connections_per_user` connections of two
+/// descriptors and one shared, plus the files being retired and every client
+/// connection), and warns when even the hard limit is below that.
+fn raise_descriptor_limit(settings: &Settings) {
+    let users = settings.max_open_users + storage::RETIRING_MAX;
+    let per_user = 2 * settings.connections_per_user as usize + 1;
+    let wanted = (users * per_user + settings.max_connections + 128) as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    let limit = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        lim.rlim_cur
+    };
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            "the open-descriptor limit is below what these settings can use; raise it \
+             (ulimit -n, LimitNOFILE=) or lower max_open_users / max_connections"
+        );
+    }
+}
+
 /// Runs the storage node on `listener` until `shutdown` completes; then stops
 /// accepting, waits up to `shutdown_grace_secs` for requests in flight, and
 /// checkpoints and closes every user file.
@@ -208,6 +247,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     storage::sqlite::configure();
     web::observe::metrics_handle();
+    raise_descriptor_limit(&settings);
     if let Some(path) = settings.ensure_secret()? {
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");
     }

@@ -295,3 +295,48 @@ async fn files_and_folders_are_owner_only() {
         assert_eq!(mode & 0o077, 0, "{} is {:o}", p.display(), mode & 0o777);
     }
 }
+
+/// A server started under a low soft limit on open descriptors (1,024 is a common
+/// default, below what the default settings can hold open) raises it to the hard
+/// limit for itself.
+#[test]
+fn server_raises_its_soft_descriptor_limit() {
+    let get = || {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid pointer to a local rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim
+    };
+    let set = |lim: libc::rlimit| {
+        // SAFETY: a valid pointer to a local rlimit; lowering the soft limit is allowed.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    };
+    let ours = get();
+    // The server inherits the lowered soft limit; this process gets its own back at once.
+    let low = ours.rlim_cur.min(ours.rlim_max / 2).max(64);
+    set(libc::rlimit {
+        rlim_cur: low,
+        rlim_max: ours.rlim_max,
+    });
+    let s = Server::start(&[]);
+    set(ours);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        low < ours.rlim_max,
+        "no room to raise in this environment: {line}"
+    );
+    let hard = match ours.rlim_max {
+        libc::RLIM_INFINITY => "unlimited".to_string(),
+        n => n.to_string(),
+    };
+    assert_eq!(fields[3], hard, "soft limit: {line}");
+    assert_eq!(fields[4], hard, "hard limit: {line}");
+}

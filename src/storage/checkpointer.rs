@@ -49,6 +49,9 @@ pub const RETIRE_AT_BYTES: u64 = 32 * (4096 + 24);
 /// ~1,400 descriptors and ~115 MB.
 const QUEUE: usize = 64;
 
+/// Files that have left the LRU but may still be open: the queue and the one in hand.
+pub const RETIRING_MAX: usize = QUEUE + 1;
+
 /// What the thread does for a user.
 pub enum Job {
     /// A `PASSIVE` checkpoint of an open user's long WAL.

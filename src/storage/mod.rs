@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+pub use checkpointer::RETIRING_MAX;
 use model::{Bso, BsoInput, ClientTime, Timestamp};
 use queries::{Cursor, ListQuery};
 pub use userdbs::{UserDbs, UserDbsConfig};
