@@ -151,9 +151,9 @@ async fn files_and_threads_stay_bounded_with_20000_users() {
     let task_dir = format!("/proc/{}/task", s.pid());
     // Stated bound: each open user holds at most PER_USER connections of 3 descriptors
     // (database, WAL, shared memory), and so does each file the checkpoint thread is
-    // closing (its queue of 64, and the one in hand); 128 more for sockets, logs and
-    // the tokenserver.
-    const RETIRING: usize = 64 + 1;
+    // closing (its queue, and the one in hand); 128 more for sockets, logs and the
+    // tokenserver.
+    const RETIRING: usize = syncstore::storage::RETIRING_MAX;
     let fd_bound = (MAX_OPEN + RETIRING) * PER_USER * 3 + 128;
     let thread_bound = BLOCKING + std::thread::available_parallelism().unwrap().get() + 8;
     let (mut max_fds, mut max_threads) = (0, 0);
