@@ -90,17 +90,18 @@ fn replace_system_call(name: &std::ffi::CStr, f: usize) {
 /// even when nothing changes (about 4% of a cold open). Files this server creates
 /// already have the right owner; one `fstat` tells.
 unsafe extern "C" fn owner_aware_fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `fd` is an open descriptor of SQLite's; fstat fills `st` when it returns 0.
-    unsafe {
-        if libc::fstat(fd, st.as_mut_ptr()) == 0 {
-            let st = st.assume_init();
-            if st.st_uid == uid && st.st_gid == gid {
-                return 0;
-            }
-        }
-        libc::fchown(fd, uid, gid)
+    if fstat(fd).is_some_and(|st| st.st_uid == uid && st.st_gid == gid) {
+        return 0;
     }
+    // SAFETY: the system call SQLite asked for, with its arguments.
+    unsafe { libc::fchown(fd, uid, gid) }
+}
+
+/// `fstat` of one of SQLite's descriptors; `None` if it fails.
+fn fstat(fd: c_int) -> Option<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat only writes into `st`, and fills it when it returns 0.
+    unsafe { (libc::fstat(fd, st.as_mut_ptr()) == 0).then(|| st.assume_init()) }
 }
 
 /// The size of one region of a WAL index (`-shm`), fixed by SQLite's file format. Every
@@ -137,15 +138,10 @@ pub fn shm_resets_zeroed() -> u64 {
 unsafe extern "C" fn reset_aware_ftruncate(fd: c_int, len: libc::off_t) -> c_int {
     if len == SHM_RESET_LEN {
         static ZEROS: [u8; SHM_REGION] = [0; SHM_REGION];
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: `fd` is an open descriptor of SQLite's; fstat fills `st` when it
-        // returns 0; ZEROS is SHM_REGION bytes long.
-        let zeroed = unsafe {
-            libc::fstat(fd, st.as_mut_ptr()) == 0
-                && st.assume_init().st_size == SHM_REGION as libc::off_t
-                && libc::pwrite(fd, ZEROS.as_ptr().cast::<c_void>(), SHM_REGION, 0)
-                    == SHM_REGION as isize
-        };
+        let zeroed = fstat(fd).is_some_and(|st| st.st_size == SHM_REGION as libc::off_t)
+            // SAFETY: ZEROS is SHM_REGION bytes long; `fd` is SQLite's open descriptor.
+            && unsafe { libc::pwrite(fd, ZEROS.as_ptr().cast::<c_void>(), SHM_REGION, 0) }
+                == SHM_REGION as isize;
         if zeroed {
             SHM_ZEROED.fetch_add(1, Ordering::Relaxed);
             return 0;
