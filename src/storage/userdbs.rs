@@ -168,7 +168,7 @@ impl UserDb {
     /// Opens one more connection to the file and checks its schema.
     fn connect(&self) -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(&self.path, OPEN_FLAGS)?;
-        prepare_connection(&conn, &self.pragmas)?;
+        prepare_connection(&conn, &self.pragmas, self.wait)?;
         migrate(&conn)?;
         Ok(conn)
     }
@@ -250,10 +250,8 @@ impl UserDbs {
         };
         let (checkpointer, jobs) = Checkpointer::new();
         let pragmas = format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
-             PRAGMA busy_timeout={}; PRAGMA cache_size=-{CACHE_KB}; \
-             PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}; PRAGMA journal_size_limit={CHECKPOINT_AT_BYTES};",
-            busy_timeout(&config).as_millis()
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA cache_size=-{CACHE_KB}; \
+             PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}; PRAGMA journal_size_limit={CHECKPOINT_AT_BYTES};"
         );
         let dbs = UserDbs {
             inner: Arc::new(Inner {
@@ -404,7 +402,7 @@ impl UserDbs {
             path,
             pragmas: self.inner.pragmas.clone(),
             max: cfg.connections_per_user.max(1),
-            wait: cfg.lock_timeout.max(Duration::from_secs(1)),
+            wait: busy_timeout(cfg),
             conns: Mutex::new(Conns {
                 idle: Vec::new(),
                 total: 0,
@@ -422,7 +420,7 @@ impl UserDbs {
     /// created but never given a schema.
     pub(super) fn open_unpooled(&self, uid: u64) -> rusqlite::Result<Option<Connection>> {
         let conn = Connection::open_with_flags(self.user_path(uid), OPEN_FLAGS)?;
-        prepare_connection(&conn, &self.inner.pragmas)?;
+        prepare_connection(&conn, &self.inner.pragmas, busy_timeout(&self.inner.config))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version == 0 {
             return Ok(None);
@@ -916,12 +914,15 @@ const CACHE_KB: u32 = 32;
 
 /// Sets up a connection to a user file: PRAGMAs, and no checkpoint when it closes —
 /// evicting a user from the LRU must not cost a checkpoint and an fsync on the request
-/// path; background upkeep and shutdown checkpoint instead.
-fn prepare_connection(conn: &Connection, pragmas: &str) -> rusqlite::Result<()> {
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )?;
+/// path; background upkeep and shutdown checkpoint instead. Foreign keys (the bundled
+/// SQLite's default is on; the schema's cascades are done by the queries) and the busy
+/// timeout are set through the C API: each PRAGMA is a statement to compile, on every
+/// cold open.
+fn prepare_connection(conn: &Connection, pragmas: &str, busy: Duration) -> rusqlite::Result<()> {
+    use rusqlite::config::DbConfig;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, false)?;
+    conn.busy_timeout(busy)?;
     conn.execute_batch(pragmas)
 }
 
