@@ -443,6 +443,41 @@ pub fn usage_bytes(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
         .map(|v| v.unwrap_or(0))
 }
 
+/// The table of open batches (see schema/user_v3.sql for its rows). It exists only
+/// while the user has a batch open (schema version 4): each open of a user file
+/// parses every table's definition, and most opens never touch a batch.
+const BATCH_TABLE: &str = "CREATE TABLE IF NOT EXISTS batch_items (
+    batch      TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    collection TEXT,
+    expiry     INTEGER,
+    payload    TEXT,
+    sortindex  INTEGER,
+    ttl        INTEGER,
+    sent       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (batch, id)
+)";
+
+/// Whether the user has the batch table (that is, may have a batch open).
+fn has_batch_table(conn: &rusqlite::Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'batch_items')",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
+/// Drops the batch table once no batch is left in it.
+pub fn drop_batch_table_if_unused(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    if has_batch_table(conn)?
+        && conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM batch_items)", [], |r| {
+            r.get(0)
+        })?
+    {
+        conn.execute_batch("DROP TABLE batch_items")?;
+    }
+    Ok(())
+}
+
 /// Opens a new batch for `collection`, purged if not committed before `expiry`: its
 /// header row (id '').
 pub fn create_batch(
@@ -451,6 +486,7 @@ pub fn create_batch(
     collection: &str,
     expiry: i64,
 ) -> rusqlite::Result<()> {
+    tx.execute_batch(BATCH_TABLE)?;
     tx.prepare_cached(
         "INSERT INTO batch_items (batch, id, collection, expiry) VALUES (?1, '', ?2, ?3)",
     )?
@@ -464,6 +500,9 @@ pub fn batch_collection(
     id: &str,
     now: Timestamp,
 ) -> rusqlite::Result<Option<String>> {
+    if !has_batch_table(tx)? {
+        return Ok(None);
+    }
     tx.prepare_cached(
         "SELECT collection FROM batch_items WHERE batch = ?1 AND id = '' AND expiry > ?2",
     )?
@@ -553,17 +592,16 @@ pub fn batch_bsos(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Vec<BsoInp
     rows.collect()
 }
 
-/// Deletes a batch: its header and records.
+/// Deletes a batch: its header and records (and the batch table with the last one).
 pub fn delete_batch(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM batch_items WHERE batch = ?1")?
         .execute([id])?;
-    Ok(())
+    drop_batch_table_if_unused(tx)
 }
 
 /// Deletes every batch of the user.
 pub fn delete_batches(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM batch_items", [])?;
-    Ok(())
+    tx.execute_batch("DROP TABLE IF EXISTS batch_items")
 }
 
 /// Deletes up to `limit` expired records and every expired batch; returns how many
@@ -580,6 +618,9 @@ pub fn purge_expired(
          RETURNING payload_size",
         params![now.0, limit],
     )?;
+    if !has_batch_table(tx)? {
+        return Ok((records, 0));
+    }
     let batches = tx
         .prepare_cached(
             "DELETE FROM batch_items WHERE batch IN
@@ -591,6 +632,7 @@ pub fn purge_expired(
         .into_iter()
         .filter(|&header| header)
         .count();
+    drop_batch_table_if_unused(tx)?;
     Ok((records, batches))
 }
 

@@ -31,10 +31,11 @@ use super::{StorageError, Written, queries};
 
 /// The per-user schema, version by version: entry `i` takes a file from version `i`
 /// to `i + 1`.
-const USER_SCHEMA: [&str; 3] = [
+const USER_SCHEMA: [&str; 4] = [
     include_str!("../../schema/user.sql"),
     include_str!("../../schema/user_v2.sql"),
     include_str!("../../schema/user_v3.sql"),
+    include_str!("../../schema/user_v4.sql"),
 ];
 /// The schema version written to `PRAGMA user_version` after migration.
 pub const USER_SCHEMA_VERSION: i64 = USER_SCHEMA.len() as i64;
@@ -952,6 +953,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         Ok(from) if from <= USER_SCHEMA.len() => USER_SCHEMA[from..]
             .iter()
             .try_for_each(|step| conn.execute_batch(step))
+            // Version 4's step: the batch table goes unless a batch is open.
+            .and_then(|()| queries::drop_batch_table_if_unused(conn))
             .and_then(|()| {
                 conn.execute_batch(&format!("PRAGMA user_version = {USER_SCHEMA_VERSION};"))
             }),

@@ -1,0 +1,8 @@
+-- Version 4: `batch_items` exists only while the user has a batch open. Every open of
+-- a user file parses the whole schema before its first statement, and this table was a
+-- sixth of that work (callgrind: 261k instructions to load the version 3 schema, 217k
+-- without the table) for a feature most syncs never use. The storage code creates the
+-- table (queries.rs, `BATCH_TABLE`, the same definition as version 3) when a batch
+-- starts and drops it when the last batch is committed, deleted or purged; this
+-- migration drops it from files that hold no batch (in Rust: SQL has no conditional
+-- DROP), so an open batch survives the upgrade.
