@@ -969,3 +969,40 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::OptionalExtension;
+
+    /// The batch table the storage code creates when a batch starts is the one the
+    /// version 3 migration created (a user's file is the same whichever made it), and
+    /// it goes with the user's last batch.
+    #[test]
+    fn batch_table_comes_and_goes_as_version_three_made_it() {
+        let sql_of = |conn: &Connection| -> Option<String> {
+            conn.query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'batch_items'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap()
+        };
+        let v3 = Connection::open_in_memory().unwrap();
+        for step in &USER_SCHEMA[..3] {
+            v3.execute_batch(step).unwrap();
+        }
+        let mut now = Connection::open_in_memory().unwrap();
+        migrate(&now).unwrap();
+        assert_eq!(sql_of(&now), None, "no batch, no table");
+        let tx = now.transaction().unwrap();
+        queries::create_batch(&tx, "b1", "bookmarks", i64::MAX).unwrap();
+        queries::create_batch(&tx, "b2", "bookmarks", i64::MAX).unwrap();
+        assert_eq!(sql_of(&tx), sql_of(&v3));
+        queries::delete_batch(&tx, "b1").unwrap();
+        assert!(sql_of(&tx).is_some(), "b2 is still open");
+        queries::delete_batch(&tx, "b2").unwrap();
+        assert_eq!(sql_of(&tx), None);
+    }
+}
