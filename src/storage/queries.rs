@@ -468,13 +468,11 @@ fn has_batch_table(conn: &rusqlite::Connection) -> rusqlite::Result<bool> {
     .query_row([], |r| r.get(0))
 }
 
-/// Drops the batch table once no batch is left in it.
-pub fn drop_batch_table_if_unused(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    if has_batch_table(conn)?
-        && conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM batch_items)", [], |r| {
-            r.get(0)
-        })?
-    {
+/// Drops the batch table, which must exist, once no batch is left in it.
+pub fn drop_batch_table_if_empty(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    if conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM batch_items)", [], |r| {
+        r.get(0)
+    })? {
         conn.execute_batch("DROP TABLE batch_items")?;
     }
     Ok(())
@@ -598,7 +596,7 @@ pub fn batch_bsos(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Vec<BsoInp
 pub fn delete_batch(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM batch_items WHERE batch = ?1")?
         .execute([id])?;
-    drop_batch_table_if_unused(tx)
+    drop_batch_table_if_empty(tx)
 }
 
 /// Deletes every batch of the user.
@@ -634,7 +632,7 @@ pub fn purge_expired(
         .into_iter()
         .filter(|&header| header)
         .count();
-    drop_batch_table_if_unused(tx)?;
+    drop_batch_table_if_empty(tx)?;
     Ok((records, batches))
 }
 

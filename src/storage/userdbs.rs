@@ -953,8 +953,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         Ok(from) if from <= USER_SCHEMA.len() => USER_SCHEMA[from..]
             .iter()
             .try_for_each(|step| conn.execute_batch(step))
-            // Version 4's step: the batch table goes unless a batch is open.
-            .and_then(|()| queries::drop_batch_table_if_unused(conn))
+            // Version 4's step: the batch table (every version 3 file has it) goes
+            // unless a batch is open.
+            .and_then(|()| queries::drop_batch_table_if_empty(conn))
             .and_then(|()| {
                 conn.execute_batch(&format!("PRAGMA user_version = {USER_SCHEMA_VERSION};"))
             }),
