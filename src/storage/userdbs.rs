@@ -950,15 +950,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let result = match usize::try_from(version) {
-        Ok(from) if from <= USER_SCHEMA.len() => USER_SCHEMA[from..]
-            .iter()
-            .try_for_each(|step| conn.execute_batch(step))
-            // Version 4's step: the batch table (every version 3 file has it) goes
-            // unless a batch is open.
-            .and_then(|()| queries::drop_batch_table_if_empty(conn))
-            .and_then(|()| {
-                conn.execute_batch(&format!("PRAGMA user_version = {USER_SCHEMA_VERSION};"))
-            }),
+        Ok(from) if from <= USER_SCHEMA.len() => upgrade(conn, from),
         // A newer schema than this binary knows: refuse rather than damage it.
         _ => Err(rusqlite::Error::InvalidQuery),
     };
@@ -969,6 +961,21 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             Err(e)
         }
     }
+}
+
+/// Takes a file from schema version `from` to the current one, inside migrate's
+/// transaction. `from` may already be current: another connection can finish the
+/// migration between migrate's first look and its transaction.
+fn upgrade(conn: &Connection, from: usize) -> rusqlite::Result<()> {
+    for step in &USER_SCHEMA[from..] {
+        conn.execute_batch(step)?;
+    }
+    // Version 4's step, in Rust: the batch table (every version 3 file has it) goes
+    // unless a batch is open. From version 4 on, the table is there only with a batch.
+    if from < 4 {
+        queries::drop_batch_table_if_empty(conn)?;
+    }
+    conn.execute_batch(&format!("PRAGMA user_version = {USER_SCHEMA_VERSION};"))
 }
 
 #[cfg(test)]
@@ -1005,5 +1012,18 @@ mod tests {
         assert!(sql_of(&tx).is_some(), "b2 is still open");
         queries::delete_batch(&tx, "b2").unwrap();
         assert_eq!(sql_of(&tx), None);
+    }
+
+    /// A migration that finds the file already current once it holds the write lock
+    /// (another connection migrated it meanwhile) leaves it as it is.
+    #[test]
+    fn upgrading_a_current_file_changes_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        upgrade(&conn, USER_SCHEMA.len()).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, USER_SCHEMA_VERSION);
     }
 }
