@@ -1,15 +1,30 @@
-//! The server's replacement for SQLite's reset of a WAL index (`-shm`) on a cold open
-//! (storage::sqlite): whatever the index holds from an earlier life of the file, it
-//! is rebuilt from the WAL, so every committed transaction is seen. This binary holds
-//! one test so that the settings are applied before any connection in the process.
+//! The server's handling of a WAL file's shared-memory index (`-shm`) on a cold open
+//! (storage::sqlite). SQLite rebuilds the index whenever a process is the first to
+//! attach to it; syncstore keeps an index this process has reset before (it can only
+//! have been changed by SQLite since), and rebuilds any other.
+//!
+//! * An index kept this way sees every committed transaction, including those of
+//!   another process that wrote while this one had the file closed.
+//! * An index left by an earlier process (after a crash of the machine it may be older
+//!   than the WAL on disk) is rebuilt by the next process, the server restarted.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
-use std::path::Path;
-use syncstore::storage::sqlite;
+use serde_json::{Value, json};
+use syncstore::storage::model::parse_bso;
+use syncstore::storage::{Precondition, Storage, UserDbs, UserDbsConfig, sqlite};
+
+/// The counters are process-wide: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Opens as the server does: WAL, no checkpoint on close (the WAL and its index stay).
 fn open(path: &Path) -> Connection {
+    sqlite::configure();
     let conn = Connection::open(path).unwrap();
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .unwrap();
@@ -18,33 +33,132 @@ fn open(path: &Path) -> Connection {
     conn
 }
 
-/// An index whose header is valid but describes a shorter WAL than the one on disk
-/// (here: a copy taken after the first transaction, put back later) must not be
-/// trusted; trusting it would hide the later transactions.
+fn rows(path: &Path) -> (i64, i64) {
+    open(path)
+        .query_row("SELECT count(*), total(x) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get::<_, f64>(1)? as i64))
+        })
+        .unwrap()
+}
+
+/// Another process writes one row and exits without closing, as a killed admin
+/// command would: its WAL frames and the index it updated stay.
+fn write_elsewhere_and_exit(path: &Path, x: i64) {
+    let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import os, sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1])\n\
+                  c.execute('INSERT INTO t VALUES (?)', (int(sys.argv[2]),))\n\
+                  c.commit()\n\
+                  os._exit(0)\n";
+    let status = Command::new(python)
+        .args(["-c", script])
+        .arg(path)
+        .arg(x.to_string())
+        .status()
+        .expect("run python3");
+    assert!(status.success());
+}
+
 #[test]
-fn stale_wal_index_is_rebuilt_on_cold_open() {
-    sqlite::configure();
+fn an_index_reset_by_this_process_is_kept_and_sees_every_write() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("u.sqlite");
-    let shm = dir.path().join("u.sqlite-shm");
+    let (zeroed, kept) = (sqlite::shm_resets_zeroed(), sqlite::shm_indexes_kept());
     open(&db)
         .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
-    let stale = std::fs::read(&shm).unwrap();
-    assert_eq!(stale.len(), 32 * 1024, "one region");
-
-    let zeroed = sqlite::shm_resets_zeroed();
     open(&db)
-        .execute_batch("INSERT INTO t VALUES (2); INSERT INTO t VALUES (3);")
+        .execute_batch("INSERT INTO t VALUES (2);")
         .unwrap();
-    assert_eq!(sqlite::shm_resets_zeroed(), zeroed + 1, "reset in place");
+    assert_eq!(
+        sqlite::shm_indexes_kept(),
+        kept + 1,
+        "the second open kept it"
+    );
+    assert_eq!(rows(&db), (2, 3));
 
-    std::fs::write(&shm, &stale).unwrap();
-    let conn = open(&db);
-    let rows: i64 = conn
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+    // Written by another process while this one had the file closed.
+    write_elsewhere_and_exit(&db, 4);
+    assert_eq!(rows(&db), (3, 7), "a write of the other process is missing");
+
+    // The WAL started over (emptied here, then written there), twice.
+    for x in [8, 16] {
+        open(&db)
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        write_elsewhere_and_exit(&db, x);
+    }
+    assert_eq!(rows(&db), (5, 31), "a write after a WAL restart is missing");
+    open(&db)
+        .execute_batch("INSERT INTO t VALUES (32);")
         .unwrap();
-    assert_eq!(sqlite::shm_resets_zeroed(), zeroed + 2, "reset in place");
-    assert_eq!(rows, 3, "the stale index was trusted");
-    assert_eq!(std::fs::metadata(&shm).unwrap().len(), 32 * 1024);
+    assert_eq!(rows(&db), (6, 63));
+
+    assert_eq!(
+        sqlite::shm_resets_zeroed(),
+        zeroed,
+        "created here: no reset in place"
+    );
+    assert_eq!(
+        sqlite::shm_indexes_kept(),
+        kept + 8,
+        "every later open kept it"
+    );
+}
+
+#[test]
+fn an_index_left_by_an_earlier_process_is_rebuilt() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let dbs = UserDbs::new(UserDbsConfig {
+        data_dir: dir.path().to_path_buf(),
+        max_open_users: 10,
+        connections_per_user: 2,
+        lock_timeout: Duration::from_secs(5),
+        synchronous_full: false,
+        quota_bytes: 0,
+        summary_cache_users: 0,
+    })
+    .unwrap();
+    let shm = format!("{}-shm", dbs.user_path(7).display());
+    let st = Storage::new(dbs);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let put = |id: &str| {
+        let bso = parse_bso(&json!({"id": id, "payload": id}), None, 1 << 20).unwrap();
+        rt.block_on(st.put(7, "clients".into(), bso, Precondition::None))
+            .unwrap();
+        st.dbs().close_idle(0);
+        st.dbs().settle();
+    };
+    put("a");
+    let stale = std::fs::read(&shm).unwrap();
+    put("b");
+    put("c");
+    // What a crash of the machine can leave: an index with a valid header that
+    // describes a shorter WAL than the one on disk (the index is never synced).
+    std::fs::write(&shm, &stale).unwrap();
+
+    // The next process reads the user through the same storage code.
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["user", "export", "7", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let export: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = export["collections"][0]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"], "the stale index was trusted");
 }

@@ -146,6 +146,7 @@ pub fn open(data_dir: &Path, uid: u64) -> Result<Connection, StorageError> {
 }
 
 fn open_path(path: &Path, uid: u64) -> Result<Connection, StorageError> {
+    super::sqlite::configure();
     let sql = |e| StorageError::from_sqlite(uid, e);
     let conn = Connection::open_with_flags(
         path,

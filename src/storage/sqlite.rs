@@ -5,12 +5,14 @@
 //! * no memory statistics, which would take one global mutex on every allocation of
 //!   every connection;
 //! * a small lookaside allocator per connection;
-//! * a cheaper reset of a WAL file's shared-memory index (`-shm`) when this process is
-//!   the first to open it, which is every cold open of a user file (see
-//!   [`reset_aware_ftruncate`]), and no ownership change of files that already have the
-//!   right owner ([`owner_aware_fchown`]).
+//! * on a cold open of a user file, a WAL file's shared-memory index (`-shm`) that this
+//!   process reset before is kept instead of rebuilt, and a first reset is done in place
+//!   (see [`reset_aware_ftruncate`]); no ownership change of files that already have
+//!   the right owner ([`owner_aware_fchown`]).
 
+use std::collections::HashSet;
 use std::os::raw::{c_int, c_void};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::ffi;
@@ -113,42 +115,95 @@ const SHM_REGION: usize = 32 * 1024;
 /// multiples or zero).
 const SHM_RESET_LEN: libc::off_t = 3;
 
+/// How many `-shm` files this process remembers having reset (~20 bytes each); past
+/// that, files it has not seen yet are reset on every cold open, as SQLite would.
+const SHM_REMEMBERED_MAX: usize = 1 << 20;
+
 /// Cold opens whose `-shm` was reset by zeroing its one region in place.
 static SHM_ZEROED: AtomicU64 = AtomicU64::new(0);
+
+/// Cold opens that kept the `-shm` index this process had reset before.
+static SHM_KEPT: AtomicU64 = AtomicU64::new(0);
+
+/// The `-shm` files (device, inode) this process has reset since it started.
+static SHM_RESET_HERE: Mutex<Option<HashSet<(u64, u64)>>> = Mutex::new(None);
 
 /// How many `-shm` resets were done by zeroing in place since the process started.
 pub fn shm_resets_zeroed() -> u64 {
     SHM_ZEROED.load(Ordering::Relaxed)
 }
 
-/// SQLite's `ftruncate`, except for the reset of a one-region `-shm` file.
+/// How many cold opens kept a `-shm` index this process had reset before.
+pub fn shm_indexes_kept() -> u64 {
+    SHM_KEPT.load(Ordering::Relaxed)
+}
+
+/// SQLite's `ftruncate`, except for the reset of a `-shm` file on a cold open.
 ///
 /// The first connection of a process to a WAL database takes the exclusive "DMS" lock
 /// of its `-shm` file (so no other process is attached) and truncates the file to 3
-/// bytes, so that nothing left in it from an earlier life is trusted: the zeroed header
-/// reads as uninitialised, and the index is rebuilt from the WAL. SQLite then grows the
-/// file back page by page (eight one-byte writes for a region) and maps it. On ext4
-/// this truncate-and-regrow (freeing and reallocating the blocks, each a journalled
-/// change) was about a quarter of a cold open.
+/// bytes: the index is not durable (never synced), so after a crash of the machine
+/// it may not match the WAL on disk, and the zeroed header reads as uninitialised,
+/// making SQLite rebuild the index from the WAL (opening `-shm`, reading every frame
+/// of the WAL, ~25 lock calls).
 ///
-/// For a file of exactly one region this writes zeros over the whole of it instead:
-/// the contents SQLite then reads are the same (all zero where it looks), the file keeps
-/// its blocks, and SQLite finds it already large enough. Any other case, or a failed
-/// write, falls through to the real `ftruncate`.
+/// * An index this process has reset before is kept as it is. Since that reset it has
+///   only been changed by SQLite, under its locking protocol, by this or another
+///   process; the machine has not crashed since (this process would not be running),
+///   so the index in the page cache matches the WAL exactly as it does for a process
+///   that attaches while another is attached. A deleted `-shm` takes its inode with it:
+///   SQLite creates the next one empty. (Files written into the data directory by other
+///   means while the server runs are not supported: restores are done stopped.)
+/// * Otherwise, for a file of exactly one region, zeros are written over the whole of
+///   it instead of truncating: the contents SQLite then reads are the same (all zero
+///   where it looks), the file keeps its blocks, and SQLite finds it large enough; on
+///   ext4 the truncate-and-regrow (freeing and reallocating the blocks, each a
+///   journalled change) was about a quarter of a cold open.
+///
+/// Any other case, or a failed write, falls through to the real `ftruncate`.
 unsafe extern "C" fn reset_aware_ftruncate(fd: c_int, len: libc::off_t) -> c_int {
-    if len == SHM_RESET_LEN {
-        static ZEROS: [u8; SHM_REGION] = [0; SHM_REGION];
-        let zeroed = fstat(fd).is_some_and(|st| st.st_size == SHM_REGION as libc::off_t)
-            // SAFETY: ZEROS is SHM_REGION bytes long; `fd` is SQLite's open descriptor.
-            && unsafe { libc::pwrite(fd, ZEROS.as_ptr().cast::<c_void>(), SHM_REGION, 0) }
-                == SHM_REGION as isize;
-        if zeroed {
-            SHM_ZEROED.fetch_add(1, Ordering::Relaxed);
-            return 0;
-        }
+    if len != SHM_RESET_LEN {
+        // SAFETY: the system call SQLite asked for, with its arguments.
+        return unsafe { libc::ftruncate(fd, len) };
     }
-    // SAFETY: the system call SQLite asked for, with its arguments.
-    unsafe { libc::ftruncate(fd, len) }
+    let Some(st) = fstat(fd) else {
+        // SAFETY: as above.
+        return unsafe { libc::ftruncate(fd, len) };
+    };
+    let file = (st.st_dev, st.st_ino);
+    if remembered(|reset_here| reset_here.contains(&file)) {
+        SHM_KEPT.fetch_add(1, Ordering::Relaxed);
+        return 0;
+    }
+    static ZEROS: [u8; SHM_REGION] = [0; SHM_REGION];
+    let rc = if st.st_size == SHM_REGION as libc::off_t
+        // SAFETY: ZEROS is SHM_REGION bytes long; `fd` is SQLite's open descriptor.
+        && unsafe { libc::pwrite(fd, ZEROS.as_ptr().cast::<c_void>(), SHM_REGION, 0) }
+            == SHM_REGION as isize
+    {
+        SHM_ZEROED.fetch_add(1, Ordering::Relaxed);
+        0
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::ftruncate(fd, len) }
+    };
+    if rc == 0 {
+        remembered(|reset_here| {
+            if reset_here.len() < SHM_REMEMBERED_MAX {
+                reset_here.insert(file);
+            }
+        });
+    }
+    rc
+}
+
+/// Runs `f` on the set of `-shm` files reset by this process (empty if its lock was
+/// poisoned: then every cold open resets, as SQLite would).
+fn remembered<T: Default>(f: impl FnOnce(&mut HashSet<(u64, u64)>) -> T) -> T {
+    match SHM_RESET_HERE.lock() {
+        Ok(mut set) => f(set.get_or_insert_with(HashSet::new)),
+        Err(_) => T::default(),
+    }
 }
 
 unsafe extern "C" fn x_malloc(n: c_int) -> *mut c_void {
