@@ -570,8 +570,15 @@ impl UserDbs {
                         .map_err(sql)?
                 };
                 this.evict(uid);
+                // The old file's WAL and index go with it (a WAL index left behind
+                // would describe a WAL that is no longer there).
                 for ext in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+                    match std::fs::remove_file(format!("{}{ext}", path.display())) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(e.into());
+                        }
+                        _ => {}
+                    }
                 }
                 for ext in ["-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
