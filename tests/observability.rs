@@ -158,6 +158,18 @@ async fn metrics_count_requests_files_batches_and_bytes() {
     // Opens: a (first), b, a again; everything else found a open.
     assert_eq!(metric(&text, "syncstore_lru_misses_total"), 3.0, "{text}");
     assert_eq!(metric(&text, "syncstore_lru_hits_total"), 2.0, "{text}");
+    // a's second open kept the WAL index its first open had set up; nothing was reset
+    // in place (both files were new to this process and to the disk).
+    assert_eq!(
+        metric(&text, "syncstore_wal_index_kept_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "syncstore_wal_index_zeroed_total"),
+        0.0,
+        "{text}"
+    );
     assert_eq!(
         metric(&text, "syncstore_lru_evictions_total"),
         2.0,

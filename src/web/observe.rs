@@ -155,10 +155,21 @@ fn describe() {
         "syncstore_records_written_total",
         "Records written (PUT, POST, batch commit)"
     );
+    describe_counter!(
+        "syncstore_wal_index_kept_total",
+        "Cold opens that kept a WAL index (-shm) this process had reset before"
+    );
+    describe_counter!(
+        "syncstore_wal_index_zeroed_total",
+        "Cold opens that reset an existing WAL index in place (first open in this process)"
+    );
 }
 
 /// `GET /__metrics__`: every metric in Prometheus' text format.
 pub async fn metrics() -> Response {
+    use crate::storage::sqlite;
+    metrics::counter!("syncstore_wal_index_kept_total").absolute(sqlite::shm_indexes_kept());
+    metrics::counter!("syncstore_wal_index_zeroed_total").absolute(sqlite::shm_resets_zeroed());
     let body = metrics_handle().render();
     let mut res = (StatusCode::OK, body).into_response();
     res.headers_mut().insert(
