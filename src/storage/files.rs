@@ -307,12 +307,7 @@ pub fn delete_user(data_dir: &Path, uid: u64) -> Result<bool, StorageError> {
         queries::delete_batches(&tx).map_err(sql)?;
         tx.commit().map_err(sql)?;
     }
-    for ext in ["", "-wal", "-shm"] {
-        match std::fs::remove_file(format!("{}{ext}", path.display())) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-    }
+    userdbs::remove_user_files(&path, &["", "-wal", "-shm"])?;
     Ok(true)
 }
 

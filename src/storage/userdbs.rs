@@ -572,14 +572,7 @@ impl UserDbs {
                 this.evict(uid);
                 // The old file's WAL and index go with it (a WAL index left behind
                 // would describe a WAL that is no longer there).
-                for ext in ["-wal", "-shm"] {
-                    match std::fs::remove_file(format!("{}{ext}", path.display())) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(e.into());
-                        }
-                        _ => {}
-                    }
-                }
+                remove_user_files(&path, &["-wal", "-shm"])?;
                 for ext in ["-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
                 }
@@ -610,13 +603,7 @@ impl UserDbs {
         self.inner.summaries.forget(uid);
         tokio::task::spawn_blocking(move || {
             this.evict(uid);
-            let path = this.user_path(uid);
-            for ext in ["", "-wal", "-shm"] {
-                match std::fs::remove_file(format!("{}{ext}", path.display())) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
-            }
+            remove_user_files(&this.user_path(uid), &["", "-wal", "-shm"])?;
             Ok(())
         })
         .await?
@@ -932,6 +919,18 @@ fn prepare_connection(conn: &Connection, pragmas: &str, busy: Duration) -> rusql
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, false)?;
     conn.busy_timeout(busy)?;
     conn.execute_batch(pragmas)
+}
+
+/// Removes `path` with each of `suffixes` appended (`""` for the file itself, `-wal`,
+/// `-shm`), in that order; a file that is not there is fine, any other failure stops.
+pub fn remove_user_files(path: &Path, suffixes: &[&str]) -> std::io::Result<()> {
+    for suffix in suffixes {
+        match std::fs::remove_file(format!("{}{suffix}", path.display())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Creates a file readable by the owner only, if it does not exist. SQLite gives its
