@@ -206,7 +206,7 @@ async fn draining_a_node_moves_its_200_users_with_their_data() {
                 .put("/storage/tabs/mine", &json!({"payload": user.clone()}))
                 .await;
             assert_eq!(r.status, 200);
-            (user, c.uid, common::ts_value(&r.json()["modified"]))
+            (user, c.uid, common::ts_value(&r.json()))
         }));
         if tasks.len() % 16 == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;

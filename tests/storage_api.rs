@@ -355,7 +355,7 @@ async fn items_are_created_read_updated_and_deleted() {
     assert_eq!(r.status, 200);
     let ts = r.ts("x-last-modified");
     assert_eq!(r.ts("x-weave-timestamp"), ts);
-    assert_eq!(ts_value(&r.json()["modified"]), ts);
+    assert_eq!(ts_value(&r.json()), ts);
     let r = c.get("/storage/col/x").await;
     assert_eq!(
         r.json(),
@@ -1019,4 +1019,61 @@ async fn hostile_paths_queries_and_bodies_get_4xx_never_5xx() {
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(c.get("/storage/col/a").await.json()["payload"], "x");
+}
+
+/// Every write answers the body Mozilla's servers send, because Firefox reads it:
+/// PUT, DELETE of a collection and DELETE of everything the bare timestamp, DELETE of
+/// one record `{"modified": ts}`, POST `{"modified", "success", "failed"}`. The body
+/// text equals `X-Last-Modified` exactly (two decimals), and Firefox's use of a PUT's
+/// body as the next `X-If-Unmodified-Since` works.
+#[tokio::test]
+async fn write_bodies_have_the_json_types_firefox_reads() {
+    let s = Server::start(&[]);
+    let c = s.client(31);
+    let bare = |r: &common::Resp, what: &str| {
+        assert_eq!(r.status, 200, "{what}: {}", r.text);
+        assert!(r.json().is_f64() || r.json().is_u64(), "{what}: {}", r.text);
+        assert_eq!(r.text, r.header("x-last-modified").unwrap(), "{what}");
+        assert_eq!(r.text, r.header("x-weave-timestamp").unwrap(), "{what}");
+    };
+
+    // Firefox's meta/global dance: create with X-If-Unmodified-Since: 0, then send the
+    // PUT's body back as X-If-Unmodified-Since when it adds its engines.
+    let r = c
+        .put_h(
+            "/storage/meta/global",
+            &json!({"payload": "{\"syncID\":\"a\"}"}),
+            &[("x-if-unmodified-since", "0")],
+        )
+        .await;
+    bare(&r, "PUT");
+    let r = c
+        .put_h(
+            "/storage/meta/global",
+            &json!({"payload": "{\"syncID\":\"a\",\"engines\":{}}"}),
+            &[("x-if-unmodified-since", &r.text)],
+        )
+        .await;
+    bare(&r, "PUT with the last PUT's body as X-If-Unmodified-Since");
+    let got = c.get("/storage/meta/global").await.json();
+    assert_eq!(got["payload"], json!("{\"syncID\":\"a\",\"engines\":{}}"));
+
+    let r = c.post("/storage/tabs", &bsos(3)).await;
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    let keys: Vec<&String> = body.as_object().expect("POST: an object").keys().collect();
+    assert_eq!(keys, ["failed", "modified", "success"]);
+    assert!(body["modified"].is_number() && body["success"].is_array());
+    assert!(body["failed"].is_object());
+
+    let r = c.delete("/storage/tabs/0").await;
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body.as_object().expect("record DELETE: an object").len(), 1);
+    assert_eq!(ts_value(&body["modified"]), r.ts("x-last-modified"));
+
+    bare(&c.delete("/storage/tabs?ids=1").await, "DELETE ids");
+    bare(&c.delete("/storage/tabs").await, "DELETE collection");
+    bare(&c.delete("/storage").await, "DELETE storage");
+    bare(&c.delete("").await, "DELETE /1.5/{uid}");
 }

@@ -40,7 +40,7 @@ fn reply<T: Serialize>(body: &T, last_modified: Timestamp, write: bool) -> Respo
     r
 }
 
-/// The body of a successful write that is not a POST.
+/// The body of a successful `DELETE` of one record: `{"modified": ts}`.
 #[derive(Serialize)]
 struct Modified {
     modified: Timestamp,
@@ -59,12 +59,12 @@ fn quota_header(mut r: Response, s: &AppState, usage_bytes: i64) -> Response {
     r
 }
 
+/// A write answered with the bare timestamp as its body (PUT, DELETE of a collection
+/// or of everything). Firefox keeps the body of its `PUT meta/global` as that record's
+/// modified time and sends it back as `X-If-Unmodified-Since`: an object here made its
+/// next meta/global upload fail, and a second device then wiped the account.
 fn written(s: &AppState, w: Written<Timestamp>) -> Response {
-    quota_header(
-        reply(&Modified { modified: w.value }, w.value, true),
-        s,
-        w.usage_bytes,
-    )
+    quota_header(reply(&w.value, w.value, true), s, w.usage_bytes)
 }
 
 async fn info(state: &AppState, uid: u64, kind: InfoKind, pre: Pre) -> Result<Response, ApiError> {
@@ -432,7 +432,8 @@ pub async fn delete_item(
         return Err(ApiError::NotFound);
     }
     let w = s.storage.delete(user.uid, collection, p.bso, pre).await?;
-    Ok(written(&s, w))
+    let body = Modified { modified: w.value };
+    Ok(quota_header(reply(&body, w.value, true), &s, w.usage_bytes))
 }
 
 /// `DELETE storage` and `DELETE /1.5/{uid}`.
