@@ -209,7 +209,7 @@ pub struct PostResult {
     /// Ids stored.
     pub success: Vec<String>,
     /// Ids refused, with reasons.
-    pub failed: BTreeMap<String, Vec<String>>,
+    pub failed: BTreeMap<String, String>,
 }
 
 /// The result of a committed write and the user's payload bytes after it (0 when

@@ -159,6 +159,14 @@ impl BsoInput {
         self.payload.is_sent() || self.sortindex.is_sent()
     }
 
+    /// The payload this write sets, if it sets one.
+    pub fn payload_str(&self) -> Option<&str> {
+        match &self.payload {
+            Field::Set(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Bytes of payload this write stores (0 when the payload is not sent).
     pub fn payload_len(&self) -> usize {
         match &self.payload {
@@ -166,6 +174,18 @@ impl BsoInput {
             _ => 0,
         }
     }
+}
+
+/// Whether an (encrypted) record payload carries an all-zero IV: `"IV":` then any
+/// whitespace, then `"AAAAAAAAAAAAAAAAAAAAAA=="`, the base64 of 16 zero bytes.
+pub fn has_zero_iv(payload: &str) -> bool {
+    const KEY: &str = "\"IV\":";
+    const ZERO: &str = "\"AAAAAAAAAAAAAAAAAAAAAA==\"";
+    payload.match_indices(KEY).any(|(at, _)| {
+        payload[at + KEY.len()..]
+            .trim_start_matches(|c: char| c.is_ascii_whitespace())
+            .starts_with(ZERO)
+    })
 }
 
 /// Why a BSO sent by a client is refused; the text goes into POST's `failed` map.
@@ -275,6 +295,18 @@ pub struct Bso {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn zero_iv_is_found_with_any_whitespace_after_the_colon() {
+        let zero = "AAAAAAAAAAAAAAAAAAAAAA==";
+        for sep in ["", " ", "\t", "\n  "] {
+            let p = format!("{{\"ciphertext\":\"x\",\"IV\":{sep}\"{zero}\",\"hmac\":\"y\"}}");
+            assert!(super::has_zero_iv(&p), "{p}");
+        }
+        assert!(!super::has_zero_iv("{\"IV\":\"AAAAAAAAAAAAAAAAAAAAAQ==\"}"));
+        assert!(!super::has_zero_iv("{\"iv\":\"AAAAAAAAAAAAAAAAAAAAAA==\"}"));
+        assert!(!super::has_zero_iv("{\"IV\":"));
+    }
+
     use super::*;
     use serde_json::json;
 

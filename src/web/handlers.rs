@@ -212,11 +212,27 @@ pub async fn get_item(
     Ok(reply(&bso, bso.modified, false))
 }
 
+/// A PUT's invalid BSO: 400 with Sync's size-limit code for a payload over the limit
+/// (as Mozilla's nodes answer; 413 is for bodies over `max_request_bytes`), else 400
+/// "invalid BSO".
 fn bso_error(e: BsoError) -> ApiError {
     match e {
-        BsoError::PayloadTooLarge => ApiError::PayloadTooLarge,
+        BsoError::PayloadTooLarge => ApiError::bad(WeaveCode::SizeLimitExceeded, e.to_string()),
         e => ApiError::bad(WeaveCode::InvalidBso, e.to_string()),
     }
+}
+
+/// Refuses key records known to be broken: in `crypto` only, a payload whose `IV` is
+/// all zeros. Broken clients uploaded such keys and other devices then replaced their
+/// data with what they could not decrypt; Mozilla's nodes refuse them, so do we.
+fn refuse_known_bad_keys(collection: &str, bso: &BsoInput) -> Result<(), ApiError> {
+    if collection == "crypto" && bso.payload_str().is_some_and(model::has_zero_iv) {
+        return Err(ApiError::bad(
+            WeaveCode::InvalidBso,
+            "crypto record with an all-zero IV",
+        ));
+    }
+    Ok(())
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
@@ -238,6 +254,7 @@ pub async fn put_item(
     let value = parse_json(&body.bytes)?;
     let bso = model::parse_bso(&value, Some(&p.bso), s.settings.max_record_payload_bytes)
         .map_err(bso_error)?;
+    refuse_known_bad_keys(&collection, &bso)?;
     let w = s.storage.put(user.uid, collection, bso, pre).await?;
     Ok(written(&s, w))
 }
@@ -249,54 +266,70 @@ fn post_values(body: &SyncBody) -> Result<Vec<Value>, ApiError> {
             Value::Array(items) => items,
             _ => return Err(ApiError::bad(WeaveCode::InvalidBso, "body is not a list")),
         },
-        BodyFormat::Newlines => body
-            .bytes
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-            .map(parse_json)
-            .collect::<Result<_, _>>()?,
+        // One BSO a line; the newline after the last one is optional, but an empty
+        // line is not a BSO (so a body of just "\n" is refused, an empty body is not).
+        BodyFormat::Newlines => {
+            if body.bytes.is_empty() {
+                Vec::new()
+            } else {
+                let bytes = body.bytes.strip_suffix(b"\n").unwrap_or(&body.bytes);
+                bytes
+                    .split(|b| *b == b'\n')
+                    .map(parse_json)
+                    .collect::<Result<_, _>>()?
+            }
+        }
     };
+    // As Mozilla's nodes: a list item that is not an object, or has no string id,
+    // refuses the whole request (other invalid BSOs are reported in `failed`).
     if values.iter().any(|v| !v.is_object()) {
         return Err(ApiError::bad(
             WeaveCode::InvalidBso,
             "list item is not an object",
         ));
     }
+    if values
+        .iter()
+        .any(|v| !v.get("id").is_some_and(Value::is_string))
+    {
+        return Err(ApiError::bad(WeaveCode::InvalidBso, "a BSO has no id"));
+    }
     Ok(values)
 }
 
 /// Validates each posted BSO and applies the per-POST limits: records past
-/// `max_post_records` or past `max_post_bytes` of payload go to `failed`.
-fn sort_posted(values: Vec<Value>, s: &AppState) -> (Vec<BsoInput>, BTreeMap<String, Vec<String>>) {
+/// `max_post_records` or past `max_post_bytes` of payload go to `failed`, with
+/// Mozilla's short reasons `"retry bso"` / `"retry bytes"` as the whole value.
+/// A known-bad key record refuses the whole request.
+fn sort_posted(
+    values: Vec<Value>,
+    collection: &str,
+    s: &AppState,
+) -> Result<(Vec<BsoInput>, BTreeMap<String, String>), ApiError> {
     let limits = s.settings.limits();
     let mut valid = Vec::with_capacity(values.len());
-    let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut bytes = 0usize;
     for v in values {
-        let id = v
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let id = v.get("id").and_then(Value::as_str).unwrap_or("");
         let reason = match model::parse_bso(&v, None, limits.max_record_payload_bytes) {
-            Err(e) => Some(e.to_string()),
-            Ok(_) if valid.len() >= limits.max_post_records => {
-                Some("retry bso: too many records in one request".to_string())
-            }
-            Ok(bso) if bytes + bso.payload_len() > limits.max_post_bytes => {
-                Some("retry bytes: too many payload bytes in one request".to_string())
-            }
+            Err(e) => e.to_string(),
             Ok(bso) => {
-                bytes += bso.payload_len();
-                valid.push(bso);
-                None
+                refuse_known_bad_keys(collection, &bso)?;
+                if valid.len() >= limits.max_post_records {
+                    "retry bso".to_string()
+                } else if bytes + bso.payload_len() > limits.max_post_bytes {
+                    "retry bytes".to_string()
+                } else {
+                    bytes += bso.payload_len();
+                    valid.push(bso);
+                    continue;
+                }
             }
         };
-        if let Some(reason) = reason {
-            failed.entry(id).or_default().push(reason);
-        }
+        failed.entry(id.to_string()).or_insert(reason);
     }
-    (valid, failed)
+    Ok((valid, failed))
 }
 
 /// Refuses a POST whose announced batch size (`X-Weave-Total-Records` /
@@ -362,7 +395,7 @@ pub async fn post_collection(
     let collection = collection_name(&p.collection)?;
     let batch = batch_params(&params)?;
     check_announced_totals(&headers, &s)?;
-    let (valid, failed) = sort_posted(post_values(&body)?, &s);
+    let (valid, failed) = sort_posted(post_values(&body)?, &collection, &s)?;
     let Some((batch, commit)) = batch else {
         let w = s.storage.post(user.uid, collection, valid, pre).await?;
         let mut result = w.value;

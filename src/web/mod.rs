@@ -147,6 +147,8 @@ fn storage_routes() -> Router<AppState> {
     use handlers::*;
     Router::new()
         .route("/1.5/{uid}", delete(delete_all))
+        // Mozilla's Python client deletes everything with a trailing slash.
+        .route("/1.5/{uid}/", delete(delete_all))
         .route("/1.5/{uid}/info/collections", get(info_collections))
         .route("/1.5/{uid}/info/collection_counts", get(info_counts))
         .route("/1.5/{uid}/info/collection_usage", get(info_usage))
