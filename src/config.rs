@@ -4,6 +4,7 @@
 //! `SYNCSTORE_<KEY>` (upper case), e.g. `SYNCSTORE_MAX_POST_RECORDS=50`;
 //! `SYNCSTORE_SECRETS` takes a comma-separated list.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,28 @@ pub struct Settings {
     pub node_capacity: i64,
     /// How long a storage node trusts a looked-up assignment, seconds.
     pub assignment_check_secs: u64,
+    /// Origins that get CORS headers (the request's origin is echoed back); empty:
+    /// any origin.
+    pub cors_allowed_origins: Vec<String>,
+    /// Limits that differ for named collections (`[collection_limits.<name>]` in TOML;
+    /// `SYNCSTORE_COLLECTION_LIMITS="bookmarks.max_post_bytes=10000000,…"`).
+    /// info/configuration keeps publishing the defaults.
+    pub collection_limits: BTreeMap<String, CollectionLimits>,
+}
+
+/// A collection's own write limits; a limit left out is the server-wide one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectionLimits {
+    /// Largest request body for this collection, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<usize>,
+    /// Most payload bytes in one POST to this collection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_post_bytes: Option<usize>,
+    /// Largest payload of one record in this collection, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_record_payload_bytes: Option<usize>,
 }
 
 impl Default for Settings {
@@ -168,6 +191,8 @@ impl Default for Settings {
             node_url: String::new(),
             node_capacity: 100_000,
             assignment_check_secs: 5,
+            cors_allowed_origins: vec![],
+            collection_limits: BTreeMap::new(),
         }
     }
 }
@@ -286,7 +311,7 @@ impl Settings {
         self.role != "storage"
     }
 
-    /// The limits to publish and enforce.
+    /// The server-wide limits, as published in info/configuration.
     pub fn limits(&self) -> Limits {
         Limits {
             max_request_bytes: self.max_request_bytes,
@@ -296,6 +321,22 @@ impl Settings {
             max_total_records: self.max_total_records,
             max_total_bytes: self.max_total_bytes,
         }
+    }
+
+    /// The limits enforced on writes to `collection`: the server-wide ones with the
+    /// collection's own overrides applied.
+    pub fn limits_for(&self, collection: &str) -> Limits {
+        let mut limits = self.limits();
+        if let Some(own) = self.collection_limits.get(collection) {
+            let pick = |own: Option<usize>, default: usize| own.unwrap_or(default);
+            limits.max_request_bytes = pick(own.max_request_bytes, limits.max_request_bytes);
+            limits.max_post_bytes = pick(own.max_post_bytes, limits.max_post_bytes);
+            limits.max_record_payload_bytes = pick(
+                own.max_record_payload_bytes,
+                limits.max_record_payload_bytes,
+            );
+        }
+        limits
     }
 
     /// Makes sure there is a signing secret: when none is configured, reads the one
@@ -349,6 +390,22 @@ fn env_value(key: &str, value: &str, default: &toml::Value) -> Result<toml::Valu
             "0" | "false" | "no" | "off" | "" => toml::Value::Boolean(false),
             _ => return Err(invalid()),
         },
+        // `collection_limits`: `name.key=value` pairs, comma-separated.
+        toml::Value::Table(_) => {
+            let mut table = toml::Table::new();
+            for pair in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (path, n) = pair.split_once('=').ok_or_else(invalid)?;
+                let (name, limit) = path.trim().rsplit_once('.').ok_or_else(invalid)?;
+                let n: i64 = n.trim().parse().map_err(|_| invalid())?;
+                let entry = table
+                    .entry(name.trim().to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(t) = entry {
+                    t.insert(limit.trim().to_string(), toml::Value::Integer(n));
+                }
+            }
+            toml::Value::Table(table)
+        }
         toml::Value::Array(_) => toml::Value::Array(
             value
                 .split(',')
@@ -408,6 +465,36 @@ mod tests {
         );
         let loaded = Settings::load_from(Some(&path), env(&[])).unwrap();
         assert_eq!(serde_json::to_value(loaded).unwrap(), defaults);
+    }
+
+    #[test]
+    fn collection_limits_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "max_post_bytes = 1000\n[collection_limits.bookmarks]\nmax_post_bytes = 5000\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.limits_for("bookmarks").max_post_bytes, 5000);
+        assert_eq!(s.limits_for("history").max_post_bytes, 1000);
+        assert_eq!(s.limits().max_post_bytes, 1000);
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[(
+                "SYNCSTORE_COLLECTION_LIMITS",
+                "history.max_record_payload_bytes=77, history.max_request_bytes=99",
+            )]),
+        )
+        .unwrap();
+        let h = s.limits_for("history");
+        assert_eq!((h.max_record_payload_bytes, h.max_request_bytes), (77, 99));
+        assert_eq!(s.limits_for("bookmarks").max_post_bytes, 1000);
+        for bad in ["history=5", "history.max_post_bytes=lots", "history.nope=1"] {
+            let e = env(&[("SYNCSTORE_COLLECTION_LIMITS", bad)]);
+            assert!(Settings::load_from(None, e).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -938,7 +938,13 @@ async fn unauthenticated_endpoints_and_cors() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("access-control-allow-origin").as_deref(),
-        Some("*")
+        Some("https://example.com")
+    );
+    assert!(
+        r.header("vary")
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("origin")
     );
     let allowed = r
         .header("access-control-allow-headers")
@@ -1185,4 +1191,123 @@ async fn batch_commit_bodies_follow_their_content_type() {
             assert_eq!(c.get(&coll).await.json(), json!([]));
         }
     }
+}
+
+/// An operator can raise or lower limits for named collections; info/configuration
+/// keeps publishing the server-wide ones.
+#[tokio::test]
+async fn collections_can_have_their_own_limits() {
+    let s = Server::start(&[
+        ("SYNCSTORE_MAX_RECORD_PAYLOAD_BYTES", "600"),
+        ("SYNCSTORE_MAX_REQUEST_BYTES", "2000"),
+        (
+            "SYNCSTORE_COLLECTION_LIMITS",
+            "bookmarks.max_record_payload_bytes=3000,bookmarks.max_request_bytes=8000,\
+             tabs.max_post_bytes=100",
+        ),
+    ]);
+    let c = s.client(34);
+    let config = c.get("/info/configuration").await.json();
+    assert_eq!(config["max_record_payload_bytes"], json!(600));
+    assert_eq!(config["max_request_bytes"], json!(2000));
+    let big = json!({"payload": "x".repeat(2500)});
+    // Raised for bookmarks: both the record and the request limit.
+    assert_eq!(c.put("/storage/bookmarks/a", &big).await.status, 200);
+    // Elsewhere the defaults hold: the body passes max_request_bytes (413).
+    assert_eq!(c.put("/storage/history/a", &big).await.status, 413);
+    let r = c
+        .put("/storage/history/a", &json!({"payload": "x".repeat(700)}))
+        .await;
+    assert_eq!((r.status.as_u16(), r.json()), (400, json!(17)));
+    // Lowered for tabs: the second 60-byte record passes max_post_bytes there.
+    let two = json!([
+        {"id": "t1", "payload": "y".repeat(60)},
+        {"id": "t2", "payload": "y".repeat(60)}
+    ]);
+    let r = c.post("/storage/tabs", &two).await.json();
+    assert_eq!(
+        (r["success"].clone(), r["failed"].clone()),
+        (json!(["t1"]), json!({"t2": "retry bytes"}))
+    );
+    let r = c.post("/storage/forms", &two).await.json();
+    assert_eq!(r["success"], json!(["t1", "t2"]));
+}
+
+/// CORS echoes the request's origin (never `*`) on preflights and ordinary responses,
+/// health checks included; with a configured list, other origins get no CORS headers.
+#[tokio::test]
+async fn cors_echoes_allowed_origins_only() {
+    let s = Server::start(&[(
+        "SYNCSTORE_CORS_ALLOWED_ORIGINS",
+        "https://good.example, https://also.example",
+    )]);
+    let c = s.client(35);
+    let preflight = |origin: &'static str| {
+        let c = &c;
+        async move {
+            c.raw(
+                "OPTIONS",
+                "/1.5/35/storage/col",
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                ],
+                None,
+                false,
+            )
+            .await
+        }
+    };
+    let acao = |r: &common::Resp| r.header("access-control-allow-origin");
+    let r = preflight("https://also.example").await;
+    assert_eq!(acao(&r).as_deref(), Some("https://also.example"));
+    assert!(
+        r.header("vary")
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("origin")
+    );
+    assert_eq!(acao(&preflight("https://evil.example").await), None);
+    for path in ["/__heartbeat__", "/__lbheartbeat__"] {
+        let r = c
+            .raw(
+                "GET",
+                path,
+                &[("origin", "https://good.example")],
+                None,
+                false,
+            )
+            .await;
+        assert_eq!(acao(&r).as_deref(), Some("https://good.example"), "{path}");
+        let r = c
+            .raw(
+                "GET",
+                path,
+                &[("origin", "https://evil.example")],
+                None,
+                false,
+            )
+            .await;
+        assert_eq!((r.status.as_u16(), acao(&r)), (200, None), "{path}");
+    }
+    let r = c
+        .get_h("/info/collections", &[("origin", "https://good.example")])
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), acao(&r).as_deref()),
+        (200, Some("https://good.example"))
+    );
+    // Without a list, any origin is echoed back.
+    let open = Server::start(&[]);
+    let r = open
+        .client(36)
+        .raw(
+            "GET",
+            "/__lbheartbeat__",
+            &[("origin", "https://any.example")],
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(acao(&r).as_deref(), Some("https://any.example"));
 }

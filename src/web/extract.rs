@@ -260,8 +260,12 @@ impl FromRequest<AppState> for SyncBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.settings.max_request_bytes;
         let (parts, body): (Parts, Body) = req.into_parts();
+        // `/1.5/{uid}/storage/{collection}…`: the collection's own limit, if it has one.
+        let limit = match parts.uri.path().split('/').nth(4) {
+            Some(collection) => state.settings.limits_for(collection).max_request_bytes,
+            None => state.settings.max_request_bytes,
+        };
         let mime = media_type(
             parts
                 .headers

@@ -252,8 +252,8 @@ pub async fn put_item(
         return Err(ApiError::NotFound);
     }
     let value = parse_json(&body.bytes)?;
-    let bso = model::parse_bso(&value, Some(&p.bso), s.settings.max_record_payload_bytes)
-        .map_err(bso_error)?;
+    let max_payload = s.settings.limits_for(&collection).max_record_payload_bytes;
+    let bso = model::parse_bso(&value, Some(&p.bso), max_payload).map_err(bso_error)?;
     refuse_known_bad_keys(&collection, &bso)?;
     let w = s.storage.put(user.uid, collection, bso, pre).await?;
     Ok(written(&s, w))
@@ -306,7 +306,7 @@ fn sort_posted(
     collection: &str,
     s: &AppState,
 ) -> Result<(Vec<BsoInput>, BTreeMap<String, String>), ApiError> {
-    let limits = s.settings.limits();
+    let limits = s.settings.limits_for(collection);
     let mut valid = Vec::with_capacity(values.len());
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut bytes = 0usize;

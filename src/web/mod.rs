@@ -22,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use tokio::net::TcpListener;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
@@ -90,10 +90,23 @@ async fn weave_timestamp(req: Request, next: Next) -> Response {
     res
 }
 
-fn cors() -> CorsLayer {
+/// CORS as Mozilla's nodes answer it: a request's `Origin` is echoed back (with
+/// `Vary: Origin`), never `*`; with `cors_allowed_origins` set, only those origins get
+/// CORS headers at all.
+fn cors(settings: &Settings) -> CorsLayer {
     let h = HeaderName::from_static;
+    let origins = if settings.cors_allowed_origins.is_empty() {
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(
+            settings
+                .cors_allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
     CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(origins)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
@@ -138,7 +151,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound.into_response() })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
         .layer(middleware::from_fn(weave_timestamp))
-        .layer(cors())
+        .layer(cors(&state.settings))
         .layer(middleware::from_fn(observe::log_request))
         .with_state(state)
 }
