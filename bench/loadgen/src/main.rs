@@ -207,7 +207,7 @@ impl Worker {
         method: &str,
         path: String,
         body: Option<Value>,
-    ) -> Option<(u16, axum::body::Bytes, Option<String>)> {
+    ) -> Option<(u16, bytes::Bytes, Option<String>)> {
         let auth = self.auth(token, method, &path);
         let url = format!("{}{}", self.args.url, path);
         let mut req = self
@@ -597,13 +597,13 @@ fn svg(stats: &Stats, title: &str) -> String {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let uri: axum::http::Uri = args.url.parse().expect("--url must be a URL");
-    let host = uri.host().unwrap_or("").to_string();
+    let uri: reqwest::Url = args.url.parse().expect("--url must be a URL");
+    let host = uri.host_str().unwrap_or("").to_string();
     assert!(
         host == "127.0.0.1" || host == "localhost",
         "loadgen only targets 127.0.0.1 or localhost, not {host}"
     );
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_or_known_default().unwrap_or(80);
     let zipf = Arc::new(Zipf::new(args.users.max(1)));
     let last_sync = Arc::new(Mutex::new(BTreeMap::new()));
     let deadline = Instant::now() + Duration::from_secs(args.duration);
