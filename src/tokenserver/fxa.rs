@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 pub const OLDSYNC_SCOPE: &str = "https://identity.mozilla.com/apps/oldsync";
 /// Most verify results kept in the cache.
 const CACHE_CAPACITY: usize = 10_000;
+/// Clock difference allowed when checking a JWT's `exp` and `nbf`, seconds.
+const JWT_LEEWAY_SECS: u64 = 30;
 
 /// A verified FxA user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,10 +171,17 @@ impl FxaVerifier {
         }
         let mut validation = Validation::new(Algorithm::RS256);
         validation.validate_aud = false;
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // The leeway (for clocks that differ a little) applies to `exp` and `nbf` alike.
+        validation.leeway = JWT_LEEWAY_SECS;
+        // A token not yet valid (`nbf` in the future) is refused.
+        validation.validate_nbf = true;
         if let Some(iss) = &self.issuer {
+            // With an issuer configured, a token without `iss` is refused too (the
+            // library checks `iss` only when present unless it is required).
+            validation.set_required_spec_claims(&["exp", "sub", "iss"]);
             validation.set_issuer(&[iss]);
+        } else {
+            validation.set_required_spec_claims(&["exp", "sub"]);
         }
         let candidates = self
             .keys

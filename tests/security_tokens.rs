@@ -1,0 +1,199 @@
+//! Black-box tests of the token and Hawk hardening (security review, issue 20, items
+//! 7-13): each test starts the real server on 127.0.0.1 and plays the attack.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Client, Resp, SECRET, Server, hawk_header, now, token};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://accounts.test";
+const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
+
+fn jwks_path() -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fxa-test-jwks.json"
+    )
+    .to_string()
+}
+
+/// Signs `claims` with the test FxA key, as FxA signs access tokens.
+fn signed_jwt(claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    header.typ = Some("at+jwt".into());
+    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/fxa-test-key.pem")).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// A valid access token of `sub`.
+fn good_jwt(sub: &str) -> String {
+    signed_jwt(&json!({
+        "sub": sub, "scope": OLDSYNC, "iss": ISSUER, "iat": now(), "exp": now() + 3600,
+    }))
+}
+
+fn key_id(kca: i64, client_state: &[u8]) -> String {
+    format!("{kca}-{}", URL_SAFE_NO_PAD.encode(client_state))
+}
+
+/// A server verifying JWTs with the test key set and issuer (no remote verifier).
+fn jwt_server(extra: &[(&str, &str)]) -> Server {
+    let jwks = jwks_path();
+    let mut env = vec![
+        ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
+        ("SYNCSTORE_FXA_ISSUER", ISSUER),
+        ("SYNCSTORE_FXA_VERIFY_URL", ""),
+        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0"),
+    ];
+    env.extend_from_slice(extra);
+    Server::start(&env)
+}
+
+async fn token_request(s: &Server, bearer: &str, key_id: &str) -> Resp {
+    let auth = format!("Bearer {bearer}");
+    s.client(0)
+        .raw(
+            "GET",
+            "/1.0/sync/1.5",
+            &[("authorization", &auth), ("x-keyid", key_id)],
+            None,
+            false,
+        )
+        .await
+}
+
+fn port(s: &Server) -> u16 {
+    s.addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The body of a tokenserver error, checked to be exactly Mozilla's shape with a fixed
+/// description; returns its `status`.
+fn mozilla_error(r: &Resp) -> String {
+    let body = r.json();
+    let obj = body.as_object().expect("an object");
+    assert_eq!(obj.len(), 2, "only status and errors: {body}");
+    let errors = body["errors"].as_array().expect("errors is a list");
+    assert_eq!(errors.len(), 1, "{body}");
+    let e = errors[0].as_object().unwrap();
+    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["description", "location", "name"], "{body}");
+    let description = e["description"].as_str().unwrap();
+    assert!(
+        ["Unauthorized", "Resource is not available", "Internal server error"]
+            .contains(&description),
+        "a fixed description, not internal text: {body}"
+    );
+    body["status"].as_str().unwrap().to_string()
+}
+
+// Item 7: X-KeyID's keys_changed_at has an upper bound.
+#[tokio::test]
+async fn keys_changed_at_from_the_future_is_refused_and_changes_nothing() {
+    let s = jwt_server(&[]);
+    let bearer = good_jwt("fxa-kca");
+    let now_ms = now() * 1000;
+    let first = token_request(&s, &bearer, &key_id(now_ms - 1000, b"\x01")).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let uid = first.json()["uid"].clone();
+    for kca in [i64::MAX, now_ms + 3_600_000] {
+        let r = token_request(&s, &bearer, &key_id(kca, b"\x02")).await;
+        assert_eq!(r.status, 401, "{kca}: {}", r.text);
+        assert_eq!(mozilla_error(&r), "invalid-keysChangedAt");
+    }
+    // The user's record is unchanged: the real values still sign in, to the same uid.
+    let again = token_request(&s, &bearer, &key_id(now_ms - 1000, b"\x01")).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json()["uid"], uid);
+    // A real key change (now) still gives a fresh uid.
+    let changed = token_request(&s, &bearer, &key_id(now_ms, b"\x02")).await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    assert_ne!(changed.json()["uid"], uid);
+}
+
+// Item 9: with an issuer configured, `iss` is required; `nbf` is honoured.
+#[tokio::test]
+async fn jwts_without_iss_or_not_yet_valid_are_refused() {
+    let s = jwt_server(&[]);
+    let kid = key_id(1, b"\x01");
+    let no_iss = signed_jwt(&json!({
+        "sub": "fxa-noiss", "scope": OLDSYNC, "iat": now(), "exp": now() + 3600,
+    }));
+    let future_nbf = signed_jwt(&json!({
+        "sub": "fxa-nbf", "scope": OLDSYNC, "iss": ISSUER, "iat": now(),
+        "nbf": now() + 3600, "exp": now() + 7200,
+    }));
+    for (what, bearer) in [("no iss", no_iss), ("future nbf", future_nbf)] {
+        let r = token_request(&s, &bearer, &kid).await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text);
+        assert_eq!(mozilla_error(&r), "invalid-credentials", "{what}");
+    }
+    // A past nbf, or one a few seconds ahead (within the leeway), is fine.
+    for (sub, nbf) in [("fxa-nbf-past", now() - 60), ("fxa-nbf-skew", now() + 5)] {
+        let bearer = signed_jwt(&json!({
+            "sub": sub, "scope": OLDSYNC, "iss": ISSUER, "iat": now(),
+            "nbf": nbf, "exp": now() + 3600,
+        }));
+        let r = token_request(&s, &bearer, &kid).await;
+        assert_eq!(r.status, 200, "{sub}: {}", r.text);
+    }
+    // Without an issuer configured, a token without `iss` is accepted.
+    let open = jwt_server(&[("SYNCSTORE_FXA_ISSUER", "")]);
+    let no_iss = signed_jwt(&json!({
+        "sub": "fxa-noiss", "scope": OLDSYNC, "iat": now(), "exp": now() + 3600,
+    }));
+    assert_eq!(token_request(&open, &no_iss, &kid).await.status, 200);
+}
+
+// Item 13: error bodies carry Mozilla's status strings and fixed descriptions only.
+#[tokio::test]
+async fn token_error_bodies_carry_no_internal_text() {
+    let s = jwt_server(&[]);
+    let kid = key_id(1, b"\x01");
+    let wrong_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "u", "scope": OLDSYNC, "iss": ISSUER, "exp": now() + 60}),
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .unwrap();
+    let expired = signed_jwt(&json!({
+        "sub": "u", "scope": OLDSYNC, "iss": ISSUER, "iat": now() - 7200, "exp": now() - 3600,
+    }));
+    for bearer in [
+        "not.a.jwt",
+        "eyJhbGciOiJSUzI1NiJ9.e30.c2ln",
+        wrong_key.as_str(),
+        expired.as_str(),
+    ] {
+        let r = token_request(&s, bearer, &kid).await;
+        assert_eq!(r.status, 401, "{bearer}: {}", r.text);
+        assert_eq!(mozilla_error(&r), "invalid-credentials", "{bearer}");
+        assert_eq!(r.json()["errors"][0]["description"], "Unauthorized");
+    }
+    // A database failure: the assignment database loses its users table.
+    let conn = rusqlite::Connection::open(s.data.path().join("tokenserver.sqlite")).unwrap();
+    conn.execute_batch("ALTER TABLE users RENAME TO users_gone")
+        .unwrap();
+    drop(conn);
+    let r = token_request(&s, &good_jwt("fxa-db"), &kid).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(mozilla_error(&r), "server-error");
+    let lower = r.text.to_lowercase();
+    for leak in ["sqlite", "no such table", "users"] {
+        assert!(!lower.contains(leak), "{leak} in {}", r.text);
+    }
+    // The cause is in the log, for the operator.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !s.log_text().contains("no such table") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(s.log_text().contains("no such table"));
+}
