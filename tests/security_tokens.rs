@@ -197,3 +197,85 @@ async fn token_error_bodies_carry_no_internal_text() {
     }
     assert!(s.log_text().contains("no such table"));
 }
+
+// Item 8: the expired-token allowance is for GET info/collections only, and bounded.
+#[tokio::test]
+async fn expired_tokens_read_only_the_info_collections_route_and_only_for_a_while() {
+    let s = Server::start(&[]);
+    let good = s.client(8);
+    // A record "collections" in a collection "info": its path ends in info/collections.
+    let put = good
+        .put("/storage/info/collections", &json!({"payload": "secret"}))
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let year_old = Client::new(&s, 8, -365.0 * 86400.0);
+    let r = year_old.get("/storage/info/collections").await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(!r.text.contains("secret"));
+    assert_eq!(year_old.get("/info/collections").await.status, 401);
+    // Past the allowance (two hours) even info/collections is refused.
+    let old = Client::new(&s, 8, -3.0 * 3600.0);
+    assert_eq!(old.get("/info/collections").await.status, 401);
+    // A token that expired a minute ago still reads info/collections, nothing else.
+    let recent = Client::new(&s, 8, -60.0);
+    let r = recent.get("/info/collections").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.json().get("info").is_some());
+    assert_eq!(recent.get("/storage/info/collections").await.status, 401);
+    assert_eq!(recent.get("/info/collection_counts").await.status, 401);
+}
+
+// Item 11: a token minted for one node is refused by another.
+#[tokio::test]
+async fn tokens_for_another_node_are_refused() {
+    let a = Server::start(&[]);
+    let b = Server::start(&[]);
+    // A request captured on its way to node A, replayed at node B byte for byte (its
+    // Host header still names A, so the Hawk signature checks out at B).
+    let (id, key) = token(SECRET, 11, &a.url(), 600.0);
+    let path = "/1.5/11/info/collections";
+    let auth = hawk_header(&id, &key, "GET", path, "127.0.0.1", port(&a), now(), "n11", None);
+    let host = a.addr.clone();
+    let headers = [("authorization", auth.as_str()), ("host", host.as_str())];
+    let at_b = b.client(11).raw("GET", path, &headers, None, false).await;
+    assert_eq!(at_b.status, 401, "{}", at_b.text);
+    assert_eq!(at_b.json()["status"], "invalid-credentials");
+    assert_eq!(at_b.header("www-authenticate").as_deref(), Some("Hawk"));
+    // The same request reaches node A: it is good there.
+    let at_a = a.client(11).raw("GET", path, &headers, None, false).await;
+    assert_eq!(at_a.status, 200, "{}", at_a.text);
+    // Signed afresh for B, A's token is still refused at B; B's own token works.
+    let wrong = Client::with_token(&b, 11, id, key);
+    assert_eq!(wrong.get("/info/collections").await.status, 401);
+    assert_eq!(b.client(11).get("/info/collections").await.status, 200);
+
+    // With a public URL, tokens must name it.
+    let p = Server::start(&[("SYNCSTORE_PUBLIC_URL", "http://sync.example.com:8080")]);
+    let path = "/1.5/12/info/collections";
+    for (node, expected) in [
+        ("http://sync.example.com:8080", 200),
+        ("http://sync.example.com:8080/", 200),
+        (p.url().as_str(), 401),
+        ("https://sync.example.com:8080", 401),
+        ("", 401),
+    ] {
+        let (id, key) = token(SECRET, 12, node, 600.0);
+        let nonce = format!("p{node}");
+        let auth = hawk_header(
+            &id,
+            &key,
+            "GET",
+            path,
+            "sync.example.com",
+            8080,
+            now(),
+            &nonce,
+            None,
+        );
+        let r = p
+            .client(12)
+            .raw("GET", path, &[("authorization", &auth)], None, false)
+            .await;
+        assert_eq!(r.status, expected, "token for {node:?}: {}", r.text);
+    }
+}

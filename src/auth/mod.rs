@@ -37,10 +37,18 @@ pub enum AuthError {
     /// The user was moved to another node (or given a new uid) by the tokenserver.
     #[error("user is assigned to another node")]
     Reassigned,
+    /// The token was minted for another storage node.
+    #[error("token was issued for another node")]
+    WrongNode,
     /// The payload hash in the header does not match the body.
     #[error("payload hash mismatch")]
     PayloadHash,
 }
+
+/// How long after its expiry a token may still read `info/collections`, seconds: two
+/// hours, the allowance of Mozilla's Python syncstorage server
+/// (`DEFAULT_EXPIRED_TOKEN_TIMEOUT`).
+pub const EXPIRED_TOKEN_GRACE_SECS: f64 = 2.0 * 3600.0;
 
 /// An authenticated request's identity.
 #[derive(Debug, Clone)]
@@ -91,8 +99,9 @@ impl Authenticator {
         &self.secrets
     }
 
-    /// Authenticates a request for `path_uid`. `allow_expired` lets an expired token
-    /// through (for `GET info/collections`, as Mozilla's servers do). `now` is Unix seconds.
+    /// Authenticates a request for `path_uid`. `allow_expired` lets a token expired less
+    /// than `EXPIRED_TOKEN_GRACE_SECS` ago through (for `GET info/collections`, as
+    /// Mozilla's servers do). `now` is Unix seconds.
     pub fn verify(
         &self,
         header: Option<&str>,
@@ -110,7 +119,12 @@ impl Authenticator {
         if !hawk::macs_equal(&expected, &h.mac) {
             return Err(AuthError::BadSignature);
         }
-        if !allow_expired && token.payload.expires <= now {
+        let grace = if allow_expired {
+            EXPIRED_TOKEN_GRACE_SECS
+        } else {
+            0.0
+        };
+        if token.payload.expires + grace <= now {
             return Err(AuthError::Expired);
         }
         if token.payload.uid != path_uid {
