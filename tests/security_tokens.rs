@@ -279,3 +279,119 @@ async fn tokens_for_another_node_are_refused() {
         assert_eq!(r.status, expected, "token for {node:?}: {}", r.text);
     }
 }
+
+/// A stand-in for FxA's `/v1/verify` on 127.0.0.1 that counts its calls and the most
+/// in flight at once; tokens `good-<user>` are valid. While `hold` is true, calls wait
+/// (at most 10 s) before answering.
+struct CountingVerifier {
+    url: String,
+    calls: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+async fn counting_verifier(hold: bool) -> CountingVerifier {
+    use axum::routing::post;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(hold);
+    let (c, f, m) = (calls.clone(), in_flight.clone(), max_in_flight.clone());
+    let app = axum::Router::new().route(
+        "/v1/verify",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let (c, f, m, mut hold) = (c.clone(), f.clone(), m.clone(), hold_rx.clone());
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                let now_in = f.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now_in, Ordering::SeqCst);
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    hold.wait_for(|h| !*h),
+                )
+                .await;
+                f.fetch_sub(1, Ordering::SeqCst);
+                let token = body["token"].as_str().unwrap_or("").to_string();
+                match token.strip_prefix("good-") {
+                    Some(user) => (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"user": user, "scope": [OLDSYNC]})),
+                    ),
+                    None => (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        axum::Json(json!({"code": 401, "errno": 108})),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    CountingVerifier {
+        url: format!("http://{addr}/v1/verify"),
+        calls,
+        max_in_flight,
+        hold: hold_tx,
+    }
+}
+
+// Item 10: remote verification does not amplify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_garbage_tokens_make_a_handful_of_verify_calls() {
+    let v = counting_verifier(false).await;
+    let s = Arc::new(Server::start(&[("SYNCSTORE_FXA_VERIFY_URL", v.url.as_str())]));
+    let kid = key_id(1, b"\x01");
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (s, kid) = (s.clone(), kid.clone());
+        tasks.push(tokio::spawn(async move {
+            token_request(&s, "garbage-token", &kid).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 401, "{}", r.text);
+        assert_eq!(mozilla_error(&r), "invalid-credentials");
+    }
+    let calls = v.calls.load(Ordering::SeqCst);
+    assert!(calls <= 3, "100 identical tokens made {calls} verify calls");
+    // The refusal is remembered: asking again right away makes no call.
+    let r = token_request(&s, "garbage-token", &kid).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(v.calls.load(Ordering::SeqCst), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_verifications_are_capped_and_the_excess_gets_503() {
+    let v = counting_verifier(true).await;
+    let s = Arc::new(Server::start(&[("SYNCSTORE_FXA_VERIFY_URL", v.url.as_str())]));
+    let kid = key_id(1, b"\x01");
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let (s, kid) = (s.clone(), kid.clone());
+        tasks.push(tokio::spawn(async move {
+            token_request(&s, &format!("bad-{i}"), &kid).await
+        }));
+    }
+    // Requests beyond the cap wait a bounded time for a slot, then get a 503 while the
+    // capped ones are still held by the verifier (bounded: 10 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !tasks.iter().any(|t| t.is_finished()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let max = v.max_in_flight.load(Ordering::SeqCst);
+    let _ = v.hold.send(false);
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let busy: Vec<&Resp> = results.iter().filter(|r| r.status == 503).collect();
+    assert!(!busy.is_empty(), "some requests were over the cap");
+    for r in &busy {
+        assert!(r.header("retry-after").is_some());
+        assert_eq!(mozilla_error(r), "server-error");
+    }
+    assert!(results.iter().all(|r| r.status == 503 || r.status == 401));
+    assert!(max <= 32, "{max} verify calls in flight at once");
+}
