@@ -395,3 +395,63 @@ async fn outbound_verifications_are_capped_and_the_excess_gets_503() {
     assert!(results.iter().all(|r| r.status == 503 || r.status == 401));
     assert!(max <= 32, "{max} verify calls in flight at once");
 }
+
+// Item 12: one user's flood cannot evict another user's nonce.
+#[tokio::test]
+async fn one_users_flood_cannot_reopen_another_users_replay_window() {
+    // A small cache: 200 triples, so one user may hold 20.
+    let s = Server::start(&[("SYNCSTORE_NONCE_CACHE_SIZE", "200")]);
+    let victim = s.client(21);
+    let path = "/1.5/21/info/collections";
+    let captured = hawk_header(
+        &victim.id,
+        &victim.key,
+        "GET",
+        path,
+        "127.0.0.1",
+        port(&s),
+        now(),
+        "victim-nonce",
+        None,
+    );
+    let send = |auth: String| {
+        let c = victim.clone();
+        async move {
+            c.raw("GET", path, &[("authorization", &auth)], None, false)
+                .await
+        }
+    };
+    assert_eq!(send(captured.clone()).await.status, 200);
+    // The attacker floods with a valid token of their own: more requests than the
+    // whole cache holds (bounded: 300). Past its share it is refused with a 503.
+    let attacker = s.client(22);
+    let mut busy = 0;
+    for _ in 0..300 {
+        let r = attacker.get("/info/collections").await;
+        match r.status.as_u16() {
+            200 => {}
+            503 => {
+                assert!(r.header("retry-after").is_some());
+                busy += 1;
+            }
+            other => panic!("flood request answered {other}: {}", r.text),
+        }
+    }
+    assert!(busy >= 250, "the attacker's share is bounded: {busy} refused");
+    let replay = send(captured.clone()).await;
+    assert_eq!(replay.status, 401, "replayed after the flood: {}", replay.text);
+    // Many users, each within their share, fill the cache: new requests are refused
+    // (503) rather than anyone's nonce forgotten.
+    let mut busy = 0;
+    for u in 30..45 {
+        let c = s.client(u);
+        for _ in 0..20 {
+            if c.get("/info/collections").await.status == 503 {
+                busy += 1;
+            }
+        }
+    }
+    assert!(busy > 0, "a full cache refuses new requests");
+    let replay = send(captured).await;
+    assert_eq!(replay.status, 401, "replayed with a full cache: {}", replay.text);
+}

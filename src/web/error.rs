@@ -39,7 +39,7 @@ pub enum ApiError {
         /// What was wrong, for the log.
         message: String,
     },
-    /// 401: not authenticated.
+    /// 401: not authenticated (503 for `AuthError::Busy`).
     #[error("unauthorized: {0}")]
     Unauthorized(#[from] AuthError),
     /// 404: no such resource or route.
@@ -98,6 +98,10 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { code, message } => {
                 tracing::debug!(?code, %message, "bad request");
                 json_body(StatusCode::BAD_REQUEST, json!(code as u8))
+            }
+            ApiError::Unauthorized(AuthError::Busy) => {
+                tracing::warn!("replay cache full (or one user's share of it): 503");
+                unavailable(json!("server busy"), "5")
             }
             ApiError::Unauthorized(e) => {
                 tracing::debug!(reason = %e, "unauthorized");
