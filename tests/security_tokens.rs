@@ -87,8 +87,12 @@ fn mozilla_error(r: &Resp) -> String {
     assert_eq!(keys, ["description", "location", "name"], "{body}");
     let description = e["description"].as_str().unwrap();
     assert!(
-        ["Unauthorized", "Resource is not available", "Internal server error"]
-            .contains(&description),
+        [
+            "Unauthorized",
+            "Resource is not available",
+            "Internal server error"
+        ]
+        .contains(&description),
         "a fixed description, not internal text: {body}"
     );
     body["status"].as_str().unwrap().to_string()
@@ -234,7 +238,17 @@ async fn tokens_for_another_node_are_refused() {
     // Host header still names A, so the Hawk signature checks out at B).
     let (id, key) = token(SECRET, 11, &a.url(), 600.0);
     let path = "/1.5/11/info/collections";
-    let auth = hawk_header(&id, &key, "GET", path, "127.0.0.1", port(&a), now(), "n11", None);
+    let auth = hawk_header(
+        &id,
+        &key,
+        "GET",
+        path,
+        "127.0.0.1",
+        port(&a),
+        now(),
+        "n11",
+        None,
+    );
     let host = a.addr.clone();
     let headers = [("authorization", auth.as_str()), ("host", host.as_str())];
     let at_b = b.client(11).raw("GET", path, &headers, None, false).await;
@@ -340,7 +354,10 @@ async fn counting_verifier(hold: bool) -> CountingVerifier {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_garbage_tokens_make_a_handful_of_verify_calls() {
     let v = counting_verifier(false).await;
-    let s = Arc::new(Server::start(&[("SYNCSTORE_FXA_VERIFY_URL", v.url.as_str())]));
+    let s = Arc::new(Server::start(&[(
+        "SYNCSTORE_FXA_VERIFY_URL",
+        v.url.as_str(),
+    )]));
     let kid = key_id(1, b"\x01");
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -365,7 +382,10 @@ async fn identical_garbage_tokens_make_a_handful_of_verify_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_verifications_are_capped_and_the_excess_gets_503() {
     let v = counting_verifier(true).await;
-    let s = Arc::new(Server::start(&[("SYNCSTORE_FXA_VERIFY_URL", v.url.as_str())]));
+    let s = Arc::new(Server::start(&[(
+        "SYNCSTORE_FXA_VERIFY_URL",
+        v.url.as_str(),
+    )]));
     let kid = key_id(1, b"\x01");
     let mut tasks = Vec::new();
     for i in 0..48 {
@@ -437,9 +457,16 @@ async fn one_users_flood_cannot_reopen_another_users_replay_window() {
             other => panic!("flood request answered {other}: {}", r.text),
         }
     }
-    assert!(busy >= 250, "the attacker's share is bounded: {busy} refused");
+    assert!(
+        busy >= 250,
+        "the attacker's share is bounded: {busy} refused"
+    );
     let replay = send(captured.clone()).await;
-    assert_eq!(replay.status, 401, "replayed after the flood: {}", replay.text);
+    assert_eq!(
+        replay.status, 401,
+        "replayed after the flood: {}",
+        replay.text
+    );
     // Many users, each within their share, fill the cache: new requests are refused
     // (503) rather than anyone's nonce forgotten.
     let mut busy = 0;
@@ -453,5 +480,9 @@ async fn one_users_flood_cannot_reopen_another_users_replay_window() {
     }
     assert!(busy > 0, "a full cache refuses new requests");
     let replay = send(captured).await;
-    assert_eq!(replay.status, 401, "replayed with a full cache: {}", replay.text);
+    assert_eq!(
+        replay.status, 401,
+        "replayed with a full cache: {}",
+        replay.text
+    );
 }

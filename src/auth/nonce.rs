@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(c.check_and_insert(1, "id", 100, "m", 100), Ok(()));
         // Remembered however many others arrive, until ts + window has passed.
         for i in 0..50 {
-            assert_eq!(c.check_and_insert(2, "x", 150, &format!("m{i}"), 150), Ok(()));
+            assert_eq!(
+                c.check_and_insert(2, "x", 150, &format!("m{i}"), 150),
+                Ok(())
+            );
         }
         assert_eq!(
             c.check_and_insert(1, "id", 100, "n", 160),
@@ -182,7 +185,10 @@ mod tests {
         let c = NonceCache::new(60, 100);
         // One user gets a tenth of the cache, then is refused.
         for i in 0..10 {
-            assert_eq!(c.check_and_insert(1, "a", 100, &format!("{i}"), 100), Ok(()));
+            assert_eq!(
+                c.check_and_insert(1, "a", 100, &format!("{i}"), 100),
+                Ok(())
+            );
         }
         assert_eq!(
             c.check_and_insert(1, "a", 100, "more", 100),
@@ -191,7 +197,10 @@ mod tests {
         // Others fill the rest; then everyone is refused, and nothing was forgotten.
         for u in 2..11 {
             for i in 0..10 {
-                assert_eq!(c.check_and_insert(u, "b", 100, &format!("{u}-{i}"), 100), Ok(()));
+                assert_eq!(
+                    c.check_and_insert(u, "b", 100, &format!("{u}-{i}"), 100),
+                    Ok(())
+                );
             }
         }
         assert_eq!(c.len(), 100);

@@ -289,11 +289,9 @@ impl FxaVerifier {
             Ok(user) => remember(&self.cache, key, (user.clone(), Instant::now()), |v| {
                 v.1.elapsed() < self.cache_ttl
             }),
-            Err(FxaError::Invalid(_)) => {
-                remember(&self.failures, key, Instant::now(), |at| {
-                    at.elapsed() < FAILURE_TTL
-                })
-            }
+            Err(FxaError::Invalid(_)) => remember(&self.failures, key, Instant::now(), |at| {
+                at.elapsed() < FAILURE_TTL
+            }),
             Err(_) => {} // unavailable: the next request asks again
         }
         result

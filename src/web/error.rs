@@ -158,7 +158,13 @@ fn token_response(e: TokenserverError) -> Response {
             "Authorization",
             UNAUTHORIZED,
         ),
-        E::InvalidKeyId => (401, "invalid-credentials", "header", "X-KeyID", UNAUTHORIZED),
+        E::InvalidKeyId => (
+            401,
+            "invalid-credentials",
+            "header",
+            "X-KeyID",
+            UNAUTHORIZED,
+        ),
         E::InvalidGeneration => (401, "invalid-generation", "body", "", UNAUTHORIZED),
         E::InvalidKeysChangedAt => (401, "invalid-keysChangedAt", "body", "", UNAUTHORIZED),
         E::InvalidClientState => (
@@ -169,13 +175,9 @@ fn token_response(e: TokenserverError) -> Response {
             UNAUTHORIZED,
         ),
         E::NewUsersDisabled => (401, "new-users-disabled", "body", "", UNAUTHORIZED),
-        E::NoNodes | E::VerifierUnavailable(_) | E::Db(_) => (
-            503,
-            "server-error",
-            "body",
-            "",
-            "Resource is not available",
-        ),
+        E::NoNodes | E::VerifierUnavailable(_) | E::Db(_) => {
+            (503, "server-error", "body", "", "Resource is not available")
+        }
         E::Internal(_) => (500, "server-error", "body", "", "Internal server error"),
     };
     if status >= 500 {

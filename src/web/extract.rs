@@ -6,10 +6,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 
 use super::AppState;
-use crate::config::Settings;
 use super::error::{ApiError, WeaveCode};
 use crate::auth::Identity;
 use crate::auth::hawk::{self, SignedRequest};
+use crate::config::Settings;
 use crate::storage::Precondition;
 use crate::storage::model::{self, ClientTime, MAX_IDS};
 use crate::storage::queries::{ListQuery, Sort};
@@ -148,8 +148,13 @@ impl FromRequestParts<AppState> for HawkUser {
             .auth
             .verify(header, &req, uid, allow_expired, unix_now())?;
         let registered = state.assignments.as_ref().map(|a| a.node_url());
-        if !token_names_this_node(&identity.token.node, &state.settings, registered, &host, port)
-        {
+        if !token_names_this_node(
+            &identity.token.node,
+            &state.settings,
+            registered,
+            &host,
+            port,
+        ) {
             return Err(crate::auth::AuthError::WrongNode.into());
         }
         if let Some(check) = &state.assignments
