@@ -253,7 +253,9 @@ async fn signed_payload_hashes_must_match_the_body() {
 #[tokio::test]
 async fn public_url_and_forwarded_headers_set_the_signed_host() {
     let s = Server::start(&[("SYNCSTORE_PUBLIC_URL", "https://sync.example.com")]);
-    let c = s.client(7);
+    // Tokens name the node by its public URL (a token for another node is refused).
+    let (id, key) = token(SECRET, 7, "https://sync.example.com", 600.0);
+    let c = Client::with_token(&s, 7, id, key);
     let path = "/1.5/7/info/collections";
     let auth = hawk_header(
         &c.id,

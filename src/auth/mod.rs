@@ -7,10 +7,10 @@ pub mod nonce;
 pub mod token;
 
 use hawk::SignedRequest;
-use nonce::NonceCache;
+use nonce::{NonceCache, NonceError};
 use token::TokenPayload;
 
-/// Why a request is not authenticated; every variant is a 401.
+/// Why a request is not authenticated; every variant is a 401 except `Busy` (503).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization: Hawk` header, or a malformed one.
@@ -34,13 +34,25 @@ pub enum AuthError {
     /// The (id, ts, nonce) triple was seen before.
     #[error("replayed nonce")]
     Replay,
+    /// The replay cache has no room for the request (full, or this user's share of it
+    /// is): 503, since remembering fewer nonces would reopen replay windows.
+    #[error("too many requests in the replay window")]
+    Busy,
     /// The user was moved to another node (or given a new uid) by the tokenserver.
     #[error("user is assigned to another node")]
     Reassigned,
+    /// The token was minted for another storage node.
+    #[error("token was issued for another node")]
+    WrongNode,
     /// The payload hash in the header does not match the body.
     #[error("payload hash mismatch")]
     PayloadHash,
 }
+
+/// How long after its expiry a token may still read `info/collections`, seconds: two
+/// hours, the allowance of Mozilla's Python syncstorage server
+/// (`DEFAULT_EXPIRED_TOKEN_TIMEOUT`).
+pub const EXPIRED_TOKEN_GRACE_SECS: f64 = 2.0 * 3600.0;
 
 /// An authenticated request's identity.
 #[derive(Debug, Clone)]
@@ -72,7 +84,8 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Creates an authenticator; `nonce_capacity` bounds the replay cache.
+    /// Creates an authenticator; `nonce_capacity` bounds the replay cache (one user may
+    /// fill a `nonce::PER_USER_SHARE`th of it).
     pub fn new(secrets: Vec<String>, skew: i64, nonce_capacity: usize) -> Authenticator {
         Authenticator {
             secrets,
@@ -91,8 +104,9 @@ impl Authenticator {
         &self.secrets
     }
 
-    /// Authenticates a request for `path_uid`. `allow_expired` lets an expired token
-    /// through (for `GET info/collections`, as Mozilla's servers do). `now` is Unix seconds.
+    /// Authenticates a request for `path_uid`. `allow_expired` lets a token expired less
+    /// than `EXPIRED_TOKEN_GRACE_SECS` ago through (for `GET info/collections`, as
+    /// Mozilla's servers do). `now` is Unix seconds.
     pub fn verify(
         &self,
         header: Option<&str>,
@@ -110,7 +124,12 @@ impl Authenticator {
         if !hawk::macs_equal(&expected, &h.mac) {
             return Err(AuthError::BadSignature);
         }
-        if !allow_expired && token.payload.expires <= now {
+        let grace = if allow_expired {
+            EXPIRED_TOKEN_GRACE_SECS
+        } else {
+            0.0
+        };
+        if token.payload.expires + grace <= now {
             return Err(AuthError::Expired);
         }
         if token.payload.uid != path_uid {
@@ -120,12 +139,12 @@ impl Authenticator {
         if (h.ts - now_secs).abs() > self.skew {
             return Err(AuthError::Skew);
         }
-        if !self
-            .nonces
-            .check_and_insert(&h.id, h.ts, &h.nonce, now_secs)
-        {
-            return Err(AuthError::Replay);
-        }
+        self.nonces
+            .check_and_insert(path_uid, &h.id, h.ts, &h.nonce, now_secs)
+            .map_err(|e| match e {
+                NonceError::Replay => AuthError::Replay,
+                NonceError::Full => AuthError::Busy,
+            })?;
         Ok(Identity {
             uid: path_uid,
             token: token.payload,

@@ -1,10 +1,17 @@
 //! Verification of Firefox Accounts OAuth access tokens: RS256 JWTs checked against a
-//! JWK set, or opaque tokens checked by POSTing them to FxA's `/v1/verify` (results
-//! cached briefly).
+//! JWK set, or opaque tokens checked by POSTing them to FxA's `/v1/verify`.
+//!
+//! Remote verification must not amplify: results are cached (successes for
+//! `cache_ttl`, refusals for `FAILURE_TTL`, keyed by a hash of the token, bounded in
+//! number), concurrent verifications of one token share one outbound call, and at most
+//! `MAX_CONCURRENT_VERIFICATIONS` calls are out at once (a request that cannot get a
+//! slot within `SLOT_WAIT` is answered 503 with `Retry-After`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OnceCell, Semaphore};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -15,6 +22,14 @@ use sha2::{Digest, Sha256};
 pub const OLDSYNC_SCOPE: &str = "https://identity.mozilla.com/apps/oldsync";
 /// Most verify results kept in the cache.
 const CACHE_CAPACITY: usize = 10_000;
+/// How long a token the remote verifier refused is refused without asking again.
+const FAILURE_TTL: Duration = Duration::from_secs(5);
+/// Most remote verifications in flight at once.
+const MAX_CONCURRENT_VERIFICATIONS: usize = 32;
+/// How long a verification waits for a free slot before the request gets a 503.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+/// Clock difference allowed when checking a JWT's `exp` and `nbf`, seconds.
+const JWT_LEEWAY_SECS: u64 = 30;
 
 /// A verified FxA user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +74,18 @@ pub struct FxaVerifier {
     verify_url: Option<String>,
     http: reqwest::Client,
     cache_ttl: Duration,
+    /// SHA-256 of a token → its user and when it was verified.
     cache: Mutex<HashMap<[u8; 32], (OAuthUser, Instant)>>,
+    /// SHA-256 of a token the verifier refused → when it was refused.
+    failures: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Verifications in flight by token hash: callers of one token share one call.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<VerifyCell>>>,
+    /// Caps the outbound verifications in flight.
+    slots: Semaphore,
 }
+
+/// The shared result of one remote verification.
+type VerifyCell = OnceCell<Result<OAuthUser, FxaError>>;
 
 #[derive(Deserialize)]
 struct Claims {
@@ -133,6 +158,9 @@ impl FxaVerifier {
             http,
             cache_ttl: cfg.cache_ttl,
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
         })
     }
 
@@ -169,10 +197,17 @@ impl FxaVerifier {
         }
         let mut validation = Validation::new(Algorithm::RS256);
         validation.validate_aud = false;
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // The leeway (for clocks that differ a little) applies to `exp` and `nbf` alike.
+        validation.leeway = JWT_LEEWAY_SECS;
+        // A token not yet valid (`nbf` in the future) is refused.
+        validation.validate_nbf = true;
         if let Some(iss) = &self.issuer {
+            // With an issuer configured, a token without `iss` is refused too (the
+            // library checks `iss` only when present unless it is required).
+            validation.set_required_spec_claims(&["exp", "sub", "iss"]);
             validation.set_issuer(&[iss]);
+        } else {
+            validation.set_required_spec_claims(&["exp", "sub"]);
         }
         let candidates = self
             .keys
@@ -201,12 +236,68 @@ impl FxaVerifier {
 
     async fn verify_remote(&self, token: &str) -> Result<OAuthUser, FxaError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(known) = self.cached(&key) {
+            return known;
+        }
+        let cell = match self.in_flight.lock() {
+            Ok(mut in_flight) => in_flight.entry(key).or_default().clone(),
+            Err(_) => Arc::new(VerifyCell::new()),
+        };
+        // The first caller asks; the others wait for its answer (if it goes away
+        // before the answer, the next waiter asks instead).
+        let result = cell
+            .get_or_init(|| self.ask_verifier(token, key))
+            .await
+            .clone();
+        if let Ok(mut in_flight) = self.in_flight.lock()
+            && in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell))
+        {
+            in_flight.remove(&key);
+        }
+        result
+    }
+
+    /// What the caches say about a token: its user, a recent refusal, or nothing.
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<OAuthUser, FxaError>> {
         if let Ok(cache) = self.cache.lock()
-            && let Some((user, at)) = cache.get(&key)
+            && let Some((user, at)) = cache.get(key)
             && at.elapsed() < self.cache_ttl
         {
-            return Ok(user.clone());
+            return Some(Ok(user.clone()));
         }
+        if let Ok(failures) = self.failures.lock()
+            && let Some(at) = failures.get(key)
+            && at.elapsed() < FAILURE_TTL
+        {
+            return Some(Err(FxaError::Invalid("refused by the verifier".into())));
+        }
+        None
+    }
+
+    /// One outbound verification (within the concurrency cap); caches its outcome.
+    async fn ask_verifier(&self, token: &str, key: [u8; 32]) -> Result<OAuthUser, FxaError> {
+        // A caller that waited for an earlier call of the same token finds its result.
+        if let Some(known) = self.cached(&key) {
+            return known;
+        }
+        let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
+            .await
+            .map_err(|_| FxaError::Unavailable("too many verifications in flight".into()))?
+            .map_err(|_| FxaError::Unavailable("verifier closed".into()))?;
+        let result = self.post_verify(token).await;
+        match &result {
+            Ok(user) => remember(&self.cache, key, (user.clone(), Instant::now()), |v| {
+                v.1.elapsed() < self.cache_ttl
+            }),
+            Err(FxaError::Invalid(_)) => remember(&self.failures, key, Instant::now(), |at| {
+                at.elapsed() < FAILURE_TTL
+            }),
+            Err(_) => {} // unavailable: the next request asks again
+        }
+        result
+    }
+
+    async fn post_verify(&self, token: &str) -> Result<OAuthUser, FxaError> {
         let url = self.verify_url.as_deref().unwrap_or_default();
         let resp = self
             .http
@@ -232,21 +323,29 @@ impl FxaVerifier {
         if body.user.is_empty() {
             return Err(FxaError::Invalid("empty user".into()));
         }
-        let user = OAuthUser {
+        Ok(OAuthUser {
             fxa_uid: body.user,
             generation: body.generation,
-        };
-        if let Ok(mut cache) = self.cache.lock() {
+        })
+    }
+}
+
+/// Inserts into a cache bounded by `CACHE_CAPACITY`: when full, entries no longer
+/// `fresh` are dropped first, then everything.
+fn remember<V>(
+    cache: &Mutex<HashMap<[u8; 32], V>>,
+    key: [u8; 32],
+    value: V,
+    fresh: impl Fn(&V) -> bool,
+) {
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, v| fresh(v));
             if cache.len() >= CACHE_CAPACITY {
-                let ttl = self.cache_ttl;
-                cache.retain(|_, (_, at)| at.elapsed() < ttl);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
+                cache.clear();
             }
-            cache.insert(key, (user.clone(), Instant::now()));
         }
-        Ok(user)
+        cache.insert(key, value);
     }
 }
 

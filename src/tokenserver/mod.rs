@@ -37,7 +37,8 @@ pub enum TokenserverError {
     /// 401 `invalid-generation`: an older generation than already seen.
     #[error("stale generation")]
     InvalidGeneration,
-    /// 401 `invalid-keysChangedAt`: an older keys_changed_at than already seen.
+    /// 401 `invalid-keysChangedAt`: an older keys_changed_at than already seen, or one
+    /// from the future.
     #[error("stale keys_changed_at")]
     InvalidKeysChangedAt,
     /// 401 `invalid-client-state`: a client state the user already moved away from.
@@ -68,6 +69,10 @@ impl From<FxaError> for TokenserverError {
         }
     }
 }
+
+/// How far ahead of this server's clock an X-KeyID's keys_changed_at may be (FxA's
+/// clock and ours may differ a little), milliseconds.
+pub const KEYS_CHANGED_AT_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// The parsed `X-KeyID` header: `<keys_changed_at>-<base64url(client_state)>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +261,15 @@ pub fn assign(
     key_id: &KeyId,
     now: i64,
 ) -> Result<Assignment, TokenserverError> {
+    // keys_changed_at is FxA's clock (ms) of the user's last key change: a value from
+    // the future cannot be true, and taking it would give the user a fresh uid now and
+    // refuse every later sign-in with the real value as "going backwards". Mozilla's
+    // tokenserver answers implausible keys_changed_at values (greater than the
+    // generation) with 401 `invalid-keysChangedAt`; so does this, before anything about
+    // the user is read or written.
+    if key_id.keys_changed_at > now.saturating_add(KEYS_CHANGED_AT_SKEW_MS) {
+        return Err(TokenserverError::InvalidKeysChangedAt);
+    }
     let fxa_uid = user.fxa_uid.as_str();
     tx.lock_key(fxa_uid)?;
     let nodes = store::nodes(tx)?;

@@ -39,7 +39,7 @@ pub enum ApiError {
         /// What was wrong, for the log.
         message: String,
     },
-    /// 401: not authenticated.
+    /// 401: not authenticated (503 for `AuthError::Busy`).
     #[error("unauthorized: {0}")]
     Unauthorized(#[from] AuthError),
     /// 404: no such resource or route.
@@ -99,6 +99,10 @@ impl IntoResponse for ApiError {
                 tracing::debug!(?code, %message, "bad request");
                 json_body(StatusCode::BAD_REQUEST, json!(code as u8))
             }
+            ApiError::Unauthorized(AuthError::Busy) => {
+                tracing::warn!("replay cache full (or one user's share of it): 503");
+                unavailable(json!("server busy"), "5")
+            }
             ApiError::Unauthorized(e) => {
                 tracing::debug!(reason = %e, "unauthorized");
                 let mut r = json_body(
@@ -140,17 +144,41 @@ fn unavailable(body: serde_json::Value, retry: &'static str) -> Response {
 }
 
 /// Tokenserver errors in Mozilla's shape: `{"status", "errors": [{location, name, description}]}`.
+/// The description is a fixed text per kind (as Mozilla's tokenserver sends
+/// "Unauthorized"): the cause (JWT library, database, HTTP client messages) is logged
+/// only, never sent.
 fn token_response(e: TokenserverError) -> Response {
     use TokenserverError as E;
-    let (status, code, location, name) = match &e {
-        E::InvalidCredentials(_) => (401, "invalid-credentials", "header", "Authorization"),
-        E::InvalidKeyId => (401, "invalid-credentials", "header", "X-KeyID"),
-        E::InvalidGeneration => (401, "invalid-generation", "body", ""),
-        E::InvalidKeysChangedAt => (401, "invalid-keysChangedAt", "body", ""),
-        E::InvalidClientState => (401, "invalid-client-state", "header", "X-KeyID"),
-        E::NewUsersDisabled => (401, "new-users-disabled", "body", ""),
-        E::NoNodes | E::VerifierUnavailable(_) | E::Db(_) => (503, "server-error", "body", ""),
-        E::Internal(_) => (500, "server-error", "body", ""),
+    const UNAUTHORIZED: &str = "Unauthorized";
+    let (status, code, location, name, description) = match &e {
+        E::InvalidCredentials(_) => (
+            401,
+            "invalid-credentials",
+            "header",
+            "Authorization",
+            UNAUTHORIZED,
+        ),
+        E::InvalidKeyId => (
+            401,
+            "invalid-credentials",
+            "header",
+            "X-KeyID",
+            UNAUTHORIZED,
+        ),
+        E::InvalidGeneration => (401, "invalid-generation", "body", "", UNAUTHORIZED),
+        E::InvalidKeysChangedAt => (401, "invalid-keysChangedAt", "body", "", UNAUTHORIZED),
+        E::InvalidClientState => (
+            401,
+            "invalid-client-state",
+            "header",
+            "X-KeyID",
+            UNAUTHORIZED,
+        ),
+        E::NewUsersDisabled => (401, "new-users-disabled", "body", "", UNAUTHORIZED),
+        E::NoNodes | E::VerifierUnavailable(_) | E::Db(_) => {
+            (503, "server-error", "body", "", "Resource is not available")
+        }
+        E::Internal(_) => (500, "server-error", "body", "", "Internal server error"),
     };
     if status >= 500 {
         tracing::error!(error = %e, "token request failed");
@@ -158,7 +186,7 @@ fn token_response(e: TokenserverError) -> Response {
         tracing::debug!(error = %e, "token request refused");
     }
     let body = json!({"status": code, "errors": [
-        {"location": location, "name": name, "description": e.to_string()}
+        {"location": location, "name": name, "description": description}
     ]});
     let status = StatusCode::from_u16(status).expect("valid status");
     if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -9,6 +9,7 @@ use super::AppState;
 use super::error::{ApiError, WeaveCode};
 use crate::auth::Identity;
 use crate::auth::hawk::{self, SignedRequest};
+use crate::config::Settings;
 use crate::storage::Precondition;
 use crate::storage::model::{self, ClientTime, MAX_IDS};
 use crate::storage::queries::{ListQuery, Sort};
@@ -62,6 +63,54 @@ fn signed_host(headers: &HeaderMap, state: &AppState) -> (String, u16) {
     }
 }
 
+/// Whether `path` is exactly `/1.5/{uid}/info/collections`.
+fn is_info_collections(path: &str) -> bool {
+    path.strip_prefix("/1.5/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, route)| route == "info/collections")
+}
+
+/// A URL's scheme, host (both lower-cased), port (explicit, else the scheme's) and
+/// path without trailing slashes: what makes two node URLs the same node.
+fn url_parts(url: &str) -> Option<(String, String, u16, String)> {
+    let uri: axum::http::Uri = url.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let host = uri.host()?.to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let path = uri.path().trim_end_matches('/').to_string();
+    Some((scheme, host, port, path))
+}
+
+/// Whether a token minted for `node` may be used here, so a request captured on one
+/// node cannot be replayed at another: `node` must be this node's URL — `node_url`,
+/// else `public_url`, else the URL this process registered in the assignment database
+/// (`registered`: `http://<bound address>`). With none of these (a storage-only node
+/// without an assignment database), its host and port must be those the request was
+/// addressed to (`host`, `port`: what the client signed; a replay that forges the Host
+/// header passes that, so such nodes should set `public_url`). A token without a node,
+/// or with one that is not a URL, names no node and is refused.
+fn token_names_this_node(
+    node: &str,
+    settings: &Settings,
+    registered: Option<&str>,
+    host: &str,
+    port: u16,
+) -> bool {
+    let Some(token_node) = url_parts(node) else {
+        return false;
+    };
+    let this_node = [settings.node_url.as_str(), settings.public_url.as_str()]
+        .into_iter()
+        .chain(registered)
+        .find(|url| !url.is_empty());
+    match this_node {
+        Some(url) => url_parts(url).is_some_and(|this| this == token_node),
+        None => token_node.1 == host.to_ascii_lowercase() && token_node.2 == port,
+    }
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -87,8 +136,10 @@ impl FromRequestParts<AppState> for HawkUser {
             host: &host,
             port,
         };
-        // Clients may read their state with an expired token, as Mozilla's nodes allow.
-        let allow_expired = parts.method == Method::GET && path.ends_with("/info/collections");
+        // Clients may read their state with a recently expired token, as Mozilla's nodes
+        // allow: `GET /1.5/{uid}/info/collections` only (not a record that happens to
+        // end in that path), for `auth::EXPIRED_TOKEN_GRACE_SECS` after expiry.
+        let allow_expired = parts.method == Method::GET && is_info_collections(path);
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -96,6 +147,16 @@ impl FromRequestParts<AppState> for HawkUser {
         let identity = state
             .auth
             .verify(header, &req, uid, allow_expired, unix_now())?;
+        let registered = state.assignments.as_ref().map(|a| a.node_url());
+        if !token_names_this_node(
+            &identity.token.node,
+            &state.settings,
+            registered,
+            &host,
+            port,
+        ) {
+            return Err(crate::auth::AuthError::WrongNode.into());
+        }
         if let Some(check) = &state.assignments
             && !check
                 .allows(uid)
@@ -327,5 +388,52 @@ mod tests {
         assert_eq!(path_uid("/1.5//info"), None);
         assert_eq!(path_uid("/1.5/99999999999999999999/info"), None);
         assert_eq!(path_uid("/1.5/9223372036854775808/info"), None);
+    }
+
+    #[test]
+    fn only_the_info_collections_route_is_info_collections() {
+        assert!(is_info_collections("/1.5/42/info/collections"));
+        for other in [
+            "/1.5/42/storage/info/collections",
+            "/1.5/42/info/collections/",
+            "/1.5/42/info/collection_counts",
+            "/1.5/info/collections",
+            "/info/collections",
+        ] {
+            assert!(!is_info_collections(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn node_urls_compare_by_scheme_host_port_and_path() {
+        let mut settings = Settings::default();
+        let here =
+            |node: &str, s: &Settings| token_names_this_node(node, s, None, "127.0.0.1", 8000);
+        assert!(here("http://127.0.0.1:8000", &settings));
+        assert!(here("http://127.0.0.1:8000/", &settings));
+        assert!(!here("http://127.0.0.1:8001", &settings));
+        assert!(!here("http://10.0.0.1:8000", &settings));
+        assert!(!here("", &settings));
+        assert!(!here("not a url", &settings));
+        // The URL this process registered wins over the request's host.
+        let registered = |node: &str| {
+            token_names_this_node(
+                node,
+                &Settings::default(),
+                Some("http://127.0.0.1:9000"),
+                "127.0.0.1",
+                8000,
+            )
+        };
+        assert!(registered("http://127.0.0.1:9000"));
+        assert!(!registered("http://127.0.0.1:8000"));
+        settings.public_url = "https://Sync.Example.com/".into();
+        assert!(here("https://sync.example.com", &settings));
+        assert!(here("https://sync.example.com:443", &settings));
+        assert!(!here("http://sync.example.com", &settings));
+        assert!(!here("http://127.0.0.1:8000", &settings));
+        settings.node_url = "https://node1.example.com".into();
+        assert!(here("https://node1.example.com", &settings));
+        assert!(!here("https://sync.example.com", &settings));
     }
 }
