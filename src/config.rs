@@ -30,6 +30,17 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The secret file exists but cannot be read; it is left as it is.
+    #[error(
+        "cannot read the secret file {path}: {source} (fix or restore it; it is never \
+         overwritten, since tokens and user ids depend on it)"
+    )]
+    SecretUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// All settings of a syncstore process. Field names are the TOML keys.
@@ -310,7 +321,20 @@ impl Settings {
             path: path.clone(),
             source,
         };
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        // Only a missing (or empty) file gets a new secret: one that is there but
+        // unreadable (a directory, bad permissions, not UTF-8) is an error, never
+        // overwritten, or every token and uid minted with it would silently change.
+        let existing = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ConfigError::SecretUnreadable {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        };
+        if let Some(text) = &existing {
             let secret = text.trim().to_string();
             if !secret.is_empty() {
                 self.secrets = vec![secret];
@@ -322,13 +346,14 @@ impl Settings {
         let secret = hex::encode(rand::random::<[u8; 32]>());
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(0o600);
+        match existing {
+            // An empty file held no secret: nothing was ever signed with it.
+            Some(_) => options.truncate(true),
+            None => options.create_new(true),
+        };
+        let mut f = options.open(&path).map_err(err)?;
         f.write_all(format!("{secret}\n").as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(err)?;
