@@ -133,6 +133,17 @@ pub struct Settings {
     pub node_capacity: i64,
     /// How long a storage node trusts a looked-up assignment, seconds.
     pub assignment_check_secs: u64,
+    /// Address of the listener for node-to-node requests (live moves), never served on
+    /// `listen`: empty: `127.0.0.1:0` (a free port) when this process is a storage node
+    /// of a cluster (`tokenserver_database_url` set), else none; `off`: none; or an
+    /// address, e.g. a private `10.0.0.5:8001` when nodes run on several machines.
+    pub internal_listen: String,
+    /// The URL other nodes reach the internal listener at, written to the assignment
+    /// database at start; empty: `http://<the bound internal address>`.
+    pub internal_url: String,
+    /// Largest user file a node accepts in a move (the body is spooled to a file in
+    /// the data dir as it arrives, never held in memory), bytes. Default 4 GiB.
+    pub max_moved_file_bytes: u64,
 }
 
 impl Default for Settings {
@@ -179,6 +190,9 @@ impl Default for Settings {
             node_url: String::new(),
             node_capacity: 100_000,
             assignment_check_secs: 5,
+            internal_listen: String::new(),
+            internal_url: String::new(),
+            max_moved_file_bytes: 4 << 30,
         }
     }
 }
@@ -290,6 +304,19 @@ impl Settings {
     /// Whether this process serves the storage API.
     pub fn serves_storage(&self) -> bool {
         self.role != "tokenserver"
+    }
+
+    /// The address of the internal (node-to-node) listener, if this process has one
+    /// (see `internal_listen`).
+    pub fn internal_listen_addr(&self) -> Option<String> {
+        match self.internal_listen.as_str() {
+            "off" => None,
+            "" if self.serves_storage() && !self.tokenserver_database_url.is_empty() => {
+                Some("127.0.0.1:0".into())
+            }
+            "" => None,
+            addr => Some(addr.to_string()),
+        }
     }
 
     /// Whether this process serves the tokenserver API.

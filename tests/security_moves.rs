@@ -46,7 +46,11 @@ fn an_unreadable_secret_file_stops_the_server_and_is_left_alone() {
     assert!(!ok, "the server must not start: {err}");
     assert!(err.contains("cannot read the secret file"), "{err}");
     assert!(err.contains("never overwritten"), "{err}");
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is unchanged");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the file is unchanged"
+    );
 
     // A directory where the file should be.
     let dir = tempfile::tempdir().unwrap();
