@@ -507,3 +507,68 @@ async fn received_files_must_have_exactly_our_schema() {
         assert!(b_file.exists());
     }
 }
+
+/// Runs `syncstore user import FILE ARGS… --data-dir DIR`; returns (ok, stdout, stderr).
+fn user_import(data: &std::path::Path, file: &[u8], args: &[&str]) -> (bool, String, String) {
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), file).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["user", "import"])
+        .arg(src.path())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("SYNCSTORE_SECRETS", SECRET)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn user_import_takes_only_files_with_exactly_our_schema() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("users/005/5.sqlite");
+    for (what, body) in [
+        ("trigger", user_file(4, TRIGGER)),
+        ("bare bso(x)", bare_file()),
+    ] {
+        let (ok, _, err) = user_import(data.path(), &body, &["--uid", "5"]);
+        assert!(!ok, "{what} was imported");
+        assert!(err.contains("user file 5 refused"), "{what}: {err}");
+        assert!(!file.exists(), "{what} was installed");
+    }
+    let (ok, _, err) = user_import(data.path(), &user_file(4, TRIGGER), &[]);
+    assert!(!ok && err.contains("give --uid"), "{err}");
+
+    for version in 1..=4 {
+        let (ok, out, err) = user_import(
+            data.path(),
+            &user_file(version, ""),
+            &["--uid", "5", "--replace"],
+        );
+        assert!(ok, "version {version}: {err}");
+        assert!(
+            out.contains(&format!("installed a schema version {version} file")),
+            "{out}"
+        );
+    }
+    // Over an existing file: only with --replace, and a refused file leaves it be.
+    let kept = std::fs::read(&file).unwrap();
+    let (ok, _, err) = user_import(data.path(), &user_file(4, ""), &["--uid", "5"]);
+    assert!(!ok && err.contains("--replace"), "{err}");
+    let (ok, _, err) = user_import(data.path(), &bare_file(), &["--uid", "5", "--replace"]);
+    assert!(!ok && err.contains("refused"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), kept);
+
+    // A JSON import never writes through a user file whose schema is not ours.
+    std::fs::write(&file, user_file(4, TRIGGER)).unwrap();
+    let export = json!({"format": "syncstore-user/1", "uid": 5, "modified": 1.0,
+        "collections": [{"name": "tabs", "modified": 1.0,
+            "records": [{"id": "a", "payload": "p", "modified": 1.0}]}]});
+    let (ok, _, err) = user_import(data.path(), export.to_string().as_bytes(), &[]);
+    assert!(!ok && err.contains("refused"), "{err}");
+}

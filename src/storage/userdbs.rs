@@ -851,7 +851,7 @@ fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
 }
 
 /// Writes `bytes` to a new owner-only file and syncs it (fails if the file exists).
-fn write_new_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_new_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -55,6 +55,15 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
+/// Why a request was turned away before its work began: a status and a message.
+struct Refusal(StatusCode, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -64,8 +73,8 @@ fn unix_now() -> i64 {
 
 /// Checks the signature headers (for this node, in time, first use of the nonce)
 /// without touching the body.
-fn signed(s: &InternalState, headers: &HeaderMap, path: &str) -> Result<VerifiedHead, Response> {
-    let refused = || error(StatusCode::UNAUTHORIZED, "unsigned");
+fn signed(s: &InternalState, headers: &HeaderMap, path: &str) -> Result<VerifiedHead, Refusal> {
+    let refused = || Refusal(StatusCode::UNAUTHORIZED, "unsigned");
     // Only a node of a cluster (an assignment database naming it) takes these.
     let Some(check) = &s.app.assignments else {
         return Err(refused());
@@ -86,7 +95,7 @@ fn signed(s: &InternalState, headers: &HeaderMap, path: &str) -> Result<Verified
     )
     .ok_or_else(refused)?;
     if !s.nonces.first_use(&verified, now) {
-        return Err(error(StatusCode::UNAUTHORIZED, "replayed"));
+        return Err(Refusal(StatusCode::UNAUTHORIZED, "replayed"));
     }
     Ok(verified)
 }
@@ -120,7 +129,7 @@ async fn move_user(
 ) -> Response {
     let verified = match signed(&s, &headers, &format!("/__internal__/move/{uid}")) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Ok(body) = axum::body::to_bytes(body, MAX_ORDER_BYTES).await else {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "order too large");
@@ -149,7 +158,7 @@ async fn receive(
 ) -> Response {
     let verified = match signed(&s, &headers, &format!("/__internal__/receive/{uid}")) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let cap = s.app.settings.max_moved_file_bytes;
     let declared = headers
@@ -164,7 +173,7 @@ async fn receive(
     }
     let incoming = match spool(&s.app, uid, body, cap, &verified.body_sha256).await {
         Ok(path) => path,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match cluster::receive(&s.app, uid, incoming, verified.body_sha256).await {
         Ok(r) => axum::Json(r).into_response(),
@@ -180,10 +189,10 @@ async fn spool(
     body: Body,
     cap: u64,
     sha256: &str,
-) -> Result<PathBuf, Response> {
+) -> Result<PathBuf, Refusal> {
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::warn!(uid, error = %e, "cannot spool a received file");
-        error(StatusCode::SERVICE_UNAVAILABLE, "cannot store the file")
+        Refusal(StatusCode::SERVICE_UNAVAILABLE, "cannot store the file")
     };
     let dir = app.storage.dbs().data_dir().join("moves");
     crate::storage::userdbs::create_private_dir(&dir).map_err(|e| unavailable(&e))?;
@@ -200,19 +209,19 @@ async fn spool(
         let mut size = 0u64;
         let mut body = body;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| error(StatusCode::BAD_REQUEST, "body cut short"))?;
+            let frame = frame.map_err(|_| Refusal(StatusCode::BAD_REQUEST, "body cut short"))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             size += data.len() as u64;
             if size > cap {
-                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "file too large"));
+                return Err(Refusal(StatusCode::PAYLOAD_TOO_LARGE, "file too large"));
             }
             hasher.update(&data);
             file.write_all(&data).await.map_err(|e| unavailable(&e))?;
         }
         if hex::encode(hasher.finalize()) != sha256 {
-            return Err(error(
+            return Err(Refusal(
                 StatusCode::UNAUTHORIZED,
                 "body does not match its signature",
             ));
