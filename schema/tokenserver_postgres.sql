@@ -47,3 +47,19 @@ CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Where each storage node takes node-to-node requests (moves): its internal listener,
+-- kept apart from the public one. Each node writes its own row when it starts.
+CREATE TABLE IF NOT EXISTS node_internal (
+    node         TEXT PRIMARY KEY,          -- the node's URL, as in nodes.node
+    internal_url TEXT NOT NULL              -- e.g. http://10.0.0.5:8001
+);
+
+-- Live moves in progress: the source writes a row before it sends the user's file, and
+-- removes it with the flip (or when the move fails). A node installs a received file
+-- only for a uid with a row naming that node.
+CREATE TABLE IF NOT EXISTS pending_moves (
+    uid        BIGINT PRIMARY KEY,
+    node       TEXT NOT NULL,               -- the target node's URL
+    started_at BIGINT NOT NULL
+);

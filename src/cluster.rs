@@ -14,9 +14,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::auth::internal::{SIGNATURE_HEADER, sign};
+use crate::auth::internal::{BODY_HASH_HEADER, RequestHead, SIGNATURE_HEADER, sign};
 use crate::storage::StorageError;
-use crate::tokenserver::db::DbError;
+use crate::tokenserver::db::{AssignmentDb, DbError};
 use crate::tokenserver::store;
 use crate::web::AppState;
 
@@ -32,6 +32,9 @@ pub enum MoveError {
     /// The user is not assigned to this node.
     #[error("user {0} is not assigned to this node")]
     NotHere(u64),
+    /// No move of the user to this node is pending in the assignment database.
+    #[error("no move of user {0} to this node is pending")]
+    NotPending(u64),
     /// Reading or holding the user's file failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -76,28 +79,56 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Sends a signed internal request; returns the response body on 200.
+/// Where the node `node` (its URL) takes node-to-node requests, from the assignment
+/// database: each node records its internal listener there when it starts.
+pub async fn internal_base(db: &AssignmentDb, node: &str) -> Result<String, MoveError> {
+    let node = node.trim_end_matches('/').to_string();
+    let lookup = node.clone();
+    db.run(move |tx| store::internal_url(tx, &lookup))
+        .await?
+        .ok_or_else(|| {
+            MoveError::BadTarget(format!(
+                "node {node} has no internal address (is it running, with an \
+                 internal_listen?)"
+            ))
+        })
+}
+
+/// Sends a signed internal request to the node `target` (its URL, which the signature
+/// names) at its internal listener `base`; returns the response body on 200.
 pub async fn signed_post(
     secret: &str,
     base: &str,
+    target: &str,
     path: &str,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
-    let signature = sign(secret, "POST", path, &body, unix_now());
+    let head = RequestHead {
+        method: "POST",
+        path,
+        target: target.trim_end_matches('/'),
+    };
+    let digest = hex::encode(Sha256::digest(&body));
+    let (signature, hash) = sign(secret, &head, &digest, unix_now());
     let url = format!("{}{path}", base.trim_end_matches('/'));
+    let node = head.target;
     let r = reqwest::Client::new()
         .post(&url)
         .header(SIGNATURE_HEADER, signature)
+        .header(BODY_HASH_HEADER, hash)
         .body(body)
         .timeout(std::time::Duration::from_secs(600))
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("node {node} ({url}): {e}"))?;
     let status = r.status();
-    let bytes = r.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    let bytes = r
+        .bytes()
+        .await
+        .map_err(|e| format!("node {node} ({url}): {e}"))?;
     if !status.is_success() {
         return Err(format!(
-            "{url}: {status}: {}",
+            "node {node} ({url}): {status}: {}",
             String::from_utf8_lossy(&bytes)
         ));
     }
@@ -125,6 +156,7 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
     if current.as_deref() != Some(from.as_str()) {
         return Err(MoveError::NotHere(uid));
     }
+    let target_base = internal_base(db, &to).await?;
 
     let dbs = state.storage.dbs();
     let hold = dbs.begin_move(uid).await?;
@@ -138,7 +170,11 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
         let digest = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len() as u64;
         let path = format!("/__internal__/receive/{uid}");
-        let answer = signed_post(state.auth.signing_secret(), &to, &path, bytes)
+        // The target installs the file only for a move recorded as pending to it.
+        let pending_to = to.clone();
+        db.run(move |tx| store::begin_pending_move(tx, uid as i64, &pending_to, unix_now()))
+            .await?;
+        let answer = signed_post(state.auth.signing_secret(), &target_base, &to, &path, bytes)
             .await
             .map_err(MoveError::Target)?;
         let got: Received =
@@ -148,7 +184,10 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
         }
         // The flip: from here on the user lives on the target.
         let moved = db
-            .run(move |tx| store::move_user(tx, uid as i64, target_id))
+            .run(move |tx| {
+                store::end_pending_move(tx, uid as i64)?;
+                store::move_user(tx, uid as i64, target_id)
+            })
             .await?;
         if !moved {
             return Err(MoveError::NotHere(uid));
@@ -167,6 +206,15 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
     .await;
     drop(hold);
     let _ = tokio::fs::remove_file(&copy).await;
+    if result.is_err() {
+        // No file may be installed for this move any more (a no-op after the flip).
+        let forgotten = db
+            .run(move |tx| store::end_pending_move(tx, uid as i64))
+            .await;
+        if let Err(e) = forgotten {
+            tracing::warn!(uid, error = %e, "could not clear the pending move");
+        }
+    }
     match &result {
         Ok(r) => {
             tracing::info!(uid, to = %r.to, records = r.records, held_ms = r.held_ms, "user moved")
@@ -176,16 +224,46 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
     result
 }
 
-/// The target's half: installs a copy of `uid`'s file sent by the source.
-pub async fn receive(state: &AppState, uid: u64, bytes: Vec<u8>) -> Result<Received, MoveError> {
+/// Whether this node may take a copy of `uid`'s file now: only a node with an
+/// assignment database, for a move it records as pending to this node, of a user
+/// not served here. Checked before a byte of the copy is read, and again before it is
+/// installed.
+pub async fn may_receive(state: &AppState, uid: u64) -> Result<(), MoveError> {
+    let check = state.assignments.as_ref().ok_or(MoveError::NoAssignments)?;
+    let (pending, current) = check
+        .db()
+        .run(move |tx| {
+            Ok::<_, DbError>((
+                store::pending_move_target(tx, uid as i64)?,
+                store::uid_node(tx, uid as i64)?,
+            ))
+        })
+        .await?;
+    if pending.as_deref() != Some(check.node_url()) {
+        return Err(MoveError::NotPending(uid));
+    }
     // Never overwrite a user this node is serving.
-    if is_assigned_here(state, uid).await? {
+    if current.as_deref() == Some(check.node_url()) {
         return Err(MoveError::BadTarget(format!(
             "user {uid} already lives on this node"
         )));
     }
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    let records = state.storage.dbs().install_copy(uid, bytes).await?;
+    Ok(())
+}
+
+/// The target's half: installs a copy of `uid`'s file sent by the source, spooled to
+/// `incoming` (a file in the data dir) and hashing to `sha256`.
+pub async fn receive(
+    state: &AppState,
+    uid: u64,
+    incoming: std::path::PathBuf,
+    sha256: String,
+) -> Result<Received, MoveError> {
+    if let Err(e) = may_receive(state, uid).await {
+        let _ = tokio::fs::remove_file(&incoming).await;
+        return Err(e);
+    }
+    let records = state.storage.dbs().install_copy(uid, incoming).await?;
     state.storage.dbs().welcome_back(uid);
     if let Some(check) = &state.assignments {
         // Whatever this node remembered about the uid is about to be wrong.
@@ -194,13 +272,14 @@ pub async fn receive(state: &AppState, uid: u64, bytes: Vec<u8>) -> Result<Recei
     Ok(Received { records, sha256 })
 }
 
-async fn is_assigned_here(state: &AppState, uid: u64) -> Result<bool, MoveError> {
-    let Some(check) = &state.assignments else {
-        return Ok(false);
-    };
-    let node = check
-        .db()
-        .run(move |tx| store::uid_node(tx, uid as i64))
-        .await?;
-    Ok(node.as_deref() == Some(check.node_url()))
+/// Tells the other nodes, through the assignment database, where this node (`node`)
+/// takes node-to-node requests.
+pub async fn publish_internal_url(
+    db: &AssignmentDb,
+    node: &str,
+    internal_url: &str,
+) -> Result<(), DbError> {
+    let (node, url) = (node.to_string(), internal_url.to_string());
+    db.run(move |tx| store::set_internal_url(tx, &node, &url))
+        .await
 }

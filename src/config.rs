@@ -31,6 +31,17 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The secret file exists but cannot be read; it is left as it is.
+    #[error(
+        "cannot read the secret file {path}: {source} (fix or restore it; it is never \
+         overwritten, since tokens and user ids depend on it)"
+    )]
+    SecretUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// All settings of a syncstore process. Field names are the TOML keys.
@@ -124,6 +135,17 @@ pub struct Settings {
     pub node_capacity: i64,
     /// How long a storage node trusts a looked-up assignment, seconds.
     pub assignment_check_secs: u64,
+    /// Address of the listener for node-to-node requests (live moves), never served on
+    /// `listen`: empty: `127.0.0.1:0` (a free port) when this process is a storage node
+    /// of a cluster (`tokenserver_database_url` set), else none; `off`: none; or an
+    /// address, e.g. a private `10.0.0.5:8001` when nodes run on several machines.
+    pub internal_listen: String,
+    /// The URL other nodes reach the internal listener at, written to the assignment
+    /// database at start; empty: `http://<the bound internal address>`.
+    pub internal_url: String,
+    /// Largest user file a node accepts in a move (the body is spooled to a file in
+    /// the data dir as it arrives, never held in memory), bytes. Default 4 GiB.
+    pub max_moved_file_bytes: u64,
     /// Origins that get CORS headers (the request's origin is echoed back); empty:
     /// any origin.
     pub cors_allowed_origins: Vec<String>,
@@ -193,6 +215,9 @@ impl Default for Settings {
             node_url: String::new(),
             node_capacity: 100_000,
             assignment_check_secs: 5,
+            internal_listen: String::new(),
+            internal_url: String::new(),
+            max_moved_file_bytes: 4 << 30,
             cors_allowed_origins: vec![],
             collection_limits: BTreeMap::new(),
         }
@@ -308,6 +333,19 @@ impl Settings {
         self.role != "tokenserver"
     }
 
+    /// The address of the internal (node-to-node) listener, if this process has one
+    /// (see `internal_listen`).
+    pub fn internal_listen_addr(&self) -> Option<String> {
+        match self.internal_listen.as_str() {
+            "off" => None,
+            "" if self.serves_storage() && !self.tokenserver_database_url.is_empty() => {
+                Some("127.0.0.1:0".into())
+            }
+            "" => None,
+            addr => Some(addr.to_string()),
+        }
+    }
+
     /// Whether this process serves the tokenserver API.
     pub fn serves_tokens(&self) -> bool {
         self.role != "storage"
@@ -353,7 +391,20 @@ impl Settings {
             path: path.clone(),
             source,
         };
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        // Only a missing (or empty) file gets a new secret: one that is there but
+        // unreadable (a directory, bad permissions, not UTF-8) is an error, never
+        // overwritten, or every token and uid minted with it would silently change.
+        let existing = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ConfigError::SecretUnreadable {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        };
+        if let Some(text) = &existing {
             let secret = text.trim().to_string();
             if !secret.is_empty() {
                 self.secrets = vec![secret];
@@ -365,13 +416,14 @@ impl Settings {
         let secret = hex::encode(rand::random::<[u8; 32]>());
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(0o600);
+        match existing {
+            // An empty file held no secret: nothing was ever signed with it.
+            Some(_) => options.truncate(true),
+            None => options.create_new(true),
+        };
+        let mut f = options.open(&path).map_err(err)?;
         f.write_all(format!("{secret}\n").as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(err)?;

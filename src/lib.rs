@@ -237,6 +237,29 @@ fn raise_descriptor_limit(settings: &Settings) {
     }
 }
 
+/// Serves the node-to-node routes on their own listener and records its URL in the
+/// assignment database for the other nodes.
+async fn serve_internal(
+    listener: TcpListener,
+    state: &web::AppState,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServerError> {
+    let bound = listener.local_addr()?;
+    let url = match state.settings.internal_url.as_str() {
+        "" => format!("http://{bound}"),
+        url => url.trim_end_matches('/').to_string(),
+    };
+    if let Some(check) = &state.assignments {
+        cluster::publish_internal_url(check.db(), check.node_url(), &url)
+            .await
+            .map_err(|e| ServerError::Tokenserver(e.to_string()))?;
+    }
+    tracing::info!("internal routes on {url} (bound to {bound})");
+    let app = web::internal::router(state.clone());
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
+}
+
 /// Runs the storage node on `listener` until `shutdown` completes; then stops
 /// accepting, waits up to `shutdown_grace_secs` for requests in flight, and
 /// checkpoints and closes every user file.
@@ -271,7 +294,19 @@ pub async fn run(
             Some(tokio::spawn(async move { axum::serve(l, app).await }))
         }
     };
+    let internal_listener = match settings.internal_listen_addr() {
+        Some(addr) => Some(
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|e| std::io::Error::other(format!("internal_listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let state = build_state(settings, tokenserver, assignments)?;
+    let internal_server = match internal_listener {
+        Some(l) => Some(serve_internal(l, &state).await?),
+        None => None,
+    };
     let dbs = state.storage.dbs().clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let upkeep = tokio::spawn(upkeep_loop(
@@ -305,6 +340,9 @@ pub async fn run(
     let _ = upkeep.await;
     if let Some(m) = metrics_server {
         m.abort();
+    }
+    if let Some(i) = internal_server {
+        i.abort();
     }
     let closed = tokio::task::spawn_blocking(move || dbs.close_all())
         .await

@@ -172,11 +172,13 @@ enum UserCommand {
         /// The user's numeric id.
         uid: u64,
     },
-    /// Read an export (from FILE or stdin) back into a user's file.
+    /// Read an export (from FILE or stdin) back into a user's file; or install a copy
+    /// of a user's SQLite file (a backup; needs --uid and, over an existing file,
+    /// --replace), accepted only with exactly a known version's schema.
     Import {
         #[command(flatten)]
         common: Common,
-        /// The export file; stdin when absent.
+        /// The export file (JSON) or a user's SQLite file; stdin when absent.
         file: Option<PathBuf>,
         /// Import as this user instead of the one named in the file.
         #[arg(long)]
@@ -485,12 +487,20 @@ fn user(cmd: UserCommand) -> Result<(), String> {
             uid,
             replace,
         } => {
-            let json = match &file {
-                Some(path) => std::fs::read_to_string(path)
+            let bytes = match &file {
+                Some(path) => std::fs::read(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-                None => std::io::read_to_string(std::io::stdin())
-                    .map_err(|e| format!("cannot read stdin: {e}"))?,
+                None => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                        .map_err(|e| format!("cannot read stdin: {e}"))?;
+                    bytes
+                }
             };
+            if users::is_sqlite_file(&bytes) {
+                return files(&common, |dir| users::import_file(dir, &bytes, uid, replace));
+            }
+            let json = String::from_utf8(bytes).map_err(|_| "not a user export: not UTF-8")?;
             files(&common, |dir| users::import(dir, &json, uid, replace))
         }
         UserCommand::Delete { common, uid } => files(&common, |dir| users::delete(dir, uid)),

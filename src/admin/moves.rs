@@ -2,7 +2,7 @@
 //! ordered over signed internal requests to each user's current node (see `cluster`).
 
 use super::AdminError;
-use crate::cluster::{MoveReport, signed_post};
+use crate::cluster::{MoveReport, internal_base, signed_post};
 use crate::tokenserver::db::AssignmentDb;
 use crate::tokenserver::store::{self, NodeChange};
 
@@ -20,7 +20,9 @@ pub async fn move_user(
     let from = db.run(move |tx| store::uid_node(tx, uid as i64)).await?;
     let from = from.ok_or_else(|| AdminError::Invalid(format!("user {uid} is not assigned")))?;
     let body = serde_json::to_vec(&serde_json::json!({ "to": to })).map_err(invalid)?;
-    let answer = signed_post(secret, &from, &format!("/__internal__/move/{uid}"), body)
+    let base = internal_base(db, &from).await.map_err(invalid)?;
+    let path = format!("/__internal__/move/{uid}");
+    let answer = signed_post(secret, &base, &from, &path, body)
         .await
         .map_err(AdminError::Invalid)?;
     serde_json::from_slice(&answer).map_err(invalid)

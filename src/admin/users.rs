@@ -62,11 +62,47 @@ pub fn import(
         )));
     }
     let uid = uid.unwrap_or(data.uid);
+    let existing = crate::storage::userdbs::user_path(data_dir, uid);
+    if existing.exists() {
+        // Never write through a file whose schema is not ours (a trigger would run).
+        crate::storage::schema_check::check_user_file(&existing, uid)?;
+    }
     let mut conn = files::open_or_create(data_dir, uid)?;
     let n = files::import(&mut conn, uid, &data, replace)?;
     Ok(format!(
         "user {uid}: imported {n} records in {} collections",
         data.collections.len()
+    ))
+}
+
+/// Whether `bytes` are a SQLite database file (its header), not a JSON export.
+pub fn is_sqlite_file(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"SQLite format 3\0")
+}
+
+/// `user import FILE.sqlite --uid UID [--replace]`: installs a copy of a user's SQLite
+/// file (a backup), accepted only if it is sound and has exactly the schema of a
+/// version this binary knows (see `storage::schema_check`); replaces the user's file
+/// only with `replace`. For a user the server has open, do it with the server stopped.
+pub fn import_file(
+    data_dir: &Path,
+    bytes: &[u8],
+    uid: Option<u64>,
+    replace: bool,
+) -> Result<String, AdminError> {
+    let uid = uid.ok_or_else(|| {
+        AdminError::Invalid("a SQLite file names no user: give --uid".to_string())
+    })?;
+    let path = crate::storage::userdbs::user_path(data_dir, uid);
+    if path.exists() && !replace {
+        return Err(AdminError::Invalid(format!(
+            "user {uid} already has a file here; --replace replaces it"
+        )));
+    }
+    let checked = files::install_user_file(data_dir, uid, bytes)?;
+    Ok(format!(
+        "user {uid}: installed a schema version {} file with {} records",
+        checked.version, checked.records
     ))
 }
 

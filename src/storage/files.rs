@@ -168,6 +168,25 @@ pub fn open_or_create(data_dir: &Path, uid: u64) -> Result<Connection, StorageEr
     open_path(&path, uid)
 }
 
+/// Installs `bytes`, a user's SQLite file from outside, as `uid`'s file, replacing
+/// any: accepted only as `schema_check` allows (nothing is written otherwise).
+pub fn install_user_file(
+    data_dir: &Path,
+    uid: u64,
+    bytes: &[u8],
+) -> Result<super::schema_check::CheckedFile, StorageError> {
+    let path = user_path(data_dir, uid);
+    if let Some(dir) = path.parent() {
+        userdbs::create_private_dir(dir)?;
+    }
+    let tmp = path.with_extension(format!("incoming{:08x}", rand::random::<u32>()));
+    if let Err(e) = userdbs::write_new_private_file(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    userdbs::install_checked(&path, &tmp, uid, || {})
+}
+
 /// Everything of one user.
 pub fn export(conn: &mut Connection, uid: u64) -> Result<UserExport, StorageError> {
     let sql = |e| StorageError::from_sqlite(uid, e);

@@ -10,6 +10,7 @@ pub mod files;
 pub mod legacy;
 pub mod model;
 pub mod queries;
+pub mod schema_check;
 pub mod sqlite;
 pub mod summary;
 pub mod upkeep;

@@ -448,7 +448,7 @@ pub fn usage_bytes(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 /// parses every table's definition, and most opens never touch a batch. The text is
 /// version 3's, byte for byte (a unit test in userdbs.rs compares them): that
 /// migration's file stays as it was released.
-const BATCH_TABLE: &str = "CREATE TABLE IF NOT EXISTS batch_items (
+pub(super) const BATCH_TABLE: &str = "CREATE TABLE IF NOT EXISTS batch_items (
     batch      TEXT NOT NULL,
     id         TEXT NOT NULL,
     collection TEXT,

@@ -31,7 +31,7 @@ use super::{StorageError, Written, queries};
 
 /// The per-user schema, version by version: entry `i` takes a file from version `i`
 /// to `i + 1`.
-const USER_SCHEMA: [&str; 4] = [
+pub(super) const USER_SCHEMA: [&str; 4] = [
     include_str!("../../schema/user.sql"),
     include_str!("../../schema/user_v2.sql"),
     include_str!("../../schema/user_v3.sql"),
@@ -537,56 +537,18 @@ impl UserDbs {
         drop(gone);
     }
 
-    /// Installs a copy of `uid`'s file received from another node, replacing whatever
-    /// this node had for the uid; the copy is checked (integrity, schema) first.
-    /// Returns the number of records in it.
-    pub async fn install_copy(&self, uid: u64, bytes: Vec<u8>) -> Result<i64, StorageError> {
+    /// Installs a copy of `uid`'s file received from another node (spooled to
+    /// `incoming`, a file in the data dir), replacing whatever this node had for the
+    /// uid; the copy is checked first (integrity, exactly a known version's schema,
+    /// see `schema_check`) and removed if refused. Returns the number of records in it.
+    pub async fn install_copy(&self, uid: u64, incoming: PathBuf) -> Result<i64, StorageError> {
         let this = self.clone();
         let _lock = self.lock_for(uid).lock_owned().await;
         tokio::task::spawn_blocking(move || {
             let path = this.user_path(uid);
-            if let Some(dir) = path.parent() {
-                create_private_dir(dir)?;
-            }
-            let tmp = path.with_extension(format!("incoming{}", rand::random::<u32>()));
-            let result = (|| {
-                write_new_private_file(&tmp, &bytes)?;
-                let sql = |e| StorageError::from_sqlite(uid, e);
-                let records: i64 = {
-                    let conn = Connection::open_with_flags(&tmp, OPEN_FLAGS).map_err(sql)?;
-                    let ok: String = conn
-                        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                        .map_err(sql)?;
-                    let version: i64 = conn
-                        .query_row("PRAGMA user_version", [], |r| r.get(0))
-                        .map_err(sql)?;
-                    // An older schema is fine: it is migrated when first opened.
-                    if ok != "ok" || !(1..=USER_SCHEMA_VERSION).contains(&version) {
-                        return Err(StorageError::Invalid(format!(
-                            "copy of user {uid} is not sound ({ok}, schema {version})"
-                        )));
-                    }
-                    conn.query_row("SELECT count(*) FROM bso", [], |r| r.get(0))
-                        .map_err(sql)?
-                };
-                this.evict(uid);
-                // The old file's WAL and index go with it (a WAL index left behind
-                // would describe a WAL that is no longer there).
-                remove_user_files(&path, &["-wal", "-shm"])?;
-                for ext in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
-                }
-                std::fs::rename(&tmp, &path)?;
-                this.inner.summaries.forget(uid);
-                if let Some(dir) = path.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
-                }
-                Ok(records)
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result
+            let checked = install_checked(&path, &incoming, uid, || this.evict(uid))?;
+            this.inner.summaries.forget(uid);
+            Ok(checked.records)
         })
         .await?
     }
@@ -812,6 +774,40 @@ impl Drop for MoveHold {
     }
 }
 
+/// Checks the user file `incoming` (see `schema_check`) and, if it passes, moves it
+/// into place as `path` (same file system), replacing the old file and its WAL;
+/// `before` runs just before the old file goes (to close it). A refused or failed
+/// file is removed. Blocking.
+pub fn install_checked(
+    path: &Path,
+    incoming: &Path,
+    uid: u64,
+    before: impl FnOnce(),
+) -> Result<super::schema_check::CheckedFile, StorageError> {
+    let result = (|| {
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        let checked = super::schema_check::check_user_file(incoming, uid)?;
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", incoming.display()));
+        }
+        before();
+        // The old file's WAL and index go with it (a WAL index left behind would
+        // describe a WAL that is no longer there).
+        remove_user_files(path, &["-wal", "-shm"])?;
+        std::fs::rename(incoming, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(checked)
+    })();
+    if result.is_err() {
+        let _ = remove_user_files(incoming, &["", "-wal", "-shm"]);
+    }
+    result
+}
+
 /// Builds `<data-dir>/users/<shard>/<uid>.sqlite` from the numeric uid.
 pub fn user_path(data_dir: &Path, uid: u64) -> PathBuf {
     data_dir
@@ -855,7 +851,7 @@ fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
 }
 
 /// Writes `bytes` to a new owner-only file and syncs it (fails if the file exists).
-fn write_new_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_new_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -452,3 +452,56 @@ pub fn users_per_node(tx: &mut dyn SqlTx) -> Result<Vec<(i64, i64)>, DbError> {
     .map(|r| Ok((r[0].int("node_id")?, r[1].int("count")?)))
     .collect()
 }
+
+/// Records where `node` takes node-to-node requests (its internal listener's URL).
+pub fn set_internal_url(tx: &mut dyn SqlTx, node: &str, url: &str) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO node_internal (node, internal_url) VALUES (?1, ?2)
+         ON CONFLICT (node) DO UPDATE SET internal_url = excluded.internal_url",
+        &[node.into(), url.into()],
+    )?;
+    Ok(())
+}
+
+/// Where `node` takes node-to-node requests, if it has said.
+pub fn internal_url(tx: &mut dyn SqlTx, node: &str) -> Result<Option<String>, DbError> {
+    tx.query(
+        "SELECT internal_url FROM node_internal WHERE node = ?1",
+        &[node.into()],
+    )?
+    .first()
+    .map(|r| r[0].text("internal_url"))
+    .transpose()
+}
+
+/// Records that `uid` is being moved to `node` (replacing an older record).
+pub fn begin_pending_move(
+    tx: &mut dyn SqlTx,
+    uid: i64,
+    node: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO pending_moves (uid, node, started_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (uid) DO UPDATE SET node = excluded.node, started_at = excluded.started_at",
+        &[uid.into(), node.into(), now.into()],
+    )?;
+    Ok(())
+}
+
+/// The node `uid` is being moved to, if a move is pending.
+pub fn pending_move_target(tx: &mut dyn SqlTx, uid: i64) -> Result<Option<String>, DbError> {
+    tx.query(
+        "SELECT node FROM pending_moves WHERE uid = ?1",
+        &[uid.into()],
+    )?
+    .first()
+    .map(|r| r[0].text("node"))
+    .transpose()
+}
+
+/// Forgets the pending move of `uid` (it finished or failed).
+pub fn end_pending_move(tx: &mut dyn SqlTx, uid: i64) -> Result<(), DbError> {
+    tx.execute("DELETE FROM pending_moves WHERE uid = ?1", &[uid.into()])?;
+    Ok(())
+}

@@ -1,42 +1,117 @@
-//! Node-to-node routes (`/__internal__/…`), each request signed with the deployment's
-//! secret (see `auth::internal`); unsigned or stale requests get 401 and nothing else.
+//! Node-to-node routes (`/__internal__/…`), served only on the internal listener
+//! (`internal_listen`), never on the public one. Each request is signed with the
+//! deployment's secret for this node, once (see `auth::internal`): the signature, its
+//! target, time and nonce are checked from the headers before a byte of the body is
+//! read; a received file is streamed to the data dir under `max_moved_file_bytes` and
+//! its hash compared with the signed one at the end. Bad signatures get 401.
 
-use axum::body::Bytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 
 use super::AppState;
-use crate::auth::internal::{SIGNATURE_HEADER, verify};
+use crate::auth::internal::{
+    BODY_HASH_HEADER, RequestHead, SIGNATURE_HEADER, SeenNonces, VerifiedHead, verify_head,
+};
 use crate::cluster::{self, MoveError};
 
-fn signed(state: &AppState, headers: &HeaderMap, path: &str, body: &[u8]) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let header = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    verify(state.auth.secrets(), header, "POST", path, body, now)
+/// Largest move order (a small JSON object), bytes.
+const MAX_ORDER_BYTES: usize = 64 * 1024;
+
+/// What the internal routes reach: the node's state and the nonces already taken.
+#[derive(Clone)]
+pub struct InternalState {
+    /// The process's state.
+    app: AppState,
+    /// Nonces of the signed requests taken within the validity window (replays).
+    nonces: Arc<SeenNonces>,
 }
 
-fn refused() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(json!({"error": "unsigned"})),
+/// The internal listener's routes.
+pub fn router(app: AppState) -> Router {
+    let state = InternalState {
+        app,
+        nonces: Arc::new(SeenNonces::default()),
+    };
+    Router::new()
+        .route("/__internal__/move/{uid}", post(move_user))
+        .route("/__internal__/receive/{uid}", post(receive))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+/// Why a request was turned away before its work began: a status and a message.
+struct Refusal(StatusCode, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks the signature headers (for this node, in time, first use of the nonce)
+/// without touching the body.
+fn signed(s: &InternalState, headers: &HeaderMap, path: &str) -> Result<VerifiedHead, Refusal> {
+    let refused = || Refusal(StatusCode::UNAUTHORIZED, "unsigned");
+    // Only a node of a cluster (an assignment database naming it) takes these.
+    let Some(check) = &s.app.assignments else {
+        return Err(refused());
+    };
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let head = RequestHead {
+        method: "POST",
+        path,
+        target: check.node_url(),
+    };
+    let now = unix_now();
+    let verified = verify_head(
+        s.app.auth.secrets(),
+        text(SIGNATURE_HEADER),
+        text(BODY_HASH_HEADER),
+        &head,
+        now,
     )
-        .into_response()
+    .ok_or_else(refused)?;
+    if !s.nonces.first_use(&verified, now) {
+        return Err(Refusal(StatusCode::UNAUTHORIZED, "replayed"));
+    }
+    Ok(verified)
 }
 
 fn failed(e: MoveError) -> Response {
     let status = match e {
-        MoveError::BadTarget(_) | MoveError::NotHere(_) | MoveError::NoAssignments => {
-            StatusCode::CONFLICT
+        MoveError::BadTarget(_)
+        | MoveError::NotHere(_)
+        | MoveError::NotPending(_)
+        | MoveError::NoAssignments => StatusCode::CONFLICT,
+        MoveError::Storage(crate::storage::StorageError::Invalid(_)) => {
+            StatusCode::UNPROCESSABLE_ENTITY
         }
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
-    (status, axum::Json(json!({"error": e.to_string()}))).into_response()
+    error(status, &e.to_string())
 }
 
 /// The body of a move order.
@@ -46,40 +121,120 @@ struct MoveOrder {
 }
 
 /// `POST /__internal__/move/{uid}` `{"to": URL}`: move the user from this node to `to`.
-pub async fn move_user(
-    State(s): State<AppState>,
+async fn move_user(
+    State(s): State<InternalState>,
     Path(uid): Path<u64>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    if !signed(&s, &headers, &format!("/__internal__/move/{uid}"), &body) {
-        return refused();
+    let verified = match signed(&s, &headers, &format!("/__internal__/move/{uid}")) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_ORDER_BYTES).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "order too large");
+    };
+    if hex::encode(Sha256::digest(&body)) != verified.body_sha256 {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "body does not match its signature",
+        );
     }
     let Ok(order) = serde_json::from_slice::<MoveOrder>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "bad order"})),
-        )
-            .into_response();
+        return error(StatusCode::BAD_REQUEST, "bad order");
     };
-    match cluster::move_out(&s, uid, &order.to).await {
+    match cluster::move_out(&s.app, uid, &order.to).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => failed(e),
     }
 }
 
 /// `POST /__internal__/receive/{uid}` (the file's bytes): install a moved user's copy.
-pub async fn receive(
-    State(s): State<AppState>,
+async fn receive(
+    State(s): State<InternalState>,
     Path(uid): Path<u64>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    if !signed(&s, &headers, &format!("/__internal__/receive/{uid}"), &body) {
-        return refused();
+    let verified = match signed(&s, &headers, &format!("/__internal__/receive/{uid}")) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let cap = s.app.settings.max_moved_file_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "file too large");
     }
-    match cluster::receive(&s, uid, body.to_vec()).await {
+    if let Err(e) = cluster::may_receive(&s.app, uid).await {
+        return failed(e);
+    }
+    let incoming = match spool(&s.app, uid, body, cap, &verified.body_sha256).await {
+        Ok(path) => path,
+        Err(r) => return r.into_response(),
+    };
+    match cluster::receive(&s.app, uid, incoming, verified.body_sha256).await {
         Ok(r) => axum::Json(r).into_response(),
         Err(e) => failed(e),
+    }
+}
+
+/// Streams `body` to a new owner-only file under `<data-dir>/moves`, at most `cap`
+/// bytes, and checks it hashes to `sha256`; the file is removed on any failure.
+async fn spool(
+    app: &AppState,
+    uid: u64,
+    body: Body,
+    cap: u64,
+    sha256: &str,
+) -> Result<PathBuf, Refusal> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(uid, error = %e, "cannot spool a received file");
+        Refusal(StatusCode::SERVICE_UNAVAILABLE, "cannot store the file")
+    };
+    let dir = app.storage.dbs().data_dir().join("moves");
+    crate::storage::userdbs::create_private_dir(&dir).map_err(|e| unavailable(&e))?;
+    let path = dir.join(format!("incoming-{uid}-{:08x}", rand::random::<u32>()));
+    let written = async {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Refusal(StatusCode::BAD_REQUEST, "body cut short"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            size += data.len() as u64;
+            if size > cap {
+                return Err(Refusal(StatusCode::PAYLOAD_TOO_LARGE, "file too large"));
+            }
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(|e| unavailable(&e))?;
+        }
+        if hex::encode(hasher.finalize()) != sha256 {
+            return Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                "body does not match its signature",
+            ));
+        }
+        file.sync_all().await.map_err(|e| unavailable(&e))?;
+        Ok(())
+    }
+    .await;
+    match written {
+        Ok(()) => Ok(path),
+        Err(r) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(r)
+        }
     }
 }

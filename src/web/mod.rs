@@ -145,7 +145,8 @@ pub fn router(state: AppState) -> Router {
         api = api.route("/1.0/sync/1.5", get(tokens::token));
     }
     if state.settings.serves_storage() {
-        api = api.merge(storage_routes()).merge(internal_routes());
+        // Node-to-node routes are served on the internal listener only (internal::router).
+        api = api.merge(storage_routes());
     }
     api.route_layer(middleware::from_fn(observe::tag_route))
         .fallback(|| async { ApiError::NotFound.into_response() })
@@ -179,18 +180,6 @@ fn storage_routes() -> Router<AppState> {
             get(get_item).put(put_item).delete(delete_item),
         )
 }
-
-/// Node-to-node routes: signed, and with no body limit beyond a user's file.
-fn internal_routes() -> Router<AppState> {
-    use axum::routing::post;
-    Router::new()
-        .route("/__internal__/move/{uid}", post(internal::move_user))
-        .route("/__internal__/receive/{uid}", post(internal::receive))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_MOVED_FILE_BYTES))
-}
-
-/// The largest user file one move carries (in memory), bytes.
-const MAX_MOVED_FILE_BYTES: usize = 4 << 30;
 
 /// Limits on client connections, against slow or greedy clients.
 #[derive(Debug, Clone, Copy)]
