@@ -338,8 +338,9 @@ def second_account(run):
 def sync_through_move(ff, why):
     """Syncs after a node change: a 401 from the old node is allowed once, then clean."""
     step("%s syncs after %s" % (ff.name, why))
-    first = ff.sync(allow=(401,))
+    first = ff.sync(allow=[(401, "")])
     step("%s: first sync ok=%s, failed requests %s" % (ff.name, first["ok"], first["failed"]))
+    check(401 in first["failed"], "%s's first sync after %s met no 401 from the old node" % (ff.name, why))
     second = ff.sync()
     return first, second
 
@@ -380,20 +381,24 @@ def node_drains(run):
     # ones here); the tokenserver then puts the user on node A with a new uid.
     step("waiting for the profiles' tokens to expire")
     time.sleep(run.opts.token_secs)
-    a.sync(allow=(401,))
-    a.sync()
+    # The new token names node A, Firefox still has node B's URL: a 401, then a start
+    # on the empty node (no meta/global yet: 404), uploading everything.
+    check(not a.sync(allow=[(401, "")])["ok"], "A's first sync after the plain drain saw no 401")
+    a.sync(allow=[(404, "/storage/meta/global")])
     s = run.server("mover")
     check(s.endpoint.startswith(node_a + "/"), "the user is not back on node A: %s" % s.endpoint)
     check(len(s.records("bookmarks")) > 21, "A did not upload its bookmarks to node A again")
     step("A: a bookmark after the plain drain")
     a.js(ADD_BOOKMARKS, "plain", 1)
     a.sync()
-    b.sync(allow=(401,))
+    check(not b.sync(allow=[(401, "")])["ok"], "B's first sync after the plain drain saw no 401")
     b.sync()
     for prefix, n in (("mine", 20), ("live", 1), ("plain", 1)):
         got = b.js(BOOKMARKS, "http://example.com/%s/" % prefix)
         check(len(got) == n, "B has %d %s bookmarks, not %d" % (len(got), prefix, n))
-    check(len(a.js(CLIENTS)["remote"]) == 1, "A no longer sees B")
+    a.sync()
+    check([c["name"] for c in a.js(CLIENTS)["remote"]] == ["profile-B"], "A no longer sees B")
+    check([c["name"] for c in b.js(CLIENTS)["remote"]] == ["profile-A"], "B no longer sees A")
 
 
 SCENARIOS = {
