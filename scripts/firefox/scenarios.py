@@ -316,7 +316,7 @@ def second_account(run):
     """A second account on the same server sees none of the first's data."""
     a = run.firefox("A", "one")
     a.sync()
-    tab = make_data_on_a(run, a)
+    make_data_on_a(run, a)
     c = run.firefox("C", "two")
     c.sync()
     check(c.js(BOOKMARKS, "http://example.com/mine/") == [], "C sees A's bookmarks")
@@ -332,7 +332,6 @@ def second_account(run):
     check(not shared, "bookmark records of account one in account two: %r" % shared)
     a.sync()
     check(len(one.records("clients")) == 1, "account one holds more than A's client record")
-    del tab
 
 
 def sync_through_move(ff, why):
