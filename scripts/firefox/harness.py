@@ -1,0 +1,327 @@
+"""Real Firefox profiles against syncstore: start, sign in (no UI), sync, inspect.
+
+A `Firefox` is one headless Firefox with its own profile, driven over Marionette in the
+chrome context. Every request it makes outside 127.0.0.1 goes to a refusing proxy.
+`sync()` runs one sync and fails unless Firefox reports success AND the sync log shows
+no failed request and no ERROR line. `SyncUser` reads the server over HTTP (a token from
+the tokenserver with the stand-in's JWT, requests signed with Mozilla's hawkauthlib).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+import hawkauthlib
+import requests
+
+from marionette import Marionette
+
+PRELUDE = """
+const { Weave } = ChromeUtils.importESModule("resource://services-sync/main.sys.mjs");
+const { PlacesUtils } = ChromeUtils.importESModule("resource://gre/modules/PlacesUtils.sys.mjs");
+const { getFxAccountsSingleton } = ChromeUtils.importESModule("resource://gre/modules/FxAccounts.sys.mjs");
+const { setTimeout } = ChromeUtils.importESModule("resource://gre/modules/Timer.sys.mjs");
+const fxAccounts = getFxAccountsSingleton();
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+"""
+
+INSTALL_LOG = """
+const { Log } = ChromeUtils.importESModule("resource://gre/modules/Log.sys.mjs");
+if (!Weave.Service.__test) {
+  const lines = [];
+  class Capture extends Log.Appender {
+    doAppend(formatted) { lines.push(formatted); }
+  }
+  const appender = new Capture(new Log.BasicFormatter());
+  appender.level = Log.Level.Debug;
+  for (const name of ["Sync", "FirefoxAccounts", "Services.Common"]) {
+    Log.repository.getLogger(name).addAppender(appender);
+  }
+  Weave.Service.__test = { lines };
+  // The test decides when each profile syncs (two profiles syncing at once would race
+  // each other's uploads): the scheduler's automatic syncs only log.
+  const scheduler = Weave.Service.scheduler;
+  scheduler.clearSyncTriggers();
+  scheduler.scheduleNextSync = function (interval, options) {
+    this._log.debug(`test: automatic sync in ${interval} ms (${JSON.stringify(options)}) left to the test`);
+  };
+}
+"""
+
+SYNC = """
+const [engines, timeoutMs] = args;
+const svc = Weave.Service;
+const deadline = Date.now() + timeoutMs;
+const topics = ["weave:service:sync:start", "weave:service:sync:finish", "weave:service:sync:error",
+                "weave:service:login:error"];
+for (let attempt = 0; ; attempt++) {
+  while (svc.locked) {
+    if (Date.now() > deadline) throw new Error("a sync held the lock too long");
+    await sleep(100);
+  }
+  const mark = svc.__test.lines.length;
+  let started = false, done = null;
+  const observer = { observe(subject, topic) {
+    if (topic.endsWith(":start")) started = true;
+    else if (started || topic == "weave:service:login:error") done = topic;
+  } };
+  for (const t of topics) Services.obs.addObserver(observer, t);
+  try {
+    await Promise.race([
+      svc.sync({ engines: engines || undefined, why: "test" }),
+      sleep(Math.max(deadline - Date.now(), 0)).then(() => { throw new Error("sync timed out"); }),
+    ]);
+  } finally {
+    for (const t of topics) Services.obs.removeObserver(observer, t);
+  }
+  if (done && (started || done == "weave:service:login:error")) {
+    return { topic: done, attempt, status: { service: Weave.Status.service, sync: Weave.Status.sync,
+             login: Weave.Status.login, engines: Object.assign({}, Weave.Status.engines) },
+             lines: svc.__test.lines.slice(mark) };
+  }
+  if (Date.now() > deadline) throw new Error("no sync of ours ran");
+  await sleep(200);
+}
+"""
+
+
+def free_port():
+    """A free TCP port on 127.0.0.1."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Refuser:
+    """A bound, never-listening port: every connection to it is refused."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+
+def firefox_binary():
+    """The Firefox to run: $SYNCSTORE_FIREFOX, else firefox-esr or firefox on PATH."""
+    for name in (os.environ.get("SYNCSTORE_FIREFOX"), "firefox-esr", "firefox"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    raise SystemExit("Firefox is not installed (apt-get install firefox-esr, or set SYNCSTORE_FIREFOX)")
+
+
+def prefs(marionette_port, fxa_url, tokenserver, refuse_port):
+    """The profile's user.js: our FxA stand-in and syncstore, everything else refused."""
+    dead = "http://127.0.0.1:%d" % refuse_port
+    return {
+        "marionette.port": marionette_port,
+        "identity.fxaccounts.enabled": True,
+        "identity.fxaccounts.allowHttp": True,
+        "identity.fxaccounts.auth.uri": fxa_url + "/v1",
+        "identity.fxaccounts.remote.oauth.uri": fxa_url + "/v1",
+        "identity.fxaccounts.remote.profile.uri": fxa_url + "/profile/v1",
+        "identity.fxaccounts.remote.root": fxa_url + "/",
+        "identity.fxaccounts.remote.pairing.uri": "ws://127.0.0.1:%d" % refuse_port,
+        "identity.fxaccounts.autoconfig.uri": "",
+        "identity.fxaccounts.loglevel": "Debug",
+        "identity.fxaccounts.telemetry.clientAssociationPing.enabled": False,
+        "identity.sync.tokenserver.uri": tokenserver + "/1.0/sync/1.5",
+        "services.sync.log.appender.file.logOnSuccess": True,
+        "services.sync.log.appender.file.logOnError": True,
+        "services.sync.log.appender.file.level": "Trace",
+        "services.sync.log.logger": "Debug",
+        "services.sync.log.logger.engine": "Debug",
+        "services.sync.engine.addons": False,
+        "services.sync.engine.prefs": False,
+        "services.sync.engine.addresses": False,
+        "services.sync.engine.creditcards": False,
+        "services.sync.engine.extension-storage": False,
+        "services.sync.engine.forms": False,
+        "services.sync.syncInterval": 86400,
+        "services.sync.scheduler.activeInterval": 86400,
+        "services.sync.scheduler.idleInterval": 86400,
+        "services.sync.scheduler.immediateInterval": 86400,
+        "services.sync.telemetry.submissionInterval": 86400,
+        "services.sync.syncedTabs.syncDelayAfterTabChange": 0,
+        # Every other request: to a proxy that refuses (localhost is never proxied).
+        "network.proxy.type": 1,
+        "network.proxy.http": "127.0.0.1",
+        "network.proxy.http_port": refuse_port,
+        "network.proxy.ssl": "127.0.0.1",
+        "network.proxy.ssl_port": refuse_port,
+        "network.proxy.socks": "127.0.0.1",
+        "network.proxy.socks_port": refuse_port,
+        "network.proxy.share_proxy_settings": True,
+        "network.proxy.allow_hijacking_localhost": False,
+        "network.dns.disablePrefetch": True,
+        "network.prefetch-next": False,
+        "network.predictor.enabled": False,
+        "network.captive-portal-service.enabled": False,
+        "network.connectivity-service.enabled": False,
+        "dom.push.connection.enabled": False,
+        "dom.push.serverURL": "ws://127.0.0.1:%d" % refuse_port,
+        "toolkit.telemetry.enabled": False,
+        "toolkit.telemetry.unified": False,
+        "toolkit.telemetry.server": dead,
+        "datareporting.healthreport.uploadEnabled": False,
+        "datareporting.policy.dataSubmissionEnabled": False,
+        "app.update.disabledForTesting": True,
+        "app.update.auto": False,
+        "app.normandy.enabled": False,
+        "app.shield.optoutstudies.enabled": False,
+        "browser.safebrowsing.malware.enabled": False,
+        "browser.safebrowsing.phishing.enabled": False,
+        "browser.safebrowsing.downloads.enabled": False,
+        "browser.safebrowsing.provider.mozilla.updateURL": "",
+        "services.settings.server": dead + "/v1",
+        "extensions.update.enabled": False,
+        "extensions.getAddons.cache.enabled": False,
+        "extensions.systemAddon.update.enabled": False,
+        "browser.shell.checkDefaultBrowser": False,
+        "browser.startup.homepage_override.mstone": "ignore",
+        "browser.startup.page": 0,
+        "browser.newtabpage.enabled": False,
+        "browser.newtabpage.activity-stream.feeds.system.topstories": False,
+        "browser.newtabpage.activity-stream.feeds.section.topstories": False,
+        "browser.aboutwelcome.enabled": False,
+        "browser.search.update": False,
+        "browser.tabs.remote.autostart": True,
+        "signon.management.page.breach-alerts.enabled": False,
+    }
+
+
+class SyncFailed(AssertionError):
+    """A sync that Firefox or its log says failed."""
+
+
+class Firefox:
+    """One headless Firefox profile, driven over Marionette."""
+
+    def __init__(self, name, out_dir, fxa, tokenserver, refuser):
+        self.name = name
+        self.dir = os.path.join(out_dir, name)
+        self.profile = os.path.join(self.dir, "profile")
+        os.makedirs(self.profile, exist_ok=True)
+        self.port = free_port()
+        with open(os.path.join(self.profile, "user.js"), "w") as f:
+            for key, value in prefs(self.port, fxa.url, tokenserver, refuser.port).items():
+                f.write("user_pref(%s, %s);\n" % (json.dumps(key), json.dumps(value)))
+        self.output = open(os.path.join(self.dir, "firefox-output.txt"), "ab")
+        env = dict(os.environ, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1")
+        self.proc = subprocess.Popen(
+            [firefox_binary(), "--headless", "--marionette", "-remote-allow-system-access",
+             "--no-remote", "--profile", self.profile],
+            stdout=self.output, stderr=subprocess.STDOUT, env=env,
+        )
+        self.m = Marionette(self.port, timeout=90, alive=lambda: self.proc.poll() is None)
+        self.js(INSTALL_LOG)
+        self.syncs = 0
+
+    def js(self, script, *args, timeout=120):
+        """Runs a chrome-context async script (with Weave, PlacesUtils, fxAccounts …)."""
+        return self.m.run(PRELUDE + script, args, timeout=timeout)
+
+    def sign_in(self, user_data, device_name):
+        """Signs the profile in to an account without UI, and names the device."""
+        self.device_name = device_name
+        self.js(
+            """
+            await fxAccounts._internal.setSignedInUser(args[0]);
+            await fxAccounts.device.setLocalName(args[1]);
+            await Weave.Service.configure();
+            """,
+            user_data, device_name,
+        )
+
+    def log_lines(self):
+        """Every Sync / FxA log line captured so far."""
+        return self.js("return Weave.Service.__test.lines;")
+
+    def sync(self, engines=None, allow=(), timeout=180):
+        """One sync; fails unless it succeeded and its log is clean.
+
+        `allow`: failed requests this step expects, as (status, URL part) pairs, e.g.
+        (401, "") when the node changed: Firefox learns so from a 401 and ends that sync
+        in error, which is then allowed too; (404, "/storage/meta/global") on an empty
+        new node.
+        """
+        self.syncs += 1
+        result = self.js(SYNC, engines, int(timeout * 1000), timeout=timeout + 30)
+        lines = result["lines"]
+        with open(os.path.join(self.dir, "sync-log.txt"), "a") as f:
+            f.write("==== %s sync #%d (%s) ====\n" % (self.name, self.syncs, engines or "all"))
+            f.write("\n".join(lines) + "\n")
+        may_fail = any(status == 401 for status, _ in allow)
+        problems = []
+        failed = []
+        for line in lines:
+            fields = line.split("\t")
+            level = fields[2] if len(fields) > 3 else ""
+            message = fields[3] if len(fields) > 3 else line
+            words = message.split(" ")
+            if len(words) >= 4 and words[0] in ("GET", "PUT", "POST", "DELETE") and words[1] == "fail":
+                status, url = int(words[2]), words[3]
+                failed.append(status)
+                if not any(status == s and part in url for s, part in allow):
+                    problems.append(line)
+            elif level in ("ERROR", "FATAL") and not may_fail:
+                problems.append(line)
+        ok = (
+            result["topic"] == "weave:service:sync:finish"
+            and result["status"]["service"] == "success.status_ok"
+            and result["status"]["sync"] == "success.sync"
+            and all(s == "success.sync" for s in result["status"]["engines"].values())
+        )
+        if problems or (not ok and not may_fail):
+            raise SyncFailed(
+                "%s: sync #%d failed: %s %s\n%s"
+                % (self.name, self.syncs, result["topic"], json.dumps(result["status"]), "\n".join(problems or lines[-40:]))
+            )
+        return {"ok": ok, "failed": failed, "status": result["status"], "lines": lines}
+
+    def close(self):
+        """Quits Firefox (killing it if it does not quit)."""
+        try:
+            with open(os.path.join(self.dir, "sync-log-all.txt"), "w") as f:
+                f.write("\n".join(self.log_lines()) + "\n")
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+        self.m.quit()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.output.close()
+
+
+class SyncUser:
+    """Server-side view of an account's storage, as a Sync client sees it."""
+
+    def __init__(self, tokenserver, fxa, account):
+        jwt = fxa.access_token(account)
+        r = requests.get(
+            tokenserver + "/1.0/sync/1.5",
+            headers={"Authorization": "Bearer " + jwt, "X-KeyID": account.kid}, timeout=30,
+        )
+        if r.status_code != 200:
+            raise AssertionError("tokenserver: %d %s" % (r.status_code, r.text))
+        t = r.json()
+        self.endpoint, self.id, self.key, self.uid = t["api_endpoint"], t["id"], t["key"], t["uid"]
+        self.session = requests.Session()
+
+    def get(self, path):
+        """GET a storage path (e.g. `/info/collections`); the decoded JSON."""
+        req = requests.Request("GET", self.endpoint + path).prepare()
+        hawkauthlib.sign_request(req, self.id, self.key)
+        r = self.session.send(req, timeout=30)
+        if r.status_code != 200:
+            raise AssertionError("GET %s: %d %s" % (path, r.status_code, r.text))
+        return r.json()
+
+    def records(self, collection):
+        """id -> modified of every record of a collection."""
+        return {b["id"]: b["modified"] for b in self.get("/storage/%s?full=1" % collection)}

@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Firefox scenarios against a running syncstore (started by tests/firefox.rs).
+
+Usage: scenarios.py SCENARIO --out DIR --tokenserver URL --key PEM --issuer ISS
+                    [--bin SYNCSTORE --db URL --secret S --nodes URL_A,URL_B]
+Prints `ok` and exits 0 when the scenario passed; otherwise exits 1 with what failed
+and the tails of the Firefox sync logs and of the stand-in FxA's request log.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fxa import FxaStandIn  # noqa: E402
+from harness import Firefox, Refuser, SyncUser  # noqa: E402
+
+ENGINES = ["bookmarks", "clients", "passwords", "history", "tabs"]
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+class Run:
+    """What a scenario gets: the stand-in FxA, profiles on demand, server access."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        os.makedirs(opts.out, exist_ok=True)
+        with open(opts.key) as f:
+            self.fxa = FxaStandIn(f.read(), opts.issuer, os.path.join(opts.out, "fxa-requests.txt"))
+        self.refuser = Refuser()
+        self.profiles = []
+
+    def firefox(self, name, account, device=None):
+        """A new Firefox profile signed in to `account` (a name)."""
+        step("start Firefox profile %s (account %s)" % (name, account))
+        ff = Firefox(name, self.opts.out, self.fxa, self.opts.tokenserver, self.refuser)
+        self.profiles.append(ff)
+        device = device or "profile-" + name
+        ff.sign_in(self.fxa.account(account).signed_in_user(), device)
+        ff.account = account
+        # What FxA's push message "device connected" does on the account's other devices
+        # (the stand-in has no push service): they fetch the device list again.
+        for other in self.profiles:
+            if other is not ff and getattr(other, "account", None) == account:
+                other.js(DEVICE_CONNECTED, device)
+        return ff
+
+    def server(self, account):
+        """The account's storage as seen over HTTP."""
+        return SyncUser(self.opts.tokenserver, self.fxa, self.fxa.account(account))
+
+    def syncstore(self, *args):
+        """Runs a syncstore admin command on the shared assignment database."""
+        env = dict(os.environ, SYNCSTORE_TOKENSERVER_DATABASE_URL=self.opts.db, SYNCSTORE_SECRETS=self.opts.secret)
+        data = os.path.join(self.opts.out, "admin-data")
+        os.makedirs(data, exist_ok=True)
+        out = subprocess.run(
+            [self.opts.bin, *args, "--data-dir", data], env=env, capture_output=True, text=True, timeout=300
+        )
+        step("syncstore %s -> %d\n%s%s" % (" ".join(args), out.returncode, out.stdout, out.stderr))
+        check(out.returncode == 0, "syncstore %s failed" % " ".join(args))
+        return out.stdout
+
+    def close(self):
+        for ff in self.profiles:
+            ff.close()
+        self.fxa.close()
+
+
+def step(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+DEVICE_CONNECTED = """
+Services.obs.notifyObservers(null, "fxaccounts:device_connected", args[0]);
+for (let i = 0; i < 100; i++) {
+  if ((fxAccounts.device.recentDeviceList || []).some(d => d.name == args[0])) return;
+  await sleep(100);
+}
+throw new Error("the device list never showed " + args[0]);
+"""
+
+# --- Firefox-side data ------------------------------------------------------------------
+
+ADD_BOOKMARKS = """
+const [prefix, count] = args;
+const children = [];
+for (let i = 0; i < count; i++) children.push({ url: `http://example.com/${prefix}/${i}`, title: `${prefix} ${i}` });
+await PlacesUtils.bookmarks.insertTree({ guid: PlacesUtils.bookmarks.toolbarGuid, children });
+"""
+
+BOOKMARKS = """
+const found = [];
+const walk = node => {
+  if (node.uri && node.uri.startsWith(args[0])) found.push({ url: node.uri, title: node.title, guid: node.guid });
+  (node.children || []).forEach(walk);
+};
+walk(await PlacesUtils.promiseBookmarksTree(PlacesUtils.bookmarks.rootGuid));
+return found;
+"""
+
+ADD_LOGIN = """
+const existing = await Services.logins.searchLoginsAsync({ origin: args[0] });
+if (existing.length) throw new Error("already there: " + JSON.stringify(existing.map(l => [l.origin, l.username, l.timeCreated])));
+const info = Cc["@mozilla.org/login-manager/loginInfo;1"].createInstance(Ci.nsILoginInfo);
+info.init(args[0], args[0], null, args[1], args[2], "user", "pass");
+await Services.logins.addLoginAsync(info);
+"""
+
+LOGINS = """
+const all = await Services.logins.getAllLogins();
+return all.filter(l => !l.origin.startsWith("chrome:")).map(l => ({ origin: l.origin, username: l.username, password: l.password }));
+"""
+
+ADD_VISIT = """
+await PlacesUtils.history.insert({ url: args[0], title: args[1],
+  visits: [{ date: new Date(), transition: PlacesUtils.history.TRANSITIONS.TYPED }] });
+"""
+
+VISIT = """
+const page = await PlacesUtils.history.fetch(args[0]);
+return page ? { url: page.url.href, title: page.title } : null;
+"""
+
+OPEN_TAB = """
+const win = Services.wm.getMostRecentWindow("navigator:browser");
+const tab = win.gBrowser.addTab(args[0], { triggeringPrincipal: Services.scriptSecurityManager.getSystemPrincipal() });
+for (let i = 0; i < 200 && tab.linkedBrowser.currentURI.spec != args[0]; i++) await sleep(50);
+return tab.linkedBrowser.currentURI.spec;
+"""
+
+REMOTE_TABS = """
+const { SyncedTabs } = ChromeUtils.importESModule("resource://services-sync/SyncedTabs.sys.mjs");
+const clients = await SyncedTabs.getTabClients();
+return clients.map(c => ({ name: c.name, urls: c.tabs.map(t => t.url) }));
+"""
+
+CLIENTS = """
+const engine = Weave.Service.clientsEngine;
+return { local: { id: engine.localID, name: engine.localName },
+         remote: engine.remoteClients.map(c => ({ id: c.id, name: c.name, fxaDeviceId: c.fxaDeviceId })),
+         fxaDevices: (fxAccounts.device.recentDeviceList || []).map(d => ({ id: d.id, name: d.name })) };
+"""
+
+
+# --- Scenarios ----------------------------------------------------------------------------
+
+
+def first_sync(run):
+    """A new account's first sync leaves meta/global with engines, crypto/keys, a client."""
+    a = run.firefox("A", "first")
+    a.sync()
+    s = run.server("first")
+    meta = s.get("/storage/meta/global")
+    payload = json.loads(meta["payload"])
+    step("meta/global: %s" % payload)
+    check(payload.get("storageVersion") == 5, "storageVersion: %r" % payload)
+    for engine in ENGINES:
+        check(engine in payload.get("engines", {}), "meta/global engines lack %s: %r" % (engine, payload))
+    keys = s.get("/storage/crypto/keys")
+    check(json.loads(keys["payload"]).get("ciphertext"), "crypto/keys is not encrypted: %r" % keys)
+    clients = s.records("clients")
+    check(len(clients) == 1, "one client record expected: %r" % clients)
+    check(s.get("/info/collections").keys() >= {"meta", "crypto", "clients"}, "info/collections")
+    a.sync()  # a second sync is clean too
+    check(json.loads(s.get("/storage/meta/global")["payload"]) == payload, "meta/global changed on the second sync")
+
+
+def two_profiles(run, account):
+    """Profiles A and B on one account, both past their first sync."""
+    a = run.firefox("A", account)
+    a.sync()
+    b = run.firefox("B", account)
+    b.sync()
+    return a, b
+
+
+def make_data_on_a(run, a):
+    """Bookmarks, a login, a visit and an open tab on A, synced."""
+    step("A: 3 bookmarks, a login, a history visit, an open tab")
+    a.js(ADD_BOOKMARKS, "mine", 3)
+    a.js(ADD_LOGIN, "https://login.example.com", "alice", "s3cret")
+    a.js(ADD_VISIT, "http://history.example.com/visited", "Visited page")
+    tab = run.fxa.url + "/page/fromA"
+    check(a.js(OPEN_TAB, tab) == tab, "the tab did not load")
+    a.sync()
+    return tab
+
+
+def check_data_on(ff, tab, from_name):
+    marks = sorted(b["title"] for b in ff.js(BOOKMARKS, "http://example.com/mine/"))
+    check(marks == ["mine 0", "mine 1", "mine 2"], "%s's bookmarks: %r" % (ff.name, marks))
+    logins = ff.js(LOGINS)
+    check(
+        logins == [{"origin": "https://login.example.com", "username": "alice", "password": "s3cret"}],
+        "%s's logins: %r" % (ff.name, logins),
+    )
+    visit = ff.js(VISIT, "http://history.example.com/visited")
+    check(visit and visit["title"] == "Visited page", "%s's history: %r" % (ff.name, visit))
+    tabs = ff.js(REMOTE_TABS)
+    check(
+        any(c["name"] == "profile-" + from_name and tab in c["urls"] for c in tabs),
+        "%s's remote tabs lack %s from %s: %r" % (ff.name, tab, from_name, tabs),
+    )
+
+
+def data_reaches_b(run):
+    """Bookmarks, a saved login, history and open tabs made on A appear on B."""
+    a, b = two_profiles(run, "shared")
+    tab = make_data_on_a(run, a)
+    b.sync()
+    check_data_on(b, tab, "A")
+    s = run.server("shared")
+    for coll in ("bookmarks", "passwords", "history", "tabs"):
+        check(s.records(coll), "the server has no %s" % coll)
+
+
+EDIT_ON_B = """
+const marks = [];
+const walk = node => {
+  if (node.uri && node.uri.startsWith("http://example.com/mine/")) marks.push(node);
+  (node.children || []).forEach(walk);
+};
+walk(await PlacesUtils.promiseBookmarksTree(PlacesUtils.bookmarks.rootGuid));
+marks.sort((x, y) => x.title.localeCompare(y.title));
+await PlacesUtils.bookmarks.update({ guid: marks[0].guid, title: "renamed on B" });
+await PlacesUtils.bookmarks.remove(marks[1].guid);
+const [login] = await Services.logins.searchLoginsAsync({ origin: "https://login.example.com" });
+const changed = login.clone();
+changed.password = "changed-on-B";
+await Services.logins.modifyLoginAsync(login, changed);
+await PlacesUtils.history.remove("http://history.example.com/visited");
+const info = Cc["@mozilla.org/login-manager/loginInfo;1"].createInstance(Ci.nsILoginInfo);
+info.init("https://second.example.com", "https://second.example.com", null, "bob", "pw", "u", "p");
+await Services.logins.addLoginAsync(info);
+"""
+
+DELETE_LOGIN = """
+const [login] = await Services.logins.searchLoginsAsync({ origin: args[0] });
+await Services.logins.removeLoginAsync(login);
+"""
+
+
+def edits_reach_a(run):
+    """Edits and deletions made on B reach A."""
+    a, b = two_profiles(run, "edits")
+    tab = make_data_on_a(run, a)
+    b.sync()
+    check_data_on(b, tab, "A")
+    step("B: rename a bookmark, delete one, change a login's password, delete a visit, add a login")
+    b.js(EDIT_ON_B)
+    b.sync()
+    a.sync()
+    marks = sorted(x["title"] for x in a.js(BOOKMARKS, "http://example.com/mine/"))
+    check(marks == ["mine 2", "renamed on B"], "A's bookmarks after B's edits: %r" % marks)
+    logins = sorted((x["origin"], x["password"]) for x in a.js(LOGINS))
+    check(
+        logins == [("https://login.example.com", "changed-on-B"), ("https://second.example.com", "pw")],
+        "A's logins after B's edits: %r" % logins,
+    )
+    check(a.js(VISIT, "http://history.example.com/visited") is None, "the visit B deleted is still on A")
+    step("B: delete a login")
+    b.js(DELETE_LOGIN, "https://second.example.com")
+    b.sync()
+    a.sync()
+    logins = sorted(x["origin"] for x in a.js(LOGINS))
+    check(logins == ["https://login.example.com"], "A's logins after B's deletion: %r" % logins)
+
+
+def devices(run):
+    """Both profiles see each other as devices (the clients engine's remote clients)."""
+    a, b = two_profiles(run, "devices")
+    a.sync()
+    ca, cb = a.js(CLIENTS), b.js(CLIENTS)
+    step("A's clients: %s\nB's clients: %s" % (ca, cb))
+    check(
+        [(c["id"], c["name"]) for c in ca["remote"]] == [(cb["local"]["id"], "profile-B")],
+        "A's remote clients: %r, B is %r" % (ca["remote"], cb["local"]),
+    )
+    check(
+        [(c["id"], c["name"]) for c in cb["remote"]] == [(ca["local"]["id"], "profile-A")],
+        "B's remote clients: %r, A is %r" % (cb["remote"], ca["local"]),
+    )
+    check(len(run.server("devices").records("clients")) == 2, "the server holds two client records")
+
+
+def many_bookmarks(run):
+    """200 bookmarks made at once go up in one sync (batch uploads) and all reach B."""
+    a, b = two_profiles(run, "many")
+    step("A: 200 bookmarks")
+    a.js(ADD_BOOKMARKS, "many", 200)
+    result = a.sync(engines=["bookmarks"])
+    posts = [line for line in result["lines"] if "POST success 200" in line and "/storage/bookmarks" in line]
+    check(any("batch=" in line for line in posts), "no batch upload of bookmarks: %r" % posts)
+    step("%d bookmark POSTs:\n%s" % (len(posts), "\n".join(posts)))
+    check(len(run.server("many").records("bookmarks")) >= 200, "the server has fewer than 200 bookmarks")
+    b.sync()
+    marks = b.js(BOOKMARKS, "http://example.com/many/")
+    check(len(marks) == 200, "B has %d of the 200 bookmarks" % len(marks))
+    check(
+        sorted(m["title"] for m in marks) == sorted("many %d" % i for i in range(200)),
+        "B's bookmark titles differ",
+    )
+
+
+def second_account(run):
+    """A second account on the same server sees none of the first's data."""
+    a = run.firefox("A", "one")
+    a.sync()
+    make_data_on_a(run, a)
+    c = run.firefox("C", "two")
+    c.sync()
+    check(c.js(BOOKMARKS, "http://example.com/mine/") == [], "C sees A's bookmarks")
+    check(c.js(LOGINS) == [], "C sees A's logins")
+    check(c.js(VISIT, "http://history.example.com/visited") is None, "C sees A's history")
+    check(c.js(REMOTE_TABS) == [], "C sees A's tabs")
+    check(c.js(CLIENTS)["remote"] == [], "C sees A as a device")
+    one, two = run.server("one"), run.server("two")
+    check(one.uid != two.uid, "both accounts got uid %s" % one.uid)
+    check(len(two.records("clients")) == 1, "account two holds more than C's client record")
+    roots = {"menu", "toolbar", "unfiled", "mobile", "places"}
+    shared = (two.records("bookmarks").keys() & one.records("bookmarks").keys()) - roots
+    check(not shared, "bookmark records of account one in account two: %r" % shared)
+    a.sync()
+    check(len(one.records("clients")) == 1, "account one holds more than A's client record")
+
+
+def sync_through_move(ff, why):
+    """Syncs after a node change: a 401 from the old node is allowed once, then clean."""
+    step("%s syncs after %s" % (ff.name, why))
+    first = ff.sync(allow=[(401, "")])
+    step("%s: first sync ok=%s, failed requests %s" % (ff.name, first["ok"], first["failed"]))
+    check(401 in first["failed"], "%s's first sync after %s met no 401 from the old node" % (ff.name, why))
+    second = ff.sync()
+    return first, second
+
+
+def node_drains(run):
+    """Node A drained live: both profiles keep syncing on B, nothing re-uploaded; then
+    node B drained plainly: Firefox starts over on A and data still reaches the other."""
+    node_a, node_b = run.opts.nodes.split(",")
+    a, b = two_profiles(run, "mover")
+    step("A: 20 bookmarks")
+    a.js(ADD_BOOKMARKS, "mine", 20)
+    a.sync()
+    b.sync()
+    s = run.server("mover")
+    check(s.endpoint.startswith(node_a + "/"), "the user is not on node A: %s" % s.endpoint)
+    before = {c: s.records(c) for c in ("bookmarks", "meta", "crypto")}
+    check(len(before["bookmarks"]) > 20, "bookmarks on the server: %r" % before["bookmarks"])
+
+    run.syncstore("node", "set", node_b, "--available", "1000")
+    run.syncstore("node", "drain", node_a, "--live")
+    for ff in (a, b):
+        _, second = sync_through_move(ff, "the live drain")
+        uploads = [x for x in second["lines"] if "POST success" in x or "PUT success" in x]
+        check(not any("/storage/bookmarks" in x for x in uploads), "bookmarks re-uploaded: %r" % uploads)
+    s = run.server("mover")
+    check(s.endpoint.startswith(node_b + "/"), "the user is not on node B: %s" % s.endpoint)
+    after = {c: s.records(c) for c in ("bookmarks", "meta", "crypto")}
+    check(after == before, "records changed by the live move:\nbefore %r\nafter %r" % (before, after))
+    step("A: a bookmark after the live move")
+    a.js(ADD_BOOKMARKS, "live", 1)
+    a.sync()
+    b.sync()
+    check(len(b.js(BOOKMARKS, "http://example.com/live/")) == 1, "B lacks A's bookmark made on node B")
+
+    run.syncstore("node", "set", node_a, "--draining", "false", "--available", "1000")
+    run.syncstore("node", "drain", node_b)
+    # Firefox asks for a new token when its token expires (the tokenserver issues short
+    # ones here); the tokenserver then puts the user on node A with a new uid.
+    step("waiting for the profiles' tokens to expire")
+    time.sleep(run.opts.token_secs)
+    # The new token names node A, Firefox still has node B's URL: a 401, then a start
+    # on the empty node (no meta/global yet: 404), uploading everything.
+    check(not a.sync(allow=[(401, "")])["ok"], "A's first sync after the plain drain saw no 401")
+    a.sync(allow=[(404, "/storage/meta/global")])
+    s = run.server("mover")
+    check(s.endpoint.startswith(node_a + "/"), "the user is not back on node A: %s" % s.endpoint)
+    check(len(s.records("bookmarks")) > 21, "A did not upload its bookmarks to node A again")
+    step("A: a bookmark after the plain drain")
+    a.js(ADD_BOOKMARKS, "plain", 1)
+    a.sync()
+    check(not b.sync(allow=[(401, "")])["ok"], "B's first sync after the plain drain saw no 401")
+    b.sync()
+    for prefix, n in (("mine", 20), ("live", 1), ("plain", 1)):
+        got = b.js(BOOKMARKS, "http://example.com/%s/" % prefix)
+        check(len(got) == n, "B has %d %s bookmarks, not %d" % (len(got), prefix, n))
+    a.sync()
+    check([c["name"] for c in a.js(CLIENTS)["remote"]] == ["profile-B"], "A no longer sees B")
+    check([c["name"] for c in b.js(CLIENTS)["remote"]] == ["profile-A"], "B no longer sees A")
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains)
+}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenserver", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--issuer", default="")
+    p.add_argument("--bin")
+    p.add_argument("--db")
+    p.add_argument("--secret")
+    p.add_argument("--nodes", default="")
+    p.add_argument("--token-secs", type=int, default=0)
+    opts = p.parse_args()
+    run = Run(opts)
+    failed = False
+    try:
+        SCENARIOS[opts.scenario](run)
+        check(not run.fxa.unknown, "Firefox asked the FxA stand-in unknown things: %r" % run.fxa.unknown)
+    except Exception:  # noqa: BLE001 - report anything, with the logs
+        failed = True
+        print("FAILED:\n" + traceback.format_exc(), flush=True)
+    finally:
+        try:
+            run.close()
+        except Exception:  # noqa: BLE001
+            print("closing: " + traceback.format_exc(), flush=True)
+    if failed:
+        for ff in run.profiles:
+            print("---- tail of %s's sync log (%s) ----" % (ff.name, ff.dir), flush=True)
+            print(tail(os.path.join(ff.dir, "sync-log-all.txt"), 60))
+        print("---- tail of the FxA stand-in's request log ----")
+        print(tail(os.path.join(opts.out, "fxa-requests.txt"), 30))
+        sys.exit(1)
+    print("ok")
+
+
+def tail(path, n):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError as e:
+        return str(e)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+//! A real Firefox (headless, driven over Marionette) syncs with the real server:
+//! `scripts/firefox/scenarios.py` signs profiles in through a stand-in Firefox Accounts
+//! (its JWTs verified by syncstore's tokenserver with the test JWK set), syncs, and
+//! checks both Firefox and the server. `scripts/test` installs Firefox ESR and the
+//! Python packages; without them these tests fail. One Firefox scenario runs at a time.
+//! Logs of each run are kept under target/firefox/<scenario>/.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::{SECRET, Server, cli, fresh_database};
+
+/// One scenario at a time: the machine has two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Token lifetime in the node scenario, seconds.
+const TOKEN_SECS: u64 = 20;
+/// The issuer of the stand-in's JWTs, required by the server under test.
+const ISSUER: &str = "http://127.0.0.1/syncstore-test-fxa";
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Server settings that make the tokenserver trust the stand-in's tokens.
+fn fxa_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("SYNCSTORE_FXA_JWKS", fixture("fxa-test-jwks.json")),
+        ("SYNCSTORE_FXA_ISSUER", ISSUER.into()),
+        ("SYNCSTORE_FXA_VERIFY_URL", String::new()),
+    ]
+}
+
+fn start(env: &[(&'static str, String)]) -> Server {
+    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(&e)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs a scenario of scripts/firefox/scenarios.py; panics with its output and the
+/// tail of every server's request log unless it prints `ok`.
+fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
+    let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import jwt, cryptography, hawkauthlib, requests"])
+        .status();
+    assert!(
+        probe.map(|s| s.success()).unwrap_or(false),
+        "{python} cannot import jwt/cryptography/hawkauthlib/requests: run the tests with \
+         scripts/test (it installs scripts/requirements.txt into a virtualenv)"
+    );
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("firefox")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/firefox/scenarios.py"
+        ))
+        .arg(name)
+        .arg("--out")
+        .arg(&out_dir)
+        .args(["--key", &fixture("fxa-test-key.pem"), "--issuer", ISSUER])
+        .args(["--tokenserver", &servers[0].url()])
+        .args(["--bin", env!("CARGO_BIN_EXE_syncstore"), "--secret", SECRET])
+        .args(extra)
+        .output()
+        .expect("run scripts/firefox/scenarios.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut logs = String::new();
+    for (i, s) in servers.iter().enumerate() {
+        let log = s.log_text();
+        let _ = std::fs::write(out_dir.join(format!("server-{i}.log")), &log);
+        logs.push_str(&format!(
+            "---- tail of server {i}'s log ({}) ----\n{}\n",
+            s.url(),
+            tail(&log, 40)
+        ));
+    }
+    assert!(
+        out.status.success() && stdout.lines().last() == Some("ok"),
+        "Firefox scenario {name} failed (logs in {}):\n{stdout}\n{stderr}\n{logs}",
+        out_dir.display()
+    );
+}
+
+/// One zero-config server (tokenserver and storage) trusting the stand-in.
+fn single(name: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let s = start(&fxa_env());
+    scenario(name, &[&s], &[]);
+}
+
+#[test]
+fn first_sync_of_a_new_account_writes_meta_global_keys_and_a_client() {
+    single("first_sync");
+}
+
+#[test]
+fn bookmarks_logins_history_and_tabs_made_on_one_profile_reach_another() {
+    single("data_reaches_b");
+}
+
+#[test]
+fn edits_and_deletions_on_the_second_profile_reach_the_first() {
+    single("edits_reach_a");
+}
+
+#[test]
+fn both_profiles_see_each_other_as_devices() {
+    single("devices");
+}
+
+#[test]
+fn two_hundred_bookmarks_in_one_sync_all_arrive() {
+    single("many_bookmarks");
+}
+
+#[test]
+fn a_second_account_on_the_same_server_sees_none_of_the_first() {
+    single("second_account");
+}
+
+/// Two storage nodes (only A takes new users) and a tokenserver on one PostgreSQL
+/// assignment database (as tests/live_moves.rs); the scenario drains A live, then B
+/// plainly.
+#[test]
+fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(fresh_database());
+    let mut env = fxa_env();
+    env.push(("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.clone()));
+    env.push(("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0".into()));
+    // Short tokens: after the plain drain Firefox asks for a new one soon.
+    env.push(("SYNCSTORE_TOKEN_DURATION_SECS", TOKEN_SECS.to_string()));
+    let with_role = |role: &str| {
+        let mut e = env.clone();
+        e.push(("SYNCSTORE_ROLE", role.to_string()));
+        start(&e)
+    };
+    let a = with_role("storage");
+    let b = with_role("storage");
+    cli(&db, &["node", "add", &a.url(), "--capacity", "1000"]);
+    cli(&db, &["node", "add", &b.url(), "--capacity", "1000"]);
+    cli(&db, &["node", "set", &b.url(), "--available", "0"]);
+    let tokenserver = with_role("tokenserver");
+    scenario(
+        "node_drains",
+        &[&tokenserver, &a, &b],
+        &[
+            "--db".into(),
+            db,
+            "--nodes".into(),
+            format!("{},{}", a.url(), b.url()),
+            "--token-secs".into(),
+            TOKEN_SECS.to_string(),
+        ],
+    );
+}
