@@ -92,7 +92,12 @@ async fn zero_configuration_generates_a_private_secret() {
     assert!(!log.contains(&secret), "the secret must never be logged");
     // `token` with the same data dir signs with the stored secret.
     let data = s.data.path().to_str().unwrap().to_string();
-    let (ok, out, err) = syncstore(&["token", "--uid", "3", "--data-dir", &data], &[]);
+    // Tokens name the node they are for (a node refuses tokens minted for another).
+    let node = s.url();
+    let (ok, out, err) = syncstore(
+        &["token", "--uid", "3", "--data-dir", &data, "--node", &node],
+        &[],
+    );
     assert!(ok, "{err}");
     let t: serde_json::Value = serde_json::from_str(&out).unwrap();
     let c = Client::with_token(
