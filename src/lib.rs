@@ -252,11 +252,7 @@ pub async fn run(
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");
     }
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
-    let limits = web::ConnectionLimits {
-        max_connections: settings.max_connections,
-        header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs),
-        body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
-    };
+    let limits = web::ConnectionLimits::from_settings(&settings)?;
     let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let node_url = node_url(&settings, listener.local_addr()?);
@@ -266,9 +262,9 @@ pub async fn run(
         addr => {
             let l = TcpListener::bind(addr).await?;
             tracing::info!("metrics on http://{}/__metrics__", l.local_addr()?);
-            let app = axum::Router::new()
-                .route("/__metrics__", axum::routing::get(web::observe::metrics));
-            Some(tokio::spawn(async move { axum::serve(l, app).await }))
+            let app = web::observe::metrics_router(&settings.metrics_token);
+            let served = web::serve_router(l, app, limits.clone(), std::future::pending());
+            Some(tokio::spawn(served))
         }
     };
     let state = build_state(settings, tokenserver, assignments)?;
