@@ -109,13 +109,29 @@ pub struct Settings {
     pub header_read_timeout_secs: u64,
     /// A client must send its whole request body within this many seconds.
     pub body_read_timeout_secs: u64,
+    /// A new connection that sends nothing within this many seconds is closed.
+    pub first_byte_timeout_secs: u64,
+    /// A connection with no request in flight for this many seconds is closed (HTTP/1
+    /// keep-alive and HTTP/2 alike).
+    pub idle_timeout_secs: u64,
+    /// An HTTP/2 connection silent this many seconds is pinged, and closed when the
+    /// answer takes as long again.
+    pub http2_keep_alive_secs: u64,
+    /// Most connections open at once from one client address (IPv6: one /64); 0: no cap.
+    pub max_connections_per_address: usize,
+    /// Addresses or networks (`10.0.0.1`, `10.0.0.0/8`) of reverse proxies, exempt from
+    /// `max_connections_per_address` (every client behind a proxy shares its address).
+    pub trusted_proxies: Vec<String>,
     /// Most threads for blocking work (SQLite); the async workers are one per core.
     pub max_blocking_threads: usize,
     /// Log format: `text` (human) or `json` (one object a line).
     pub log_format: String,
-    /// Serve `/__metrics__` on this address instead of the main listener (e.g. a
-    /// private `127.0.0.1:9100`); empty serves it on the main listener.
+    /// Serve `/__metrics__` on this address (e.g. a private `127.0.0.1:9100`); empty:
+    /// no metrics listener.
     pub metrics_listen: String,
+    /// Bearer token `/__metrics__` requires; when set, the main listener serves
+    /// `/__metrics__` too (with the token), otherwise only `metrics_listen` does.
+    pub metrics_token: String,
     /// FxA's JWK set for verifying OAuth JWTs: a file path, or the JSON inline.
     pub fxa_jwks: String,
     /// Required issuer (`iss`) of OAuth JWTs; empty: not checked.
@@ -203,9 +219,15 @@ impl Default for Settings {
             max_connections: 4096,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 60,
+            first_byte_timeout_secs: 5,
+            idle_timeout_secs: 30,
+            http2_keep_alive_secs: 20,
+            max_connections_per_address: 256,
+            trusted_proxies: vec![],
             max_blocking_threads: 6,
             log_format: "text".into(),
             metrics_listen: String::new(),
+            metrics_token: String::new(),
             fxa_jwks: String::new(),
             fxa_issuer: "https://accounts.firefox.com".into(),
             fxa_verify_url: "https://oauth.accounts.firefox.com/v1/verify".into(),
@@ -228,6 +250,9 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut shown = self.clone();
         shown.secrets = shown.secrets.iter().map(|_| "<redacted>".into()).collect();
+        if !shown.metrics_token.is_empty() {
+            shown.metrics_token = "<redacted>".into();
+        }
         if let Some((scheme, rest)) = shown.tokenserver_database_url.split_once("://")
             && let Some((_, host)) = rest.rsplit_once('@')
         {
@@ -316,9 +341,15 @@ impl Settings {
         if self.max_connections == 0 || self.max_blocking_threads == 0 {
             return bad("max_connections and max_blocking_threads must be at least 1");
         }
-        if self.header_read_timeout_secs == 0 || self.body_read_timeout_secs == 0 {
-            return bad("read timeouts must be at least 1 second");
+        if self.header_read_timeout_secs == 0
+            || self.body_read_timeout_secs == 0
+            || self.first_byte_timeout_secs == 0
+            || self.idle_timeout_secs == 0
+            || self.http2_keep_alive_secs == 0
+        {
+            return bad("connection timeouts must be at least 1 second");
         }
+        self.trusted_proxy_nets()?;
         if self.max_open_users == 0 || self.connections_per_user == 0 {
             return bad("max_open_users and connections_per_user must be at least 1");
         }
@@ -326,6 +357,20 @@ impl Settings {
             return bad("public_url is not a valid URL");
         }
         Ok(())
+    }
+
+    /// `trusted_proxies` parsed: a bare address is a network of one.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::Invalid(format!("trusted_proxies: bad address {p:?}"))
+                    })
+            })
+            .collect()
     }
 
     /// Whether this process serves the storage API.

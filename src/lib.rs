@@ -242,6 +242,7 @@ fn raise_descriptor_limit(settings: &Settings) {
 async fn serve_internal(
     listener: TcpListener,
     state: &web::AppState,
+    limits: web::ConnectionLimits,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServerError> {
     let bound = listener.local_addr()?;
     let url = match state.settings.internal_url.as_str() {
@@ -255,9 +256,14 @@ async fn serve_internal(
     }
     tracing::info!("internal routes on {url} (bound to {bound})");
     let app = web::internal::router(state.clone());
-    Ok(tokio::spawn(
-        async move { axum::serve(listener, app).await },
-    ))
+    // The same connection limits as the public listener, except that a moved user's
+    // file (up to max_moved_file_bytes) may take longer than a Sync request body.
+    let limits = web::ConnectionLimits {
+        body_read_timeout: Duration::from_secs(3600),
+        ..limits
+    };
+    let served = web::serve_router(listener, app, limits, std::future::pending());
+    Ok(tokio::spawn(served))
 }
 
 /// Runs the storage node on `listener` until `shutdown` completes; then stops
@@ -275,11 +281,7 @@ pub async fn run(
         tracing::info!(path = %path.display(), "generated a new master secret (mode 0600)");
     }
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
-    let limits = web::ConnectionLimits {
-        max_connections: settings.max_connections,
-        header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs),
-        body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
-    };
+    let limits = web::ConnectionLimits::from_settings(&settings)?;
     let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let node_url = node_url(&settings, listener.local_addr()?);
@@ -289,9 +291,9 @@ pub async fn run(
         addr => {
             let l = TcpListener::bind(addr).await?;
             tracing::info!("metrics on http://{}/__metrics__", l.local_addr()?);
-            let app = axum::Router::new()
-                .route("/__metrics__", axum::routing::get(web::observe::metrics));
-            Some(tokio::spawn(async move { axum::serve(l, app).await }))
+            let app = web::observe::metrics_router(&settings.metrics_token);
+            let served = web::serve_router(l, app, limits.clone(), std::future::pending());
+            Some(tokio::spawn(served))
         }
     };
     let internal_listener = match settings.internal_listen_addr() {
@@ -304,7 +306,7 @@ pub async fn run(
     };
     let state = build_state(settings, tokenserver, assignments)?;
     let internal_server = match internal_listener {
-        Some(l) => Some(serve_internal(l, &state).await?),
+        Some(l) => Some(serve_internal(l, &state, limits.clone()).await?),
         None => None,
     };
     let dbs = state.storage.dbs().clone();

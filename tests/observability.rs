@@ -107,7 +107,10 @@ async fn scrape(url: &str) -> String {
 
 #[tokio::test]
 async fn metrics_count_requests_files_batches_and_bytes() {
-    let server = Server::start(&[("SYNCSTORE_MAX_OPEN_USERS", "1")]);
+    let server = Server::start(&[
+        ("SYNCSTORE_MAX_OPEN_USERS", "1"),
+        ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
+    ]);
     let (a, b) = (server.client(21), server.client(22));
     assert_eq!(
         a.put("/storage/tabs/t1", &json!({"payload": "12345"}))
@@ -139,7 +142,7 @@ async fn metrics_count_requests_files_batches_and_bytes() {
     // Wait until the last request's line (and so its metrics) is recorded.
     wait_for_lines(&server, 6).await;
 
-    let text = scrape(&server.url()).await;
+    let text = scrape(&server.metrics_url()).await;
     let put = r#"syncstore_http_requests_total{method="PUT",route="/1.5/{uid}/storage/{collection}/{bso}",status="200"}"#;
     assert_eq!(metric(&text, put), 1.0, "{text}");
     let info = r#"syncstore_http_requests_total{method="GET",route="/1.5/{uid}/info/collections",status="200"}"#;
@@ -188,21 +191,58 @@ async fn metrics_count_requests_files_batches_and_bytes() {
     );
 }
 
+/// `/__metrics__` is not on the public listener unless a token is set, and then only
+/// with that token; the metrics listener serves it.
 #[tokio::test]
-async fn metrics_can_move_to_a_private_listener() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let private = format!("127.0.0.1:{port}");
-    let server = Server::start(&[("SYNCSTORE_METRICS_LISTEN", &private)]);
+async fn metrics_are_on_their_own_listener_or_behind_a_token() {
+    let server = Server::start(&[("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0")]);
     assert_eq!(server.client(3).get("/info/collections").await.status, 200);
     let public = reqwest::get(format!("{}/__metrics__", server.url()))
         .await
         .unwrap();
     assert_eq!(public.status(), 404);
-    let text = scrape(&format!("http://{private}")).await;
+    let text = scrape(&server.metrics_url()).await;
     assert!(text.contains("syncstore_http_requests_total"), "{text}");
+
+    // No metrics listener: nowhere, by default.
+    let bare = Server::start(&[]);
+    let public = reqwest::get(format!("{}/__metrics__", bare.url()))
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+    assert!(!bare.log_text().contains("metrics on"));
+
+    // With a token, the public listener serves it to that token alone.
+    let token = "metrics-token-1234";
+    let guarded = Server::start(&[("SYNCSTORE_METRICS_TOKEN", token)]);
+    let get = |auth: Option<String>| {
+        let url = format!("{}/__metrics__", guarded.url());
+        async move {
+            let mut req = reqwest::Client::new().get(url);
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong".to_string()),
+        Some(format!("Bearer {token}x")),
+        Some(format!("Basic {token}")),
+    ] {
+        let r = get(auth.clone()).await;
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        assert!(!r.text().await.unwrap().contains("syncstore_"));
+    }
+    let r = get(Some(format!("Bearer {token}"))).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("# TYPE"));
+    assert!(
+        !guarded.log_text().contains(token),
+        "the token is never logged"
+    );
 }
 
 #[tokio::test]
@@ -217,11 +257,19 @@ async fn heartbeat_checks_the_data_dir_and_the_assignment_database() {
         body,
         json!({"status": "Ok", "database": "Ok", "tokenserver_database": "Ok"})
     );
-    // The data dir goes away: the heartbeat fails (the process itself is still up).
+    // The data dir goes away: the heartbeat fails (the process itself is still up)
+    // once the last check's result (reused for a second) is stale.
     std::fs::remove_dir_all(server.data.path()).unwrap();
-    let r = reqwest::get(format!("{}/__heartbeat__", server.url()))
-        .await
-        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = reqwest::get(format!("{}/__heartbeat__", server.url()))
+            .await
+            .unwrap();
+        if r.status() != 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "Err");

@@ -296,11 +296,14 @@ async fn open_batches_survive_the_version_three_migration() {
 #[tokio::test]
 async fn long_wals_are_checkpointed_in_the_background() {
     const THRESHOLD: u64 = 500 * (4096 + 24);
-    let s = Server::start(&[("SYNCSTORE_UPKEEP_INTERVAL_SECS", "3600")]);
+    let s = Server::start(&[
+        ("SYNCSTORE_UPKEEP_INTERVAL_SECS", "3600"),
+        ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
+    ]);
     let c = s.client(77);
     let wal = s.data.path().join("users/077/77.sqlite-wal");
     let checkpoints = || async {
-        let text = reqwest::get(format!("{}/__metrics__", s.url()))
+        let text = reqwest::get(format!("{}/__metrics__", s.metrics_url()))
             .await
             .unwrap()
             .text()
@@ -384,6 +387,7 @@ async fn files_leaving_the_lru_with_long_wals_are_left_with_empty_ones() {
     let s = Server::start(&[
         ("SYNCSTORE_MAX_OPEN_USERS", "1"),
         ("SYNCSTORE_UPKEEP_INTERVAL_SECS", "3600"),
+        ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
     ]);
     let (a, b) = (s.client(31), s.client(32));
     let mut modified = 0;
@@ -415,7 +419,7 @@ async fn files_leaving_the_lru_with_long_wals_are_left_with_empty_ones() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let scrape = || async {
-        reqwest::get(format!("{}/__metrics__", s.url()))
+        reqwest::get(format!("{}/__metrics__", s.metrics_url()))
             .await
             .unwrap()
             .text()

@@ -234,7 +234,13 @@ struct Inner {
     /// which is far cheaper than creating the schema (and switching journal modes)
     /// in every new file.
     template: Vec<u8>,
+    /// The last health check's time and outcome: checks run one at a time (they share
+    /// one probe file) and a result is reused for [`HEALTH_CHECK_REUSE`].
+    health: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
+
+/// How long one health check's result answers later checks.
+const HEALTH_CHECK_REUSE: Duration = Duration::from_secs(1);
 
 impl UserDbs {
     /// Creates the manager; files are opened lazily on first use.
@@ -265,6 +271,7 @@ impl UserDbs {
                 config,
                 open: Mutex::new(LruCache::new(cap)),
                 pragmas: pragmas.into(),
+                health: tokio::sync::Mutex::new(None),
             }),
         };
         checkpointer::start(jobs, WeakUserDbs(Arc::downgrade(&dbs.inner)))
@@ -464,7 +471,25 @@ impl UserDbs {
     }
 
     /// Checks that the data dir is writable and SQLite works there (for heartbeats).
+    /// One check runs at a time; its result answers the checks of the next second
+    /// (a failure as `StorageError::Io` with the first check's message).
     pub async fn health_check(&self) -> Result<(), StorageError> {
+        let mut last = self.inner.health.lock().await;
+        if let Some((at, result)) = &*last
+            && at.elapsed() < HEALTH_CHECK_REUSE
+        {
+            return result
+                .clone()
+                .map_err(|m| StorageError::Io(std::io::Error::other(m)));
+        }
+        let result = self.probe_data_dir().await;
+        let kept = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        *last = Some((Instant::now(), kept));
+        result
+    }
+
+    /// Creates, writes and removes a probe SQLite file in the data dir.
+    async fn probe_data_dir(&self) -> Result<(), StorageError> {
         let dir = self.inner.config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             let probe = dir.join(".heartbeat.sqlite");

@@ -10,6 +10,8 @@ use crate::storage::StorageError;
 use crate::storage::model::Timestamp;
 use crate::tokenserver::TokenserverError;
 
+use super::observe::{MAX_LOGGED_BYTES, clip};
+
 /// Sync's numeric error codes (the body of a 400/403/413).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -96,7 +98,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::BadRequest { code, message } => {
-                tracing::debug!(?code, %message, "bad request");
+                tracing::debug!(?code, message = %clip(&message, MAX_LOGGED_BYTES), "bad request");
                 json_body(StatusCode::BAD_REQUEST, json!(code as u8))
             }
             ApiError::Unauthorized(AuthError::Busy) => {
@@ -183,7 +185,7 @@ fn token_response(e: TokenserverError) -> Response {
     if status >= 500 {
         tracing::error!(error = %e, "token request failed");
     } else {
-        tracing::debug!(error = %e, "token request refused");
+        tracing::debug!(error = %clip(&e.to_string(), MAX_LOGGED_BYTES), "token request refused");
     }
     let body = json!({"status": code, "errors": [
         {"location": location, "name": name, "description": description}

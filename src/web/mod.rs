@@ -8,12 +8,14 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod internal;
+pub mod listen;
 pub mod observe;
 pub mod tokens;
 
+pub use listen::{ConnectionLimits, serve_router};
+
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -138,8 +140,8 @@ pub fn router(state: AppState) -> Router {
         .route("/__heartbeat__", get(heartbeat))
         .route("/__lbheartbeat__", get(lbheartbeat))
         .route("/__version__", get(version));
-    if state.settings.metrics_listen.is_empty() {
-        api = api.route("/__metrics__", get(observe::metrics));
+    if !state.settings.metrics_token.is_empty() {
+        api = api.merge(observe::metrics_router(&state.settings.metrics_token));
     }
     if state.tokenserver.is_some() {
         api = api.route("/1.0/sync/1.5", get(tokens::token));
@@ -181,17 +183,6 @@ fn storage_routes() -> Router<AppState> {
         )
 }
 
-/// Limits on client connections, against slow or greedy clients.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    /// Most connections open at once; further ones wait in the listen backlog.
-    pub max_connections: usize,
-    /// Time a client has to send its request headers.
-    pub header_read_timeout: Duration,
-    /// Time a client has to send a request body.
-    pub body_read_timeout: Duration,
-}
-
 /// Serves the router on `listener` until `shutdown` completes, then stops accepting and
 /// waits for the connections in flight to finish (the caller bounds that wait).
 pub async fn serve(
@@ -200,50 +191,5 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    let app = router(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        limits.body_read_timeout,
-    ));
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    serve_router(listener, router(state), limits, shutdown).await
 }

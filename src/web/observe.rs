@@ -2,16 +2,20 @@
 //! Prometheus exposition at `/__metrics__`.
 //!
 //! The log line names the route template (`/1.5/{uid}/storage/{collection}`), never the
-//! raw path, query, token or payload; the uid comes from the path. Metrics from the
-//! storage layer (LRU, locks, batches, errors, bytes) are recorded where they happen
-//! through the `metrics` facade and rendered here.
+//! raw path, query, token or payload; the uid comes from the path. Metric labels take
+//! their values from fixed sets (known methods, route templates, statuses), so clients
+//! cannot grow the exposition; what a client sent is logged clipped ([`clip`]).
+//! Metrics from the storage layer (LRU, locks, batches, errors, bytes) are recorded
+//! where they happen through the `metrics` facade and rendered here.
 
-use std::sync::OnceLock;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -35,7 +39,8 @@ pub async fn tag_route(req: Request, next: Next) -> Response {
 /// Outer layer (runs for every request, 404s included): logs and counts it.
 pub async fn log_request(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
+    let label = method_label(req.method());
+    let method = clip(req.method().as_str(), MAX_LOGGED_BYTES).into_owned();
     let uid = path_uid(req.uri().path());
     let res = next.run(req).await;
     let elapsed = started.elapsed();
@@ -57,7 +62,7 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         ),
     }
     let labels = [
-        ("method", method.to_string()),
+        ("method", label.to_string()),
         ("route", route),
         ("status", status.to_string()),
     ];
@@ -65,6 +70,38 @@ pub async fn log_request(req: Request, next: Next) -> Response {
     metrics::histogram!("syncstore_http_request_duration_seconds", &labels[..2])
         .record(elapsed.as_secs_f64());
     res
+}
+
+/// The most bytes of one client-sent string (method, path, header) a log line holds.
+pub const MAX_LOGGED_BYTES: usize = 200;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked with `…` when
+/// cut: for logging what a client sent.
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
+
+/// A method as a metric label: a standard method's name, else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// The uid of a storage path (`/1.5/<uid>/…`), if it is one.
@@ -109,6 +146,11 @@ fn describe() {
         "syncstore_http_request_duration_seconds",
         Unit::Seconds,
         "HTTP request latency by method and route template"
+    );
+    describe_counter!(
+        "syncstore_connections_dropped_total",
+        "Connections the server closed, by reason: per_address (over the per-address cap), \
+         first_byte (sent nothing in time), idle (no request in time)"
     );
     describe_gauge!(
         "syncstore_open_users",
@@ -179,9 +221,57 @@ pub async fn metrics() -> Response {
     res
 }
 
+/// `/__metrics__` alone; with a non-empty `token`, only for requests that carry
+/// `Authorization: Bearer <token>` (others get 401).
+pub fn metrics_router<S: Clone + Send + Sync + 'static>(token: &str) -> Router<S> {
+    let routes = Router::new().route("/__metrics__", axum::routing::get(metrics));
+    if token.is_empty() {
+        return routes;
+    }
+    let token: Arc<str> = token.into();
+    routes.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+        let allowed = bearer_matches(&req, &token);
+        async move {
+            if allowed {
+                next.run(req).await
+            } else {
+                let mut res = StatusCode::UNAUTHORIZED.into_response();
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                res
+            }
+        }
+    }))
+}
+
+/// Whether the request's `Authorization` is `Bearer <token>` (compared in constant time).
+fn bearer_matches(req: &Request, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::path_uid;
+    use super::{clip, method_label, path_uid};
+    use axum::http::Method;
+
+    #[test]
+    fn labels_come_from_a_fixed_set_and_logged_text_is_clipped() {
+        assert_eq!(method_label(&Method::PUT), "PUT");
+        let invented = Method::from_bytes(&[b'X'; 1000]).unwrap();
+        assert_eq!(method_label(&invented), "other");
+        assert_eq!(clip("GET", 200), "GET");
+        let long = "é".repeat(300);
+        let cut = clip(&long, 201);
+        assert!(
+            cut.len() <= 201 + '…'.len_utf8() && cut.ends_with('…'),
+            "{cut}"
+        );
+    }
 
     #[test]
     fn uid_comes_from_storage_paths_only() {

@@ -84,6 +84,21 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// The metrics listener's base URL, for a server started with
+    /// `SYNCSTORE_METRICS_LISTEN` (e.g. `127.0.0.1:0`): read from its log.
+    pub fn metrics_url(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let addr = log
+            .iter()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .unwrap_or_else(|| panic!("no metrics listener: {log:?}"));
+        let addr: String = addr
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        format!("http://{addr}")
+    }
+
     /// A client for `uid` with a fresh token.
     pub fn client(&self, uid: u64) -> Client {
         Client::new(self, uid, 3600.0)
