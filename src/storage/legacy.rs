@@ -91,7 +91,10 @@ impl LegacySource {
             return Ok(LegacySource::PythonMysql(Box::new(conn), tables));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let client = postgres::Client::connect(url, postgres::NoTls).map_err(bad)?;
+            let (config, tls) = crate::tokenserver::db::postgres_connector(url).map_err(bad)?;
+            let client = config
+                .connect(tls)
+                .map_err(|e| bad(crate::tokenserver::db::pg_message(&e)))?;
             return Ok(LegacySource::RustPostgres(Box::new(client)));
         }
         Err(StorageError::Invalid(format!(
