@@ -499,3 +499,56 @@ async fn an_unreadable_syncstorage_rs_row_names_its_user_and_column() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn python_server_mysql_null_ttl_is_never_and_an_unreadable_row_is_named() {
+    use mysql::prelude::Queryable;
+    let admin = std::env::var("SYNCSTORE_TEST_MYSQL_URL").expect(
+        "SYNCSTORE_TEST_MYSQL_URL is not set: run the tests with scripts/test, which starts MariaDB",
+    );
+    let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
+    let url = format!("{}/{name}", admin.trim_end_matches('/'));
+    let setup = (admin.clone(), url.clone(), name.clone());
+    tokio::task::spawn_blocking(move || {
+        let (admin, url, name) = setup;
+        let mut root = mysql::Conn::new(mysql::Opts::from_url(&admin).unwrap()).unwrap();
+        root.query_drop(format!("CREATE DATABASE {name}")).unwrap();
+        let mut db = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+        // server-syncstorage's bso table: ttl is nullable. User 2's row has a
+        // modified time no server wrote (text in a column the import reads as a number).
+        db.query_drop(
+            "CREATE TABLE collections (collectionid INTEGER NOT NULL, name VARCHAR(32));
+             CREATE TABLE user_collections (userid INTEGER NOT NULL,
+                 collection INTEGER NOT NULL, last_modified BIGINT NOT NULL);
+             CREATE TABLE bso (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
+                 id VARCHAR(64) NOT NULL, sortindex INTEGER, modified VARCHAR(20) NOT NULL,
+                 payload MEDIUMTEXT NOT NULL, payload_size INTEGER NOT NULL DEFAULT 0,
+                 ttl INTEGER DEFAULT 2100000000);
+             INSERT INTO user_collections VALUES (1, 7, 1700000000000), (2, 7, 1700000000000);
+             INSERT INTO bso VALUES (1, 7, 'b1', 3, '1700000000000', 'kept', 1, NULL),
+                 (2, 7, 'b2', 3, 'yesterday', 'bad', 1, NULL);",
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(!ok && !err.contains("panicked"), "{out}{err}");
+    assert!(
+        out.contains("user 2: FAILED: source database: bso record \"b2\": column modified cannot be read as i64"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 1 users (1 records), skipped 0, failed 1"),
+        "{err}"
+    );
+    let server = Server::start_in(data, &[]);
+    let items = server
+        .client(1)
+        .get("/storage/bookmarks?full=1")
+        .await
+        .json();
+    assert_eq!(items[0]["payload"], "kept", "{items}");
+    assert_eq!(items[0]["sortindex"], 3);
+}

@@ -7,7 +7,12 @@
 //!   seconds with 2100000000 meaning never; the standard collections have fixed ids;
 //! * syncstorage-rs on PostgreSQL: `collections (collection_id, name)`,
 //!   `user_collections (user_id, collection_id, modified, …)`, `bsos (user_id,
-//!   collection_id, bso_id, sortindex, payload, modified, expiry)` with TIMESTAMP times.
+//!   collection_id, bso_id, sortindex, payload, modified, expiry)` with TIMESTAMP
+//!   (0.23: TIMESTAMPTZ) times; its migrations declare `collection_id` and `sortindex`
+//!   INTEGER, so integers are read at whatever width the column has.
+//!
+//! No value is assumed to convert: one that does not is an error naming the row and
+//! column, and `import-legacy` reports that user as failed and goes on.
 //!
 //! Both key users by the tokenserver's numeric uid, which stays the user's uid here.
 
