@@ -615,3 +615,62 @@ impl AssignmentDb {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres::config::SslMode;
+
+    fn mode(url: &str) -> Result<SslMode, String> {
+        postgres_connector(url)
+            .map(|(c, _)| c.get_ssl_mode())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sslmode_maps_to_the_driver_and_keeps_other_parameters() {
+        let base = "postgres://u:p@db.example:5433/sync";
+        assert_eq!(mode(base), Ok(SslMode::Prefer));
+        assert_eq!(
+            mode(&format!("{base}?sslmode=disable")),
+            Ok(SslMode::Disable)
+        );
+        assert_eq!(mode(&format!("{base}?sslmode=allow")), Ok(SslMode::Prefer));
+        assert_eq!(
+            mode(&format!("{base}?sslmode=require")),
+            Ok(SslMode::Require)
+        );
+        let (config, _) = postgres_connector(&format!(
+            "{base}?connect_timeout=7&sslmode=verify-ca&application_name=x"
+        ))
+        .unwrap();
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(config.get_application_name(), Some("x"));
+        assert_eq!(config.get_dbname(), Some("sync"));
+    }
+
+    #[test]
+    fn bad_tls_settings_are_named() {
+        let base = "postgres://u@db.example/sync";
+        let err = mode(&format!("{base}?sslmode=always")).unwrap_err();
+        assert!(err.contains("unknown sslmode \"always\""), "{err}");
+        let err = mode(&format!("{base}?sslmode=require&sslcert=/c.pem")).unwrap_err();
+        assert!(err.contains("sslcert is not supported"), "{err}");
+        // The root file's name is percent-decoded, as libpq's URLs are.
+        let err = mode(&format!(
+            "{base}?sslmode=verify-full&sslrootcert=%2Fno%20such%2Fca.pem"
+        ))
+        .unwrap_err();
+        assert!(err.contains("sslrootcert /no such/ca.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = mode(&format!(
+            "{base}?sslmode=verify-full&sslrootcert={}",
+            empty.display()
+        ))
+        .unwrap_err();
+        assert!(err.contains("no usable certificate"), "{err}");
+    }
+}
