@@ -8,6 +8,8 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::{Client, Server, cli, fake_verifier, fresh_database, sign_in};
 use serde_json::json;
 
@@ -282,6 +284,37 @@ async fn every_role_on_postgres_exits_cleanly_on_sigterm() {
         200
     );
     sign_in(&both, "sigterm-user2").await;
+
+    // A write in flight on the storage node (which checks each token's assignment in
+    // PostgreSQL) when SIGTERM comes: it is finished, then the process exits.
+    let uid = answer["uid"].as_u64().unwrap();
+    let path = format!("/1.5/{uid}/storage/tabs/inflight");
+    let body = r#"{"payload": "sent across the SIGTERM"}"#;
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        c.storage.addr,
+        client.authorization("PUT", &path, common::now()),
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(&c.storage.addr)
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &c.storage.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rest = stream.write_all(&body.as_bytes()[10..]).await;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    assert!(rest.is_ok(), "{rest:?} {response}");
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
     let Cluster {
         mut storage,
