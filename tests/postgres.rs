@@ -1,10 +1,14 @@
 //! The shared-PostgreSQL deployment: several tokenserver processes and a storage node
-//! using one real PostgreSQL database (started by `scripts/test`).
+//! using one real PostgreSQL database (started by `scripts/test`), over TLS too, and
+//! each role's clean exit on SIGTERM.
 
 mod common;
 
 use std::collections::HashSet;
+use std::process::Command;
 use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{Client, Server, cli, fake_verifier, fresh_database, sign_in};
 use serde_json::json;
@@ -143,4 +147,197 @@ async fn rollout_and_moves_work_through_postgres() {
     let moved = sign_in(&c.tokenservers[1], &before).await;
     assert!(moved["api_endpoint"].as_str().unwrap().starts_with(other));
     assert_eq!(old.get("/info/collections").await.status, 401);
+}
+
+/// Runs the CLI against `db_url`; returns whether it succeeded and its stderr.
+fn try_cli(db_url: &str, args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", db_url)
+        .env("SYNCSTORE_SECRETS", common::SECRET)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `db` (a fresh database's URL) as the role `syncstore_tls`, which the test server
+/// (scripts/postgres.sh) lets in over TLS only, with `params` as the query.
+fn as_tls_role(db: &str, params: &str) -> String {
+    let url = db.replacen("://syncstore@", "://syncstore_tls@", 1);
+    assert_ne!(url, db, "unexpected test database URL {db}");
+    if params.is_empty() {
+        url
+    } else {
+        format!("{url}?{params}")
+    }
+}
+
+fn test_ca() -> String {
+    std::env::var("SYNCSTORE_TEST_POSTGRES_TLS_CA").expect(
+        "SYNCSTORE_TEST_POSTGRES_TLS_CA is not set: run the tests with scripts/test, which \
+         starts PostgreSQL with TLS",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assignments_database_over_tls() {
+    let db = fresh_database().await;
+    let ca = test_ca();
+    let verify = fake_verifier().await;
+
+    // The role is refused without TLS: what works below went over TLS.
+    let (ok, err) = try_cli(&as_tls_role(&db, "sslmode=disable"), &["node", "list"]);
+    assert!(!ok && err.contains("no encryption"), "{err}");
+
+    let modes = [
+        String::new(), // absent: libpq's default, prefer
+        "sslmode=prefer".to_string(),
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-ca&sslrootcert={ca}"),
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+        // The certificate's other name, the connection still to 127.0.0.1.
+        format!("sslmode=verify-full&sslrootcert={ca}&hostaddr=127.0.0.1",),
+    ];
+    for (i, params) in modes.iter().enumerate() {
+        let mut url = as_tls_role(&fresh_database().await, params);
+        if params.contains("hostaddr") {
+            url = url.replacen("@127.0.0.1:", "@localhost:", 1);
+        }
+        let node = format!("http://node{i}.test");
+        cli(&url, &["node", "add", &node, "--capacity", "1000"]);
+        // A tokenserver on that URL assigns users and exits cleanly.
+        let mut ts = Server::start(&[
+            ("SYNCSTORE_ROLE", "tokenserver"),
+            ("SYNCSTORE_TOKENSERVER_DATABASE_URL", url.as_str()),
+            ("SYNCSTORE_FXA_VERIFY_URL", verify.as_str()),
+        ]);
+        let answer = sign_in(&ts, &format!("tls-user{i}")).await;
+        assert!(
+            answer["api_endpoint"].as_str().unwrap().starts_with(&node),
+            "{params}: {answer}"
+        );
+        assert!(ts.terminate(30), "{params}: {}", ts.log_text());
+    }
+
+    // verify-full against a certificate for another name fails, and says why.
+    let wrong_name = as_tls_role(
+        &db,
+        &format!("sslmode=verify-full&sslrootcert={ca}&hostaddr=127.0.0.1"),
+    )
+    .replacen("@127.0.0.1:", "@db.wrong-name.test:", 1);
+    let (ok, err) = try_cli(&wrong_name, &["node", "list"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("not valid for name"),
+        "{err}"
+    );
+    // verify-ca does not check the name.
+    let (ok, err) = try_cli(
+        &wrong_name.replace("verify-full", "verify-ca"),
+        &["node", "list"],
+    );
+    assert!(ok, "{err}");
+    // Without sslrootcert, verify-full trusts the system's roots only: not the test CA.
+    let (ok, err) = try_cli(&as_tls_role(&db, "sslmode=verify-full"), &["node", "list"]);
+    assert!(!ok && err.contains("certificate"), "{err}");
+    // A missing root file is named.
+    let (ok, err) = try_cli(
+        &as_tls_role(&db, "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"),
+        &["node", "list"],
+    );
+    assert!(!ok && err.contains("/nonexistent/ca.pem"), "{err}");
+    // An unknown sslmode is refused.
+    let (ok, err) = try_cli(&as_tls_role(&db, "sslmode=sometimes"), &["node", "list"]);
+    assert!(!ok && err.contains("sslmode"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_role_on_postgres_exits_cleanly_on_sigterm() {
+    let c = cluster().await;
+    let verify = fake_verifier().await;
+    // A process with both roles on the same database.
+    let both = Server::start(&[
+        ("SYNCSTORE_ROLE", "all"),
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", c.db.as_str()),
+        ("SYNCSTORE_FXA_VERIFY_URL", verify.as_str()),
+    ]);
+    // Every process has used its pool (so it holds open connections).
+    let answer = sign_in(&c.tokenservers[0], "sigterm-user").await;
+    sign_in(&c.tokenservers[1], "sigterm-user").await;
+    let client = Client::with_token(
+        &c.storage,
+        answer["uid"].as_u64().unwrap(),
+        answer["id"].as_str().unwrap().into(),
+        answer["key"].as_str().unwrap().into(),
+    );
+    assert_eq!(
+        client
+            .put("/storage/tabs/t", &json!({"payload": "x"}))
+            .await
+            .status,
+        200
+    );
+    sign_in(&both, "sigterm-user2").await;
+
+    // A write in flight on the storage node (which checks each token's assignment in
+    // PostgreSQL) when SIGTERM comes: it is finished, then the process exits.
+    let uid = answer["uid"].as_u64().unwrap();
+    let path = format!("/1.5/{uid}/storage/tabs/inflight");
+    let body = r#"{"payload": "sent across the SIGTERM"}"#;
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        c.storage.addr,
+        client.authorization("PUT", &path, common::now()),
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(&c.storage.addr)
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &c.storage.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rest = stream.write_all(&body.as_bytes()[10..]).await;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    assert!(rest.is_ok(), "{rest:?} {response}");
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let Cluster {
+        mut storage,
+        tokenservers,
+        ..
+    } = c;
+    let mut servers: Vec<(&str, Server)> = vec![("storage", std::mem::replace(&mut storage, both))];
+    servers.push(("all", storage));
+    for (i, ts) in tokenservers.into_iter().enumerate() {
+        let ts = Arc::try_unwrap(ts).ok().expect("no other handle");
+        servers.push((
+            if i == 0 {
+                "tokenserver"
+            } else {
+                "tokenserver 2"
+            },
+            ts,
+        ));
+    }
+    for (role, mut server) in servers {
+        let exited = server.terminate(30);
+        let log = server.log_text();
+        assert!(exited, "{role}: not a clean exit on SIGTERM: {log}");
+        assert!(!log.contains("panicked"), "{role}: {log}");
+    }
 }

@@ -7,7 +7,12 @@
 //!   seconds with 2100000000 meaning never; the standard collections have fixed ids;
 //! * syncstorage-rs on PostgreSQL: `collections (collection_id, name)`,
 //!   `user_collections (user_id, collection_id, modified, …)`, `bsos (user_id,
-//!   collection_id, bso_id, sortindex, payload, modified, expiry)` with TIMESTAMP times.
+//!   collection_id, bso_id, sortindex, payload, modified, expiry)` with TIMESTAMP
+//!   (0.23: TIMESTAMPTZ) times; its migrations declare `collection_id` and `sortindex`
+//!   INTEGER, so integers are read at whatever width the column has.
+//!
+//! No value is assumed to convert: one that does not is an error naming the row and
+//! column, and `import-legacy` reports that user as failed and goes on.
 //!
 //! Both key users by the tokenserver's numeric uid, which stays the user's uid here.
 
@@ -91,7 +96,10 @@ impl LegacySource {
             return Ok(LegacySource::PythonMysql(Box::new(conn), tables));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let client = postgres::Client::connect(url, postgres::NoTls).map_err(bad)?;
+            let (config, tls) = crate::tokenserver::db::postgres_connector(url).map_err(bad)?;
+            let client = config
+                .connect(tls)
+                .map_err(|e| bad(crate::tokenserver::db::pg_message(&e)))?;
             return Ok(LegacySource::RustPostgres(Box::new(client)));
         }
         Err(StorageError::Invalid(format!(
@@ -109,18 +117,28 @@ impl LegacySource {
                 .map_err(bad)?,
             LegacySource::PythonMysql(conn, _) => {
                 use mysql::prelude::Queryable;
-                conn.query("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
+                let mut ids = Vec::new();
+                for row in conn
+                    .query_iter("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
                     .map_err(bad)?
+                {
+                    ids.push(my_col::<i64>(&row.map_err(bad)?, 0, "user_collections")?);
+                }
+                ids
             }
-            LegacySource::RustPostgres(client) => client
-                .query(
-                    "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
-                    &[],
-                )
-                .map_err(bad)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
+            LegacySource::RustPostgres(client) => {
+                let rows = client
+                    .query(
+                        "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
+                        &[],
+                    )
+                    .map_err(|e| bad(crate::tokenserver::db::pg_message(&e)))?;
+                let mut ids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    ids.extend(pg_int(row, 0, "user_collections")?);
+                }
+                ids
+            }
         };
         Ok(ids
             .into_iter()
@@ -191,71 +209,95 @@ impl LegacySource {
             }
             LegacySource::PythonMysql(conn, tables) => {
                 use mysql::prelude::Queryable;
-                let named: Vec<(i64, String)> = conn
-                    .query("SELECT collectionid, name FROM collections")
-                    .map_err(bad)?;
-                names.extend(named);
-                let stamps: Vec<(i64, i64)> = conn
-                    .exec(
+                for row in conn
+                    .query_iter("SELECT collectionid, name FROM collections")
+                    .map_err(bad)?
+                {
+                    let row = row.map_err(bad)?;
+                    let what = "collections";
+                    names.insert(my_col(&row, 0, what)?, my_col(&row, 1, what)?);
+                }
+                let mut stamps = Vec::new();
+                for row in conn
+                    .exec_iter(
                         "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
                         (user,),
                     )
-                    .map_err(bad)?;
+                    .map_err(bad)?
+                {
+                    let row = row.map_err(bad)?;
+                    let what = "user_collections";
+                    stamps.push((my_col::<i64>(&row, 0, what)?, my_col::<i64>(&row, 1, what)?));
+                }
                 for (id, ms) in stamps {
                     colls.insert(id, collection(&names, id, Timestamp(ms / 10))?);
                 }
                 for table in tables.iter() {
-                    type Row = (i64, String, Option<i64>, i64, String, i64);
-                    let rows: Vec<Row> = conn
-                        .exec(
-                            format!(
-                                "SELECT collection, id, sortindex, modified, payload, ttl
-                                 FROM `{}` WHERE userid = ?",
-                                table.replace('`', "``")
+                    let sql = format!(
+                        "SELECT collection, id, sortindex, modified, payload, ttl
+                         FROM `{}` WHERE userid = ?",
+                        table.replace('`', "``")
+                    );
+                    for row in conn.exec_iter(sql, (user,)).map_err(bad)? {
+                        let row = row.map_err(bad)?;
+                        let id: String = my_col(&row, 1, table)?;
+                        let what = format!("{table} record {id:?}");
+                        records.push((
+                            my_col(&row, 0, &what)?,
+                            python_record(
+                                id,
+                                my_col(&row, 2, &what)?,
+                                my_col(&row, 3, &what)?,
+                                my_col(&row, 4, &what)?,
+                                my_col(&row, 5, &what)?,
                             ),
-                            (user,),
-                        )
-                        .map_err(bad)?;
-                    for (coll, id, sortindex, modified, payload, ttl) in rows {
-                        records.push((coll, python_record(id, sortindex, modified, payload, ttl)));
+                        ));
                     }
                 }
             }
             LegacySource::RustPostgres(client) => {
-                for row in client
-                    .query("SELECT collection_id, name FROM collections", &[])
-                    .map_err(bad)?
-                {
-                    names.insert(row.get::<_, i32>(0).into(), row.get(1));
+                let query =
+                    |client: &mut postgres::Client,
+                     sql: &str,
+                     args: &[&(dyn postgres::types::ToSql + Sync)]| {
+                        client
+                            .query(sql, args)
+                            .map_err(|e| bad(crate::tokenserver::db::pg_message(&e)))
+                    };
+                for row in query(client, "SELECT collection_id, name FROM collections", &[])? {
+                    let id = pg_int(&row, 0, "collections")?;
+                    let name = pg_text(&row, 1, "collections")?;
+                    if let (Some(id), Some(name)) = (id, name) {
+                        names.insert(id, name);
+                    }
                 }
                 let cs = "ROUND(EXTRACT(EPOCH FROM modified) * 100)::BIGINT";
-                for row in client
-                    .query(
-                        &format!(
-                            "SELECT collection_id, {cs} FROM user_collections WHERE user_id = $1"
-                        ),
-                        &[&user],
-                    )
-                    .map_err(bad)?
-                {
-                    let id: i64 = row.get::<_, i32>(0).into();
-                    colls.insert(id, collection(&names, id, Timestamp(row.get(1)))?);
+                let sql =
+                    format!("SELECT collection_id, {cs} FROM user_collections WHERE user_id = $1");
+                for row in query(client, &sql, &[&user])? {
+                    let what = "user_collections";
+                    let id = required(pg_int(&row, 0, what)?, &row, 0, what)?;
+                    let ms = required(pg_int(&row, 1, what)?, &row, 1, what)?;
+                    colls.insert(id, collection(&names, id, Timestamp(ms))?);
                 }
                 let sql = format!(
                     "SELECT collection_id, bso_id, sortindex, payload, {cs},
                             ROUND(EXTRACT(EPOCH FROM expiry) * 100)::BIGINT
                      FROM bsos WHERE user_id = $1"
                 );
-                for row in client.query(&sql, &[&user]).map_err(bad)? {
-                    let modified: i64 = row.get(4);
-                    let expiry: i64 = row.get(5);
+                for row in query(client, &sql, &[&user])? {
+                    let id = pg_text(&row, 1, "bsos")?.unwrap_or_default();
+                    let what = format!("bsos record {id:?}");
+                    let coll = required(pg_int(&row, 0, &what)?, &row, 0, &what)?;
+                    let modified = required(pg_int(&row, 4, &what)?, &row, 4, &what)?;
+                    let expiry = required(pg_int(&row, 5, &what)?, &row, 5, &what)?;
                     let never = expiry - modified >= RUST_NEVER_AFTER_SECS * 100;
                     records.push((
-                        row.get::<_, i32>(0).into(),
+                        coll,
                         RecordExport {
-                            id: row.get(1),
-                            sortindex: row.get::<_, Option<i64>>(2),
-                            payload: row.get(3),
+                            id,
+                            sortindex: pg_int(&row, 2, &what)?,
+                            payload: required(pg_text(&row, 3, &what)?, &row, 3, &what)?,
                             modified: Timestamp(modified),
                             expires: (!never).then_some(Timestamp(expiry)),
                         },
@@ -291,6 +333,82 @@ impl LegacySource {
     }
 }
 
+/// Column `idx` of a MySQL row as `T` (sortindex and ttl may be NULL: `Option`);
+/// `what` names the row in errors.
+fn my_col<T: mysql::prelude::FromValue>(
+    row: &mysql::Row,
+    idx: usize,
+    what: &str,
+) -> Result<T, StorageError> {
+    let name = row
+        .columns_ref()
+        .get(idx)
+        .map(|c| c.name_str().into_owned())
+        .unwrap_or_default();
+    match row.get_opt::<T, usize>(idx) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(bad(format!(
+            "{what}: column {name} cannot be read as {}: {}",
+            std::any::type_name::<T>(),
+            match e.0 {
+                mysql::Value::NULL => "NULL".to_string(),
+                mysql::Value::Bytes(b) => format!("{} bytes", b.len()),
+                v => format!("{v:?}"),
+            }
+        ))),
+        None => Err(bad(format!("{what}: no column {idx}"))),
+    }
+}
+
+/// Integer column `idx` of a syncstorage-rs row, whichever width the schema gave it
+/// (its tables declare `sortindex` and `collection_id` INTEGER, `user_id` BIGINT);
+/// `what` names the row in errors.
+fn pg_int(row: &postgres::Row, idx: usize, what: &str) -> Result<Option<i64>, StorageError> {
+    use postgres::types::Type;
+    let col = &row.columns()[idx];
+    let ty = col.type_();
+    let value = if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(idx)
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(idx).map(|v| v.map(i64::from))
+    } else if *ty == Type::INT2 {
+        row.try_get::<_, Option<i16>>(idx).map(|v| v.map(i64::from))
+    } else {
+        return Err(bad(format!(
+            "{what}: column {} is of type {ty}, not an integer",
+            col.name()
+        )));
+    };
+    value.map_err(|e| bad(format!("{what}: column {}: {e}", col.name())))
+}
+
+/// Text column `idx` of a syncstorage-rs row (TEXT, VARCHAR, …).
+fn pg_text(row: &postgres::Row, idx: usize, what: &str) -> Result<Option<String>, StorageError> {
+    let col = &row.columns()[idx];
+    row.try_get::<_, Option<String>>(idx).map_err(|e| {
+        bad(format!(
+            "{what}: column {} (type {}): {e}",
+            col.name(),
+            col.type_()
+        ))
+    })
+}
+
+/// A column's value that may not be NULL.
+fn required<T>(
+    value: Option<T>,
+    row: &postgres::Row,
+    idx: usize,
+    what: &str,
+) -> Result<T, StorageError> {
+    value.ok_or_else(|| {
+        bad(format!(
+            "{what}: column {} is NULL",
+            row.columns()[idx].name()
+        ))
+    })
+}
+
 /// A record of the Python server: times in milliseconds, `ttl` an absolute expiry in
 /// seconds (2100000000: never).
 fn python_record(
@@ -298,8 +416,10 @@ fn python_record(
     sortindex: Option<i64>,
     modified_ms: i64,
     payload: String,
-    ttl: i64,
+    ttl: Option<i64>,
 ) -> RecordExport {
+    // The column is nullable (its default is "never"): NULL is never too.
+    let ttl = ttl.unwrap_or(PYTHON_MAX_TTL);
     RecordExport {
         id,
         sortindex,
