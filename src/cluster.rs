@@ -16,9 +16,23 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::internal::{BODY_HASH_HEADER, RequestHead, SIGNATURE_HEADER, sign};
 use crate::storage::StorageError;
+use crate::storage::userdbs::UserDbs;
+use crate::tokenserver::AssignmentCheck;
 use crate::tokenserver::db::{AssignmentDb, DbError};
 use crate::tokenserver::store;
-use crate::web::AppState;
+
+/// What moves need of this node, handed in by the web layer: its user files, its view
+/// of the shared assignment database (none on a node outside a cluster), and the
+/// deployment's secret that signs node-to-node requests.
+#[derive(Clone, Copy)]
+pub struct ThisNode<'a> {
+    /// The node's user files.
+    pub dbs: &'a UserDbs,
+    /// Who lives where, when the node shares an assignment database.
+    pub assignments: Option<&'a AssignmentCheck>,
+    /// The secret that signs node-to-node requests.
+    pub secret: &'a str,
+}
 
 /// Why a move failed (the user then stays on the source).
 #[derive(Debug, thiserror::Error)]
@@ -136,8 +150,8 @@ pub async fn signed_post(
 }
 
 /// The source's half: moves `uid` from this node to the node at `to`.
-pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport, MoveError> {
-    let check = state.assignments.as_ref().ok_or(MoveError::NoAssignments)?;
+pub async fn move_out(node: ThisNode<'_>, uid: u64, to: &str) -> Result<MoveReport, MoveError> {
+    let check = node.assignments.ok_or(MoveError::NoAssignments)?;
     let from = check.node_url().to_string();
     let to = to.trim_end_matches('/').to_string();
     if to == from {
@@ -158,11 +172,11 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
     }
     let target_base = internal_base(db, &to).await?;
 
-    let dbs = state.storage.dbs();
+    let dbs = node.dbs;
     let hold = dbs.begin_move(uid).await?;
     let held = Instant::now();
     let dir = dbs.data_dir().join("moves");
-    crate::storage::userdbs::create_private_dir(&dir)?;
+    crate::private::create_dir(&dir).map_err(StorageError::Io)?;
     let copy = dir.join(format!("{uid}-{:08x}.sqlite", rand::random::<u32>()));
     let result = async {
         dbs.backup(uid, copy.clone()).await?;
@@ -174,7 +188,7 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
         let pending_to = to.clone();
         db.run(move |tx| store::begin_pending_move(tx, uid as i64, &pending_to, unix_now()))
             .await?;
-        let answer = signed_post(state.auth.signing_secret(), &target_base, &to, &path, bytes)
+        let answer = signed_post(node.secret, &target_base, &to, &path, bytes)
             .await
             .map_err(MoveError::Target)?;
         let got: Received =
@@ -228,8 +242,8 @@ pub async fn move_out(state: &AppState, uid: u64, to: &str) -> Result<MoveReport
 /// assignment database, for a move it records as pending to this node, of a user
 /// not served here. Checked before a byte of the copy is read, and again before it is
 /// installed.
-pub async fn may_receive(state: &AppState, uid: u64) -> Result<(), MoveError> {
-    let check = state.assignments.as_ref().ok_or(MoveError::NoAssignments)?;
+pub async fn may_receive(node: ThisNode<'_>, uid: u64) -> Result<(), MoveError> {
+    let check = node.assignments.ok_or(MoveError::NoAssignments)?;
     let (pending, current) = check
         .db()
         .run(move |tx| {
@@ -254,18 +268,18 @@ pub async fn may_receive(state: &AppState, uid: u64) -> Result<(), MoveError> {
 /// The target's half: installs a copy of `uid`'s file sent by the source, spooled to
 /// `incoming` (a file in the data dir) and hashing to `sha256`.
 pub async fn receive(
-    state: &AppState,
+    node: ThisNode<'_>,
     uid: u64,
     incoming: std::path::PathBuf,
     sha256: String,
 ) -> Result<Received, MoveError> {
-    if let Err(e) = may_receive(state, uid).await {
+    if let Err(e) = may_receive(node, uid).await {
         let _ = tokio::fs::remove_file(&incoming).await;
         return Err(e);
     }
-    let records = state.storage.dbs().install_copy(uid, incoming).await?;
-    state.storage.dbs().welcome_back(uid);
-    if let Some(check) = &state.assignments {
+    let records = node.dbs.install_copy(uid, incoming).await?;
+    node.dbs.welcome_back(uid);
+    if let Some(check) = node.assignments {
         // Whatever this node remembered about the uid is about to be wrong.
         check.forget(uid);
     }

@@ -456,8 +456,7 @@ impl Settings {
                 return Ok(None);
             }
         }
-        crate::storage::userdbs::create_private_dir(&self.data_dir)
-            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        crate::private::create_dir(&self.data_dir).map_err(err)?;
         let secret = hex::encode(rand::random::<[u8; 32]>());
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;

@@ -2,6 +2,7 @@
 //! user's data in that user's own SQLite file.
 //!
 //! * [`config`] — settings: defaults < TOML file < `SYNCSTORE_*` env < flags.
+//! * [`private`], [`pg`] — owner-only files and folders; PostgreSQL URLs and TLS.
 //! * [`auth`] — tokenlib tokens, Hawk request signatures, the replay cache.
 //! * [`storage`] — the data model and its rules, the per-user SQLite connection
 //!   manager (`UserDbs`), the SQL, and one method per protocol operation (`Storage`).
@@ -16,6 +17,8 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod pg;
+pub mod private;
 pub mod storage;
 pub mod tokenserver;
 pub mod web;

@@ -177,7 +177,7 @@ pub fn install_user_file(
 ) -> Result<super::schema_check::CheckedFile, StorageError> {
     let path = user_path(data_dir, uid);
     if let Some(dir) = path.parent() {
-        userdbs::create_private_dir(dir)?;
+        crate::private::create_dir(dir).map_err(StorageError::Io)?;
     }
     let tmp = path.with_extension(format!("incoming{:08x}", rand::random::<u32>()));
     if let Err(e) = userdbs::write_new_private_file(&tmp, bytes) {

@@ -96,10 +96,10 @@ impl LegacySource {
             return Ok(LegacySource::PythonMysql(Box::new(conn), tables));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let (config, tls) = crate::tokenserver::db::postgres_connector(url).map_err(bad)?;
+            let (config, tls) = crate::pg::connector(url).map_err(bad)?;
             let client = config
                 .connect(tls)
-                .map_err(|e| bad(crate::tokenserver::db::pg_message(&e)))?;
+                .map_err(|e| bad(crate::pg::message(&e)))?;
             return Ok(LegacySource::RustPostgres(Box::new(client)));
         }
         Err(StorageError::Invalid(format!(
@@ -132,7 +132,7 @@ impl LegacySource {
                         "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
                         &[],
                     )
-                    .map_err(|e| bad(crate::tokenserver::db::pg_message(&e)))?;
+                    .map_err(|e| bad(crate::pg::message(&e)))?;
                 let mut ids = Vec::with_capacity(rows.len());
                 for row in &rows {
                     ids.extend(pg_int(row, 0, "user_collections")?);
@@ -262,7 +262,7 @@ impl LegacySource {
                      args: &[&(dyn postgres::types::ToSql + Sync)]| {
                         client
                             .query(sql, args)
-                            .map_err(|e| bad(crate::tokenserver::db::pg_message(&e)))
+                            .map_err(|e| bad(crate::pg::message(&e)))
                     };
                 for row in query(client, "SELECT collection_id, name FROM collections", &[])? {
                     let id = pg_int(&row, 0, "collections")?;

@@ -28,6 +28,7 @@ use super::checkpointer::{self, BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointe
 use super::model::Timestamp;
 use super::summary::{Summaries, Summary, WalStamp};
 use super::{StorageError, Written, queries};
+use crate::private;
 
 /// The per-user schema, version by version: entry `i` takes a file from version `i`
 /// to `i + 1`.
@@ -247,7 +248,7 @@ impl UserDbs {
     pub fn new(config: UserDbsConfig) -> Result<UserDbs, StorageError> {
         super::sqlite::configure();
         let users = config.data_dir.join("users");
-        create_private_dir(&users)?;
+        private::create_dir(&users).map_err(StorageError::Io)?;
         let template = build_template(&config.data_dir)?;
         let cap = NonZeroUsize::new(config.max_open_users.max(1)).expect("non-zero");
         let sync = if config.synchronous_full {
@@ -401,7 +402,7 @@ impl UserDbs {
         let path = user_path(&cfg.data_dir, uid);
         if !path.exists() {
             if let Some(dir) = path.parent() {
-                create_private_dir(dir)?;
+                private::create_dir(dir).map_err(StorageError::Io)?;
             }
             install_template(&path, &self.inner.template)?;
         }
@@ -493,7 +494,7 @@ impl UserDbs {
         let dir = self.inner.config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             let probe = dir.join(".heartbeat.sqlite");
-            create_private_file(&probe)?;
+            private::create_file(&probe).map_err(StorageError::Io)?;
             let result = Connection::open(&probe)
                 .and_then(|c| {
                     c.execute_batch(
@@ -778,7 +779,7 @@ fn read_summary(
 pub fn create_user_file(data_dir: &Path, uid: u64) -> Result<(), StorageError> {
     let path = user_path(data_dir, uid);
     if let Some(dir) = path.parent() {
-        create_private_dir(dir)?;
+        private::create_dir(dir).map_err(StorageError::Io)?;
     }
     let template = build_template(data_dir)?;
     install_template(&path, &template)
@@ -811,7 +812,7 @@ pub fn install_checked(
 ) -> Result<super::schema_check::CheckedFile, StorageError> {
     let result = (|| {
         if let Some(dir) = path.parent() {
-            create_private_dir(dir)?;
+            private::create_dir(dir).map_err(StorageError::Io)?;
         }
         let checked = super::schema_check::check_user_file(incoming, uid)?;
         for ext in ["-wal", "-shm"] {
@@ -839,16 +840,6 @@ pub fn user_path(data_dir: &Path, uid: u64) -> PathBuf {
         .join("users")
         .join(format!("{:03}", uid % 1000))
         .join(format!("{uid}.sqlite"))
-}
-
-/// Creates a directory (and parents) readable by the owner only.
-pub fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(StorageError::Io)
 }
 
 /// Builds the template of a new user file: the schema applied, WAL mode set, the WAL
@@ -952,20 +943,6 @@ pub fn remove_user_files(path: &Path, suffixes: &[&str]) -> std::io::Result<()> 
         }
     }
     Ok(())
-}
-
-/// Creates a file readable by the owner only, if it does not exist. SQLite gives its
-/// `-wal` and `-shm` files the same permissions as the database file.
-pub fn create_private_file(path: &Path) -> Result<(), StorageError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
-        .map_err(StorageError::Io)
 }
 
 /// Brings a user file to the current schema; a no-op read of `user_version` when warm.

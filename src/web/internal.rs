@@ -143,7 +143,7 @@ async fn move_user(
     let Ok(order) = serde_json::from_slice::<MoveOrder>(&body) else {
         return error(StatusCode::BAD_REQUEST, "bad order");
     };
-    match cluster::move_out(&s.app, uid, &order.to).await {
+    match cluster::move_out(s.app.this_node(), uid, &order.to).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => failed(e),
     }
@@ -168,14 +168,14 @@ async fn receive(
     if declared.is_some_and(|n| n > cap) {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "file too large");
     }
-    if let Err(e) = cluster::may_receive(&s.app, uid).await {
+    if let Err(e) = cluster::may_receive(s.app.this_node(), uid).await {
         return failed(e);
     }
     let incoming = match spool(&s.app, uid, body, cap, &verified.body_sha256).await {
         Ok(path) => path,
         Err(r) => return r.into_response(),
     };
-    match cluster::receive(&s.app, uid, incoming, verified.body_sha256).await {
+    match cluster::receive(s.app.this_node(), uid, incoming, verified.body_sha256).await {
         Ok(r) => axum::Json(r).into_response(),
         Err(e) => failed(e),
     }
@@ -195,7 +195,7 @@ async fn spool(
         Refusal(StatusCode::SERVICE_UNAVAILABLE, "cannot store the file")
     };
     let dir = app.storage.dbs().data_dir().join("moves");
-    crate::storage::userdbs::create_private_dir(&dir).map_err(|e| unavailable(&e))?;
+    crate::private::create_dir(&dir).map_err(|e| unavailable(&e))?;
     let path = dir.join(format!("incoming-{uid}-{:08x}", rand::random::<u32>()));
     let written = async {
         let mut file = tokio::fs::OpenOptions::new()

@@ -82,6 +82,17 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// What the cluster's moves need of this node.
+    pub fn this_node(&self) -> crate::cluster::ThisNode<'_> {
+        crate::cluster::ThisNode {
+            dbs: self.storage.dbs(),
+            assignments: self.assignments.as_deref(),
+            secret: self.auth.signing_secret(),
+        }
+    }
+}
+
 /// Adds `X-Weave-Timestamp` (the server's time) to responses that lack one.
 async fn weave_timestamp(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
