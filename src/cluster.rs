@@ -297,3 +297,64 @@ pub async fn publish_internal_url(
     db.run(move |tx| store::set_internal_url(tx, &node, &url))
         .await
 }
+
+/// Deletes the data of `uid`, a uid the assignment database no longer has current
+/// (its account was deleted), on the node `node`: here when that is this node, else
+/// through a signed internal request to it (`POST /__internal__/delete/{uid}`).
+/// Deleting data that is not there succeeds.
+pub async fn delete_retired(
+    state: &AppState,
+    db: &AssignmentDb,
+    uid: u64,
+    node: &str,
+) -> Result<(), MoveError> {
+    let node = node.trim_end_matches('/');
+    let here = state.settings.serves_storage()
+        && state
+            .assignments
+            .as_ref()
+            .is_some_and(|c| c.node_url() == node);
+    if here {
+        return delete_here(state, uid).await;
+    }
+    let base = internal_base(db, node).await?;
+    let path = format!("/__internal__/delete/{uid}");
+    signed_post(state.auth.signing_secret(), &base, node, &path, Vec::new())
+        .await
+        .map_err(MoveError::Target)?;
+    Ok(())
+}
+
+/// Whether `uid` is retired in the assignment database (issued, and not current):
+/// only such a uid's data may be deleted on another node's word.
+pub async fn is_retired(state: &AppState, uid: u64) -> Result<(), MoveError> {
+    let check = state.assignments.as_ref().ok_or(MoveError::NoAssignments)?;
+    let found = check
+        .db()
+        .run(move |tx| store::uid_assignment(tx, uid as i64))
+        .await?;
+    match found {
+        Some((false, _)) => Ok(()),
+        _ => Err(MoveError::BadTarget(format!("user {uid} is not retired"))),
+    }
+}
+
+/// Deletes `uid`'s data on this node: its writes are held, its files removed, and
+/// every later request for it answered 401.
+pub async fn delete_here(state: &AppState, uid: u64) -> Result<(), MoveError> {
+    if let Some(check) = &state.assignments {
+        check.forget(uid);
+    }
+    let dbs = state.storage.dbs();
+    let hold = match dbs.begin_move(uid).await {
+        Ok(hold) => hold,
+        // Already gone from this node.
+        Err(StorageError::MovedAway) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let done = dbs.finish_move_away(uid).await;
+    drop(hold);
+    done?;
+    tracing::info!(uid, "deleted the data of a retired user");
+    Ok(())
+}

@@ -136,10 +136,14 @@ pub struct Settings {
     pub fxa_jwks: String,
     /// Required issuer (`iss`) of OAuth JWTs; empty: not checked.
     pub fxa_issuer: String,
-    /// FxA's token verification endpoint (POST `{"token": …}`); empty: JWTs only.
+    /// FxA's token verification endpoint (POST `{"token": …}`) for tokens not decided
+    /// locally; `auto` (default): Mozilla's unless `fxa_jwks` is set; empty: none.
     pub fxa_verify_url: String,
     /// How long a remote verification result is reused, seconds.
     pub fxa_verify_cache_secs: u64,
+    /// Our OAuth client id at FxA: the audience of its account-event webhook (`POST
+    /// /1.0/webhooks/fxa/events`, SETs checked with `fxa_jwks`); empty: webhook off.
+    pub fxa_events_client_id: String,
     /// Users' emails are `<fxa uid>@<this domain>` (allow- and deny-lists may use them).
     pub fxa_email_domain: String,
     /// `postgres://…` to share assignments between processes; empty: SQLite in data_dir.
@@ -230,8 +234,9 @@ impl Default for Settings {
             metrics_token: String::new(),
             fxa_jwks: String::new(),
             fxa_issuer: "https://accounts.firefox.com".into(),
-            fxa_verify_url: "https://oauth.accounts.firefox.com/v1/verify".into(),
+            fxa_verify_url: "auto".into(),
             fxa_verify_cache_secs: 60,
+            fxa_events_client_id: String::new(),
             fxa_email_domain: "api.accounts.firefox.com".into(),
             tokenserver_database_url: String::new(),
             node_url: String::new(),

@@ -1,6 +1,14 @@
 //! Verification of Firefox Accounts OAuth access tokens: RS256 JWTs checked against a
 //! JWK set, or opaque tokens checked by POSTing them to FxA's `/v1/verify`.
 //!
+//! With a JWK set, a JWT under one of its keys (or naming no key id) is decided here and
+//! only here: a bad signature, expiry, issuer or scope is a refusal at once, never a
+//! reason to ask the remote verifier (a forged token must not cost an outbound call).
+//! Only tokens that are not JWTs, or name a key id the set lacks, are sent to the
+//! verify URL, when there is one (`auto`: Mozilla's, unless a JWK set is configured).
+//!
+//! The same keys check FxA's Security Event Tokens ([`FxaVerifier::verify_event`]).
+//!
 //! Remote verification must not amplify: results are cached (successes for
 //! `cache_ttl`, refusals for `FAILURE_TTL`, keyed by a hash of the token, bounded in
 //! number), concurrent verifications of one token share one outbound call, and at most
@@ -30,6 +38,13 @@ const MAX_CONCURRENT_VERIFICATIONS: usize = 32;
 const SLOT_WAIT: Duration = Duration::from_secs(2);
 /// Clock difference allowed when checking a JWT's `exp` and `nbf`, seconds.
 const JWT_LEEWAY_SECS: u64 = 30;
+/// FxA's verify endpoint, used when `verify_url` is `auto` and no JWK set is configured.
+pub const MOZILLA_VERIFY_URL: &str = "https://oauth.accounts.firefox.com/v1/verify";
+/// How old a Security Event Token may be (its `iat`), seconds: FxA retries deliveries
+/// for a while; older ones are refused.
+pub const EVENT_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
+/// How far in the future a Security Event Token's `iat` may be, seconds.
+const EVENT_SKEW_SECS: i64 = 300;
 
 /// A verified FxA user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +76,8 @@ pub struct FxaConfig {
     pub jwks: String,
     /// Required `iss` of JWTs; empty: not checked.
     pub issuer: String,
-    /// FxA's verify endpoint; empty: JWTs only.
+    /// FxA's verify endpoint; `auto`: [`MOZILLA_VERIFY_URL`] unless `jwks` is set;
+    /// empty: none (JWTs only).
     pub verify_url: String,
     /// How long a remote verification is reused.
     pub cache_ttl: Duration,
@@ -82,6 +98,27 @@ pub struct FxaVerifier {
     in_flight: Mutex<HashMap<[u8; 32], Arc<VerifyCell>>>,
     /// Caps the outbound verifications in flight.
     slots: Semaphore,
+}
+
+/// A verified Security Event Token: what FxA says happened to one account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityEvent {
+    /// The FxA uid the events are about (`sub`).
+    pub fxa_uid: String,
+    /// The token's unique id (`jti`), for recognizing redeliveries.
+    pub jti: String,
+    /// When FxA issued it (`iat`), unix seconds.
+    pub issued_at: i64,
+    /// Event type URI → its payload.
+    pub events: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct EventClaims {
+    sub: String,
+    jti: String,
+    iat: i64,
+    events: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The shared result of one remote verification.
@@ -151,10 +188,15 @@ impl FxaVerifier {
             .build()
             .map_err(|e| FxaError::Config(e.to_string()))?;
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let verify_url = match cfg.verify_url.trim() {
+            "auto" if keys.is_empty() => Some(MOZILLA_VERIFY_URL.to_string()),
+            "auto" => None,
+            url => non_empty(url),
+        };
         Ok(FxaVerifier {
             keys,
             issuer: non_empty(&cfg.issuer),
-            verify_url: non_empty(&cfg.verify_url),
+            verify_url,
             http,
             cache_ttl: cfg.cache_ttl,
             cache: Mutex::new(HashMap::new()),
@@ -164,28 +206,48 @@ impl FxaVerifier {
         })
     }
 
-    /// Verifies an access token: as a JWT when it is one and keys are configured,
-    /// else (or when the JWT check fails and a verify URL is set) remotely.
+    /// The verify URL in use, if any (after resolving `auto`).
+    pub fn verify_url(&self) -> Option<&str> {
+        self.verify_url.as_deref()
+    }
+
+    /// Verifies an access token: a JWT under a key of the JWK set is decided locally
+    /// (refusals included); any other token goes to the verify URL, if there is one.
     pub async fn verify(&self, token: &str) -> Result<OAuthUser, FxaError> {
-        let looks_like_jwt = token.split('.').count() == 3;
-        if looks_like_jwt && !self.keys.is_empty() {
-            match self.verify_jwt(token) {
-                Ok(user) => return Ok(user),
-                Err(e) if self.verify_url.is_none() => return Err(e),
-                Err(_) => {}
-            }
+        if let Some(header) = self.known_jwt_header(token) {
+            return self.verify_jwt(token, &header);
         }
         if self.verify_url.is_some() {
             return self.verify_remote(token).await;
         }
         Err(FxaError::Invalid(
-            "no way to verify this token is configured".into(),
+            "not a JWT under a known key, and no verify URL is configured".into(),
         ))
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<OAuthUser, FxaError> {
+    /// The header of `token` if it is a JWT that a key of the set may have signed: it
+    /// names no key id, or one the set has (a key without an id matches any).
+    fn known_jwt_header(&self, token: &str) -> Option<jsonwebtoken::Header> {
+        if self.keys.is_empty() || token.split('.').count() != 3 {
+            return None;
+        }
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let known = match &header.kid {
+            None => true,
+            Some(kid) => self
+                .keys
+                .iter()
+                .any(|(k, _)| k.as_deref().is_none_or(|k| k == kid)),
+        };
+        known.then_some(header)
+    }
+
+    fn verify_jwt(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+    ) -> Result<OAuthUser, FxaError> {
         let invalid = |m: String| FxaError::Invalid(m);
-        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
         if header.alg != Algorithm::RS256 {
             return Err(invalid("only RS256 tokens are accepted".into()));
         }
@@ -232,6 +294,68 @@ impl FxaVerifier {
             }
         }
         Err(invalid(last))
+    }
+
+    /// Verifies a Security Event Token from FxA's event broker: RS256 under a key of
+    /// the JWK set, `aud` = `audience` (our client id), `iss` = the configured issuer
+    /// (a trailing `/` aside), `iat` no older than [`EVENT_MAX_AGE_SECS`] nor from the
+    /// future, and `sub`, `jti` and `events` present. Never asks the remote verifier.
+    pub fn verify_event(
+        &self,
+        token: &str,
+        audience: &str,
+        now_secs: i64,
+    ) -> Result<SecurityEvent, FxaError> {
+        let invalid = |m: &str| FxaError::Invalid(m.to_string());
+        if audience.is_empty() {
+            return Err(invalid("no audience configured"));
+        }
+        let header = self
+            .known_jwt_header(token)
+            .ok_or_else(|| invalid("not a JWT under a known key"))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(invalid("only RS256 event tokens are accepted"));
+        }
+        let mut validation = Validation::new(Algorithm::RS256);
+        // SETs carry no `exp` (RFC 8417): their age is checked from `iat` below.
+        validation.validate_exp = false;
+        validation.leeway = JWT_LEEWAY_SECS;
+        validation.set_audience(&[audience]);
+        if let Some(iss) = &self.issuer {
+            let bare = iss.trim_end_matches('/');
+            validation.set_issuer(&[bare.to_string(), format!("{bare}/")]);
+            validation.set_required_spec_claims(&["sub", "aud", "iss"]);
+        } else {
+            validation.set_required_spec_claims(&["sub", "aud"]);
+        }
+        let mut last = String::from("no matching key");
+        for (kid, key) in &self.keys {
+            if header.kid.is_some() && kid.is_some() && kid != &header.kid {
+                continue;
+            }
+            match jsonwebtoken::decode::<EventClaims>(token, key, &validation) {
+                Ok(data) => {
+                    let c = data.claims;
+                    if c.sub.is_empty() || c.jti.is_empty() {
+                        return Err(invalid("empty sub or jti"));
+                    }
+                    if c.iat > now_secs + EVENT_SKEW_SECS {
+                        return Err(invalid("issued in the future"));
+                    }
+                    if c.iat < now_secs - EVENT_MAX_AGE_SECS {
+                        return Err(invalid("too old"));
+                    }
+                    return Ok(SecurityEvent {
+                        fxa_uid: c.sub,
+                        jti: c.jti,
+                        issued_at: c.iat,
+                        events: c.events,
+                    });
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(FxaError::Invalid(last))
     }
 
     async fn verify_remote(&self, token: &str) -> Result<OAuthUser, FxaError> {
@@ -298,17 +422,32 @@ impl FxaVerifier {
     }
 
     async fn post_verify(&self, token: &str) -> Result<OAuthUser, FxaError> {
+        let result = self.post_verify_once(token).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(FxaError::Invalid(_)) => "refused",
+            Err(_) => "unavailable",
+        };
+        metrics::counter!("syncstore_fxa_remote_verifications_total", "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn post_verify_once(&self, token: &str) -> Result<OAuthUser, FxaError> {
         let url = self.verify_url.as_deref().unwrap_or_default();
+        // Errors name the verifier, never the token (it travels in the body only).
         let resp = self
             .http
             .post(url)
             .json(&serde_json::json!({ "token": token }))
             .send()
             .await
-            .map_err(|e| FxaError::Unavailable(e.to_string()))?;
+            .map_err(|e| FxaError::Unavailable(format!("verifier {url}: {}", e.without_url())))?;
         let status = resp.status();
         if status.is_server_error() {
-            return Err(FxaError::Unavailable(format!("verifier answered {status}")));
+            return Err(FxaError::Unavailable(format!(
+                "verifier {url} answered {status}"
+            )));
         }
         if !status.is_success() {
             return Err(FxaError::Invalid(format!("verifier answered {status}")));

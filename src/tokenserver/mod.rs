@@ -1,11 +1,13 @@
 //! The tokenserver: signs FxA users in, assigns each to a storage node (sticky, with
 //! rollout rules), and hands out tokenlib tokens for that node.
 //!
-//! `fxa` verifies OAuth tokens, `db` is the assignment database (SQLite or PostgreSQL),
+//! `fxa` verifies OAuth tokens (and FxA's event tokens), `events` applies FxA's
+//! account events, `db` is the assignment database (SQLite or PostgreSQL),
 //! `store` its SQL, `rollout` the choice of node for a new user. Storage nodes use
 //! `AssignmentCheck` to refuse tokens of users who were moved away.
 
 pub mod db;
+pub mod events;
 pub mod fxa;
 pub mod rollout;
 pub mod store;
@@ -142,6 +144,8 @@ pub struct Tokenserver {
     db: AssignmentDb,
     fxa: FxaVerifier,
     config: TokenserverConfig,
+    /// Account events already processed (redeliveries are acknowledged, not redone).
+    seen_events: events::SeenEvents,
 }
 
 fn now_ms() -> i64 {
@@ -154,7 +158,17 @@ fn now_ms() -> i64 {
 impl Tokenserver {
     /// Creates the tokenserver over an open database.
     pub fn new(db: AssignmentDb, fxa: FxaVerifier, config: TokenserverConfig) -> Tokenserver {
-        Tokenserver { db, fxa, config }
+        Tokenserver {
+            db,
+            fxa,
+            config,
+            seen_events: events::SeenEvents::default(),
+        }
+    }
+
+    /// The FxA token verifier.
+    pub fn fxa(&self) -> &FxaVerifier {
+        &self.fxa
     }
 
     /// The assignment database.

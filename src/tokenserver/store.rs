@@ -505,3 +505,71 @@ pub fn end_pending_move(tx: &mut dyn SqlTx, uid: i64) -> Result<(), DbError> {
     tx.execute("DELETE FROM pending_moves WHERE uid = ?1", &[uid.into()])?;
     Ok(())
 }
+
+/// Raises the FxA generation of the user's current row to `generation` (a password
+/// change at that time, ms): later token requests of an older generation are refused.
+/// Returns whether a row changed.
+pub fn raise_generation(
+    tx: &mut dyn SqlTx,
+    fxa_uid: &str,
+    generation: i64,
+) -> Result<bool, DbError> {
+    let n = tx.execute(
+        "UPDATE users SET generation = ?3
+         WHERE service = ?1 AND fxa_uid = ?2 AND replaced_at IS NULL AND generation < ?3",
+        &[SERVICE.into(), fxa_uid.into(), generation.into()],
+    )?;
+    Ok(n > 0)
+}
+
+/// A row of an FxA user: its uid, whether it is current, its node (row id and URL,
+/// if the node still exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// The storage uid.
+    pub uid: i64,
+    /// Not replaced.
+    pub current: bool,
+    /// The node's row id.
+    pub node_id: i64,
+    /// The node's URL, if the node still exists.
+    pub node: Option<String>,
+}
+
+/// Every row of an FxA user created at or before `cutoff` (ms), by uid.
+pub fn user_rows_before(
+    tx: &mut dyn SqlTx,
+    fxa_uid: &str,
+    cutoff: i64,
+) -> Result<Vec<UserRow>, DbError> {
+    tx.query(
+        "SELECT u.uid, u.replaced_at, u.node_id, n.node FROM users u
+         LEFT JOIN nodes n ON n.id = u.node_id
+         WHERE u.service = ?1 AND u.fxa_uid = ?2 AND u.created_at <= ?3 ORDER BY u.uid",
+        &[SERVICE.into(), fxa_uid.into(), cutoff.into()],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(UserRow {
+            uid: r[0].int("uid")?,
+            current: r[1].opt_int("replaced_at")?.is_none(),
+            node_id: r[2].int("node_id")?,
+            node: match &r[3] {
+                Val::Text(t) => Some(t.clone()),
+                _ => None,
+            },
+        })
+    })
+    .collect()
+}
+
+/// Forgets the client states of an FxA user's replaced rows (a deleted account's key
+/// history): a new account signing in under the uid starts afresh.
+pub fn forget_client_states(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE users SET client_state = '' WHERE service = ?1 AND fxa_uid = ?2
+         AND replaced_at IS NOT NULL",
+        &[SERVICE.into(), fxa_uid.into()],
+    )?;
+    Ok(())
+}

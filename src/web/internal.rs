@@ -47,6 +47,7 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/__internal__/move/{uid}", post(move_user))
         .route("/__internal__/receive/{uid}", post(receive))
+        .route("/__internal__/delete/{uid}", post(delete_user))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
 }
@@ -145,6 +146,36 @@ async fn move_user(
     };
     match cluster::move_out(s.app.this_node(), uid, &order.to).await {
         Ok(report) => axum::Json(report).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// `POST /__internal__/delete/{uid}` (empty body): delete the data of a user whose
+/// account was deleted; only for a uid the assignment database has retired.
+async fn delete_user(
+    State(s): State<InternalState>,
+    Path(uid): Path<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let verified = match signed(&s, &headers, &format!("/__internal__/delete/{uid}")) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_ORDER_BYTES).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "order too large");
+    };
+    if hex::encode(Sha256::digest(&body)) != verified.body_sha256 {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "body does not match its signature",
+        );
+    }
+    if let Err(e) = cluster::is_retired(&s.app, uid).await {
+        return failed(e);
+    }
+    match cluster::delete_here(&s.app, uid).await {
+        Ok(()) => axum::Json(json!({"deleted": uid})).into_response(),
         Err(e) => failed(e),
     }
 }

@@ -5,6 +5,7 @@
 //! preconditions, query, body), `error` the mapping of every error to a response.
 
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod handlers;
 pub mod internal;
@@ -22,7 +23,7 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -156,6 +157,9 @@ pub fn router(state: AppState) -> Router {
     }
     if state.tokenserver.is_some() {
         api = api.route("/1.0/sync/1.5", get(tokens::token));
+        if !state.settings.fxa_events_client_id.is_empty() {
+            api = api.route("/1.0/webhooks/fxa/events", post(events::fxa_events));
+        }
     }
     if state.settings.serves_storage() {
         // Node-to-node routes are served on the internal listener only (internal::router).

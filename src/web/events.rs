@@ -1,0 +1,135 @@
+//! `POST /1.0/webhooks/fxa/events`: FxA's event broker delivers account events as a
+//! Security Event Token in `Authorization: Bearer …` (signed by FxA's key from
+//! `fxa_jwks`, audience `fxa_events_client_id`). Served only when that client id is
+//! set (else 404). A bad or foreign token is 401; unknown event types are logged and
+//! acknowledged (200); a failure to apply one is 503 with `Retry-After`, so FxA
+//! delivers it again (applying an event twice is harmless).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::tokenserver::events::AccountEvent;
+use crate::tokenserver::fxa::EVENT_MAX_AGE_SECS;
+use crate::tokenserver::{Tokenserver, TokenserverError};
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Counts an event by type and outcome (both from fixed sets).
+fn count(kind: &'static str, outcome: &'static str) {
+    metrics::counter!("syncstore_fxa_events_total", "type" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Receives one Security Event Token and applies its events.
+pub async fn fxa_events(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let client_id = s.settings.fxa_events_client_id.as_str();
+    let Some(ts) = s.tokenserver.as_ref().filter(|_| !client_id.is_empty()) else {
+        return ApiError::NotFound.into_response();
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .unwrap_or("");
+    let now = unix_now();
+    let set = match ts.fxa().verify_event(bearer, client_id, now) {
+        Ok(set) => set,
+        Err(e) => {
+            count("none", "refused");
+            tracing::warn!(error = %e, "account event token refused");
+            return ApiError::Token(TokenserverError::InvalidCredentials(e.to_string()))
+                .into_response();
+        }
+    };
+    if ts.seen_events().seen(&set.jti) {
+        count("none", "redelivered");
+        return done(StatusCode::OK);
+    }
+    let mut failed = false;
+    for (uri, payload) in &set.events {
+        let event = AccountEvent::parse(uri, payload);
+        let kind = event.label();
+        count(kind, "received");
+        let outcome = match apply(&s, ts, &set.fxa_uid, set.issued_at, &event).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(event = kind, error = %e, "account event not applied");
+                failed = true;
+                "failed"
+            }
+        };
+        if outcome == "ignored" {
+            tracing::info!(event = %uri, "account event ignored");
+        }
+        count(kind, outcome);
+    }
+    if failed {
+        let mut r = done(StatusCode::SERVICE_UNAVAILABLE);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        return r;
+    }
+    ts.seen_events()
+        .remember(&set.jti, set.issued_at + EVENT_MAX_AGE_SECS, now);
+    done(StatusCode::OK)
+}
+
+fn done(status: StatusCode) -> Response {
+    let text = if status.is_success() { "ok" } else { "retry" };
+    (status, axum::Json(json!({"status": text}))).into_response()
+}
+
+/// Applies one event; returns its outcome label (`processed` or `ignored`).
+async fn apply(
+    s: &AppState,
+    ts: &Tokenserver,
+    fxa_uid: &str,
+    issued_at: i64,
+    event: &AccountEvent,
+) -> Result<&'static str, String> {
+    match event {
+        AccountEvent::DeleteUser => {
+            let retired = ts
+                .retire_account(fxa_uid, issued_at)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut errors = Vec::new();
+            for r in &retired {
+                let Some(node) = &r.node else { continue };
+                let deleted = crate::cluster::delete_retired(s, ts.db(), r.uid as u64, node).await;
+                if let Err(e) = deleted {
+                    errors.push(format!("uid {} on {node}: {e}", r.uid));
+                }
+            }
+            tracing::info!(uids = retired.len(), "account deleted: user retired");
+            if errors.is_empty() {
+                Ok("processed")
+            } else {
+                Err(errors.join("; "))
+            }
+        }
+        AccountEvent::PasswordChange {
+            change_time: Some(t),
+        } => match ts.password_changed(fxa_uid, *t).await {
+            Ok(_) => Ok("processed"),
+            Err(TokenserverError::InvalidCredentials(m)) => {
+                tracing::warn!(reason = %m, "password-change event ignored");
+                Ok("ignored")
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        _ => Ok("ignored"),
+    }
+}
