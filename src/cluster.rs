@@ -32,6 +32,8 @@ pub struct ThisNode<'a> {
     pub assignments: Option<&'a AssignmentCheck>,
     /// The secret that signs node-to-node requests.
     pub secret: &'a str,
+    /// Whether this process keeps user files (a storage node, not a tokenserver only).
+    pub stores_users: bool,
 }
 
 /// Why a move failed (the user then stays on the source).
@@ -303,23 +305,19 @@ pub async fn publish_internal_url(
 /// through a signed internal request to it (`POST /__internal__/delete/{uid}`).
 /// Deleting data that is not there succeeds.
 pub async fn delete_retired(
-    state: &AppState,
+    this: ThisNode<'_>,
     db: &AssignmentDb,
     uid: u64,
     node: &str,
 ) -> Result<(), MoveError> {
     let node = node.trim_end_matches('/');
-    let here = state.settings.serves_storage()
-        && state
-            .assignments
-            .as_ref()
-            .is_some_and(|c| c.node_url() == node);
+    let here = this.stores_users && this.assignments.is_some_and(|c| c.node_url() == node);
     if here {
-        return delete_here(state, uid).await;
+        return delete_here(this, uid).await;
     }
     let base = internal_base(db, node).await?;
     let path = format!("/__internal__/delete/{uid}");
-    signed_post(state.auth.signing_secret(), &base, node, &path, Vec::new())
+    signed_post(this.secret, &base, node, &path, Vec::new())
         .await
         .map_err(MoveError::Target)?;
     Ok(())
@@ -327,8 +325,8 @@ pub async fn delete_retired(
 
 /// Whether `uid` is retired in the assignment database (issued, and not current):
 /// only such a uid's data may be deleted on another node's word.
-pub async fn is_retired(state: &AppState, uid: u64) -> Result<(), MoveError> {
-    let check = state.assignments.as_ref().ok_or(MoveError::NoAssignments)?;
+pub async fn is_retired(node: ThisNode<'_>, uid: u64) -> Result<(), MoveError> {
+    let check = node.assignments.ok_or(MoveError::NoAssignments)?;
     let found = check
         .db()
         .run(move |tx| store::uid_assignment(tx, uid as i64))
@@ -341,11 +339,11 @@ pub async fn is_retired(state: &AppState, uid: u64) -> Result<(), MoveError> {
 
 /// Deletes `uid`'s data on this node: its writes are held, its files removed, and
 /// every later request for it answered 401.
-pub async fn delete_here(state: &AppState, uid: u64) -> Result<(), MoveError> {
-    if let Some(check) = &state.assignments {
+pub async fn delete_here(node: ThisNode<'_>, uid: u64) -> Result<(), MoveError> {
+    if let Some(check) = node.assignments {
         check.forget(uid);
     }
-    let dbs = state.storage.dbs();
+    let dbs = node.dbs;
     let hold = match dbs.begin_move(uid).await {
         Ok(hold) => hold,
         // Already gone from this node.

@@ -108,7 +108,9 @@ async fn apply(
             let mut errors = Vec::new();
             for r in &retired {
                 let Some(node) = &r.node else { continue };
-                let deleted = crate::cluster::delete_retired(s, ts.db(), r.uid as u64, node).await;
+                let deleted =
+                    crate::cluster::delete_retired(s.this_node(), ts.db(), r.uid as u64, node)
+                        .await;
                 if let Err(e) = deleted {
                     errors.push(format!("uid {} on {node}: {e}", r.uid));
                 }

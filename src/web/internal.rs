@@ -171,10 +171,10 @@ async fn delete_user(
             "body does not match its signature",
         );
     }
-    if let Err(e) = cluster::is_retired(&s.app, uid).await {
+    if let Err(e) = cluster::is_retired(s.app.this_node(), uid).await {
         return failed(e);
     }
-    match cluster::delete_here(&s.app, uid).await {
+    match cluster::delete_here(s.app.this_node(), uid).await {
         Ok(()) => axum::Json(json!({"deleted": uid})).into_response(),
         Err(e) => failed(e),
     }

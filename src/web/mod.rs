@@ -90,6 +90,7 @@ impl AppState {
             dbs: self.storage.dbs(),
             assignments: self.assignments.as_deref(),
             secret: self.auth.signing_secret(),
+            stores_users: self.settings.serves_storage(),
         }
     }
 }
