@@ -17,7 +17,7 @@ use rusqlite::OpenFlags;
 
 use super::StorageError;
 use super::files::{CollectionExport, EXPORT_FORMAT, RecordExport, UserExport};
-use super::model::Timestamp;
+use super::model::{Millis, Timestamp};
 
 /// Collection ids both servers reserve for the standard collections.
 const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
@@ -243,13 +243,13 @@ impl LegacySource {
                 }
                 let sql = format!(
                     "SELECT collection_id, bso_id, sortindex, payload, {cs},
-                            ROUND(EXTRACT(EPOCH FROM expiry) * 100)::BIGINT
+                            ROUND(EXTRACT(EPOCH FROM expiry) * 1000)::BIGINT
                      FROM bsos WHERE user_id = $1"
                 );
                 for row in client.query(&sql, &[&user]).map_err(bad)? {
                     let modified: i64 = row.get(4);
                     let expiry: i64 = row.get(5);
-                    let never = expiry - modified >= RUST_NEVER_AFTER_SECS * 100;
+                    let never = expiry - modified * 10 >= RUST_NEVER_AFTER_SECS * 1000;
                     records.push((
                         row.get::<_, i32>(0).into(),
                         RecordExport {
@@ -257,7 +257,7 @@ impl LegacySource {
                             sortindex: row.get::<_, Option<i64>>(2),
                             payload: row.get(3),
                             modified: Timestamp(modified),
-                            expires: (!never).then_some(Timestamp(expiry)),
+                            expires: (!never).then_some(Millis(expiry)),
                         },
                     ));
                 }
@@ -305,7 +305,7 @@ fn python_record(
         sortindex,
         modified: Timestamp(modified_ms / 10),
         payload,
-        expires: (ttl < PYTHON_MAX_TTL).then_some(Timestamp(ttl.saturating_mul(100))),
+        expires: (ttl < PYTHON_MAX_TTL).then_some(Millis(ttl.saturating_mul(1000))),
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::model::Timestamp;
+use super::model::Millis;
 use super::userdbs::UserDbs;
 use super::{StorageError, queries};
 
@@ -54,7 +54,7 @@ impl UserDbs {
             closed: self.close_idle(idle_secs),
             ..Default::default()
         };
-        let now = Timestamp::now();
+        let now = Millis::now();
         for uid in self.next_users(cursor, max_users) {
             report.users += 1;
             match self.upkeep_user(uid, now) {
@@ -106,7 +106,7 @@ impl UserDbs {
     /// holds the user's lock). An open user is served through its pool; a closed one
     /// through a short-lived connection, so upkeep never churns the LRU, and its WAL
     /// is emptied.
-    fn upkeep_user(&self, uid: u64, now: Timestamp) -> Result<(usize, usize, i64), StorageError> {
+    fn upkeep_user(&self, uid: u64, now: Millis) -> Result<(usize, usize, i64), StorageError> {
         let sql = |e| StorageError::from_sqlite(uid, e);
         let work = |conn: &mut Connection| -> Result<(usize, usize, i64), StorageError> {
             let tx = conn

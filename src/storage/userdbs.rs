@@ -25,17 +25,18 @@ use lru::LruCache;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use super::checkpointer::{self, BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointer};
-use super::model::Timestamp;
+use super::model::{Millis, Timestamp};
 use super::summary::{Summaries, Summary, WalStamp};
 use super::{StorageError, Written, queries};
 
 /// The per-user schema, version by version: entry `i` takes a file from version `i`
 /// to `i + 1`.
-pub(super) const USER_SCHEMA: [&str; 4] = [
+pub(super) const USER_SCHEMA: [&str; 5] = [
     include_str!("../../schema/user.sql"),
     include_str!("../../schema/user_v2.sql"),
     include_str!("../../schema/user_v3.sql"),
     include_str!("../../schema/user_v4.sql"),
+    include_str!("../../schema/user_v5.sql"),
 ];
 /// The schema version written to `PRAGMA user_version` after migration.
 pub const USER_SCHEMA_VERSION: i64 = USER_SCHEMA.len() as i64;
@@ -181,8 +182,9 @@ pub struct WriteCtx<'a> {
     pub tx: &'a Transaction<'a>,
     /// The timestamp every change of this write carries, strictly above the last one.
     pub ts: Timestamp,
-    /// The wall-clock time at the start of the write (for expiry checks).
-    pub now: Timestamp,
+    /// The wall-clock time at the start of the write: expiry checks compare with it
+    /// and new expiries count from it.
+    pub now: Millis,
     /// Records and payload bytes this write stores, counted in metrics once committed.
     written: std::cell::Cell<(u64, u64)>,
 }
@@ -605,7 +607,7 @@ impl UserDbs {
     pub async fn read<T, F>(&self, uid: u64, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>, Timestamp) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>, Millis) -> Result<T, StorageError> + Send + 'static,
     {
         self.check_not_moved(uid)?;
         let cached = self.cached(uid);
@@ -616,7 +618,7 @@ impl UserDbs {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Deferred)
                 .map_err(|e| StorageError::from_sqlite(uid, e))?;
-            f(&tx, Timestamp::now())
+            f(&tx, Millis::now())
         })
         .await?
     }
@@ -661,8 +663,8 @@ impl UserDbs {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
             let last = queries::storage_modified(&tx).map_err(sql)?;
-            let now = Timestamp::now();
-            let ts = Timestamp(now.0.max(last.0 + 1));
+            let now = Millis::now();
+            let ts = Timestamp(now.timestamp().0.max(last.0 + 1));
             let usage = |tx: &Transaction<'_>| match quota {
                 0 => Ok(0),
                 _ => queries::usage_bytes(tx),
@@ -971,6 +973,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 fn upgrade(conn: &Connection, from: usize) -> rusqlite::Result<()> {
     for step in &USER_SCHEMA[from..] {
         conn.execute_batch(step)?;
+    }
+    // Version 5's step for open batches, in Rust: their expiry goes to milliseconds
+    // too (the table may be missing from version 4 on).
+    if from < 5 {
+        queries::batch_expiry_to_millis(conn)?;
     }
     // Version 4's step, in Rust: the batch table (every version 3 file has it) goes
     // unless a batch is open. From version 4 on, the table is there only with a batch.
