@@ -426,6 +426,31 @@ fn token(args: TokenArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `stats`: the user files, and on a node with an assignment database, how many
+/// files of users who left it wait for deletion.
+fn stats(common: &Common, top: usize) -> Result<(), String> {
+    let settings = load(common)?;
+    let mut out = admin::users::stats(&settings.data_dir, top).map_err(|e| e.to_string())?;
+    let has_db = !settings.tokenserver_database_url.is_empty()
+        || settings.data_dir.join("tokenserver.sqlite").exists();
+    if has_db {
+        let db = AssignmentDb::open(&settings.tokenserver_database_url, &settings.data_dir)
+            .map_err(|e| format!("cannot open the assignment database: {e}"))?;
+        let here = [&settings.node_url, &settings.public_url]
+            .into_iter()
+            .find(|u| !u.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("http://{}", settings.listen));
+        let here = here.trim_end_matches('/');
+        out.push_str(
+            &admin::users::orphans_waiting(&settings.data_dir, &db, here)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
 fn admin(
     common: &Common,
     f: impl FnOnce(&AssignmentDb) -> Result<String, AdminError>,
@@ -679,7 +704,7 @@ fn main() -> ExitCode {
         Command::Compact { common, threshold } => {
             files(&common, |dir| admin::users::compact(dir, threshold))
         }
-        Command::Stats { common, top } => files(&common, |dir| admin::users::stats(dir, top)),
+        Command::Stats { common, top } => stats(&common, top),
         Command::Signups { common, state } => {
             admin(&common, |db| admin::signups(db, state == "open"))
         }

@@ -228,6 +228,9 @@ struct Inner {
     moving: Mutex<std::collections::HashSet<u64>>,
     /// Users moved to another node by this process: every request gets 401.
     moved_away: Mutex<std::collections::HashSet<u64>>,
+    /// How upkeep finds files of users who left this node (only with an assignment
+    /// database; set once at startup).
+    orphans: Mutex<Option<Arc<super::upkeep::OrphanPolicy>>>,
     /// Recently active users' collection timestamps.
     summaries: Summaries,
     /// Checkpoints long WALs off the request path.
@@ -261,6 +264,7 @@ impl UserDbs {
                 locks: Mutex::new(HashMap::new()),
                 moving: Mutex::new(Default::default()),
                 moved_away: Mutex::new(Default::default()),
+                orphans: Mutex::new(None),
                 summaries: Summaries::new(config.summary_cache_users),
                 checkpointer,
                 template,
@@ -297,6 +301,25 @@ impl UserDbs {
     /// The open handle of `uid`, if open, without touching the LRU order.
     pub fn peek(&self, uid: u64) -> Option<Arc<UserDb>> {
         self.inner.open.lock().ok()?.peek(&uid).cloned()
+    }
+
+    /// Has upkeep delete files of users who left this node (see [`OrphanPolicy`]).
+    ///
+    /// [`OrphanPolicy`]: super::upkeep::OrphanPolicy
+    pub fn set_orphan_policy(&self, policy: super::upkeep::OrphanPolicy) {
+        if let Ok(mut p) = self.inner.orphans.lock() {
+            *p = Some(Arc::new(policy));
+        }
+    }
+
+    /// The orphan policy set at startup, if any.
+    pub(super) fn orphan_policy(&self) -> Option<Arc<super::upkeep::OrphanPolicy>> {
+        self.inner.orphans.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Forgets the cached summary of `uid`.
+    pub(super) fn forget_summary(&self, uid: u64) {
+        self.inner.summaries.forget(uid);
     }
 
     /// The data directory.
@@ -484,7 +507,7 @@ impl UserDbs {
         .await?
     }
 
-    fn is_moving(&self, uid: u64) -> bool {
+    pub(super) fn is_moving(&self, uid: u64) -> bool {
         self.inner.moving.lock().is_ok_and(|m| m.contains(&uid))
     }
 
@@ -534,7 +557,7 @@ impl UserDbs {
     }
 
     /// Closes `uid`'s file if it is open (the handle goes when its last request ends).
-    fn evict(&self, uid: u64) {
+    pub(super) fn evict(&self, uid: u64) {
         let gone = self.inner.open.lock().ok().and_then(|mut o| o.pop(&uid));
         drop(gone);
     }
