@@ -232,3 +232,160 @@ async fn a_version_4_file_keeps_its_expiries() {
         .unwrap();
     assert_eq!(never, i64::MAX);
 }
+
+/// Runs `syncstore ARGS --data-dir DIR` against the assignment database `db`, as the
+/// node at `node_url`; panics on failure.
+fn node_cli(db: &str, dir: &Path, node_url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", db)
+        .env("SYNCSTORE_NODE_URL", node_url)
+        .env("SYNCSTORE_SECRETS", common::SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A client of the user `user` with a token from `tokenserver`, for `node`.
+async fn sign_in_to(tokenserver: &Server, node: &Server, user: &str) -> (common::Client, u64) {
+    let t = common::sign_in(tokenserver, user).await;
+    let endpoint = t["api_endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with(&node.url()), "{endpoint}");
+    let uid = t["uid"].as_u64().unwrap();
+    let c = common::Client::with_token(
+        node,
+        uid,
+        t["id"].as_str().unwrap().into(),
+        t["key"].as_str().unwrap().into(),
+    );
+    (c, uid)
+}
+
+/// After a plain drain (users get a new uid on another node at their next sign-in),
+/// the old node's upkeep deletes the files of the uids that left once the grace
+/// period has passed since they left; `stats` counts them while they wait. A user
+/// still placed on the old node keeps its file, and the new node's data is untouched.
+#[tokio::test]
+async fn files_of_users_who_left_are_deleted_after_the_grace_period() {
+    let db = common::fresh_database().await;
+    let verify = common::fake_verifier().await;
+    let base: Vec<(&str, String)> = vec![
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.clone()),
+        ("SYNCSTORE_FXA_VERIFY_URL", verify),
+        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0".into()),
+        ("SYNCSTORE_UPKEEP_INTERVAL_SECS", "1".into()),
+    ];
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_at = format!("127.0.0.1:{metrics_port}");
+    let start = |data: Option<(tempfile::TempDir, String)>, role: &'static str, grace: &str| {
+        let mut e: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        e.push(("SYNCSTORE_ROLE", role));
+        e.push(("SYNCSTORE_ORPHAN_GRACE_SECS", grace));
+        if data.is_some() {
+            e.push(("SYNCSTORE_METRICS_LISTEN", &metrics_at));
+        }
+        match data {
+            Some((dir, listen)) => Server::start_at(dir, &listen, &e),
+            None => Server::start(&e),
+        }
+    };
+    let a = start(None, "storage", "3600");
+    let b = start(None, "storage", "1");
+    common::cli(&db, &["node", "add", &a.url(), "--capacity", "100"]);
+    common::cli(&db, &["node", "add", &b.url(), "--capacity", "100"]);
+    common::cli(&db, &["node", "set", &b.url(), "--available", "0"]);
+    let tokenserver = start(None, "tokenserver", "1");
+
+    let mut old = Vec::new();
+    for user in ["leaver1", "leaver2", "stayer"] {
+        let (c, uid) = sign_in_to(&tokenserver, &a, user).await;
+        let r = c
+            .put("/storage/bookmarks/r1", &json!({"payload": user}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        old.push(uid);
+    }
+    let path_on_a = |uid: u64| syncstore::storage::userdbs::user_path(a.data.path(), uid);
+    assert!(old.iter().all(|&uid| path_on_a(uid).exists()));
+
+    // A plain drain: the leavers' next sign-in gives them a new uid on B.
+    common::cli(&db, &["node", "drain", &a.url()]);
+    common::cli(&db, &["node", "set", &b.url(), "--available", "100"]);
+    let mut new = Vec::new();
+    for user in ["leaver1", "leaver2"] {
+        let (c, uid) = sign_in_to(&tokenserver, &b, user).await;
+        assert!(!old.contains(&uid));
+        let r = c
+            .put("/storage/bookmarks/r2", &json!({"payload": "on b"}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        new.push((c, uid));
+    }
+
+    // A's grace period is an hour: after several upkeep ticks nothing is deleted yet,
+    // and stats (run beside the server) counts the two files waiting.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(old.iter().all(|&uid| path_on_a(uid).exists()));
+    let a_url = a.url();
+    let out = node_cli(&db, a.data.path(), &a_url, &["stats"]);
+    assert!(out.contains("3 users"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "2 files of users who left {a_url} wait for deletion"
+        )),
+        "{out}"
+    );
+
+    // With a grace period of a second, A's upkeep deletes the leavers' files.
+    let listen = a.addr.clone();
+    let dir = a.stop();
+    let a = start(Some((dir, listen)), "storage", "1");
+    assert_eq!(a.url(), a_url);
+    let path_on_a = |uid: u64| syncstore::storage::userdbs::user_path(a.data.path(), uid);
+    for _ in 0..200 {
+        if !path_on_a(old[0]).exists() && !path_on_a(old[1]).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!path_on_a(old[0]).exists() && !path_on_a(old[1]).exists());
+    assert!(
+        path_on_a(old[2]).exists(),
+        "the user still placed on A keeps its file"
+    );
+    let out = node_cli(&db, a.data.path(), &a_url, &["stats"]);
+    assert!(out.contains("1 users, 1 records"), "{out}");
+    assert!(out.contains("0 files of users who left"), "{out}");
+    let metrics = reqwest::get(format!("http://{metrics_at}/__metrics__"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("syncstore_orphan_files_deleted_total 2"),
+        "{metrics}"
+    );
+
+    // The leavers' data on B is untouched (B's own upkeep, with a grace of a second,
+    // keeps the files of users placed on it).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (c, uid) in &new {
+        assert!(syncstore::storage::userdbs::user_path(b.data.path(), *uid).exists());
+        assert_eq!(
+            c.get("/storage/bookmarks/r2").await.json()["payload"],
+            "on b"
+        );
+    }
+}
