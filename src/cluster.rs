@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::internal::{BODY_HASH_HEADER, RequestHead, SIGNATURE_HEADER, sign};
 use crate::storage::StorageError;
+use crate::storage::upkeep::{OrphanPolicy, Placement};
 use crate::storage::userdbs::UserDbs;
 use crate::tokenserver::AssignmentCheck;
 use crate::tokenserver::db::{AssignmentDb, DbError};
@@ -355,4 +356,42 @@ pub async fn delete_here(node: ThisNode<'_>, uid: u64) -> Result<(), MoveError> 
     done?;
     tracing::info!(uid, "deleted the data of a retired user");
     Ok(())
+}
+
+/// Upkeep's policy for files of users who left this node: a uid replaced by a newer
+/// one (`replaced_at`, the time it left) or placed on another node is deleted here
+/// `grace_secs` after it left; a uid with a move in flight, or one the database never
+/// issued, is left alone.
+pub fn orphan_policy(check: &AssignmentCheck, grace_secs: u64) -> OrphanPolicy {
+    let db = check.db().clone();
+    let here = check.node_url().to_string();
+    let lookup = move |uids: &[u64]| {
+        let ids: Vec<i64> = uids.iter().map(|&u| u as i64).collect();
+        let rows = db
+            .transaction(|tx| store::uid_placements(tx, &ids))
+            .map_err(|e: DbError| e.to_string())?;
+        Ok(rows
+            .iter()
+            .map(|p| (p.uid as u64, placement(p, &here)))
+            .collect())
+    };
+    OrphanPolicy {
+        lookup: Box::new(lookup),
+        grace_ms: i64::try_from(grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+    }
+}
+
+/// Where a uid stands for the node at `here` (see [`orphan_policy`]).
+pub fn placement(p: &store::UidPlacement, here: &str) -> Placement {
+    if p.moving {
+        Placement::Moving
+    } else if p.replaced_at.is_some() {
+        Placement::Left {
+            since_ms: p.replaced_at,
+        }
+    } else if p.node.as_deref() != Some(here) {
+        Placement::Left { since_ms: None }
+    } else {
+        Placement::Here
+    }
 }

@@ -101,6 +101,9 @@ pub struct Settings {
     pub upkeep_users_per_tick: usize,
     /// Close a user's file after this many idle seconds.
     pub idle_user_secs: u64,
+    /// With an assignment database: delete the file of a user who left this node
+    /// (replaced uid, or placed on another node) this many seconds after it left.
+    pub orphan_grace_secs: u64,
     /// On shutdown, how long to wait for requests in flight, seconds.
     pub shutdown_grace_secs: u64,
     /// Most client connections open at once; more wait to be accepted.
@@ -219,6 +222,7 @@ impl Default for Settings {
             upkeep_interval_secs: 60,
             upkeep_users_per_tick: 500,
             idle_user_secs: 300,
+            orphan_grace_secs: 7 * 24 * 3600,
             shutdown_grace_secs: 10,
             max_connections: 4096,
             header_read_timeout_secs: 10,

@@ -185,13 +185,16 @@ async fn upkeep_loop(
             Ok((report, c)) => {
                 cursor = c;
                 tracing::debug!(?report, "upkeep tick");
-                if report.records_purged + report.batches_purged > 0 || report.closed > 0 {
+                if report.records_purged + report.batches_purged + report.orphans_deleted > 0
+                    || report.closed > 0
+                {
                     tracing::info!(
                         users = report.users,
                         records_purged = report.records_purged,
                         batches_purged = report.batches_purged,
                         pages_reclaimed = report.pages_reclaimed,
                         idle_closed = report.closed,
+                        orphans_deleted = report.orphans_deleted,
                         "upkeep"
                     );
                 }
@@ -313,6 +316,10 @@ pub async fn run(
         None => None,
     };
     let dbs = state.storage.dbs().clone();
+    if let Some(check) = &state.assignments {
+        let grace = state.settings.orphan_grace_secs;
+        dbs.set_orphan_policy(cluster::orphan_policy(check, grace));
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let upkeep = tokio::spawn(upkeep_loop(
         dbs.clone(),

@@ -214,7 +214,7 @@ async fn version_one_files_are_migrated_on_first_open() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, syncstore::storage::userdbs::USER_SCHEMA_VERSION);
     let triggers: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'",
@@ -371,7 +371,7 @@ async fn upkeep_migrates_files_it_visits_before_purging() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, syncstore::storage::userdbs::USER_SCHEMA_VERSION);
     assert_eq!(count(&conn, "bso"), 1);
     assert_eq!(
         s.client(12).get("/storage/tabs").await.json(),

@@ -289,6 +289,37 @@ pub fn stats(data_dir: &Path, top: usize) -> Result<String, AdminError> {
     Ok(out)
 }
 
+/// For `stats` on a node with an assignment database: how many user files here belong
+/// to users who left the node (replaced, or placed on another node) and wait for
+/// upkeep to delete them once `orphan_grace_secs` have passed since they left.
+pub fn orphans_waiting(
+    data_dir: &Path,
+    db: &crate::tokenserver::db::AssignmentDb,
+    node_url: &str,
+) -> Result<String, AdminError> {
+    use crate::storage::upkeep::Placement;
+    let uids: Vec<i64> = files::list_users(data_dir)?
+        .into_iter()
+        .map(|(uid, _)| uid as i64)
+        .collect();
+    let mut waiting = 0;
+    for chunk in uids.chunks(1000) {
+        let rows = db.transaction(|tx| crate::tokenserver::store::uid_placements(tx, chunk))?;
+        waiting += rows
+            .iter()
+            .filter(|p| {
+                matches!(
+                    crate::cluster::placement(p, node_url),
+                    Placement::Left { .. }
+                )
+            })
+            .count();
+    }
+    Ok(format!(
+        "{waiting} files of users who left {node_url} wait for deletion by upkeep\n"
+    ))
+}
+
 /// `import-legacy --from URL`: copies every user of a Mozilla storage server's database
 /// into per-user files, one transaction per user. Users that already have data here
 /// are skipped, so an interrupted run can simply be started again. Prints one line

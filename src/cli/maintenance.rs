@@ -4,6 +4,7 @@
 use clap::Args;
 
 use syncstore::admin::users;
+use syncstore::tokenserver::db::AssignmentDb;
 
 use super::{CliError, Common, load, with_files};
 
@@ -61,9 +62,25 @@ pub fn compact(args: CompactArgs) -> Result<(), CliError> {
     with_files(&args.common, |dir| users::compact(dir, args.threshold))
 }
 
-/// `stats`: users, records and bytes stored.
+/// `stats`: the user files, and on a node with an assignment database, how many
+/// files of users who left it wait for deletion.
 pub fn stats(args: StatsArgs) -> Result<(), CliError> {
-    with_files(&args.common, |dir| users::stats(dir, args.top))
+    let settings = load(&args.common)?;
+    let mut out = users::stats(&settings.data_dir, args.top)?;
+    let has_db = !settings.tokenserver_database_url.is_empty()
+        || settings.data_dir.join("tokenserver.sqlite").exists();
+    if has_db {
+        let db = AssignmentDb::open(&settings.tokenserver_database_url, &settings.data_dir)?;
+        let here = [&settings.node_url, &settings.public_url]
+            .into_iter()
+            .find(|u| !u.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("http://{}", settings.listen));
+        let here = here.trim_end_matches('/');
+        out.push_str(&users::orphans_waiting(&settings.data_dir, &db, here)?);
+    }
+    println!("{}", out.trim_end());
+    Ok(())
 }
 
 /// `health`: asks a running server's /__heartbeat__.

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
-use super::model::{NEVER, Timestamp};
+use super::model::{Millis, NEVER, Timestamp};
 use super::queries;
 use super::userdbs::{self, user_path};
 
@@ -45,20 +45,66 @@ pub struct CollectionExport {
 
 /// One record of an export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "RecordWire", into = "RecordWire")]
 pub struct RecordExport {
     /// The record id.
     pub id: String,
     /// The payload.
     pub payload: String,
     /// The sort index, if set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sortindex: Option<i64>,
     /// When it was last written.
-    #[serde(with = "wire_ts")]
     pub modified: Timestamp,
-    /// When it expires; absent for never.
+    /// When it expires, to the millisecond; absent for never.
+    pub expires: Option<Millis>,
+}
+
+/// A record as the file holds it. `expires` is seconds with two decimals (rounded up
+/// to 10 ms), as files before millisecond expiry had it and as older readers expect;
+/// `expires_ms` is the exact expiry, preferred when present.
+#[derive(Serialize, Deserialize)]
+struct RecordWire {
+    id: String,
+    payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sortindex: Option<i64>,
+    #[serde(with = "wire_ts")]
+    modified: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_wire_ts")]
-    pub expires: Option<Timestamp>,
+    expires: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_ms: Option<i64>,
+}
+
+impl From<RecordWire> for RecordExport {
+    fn from(w: RecordWire) -> RecordExport {
+        let expires = w
+            .expires_ms
+            .or_else(|| w.expires.map(|t| t.0.saturating_mul(10)))
+            .map(Millis);
+        RecordExport {
+            id: w.id,
+            payload: w.payload,
+            sortindex: w.sortindex,
+            modified: w.modified,
+            expires,
+        }
+    }
+}
+
+impl From<RecordExport> for RecordWire {
+    fn from(r: RecordExport) -> RecordWire {
+        RecordWire {
+            id: r.id,
+            payload: r.payload,
+            sortindex: r.sortindex,
+            modified: r.modified,
+            expires: r
+                .expires
+                .map(|m| Timestamp(m.0.div_euclid(10) + i64::from(m.0.rem_euclid(10) != 0))),
+            expires_ms: r.expires.map(|m| m.0),
+        }
+    }
 }
 
 /// Reads a decimal timestamp (at most two decimals) exactly, without going through f64.
@@ -215,7 +261,7 @@ pub fn export(conn: &mut Connection, uid: u64) -> Result<UserExport, StorageErro
                     sortindex: r.get(1)?,
                     payload: r.get(2)?,
                     modified: Timestamp(r.get(3)?),
-                    expires: (expiry != NEVER).then_some(Timestamp(expiry)),
+                    expires: (expiry != NEVER).then_some(Millis(expiry)),
                 })
             })
             .and_then(|rs| rs.collect::<Result<Vec<_>, _>>())
@@ -360,7 +406,7 @@ pub fn file_bytes(path: &Path) -> u64 {
 pub fn stats(conn: &mut Connection, uid: u64, path: &Path) -> Result<UserStats, StorageError> {
     let sql = |e| StorageError::from_sqlite(uid, e);
     let tx = conn.transaction().map_err(sql)?;
-    let now = Timestamp::now();
+    let now = Millis::now();
     let sizes = queries::collection_sizes(&tx, now).map_err(sql)?;
     let stamps = queries::collection_timestamps(&tx).map_err(sql)?;
     let collections: Vec<_> = stamps

@@ -22,7 +22,7 @@ use rusqlite::OpenFlags;
 
 use super::StorageError;
 use super::files::{CollectionExport, EXPORT_FORMAT, RecordExport, UserExport};
-use super::model::Timestamp;
+use super::model::{Millis, Timestamp};
 
 /// Collection ids both servers reserve for the standard collections.
 const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
@@ -282,7 +282,7 @@ impl LegacySource {
                 }
                 let sql = format!(
                     "SELECT collection_id, bso_id, sortindex, payload, {cs},
-                            ROUND(EXTRACT(EPOCH FROM expiry) * 100)::BIGINT
+                            ROUND(EXTRACT(EPOCH FROM expiry) * 1000)::BIGINT
                      FROM bsos WHERE user_id = $1"
                 );
                 for row in query(client, &sql, &[&user])? {
@@ -291,7 +291,7 @@ impl LegacySource {
                     let coll = required(pg_int(&row, 0, &what)?, &row, 0, &what)?;
                     let modified = required(pg_int(&row, 4, &what)?, &row, 4, &what)?;
                     let expiry = required(pg_int(&row, 5, &what)?, &row, 5, &what)?;
-                    let never = expiry - modified >= RUST_NEVER_AFTER_SECS * 100;
+                    let never = expiry - modified * 10 >= RUST_NEVER_AFTER_SECS * 1000;
                     records.push((
                         coll,
                         RecordExport {
@@ -299,7 +299,7 @@ impl LegacySource {
                             sortindex: pg_int(&row, 2, &what)?,
                             payload: required(pg_text(&row, 3, &what)?, &row, 3, &what)?,
                             modified: Timestamp(modified),
-                            expires: (!never).then_some(Timestamp(expiry)),
+                            expires: (!never).then_some(Millis(expiry)),
                         },
                     ));
                 }
@@ -425,7 +425,7 @@ fn python_record(
         sortindex,
         modified: Timestamp(modified_ms / 10),
         payload,
-        expires: (ttl < PYTHON_MAX_TTL).then_some(Timestamp(ttl.saturating_mul(100))),
+        expires: (ttl < PYTHON_MAX_TTL).then_some(Millis(ttl.saturating_mul(1000))),
     }
 }
 

@@ -552,7 +552,7 @@ impl Storage {
                 let id = match post.batch {
                     BatchRef::Start => {
                         let id = new_batch_id();
-                        let expiry = w.ts.plus_secs(post.batch_ttl_secs);
+                        let expiry = w.now.plus_secs(post.batch_ttl_secs);
                         queries::create_batch(w.tx, &id, &post.collection, expiry).map_err(sql)?;
                         id
                     }

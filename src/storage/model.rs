@@ -23,15 +23,34 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// The current wall-clock time, truncated to 10 ms.
     pub fn now() -> Timestamp {
+        Millis::now().timestamp()
+    }
+}
+
+/// A wall-clock time in milliseconds since the Unix epoch. Record and batch expiry are
+/// kept in these units (schema version 5 on), so a `ttl` counts to the millisecond from
+/// the write's wall-clock time, however far the user's timestamps have run ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// The current wall-clock time.
+    pub fn now() -> Millis {
         let d = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Timestamp((d.as_millis() / 10) as i64)
+        Millis(d.as_millis() as i64)
     }
 
-    /// The time `secs` seconds after this one (saturating).
+    /// The expiry `secs` seconds after this time (saturating, so never [`NEVER`]
+    /// by accident for any accepted ttl).
     pub fn plus_secs(self, secs: i64) -> i64 {
-        self.0.saturating_add(secs.saturating_mul(100))
+        self.0.saturating_add(secs.saturating_mul(1000))
+    }
+
+    /// This time as a wire timestamp, truncated to 10 ms.
+    pub fn timestamp(self) -> Timestamp {
+        Timestamp(self.0.div_euclid(10))
     }
 }
 

@@ -1,9 +1,9 @@
 //! The SQL of one user's file. Every function takes an open transaction; none of them
-//! knows about HTTP. Timestamps are integer 10 ms units.
+//! knows about HTTP. Timestamps are integer 10 ms units; expiry is in milliseconds.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::model::{Bso, BsoInput, Field, NEVER, Timestamp};
+use super::model::{Bso, BsoInput, Field, Millis, NEVER, Timestamp};
 
 /// The user's last write timestamp (0 for a fresh file).
 pub fn storage_modified(tx: &Transaction<'_>) -> rusqlite::Result<Timestamp> {
@@ -67,7 +67,7 @@ pub fn collection_timestamps(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(Stri
 /// so they add up to `usage_bytes`.
 pub fn collection_sizes(
     tx: &Transaction<'_>,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<Vec<(String, i64, i64)>> {
     let mut stmt = tx.prepare_cached(
         "SELECT c.name, sum(b.expiry > ?1), total(b.payload_size)
@@ -85,7 +85,7 @@ pub fn bso_modified(
     tx: &Transaction<'_>,
     coll: i64,
     id: &str,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<Option<Timestamp>> {
     tx.prepare_cached("SELECT modified FROM bso WHERE collection = ?1 AND id = ?2 AND expiry > ?3")?
         .query_row(params![coll, id, now.0], |r| Ok(Timestamp(r.get(0)?)))
@@ -97,7 +97,7 @@ pub fn get_bso(
     tx: &Transaction<'_>,
     coll: i64,
     id: &str,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<Option<Bso>> {
     tx.prepare_cached(
         "SELECT id, modified, payload, sortindex FROM bso
@@ -160,7 +160,7 @@ fn upsert_bso(
     coll: i64,
     bso: &BsoInput,
     ts: Timestamp,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<i64> {
     // The stored row, live or expired (an expired one is replaced as if absent).
     let stored: Option<(i64, i64, i64)> = tx
@@ -185,8 +185,10 @@ fn upsert_bso(
         Field::Null => (true, None),
         Field::Absent => (false, None),
     };
+    // Expiry counts from the write's wall-clock time, not from `ts` (which may have
+    // been bumped ahead of the clock to stay above the user's last write).
     let expiry_from = |old: i64| match bso.ttl {
-        Field::Set(t) => ts.plus_secs(t),
+        Field::Set(t) => now.plus_secs(t),
         Field::Null => NEVER,
         Field::Absent => old,
     };
@@ -241,7 +243,7 @@ pub fn store_bsos(
     collection: &str,
     bsos: &[BsoInput],
     ts: Timestamp,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<()> {
     if bsos.is_empty() {
         return Ok(());
@@ -259,7 +261,7 @@ pub fn delete_bso(
     tx: &Transaction<'_>,
     coll: i64,
     id: &str,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<bool> {
     let n = delete_records(
         tx,
@@ -354,7 +356,7 @@ pub fn list_bsos(
     tx: &Transaction<'_>,
     coll: i64,
     q: &ListQuery,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<(Vec<Bso>, Option<Cursor>)> {
     use rusqlite::types::Value;
     let key = match q.sort {
@@ -478,6 +480,19 @@ pub fn drop_batch_table_if_empty(conn: &rusqlite::Connection) -> rusqlite::Resul
     Ok(())
 }
 
+/// Schema version 5's conversion of open batches' expiry from 10 ms units to
+/// milliseconds (a no-op when no batch is open).
+pub fn batch_expiry_to_millis(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    if has_batch_table(conn)? {
+        conn.execute(
+            "UPDATE batch_items SET expiry = expiry * 10
+             WHERE id = '' AND expiry <= 922337203685477579",
+            [],
+        )?;
+    }
+    Ok(())
+}
+
 /// Opens a new batch for `collection`, purged if not committed before `expiry`: its
 /// header row (id '').
 pub fn create_batch(
@@ -498,7 +513,7 @@ pub fn create_batch(
 pub fn batch_collection(
     tx: &Transaction<'_>,
     id: &str,
-    now: Timestamp,
+    now: Millis,
 ) -> rusqlite::Result<Option<String>> {
     if !has_batch_table(tx)? {
         return Ok(None);
@@ -608,7 +623,7 @@ pub fn delete_batches(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// records and batches went.
 pub fn purge_expired(
     tx: &Transaction<'_>,
-    now: Timestamp,
+    now: Millis,
     limit: i64,
 ) -> rusqlite::Result<(usize, usize)> {
     let records = delete_records(

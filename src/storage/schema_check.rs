@@ -139,18 +139,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for v in 1..=USER_SCHEMA_VERSION {
             let mut sql: String = USER_SCHEMA[..v as usize].concat();
-            if v == 4 {
+            if v >= 4 {
                 sql.push_str("DROP TABLE batch_items;");
             }
             sql.push_str(&format!("PRAGMA user_version = {v};"));
             let path = file_with(dir.path(), &format!("v{v}.sqlite"), &sql);
             assert_eq!(check_user_file(&path, 1).unwrap().version, v);
         }
-        // Version 4 with a batch open.
-        let mut sql: String = USER_SCHEMA.concat();
-        sql.push_str("PRAGMA user_version = 4;");
-        let path = file_with(dir.path(), "v4batch.sqlite", &sql);
-        assert_eq!(check_user_file(&path, 1).unwrap().version, 4);
+        // Versions 4 and 5 with a batch open.
+        for v in 4..=5 {
+            let mut sql: String = USER_SCHEMA[..v].concat();
+            sql.push_str(&format!("PRAGMA user_version = {v};"));
+            let path = file_with(dir.path(), &format!("v{v}batch.sqlite"), &sql);
+            assert_eq!(check_user_file(&path, 1).unwrap().version, v as i64);
+        }
+        assert_eq!(USER_SCHEMA_VERSION, 5, "cover the new version above");
 
         let bare = file_with(
             dir.path(),
@@ -161,7 +164,7 @@ mod tests {
         let mut sql: String = USER_SCHEMA.concat();
         sql.push_str(
             "DROP TABLE batch_items; CREATE TRIGGER t AFTER INSERT ON bso BEGIN \
-             UPDATE bso SET payload = 'x'; END; PRAGMA user_version = 4;",
+             UPDATE bso SET payload = 'x'; END; PRAGMA user_version = 5;",
         );
         let trigger = file_with(dir.path(), "trigger.sqlite", &sql);
         let e = check_user_file(&trigger, 1).unwrap_err().to_string();

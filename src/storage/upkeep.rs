@@ -1,12 +1,15 @@
 //! Background upkeep of user files, off the request path and bounded per tick:
 //! purge expired records and abandoned batches, checkpoint the WAL, hand free pages
-//! back, and close files idle for too long.
+//! back, and close files idle for too long. On a node with an assignment database it
+//! also deletes the files of users who left the node, once a grace period has passed.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::model::Timestamp;
+use super::model::Millis;
 use super::userdbs::UserDbs;
 use super::{StorageError, queries};
 
@@ -22,6 +25,37 @@ pub struct UpkeepCursor {
     shard: u32,
     /// The last uid visited in that shard.
     after: Option<u64>,
+    /// Users seen placed on another node with no recorded time of leaving (a live
+    /// move's flip keeps the uid): when this process first saw them so, Unix ms. The
+    /// grace period counts from there (a restart starts it over: later, never sooner).
+    left_seen: HashMap<u64, i64>,
+}
+
+/// Where a user with a file here stands in the assignment database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Still placed on this node (or unknown to the database: left alone).
+    Here,
+    /// A live move of the user is in flight: never touched.
+    Moving,
+    /// No longer placed here: replaced by a newer uid, or placed on another node.
+    Left {
+        /// When it left (Unix ms), when the database says (`replaced_at`).
+        since_ms: Option<i64>,
+    },
+}
+
+/// Looks up where a batch of uids stands, in one query; uids missing from the answer
+/// are left alone.
+pub type PlacementLookup = dyn Fn(&[u64]) -> Result<HashMap<u64, Placement>, String> + Send + Sync;
+
+/// How upkeep finds and deletes files of users who left this node.
+pub struct OrphanPolicy {
+    /// The assignment database's answer for the uids of one tick.
+    pub lookup: Box<PlacementLookup>,
+    /// How long after leaving a user's file is kept (a user moved back in that time,
+    /// or an operator's mistake undone, finds its data).
+    pub grace_ms: i64,
 }
 
 /// What one tick did.
@@ -39,6 +73,20 @@ pub struct UpkeepReport {
     pub closed: usize,
     /// Files that could not be visited (busy, corrupt, …).
     pub failed: usize,
+    /// Files of users who left this node, deleted.
+    pub orphans_deleted: usize,
+    /// Files of users who left this node, kept until their grace period ends.
+    pub orphans_waiting: usize,
+}
+
+/// What upkeep did about one user's possibly orphaned file.
+enum OrphanStep {
+    /// The user is placed here (or unknown, or moving): nothing to do.
+    Kept,
+    /// The user left, within the grace period.
+    Waiting,
+    /// The user left long enough ago: the file is gone.
+    Deleted,
 }
 
 impl UserDbs {
@@ -54,9 +102,26 @@ impl UserDbs {
             closed: self.close_idle(idle_secs),
             ..Default::default()
         };
-        let now = Timestamp::now();
-        for uid in self.next_users(cursor, max_users) {
+        let now = Millis::now();
+        let uids = self.next_users(cursor, max_users);
+        let placements = self.placements(&uids);
+        for uid in uids {
             report.users += 1;
+            if let Some((policy, placements)) = &placements {
+                match self.orphan_step(uid, placements.get(&uid), policy, cursor, now) {
+                    Ok(OrphanStep::Deleted) => {
+                        report.orphans_deleted += 1;
+                        continue;
+                    }
+                    Ok(OrphanStep::Waiting) => report.orphans_waiting += 1,
+                    Ok(OrphanStep::Kept) => {}
+                    Err(e) => {
+                        report.failed += 1;
+                        tracing::warn!(uid, error = %e, "could not delete the file of a user who left");
+                        continue;
+                    }
+                }
+            }
             match self.upkeep_user(uid, now) {
                 Ok((records, batches, pages)) => {
                     report.records_purged += records;
@@ -70,6 +135,62 @@ impl UserDbs {
             }
         }
         report
+    }
+
+    /// The orphan policy and its answer for `uids` (`None` without a policy, or when
+    /// the assignment database could not answer: nothing is deleted this tick).
+    fn placements(&self, uids: &[u64]) -> Option<(Arc<OrphanPolicy>, HashMap<u64, Placement>)> {
+        let policy = self.orphan_policy()?;
+        if uids.is_empty() {
+            return None;
+        }
+        match (policy.lookup)(uids) {
+            Ok(found) => Some((policy, found)),
+            Err(e) => {
+                tracing::warn!(error = %e, "upkeep could not look up user placements");
+                None
+            }
+        }
+    }
+
+    /// Deletes `uid`'s file if the user left this node more than the grace period ago
+    /// (and no move of it is in flight here or in the database).
+    fn orphan_step(
+        &self,
+        uid: u64,
+        placement: Option<&Placement>,
+        policy: &OrphanPolicy,
+        cursor: &mut UpkeepCursor,
+        now: Millis,
+    ) -> Result<OrphanStep, StorageError> {
+        let since = match placement {
+            Some(Placement::Left { since_ms }) => match since_ms {
+                Some(t) => *t,
+                None => *cursor.left_seen.entry(uid).or_insert(now.0),
+            },
+            _ => {
+                cursor.left_seen.remove(&uid);
+                return Ok(OrphanStep::Kept);
+            }
+        };
+        if now.0.saturating_sub(since) < policy.grace_ms || self.is_moving(uid) {
+            return Ok(OrphanStep::Waiting);
+        }
+        let lock = self.lock_for(uid);
+        let Ok(_guard) = lock.try_lock() else {
+            return Ok(OrphanStep::Waiting); // a write is in flight: next pass
+        };
+        self.evict(uid);
+        self.forget_summary(uid);
+        super::userdbs::remove_user_files(&self.user_path(uid), &["", "-wal", "-shm"])?;
+        cursor.left_seen.remove(&uid);
+        metrics::counter!("syncstore_orphan_files_deleted_total").increment(1);
+        tracing::info!(
+            uid,
+            left_ms_ago = now.0 - since,
+            "deleted the file of a user who left this node"
+        );
+        Ok(OrphanStep::Deleted)
     }
 
     /// The next uids of the walk (at most one full pass over the shards per call).
@@ -106,7 +227,7 @@ impl UserDbs {
     /// holds the user's lock). An open user is served through its pool; a closed one
     /// through a short-lived connection, so upkeep never churns the LRU, and its WAL
     /// is emptied.
-    fn upkeep_user(&self, uid: u64, now: Timestamp) -> Result<(usize, usize, i64), StorageError> {
+    fn upkeep_user(&self, uid: u64, now: Millis) -> Result<(usize, usize, i64), StorageError> {
         let sql = |e| StorageError::from_sqlite(uid, e);
         let work = |conn: &mut Connection| -> Result<(usize, usize, i64), StorageError> {
             let tx = conn

@@ -25,18 +25,19 @@ use lru::LruCache;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use super::checkpointer::{self, BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointer};
-use super::model::Timestamp;
+use super::model::{Millis, Timestamp};
 use super::summary::{Summaries, Summary, WalStamp};
 use super::{StorageError, Written, queries};
 use crate::private;
 
 /// The per-user schema, version by version: entry `i` takes a file from version `i`
 /// to `i + 1`.
-pub(super) const USER_SCHEMA: [&str; 4] = [
+pub(super) const USER_SCHEMA: [&str; 5] = [
     include_str!("../../schema/user.sql"),
     include_str!("../../schema/user_v2.sql"),
     include_str!("../../schema/user_v3.sql"),
     include_str!("../../schema/user_v4.sql"),
+    include_str!("../../schema/user_v5.sql"),
 ];
 /// The schema version written to `PRAGMA user_version` after migration.
 pub const USER_SCHEMA_VERSION: i64 = USER_SCHEMA.len() as i64;
@@ -182,8 +183,9 @@ pub struct WriteCtx<'a> {
     pub tx: &'a Transaction<'a>,
     /// The timestamp every change of this write carries, strictly above the last one.
     pub ts: Timestamp,
-    /// The wall-clock time at the start of the write (for expiry checks).
-    pub now: Timestamp,
+    /// The wall-clock time at the start of the write: expiry checks compare with it
+    /// and new expiries count from it.
+    pub now: Millis,
     /// Records and payload bytes this write stores, counted in metrics once committed.
     written: std::cell::Cell<(u64, u64)>,
 }
@@ -227,6 +229,9 @@ struct Inner {
     moving: Mutex<std::collections::HashSet<u64>>,
     /// Users moved to another node by this process: every request gets 401.
     moved_away: Mutex<std::collections::HashSet<u64>>,
+    /// How upkeep finds files of users who left this node (only with an assignment
+    /// database; set once at startup).
+    orphans: Mutex<Option<Arc<super::upkeep::OrphanPolicy>>>,
     /// Recently active users' collection timestamps.
     summaries: Summaries,
     /// Checkpoints long WALs off the request path.
@@ -266,6 +271,7 @@ impl UserDbs {
                 locks: Mutex::new(HashMap::new()),
                 moving: Mutex::new(Default::default()),
                 moved_away: Mutex::new(Default::default()),
+                orphans: Mutex::new(None),
                 summaries: Summaries::new(config.summary_cache_users),
                 checkpointer,
                 template,
@@ -303,6 +309,25 @@ impl UserDbs {
     /// The open handle of `uid`, if open, without touching the LRU order.
     pub fn peek(&self, uid: u64) -> Option<Arc<UserDb>> {
         self.inner.open.lock().ok()?.peek(&uid).cloned()
+    }
+
+    /// Has upkeep delete files of users who left this node (see [`OrphanPolicy`]).
+    ///
+    /// [`OrphanPolicy`]: super::upkeep::OrphanPolicy
+    pub fn set_orphan_policy(&self, policy: super::upkeep::OrphanPolicy) {
+        if let Ok(mut p) = self.inner.orphans.lock() {
+            *p = Some(Arc::new(policy));
+        }
+    }
+
+    /// The orphan policy set at startup, if any.
+    pub(super) fn orphan_policy(&self) -> Option<Arc<super::upkeep::OrphanPolicy>> {
+        self.inner.orphans.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Forgets the cached summary of `uid`.
+    pub(super) fn forget_summary(&self, uid: u64) {
+        self.inner.summaries.forget(uid);
     }
 
     /// The data directory.
@@ -508,7 +533,7 @@ impl UserDbs {
         .await?
     }
 
-    fn is_moving(&self, uid: u64) -> bool {
+    pub(super) fn is_moving(&self, uid: u64) -> bool {
         self.inner.moving.lock().is_ok_and(|m| m.contains(&uid))
     }
 
@@ -558,7 +583,7 @@ impl UserDbs {
     }
 
     /// Closes `uid`'s file if it is open (the handle goes when its last request ends).
-    fn evict(&self, uid: u64) {
+    pub(super) fn evict(&self, uid: u64) {
         let gone = self.inner.open.lock().ok().and_then(|mut o| o.pop(&uid));
         drop(gone);
     }
@@ -631,7 +656,7 @@ impl UserDbs {
     pub async fn read<T, F>(&self, uid: u64, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>, Timestamp) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>, Millis) -> Result<T, StorageError> + Send + 'static,
     {
         self.check_not_moved(uid)?;
         let cached = self.cached(uid);
@@ -642,7 +667,7 @@ impl UserDbs {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Deferred)
                 .map_err(|e| StorageError::from_sqlite(uid, e))?;
-            f(&tx, Timestamp::now())
+            f(&tx, Millis::now())
         })
         .await?
     }
@@ -687,8 +712,8 @@ impl UserDbs {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
             let last = queries::storage_modified(&tx).map_err(sql)?;
-            let now = Timestamp::now();
-            let ts = Timestamp(now.0.max(last.0 + 1));
+            let now = Millis::now();
+            let ts = Timestamp(now.timestamp().0.max(last.0 + 1));
             let usage = |tx: &Transaction<'_>| match quota {
                 0 => Ok(0),
                 _ => queries::usage_bytes(tx),
@@ -973,6 +998,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 fn upgrade(conn: &Connection, from: usize) -> rusqlite::Result<()> {
     for step in &USER_SCHEMA[from..] {
         conn.execute_batch(step)?;
+    }
+    // Version 5's step for open batches, in Rust: their expiry goes to milliseconds
+    // too (the table may be missing from version 4 on).
+    if from < 5 {
+        queries::batch_expiry_to_millis(conn)?;
     }
     // Version 4's step, in Rust: the batch table (every version 3 file has it) goes
     // unless a batch is open. From version 4 on, the table is there only with a batch.

@@ -573,3 +573,50 @@ pub fn forget_client_states(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<(), DbE
     )?;
     Ok(())
 }
+
+/// Where a uid stands, for a storage node's clean-up of files of users who left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UidPlacement {
+    /// The uid.
+    pub uid: i64,
+    /// The URL of the node its row names (`None` when that node was removed).
+    pub node: Option<String>,
+    /// When the uid was replaced by a newer one (key change, sign-in moved off a
+    /// drained or downed node), Unix ms; `None` while current.
+    pub replaced_at: Option<i64>,
+    /// Whether a live move of the uid is in flight.
+    pub moving: bool,
+}
+
+/// The placement of each of `uids` that this database issued, in one query (uids it
+/// never issued are left out).
+pub fn uid_placements(tx: &mut dyn SqlTx, uids: &[i64]) -> Result<Vec<UidPlacement>, DbError> {
+    if uids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=uids.len()).map(|i| format!("?{i}")).collect();
+    let args: Vec<Val> = uids.iter().map(|&u| u.into()).collect();
+    tx.query(
+        &format!(
+            "SELECT u.uid, n.node, u.replaced_at,
+                    (SELECT count(*) FROM pending_moves p WHERE p.uid = u.uid)
+             FROM users u LEFT JOIN nodes n ON n.id = u.node_id
+             WHERE u.uid IN ({})",
+            marks.join(", ")
+        ),
+        &args,
+    )?
+    .iter()
+    .map(|r| {
+        Ok(UidPlacement {
+            uid: r[0].int("uid")?,
+            node: match &r[1] {
+                Val::Text(t) => Some(t.clone()),
+                _ => None,
+            },
+            replaced_at: r[2].opt_int("replaced_at")?,
+            moving: r[3].int("pending")? > 0,
+        })
+    })
+    .collect()
+}
