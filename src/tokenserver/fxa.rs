@@ -67,8 +67,16 @@ pub struct FxaConfig {
     pub cache_ttl: Duration,
 }
 
+/// An in-process token issuer the tokenserver trusts beside FxA (the accounts service).
+pub trait LocalIssuer: Send + Sync {
+    /// The user of a valid token of this issuer that carries the oldsync scope.
+    fn verify_local(&self, token: &str) -> Option<OAuthUser>;
+}
+
 /// Verifies FxA OAuth access tokens.
 pub struct FxaVerifier {
+    /// This process's accounts service, whose tokens are checked first, locally.
+    local: Option<Arc<dyn LocalIssuer>>,
     keys: Vec<(Option<String>, DecodingKey)>,
     issuer: Option<String>,
     verify_url: Option<String>,
@@ -152,6 +160,7 @@ impl FxaVerifier {
             .map_err(|e| FxaError::Config(e.to_string()))?;
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Ok(FxaVerifier {
+            local: None,
             keys,
             issuer: non_empty(&cfg.issuer),
             verify_url: non_empty(&cfg.verify_url),
@@ -164,10 +173,18 @@ impl FxaVerifier {
         })
     }
 
+    /// Also trusts the tokens of an in-process issuer (checked first, no remote call).
+    pub fn trust_local(&mut self, issuer: Arc<dyn LocalIssuer>) {
+        self.local = Some(issuer);
+    }
+
     /// Verifies an access token: as a JWT when it is one and keys are configured,
     /// else (or when the JWT check fails and a verify URL is set) remotely.
     pub async fn verify(&self, token: &str) -> Result<OAuthUser, FxaError> {
         let looks_like_jwt = token.split('.').count() == 3;
+        if let Some(user) = self.local.as_ref().and_then(|l| l.verify_local(token)) {
+            return Ok(user);
+        }
         if looks_like_jwt && !self.keys.is_empty() {
             match self.verify_jwt(token) {
                 Ok(user) => return Ok(user),

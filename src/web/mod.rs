@@ -46,6 +46,8 @@ pub struct AppState {
     pub tokenserver: Option<Arc<Tokenserver>>,
     /// Refuses users moved to other nodes, when an assignment database is shared.
     pub assignments: Option<Arc<AssignmentCheck>>,
+    /// The accounts service's routes, when this process serves it.
+    pub accounts: Option<crate::accounts::api::ApiState>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             public_host,
             tokenserver,
             assignments,
+            accounts: None,
         }
     }
 }
@@ -143,6 +146,9 @@ pub fn router(state: AppState) -> Router {
     }
     if state.tokenserver.is_some() {
         api = api.route("/1.0/sync/1.5", get(tokens::token));
+    }
+    if let Some(accounts) = &state.accounts {
+        api = api.merge(crate::accounts::api::router(accounts.clone()));
     }
     if state.settings.serves_storage() {
         // Node-to-node routes are served on the internal listener only (internal::router).
@@ -220,9 +226,9 @@ pub async fn serve(
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -233,7 +239,14 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address, for per-address limits (the accounts service's).
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut r: hyper::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                r
+            },
+        ));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
