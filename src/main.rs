@@ -82,6 +82,9 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Manage the built-in accounts service's accounts and signing key.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Open or close sign-ups of new users.
     Signups {
         #[command(flatten)]
@@ -160,6 +163,63 @@ enum NodeCommand {
         common: Common,
         /// The node's URL.
         url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Add an account; the password is read without echo (or from stdin) and
+    /// stretched here as a Firefox Accounts client does.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// The account's email (its case matters: it salts the password).
+        email: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the accounts.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Disable an account (its sessions and tokens are revoked).
+    Disable {
+        #[command(flatten)]
+        common: Common,
+        /// The account's email.
+        email: String,
+    },
+    /// Enable a disabled account.
+    Enable {
+        #[command(flatten)]
+        common: Common,
+        /// The account's email.
+        email: String,
+    },
+    /// Delete an account.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        /// The account's email.
+        email: String,
+    },
+    /// Set a new password (the account gets new keys: Sync starts over).
+    ResetPassword {
+        #[command(flatten)]
+        common: Common,
+        /// The account's email.
+        email: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Add a new OAuth signing key (the old one stays published until its tokens
+    /// expire); restart the server to use it.
+    RotateKey {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -477,6 +537,67 @@ fn files(
     Ok(())
 }
 
+/// Reads a password: the first line of stdin, or from the terminal without echo.
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    };
+    if password.len() < 8 {
+        return Err("the password must have at least 8 characters".into());
+    }
+    Ok(password)
+}
+
+fn account(cmd: AccountCommand) -> Result<(), String> {
+    use admin::accounts as acc;
+    let run =
+        |common: &Common,
+         f: &dyn Fn(&std::path::Path) -> Result<String, acc::AccountAdminError>| {
+            let settings = load(common)?;
+            let out = f(&settings.data_dir).map_err(|e| e.to_string())?;
+            println!("{}", out.trim_end());
+            Ok(())
+        };
+    match cmd {
+        AccountCommand::Add {
+            common,
+            email,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin)?;
+            run(&common, &|dir| acc::add(dir, &email, &password))
+        }
+        AccountCommand::List { common } => run(&common, &acc::list),
+        AccountCommand::Disable { common, email } => {
+            run(&common, &|dir| acc::set_disabled(dir, &email, true))
+        }
+        AccountCommand::Enable { common, email } => {
+            run(&common, &|dir| acc::set_disabled(dir, &email, false))
+        }
+        AccountCommand::Delete { common, email } => run(&common, &|dir| acc::delete(dir, &email)),
+        AccountCommand::ResetPassword {
+            common,
+            email,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin)?;
+            run(&common, &|dir| acc::reset_password(dir, &email, &password))
+        }
+        AccountCommand::RotateKey { common } => run(&common, &acc::rotate_key),
+    }
+}
+
 fn user(cmd: UserCommand) -> Result<(), String> {
     use admin::users;
     match cmd {
@@ -662,6 +783,7 @@ fn main() -> ExitCode {
         Command::Node(cmd) => node(cmd),
         Command::Rollout(cmd) => rollout(cmd),
         Command::User(cmd) => user(cmd),
+        Command::Account(cmd) => account(cmd),
         Command::Health { common, url } => health(&common, url),
         Command::ImportLegacy { common, from } => {
             files(&common, |dir| admin::users::import_legacy(dir, &from))

@@ -343,34 +343,15 @@ impl Accounts {
 
     /// Makes an account (no session): the operator's `account add` and API sign-up.
     pub async fn add_account(&self, email: &str, auth_pw: &str) -> Result<Account> {
-        let email = email.trim().to_string();
-        if !valid_email(&email) {
-            return Err(AccountsError::InvalidParameter("email".into()));
-        }
         let auth_pw = hex32("authPW", auth_pw)?;
-        let auth_salt = crypto::random32();
-        let h = self.harden(auth_pw, auth_salt).await?;
-        let now = now_ms();
-        let account = Account {
-            uid: hex::encode(rand::random::<[u8; 16]>()),
-            email,
-            auth_salt,
-            verify_hash: h.verify_hash,
-            // kB is random: wrapKb is random, so is wrapWrapKb.
-            wrap_wrap_kb: crypto::random32(),
-            ka: crypto::random32(),
-            verifier_set_at: now,
-            keys_changed_at: now,
-            created_at: now,
-            disabled: false,
-            display_name: None,
-        };
-        let a = account.clone();
-        if !self.blocking(move |s| Ok(s.insert_account(&a)?)).await? {
-            return Err(AccountsError::AccountExists);
-        }
-        tracing::info!(uid = %account.uid, "account created");
-        Ok(account)
+        let email = email.to_string();
+        let _slot = self
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|e| AccountsError::Internal(e.to_string()))?;
+        self.blocking(move |s| insert_new_account(&s, &email, &auth_pw))
+            .await
     }
 
     /// Checks `authPW` for `email` with the attempt limits; the account on success.
@@ -389,13 +370,15 @@ impl Accounts {
             self.limiter.fail(&key, ip);
             return Err(AccountsError::UnknownAccount);
         };
+        // The email salts the client's stretch: another case gives another authPW, so
+        // the client is told the account's own (as FxA does) before any check.
+        if account.email != email.trim() {
+            return Err(AccountsError::IncorrectEmailCase(account.email));
+        }
         let h = self.harden(auth_pw, account.auth_salt).await?;
         if !crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
             self.limiter.fail(&key, ip);
             return Err(AccountsError::IncorrectPassword);
-        }
-        if account.email != email.trim() {
-            return Err(AccountsError::IncorrectEmailCase(account.email));
         }
         if account.disabled {
             return Err(AccountsError::Blocked("the account is disabled"));
@@ -1006,6 +989,36 @@ impl Accounts {
         })
         .await
     }
+}
+
+/// Makes an account from `authPW` and stores it (blocking: scrypt runs here). kB is
+/// random: the stored `wrapWrapKb` is random, so `wrapKb` and kB are too.
+pub fn insert_new_account(store: &Store, email: &str, auth_pw: &[u8; 32]) -> Result<Account> {
+    let email = email.trim().to_string();
+    if !valid_email(&email) {
+        return Err(AccountsError::InvalidParameter("email".into()));
+    }
+    let auth_salt = crypto::random32();
+    let h = crypto::harden(auth_pw, &auth_salt);
+    let now = now_ms();
+    let account = Account {
+        uid: hex::encode(rand::random::<[u8; 16]>()),
+        email,
+        auth_salt,
+        verify_hash: h.verify_hash,
+        wrap_wrap_kb: crypto::random32(),
+        ka: crypto::random32(),
+        verifier_set_at: now,
+        keys_changed_at: now,
+        created_at: now,
+        disabled: false,
+        display_name: None,
+    };
+    if !store.insert_account(&account)? {
+        return Err(AccountsError::AccountExists);
+    }
+    tracing::info!(uid = %account.uid, "account created");
+    Ok(account)
 }
 
 /// Fields of a device registration or update.
