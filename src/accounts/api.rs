@@ -238,7 +238,7 @@ impl FromRequest<ApiState> for AuthRequest {
                 .unwrap_or_default();
             let body_hash = h.hash.as_ref().map(|_| hawk::payload_hash(&mime, &body));
             Some(TokenAuth::Hawk {
-                header: h,
+                header: Box::new(h),
                 method: parts.method.as_str().to_string(),
                 path_and_query: parts
                     .uri

@@ -150,7 +150,7 @@ pub enum TokenAuth {
     /// A Hawk `Authorization` header and what the client signed.
     Hawk {
         /// The parsed header.
-        header: hawk::HawkHeader,
+        header: Box<hawk::HawkHeader>,
         /// Method, path and query, host, port.
         method: String,
         /// Path and query as sent.
@@ -205,6 +205,16 @@ pub struct Grant {
     pub auth_at: i64,
     /// The client's encrypted keys, passed through from the authorization.
     pub keys_jwe: Option<String>,
+}
+
+/// What an OAuth grant is for.
+struct GrantRequest<'a> {
+    client_id: &'a str,
+    scope: &'a str,
+    ttl: i64,
+    offline: bool,
+    auth_at: i64,
+    keys_jwe: Option<String>,
 }
 
 /// The accounts service.
@@ -606,16 +616,15 @@ impl Accounts {
         Ok((self.signer.sign(&claims)?, ttl))
     }
 
-    async fn grant(
-        &self,
-        account: &Account,
-        client_id: &str,
-        scope: &str,
-        ttl: i64,
-        offline: bool,
-        auth_at: i64,
-        keys_jwe: Option<String>,
-    ) -> Result<Grant> {
+    async fn grant(&self, account: &Account, g: GrantRequest<'_>) -> Result<Grant> {
+        let GrantRequest {
+            client_id,
+            scope,
+            ttl,
+            offline,
+            auth_at,
+            keys_jwe,
+        } = g;
         let (access_token, expires_in) = self.access_token(account, client_id, scope, ttl)?;
         let mut refresh_token = None;
         if offline {
@@ -653,16 +662,15 @@ impl Accounts {
     ) -> Result<Grant> {
         check_client_id(client_id)?;
         let scope = parse_scopes(scope)?;
-        self.grant(
-            &a.account,
+        let g = GrantRequest {
             client_id,
-            &scope,
+            scope: &scope,
             ttl,
             offline,
-            a.token.created_at / 1000,
-            None,
-        )
-        .await
+            auth_at: a.token.created_at / 1000,
+            keys_jwe: None,
+        };
+        self.grant(&a.account, g).await
     }
 
     /// `POST /oauth/authorization`: a code for the session's account.
@@ -735,16 +743,15 @@ impl Accounts {
         let account = account
             .filter(|a| !a.disabled)
             .ok_or(AccountsError::InvalidGrant("unknown account"))?;
-        self.grant(
-            &account,
+        let g = GrantRequest {
             client_id,
-            &row.scope,
-            0,
-            row.offline,
-            row.auth_at,
-            row.keys_jwe,
-        )
-        .await
+            scope: &row.scope,
+            ttl: 0,
+            offline: row.offline,
+            auth_at: row.auth_at,
+            keys_jwe: row.keys_jwe.clone(),
+        };
+        self.grant(&account, g).await
     }
 
     /// `grant_type=refresh_token`: a new access token (scope narrowed if asked).

@@ -108,7 +108,7 @@ fn new_key(now: i64) -> Result<StoredKey, KeyError> {
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| KeyError::Key(e.to_string()))?;
-    let kid = format!("syncstore-{}", hex::encode(&rand::random::<[u8; 8]>()));
+    let kid = format!("syncstore-{}", hex::encode(rand::random::<[u8; 8]>()));
     Ok(StoredKey {
         kid,
         created_at: now,
