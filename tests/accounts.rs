@@ -169,3 +169,66 @@ fn the_database_never_holds_the_password_auth_pw_or_kb() {
     // The positive control: the account itself is there.
     assert!(bytes.windows(EMAIL.len()).any(|w| w == EMAIL.as_bytes()));
 }
+
+/// Firefox signs auth-server requests with Hawk, keyed by the token's derived key: a
+/// good signature is accepted, a bad one is 401 errno 109, a replay 401 errno 115.
+#[test]
+fn hawk_signed_session_requests_are_verified() {
+    use syncstore::auth::hawk::{HawkHeader, SignedRequest, compute_mac};
+    let data = tempfile::tempdir().unwrap();
+    add_account(data.path(), EMAIL, PASSWORD);
+    let s = Server::start_in(data, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_, session) = login(&s, EMAIL, PASSWORD).await;
+        let token: [u8; 32] = hex::decode(session["sessionToken"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let k = crypto::token_keys(&token, "sessionToken");
+        let (host, port) = s.addr.split_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        let ts = common::now();
+        let header = |nonce: &str, key: &[u8]| {
+            let h = HawkHeader {
+                id: hex::encode(k.id),
+                ts,
+                ts_raw: ts.to_string(),
+                nonce: nonce.into(),
+                mac: String::new(),
+                hash: None,
+                ext: None,
+            };
+            let req = SignedRequest {
+                method: "GET",
+                path_and_query: "/v1/session/status",
+                host,
+                port,
+            };
+            let mac = compute_mac(key, &h, &req);
+            format!(
+                "Hawk id=\"{}\", ts=\"{ts}\", nonce=\"{nonce}\", mac=\"{mac}\"",
+                h.id
+            )
+        };
+        let get = |authz: String| {
+            let url = format!("{}/v1/session/status", s.url());
+            async move {
+                let r = reqwest::Client::new()
+                    .get(url)
+                    .header("authorization", authz)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, body) = get(header("n1", &k.auth_key)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["uid"], session["uid"]);
+        let (status, body) = get(header("n1", &k.auth_key)).await;
+        assert_eq!((status, body["errno"].as_i64()), (401, Some(115)), "{body}");
+        let (status, body) = get(header("n2", &k.bundle_key)).await;
+        assert_eq!((status, body["errno"].as_i64()), (401, Some(109)), "{body}");
+    });
+}
