@@ -176,6 +176,12 @@ pub struct Settings {
     /// `SYNCSTORE_COLLECTION_LIMITS="bookmarks.max_post_bytes=10000000,…"`).
     /// info/configuration keeps publishing the defaults.
     pub collection_limits: BTreeMap<String, CollectionLimits>,
+    /// Serve the built-in Firefox Accounts-compatible service (with the tokenserver,
+    /// on the public origin); its tokens are trusted by this tokenserver.
+    pub accounts: bool,
+    /// Who may create accounts over the API: `closed` (only `syncstore account add`),
+    /// `invite` (not offered yet: as closed) or `open`.
+    pub accounts_signups: String,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -251,6 +257,8 @@ impl Default for Settings {
             max_moved_file_bytes: 4 << 30,
             cors_allowed_origins: vec![],
             collection_limits: BTreeMap::new(),
+            accounts: true,
+            accounts_signups: "closed".into(),
         }
     }
 }
@@ -362,6 +370,9 @@ impl Settings {
         if self.max_open_users == 0 || self.connections_per_user == 0 {
             return bad("max_open_users and connections_per_user must be at least 1");
         }
+        if !matches!(self.accounts_signups.as_str(), "closed" | "invite" | "open") {
+            return bad("accounts_signups must be \"closed\", \"invite\" or \"open\"");
+        }
         if !self.public_url.is_empty() && self.public_url.parse::<axum::http::Uri>().is_err() {
             return bad("public_url is not a valid URL");
         }
@@ -398,6 +409,11 @@ impl Settings {
             "" => None,
             addr => Some(addr.to_string()),
         }
+    }
+
+    /// Whether this process serves the accounts service (with the tokenserver).
+    pub fn serves_accounts(&self) -> bool {
+        self.accounts && self.serves_tokens()
     }
 
     /// Whether this process serves the tokenserver API.

@@ -8,11 +8,14 @@
 //!   manager (`UserDbs`), the SQL, and one method per protocol operation (`Storage`).
 //! * [`tokenserver`] — FxA OAuth verification, node assignment with rollout rules, the
 //!   assignment database (SQLite or PostgreSQL).
+//! * [`accounts`] — the built-in Firefox Accounts-compatible service (onepw, sessions,
+//!   OAuth with its own RS256 key, devices, profile), trusted by the tokenserver.
 //! * [`admin`] — operator commands (nodes, rollout rules, sign-ups).
 //! * [`web`] — the axum router, extractors, handlers and the error → response mapping.
 //!
 //! The binary (`src/main.rs`) only parses flags and calls [`run`], which tests call too.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod cluster;
@@ -49,6 +52,9 @@ pub enum ServerError {
     /// The tokenserver could not be set up.
     #[error("tokenserver: {0}")]
     Tokenserver(String),
+    /// The accounts service could not be set up.
+    #[error("accounts: {0}")]
+    Accounts(String),
     /// Listening or serving failed.
     #[error("network: {0}")]
     Io(#[from] std::io::Error),
@@ -82,6 +88,7 @@ pub async fn open_assignments(settings: &Settings) -> Result<AssignmentDb, Serve
 async fn tokenserver_parts(
     settings: &Settings,
     node_url: &str,
+    local_issuer: Option<Arc<dyn tokenserver::fxa::LocalIssuer>>,
 ) -> Result<(Option<Arc<Tokenserver>>, Option<Arc<AssignmentCheck>>), ServerError> {
     let shares_db = settings.serves_tokens() || !settings.tokenserver_database_url.is_empty();
     if !shares_db {
@@ -103,13 +110,16 @@ async fn tokenserver_parts(
                 );
             }
         }
-        let fxa = FxaVerifier::new(&FxaConfig {
+        let mut fxa = FxaVerifier::new(&FxaConfig {
             jwks: settings.fxa_jwks.clone(),
             issuer: settings.fxa_issuer.clone(),
             verify_url: settings.fxa_verify_url.clone(),
             cache_ttl: Duration::from_secs(settings.fxa_verify_cache_secs),
         })
         .map_err(|e| ServerError::Tokenserver(e.to_string()))?;
+        if let Some(local) = local_issuer {
+            fxa.trust_local(local);
+        }
         let config = TokenserverConfig {
             secrets: settings.secrets.clone(),
             token_duration: settings.token_duration_secs,
@@ -126,6 +136,31 @@ async fn tokenserver_parts(
         ))
     });
     Ok((tokenserver, check))
+}
+
+/// Opens the accounts service when this process serves it; its tokens' issuer is the
+/// public URL (else this process's own URL).
+fn accounts_service(
+    settings: &Settings,
+    node_url: &str,
+) -> Result<Option<accounts::api::ApiState>, ServerError> {
+    if !settings.serves_accounts() {
+        return Ok(None);
+    }
+    let issuer = match settings.public_url.as_str() {
+        "" => node_url,
+        url => url,
+    };
+    let signups = accounts::Signups::parse(&settings.accounts_signups)
+        .ok_or_else(|| ServerError::Accounts("bad accounts_signups".into()))?;
+    let service = accounts::Accounts::open(&settings.data_dir, issuer, signups)
+        .map_err(ServerError::Accounts)?;
+    tracing::info!(signups = %settings.accounts_signups, "accounts service enabled at /v1");
+    Ok(Some(accounts::api::ApiState {
+        accounts: Arc::new(service),
+        public_url: settings.public_url.clone(),
+        trust_forwarded: settings.trust_forwarded_headers,
+    }))
 }
 
 /// Builds the process's state from settings (which must hold a secret).
@@ -291,7 +326,12 @@ pub async fn run(
     let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let node_url = node_url(&settings, listener.local_addr()?);
-    let (tokenserver, assignments) = tokenserver_parts(&settings, &node_url).await?;
+    let accounts = accounts_service(&settings, &node_url)?;
+    let local_issuer = accounts.as_ref().map(|a| {
+        let signer: Arc<dyn tokenserver::fxa::LocalIssuer> = a.accounts.signer();
+        signer
+    });
+    let (tokenserver, assignments) = tokenserver_parts(&settings, &node_url, local_issuer).await?;
     let metrics_server = match settings.metrics_listen.as_str() {
         "" => None,
         addr => {
@@ -310,7 +350,8 @@ pub async fn run(
         ),
         None => None,
     };
-    let state = build_state(settings, tokenserver, assignments)?;
+    let mut state = build_state(settings, tokenserver, assignments)?;
+    state.accounts = accounts;
     let internal_server = match internal_listener {
         Some(l) => Some(serve_internal(l, &state, limits.clone()).await?),
         None => None,

@@ -2,6 +2,7 @@
 //! [`users`] holds the commands over user files.
 //! Changes take effect on the next token request; no restart is needed.
 
+pub mod accounts;
 pub mod moves;
 pub mod users;
 

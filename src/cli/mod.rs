@@ -2,6 +2,7 @@
 //! flags it reads beside the code that uses them. `main.rs` only parses, dispatches
 //! through [`run`] and prints the error.
 
+mod account;
 mod import;
 mod maintenance;
 mod memory;
@@ -65,6 +66,9 @@ enum Command {
     /// Ask a running server's /__heartbeat__ whether it is healthy (exit 0) or not
     /// (exit 1): for container health checks and monitoring scripts.
     Health(maintenance::HealthArgs),
+    /// Manage the built-in accounts service's accounts and signing key.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
     /// Open or close sign-ups of new users.
     Signups(rollout::SignupsArgs),
 }
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(cmd) => node::node(cmd),
         Command::Rollout(cmd) => rollout::rollout(cmd),
         Command::Signups(args) => rollout::signups(args),
+        Command::Account(cmd) => account::account(cmd),
         Command::User(cmd) => user::user(cmd),
         Command::Health(args) => maintenance::health(args),
         Command::ImportLegacy(args) => import::import_legacy(args),
@@ -98,6 +103,9 @@ pub enum CliError {
     /// An operator command failed.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// An account command failed.
+    #[error(transparent)]
+    Account(#[from] syncstore::admin::accounts::AccountAdminError),
     /// The assignment database could not be opened.
     #[error("cannot open the assignment database: {0}")]
     Assignments(#[from] DbError),

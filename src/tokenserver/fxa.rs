@@ -83,8 +83,18 @@ pub struct FxaConfig {
     pub cache_ttl: Duration,
 }
 
+/// An in-process token issuer the tokenserver trusts beside FxA (the accounts service).
+pub trait LocalIssuer: Send + Sync {
+    /// `None` when `token` is not this issuer's (it names none of its key ids);
+    /// otherwise the decision: the user of a valid token carrying the oldsync scope,
+    /// or why it is refused. A refused token of this issuer is never sent anywhere.
+    fn verify_local(&self, token: &str) -> Option<Result<OAuthUser, FxaError>>;
+}
+
 /// Verifies FxA OAuth access tokens.
 pub struct FxaVerifier {
+    /// This process's accounts service, whose tokens are checked first, locally.
+    local: Option<Arc<dyn LocalIssuer>>,
     keys: Vec<(Option<String>, DecodingKey)>,
     issuer: Option<String>,
     verify_url: Option<String>,
@@ -194,6 +204,7 @@ impl FxaVerifier {
             url => non_empty(url),
         };
         Ok(FxaVerifier {
+            local: None,
             keys,
             issuer: non_empty(&cfg.issuer),
             verify_url,
@@ -211,9 +222,18 @@ impl FxaVerifier {
         self.verify_url.as_deref()
     }
 
-    /// Verifies an access token: a JWT under a key of the JWK set is decided locally
-    /// (refusals included); any other token goes to the verify URL, if there is one.
+    /// Also trusts the tokens of an in-process issuer (checked first, no remote call).
+    pub fn trust_local(&mut self, issuer: Arc<dyn LocalIssuer>) {
+        self.local = Some(issuer);
+    }
+
+    /// Verifies an access token: one of this process's accounts service is checked
+    /// first; a JWT under a key of the JWK set is decided locally (refusals included);
+    /// any other token goes to the verify URL, if there is one.
     pub async fn verify(&self, token: &str) -> Result<OAuthUser, FxaError> {
+        if let Some(decided) = self.local.as_ref().and_then(|l| l.verify_local(token)) {
+            return decided;
+        }
         if let Some(header) = self.known_jwt_header(token) {
             return self.verify_jwt(token, &header);
         }

@@ -126,6 +126,7 @@ pub async fn serve_router(
         };
         tokio::spawn(serve_connection(
             stream,
+            peer,
             app.clone(),
             builder.clone(),
             timeouts,
@@ -158,6 +159,7 @@ fn dropped(reason: &'static str) {
 /// server stops. `held` (its slots) is released when it ends.
 async fn serve_connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     builder: Arc<Builder<TokioExecutor>>,
     timeouts: Timeouts,
@@ -185,8 +187,11 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let request = tracked.begin();
+        // The peer's address, for per-address limits (the accounts service's).
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let response = app.clone().oneshot(req);
         async move {
             let res = response.await;

@@ -49,6 +49,8 @@ pub struct AppState {
     pub tokenserver: Option<Arc<Tokenserver>>,
     /// Refuses users moved to other nodes, when an assignment database is shared.
     pub assignments: Option<Arc<AssignmentCheck>>,
+    /// The accounts service's routes, when this process serves it.
+    pub accounts: Option<crate::accounts::api::ApiState>,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
             public_host,
             tokenserver,
             assignments,
+            accounts: None,
         }
     }
 }
@@ -161,6 +164,9 @@ pub fn router(state: AppState) -> Router {
         if !state.settings.fxa_events_client_id.is_empty() {
             api = api.route("/1.0/webhooks/fxa/events", post(events::fxa_events));
         }
+    }
+    if let Some(accounts) = &state.accounts {
+        api = api.merge(crate::accounts::api::router(accounts.clone()));
     }
     if state.settings.serves_storage() {
         // Node-to-node routes are served on the internal listener only (internal::router).

@@ -1,0 +1,1056 @@
+//! A Firefox Accounts-compatible accounts service (onepw sign-in, sessions, keys,
+//! OAuth, devices, profile), so one syncstore process is a whole Sync deployment.
+//!
+//! * `crypto` — onepw: stretching, the scrypt verifier, token derivations, bundles.
+//! * `store` — the accounts database (`<data_dir>/accounts.sqlite`).
+//! * `oauth` — the service's RSA signing keys and its RS256 access tokens.
+//! * `limits` — failed-attempt limits per account and per client address.
+//! * `api` — the HTTP routes under `/v1` (FxA's auth, OAuth and profile APIs) and the
+//!   discovery documents; sign-in pages (static assets) will sit beside it.
+//!
+//! The server never sees the password or kB: clients send `authPW`, a one-way
+//! derivation of the stretched password; the server keeps a scrypt-hardened verifier
+//! and `wrapWrapKb`, which only `authPW` unwraps into `wrapKb` (still wrapped by the
+//! client's `unwrapBKey`).
+
+pub mod api;
+pub mod crypto;
+pub mod limits;
+pub mod oauth;
+pub mod store;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::hawk::{self, SignedRequest};
+use crate::auth::nonce::NonceCache;
+use crate::tokenserver::fxa::OLDSYNC_SCOPE;
+use limits::Limiter;
+use oauth::{AccessClaims, Signer};
+use store::{Account, Code, Device, Refresh, Store, TokenRow};
+
+/// The Sync key scope (keys derived the legacy way from kB).
+pub use crate::tokenserver::fxa::OLDSYNC_SCOPE as SYNC_SCOPE;
+/// The profile scope.
+pub const PROFILE_SCOPE: &str = "profile";
+/// Lifetime of an authorization code, ms.
+const CODE_TTL_MS: i64 = 10 * 60 * 1000;
+/// Lifetime of key fetch and password change tokens, ms.
+const SHORT_TOKEN_TTL_MS: i64 = 15 * 60 * 1000;
+/// Clock difference allowed in Hawk signatures, seconds.
+const HAWK_SKEW_SECS: i64 = 60;
+/// Most scrypt verifications at once (64 MiB each).
+const HASH_SLOTS: usize = 2;
+
+/// The current time, ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Who may create an account over the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signups {
+    /// Only the operator (`syncstore account add`).
+    Closed,
+    /// Holders of an invite (not offered yet: as closed).
+    Invite,
+    /// Anyone.
+    Open,
+}
+
+impl Signups {
+    /// Parses the `accounts_signups` setting.
+    pub fn parse(s: &str) -> Option<Signups> {
+        match s {
+            "closed" => Some(Signups::Closed),
+            "invite" => Some(Signups::Invite),
+            "open" => Some(Signups::Open),
+            _ => None,
+        }
+    }
+}
+
+/// Errors of the accounts service, each an FxA error (status, errno).
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// 400 errno 101.
+    #[error("Account already exists")]
+    AccountExists,
+    /// 400 errno 102.
+    #[error("Unknown account")]
+    UnknownAccount,
+    /// 400 errno 103.
+    #[error("Incorrect password")]
+    IncorrectPassword,
+    /// 400 errno 107.
+    #[error("Invalid parameter in request body: {0}")]
+    InvalidParameter(String),
+    /// 400 errno 108.
+    #[error("Missing parameter in request body: {0}")]
+    MissingParameter(String),
+    /// 401 errno 109.
+    #[error("Invalid request signature")]
+    InvalidSignature,
+    /// 401 errno 110.
+    #[error("The authentication token could not be found")]
+    InvalidToken,
+    /// 401 errno 111 (with the server's time).
+    #[error("Invalid authentication timestamp")]
+    InvalidTimestamp,
+    /// 401 errno 115.
+    #[error("Invalid nonce in request signature")]
+    InvalidNonce,
+    /// 429 errno 114, with `retryAfter` seconds.
+    #[error("Client has sent too many requests")]
+    TooManyRequests(u64),
+    /// 400 errno 120: the email's case differs from the account's (which salts the
+    /// client's stretch); the client retries with this one.
+    #[error("Incorrect email case")]
+    IncorrectEmailCase(String),
+    /// 400 errno 125: sign-ups are closed, or the account is disabled.
+    #[error("The request was blocked for security reasons: {0}")]
+    Blocked(&'static str),
+    /// 400 errno 162 (OAuth): unknown, expired or used code or refresh token, or a
+    /// PKCE verifier that does not match.
+    #[error("Invalid grant: {0}")]
+    InvalidGrant(&'static str),
+    /// 400 errno 163 (OAuth): a scope this service does not grant.
+    #[error("Requested scopes are not allowed")]
+    InvalidScopes,
+    /// 503 errno 202: a feature this server does not offer (push, device commands).
+    #[error("Feature not enabled: {0}")]
+    NotEnabled(&'static str),
+    /// 500 errno 999: the database or a key failed (the cause is logged, not sent).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<store::StoreError> for AccountsError {
+    fn from(e: store::StoreError) -> Self {
+        AccountsError::Internal(e.to_string())
+    }
+}
+
+impl From<oauth::KeyError> for AccountsError {
+    fn from(e: oauth::KeyError) -> Self {
+        AccountsError::Internal(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, AccountsError>;
+
+/// How a request proved a token: Hawk (as Firefox signs) or a prefixed Bearer id
+/// (as current FxA clients send, e.g. `Bearer fxs_<id>`).
+#[derive(Debug, Clone)]
+pub enum TokenAuth {
+    /// A Hawk `Authorization` header and what the client signed.
+    Hawk {
+        /// The parsed header.
+        header: Box<hawk::HawkHeader>,
+        /// Method, path and query, host, port.
+        method: String,
+        /// Path and query as sent.
+        path_and_query: String,
+        /// Host as signed.
+        host: String,
+        /// Port as signed.
+        port: u16,
+        /// The body's hash, when the header carries one (checked then).
+        body_hash: Option<String>,
+    },
+    /// A prefixed Bearer token: the kind's prefix and the hex token id.
+    Bearer {
+        /// `fxs`, `fxk`, `fxpc`.
+        prefix: String,
+        /// The token id, hex.
+        id: String,
+    },
+}
+
+/// A verified token and its account.
+pub struct Authed {
+    /// The token's row.
+    pub token: TokenRow,
+    /// The account.
+    pub account: Account,
+}
+
+/// A newly made session (and key fetch token).
+pub struct NewSession {
+    /// The account.
+    pub account: Account,
+    /// The session token, hex.
+    pub session_token: String,
+    /// The key fetch token, hex, when keys were asked for.
+    pub key_fetch_token: Option<String>,
+    /// When the session was made, s.
+    pub auth_at: i64,
+}
+
+/// An issued OAuth grant.
+pub struct Grant {
+    /// The access token (JWT).
+    pub access_token: String,
+    /// The refresh token, hex, for offline grants.
+    pub refresh_token: Option<String>,
+    /// Granted scopes.
+    pub scope: String,
+    /// Access token lifetime, s.
+    pub expires_in: i64,
+    /// When the user authenticated, s.
+    pub auth_at: i64,
+    /// The client's encrypted keys, passed through from the authorization.
+    pub keys_jwe: Option<String>,
+}
+
+/// What an OAuth grant is for.
+struct GrantRequest<'a> {
+    client_id: &'a str,
+    scope: &'a str,
+    ttl: i64,
+    offline: bool,
+    auth_at: i64,
+    keys_jwe: Option<String>,
+}
+
+/// The accounts service.
+pub struct Accounts {
+    store: Store,
+    signer: Arc<Signer>,
+    signups: Signups,
+    limiter: Limiter,
+    nonces: NonceCache,
+    hash_slots: tokio::sync::Semaphore,
+}
+
+fn prefix_of(kind: &str) -> &'static str {
+    match kind {
+        "sessionToken" => "fxs",
+        "keyFetchToken" => "fxk",
+        "passwordChangeToken" => "fxpc",
+        _ => "",
+    }
+}
+
+/// Parses a 64-hex-character value.
+pub fn hex32(name: &str, value: &str) -> Result<[u8; 32]> {
+    let bytes = hex::decode(value).map_err(|_| AccountsError::InvalidParameter(name.into()))?;
+    bytes
+        .try_into()
+        .map_err(|_| AccountsError::InvalidParameter(name.into()))
+}
+
+/// Whether `email` looks like an email address (FxA's own check is looser still).
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && email.len() <= 255
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Scopes this service grants: oldsync, profile (and its sub-scopes) and FxA's
+/// session-token scope.
+fn allowed_scope(scope: &str) -> bool {
+    scope == OLDSYNC_SCOPE
+        || scope == PROFILE_SCOPE
+        || scope.starts_with("profile:")
+        || scope == "https://identity.mozilla.com/tokens/session"
+}
+
+/// Normalizes a space-separated scope list; refuses scopes not granted here.
+fn parse_scopes(scope: &str) -> Result<String> {
+    let mut scopes: Vec<&str> = scope.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    scopes.dedup();
+    if scopes.is_empty() || !scopes.iter().all(|s| allowed_scope(s)) {
+        return Err(AccountsError::InvalidScopes);
+    }
+    Ok(scopes.join(" "))
+}
+
+/// Public OAuth clients are identified by 16 hex characters (FxA's format).
+fn check_client_id(client_id: &str) -> Result<()> {
+    if client_id.len() == 16 && client_id.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(AccountsError::InvalidParameter("client_id".into()))
+    }
+}
+
+impl Accounts {
+    /// Opens the database and the signing keys in `data_dir`.
+    pub fn open(
+        data_dir: &std::path::Path,
+        issuer: &str,
+        signups: Signups,
+    ) -> std::result::Result<Accounts, String> {
+        let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+        let signer = Signer::load(data_dir, issuer).map_err(|e| e.to_string())?;
+        Ok(Accounts {
+            store,
+            signer: Arc::new(signer),
+            signups,
+            limiter: Limiter::new(10, Duration::from_secs(60)),
+            nonces: NonceCache::new(HAWK_SKEW_SECS * 2, 1_000_000),
+            hash_slots: tokio::sync::Semaphore::new(HASH_SLOTS),
+        })
+    }
+
+    /// The signer, which the tokenserver trusts in-process.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.signer.clone()
+    }
+
+    /// The database (for operator commands).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(|e| AccountsError::Internal(e.to_string()))?
+    }
+
+    /// scrypt off the reactor, at most `HASH_SLOTS` at once.
+    async fn harden(&self, auth_pw: [u8; 32], salt: [u8; 32]) -> Result<crypto::Hardened> {
+        let _slot = self
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|e| AccountsError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(move || crypto::harden(&auth_pw, &salt))
+            .await
+            .map_err(|e| AccountsError::Internal(e.to_string()))
+    }
+
+    /// Creates an account from the client's `authPW` (API sign-up, subject to the
+    /// sign-up policy) and signs it in.
+    pub async fn create(
+        &self,
+        email: &str,
+        auth_pw: &str,
+        keys: bool,
+        user_agent: &str,
+    ) -> Result<NewSession> {
+        if self.signups != Signups::Open {
+            return Err(AccountsError::Blocked("sign-ups are closed"));
+        }
+        let account = self.add_account(email, auth_pw).await?;
+        self.new_session(account, keys, user_agent).await
+    }
+
+    /// Makes an account (no session): the operator's `account add` and API sign-up.
+    pub async fn add_account(&self, email: &str, auth_pw: &str) -> Result<Account> {
+        let auth_pw = hex32("authPW", auth_pw)?;
+        let email = email.to_string();
+        let _slot = self
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|e| AccountsError::Internal(e.to_string()))?;
+        self.blocking(move |s| insert_new_account(&s, &email, &auth_pw))
+            .await
+    }
+
+    /// Checks `authPW` for `email` with the attempt limits; the account on success.
+    async fn check_password(
+        &self,
+        email: &str,
+        auth_pw: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Account> {
+        let auth_pw = hex32("authPW", auth_pw)?;
+        let key = store::normalize_email(email);
+        self.limiter.check(&key, ip)?;
+        let e = email.to_string();
+        let account = self.blocking(move |s| Ok(s.account_by_email(&e)?)).await?;
+        let Some(account) = account else {
+            self.limiter.fail(&key, ip);
+            return Err(AccountsError::UnknownAccount);
+        };
+        // The email salts the client's stretch: another case gives another authPW, so
+        // the client is told the account's own (as FxA does) before any check.
+        if account.email != email.trim() {
+            return Err(AccountsError::IncorrectEmailCase(account.email));
+        }
+        let h = self.harden(auth_pw, account.auth_salt).await?;
+        if !crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
+            self.limiter.fail(&key, ip);
+            return Err(AccountsError::IncorrectPassword);
+        }
+        if account.disabled {
+            return Err(AccountsError::Blocked("the account is disabled"));
+        }
+        self.limiter.succeed(&key);
+        let wrap_kb = crypto::xor32(&account.wrap_wrap_kb, &h.wrapwrap_key);
+        Ok(Account {
+            // Only carried to make the key bundle; never stored in the clear.
+            wrap_wrap_kb: wrap_kb,
+            ..account
+        })
+    }
+
+    /// Signs in with `authPW`.
+    pub async fn login(
+        &self,
+        email: &str,
+        auth_pw: &str,
+        keys: bool,
+        ip: Option<IpAddr>,
+        user_agent: &str,
+    ) -> Result<NewSession> {
+        let account = self.check_password(email, auth_pw, ip).await?;
+        self.new_session(account, keys, user_agent).await
+    }
+
+    /// A new session (and key fetch token) for an account whose `wrap_wrap_kb` field
+    /// holds the unwrapped `wrapKb` (see `check_password`; `add_account` made a random one).
+    async fn new_session(&self, account: Account, keys: bool, ua: &str) -> Result<NewSession> {
+        let now = now_ms();
+        let session = crypto::random32();
+        let sk = crypto::token_keys(&session, "sessionToken");
+        let mut rows = vec![TokenRow {
+            id_hash: crypto::sha256(&sk.id),
+            kind: "sessionToken".into(),
+            uid: account.uid.clone(),
+            auth_key: sk.auth_key,
+            data: None,
+            created_at: now,
+            last_used_at: now,
+            user_agent: ua.chars().take(200).collect(),
+        }];
+        let mut key_fetch_token = None;
+        if keys {
+            let kft = crypto::random32();
+            let kk = crypto::token_keys(&kft, "keyFetchToken");
+            let mut payload = account.ka.to_vec();
+            payload.extend_from_slice(&account.wrap_wrap_kb);
+            rows.push(TokenRow {
+                id_hash: crypto::sha256(&kk.id),
+                kind: "keyFetchToken".into(),
+                uid: account.uid.clone(),
+                auth_key: kk.auth_key,
+                // Stored encrypted for the token's holder only.
+                data: Some(crypto::bundle(&kk.bundle_key, "account/keys", &payload)),
+                created_at: now,
+                last_used_at: now,
+                user_agent: String::new(),
+            });
+            key_fetch_token = Some(hex::encode(kft));
+        }
+        self.blocking(move |s| {
+            for r in &rows {
+                s.insert_token(r)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(NewSession {
+            account,
+            session_token: hex::encode(session),
+            key_fetch_token,
+            auth_at: now / 1000,
+        })
+    }
+
+    /// Verifies a request's token of `kind` (Hawk or prefixed Bearer).
+    pub async fn authenticate(&self, auth: &TokenAuth, kind: &str) -> Result<Authed> {
+        let id = match auth {
+            TokenAuth::Hawk { header, .. } => header.id.clone(),
+            TokenAuth::Bearer { prefix, id } => {
+                if prefix != prefix_of(kind) {
+                    return Err(AccountsError::InvalidToken);
+                }
+                id.clone()
+            }
+        };
+        let id = hex32("id", &id).map_err(|_| AccountsError::InvalidToken)?;
+        let id_hash = crypto::sha256(&id);
+        let k = kind.to_string();
+        let found = self
+            .blocking(move |s| {
+                let Some(t) = s.token(&id_hash, &k)? else {
+                    return Ok(None);
+                };
+                Ok(s.account(&t.uid)?.map(|a| (t, a)))
+            })
+            .await?;
+        let Some((token, account)) = found else {
+            return Err(AccountsError::InvalidToken);
+        };
+        let now = now_ms();
+        if kind != "sessionToken" && token.created_at + SHORT_TOKEN_TTL_MS < now {
+            return Err(AccountsError::InvalidToken);
+        }
+        if account.disabled {
+            return Err(AccountsError::InvalidToken);
+        }
+        if let TokenAuth::Hawk {
+            header,
+            method,
+            path_and_query,
+            host,
+            port,
+            body_hash,
+        } = auth
+        {
+            if (header.ts - now / 1000).abs() > HAWK_SKEW_SECS {
+                return Err(AccountsError::InvalidTimestamp);
+            }
+            let req = SignedRequest {
+                method,
+                path_and_query,
+                host,
+                port: *port,
+            };
+            let mac = hawk::compute_mac(&token.auth_key, header, &req);
+            if !hawk::macs_equal(&mac, &header.mac) {
+                return Err(AccountsError::InvalidSignature);
+            }
+            if let (Some(signed), Some(actual)) = (&header.hash, body_hash)
+                && !hawk::macs_equal(signed, actual)
+            {
+                return Err(AccountsError::InvalidSignature);
+            }
+            let owner = u64::from_be_bytes(id[..8].try_into().expect("8"));
+            self.nonces
+                .check_and_insert(owner, &header.id, header.ts, &header.nonce, now / 1000)
+                .map_err(|_| AccountsError::InvalidNonce)?;
+        }
+        if kind == "sessionToken" {
+            let h = token.id_hash;
+            self.blocking(move |s| Ok(s.touch_token(&h, now)?)).await?;
+        }
+        Ok(Authed { token, account })
+    }
+
+    /// `GET /account/keys`: the encrypted key bundle (the key fetch token is used up).
+    pub async fn keys_bundle(&self, auth: &TokenAuth) -> Result<String> {
+        let a = self.authenticate(auth, "keyFetchToken").await?;
+        let h = a.token.id_hash;
+        self.blocking(move |s| Ok(s.delete_token(&h)?)).await?;
+        a.token
+            .data
+            .map(hex::encode)
+            .ok_or_else(|| AccountsError::Internal("key fetch token without keys".into()))
+    }
+
+    /// Whether an account exists (by uid or by email).
+    pub async fn exists(&self, uid: Option<String>, email: Option<String>) -> Result<bool> {
+        self.blocking(move |s| {
+            Ok(match (uid, email) {
+                (Some(uid), _) => s.account(&uid)?.is_some(),
+                (None, Some(email)) => s.account_by_email(&email)?.is_some(),
+                (None, None) => false,
+            })
+        })
+        .await
+    }
+
+    /// Destroys a session (and its device).
+    pub async fn destroy_session(&self, a: &Authed) -> Result<()> {
+        let h = a.token.id_hash;
+        self.blocking(move |s| Ok(s.delete_token(&h).map(|_| ())?))
+            .await
+    }
+
+    /// `POST /account/scoped-key-data`: key metadata of the requested key-bearing scopes.
+    pub fn scoped_key_data(
+        &self,
+        account: &Account,
+        client_id: &str,
+        scope: &str,
+    ) -> Result<serde_json::Value> {
+        check_client_id(client_id)?;
+        let scopes = parse_scopes(scope)?;
+        let mut out = serde_json::Map::new();
+        if scopes.split(' ').any(|s| s == OLDSYNC_SCOPE) {
+            out.insert(
+                OLDSYNC_SCOPE.into(),
+                serde_json::json!({
+                    "identifier": OLDSYNC_SCOPE,
+                    "keyRotationSecret": "0".repeat(64),
+                    "keyRotationTimestamp": account.keys_changed_at,
+                }),
+            );
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    fn access_token(
+        &self,
+        account: &Account,
+        client_id: &str,
+        scope: &str,
+        ttl: i64,
+    ) -> Result<(String, i64)> {
+        let ttl = if ttl <= 0 {
+            oauth::DEFAULT_ACCESS_TTL_SECS
+        } else {
+            ttl.min(oauth::MAX_ACCESS_TTL_SECS)
+        };
+        let now = now_ms() / 1000;
+        let claims = AccessClaims {
+            iss: self.signer.issuer().to_string(),
+            sub: account.uid.clone(),
+            aud: client_id.to_string(),
+            client_id: client_id.to_string(),
+            scope: scope.to_string(),
+            iat: now,
+            exp: now + ttl,
+            jti: hex::encode(rand::random::<[u8; 16]>()),
+            generation: account.verifier_set_at,
+        };
+        Ok((self.signer.sign(&claims)?, ttl))
+    }
+
+    async fn grant(&self, account: &Account, g: GrantRequest<'_>) -> Result<Grant> {
+        let GrantRequest {
+            client_id,
+            scope,
+            ttl,
+            offline,
+            auth_at,
+            keys_jwe,
+        } = g;
+        let (access_token, expires_in) = self.access_token(account, client_id, scope, ttl)?;
+        let mut refresh_token = None;
+        if offline {
+            let token = crypto::random32();
+            let now = now_ms();
+            let r = Refresh {
+                token_hash: crypto::sha256(&token),
+                uid: account.uid.clone(),
+                client_id: client_id.to_string(),
+                scope: scope.to_string(),
+                created_at: now,
+                last_used_at: now,
+            };
+            self.blocking(move |s| Ok(s.insert_refresh(&r)?)).await?;
+            refresh_token = Some(hex::encode(token));
+        }
+        Ok(Grant {
+            access_token,
+            refresh_token,
+            scope: scope.to_string(),
+            expires_in,
+            auth_at,
+            keys_jwe,
+        })
+    }
+
+    /// `grant_type=fxa-credentials`: a token straight from a session.
+    pub async fn token_from_session(
+        &self,
+        a: &Authed,
+        client_id: &str,
+        scope: &str,
+        ttl: i64,
+        offline: bool,
+    ) -> Result<Grant> {
+        check_client_id(client_id)?;
+        let scope = parse_scopes(scope)?;
+        let g = GrantRequest {
+            client_id,
+            scope: &scope,
+            ttl,
+            offline,
+            auth_at: a.token.created_at / 1000,
+            keys_jwe: None,
+        };
+        self.grant(&a.account, g).await
+    }
+
+    /// `POST /oauth/authorization`: a code for the session's account.
+    pub async fn authorize(
+        &self,
+        a: &Authed,
+        client_id: &str,
+        scope: &str,
+        code_challenge: Option<String>,
+        keys_jwe: Option<String>,
+        offline: bool,
+    ) -> Result<String> {
+        check_client_id(client_id)?;
+        let scope = parse_scopes(scope)?;
+        if let Some(c) = &code_challenge
+            && (c.len() != 43
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(AccountsError::InvalidParameter("code_challenge".into()));
+        }
+        let code = crypto::random32();
+        let row = Code {
+            uid: a.account.uid.clone(),
+            client_id: client_id.to_string(),
+            scope,
+            code_challenge,
+            keys_jwe,
+            offline,
+            auth_at: a.token.created_at / 1000,
+            expires_at: now_ms() + CODE_TTL_MS,
+        };
+        let h = crypto::sha256(&code);
+        self.blocking(move |s| Ok(s.insert_code(&h, &row)?)).await?;
+        Ok(hex::encode(code))
+    }
+
+    /// `grant_type=authorization_code`: trades a code (with its PKCE verifier).
+    pub async fn token_from_code(
+        &self,
+        client_id: &str,
+        code: &str,
+        verifier: Option<&str>,
+    ) -> Result<Grant> {
+        let code = hex32("code", code).map_err(|_| AccountsError::InvalidGrant("unknown code"))?;
+        let h = crypto::sha256(&code);
+        let row = self.blocking(move |s| Ok(s.take_code(&h)?)).await?;
+        let row = row.ok_or(AccountsError::InvalidGrant("unknown code"))?;
+        if row.expires_at < now_ms() || row.client_id != client_id {
+            return Err(AccountsError::InvalidGrant("unknown code"));
+        }
+        match (&row.code_challenge, verifier) {
+            (Some(challenge), Some(v)) => {
+                use base64::Engine;
+                let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(crypto::sha256(v.as_bytes()));
+                if !crypto::ct_eq(computed.as_bytes(), challenge.as_bytes()) {
+                    return Err(AccountsError::InvalidGrant("PKCE verifier does not match"));
+                }
+            }
+            (None, _) => {
+                // Public clients must use PKCE; confidential clients do not exist here.
+                return Err(AccountsError::InvalidGrant("code issued without PKCE"));
+            }
+            (Some(_), None) => return Err(AccountsError::MissingParameter("code_verifier".into())),
+        }
+        let uid = row.uid.clone();
+        let account = self.blocking(move |s| Ok(s.account(&uid)?)).await?;
+        let account = account
+            .filter(|a| !a.disabled)
+            .ok_or(AccountsError::InvalidGrant("unknown account"))?;
+        let g = GrantRequest {
+            client_id,
+            scope: &row.scope,
+            ttl: 0,
+            offline: row.offline,
+            auth_at: row.auth_at,
+            keys_jwe: row.keys_jwe.clone(),
+        };
+        self.grant(&account, g).await
+    }
+
+    /// `grant_type=refresh_token`: a new access token (scope narrowed if asked).
+    pub async fn token_from_refresh(
+        &self,
+        client_id: &str,
+        refresh: &str,
+        scope: Option<&str>,
+        ttl: i64,
+    ) -> Result<Grant> {
+        let token = hex32("refresh_token", refresh)
+            .map_err(|_| AccountsError::InvalidGrant("unknown refresh token"))?;
+        let h = crypto::sha256(&token);
+        let now = now_ms();
+        let row = self.blocking(move |s| Ok(s.use_refresh(&h, now)?)).await?;
+        let row = row
+            .filter(|r| r.client_id == client_id)
+            .ok_or(AccountsError::InvalidGrant("unknown refresh token"))?;
+        let scope = match scope {
+            Some(s) if !s.trim().is_empty() => {
+                let wanted = parse_scopes(s)?;
+                if !wanted
+                    .split(' ')
+                    .all(|w| row.scope.split(' ').any(|g| g == w))
+                {
+                    return Err(AccountsError::InvalidScopes);
+                }
+                wanted
+            }
+            _ => row.scope.clone(),
+        };
+        let uid = row.uid.clone();
+        let account = self.blocking(move |s| Ok(s.account(&uid)?)).await?;
+        let account = account
+            .filter(|a| !a.disabled)
+            .ok_or(AccountsError::InvalidGrant("unknown account"))?;
+        let (access_token, expires_in) = self.access_token(&account, client_id, &scope, ttl)?;
+        Ok(Grant {
+            access_token,
+            refresh_token: None,
+            scope,
+            expires_in,
+            auth_at: row.created_at / 1000,
+            keys_jwe: None,
+        })
+    }
+
+    /// `POST /oauth/destroy`: revokes a refresh token. Access tokens are JWTs that
+    /// stay valid until they expire (as FxA's).
+    pub async fn destroy_token(&self, token: &str) -> Result<()> {
+        if let Ok(t) = hex32("token", token) {
+            let h = crypto::sha256(&t);
+            self.blocking(move |s| Ok(s.delete_refresh(&h).map(|_| ())?))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Checks an access token of this service (`/v1/verify`, the profile endpoint).
+    pub fn verify_access(&self, token: &str) -> Option<AccessClaims> {
+        self.signer.verify(token)
+    }
+
+    /// The account of a uid.
+    pub async fn account(&self, uid: &str) -> Result<Option<Account>> {
+        let uid = uid.to_string();
+        self.blocking(move |s| Ok(s.account(&uid)?)).await
+    }
+
+    /// Registers (no id) or updates the session's device.
+    pub async fn put_device(&self, a: &Authed, update: DeviceUpdate) -> Result<Device> {
+        let uid = a.account.uid.clone();
+        let session = a.token.id_hash.to_vec();
+        self.blocking(move |s| {
+            let now = now_ms();
+            let existing = s.devices(&uid)?.into_iter().find(|d| match &update.id {
+                Some(id) => &d.id == id,
+                None => d.session_id_hash.as_deref() == Some(&session[..]),
+            });
+            if update.id.is_some() && existing.is_none() {
+                return Err(AccountsError::InvalidParameter("id".into()));
+            }
+            let mut d = existing.unwrap_or_else(|| Device {
+                id: hex::encode(rand::random::<[u8; 16]>()),
+                uid: uid.clone(),
+                session_id_hash: Some(session.clone()),
+                kind: "desktop".into(),
+                available_commands: "{}".into(),
+                created_at: now,
+                ..Default::default()
+            });
+            if let Some(v) = update.name {
+                d.name = v;
+            }
+            if let Some(v) = update.kind {
+                d.kind = v;
+            }
+            if let Some(v) = update.push_callback {
+                d.push_callback = Some(v);
+            }
+            if let Some(v) = update.push_public_key {
+                d.push_public_key = Some(v);
+            }
+            if let Some(v) = update.push_auth_key {
+                d.push_auth_key = Some(v);
+            }
+            if let Some(v) = update.available_commands {
+                d.available_commands = v.to_string();
+            }
+            d.last_access_at = now;
+            s.upsert_device(&d)?;
+            Ok(d)
+        })
+        .await
+    }
+
+    /// The account's devices.
+    pub async fn devices(&self, uid: &str) -> Result<Vec<Device>> {
+        let uid = uid.to_string();
+        self.blocking(move |s| Ok(s.devices(&uid)?)).await
+    }
+
+    /// Deletes a device and its session.
+    pub async fn destroy_device(&self, uid: &str, id: &str) -> Result<()> {
+        let (uid, id) = (uid.to_string(), id.to_string());
+        self.blocking(move |s| Ok(s.delete_device(&uid, &id).map(|_| ())?))
+            .await
+    }
+
+    /// Sessions, devices and refresh tokens of the account (attached clients).
+    pub async fn attached(&self, uid: &str) -> Result<(Vec<TokenRow>, Vec<Device>, Vec<Refresh>)> {
+        let uid = uid.to_string();
+        self.blocking(move |s| Ok((s.sessions(&uid)?, s.devices(&uid)?, s.refresh_tokens(&uid)?)))
+            .await
+    }
+
+    /// Revokes an attached client: a session (by id hash hex) or a refresh token.
+    pub async fn destroy_attached(
+        &self,
+        uid: &str,
+        session: Option<String>,
+        refresh: Option<String>,
+        device: Option<String>,
+    ) -> Result<()> {
+        let uid = uid.to_string();
+        self.blocking(move |s| {
+            if let Some(d) = device {
+                s.delete_device(&uid, &d)?;
+            }
+            if let Some(h) = session.and_then(|h| hex32("sessionTokenId", &h).ok())
+                && s.sessions(&uid)?.iter().any(|t| t.id_hash == h)
+            {
+                s.delete_token(&h)?;
+            }
+            if let Some(h) = refresh.and_then(|h| hex32("refreshTokenId", &h).ok())
+                && s.refresh_tokens(&uid)?.iter().any(|t| t.token_hash == h)
+            {
+                s.delete_refresh(&h)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `POST /password/change/start`: checks the old password; a key fetch token (for
+    /// the current kB) and a password change token.
+    pub async fn password_change_start(
+        &self,
+        email: &str,
+        old_auth_pw: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(String, String)> {
+        let account = self.check_password(email, old_auth_pw, ip).await?;
+        let session = self.new_session(account.clone(), true, "").await?;
+        // The session that carried the key fetch token is not needed.
+        let sk = crypto::token_keys(&hex32("s", &session.session_token)?, "sessionToken");
+        let sh = crypto::sha256(&sk.id);
+        let pct = crypto::random32();
+        let pk = crypto::token_keys(&pct, "passwordChangeToken");
+        let now = now_ms();
+        let row = TokenRow {
+            id_hash: crypto::sha256(&pk.id),
+            kind: "passwordChangeToken".into(),
+            uid: account.uid.clone(),
+            auth_key: pk.auth_key,
+            data: None,
+            created_at: now,
+            last_used_at: now,
+            user_agent: String::new(),
+        };
+        self.blocking(move |s| {
+            s.delete_token(&sh)?;
+            Ok(s.insert_token(&row)?)
+        })
+        .await?;
+        Ok((
+            session.key_fetch_token.unwrap_or_default(),
+            hex::encode(pct),
+        ))
+    }
+
+    /// `POST /password/change/finish`: the new verifier and the same kB (wrapped under
+    /// the new password); every other session and token is revoked; a new session.
+    pub async fn password_change_finish(
+        &self,
+        a: &Authed,
+        auth_pw: &str,
+        wrap_kb: &str,
+        keys: bool,
+        ua: &str,
+    ) -> Result<NewSession> {
+        let auth_pw = hex32("authPW", auth_pw)?;
+        let wrap_kb = hex32("wrapKb", wrap_kb)?;
+        let salt = crypto::random32();
+        let h = self.harden(auth_pw, salt).await?;
+        let wrap_wrap_kb = crypto::xor32(&wrap_kb, &h.wrapwrap_key);
+        let uid = a.account.uid.clone();
+        let now = now_ms();
+        let vh = h.verify_hash;
+        self.blocking(move |s| Ok(s.set_password(&uid, &salt, &vh, &wrap_wrap_kb, now, false)?))
+            .await?;
+        let mut account = a.account.clone();
+        account.verifier_set_at = now;
+        account.wrap_wrap_kb = wrap_kb;
+        self.new_session(account, keys, ua).await
+    }
+
+    /// Resets an account's password from a new `authPW` (operator command): kB cannot
+    /// be kept without the old password, so it changes (keys_changed_at moves, Sync
+    /// starts over with new keys) and every session is revoked.
+    pub async fn reset_password(&self, email: &str, auth_pw: &str) -> Result<()> {
+        let e = email.to_string();
+        let account = self.blocking(move |s| Ok(s.account_by_email(&e)?)).await?;
+        let account = account.ok_or(AccountsError::UnknownAccount)?;
+        let auth_pw = hex32("authPW", auth_pw)?;
+        let salt = crypto::random32();
+        let h = self.harden(auth_pw, salt).await?;
+        let now = now_ms();
+        let wwkb = crypto::random32();
+        self.blocking(move |s| {
+            Ok(s.set_password(&account.uid, &salt, &h.verify_hash, &wwkb, now, true)?)
+        })
+        .await
+    }
+}
+
+/// Makes an account from `authPW` and stores it (blocking: scrypt runs here). kB is
+/// random: the stored `wrapWrapKb` is random, so `wrapKb` and kB are too.
+pub fn insert_new_account(store: &Store, email: &str, auth_pw: &[u8; 32]) -> Result<Account> {
+    let email = email.trim().to_string();
+    if !valid_email(&email) {
+        return Err(AccountsError::InvalidParameter("email".into()));
+    }
+    let auth_salt = crypto::random32();
+    let h = crypto::harden(auth_pw, &auth_salt);
+    let now = now_ms();
+    let account = Account {
+        uid: hex::encode(rand::random::<[u8; 16]>()),
+        email,
+        auth_salt,
+        verify_hash: h.verify_hash,
+        wrap_wrap_kb: crypto::random32(),
+        ka: crypto::random32(),
+        verifier_set_at: now,
+        keys_changed_at: now,
+        created_at: now,
+        disabled: false,
+        display_name: None,
+    };
+    if !store.insert_account(&account)? {
+        return Err(AccountsError::AccountExists);
+    }
+    tracing::info!(uid = %account.uid, "account created");
+    Ok(account)
+}
+
+/// Fields of a device registration or update.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceUpdate {
+    /// The device id (update) or none (register).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// desktop, mobile, ...
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// WebPush endpoint.
+    #[serde(default)]
+    pub push_callback: Option<String>,
+    /// WebPush public key.
+    #[serde(default)]
+    pub push_public_key: Option<String>,
+    /// WebPush auth secret.
+    #[serde(default)]
+    pub push_auth_key: Option<String>,
+    /// Command name → data.
+    #[serde(default)]
+    pub available_commands: Option<serde_json::Value>,
+}

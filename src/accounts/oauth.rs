@@ -1,0 +1,328 @@
+//! The accounts service's OAuth signing keys and access tokens: RS256 JWTs signed with
+//! an RSA key generated on first start and kept in `<data_dir>/accounts-keys.json`
+//! (mode 0600). `syncstore account rotate-key` adds a new signing key; a retired key
+//! stays published (and trusted) until every token it signed has expired.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use rsa::traits::PublicKeyParts;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::tokenserver::fxa::{FxaError, LocalIssuer, OAuthUser, OLDSYNC_SCOPE};
+
+/// Longest lifetime of an access token, seconds.
+pub const MAX_ACCESS_TTL_SECS: i64 = 24 * 3600;
+/// Lifetime of an access token when the client asks for none, seconds.
+pub const DEFAULT_ACCESS_TTL_SECS: i64 = 6 * 3600;
+/// The file holding the signing keys.
+pub const KEYS_FILE: &str = "accounts-keys.json";
+
+/// Errors of the key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read or written.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A key in it is not usable.
+    #[error("signing key: {0}")]
+    Key(String),
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct StoredKey {
+    kid: String,
+    created_at: i64,
+    #[serde(default)]
+    retired_at: Option<i64>,
+    pem: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct KeyFile {
+    keys: Vec<StoredKey>,
+}
+
+struct PublicKey {
+    kid: String,
+    created_at: i64,
+    jwk: Value,
+    decoding: DecodingKey,
+}
+
+/// The signing key and the published (current and retired) public keys.
+pub struct Signer {
+    kid: String,
+    encoding: EncodingKey,
+    public: Vec<PublicKey>,
+    issuer: String,
+}
+
+/// The claims of an access token this service signs.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// This service's issuer URL.
+    pub iss: String,
+    /// The account uid.
+    pub sub: String,
+    /// The client.
+    pub aud: String,
+    /// The client.
+    pub client_id: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// Issued at, s.
+    pub iat: i64,
+    /// Expiry, s.
+    pub exp: i64,
+    /// Unique id.
+    pub jti: String,
+    /// When the password last changed, ms (FxA's generation).
+    #[serde(rename = "fxa-generation")]
+    pub generation: i64,
+}
+
+fn now_ms() -> i64 {
+    super::now_ms()
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> KeyError {
+    KeyError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn new_key(now: i64) -> Result<StoredKey, KeyError> {
+    let mut rng = rsa::rand_core::OsRng;
+    let key = rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(|e| KeyError::Key(e.to_string()))?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| KeyError::Key(e.to_string()))?;
+    let kid = format!("syncstore-{}", hex::encode(rand::random::<[u8; 8]>()));
+    Ok(StoredKey {
+        kid,
+        created_at: now,
+        retired_at: None,
+        pem: pem.to_string(),
+    })
+}
+
+fn write_keys(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| file_err(&tmp, e))?;
+    let text = serde_json::to_vec_pretty(file).map_err(|e| file_err(path, e))?;
+    f.write_all(&text)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+fn read_keys(path: &Path) -> Result<Option<KeyFile>, KeyError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).map_err(|e| file_err(path, e))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(file_err(path, e)),
+    }
+}
+
+/// Whether a retired key is still needed to verify the tokens it signed.
+fn still_published(k: &StoredKey, now: i64) -> bool {
+    k.retired_at
+        .is_none_or(|at| at + (MAX_ACCESS_TTL_SECS + 3600) * 1000 > now)
+}
+
+/// Adds a new signing key, retiring the current one (kept published until its tokens
+/// expire) and dropping retired keys no longer needed. Returns the new key's id.
+pub fn rotate(data_dir: &Path) -> Result<String, KeyError> {
+    let path = data_dir.join(KEYS_FILE);
+    let now = now_ms();
+    let mut file = read_keys(&path)?.unwrap_or_default();
+    for k in &mut file.keys {
+        k.retired_at.get_or_insert(now);
+    }
+    file.keys.retain(|k| still_published(k, now));
+    let key = new_key(now)?;
+    let kid = key.kid.clone();
+    file.keys.insert(0, key);
+    write_keys(&path, &file)?;
+    Ok(kid)
+}
+
+impl Signer {
+    /// Loads the keys from the data dir, generating the first one (0600) if there is
+    /// none. `issuer` is the `iss` of the tokens signed.
+    pub fn load(data_dir: &Path, issuer: &str) -> Result<Signer, KeyError> {
+        let path = data_dir.join(KEYS_FILE);
+        let now = now_ms();
+        let file = match read_keys(&path)? {
+            Some(f) if f.keys.iter().any(|k| k.retired_at.is_none()) => f,
+            _ => {
+                rotate(data_dir)?;
+                read_keys(&path)?.unwrap_or_default()
+            }
+        };
+        let current = file
+            .keys
+            .iter()
+            .find(|k| k.retired_at.is_none())
+            .ok_or_else(|| KeyError::Key("no current key".into()))?;
+        let encoding = EncodingKey::from_rsa_pem(current.pem.as_bytes())
+            .map_err(|e| KeyError::Key(e.to_string()))?;
+        let mut public = Vec::new();
+        for k in file.keys.iter().filter(|k| still_published(k, now)) {
+            let private = rsa::RsaPrivateKey::from_pkcs8_pem(&k.pem)
+                .map_err(|e| KeyError::Key(e.to_string()))?;
+            let n = URL_SAFE_NO_PAD.encode(private.n().to_bytes_be());
+            let e = URL_SAFE_NO_PAD.encode(private.e().to_bytes_be());
+            let decoding = DecodingKey::from_rsa_components(&n, &e)
+                .map_err(|e| KeyError::Key(e.to_string()))?;
+            public.push(PublicKey {
+                kid: k.kid.clone(),
+                created_at: k.created_at,
+                jwk: json!({
+                    "kty": "RSA", "alg": "RS256", "use": "sig", "kid": k.kid,
+                    "n": n, "e": e, "fxa-createdAt": k.created_at / 1000,
+                }),
+                decoding,
+            });
+        }
+        Ok(Signer {
+            kid: current.kid.clone(),
+            encoding,
+            public,
+            issuer: issuer.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The `iss` of this service's tokens.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The published keys as a JWK set.
+    pub fn jwks(&self) -> Value {
+        let mut keys: Vec<&PublicKey> = self.public.iter().collect();
+        keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
+        json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
+    }
+
+    /// Signs an access token (`typ: at+jwt`, as FxA's).
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, KeyError> {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| KeyError::Key(e.to_string()))
+    }
+
+    /// Verifies an access token this service signed (signature, issuer, expiry).
+    pub fn verify(&self, token: &str) -> Option<AccessClaims> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::RS256 {
+            return None;
+        }
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_aud = false;
+        validation.leeway = 30;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        self.public
+            .iter()
+            .filter(|k| header.kid.as_deref().is_none_or(|kid| kid == k.kid))
+            .find_map(|k| {
+                jsonwebtoken::decode::<AccessClaims>(token, &k.decoding, &validation).ok()
+            })
+            .map(|d| d.claims)
+    }
+}
+
+/// The tokenserver's in-process trust in this service's tokens.
+impl LocalIssuer for Signer {
+    fn verify_local(&self, token: &str) -> Option<Result<OAuthUser, FxaError>> {
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid;
+        let ours = kid.is_some_and(|kid| self.public.iter().any(|k| k.kid == kid));
+        let claims = match self.verify(token) {
+            Some(claims) => claims,
+            // One of our key ids but not valid (expired, forged, wrong issuer).
+            None if ours => return Some(Err(FxaError::Invalid("invalid access token".into()))),
+            None => return None,
+        };
+        if !claims.scope.split(' ').any(|s| s == OLDSYNC_SCOPE) {
+            return Some(Err(FxaError::Invalid("no oldsync scope".into())));
+        }
+        Some(Ok(OAuthUser {
+            fxa_uid: claims.sub,
+            generation: Some(claims.generation),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_private_rotate_and_old_tokens_stay_valid() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load(dir.path(), "http://a.example/").unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEYS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let claims = AccessClaims {
+            iss: "http://a.example".into(),
+            sub: "00".repeat(16),
+            aud: "c".into(),
+            client_id: "c".into(),
+            scope: OLDSYNC_SCOPE.into(),
+            iat: now_ms() / 1000,
+            exp: now_ms() / 1000 + 60,
+            jti: "j".into(),
+            generation: 1,
+        };
+        let token = signer.sign(&claims).unwrap();
+        assert_eq!(
+            signer.verify_local(&token).unwrap().unwrap().fxa_uid,
+            "00".repeat(16)
+        );
+        rotate(dir.path()).unwrap();
+        let rotated = Signer::load(dir.path(), "http://a.example").unwrap();
+        assert_ne!(rotated.kid, signer.kid);
+        assert_eq!(rotated.jwks()["keys"].as_array().unwrap().len(), 2);
+        assert!(rotated.verify(&token).is_some(), "old key still trusted");
+        let other = Signer::load(dir.path(), "http://b.example").unwrap();
+        assert!(other.verify(&token).is_none(), "issuer is checked");
+        // A token of ours that fails is decided here (refused), never passed on.
+        assert!(matches!(other.verify_local(&token), Some(Err(_))));
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        assert!(matches!(signer.verify_local(&forged), Some(Err(_))));
+        // A token naming a key id of no key of ours is not ours to decide.
+        let foreign = Signer::load(tempfile::tempdir().unwrap().path(), "http://a.example")
+            .unwrap()
+            .sign(&claims)
+            .unwrap();
+        assert!(signer.verify_local(&foreign).is_none());
+    }
+}
