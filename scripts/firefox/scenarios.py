@@ -82,8 +82,12 @@ def step(msg):
 
 DEVICE_CONNECTED = """
 Services.obs.notifyObservers(null, "fxaccounts:device_connected", args[0]);
-for (let i = 0; i < 100; i++) {
+for (let i = 0; i < 200; i++) {
   if ((fxAccounts.device.recentDeviceList || []).some(d => d.name == args[0])) return;
+  // The push handler fetches the list once; on a loaded machine that fetch can come
+  // before the new device's registration landed, so fetch again (as Firefox's own
+  // device-list UI does) until it shows.
+  if (i % 10 == 9) await fxAccounts.device.refreshDeviceList({ ignoreCached: true });
   await sleep(100);
 }
 throw new Error("the device list never showed " + args[0]);
