@@ -402,6 +402,14 @@ async fn a_receive_without_a_pending_move_to_this_node_is_refused() {
     let headers = signed_headers(&alone.url(), &path, &body);
     let (status, _) = post_internal(&internal_addr(&alone), &path, &headers, body).await;
     assert_eq!(status, 401);
+    // A correctly signed delete of a user who is still current is refused by both
+    // nodes: only uids the assignment database has retired may be deleted that way.
+    let path = format!("/__internal__/delete/{uid}");
+    for node in [&c.a, &c.b] {
+        let headers = signed_headers(&node.url(), &path, &[]);
+        let (status, text) = post_internal(&internal_addr(node), &path, &headers, vec![]).await;
+        assert_eq!(status, 409, "{text}");
+    }
     assert_eq!(
         client.get("/storage/tabs/x").await.json()["payload"],
         "kept"
