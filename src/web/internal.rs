@@ -121,6 +121,27 @@ struct MoveOrder {
     to: String,
 }
 
+/// Checks a small signed order (the head before the body), reads its body under
+/// `MAX_ORDER_BYTES` and checks it against the signed hash.
+async fn signed_order(
+    s: &InternalState,
+    headers: &HeaderMap,
+    path: &str,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
+    let verified = signed(s, headers, path).map_err(IntoResponse::into_response)?;
+    let Ok(body) = axum::body::to_bytes(body, MAX_ORDER_BYTES).await else {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "order too large"));
+    };
+    if hex::encode(Sha256::digest(&body)) != verified.body_sha256 {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "body does not match its signature",
+        ));
+    }
+    Ok(body)
+}
+
 /// `POST /__internal__/move/{uid}` `{"to": URL}`: move the user from this node to `to`.
 async fn move_user(
     State(s): State<InternalState>,
@@ -128,19 +149,11 @@ async fn move_user(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let verified = match signed(&s, &headers, &format!("/__internal__/move/{uid}")) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
+    let path = format!("/__internal__/move/{uid}");
+    let body = match signed_order(&s, &headers, &path, body).await {
+        Ok(body) => body,
+        Err(r) => return r,
     };
-    let Ok(body) = axum::body::to_bytes(body, MAX_ORDER_BYTES).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "order too large");
-    };
-    if hex::encode(Sha256::digest(&body)) != verified.body_sha256 {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "body does not match its signature",
-        );
-    }
     let Ok(order) = serde_json::from_slice::<MoveOrder>(&body) else {
         return error(StatusCode::BAD_REQUEST, "bad order");
     };
@@ -158,18 +171,9 @@ async fn delete_user(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let verified = match signed(&s, &headers, &format!("/__internal__/delete/{uid}")) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let Ok(body) = axum::body::to_bytes(body, MAX_ORDER_BYTES).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "order too large");
-    };
-    if hex::encode(Sha256::digest(&body)) != verified.body_sha256 {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "body does not match its signature",
-        );
+    let path = format!("/__internal__/delete/{uid}");
+    if let Err(r) = signed_order(&s, &headers, &path, body).await {
+        return r;
     }
     if let Err(e) = cluster::is_retired(s.app.this_node(), uid).await {
         return failed(e);
