@@ -65,6 +65,7 @@ fn events_server(extra: &[(&str, &str)]) -> Server {
         ("SYNCSTORE_FXA_ISSUER", ISSUER),
         ("SYNCSTORE_FXA_EVENTS_CLIENT_ID", CLIENT_ID),
         ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0"),
+        ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
     ];
     env.extend_from_slice(extra);
     Server::start(&env)
@@ -121,12 +122,11 @@ fn user_files(dir: &std::path::Path, uid: u64) -> Vec<std::path::PathBuf> {
 }
 
 async fn metric_lines(s: &Server, name: &str) -> Vec<String> {
-    let text = reqwest::get(format!("{}/__metrics__", s.url()))
-        .await
-        .unwrap()
-        .text()
+    let r = reqwest::get(format!("{}/__metrics__", s.metrics_url()))
         .await
         .unwrap();
+    assert_eq!(r.status(), 200, "metrics must be readable");
+    let text = r.text().await.unwrap();
     text.lines()
         .filter(|l| l.starts_with(name))
         .map(str::to_string)

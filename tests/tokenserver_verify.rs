@@ -74,12 +74,11 @@ async fn token_request(s: &Server, bearer: &str) -> Resp {
 
 /// The sum of `syncstore_fxa_remote_verifications_total` over its labels.
 async fn remote_verifications(s: &Server) -> f64 {
-    let text = reqwest::get(format!("{}/__metrics__", s.url()))
-        .await
-        .unwrap()
-        .text()
+    let r = reqwest::get(format!("{}/__metrics__", s.metrics_url()))
         .await
         .unwrap();
+    assert_eq!(r.status(), 200, "metrics must be readable");
+    let text = r.text().await.unwrap();
     text.lines()
         .filter(|l| l.starts_with("syncstore_fxa_remote_verifications_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -126,6 +125,7 @@ async fn an_offline_server_with_a_jwk_set_refuses_bad_jwts_at_once() {
     let s = Server::start(&[
         ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
         ("SYNCSTORE_FXA_ISSUER", ISSUER),
+        ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
     ]);
     for (what, bearer) in bad_jwts() {
         let started = Instant::now();
@@ -159,6 +159,7 @@ async fn only_tokens_the_jwk_set_cannot_decide_go_to_the_verifier() {
         ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
         ("SYNCSTORE_FXA_ISSUER", ISSUER),
         ("SYNCSTORE_FXA_VERIFY_URL", url.as_str()),
+        ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
     ]);
     for (what, bearer) in bad_jwts() {
         assert_invalid_credentials(what, &token_request(&s, &bearer).await);
