@@ -7,11 +7,17 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use common::{SECRET, Server, cli, fresh_database};
+
+/// The account the sign-in page scenarios type in.
+const PAGE_EMAIL: &str = "page-user@example.org";
+/// Its password.
+const PAGE_PASSWORD: &str = "correct horse battery staple";
 
 /// One scenario at a time: the machine has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -165,4 +171,58 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
             TOKEN_SECS.to_string(),
         ],
     );
+}
+
+/// A server with the built-in accounts service and one account made by
+/// `syncstore account add --password-stdin`, then a page scenario with its credentials.
+fn page_scenario(name: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args([
+            "account",
+            "add",
+            PAGE_EMAIL,
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PAGE_PASSWORD}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Server::start_in(data, &[]);
+    scenario(
+        name,
+        &[&s],
+        &[
+            "--email".into(),
+            PAGE_EMAIL.into(),
+            "--password".into(),
+            PAGE_PASSWORD.into(),
+        ],
+    );
+}
+
+/// A profile whose only account setting is `identity.fxaccounts.autoconfig.uri` finds
+/// syncstore's URLs, signs in by typing into syncstore's own page, and Firefox completes
+/// the OAuth flow (WebChannel, PKCE, keys JWE) and syncs: meta/global is on the server.
+#[test]
+fn firefox_signs_in_on_syncstores_own_page_and_syncs() {
+    page_scenario("page_sign_in");
+}
+
+/// On the page a wrong password shows the error and signs nothing in; a second profile
+/// signed in the same way receives a bookmark made on the first.
+#[test]
+fn a_wrong_password_on_the_page_signs_nothing_in_and_page_profiles_share_bookmarks() {
+    page_scenario("page_two_profiles");
 }
