@@ -440,7 +440,33 @@ SYNC_TOKEN = """
 const SCOPE = "https://identity.mozilla.com/apps/oldsync";
 const token = await fxAccounts.getOAuthToken({ scope: SCOPE });
 const key = await fxAccounts.keys.getKeyForScope(SCOPE);
-return [token, key.kid];
+return [token, key.kid, key.k];
+"""
+
+
+def independent_sync_key(origin, email, password):
+    """kid fingerprint and key of Sync's scoped key, from kB as PyPI's PyFxA (an
+    independent onepw client) fetches it: b64url(SHA-256(kB)[:16]) and
+    b64url(HKDF-SHA256(kB, info "identity.mozilla.com/picl/v1/oldsync", 64 bytes)).
+    Run apart: this directory's fxa.py (the stand-in) would shadow PyFxA's package."""
+    out = subprocess.run([sys.executable, "-c", PYFXA_SYNC_KEY, origin, email, password],
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    check(out.returncode == 0, "PyFxA: %s%s" % (out.stdout, out.stderr))
+    return json.loads(out.stdout)
+
+
+PYFXA_SYNC_KEY = """
+import base64, hashlib, json, sys
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from fxa.core import Client
+origin, email, password = sys.argv[1:]
+session = Client(origin + "/v1").login(email, password, keys=True)
+kb = session.fetch_keys()[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+key = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=b"identity.mozilla.com/picl/v1/oldsync").derive(kb)
+session.destroy_session()
+print(json.dumps([b64(hashlib.sha256(kb).digest()[:16]), b64(key)]))
 """
 
 
@@ -487,7 +513,8 @@ def sign_in_on_page(ff, email, password, expect):
 
 def page_user(run, ff):
     """The account's storage as seen over HTTP, with the access token Firefox holds."""
-    return SyncUser(run.opts.tokenserver, None, None, token=ff.js(SYNC_TOKEN))
+    token, kid, _ = ff.js(SYNC_TOKEN)
+    return SyncUser(run.opts.tokenserver, None, None, token=(token, kid))
 
 
 def page_sign_in(run):
@@ -502,6 +529,10 @@ def page_sign_in(run):
     step("A: %s" % state)
     check(not state.get("timedOut"), "Firefox did not finish signing in: %r" % state)
     check(state["user"]["email"] == run.opts.email and state["user"]["verified"], "signed-in user: %r" % state)
+    _, kid, k = a.js(SYNC_TOKEN)
+    fingerprint, key = independent_sync_key(run.opts.tokenserver, run.opts.email, run.opts.password)
+    check(kid.split("-", 1)[1] == fingerprint and k == key,
+          "Firefox's Sync key (from the page's JWE) differs from PyFxA's derivation from kB: %s" % kid)
     a.sync()
     s = page_user(run, a)
     payload = json.loads(s.get("/storage/meta/global")["payload"])
