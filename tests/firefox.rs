@@ -226,3 +226,10 @@ fn firefox_signs_in_on_syncstores_own_page_and_syncs() {
 fn a_wrong_password_on_the_page_signs_nothing_in_and_page_profiles_share_bookmarks() {
     page_scenario("page_two_profiles");
 }
+
+/// The page shows an unknown account, closed sign-ups, a wrong password and the attempt
+/// limit as the server refuses them, and Firefox stays signed out.
+#[test]
+fn the_sign_in_page_shows_each_refusal_and_signs_nothing_in() {
+    page_scenario("page_errors");
+}

@@ -470,45 +470,54 @@ print(json.dumps([b64(hashlib.sha256(kb).digest()[:16]), b64(key)]))
 """
 
 
-def sign_in_on_page(ff, email, password, expect):
-    """Opens Firefox's own sign-in URL (from its autoconfigured FxAccountsConfig), types
-    the email and password into the page in the content context and submits; waits for
-    the page's status to contain `expect`. Returns the sign-in URL and resolved prefs."""
-    origin = ff.autoconfig
-    got = ff.js(CONNECT_URI, list(AUTOCONFIGURED))
-    step("%s: sign-in URL %s; prefs %s" % (ff.name, got["url"], got["prefs"]))
-    want = {
-        "identity.fxaccounts.auth.uri": origin + "/v1",
-        "identity.fxaccounts.remote.oauth.uri": origin + "/v1",
-        "identity.fxaccounts.remote.profile.uri": origin + "/profile/v1",
-        "identity.fxaccounts.remote.root": origin,
-        "identity.sync.tokenserver.uri": origin + "/1.0/sync/1.5",
-    }
-    for pref, value in want.items():
-        check(got["prefs"][pref] == value, "autoconfig: %s is %r, not %r" % (pref, got["prefs"][pref], value))
-    url = got["url"]
-    check(url.startswith(origin + "/?") and "keys_jwk=" in url and "code_challenge=" in url,
-          "not an OAuth sign-in URL on syncstore: %s" % url)
+def sign_in_on_page(ff, email, password, expect, button="button[type=submit]", navigate=True):
+    """Opens Firefox's own sign-in URL (from its autoconfigured FxAccountsConfig, whose
+    resolved URLs are checked), types the email and password into the page in the
+    content context and clicks `button`; waits for the page's status to contain
+    `expect`. `navigate=False`: types into the page already open. Returns the URL and
+    the status shown."""
+    url = None
+    if navigate:
+        origin = ff.autoconfig
+        got = ff.js(CONNECT_URI, list(AUTOCONFIGURED))
+        step("%s: sign-in URL %s; prefs %s" % (ff.name, got["url"], got["prefs"]))
+        want = {
+            "identity.fxaccounts.auth.uri": origin + "/v1",
+            "identity.fxaccounts.remote.oauth.uri": origin + "/v1",
+            "identity.fxaccounts.remote.profile.uri": origin + "/profile/v1",
+            "identity.fxaccounts.remote.root": origin,
+            "identity.sync.tokenserver.uri": origin + "/1.0/sync/1.5",
+        }
+        for pref, value in want.items():
+            check(got["prefs"][pref] == value, "autoconfig: %s is %r, not %r" % (pref, got["prefs"][pref], value))
+        url = got["url"]
+        check(url.startswith(origin + "/?") and "keys_jwk=" in url and "code_challenge=" in url,
+              "not an OAuth sign-in URL on syncstore: %s" % url)
     m = ff.m
     m.context("content")
     try:
-        m.navigate(url)
+        if navigate:
+            m.navigate(url)
         email_input, password_input = m.find("input[type=email]"), m.find("input[type=password]")
         m.clear(email_input)
         m.send_keys(email_input, email)
         m.clear(password_input)
         m.send_keys(password_input, password)
-        m.click(m.find("button[type=submit]"))
-        status = ""
+        m.click(m.find(button))
+        # The click handler shows "Signing in…" before anything else: wait for the outcome.
+        status = WORKING
         deadline = time.monotonic() + 120
-        while expect not in status and time.monotonic() < deadline:
-            time.sleep(0.3)
+        while status in ("", WORKING) and time.monotonic() < deadline:
+            time.sleep(0.2)
             status = m.text(m.find("#status"))
         step("%s: the page says %r" % (ff.name, status))
         check(expect in status, "the page says %r, not %r" % (status, expect))
     finally:
         m.context("chrome")
-    return url
+    return url, status
+
+
+WORKING = "Signing in\u2026"
 
 
 def page_user(run, ff):
@@ -521,7 +530,7 @@ def page_sign_in(run):
     """A profile with only the autoconfig pref signs in on syncstore's page: Firefox
     completes the OAuth flow itself, Sync is configured and its first sync succeeds."""
     a = run.fresh("A")
-    url = sign_in_on_page(a, run.opts.email, run.opts.password, "Signed in")
+    url, _ = sign_in_on_page(a, run.opts.email, run.opts.password, "Signed in")
     r = requests.get(url, timeout=30)
     csp = r.headers.get("Content-Security-Policy", "")
     check(r.status_code == 200 and "script-src 'self'" in csp, "page headers: %d %r" % (r.status_code, r.headers))
@@ -562,10 +571,31 @@ def page_two_profiles(run):
     check(len(got) == 2, "B has %d of A's bookmarks: %r" % (len(got), got))
 
 
+def page_errors(run):
+    """The page shows the server's refusals and signs nothing in: an unknown account
+    (errno 102), a sign-up while sign-ups are closed (125), a wrong password (103),
+    and after ten failures the attempt limit (114)."""
+    a = run.fresh("A")
+    sign_in_on_page(a, "nobody@example.org", "whatever password", "no account with this email")
+    sign_in_on_page(a, "new@example.org", "a new password", "Sign-ups are closed", button="#signup", navigate=False)
+    # The limit counts failures per address too (the unknown account's included): ten
+    # failures, then the next attempt is refused before any password check.
+    statuses = []
+    for attempt in range(12):
+        _, status = sign_in_on_page(a, run.opts.email, "wrong %d" % attempt, "", navigate=False)
+        statuses.append(status)
+        if "Too many attempts" in status:
+            break
+        check("Incorrect password" in status, "attempt %d: %r" % (attempt, status))
+    check("Too many attempts" in statuses[-1] and len(statuses) >= 9, "no attempt limit: %r" % statuses)
+    state = a.js(SIGNED_IN, 0, False)
+    check(state["user"] is None, "a refused sign-in signed A in: %r" % state)
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
-              page_sign_in, page_two_profiles)
+              page_sign_in, page_two_profiles, page_errors)
 }
 
 

@@ -157,6 +157,7 @@ function toFirefox(command, data) {
 // --- the page ----------------------------------------------------------------------------
 
 const params = new URLSearchParams(location.search);
+const WORKING = "Signing in…";
 const $ = id => document.getElementById(id);
 
 function show(text, kind) {
@@ -190,7 +191,6 @@ async function connect(signUp) {
   const linked = await toFirefox("fxaccounts:can_link_account", { email });
   if (!linked.ok) throw new Error("Firefox declined to link this account.");
 
-  show("Signing in…");
   let creds = await stretch(email, password);
   let session;
   try {
@@ -233,6 +233,7 @@ function start() {
   if (params.get("email")) $("email").value = params.get("email");
   const run = signUp => async e => {
     e.preventDefault();
+    show(WORKING);
     for (const b of document.querySelectorAll("button")) b.disabled = true;
     try {
       await connect(signUp);
