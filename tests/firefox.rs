@@ -233,3 +233,67 @@ fn a_wrong_password_on_the_page_signs_nothing_in_and_page_profiles_share_bookmar
 fn the_sign_in_page_shows_each_refusal_and_signs_nothing_in() {
     page_scenario("page_errors");
 }
+
+/// The sign-in page as any browser gets it (no Firefox needed): at `/`, with an email
+/// and a password input and a submit button, its script and style as separate files
+/// (no inline script), every asset under a Content-Security-Policy allowing only this
+/// origin's script; without the accounts service `/` is not served.
+#[test]
+fn the_sign_in_page_is_served_with_a_strict_content_security_policy() {
+    let s = start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: &str| get_from(&rt, &s, path);
+    let csp = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+               img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+    let (status, headers, html) = get("/?context=oauth_webchannel_v1&action=email&service=sync");
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["content-security-policy"], csp);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    for needle in [
+        "<input type=\"email\"",
+        "<input type=\"password\"",
+        "<button type=\"submit\"",
+        "<script src=\"/accounts/pages/signin.js\"",
+    ] {
+        assert!(html.contains(needle), "the page lacks {needle}: {html}");
+    }
+    assert_eq!(html.matches("<script").count(), 1, "inline script: {html}");
+    for (path, mime) in [
+        (
+            "/accounts/pages/signin.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/accounts/pages/signin.css", "text/css; charset=utf-8"),
+    ] {
+        let (status, headers, body) = get(path);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(headers["content-type"], mime, "{path}");
+        assert_eq!(headers["content-security-policy"], csp, "{path}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    drop(s);
+    let without = start(&[("SYNCSTORE_ACCOUNTS", "false".into())]);
+    assert_eq!(
+        get_from(&rt, &without, "/v1/jwks").0,
+        404,
+        "the accounts service is still on"
+    );
+    assert_eq!(get_from(&rt, &without, "/").0, 404);
+}
+
+/// GET `path` on a server: status, headers, body.
+fn get_from(
+    rt: &tokio::runtime::Runtime,
+    s: &Server,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    rt.block_on(async {
+        let r = reqwest::get(format!("{}{path}", s.url())).await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.text().await.unwrap())
+    })
+}
