@@ -1,8 +1,10 @@
 //! A real Firefox (headless, driven over Marionette) syncs with the real server:
 //! `scripts/firefox/scenarios.py` signs profiles in through a stand-in Firefox Accounts
 //! (its JWTs verified by syncstore's tokenserver with the test JWK set), syncs, and
-//! checks both Firefox and the server. `scripts/test` installs Firefox ESR and the
-//! Python packages; without them these tests fail. One Firefox scenario runs at a time.
+//! checks both Firefox and the server. The `page_*` scenarios use syncstore's own
+//! accounts service instead: profiles configured by `identity.fxaccounts.autoconfig.uri`
+//! alone sign in by typing into its sign-in page. `scripts/test` installs Firefox ESR
+//! and the Python packages; without them these tests fail. One Firefox scenario runs at a time.
 //! Logs of each run are kept under target/firefox/<scenario>/.
 
 mod common;
@@ -175,7 +177,7 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
 
 /// A server with the built-in accounts service and one account made by
 /// `syncstore account add --password-stdin`, then a page scenario with its credentials.
-fn page_scenario(name: &str) {
+fn page_scenario(name: &str, env: &[(&str, &str)]) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
@@ -199,7 +201,7 @@ fn page_scenario(name: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let s = Server::start_in(data, &[]);
+    let s = Server::start_in(data, env);
     scenario(
         name,
         &[&s],
@@ -217,21 +219,28 @@ fn page_scenario(name: &str) {
 /// the OAuth flow (WebChannel, PKCE, keys JWE) and syncs: meta/global is on the server.
 #[test]
 fn firefox_signs_in_on_syncstores_own_page_and_syncs() {
-    page_scenario("page_sign_in");
+    page_scenario("page_sign_in", &[]);
 }
 
 /// On the page a wrong password shows the error and signs nothing in; a second profile
 /// signed in the same way receives a bookmark made on the first.
 #[test]
 fn a_wrong_password_on_the_page_signs_nothing_in_and_page_profiles_share_bookmarks() {
-    page_scenario("page_two_profiles");
+    page_scenario("page_two_profiles", &[]);
+}
+
+/// With `accounts_signups = "open"`, "Create an account" on the page makes the account
+/// (`/v1/account/create?keys=true`) and Firefox is signed in to it and syncs.
+#[test]
+fn with_open_sign_ups_firefox_creates_an_account_on_the_page_and_syncs() {
+    page_scenario("page_sign_up", &[("SYNCSTORE_ACCOUNTS_SIGNUPS", "open")]);
 }
 
 /// The page shows an unknown account, closed sign-ups, a wrong password and the attempt
 /// limit as the server refuses them, and Firefox stays signed out.
 #[test]
 fn the_sign_in_page_shows_each_refusal_and_signs_nothing_in() {
-    page_scenario("page_errors");
+    page_scenario("page_errors", &[]);
 }
 
 /// The sign-in page as any browser gets it (no Firefox needed): at `/`, with an email

@@ -571,6 +571,19 @@ def page_two_profiles(run):
     check(len(got) == 2, "B has %d of A's bookmarks: %r" % (len(got), got))
 
 
+def page_sign_up(run):
+    """With sign-ups open, "Create an account" on the page makes a new account and
+    Firefox is signed in to it, verified, and syncs."""
+    a = run.fresh("A")
+    email = "new-" + run.opts.email
+    sign_in_on_page(a, email, run.opts.password, "Signed in", button="#signup")
+    state = a.js(SIGNED_IN, 60000, True)
+    check(not state.get("timedOut") and state["user"]["email"] == email, "not signed in: %r" % state)
+    a.sync()
+    payload = json.loads(page_user(run, a).get("/storage/meta/global")["payload"])
+    check(payload.get("storageVersion") == 5, "storageVersion: %r" % payload)
+
+
 def page_errors(run):
     """The page shows the server's refusals and signs nothing in: an unknown account
     (errno 102), a sign-up while sign-ups are closed (125), a wrong password (103),
@@ -595,7 +608,7 @@ def page_errors(run):
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
-              page_sign_in, page_two_profiles, page_errors)
+              page_sign_in, page_two_profiles, page_sign_up, page_errors)
 }
 
 
