@@ -308,7 +308,6 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         .route("/v1/profile", get(profile))
         .route("/profile/v1/profile", get(profile))
         .route("/", get(signin_page))
-        .route("/signin", get(signin_page))
         .route("/accounts/pages/signin.js", get(signin_js))
         .route("/accounts/pages/signin.css", get(signin_css))
         .with_state(st)
@@ -345,6 +344,7 @@ async fn signin_page() -> Response {
     )
 }
 
+/// The page's script (see the page's own header comment).
 async fn signin_js() -> Response {
     page(
         "text/javascript; charset=utf-8",
@@ -352,6 +352,7 @@ async fn signin_js() -> Response {
     )
 }
 
+/// The page's style.
 async fn signin_css() -> Response {
     page("text/css; charset=utf-8", include_str!("pages/signin.css"))
 }

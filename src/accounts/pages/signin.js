@@ -216,14 +216,16 @@ async function connect(signUp) {
   const peer = JSON.parse(new TextDecoder().decode(unb64url(keysJwk)));
   const keysJwe = await jwe(peer, enc.encode(JSON.stringify(scopedKeys)));
 
-  await toFirefox("fxaccounts:login", {
-    email, uid: session.uid, sessionToken: session.sessionToken, verified: true, services: { sync: {} },
-  });
+  // The code first: a refusal here leaves Firefox untouched.
   const authz = await api("POST", "/oauth/authorization", {
     client_id: clientId, state, scope, access_type: params.get("access_type") || "offline",
     response_type: "code", code_challenge: params.get("code_challenge"),
     code_challenge_method: params.get("code_challenge_method") || "S256", keys_jwe: keysJwe,
   }, "fxs_" + sessionId);
+  // Firefox keeps the session (it completes the OAuth flow with it), then trades the code.
+  await toFirefox("fxaccounts:login", {
+    email, uid: session.uid, sessionToken: session.sessionToken, verified: true, services: { sync: {} },
+  });
   await toFirefox("fxaccounts:oauth_login", {
     code: authz.code, state: authz.state, redirect: authz.redirect, action: signUp ? "signup" : "signin",
   });
