@@ -2,7 +2,8 @@
 //! and bodies as Firefox's FxAccountsClient and PyPI's PyFxA expect): the auth API
 //! under `/v1`, the OAuth routes (also at the OAuth server's own paths `/v1/token`,
 //! `/v1/destroy`, `/v1/verify`), the profile (`/v1/profile`, `/profile/v1/profile`),
-//! and the discovery documents. Handlers parse, make one service call, answer.
+//! the discovery documents, and the sign-in page (`/`, with its script and style).
+//! Handlers parse, make one service call, answer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
