@@ -1,17 +1,25 @@
 //! A real Firefox (headless, driven over Marionette) syncs with the real server:
 //! `scripts/firefox/scenarios.py` signs profiles in through a stand-in Firefox Accounts
 //! (its JWTs verified by syncstore's tokenserver with the test JWK set), syncs, and
-//! checks both Firefox and the server. `scripts/test` installs Firefox ESR and the
-//! Python packages; without them these tests fail. One Firefox scenario runs at a time.
+//! checks both Firefox and the server. The `page_*` scenarios use syncstore's own
+//! accounts service instead: profiles configured by `identity.fxaccounts.autoconfig.uri`
+//! alone sign in by typing into its sign-in page. `scripts/test` installs Firefox ESR
+//! and the Python packages; without them these tests fail. One Firefox scenario runs at a time.
 //! Logs of each run are kept under target/firefox/<scenario>/.
 
 mod common;
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use common::{SECRET, Server, cli, fresh_database};
+
+/// The account the sign-in page scenarios type in.
+const PAGE_EMAIL: &str = "page-user@example.org";
+/// Its password.
+const PAGE_PASSWORD: &str = "correct horse battery staple";
 
 /// One scenario at a time: the machine has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -165,4 +173,136 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
             TOKEN_SECS.to_string(),
         ],
     );
+}
+
+/// A server with the built-in accounts service and one account made by
+/// `syncstore account add --password-stdin`, then a page scenario with its credentials.
+fn page_scenario(name: &str, env: &[(&str, &str)]) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args([
+            "account",
+            "add",
+            PAGE_EMAIL,
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PAGE_PASSWORD}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Server::start_in(data, env);
+    scenario(
+        name,
+        &[&s],
+        &[
+            "--email".into(),
+            PAGE_EMAIL.into(),
+            "--password".into(),
+            PAGE_PASSWORD.into(),
+        ],
+    );
+}
+
+/// A profile whose only account setting is `identity.fxaccounts.autoconfig.uri` finds
+/// syncstore's URLs, signs in by typing into syncstore's own page, and Firefox completes
+/// the OAuth flow (WebChannel, PKCE, keys JWE) and syncs: meta/global is on the server.
+#[test]
+fn firefox_signs_in_on_syncstores_own_page_and_syncs() {
+    page_scenario("page_sign_in", &[]);
+}
+
+/// On the page a wrong password shows the error and signs nothing in; a second profile
+/// signed in the same way receives a bookmark made on the first.
+#[test]
+fn a_wrong_password_on_the_page_signs_nothing_in_and_page_profiles_share_bookmarks() {
+    page_scenario("page_two_profiles", &[]);
+}
+
+/// With `accounts_signups = "open"`, "Create an account" on the page makes the account
+/// (`/v1/account/create?keys=true`) and Firefox is signed in to it and syncs.
+#[test]
+fn with_open_sign_ups_firefox_creates_an_account_on_the_page_and_syncs() {
+    page_scenario("page_sign_up", &[("SYNCSTORE_ACCOUNTS_SIGNUPS", "open")]);
+}
+
+/// The page shows an unknown account, closed sign-ups, a wrong password and the attempt
+/// limit as the server refuses them, and Firefox stays signed out.
+#[test]
+fn the_sign_in_page_shows_each_refusal_and_signs_nothing_in() {
+    page_scenario("page_errors", &[]);
+}
+
+/// The sign-in page as any browser gets it (no Firefox needed): at `/`, with an email
+/// and a password input and a submit button, its script and style as separate files
+/// (no inline script), every asset under a Content-Security-Policy allowing only this
+/// origin's script; without the accounts service `/` is not served.
+#[test]
+fn the_sign_in_page_is_served_with_a_strict_content_security_policy() {
+    let s = start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: &str| get_from(&rt, &s, path);
+    let csp = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+               img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+    let (status, headers, html) = get("/?context=oauth_webchannel_v1&action=email&service=sync");
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["content-security-policy"], csp);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    for needle in [
+        "<input type=\"email\"",
+        "<input type=\"password\"",
+        "<button type=\"submit\"",
+        "<script src=\"/accounts/pages/signin.js\"",
+    ] {
+        assert!(html.contains(needle), "the page lacks {needle}: {html}");
+    }
+    assert_eq!(html.matches("<script").count(), 1, "inline script: {html}");
+    for (path, mime) in [
+        (
+            "/accounts/pages/signin.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/accounts/pages/signin.css", "text/css; charset=utf-8"),
+    ] {
+        let (status, headers, body) = get(path);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(headers["content-type"], mime, "{path}");
+        assert_eq!(headers["content-security-policy"], csp, "{path}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    drop(s);
+    let without = start(&[("SYNCSTORE_ACCOUNTS", "false".into())]);
+    assert_eq!(
+        get_from(&rt, &without, "/v1/jwks").0,
+        404,
+        "the accounts service is still on"
+    );
+    assert_eq!(get_from(&rt, &without, "/").0, 404);
+}
+
+/// GET `path` on a server: status, headers, body.
+fn get_from(
+    rt: &tokio::runtime::Runtime,
+    s: &Server,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    rt.block_on(async {
+        let r = reqwest::get(format!("{}{path}", s.url())).await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.text().await.unwrap())
+    })
 }

@@ -113,8 +113,32 @@ def firefox_binary():
     raise SystemExit("Firefox is not installed (apt-get install firefox-esr, or set SYNCSTORE_FIREFOX)")
 
 
-def prefs(marionette_port, fxa_url, tokenserver, refuse_port):
-    """The profile's user.js: our FxA stand-in and syncstore, everything else refused."""
+AUTOCONFIGURED = (
+    "identity.fxaccounts.auth.uri",
+    "identity.fxaccounts.remote.oauth.uri",
+    "identity.fxaccounts.remote.profile.uri",
+    "identity.fxaccounts.remote.root",
+    "identity.fxaccounts.remote.pairing.uri",
+    "identity.sync.tokenserver.uri",
+)
+
+
+def prefs(marionette_port, fxa_url, tokenserver, refuse_port, autoconfig=None):
+    """The profile's user.js: our FxA stand-in and syncstore, everything else refused.
+
+    With `autoconfig` (a server's origin), no FxA or tokenserver URL is set: Firefox
+    finds them all from `identity.fxaccounts.autoconfig.uri`, as a user's profile would.
+    """
+    p = base_prefs(marionette_port, fxa_url, tokenserver, refuse_port)
+    if autoconfig:
+        for key in AUTOCONFIGURED:
+            del p[key]
+        p["identity.fxaccounts.autoconfig.uri"] = autoconfig
+    return p
+
+
+def base_prefs(marionette_port, fxa_url, tokenserver, refuse_port):
+    """Every pref of the stand-in setup."""
     dead = "http://127.0.0.1:%d" % refuse_port
     return {
         "marionette.port": marionette_port,
@@ -200,14 +224,15 @@ class SyncFailed(AssertionError):
 class Firefox:
     """One headless Firefox profile, driven over Marionette."""
 
-    def __init__(self, name, out_dir, fxa, tokenserver, refuser):
+    def __init__(self, name, out_dir, fxa, tokenserver, refuser, autoconfig=None):
         self.name = name
+        self.autoconfig = autoconfig
         self.dir = os.path.join(out_dir, name)
         self.profile = os.path.join(self.dir, "profile")
         os.makedirs(self.profile, exist_ok=True)
         self.port = free_port()
         with open(os.path.join(self.profile, "user.js"), "w") as f:
-            for key, value in prefs(self.port, fxa.url, tokenserver, refuser.port).items():
+            for key, value in prefs(self.port, fxa.url, tokenserver, refuser.port, autoconfig).items():
                 f.write("user_pref(%s, %s);\n" % (json.dumps(key), json.dumps(value)))
         self.output = open(os.path.join(self.dir, "firefox-output.txt"), "ab")
         env = dict(os.environ, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1")
@@ -301,11 +326,12 @@ class Firefox:
 class SyncUser:
     """Server-side view of an account's storage, as a Sync client sees it."""
 
-    def __init__(self, tokenserver, fxa, account):
-        jwt = fxa.access_token(account)
+    def __init__(self, tokenserver, fxa, account, token=None):
+        """`token`: an OAuth access token and key id to use instead of the stand-in's."""
+        jwt, kid = token or (fxa.access_token(account), account.kid)
         r = requests.get(
             tokenserver + "/1.0/sync/1.5",
-            headers={"Authorization": "Bearer " + jwt, "X-KeyID": account.kid}, timeout=30,
+            headers={"Authorization": "Bearer " + jwt, "X-KeyID": kid}, timeout=30,
         )
         if r.status_code != 200:
             raise AssertionError("tokenserver: %d %s" % (r.status_code, r.text))

@@ -9,6 +9,10 @@ import socket
 import time
 
 
+# The key of a web element reference in WebDriver's answers.
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
+
+
 class MarionetteError(Exception):
     """A command Firefox answered with an error."""
 
@@ -82,6 +86,34 @@ class Marionette:
         if "err" in answer:
             raise MarionetteError("script failed: %s" % answer["err"])
         return answer["ok"]
+
+    def context(self, name):
+        """Switches to the `chrome` or `content` context (the selected tab's page)."""
+        self.command("Marionette:SetContext", {"value": name})
+
+    def navigate(self, url):
+        """Content context: loads `url` in the current tab and waits for it."""
+        self.command("WebDriver:Navigate", {"url": url})
+
+    def find(self, css):
+        """Content context: the first element matching a CSS selector (its reference)."""
+        return self.command("WebDriver:FindElement", {"using": "css selector", "value": css})["value"]
+
+    def send_keys(self, element, text):
+        """Types `text` into an element, as a user would."""
+        self.command("WebDriver:ElementSendKeys", {"id": element[ELEMENT], "text": text})
+
+    def clear(self, element):
+        """Empties an input."""
+        self.command("WebDriver:ElementClear", {"id": element[ELEMENT]})
+
+    def click(self, element):
+        """Clicks an element, as a user would."""
+        self.command("WebDriver:ElementClick", {"id": element[ELEMENT]})
+
+    def text(self, element):
+        """An element's rendered text."""
+        return self.command("WebDriver:GetElementText", {"id": element[ELEMENT]})["value"]
 
     def quit(self):
         """Asks Firefox to quit."""

@@ -18,7 +18,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fxa import FxaStandIn  # noqa: E402
-from harness import Firefox, Refuser, SyncUser  # noqa: E402
+import requests  # noqa: E402
+from harness import AUTOCONFIGURED, Firefox, Refuser, SyncUser  # noqa: E402
 
 ENGINES = ["bookmarks", "clients", "passwords", "history", "tabs"]
 
@@ -52,6 +53,15 @@ class Run:
         for other in self.profiles:
             if other is not ff and getattr(other, "account", None) == account:
                 other.js(DEVICE_CONNECTED, device)
+        return ff
+
+    def fresh(self, name):
+        """A new Firefox profile whose only account setting is the autoconfig pref
+        pointing at syncstore (signed in to nothing)."""
+        step("start Firefox profile %s (autoconfig %s)" % (name, self.opts.tokenserver))
+        ff = Firefox(name, self.opts.out, self.fxa, self.opts.tokenserver, self.refuser,
+                     autoconfig=self.opts.tokenserver)
+        self.profiles.append(ff)
         return ff
 
     def server(self, account):
@@ -404,9 +414,201 @@ def node_drains(run):
     check([c["name"] for c in b.js(CLIENTS)["remote"]] == ["profile-A"], "B no longer sees A")
 
 
+# --- Signing in through syncstore's own pages -----------------------------------------------
+
+CONNECT_URI = """
+const { FxAccountsConfig } = ChromeUtils.importESModule("resource://gre/modules/FxAccountsConfig.sys.mjs");
+const url = await FxAccountsConfig.promiseConnectAccountURI("test");
+const prefs = {};
+for (const p of args[0]) prefs[p] = Services.prefs.getStringPref(p, "");
+return { url, prefs };
+"""
+
+SIGNED_IN = """
+const deadline = Date.now() + args[0];
+for (;;) {
+  const user = await fxAccounts.getSignedInUser();
+  if (!args[1] || (user && user.verified && Weave.Status.checkSetup() == "success.status_ok")) {
+    return { user, setup: Weave.Status.checkSetup() };
+  }
+  if (Date.now() > deadline) return { user, setup: Weave.Status.checkSetup(), timedOut: true };
+  await sleep(200);
+}
+"""
+
+SYNC_TOKEN = """
+const SCOPE = "https://identity.mozilla.com/apps/oldsync";
+const token = await fxAccounts.getOAuthToken({ scope: SCOPE });
+const key = await fxAccounts.keys.getKeyForScope(SCOPE);
+return [token, key.kid, key.k];
+"""
+
+
+def independent_sync_key(origin, email, password):
+    """kid fingerprint and key of Sync's scoped key, from kB as PyPI's PyFxA (an
+    independent onepw client) fetches it: b64url(SHA-256(kB)[:16]) and
+    b64url(HKDF-SHA256(kB, info "identity.mozilla.com/picl/v1/oldsync", 64 bytes)).
+    Run apart: this directory's fxa.py (the stand-in) would shadow PyFxA's package."""
+    out = subprocess.run([sys.executable, "-c", PYFXA_SYNC_KEY, origin, email, password],
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    check(out.returncode == 0, "PyFxA: %s%s" % (out.stdout, out.stderr))
+    return json.loads(out.stdout)
+
+
+PYFXA_SYNC_KEY = """
+import base64, hashlib, json, sys
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from fxa.core import Client
+origin, email, password = sys.argv[1:]
+session = Client(origin + "/v1").login(email, password, keys=True)
+kb = session.fetch_keys()[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+key = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=b"identity.mozilla.com/picl/v1/oldsync").derive(kb)
+session.destroy_session()
+print(json.dumps([b64(hashlib.sha256(kb).digest()[:16]), b64(key)]))
+"""
+
+
+def sign_in_on_page(ff, email, password, expect, button="button[type=submit]", navigate=True):
+    """Opens Firefox's own sign-in URL (from its autoconfigured FxAccountsConfig, whose
+    resolved URLs are checked), types the email and password into the page in the
+    content context and clicks `button`; waits for the page's status to contain
+    `expect`. `navigate=False`: types into the page already open. Returns the URL and
+    the status shown."""
+    url = None
+    if navigate:
+        origin = ff.autoconfig
+        got = ff.js(CONNECT_URI, list(AUTOCONFIGURED))
+        step("%s: sign-in URL %s; prefs %s" % (ff.name, got["url"], got["prefs"]))
+        want = {
+            "identity.fxaccounts.auth.uri": origin + "/v1",
+            "identity.fxaccounts.remote.oauth.uri": origin + "/v1",
+            "identity.fxaccounts.remote.profile.uri": origin + "/profile/v1",
+            "identity.fxaccounts.remote.root": origin,
+            "identity.sync.tokenserver.uri": origin + "/1.0/sync/1.5",
+        }
+        for pref, value in want.items():
+            check(got["prefs"][pref] == value, "autoconfig: %s is %r, not %r" % (pref, got["prefs"][pref], value))
+        url = got["url"]
+        check(url.startswith(origin + "/?") and "keys_jwk=" in url and "code_challenge=" in url,
+              "not an OAuth sign-in URL on syncstore: %s" % url)
+    m = ff.m
+    m.context("content")
+    try:
+        if navigate:
+            m.navigate(url)
+        email_input, password_input = m.find("input[type=email]"), m.find("input[type=password]")
+        m.clear(email_input)
+        m.send_keys(email_input, email)
+        m.clear(password_input)
+        m.send_keys(password_input, password)
+        m.click(m.find(button))
+        # The click handler shows "Signing in…" before anything else: wait for the outcome.
+        status = WORKING
+        deadline = time.monotonic() + 120
+        while status in ("", WORKING) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = m.text(m.find("#status"))
+        step("%s: the page says %r" % (ff.name, status))
+        check(expect in status, "the page says %r, not %r" % (status, expect))
+    finally:
+        m.context("chrome")
+    return url, status
+
+
+WORKING = "Signing in\u2026"
+
+
+def page_user(run, ff):
+    """The account's storage as seen over HTTP, with the access token Firefox holds."""
+    token, kid, _ = ff.js(SYNC_TOKEN)
+    return SyncUser(run.opts.tokenserver, None, None, token=(token, kid))
+
+
+def page_sign_in(run):
+    """A profile with only the autoconfig pref signs in on syncstore's page: Firefox
+    completes the OAuth flow itself, Sync is configured and its first sync succeeds."""
+    a = run.fresh("A")
+    url, _ = sign_in_on_page(a, run.opts.email, run.opts.password, "Signed in")
+    r = requests.get(url, timeout=30)
+    csp = r.headers.get("Content-Security-Policy", "")
+    check(r.status_code == 200 and "script-src 'self'" in csp, "page headers: %d %r" % (r.status_code, r.headers))
+    state = a.js(SIGNED_IN, 60000, True)
+    step("A: %s" % state)
+    check(not state.get("timedOut"), "Firefox did not finish signing in: %r" % state)
+    check(state["user"]["email"] == run.opts.email and state["user"]["verified"], "signed-in user: %r" % state)
+    _, kid, k = a.js(SYNC_TOKEN)
+    fingerprint, key = independent_sync_key(run.opts.tokenserver, run.opts.email, run.opts.password)
+    check(kid.split("-", 1)[1] == fingerprint and k == key,
+          "Firefox's Sync key (from the page's JWE) differs from PyFxA's derivation from kB: %s" % kid)
+    a.sync()
+    s = page_user(run, a)
+    payload = json.loads(s.get("/storage/meta/global")["payload"])
+    step("meta/global: %s" % payload)
+    check(payload.get("storageVersion") == 5, "storageVersion: %r" % payload)
+    check(json.loads(s.get("/storage/crypto/keys")["payload"]).get("ciphertext"), "crypto/keys")
+    a.sync()
+
+
+def page_two_profiles(run):
+    """A wrong password on B's page shows the error and signs nothing in; then B signs in
+    on the page too and a bookmark made on A reaches B."""
+    a = run.fresh("A")
+    sign_in_on_page(a, run.opts.email, run.opts.password, "Signed in")
+    check(not a.js(SIGNED_IN, 60000, True).get("timedOut"), "A did not finish signing in")
+    a.sync()
+    a.js(ADD_BOOKMARKS, "page", 2)
+    a.sync()
+    b = run.fresh("B")
+    sign_in_on_page(b, run.opts.email, run.opts.password + "-wrong", "Incorrect password")
+    state = b.js(SIGNED_IN, 0, False)
+    check(state["user"] is None, "a wrong password signed B in: %r" % state)
+    sign_in_on_page(b, run.opts.email, run.opts.password, "Signed in")
+    check(not b.js(SIGNED_IN, 60000, True).get("timedOut"), "B did not finish signing in")
+    b.sync()
+    got = b.js(BOOKMARKS, "http://example.com/page/")
+    check(len(got) == 2, "B has %d of A's bookmarks: %r" % (len(got), got))
+
+
+def page_sign_up(run):
+    """With sign-ups open, "Create an account" on the page makes a new account and
+    Firefox is signed in to it, verified, and syncs."""
+    a = run.fresh("A")
+    email = "new-" + run.opts.email
+    sign_in_on_page(a, email, run.opts.password, "Signed in", button="#signup")
+    state = a.js(SIGNED_IN, 60000, True)
+    check(not state.get("timedOut") and state["user"]["email"] == email, "not signed in: %r" % state)
+    a.sync()
+    payload = json.loads(page_user(run, a).get("/storage/meta/global")["payload"])
+    check(payload.get("storageVersion") == 5, "storageVersion: %r" % payload)
+
+
+def page_errors(run):
+    """The page shows the server's refusals and signs nothing in: an unknown account
+    (errno 102), a sign-up while sign-ups are closed (125), a wrong password (103),
+    and after ten failures the attempt limit (114)."""
+    a = run.fresh("A")
+    sign_in_on_page(a, "nobody@example.org", "whatever password", "no account with this email")
+    sign_in_on_page(a, "new@example.org", "a new password", "Sign-ups are closed", button="#signup", navigate=False)
+    # The limit counts failures per address too (the unknown account's included): ten
+    # failures, then the next attempt is refused before any password check.
+    statuses = []
+    for attempt in range(12):
+        _, status = sign_in_on_page(a, run.opts.email, "wrong %d" % attempt, "", navigate=False)
+        statuses.append(status)
+        if "Too many attempts" in status:
+            break
+        check("Incorrect password" in status, "attempt %d: %r" % (attempt, status))
+    check("Too many attempts" in statuses[-1] and len(statuses) >= 9, "no attempt limit: %r" % statuses)
+    state = a.js(SIGNED_IN, 0, False)
+    check(state["user"] is None, "a refused sign-in signed A in: %r" % state)
+
+
 SCENARIOS = {
     f.__name__: f
-    for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains)
+    for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
+              page_sign_in, page_two_profiles, page_sign_up, page_errors)
 }
 
 
@@ -422,6 +624,8 @@ def main():
     p.add_argument("--secret")
     p.add_argument("--nodes", default="")
     p.add_argument("--token-secs", type=int, default=0)
+    p.add_argument("--email", default="")
+    p.add_argument("--password", default="")
     opts = p.parse_args()
     run = Run(opts)
     failed = False

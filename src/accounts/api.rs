@@ -2,7 +2,8 @@
 //! and bodies as Firefox's FxAccountsClient and PyPI's PyFxA expect): the auth API
 //! under `/v1`, the OAuth routes (also at the OAuth server's own paths `/v1/token`,
 //! `/v1/destroy`, `/v1/verify`), the profile (`/v1/profile`, `/profile/v1/profile`),
-//! and the discovery documents. Handlers parse, make one service call, answer.
+//! the discovery documents, and the sign-in page (`/`, with its script and style).
+//! Handlers parse, make one service call, answer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -307,7 +308,54 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         .route("/v1/password/change/finish", post(password_change_finish))
         .route("/v1/profile", get(profile))
         .route("/profile/v1/profile", get(profile))
+        .route("/", get(signin_page))
+        .route("/accounts/pages/signin.js", get(signin_js))
+        .route("/accounts/pages/signin.css", get(signin_css))
         .with_state(st)
+}
+
+/// The sign-in pages' policy: their own script and style only, no framing, no forms
+/// posted anywhere, fetches to this origin only.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; \
+    base-uri 'none'";
+
+/// One of the sign-in pages' assets, with the page headers.
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The page Firefox opens to sign in (the content server root, with Firefox's OAuth
+/// request in the query: `context=oauth_webchannel_v1`, `keys_jwk`, `state`, PKCE).
+async fn signin_page() -> Response {
+    page(
+        "text/html; charset=utf-8",
+        include_str!("pages/signin.html"),
+    )
+}
+
+/// The page's script (see the page's own header comment).
+async fn signin_js() -> Response {
+    page(
+        "text/javascript; charset=utf-8",
+        include_str!("pages/signin.js"),
+    )
+}
+
+/// The page's style.
+async fn signin_css() -> Response {
+    page("text/css; charset=utf-8", include_str!("pages/signin.css"))
 }
 
 fn ok(v: Value) -> ApiResult {

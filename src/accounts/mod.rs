@@ -6,7 +6,8 @@
 //! * `oauth` — the service's RSA signing keys and its RS256 access tokens.
 //! * `limits` — failed-attempt limits per account and per client address.
 //! * `api` — the HTTP routes under `/v1` (FxA's auth, OAuth and profile APIs) and the
-//!   discovery documents; sign-in pages (static assets) will sit beside it.
+//!   discovery documents, and the sign-in page Firefox opens at `/` (`pages/`: HTML,
+//!   CSS and a script embedded in the binary, speaking Firefox's WebChannel).
 //!
 //! The server never sees the password or kB: clients send `authPW`, a one-way
 //! derivation of the stretched password; the server keeps a scrypt-hardened verifier
