@@ -6,19 +6,14 @@
 mod common;
 
 use common::{Client, Server, cli, fresh_database, now};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-const ISSUER: &str = "https://accounts.test";
+const ISSUER: &str = common::TEST_ISSUER;
 const CLIENT_ID: &str = "5882386c6d801776";
 const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
 
 fn sign(claims: &Value, typ: &str) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("test-key-1".into());
-    header.typ = Some(typ.into());
-    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/fxa-test-key.pem")).unwrap();
-    jsonwebtoken::encode(&header, claims, &key).unwrap()
+    common::sign_test_jwt(claims, "test-key-1", typ)
 }
 
 async fn sign_in(ts: &Server, sub: &str) -> Value {

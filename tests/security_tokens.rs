@@ -6,30 +6,16 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Client, Resp, SECRET, Server, hawk_header, now, token};
+use common::{Client, Resp, SECRET, Server, hawk_header, jwt_server, key_id, now, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-const ISSUER: &str = "https://accounts.test";
+const ISSUER: &str = common::TEST_ISSUER;
 const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
-fn jwks_path() -> String {
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fxa-test-jwks.json"
-    )
-    .to_string()
-}
 
 /// Signs `claims` with the test FxA key, as FxA signs access tokens.
 fn signed_jwt(claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("test-key-1".into());
-    header.typ = Some("at+jwt".into());
-    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/fxa-test-key.pem")).unwrap();
-    jsonwebtoken::encode(&header, claims, &key).unwrap()
+    common::sign_test_jwt(claims, "test-key-1", "at+jwt")
 }
 
 /// A valid access token of `sub`.
@@ -37,23 +23,6 @@ fn good_jwt(sub: &str) -> String {
     signed_jwt(&json!({
         "sub": sub, "scope": OLDSYNC, "iss": ISSUER, "iat": now(), "exp": now() + 3600,
     }))
-}
-
-fn key_id(kca: i64, client_state: &[u8]) -> String {
-    format!("{kca}-{}", URL_SAFE_NO_PAD.encode(client_state))
-}
-
-/// A server verifying JWTs with the test key set and issuer (no remote verifier).
-fn jwt_server(extra: &[(&str, &str)]) -> Server {
-    let jwks = jwks_path();
-    let mut env = vec![
-        ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
-        ("SYNCSTORE_FXA_ISSUER", ISSUER),
-        ("SYNCSTORE_FXA_VERIFY_URL", ""),
-        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0"),
-    ];
-    env.extend_from_slice(extra);
-    Server::start(&env)
 }
 
 async fn token_request(s: &Server, bearer: &str, key_id: &str) -> Resp {

@@ -8,23 +8,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Client, Resp, Server};
+use common::{Client, Resp, Server, jwt_server, key_id};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use syncstore::tokenserver::rollout::bucket;
 
-const ISSUER: &str = "https://accounts.test";
+const ISSUER: &str = common::TEST_ISSUER;
 const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
-fn jwks_path() -> String {
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fxa-test-jwks.json"
-    )
-    .to_string()
-}
 
 fn now() -> i64 {
     common::now()
@@ -32,9 +22,6 @@ fn now() -> i64 {
 
 /// An FxA access token as FxA would issue it, signed with the test key.
 fn jwt(sub: &str, generation: Option<i64>, scope: &str, exp_in: i64, iss: &str) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("test-key-1".into());
-    header.typ = Some("at+jwt".into());
     let mut claims = json!({
         "sub": sub, "scope": scope, "iss": iss, "iat": now(), "exp": now() + exp_in,
         "client_id": "5882386c6d801776",
@@ -42,28 +29,11 @@ fn jwt(sub: &str, generation: Option<i64>, scope: &str, exp_in: i64, iss: &str) 
     if let Some(g) = generation {
         claims["fxa-generation"] = json!(g);
     }
-    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/fxa-test-key.pem")).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    common::sign_test_jwt(&claims, "test-key-1", "at+jwt")
 }
 
 fn good_jwt(sub: &str) -> String {
     jwt(sub, Some(1), &format!("profile {OLDSYNC}"), 3600, ISSUER)
-}
-
-fn key_id(kca: i64, client_state: &[u8]) -> String {
-    format!("{kca}-{}", URL_SAFE_NO_PAD.encode(client_state))
-}
-
-fn jwt_server(extra: &[(&str, &str)]) -> Server {
-    let jwks = jwks_path();
-    let mut env = vec![
-        ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
-        ("SYNCSTORE_FXA_ISSUER", ISSUER),
-        ("SYNCSTORE_FXA_VERIFY_URL", ""),
-        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0"),
-    ];
-    env.extend_from_slice(extra);
-    Server::start(&env)
 }
 
 async fn token_request(s: &Server, bearer: Option<&str>, key_id: Option<&str>) -> Resp {

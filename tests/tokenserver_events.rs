@@ -7,29 +7,16 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Client, Resp, Server, now};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-const ISSUER: &str = "https://accounts.test";
+const ISSUER: &str = common::TEST_ISSUER;
 const CLIENT_ID: &str = "5882386c6d801776";
 const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
 const EVENT: &str = "https://schemas.accounts.firefox.com/event/";
 const WEBHOOK: &str = "/1.0/webhooks/fxa/events";
 
-fn jwks_path() -> String {
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fxa-test-jwks.json"
-    )
-    .to_string()
-}
-
 fn sign(claims: &Value, typ: &str) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("test-key-1".into());
-    header.typ = Some(typ.into());
-    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/fxa-test-key.pem")).unwrap();
-    jsonwebtoken::encode(&header, claims, &key).unwrap()
+    common::sign_test_jwt(claims, "test-key-1", typ)
 }
 
 /// An FxA access token of `sub` with FxA generation `generation`.
@@ -59,7 +46,7 @@ fn set(sub: &str, event: &str, payload: Value) -> String {
 }
 
 fn events_server(extra: &[(&str, &str)]) -> Server {
-    let jwks = jwks_path();
+    let jwks = common::test_jwks_path();
     let mut env = vec![
         ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
         ("SYNCSTORE_FXA_ISSUER", ISSUER),
@@ -135,7 +122,7 @@ async fn metric_lines(s: &Server, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_webhook_is_off_unless_a_client_id_is_configured() {
-    let jwks = jwks_path();
+    let jwks = common::test_jwks_path();
     let s = Server::start(&[
         ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
         ("SYNCSTORE_FXA_ISSUER", ISSUER),

@@ -11,27 +11,14 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Resp, Server, now};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-const ISSUER: &str = "https://accounts.test";
+const ISSUER: &str = common::TEST_ISSUER;
 const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
-fn jwks_path() -> String {
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fxa-test-jwks.json"
-    )
-    .to_string()
-}
 
 /// Signs `claims` with the test key, naming key id `kid`.
 fn signed(claims: &Value, kid: &str) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(kid.into());
-    header.typ = Some("at+jwt".into());
-    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/fxa-test-key.pem")).unwrap();
-    jsonwebtoken::encode(&header, claims, &key).unwrap()
+    common::sign_test_jwt(claims, kid, "at+jwt")
 }
 
 fn claims(sub: &str) -> Value {
@@ -121,7 +108,7 @@ fn assert_invalid_credentials(what: &str, r: &Resp) {
 // decision is local and fast, and nothing is sent anywhere.
 #[tokio::test]
 async fn an_offline_server_with_a_jwk_set_refuses_bad_jwts_at_once() {
-    let jwks = jwks_path();
+    let jwks = common::test_jwks_path();
     let s = Server::start(&[
         ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
         ("SYNCSTORE_FXA_ISSUER", ISSUER),
@@ -154,7 +141,7 @@ async fn an_offline_server_with_a_jwk_set_refuses_bad_jwts_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_tokens_the_jwk_set_cannot_decide_go_to_the_verifier() {
     let (url, hits) = counting_verifier().await;
-    let jwks = jwks_path();
+    let jwks = common::test_jwks_path();
     let s = Server::start(&[
         ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
         ("SYNCSTORE_FXA_ISSUER", ISSUER),

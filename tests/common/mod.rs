@@ -537,3 +537,46 @@ pub async fn sign_in(tokenserver: &Server, user: &str) -> Value {
     assert_eq!(r.status, 200, "{}", r.text);
     r.json()
 }
+
+/// The issuer the test FxA key (`tests/fixtures/fxa-test-key.pem`) signs for.
+pub const TEST_ISSUER: &str = "https://accounts.test";
+
+/// The test FxA key's JWK set (its public half), as a path for `SYNCSTORE_FXA_JWKS`.
+pub fn test_jwks_path() -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fxa-test-jwks.json"
+    )
+    .to_string()
+}
+
+/// Signs `claims` RS256 with the test FxA key, naming key id `kid` and type `typ`
+/// (`at+jwt` for access tokens, `secevent+jwt` for account events).
+pub fn sign_test_jwt(claims: &Value, kid: &str, typ: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.into());
+    header.typ = Some(typ.into());
+    let pem = include_bytes!("../fixtures/fxa-test-key.pem");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// An `X-KeyID` value: keys-changed-at and the client state, as Firefox sends them.
+pub fn key_id(kca: i64, client_state: &[u8]) -> String {
+    use base64::Engine;
+    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(client_state);
+    format!("{kca}-{state}")
+}
+
+/// A server verifying JWTs with the test key set and issuer, and no remote verifier.
+pub fn jwt_server(extra: &[(&str, &str)]) -> Server {
+    let jwks = test_jwks_path();
+    let mut env = vec![
+        ("SYNCSTORE_FXA_JWKS", jwks.as_str()),
+        ("SYNCSTORE_FXA_ISSUER", TEST_ISSUER),
+        ("SYNCSTORE_FXA_VERIFY_URL", ""),
+        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0"),
+    ];
+    env.extend_from_slice(extra);
+    Server::start(&env)
+}
