@@ -361,7 +361,7 @@ impl Accounts {
             .acquire()
             .await
             .map_err(|e| AccountsError::Internal(e.to_string()))?;
-        self.blocking(move |s| insert_new_account(&s, &email, &auth_pw))
+        self.blocking(move |s| insert_new_account(&s, &email, &auth_pw, None, true))
             .await
     }
 
@@ -1001,7 +1001,13 @@ impl Accounts {
 
 /// Makes an account from `authPW` and stores it (blocking: scrypt runs here). kB is
 /// random: the stored `wrapWrapKb` is random, so `wrapKb` and kB are too.
-pub fn insert_new_account(store: &Store, email: &str, auth_pw: &[u8; 32]) -> Result<Account> {
+pub fn insert_new_account(
+    store: &Store,
+    email: &str,
+    auth_pw: &[u8; 32],
+    invite: Option<&[u8; 32]>,
+    email_verified: bool,
+) -> Result<Account> {
     let email = email.trim().to_string();
     if !valid_email(&email) {
         return Err(AccountsError::InvalidParameter("email".into()));
@@ -1021,9 +1027,16 @@ pub fn insert_new_account(store: &Store, email: &str, auth_pw: &[u8; 32]) -> Res
         created_at: now,
         disabled: false,
         display_name: None,
+        email_verified,
     };
-    if !store.insert_account(&account)? {
-        return Err(AccountsError::AccountExists);
+    match store.insert_account(&account, invite)? {
+        store::Inserted::Created => {}
+        store::Inserted::EmailTaken => return Err(AccountsError::AccountExists),
+        store::Inserted::BadInvite => {
+            return Err(AccountsError::Blocked(
+                "the invite code is unknown, used or expired",
+            ));
+        }
     }
     tracing::info!(uid = %account.uid, "account created");
     Ok(account)

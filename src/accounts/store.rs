@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     keys_changed_at INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     disabled INTEGER NOT NULL DEFAULT 0,
-    display_name TEXT
+    display_name TEXT,
+    email_verified INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id_hash BLOB PRIMARY KEY,
@@ -81,7 +82,29 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     last_used_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refresh_tokens_uid ON refresh_tokens(uid);
+CREATE TABLE IF NOT EXISTS invites (
+    code_hash BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    used_by TEXT
+);
+CREATE TABLE IF NOT EXISTS email_codes (
+    uid TEXT PRIMARY KEY REFERENCES accounts(uid) ON DELETE CASCADE,
+    code_hash BLOB NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS account_deletions (
+    uid TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    deleted_at INTEGER NOT NULL
+);
 ";
+
+/// Columns added after the first release, with their definitions: added to an older
+/// file when it is opened.
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("accounts", "email_verified", "INTEGER NOT NULL DEFAULT 1")];
 
 /// An account as stored.
 #[derive(Clone)]
@@ -108,6 +131,8 @@ pub struct Account {
     pub disabled: bool,
     /// The profile's display name.
     pub display_name: Option<String>,
+    /// The email address is verified (always, but for open sign-ups that mail a code).
+    pub email_verified: bool,
 }
 
 impl std::fmt::Debug for Account {
@@ -205,6 +230,54 @@ pub struct Refresh {
     pub last_used_at: i64,
 }
 
+/// What `insert_account` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The account exists now (and the invite, if any, is spent).
+    Created,
+    /// Another account has this email; nothing changed.
+    EmailTaken,
+    /// The invite is unknown, spent or expired; nothing changed.
+    BadInvite,
+}
+
+/// An invite code as listed (the code itself is not stored).
+#[derive(Debug, Clone)]
+pub struct Invite {
+    /// When it was made, ms.
+    pub created_at: i64,
+    /// When it stops working, ms.
+    pub expires_at: i64,
+    /// When it was used, ms.
+    pub used_at: Option<i64>,
+    /// The email of the account made with it (while that account exists).
+    pub used_by: Option<String>,
+}
+
+/// A deleted account whose Sync data is still to be deleted.
+#[derive(Debug, Clone)]
+pub struct Deletion {
+    /// The account's uid.
+    pub uid: String,
+    /// Its email.
+    pub email: String,
+    /// When it was deleted, ms.
+    pub deleted_at: i64,
+}
+
+/// What `verify_email_code` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// The code matched: the account is verified.
+    Verified,
+    /// Another code.
+    Wrong,
+    /// The code expired.
+    Expired,
+    /// No code is pending for the account.
+    NoCode,
+}
+
 /// The accounts database.
 #[derive(Clone)]
 pub struct Store {
@@ -234,11 +307,12 @@ fn account_row(r: &Row<'_>) -> rusqlite::Result<Account> {
         created_at: r.get(8)?,
         disabled: r.get(9)?,
         display_name: r.get(10)?,
+        email_verified: r.get(11)?,
     })
 }
 
 const ACCOUNT_COLS: &str = "uid, email, auth_salt, verify_hash, wrap_wrap_kb, ka, \
-    verifier_set_at, keys_changed_at, created_at, disabled, display_name";
+    verifier_set_at, keys_changed_at, created_at, disabled, display_name, email_verified";
 
 fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
     Ok(TokenRow {
@@ -291,7 +365,21 @@ impl Store {
             )
         });
         let pool = r2d2::Pool::builder().max_size(4).build(manager)?;
-        pool.get()?.execute_batch(SCHEMA)?;
+        let c = pool.get()?;
+        c.execute_batch(SCHEMA)?;
+        for (table, column, definition) in ADDED_COLUMNS {
+            let present: bool = c.query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                c.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                ))?;
+            }
+        }
+        drop(c);
         Ok(Store { pool })
     }
 
@@ -299,12 +387,19 @@ impl Store {
         Ok(self.pool.get()?)
     }
 
-    /// Inserts a new account; false when the email is taken.
-    pub fn insert_account(&self, a: &Account) -> Result<bool, StoreError> {
-        let n = self.conn()?.execute(
+    /// Inserts a new account, taking the invite code (SHA-256) if one is given, in one
+    /// transaction: a refused invite makes no account and a taken email spends no invite.
+    pub fn insert_account(
+        &self,
+        a: &Account,
+        invite: Option<&[u8; 32]>,
+    ) -> Result<Inserted, StoreError> {
+        let mut c = self.conn()?;
+        let tx = c.transaction()?;
+        let n = tx.execute(
             &format!(
                 "INSERT OR IGNORE INTO accounts ({ACCOUNT_COLS}, normalized_email) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 a.uid,
@@ -318,10 +413,25 @@ impl Store {
                 a.created_at,
                 a.disabled,
                 a.display_name,
+                a.email_verified,
                 normalize_email(&a.email)
             ],
         )?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(Inserted::EmailTaken);
+        }
+        if let Some(code_hash) = invite {
+            let n = tx.execute(
+                "UPDATE invites SET used_at = ?2, used_by = ?3 \
+                 WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+                params![code_hash, a.created_at, a.uid],
+            )?;
+            if n != 1 {
+                return Ok(Inserted::BadInvite);
+            }
+        }
+        tx.commit()?;
+        Ok(Inserted::Created)
     }
 
     /// The account with this email (any case).
@@ -377,13 +487,135 @@ impl Store {
         Ok(uid.is_some())
     }
 
-    /// Deletes an account and everything of it. False: no such account.
-    pub fn delete_account(&self, email: &str) -> Result<bool, StoreError> {
-        let n = self.conn()?.execute(
-            "DELETE FROM accounts WHERE normalized_email = ?1",
-            [normalize_email(email)],
+    /// Deletes an account and everything of it, and queues the deletion of its Sync
+    /// data (`account_deletions`, drained by the server). The uid, or None: no such
+    /// account.
+    pub fn delete_account(&self, email: &str, now: i64) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn()?;
+        let tx = c.transaction()?;
+        let gone: Option<(String, String)> = tx
+            .query_row(
+                "DELETE FROM accounts WHERE normalized_email = ?1 RETURNING uid, email",
+                [normalize_email(email)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((uid, email)) = &gone {
+            tx.execute(
+                "INSERT OR REPLACE INTO account_deletions (uid, email, deleted_at) \
+                 VALUES (?1, ?2, ?3)",
+                params![uid, email, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(gone.map(|(uid, _)| uid))
+    }
+
+    /// Deleted accounts whose Sync data is still to be deleted, oldest first.
+    pub fn pending_deletions(&self, limit: u32) -> Result<Vec<Deletion>, StoreError> {
+        let c = self.conn()?;
+        let mut st = c.prepare(
+            "SELECT uid, email, deleted_at FROM account_deletions \
+             ORDER BY deleted_at LIMIT ?1",
         )?;
-        Ok(n > 0)
+        let rows = st.query_map([limit], |r| {
+            Ok(Deletion {
+                uid: r.get(0)?,
+                email: r.get(1)?,
+                deleted_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The Sync data of a deleted account is gone: forget the deletion.
+    pub fn finish_deletion(&self, uid: &str) -> Result<(), StoreError> {
+        self.conn()?
+            .execute("DELETE FROM account_deletions WHERE uid = ?1", [uid])?;
+        Ok(())
+    }
+
+    /// Stores a new invite code (its SHA-256), usable once until `expires_at` (ms).
+    pub fn insert_invite(
+        &self,
+        code_hash: &[u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT INTO invites (code_hash, created_at, expires_at) VALUES (?1, ?2, ?3)",
+            params![code_hash, now, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Every invite, newest first.
+    pub fn invites(&self) -> Result<Vec<Invite>, StoreError> {
+        let c = self.conn()?;
+        let mut st = c.prepare(
+            "SELECT i.created_at, i.expires_at, i.used_at, a.email FROM invites i \
+             LEFT JOIN accounts a ON a.uid = i.used_by ORDER BY i.created_at DESC",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Invite {
+                created_at: r.get(0)?,
+                expires_at: r.get(1)?,
+                used_at: r.get(2)?,
+                used_by: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets (replacing any earlier one) the email verification code (its SHA-256) of an
+    /// account, valid until `expires_at` (ms).
+    pub fn set_email_code(
+        &self,
+        uid: &str,
+        code_hash: &[u8; 32],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT OR REPLACE INTO email_codes (uid, code_hash, expires_at) \
+             VALUES (?1, ?2, ?3)",
+            params![uid, code_hash, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Checks an email verification code; when it matches and is unexpired the account
+    /// becomes verified and the code is spent. Comparison of the hashes is constant-time.
+    pub fn verify_email_code(
+        &self,
+        uid: &str,
+        code_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<CodeCheck, StoreError> {
+        let mut c = self.conn()?;
+        let tx = c.transaction()?;
+        let row: Option<(Vec<u8>, i64)> = tx
+            .query_row(
+                "SELECT code_hash, expires_at FROM email_codes WHERE uid = ?1",
+                [uid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((stored, expires_at)) = row else {
+            return Ok(CodeCheck::NoCode);
+        };
+        if expires_at <= now {
+            return Ok(CodeCheck::Expired);
+        }
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &code_hash[..])) {
+            return Ok(CodeCheck::Wrong);
+        }
+        tx.execute("DELETE FROM email_codes WHERE uid = ?1", [uid])?;
+        tx.execute(
+            "UPDATE accounts SET email_verified = 1 WHERE uid = ?1",
+            [uid],
+        )?;
+        tx.commit()?;
+        Ok(CodeCheck::Verified)
     }
 
     /// Replaces the verifier and wrapped key (a password change or reset), revoking

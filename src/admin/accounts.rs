@@ -36,7 +36,8 @@ fn client_auth_pw(email: &str, password: &str) -> [u8; 32] {
 /// Adds an account (marked verified: the operator vouches for it).
 pub fn add(data_dir: &Path, email: &str, password: &str) -> Result<String> {
     let store = Store::open(data_dir)?;
-    let a = accounts::insert_new_account(&store, email, &client_auth_pw(email, password))?;
+    let a =
+        accounts::insert_new_account(&store, email, &client_auth_pw(email, password), None, true)?;
     Ok(format!("added {} (uid {})", a.email, a.uid))
 }
 
@@ -72,11 +73,11 @@ pub fn set_disabled(data_dir: &Path, email: &str, disabled: bool) -> Result<Stri
     ))
 }
 
-/// Deletes an account and everything of it (its Sync data stays on the storage node
-/// until the user is deleted there).
+/// Deletes an account and everything of it, and queues the deletion of its Sync data
+/// (carried out by the running server).
 pub fn delete(data_dir: &Path, email: &str) -> Result<String> {
     let store = Store::open(data_dir)?;
-    if !store.delete_account(email)? {
+    if store.delete_account(email, accounts::now_ms())?.is_none() {
         return Err(AccountAdminError::NoSuchAccount(email.into()));
     }
     Ok(format!("deleted {email}"))
