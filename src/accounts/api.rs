@@ -321,7 +321,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
     base-uri 'none'";
 
 /// One of the sign-in pages' assets, with the page headers.
-fn page(content_type: &'static str, body: &'static str) -> Response {
+fn page(content_type: &'static str, body: impl IntoResponse) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -338,11 +338,14 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
 
 /// The page Firefox opens to sign in (the content server root, with Firefox's OAuth
 /// request in the query: `context=oauth_webchannel_v1`, `keys_jwk`, `state`, PKCE).
-async fn signin_page() -> Response {
-    page(
-        "text/html; charset=utf-8",
-        include_str!("pages/signin.html"),
-    )
+/// The sign-up policy is rendered into `<main data-signups>` (the CSP allows no
+/// inline script), so the page offers sign-up, with an invite code or not at all.
+async fn signin_page(State(st): State<ApiState>) -> Response {
+    let html = include_str!("pages/signin.html").replace(
+        "data-signups=\"closed\"",
+        &format!("data-signups=\"{}\"", st.accounts.signups().as_str()),
+    );
+    page("text/html; charset=utf-8", html)
 }
 
 /// The page's script (see the page's own header comment).
@@ -399,6 +402,17 @@ struct Credentials {
     auth_pw: String,
 }
 
+/// `account/create`'s body: the credentials and, under the `invite` policy, the code.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewAccount {
+    email: String,
+    #[serde(rename = "authPW")]
+    auth_pw: String,
+    #[serde(default)]
+    invite_code: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 struct KeysQuery {
     #[serde(default)]
@@ -426,11 +440,18 @@ async fn create(
     Query(q): Query<KeysQuery>,
     r: AuthRequest,
 ) -> ApiResult {
-    let c: Credentials = r.json()?;
+    let c: NewAccount = r.json()?;
     let keys = q.keys.as_deref() == Some("true");
     session_body(
         st.accounts
-            .create(&c.email, &c.auth_pw, keys, &r.user_agent)
+            .create(
+                &c.email,
+                &c.auth_pw,
+                c.invite_code.as_deref(),
+                keys,
+                r.ip,
+                &r.user_agent,
+            )
             .await?,
     )
 }

@@ -57,7 +57,7 @@ pub fn now_ms() -> i64 {
 pub enum Signups {
     /// Only the operator (`syncstore account add`).
     Closed,
-    /// Holders of an invite (not offered yet: as closed).
+    /// Holders of a single-use invite code (`syncstore account invite`).
     Invite,
     /// Anyone.
     Open,
@@ -73,6 +73,27 @@ impl Signups {
             _ => None,
         }
     }
+
+    /// The setting's name (`closed`, `invite`, `open`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signups::Closed => "closed",
+            Signups::Invite => "invite",
+            Signups::Open => "open",
+        }
+    }
+}
+
+/// Longest invite code accepted from a client (a CLI-made one has 32 characters).
+const MAX_INVITE_LEN: usize = 64;
+
+/// A fresh invite code: 24 random bytes, URL-safe base64 (192 bits), and the SHA-256
+/// of its text, which is all the database keeps.
+pub fn new_invite_code() -> (String, [u8; 32]) {
+    use base64::Engine;
+    let code = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    let hash = crypto::sha256(code.as_bytes());
+    (code, hash)
 }
 
 /// Errors of the accounts service, each an FxA error (status, errno).
@@ -336,19 +357,62 @@ impl Accounts {
             .map_err(|e| AccountsError::Internal(e.to_string()))
     }
 
+    /// The sign-up policy.
+    pub fn signups(&self) -> Signups {
+        self.signups
+    }
+
     /// Creates an account from the client's `authPW` (API sign-up, subject to the
-    /// sign-up policy) and signs it in.
+    /// sign-up policy: under `invite` an unspent invite code is needed, and failed
+    /// codes count in the attempt limits per email and per client address) and signs
+    /// it in.
     pub async fn create(
         &self,
         email: &str,
         auth_pw: &str,
+        invite: Option<&str>,
         keys: bool,
+        ip: Option<IpAddr>,
         user_agent: &str,
     ) -> Result<NewSession> {
-        if self.signups != Signups::Open {
-            return Err(AccountsError::Blocked("sign-ups are closed"));
-        }
-        let account = self.add_account(email, auth_pw).await?;
+        let invite_hash = match self.signups {
+            Signups::Closed => return Err(AccountsError::Blocked("sign-ups are closed")),
+            Signups::Open => None,
+            Signups::Invite => {
+                let key = format!("invite:{}", store::normalize_email(email));
+                self.limiter.check(&key, ip)?;
+                let code = invite.map(str::trim).unwrap_or_default();
+                if code.is_empty() {
+                    return Err(AccountsError::Blocked(
+                        "an invite code is needed to sign up on this server",
+                    ));
+                }
+                if code.len() > MAX_INVITE_LEN {
+                    self.limiter.fail(&key, ip);
+                    return Err(AccountsError::Blocked(BAD_INVITE));
+                }
+                Some((key, crypto::sha256(code.as_bytes())))
+            }
+        };
+        let auth_pw = hex32("authPW", auth_pw)?;
+        let email = email.to_string();
+        let slot = self
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|e| AccountsError::Internal(e.to_string()))?;
+        let hash = invite_hash.as_ref().map(|(_, h)| *h);
+        let made = self
+            .blocking(move |s| insert_new_account(&s, &email, &auth_pw, hash.as_ref(), true))
+            .await;
+        drop(slot);
+        let account = match (made, &invite_hash) {
+            (Err(AccountsError::Blocked(m)), Some((key, _))) => {
+                self.limiter.fail(key, ip);
+                return Err(AccountsError::Blocked(m));
+            }
+            (made, _) => made?,
+        };
         self.new_session(account, keys, user_agent).await
     }
 
@@ -999,6 +1063,9 @@ impl Accounts {
     }
 }
 
+/// The refusal of an unknown, spent or expired invite code.
+const BAD_INVITE: &str = "the invite code is unknown, used or expired";
+
 /// Makes an account from `authPW` and stores it (blocking: scrypt runs here). kB is
 /// random: the stored `wrapWrapKb` is random, so `wrapKb` and kB are too.
 pub fn insert_new_account(
@@ -1033,9 +1100,7 @@ pub fn insert_new_account(
         store::Inserted::Created => {}
         store::Inserted::EmailTaken => return Err(AccountsError::AccountExists),
         store::Inserted::BadInvite => {
-            return Err(AccountsError::Blocked(
-                "the invite code is unknown, used or expired",
-            ));
+            return Err(AccountsError::Blocked(BAD_INVITE));
         }
     }
     tracing::info!(uid = %account.uid, "account created");
