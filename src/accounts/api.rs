@@ -38,6 +38,9 @@ impl IntoResponse for AccountsError {
             AccountExists => (400, 101),
             UnknownAccount => (400, 102),
             IncorrectPassword => (400, 103),
+            Unverified => (400, 104),
+            InvalidCode => (400, 183),
+            MailFailed(_) => (503, 151),
             InvalidParameter(_) => (400, 107),
             MissingParameter(_) => (400, 108),
             InvalidSignature => (401, 109),
@@ -284,6 +287,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         .route("/v1/account/profile", get(account_profile))
         .route("/v1/session/status", get(session_status))
         .route("/v1/session/destroy", post(session_destroy))
+        .route("/v1/session/verify_code", post(verify_code))
+        .route("/v1/session/resend_code", post(resend_code))
         .route("/v1/recovery_email/status", get(email_status))
         .route("/v1/account/scoped-key-data", post(scoped_key_data))
         .route("/v1/oauth/token", post(token))
@@ -420,14 +425,16 @@ struct KeysQuery {
 }
 
 fn session_body(s: NewSession) -> ApiResult {
+    let verified = s.account.email_verified;
     let mut body = json!({
         "uid": s.account.uid,
         "sessionToken": s.session_token,
         "authAt": s.auth_at,
-        "verified": true,
-        "emailVerified": true,
-        "sessionVerified": true,
-        "verificationMethod": null,
+        "verified": verified,
+        "emailVerified": verified,
+        "sessionVerified": verified,
+        "verificationMethod": if verified { Value::Null } else { json!("email-otp") },
+        "verificationReason": if verified { Value::Null } else { json!("signup") },
     });
     if let Some(k) = s.key_fetch_token {
         body["keyFetchToken"] = json!(k);
@@ -519,7 +526,30 @@ async fn account_profile(State(st): State<ApiState>, r: AuthRequest) -> ApiResul
 
 async fn session_status(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let a = session(&st, &r).await?;
-    ok(json!({ "state": "verified", "uid": a.account.uid }))
+    let state = if a.account.email_verified {
+        "verified"
+    } else {
+        "unverified"
+    };
+    ok(json!({ "state": state, "uid": a.account.uid }))
+}
+
+#[derive(Deserialize)]
+struct CodeBody {
+    code: String,
+}
+
+async fn verify_code(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let b: CodeBody = r.json()?;
+    let a = session(&st, &r).await?;
+    st.accounts.verify_email(&a, &b.code, r.ip).await?;
+    ok(json!({}))
+}
+
+async fn resend_code(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let a = session(&st, &r).await?;
+    st.accounts.resend_email_code(&a, r.ip).await?;
+    ok(json!({}))
 }
 
 async fn session_destroy(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
@@ -530,11 +560,12 @@ async fn session_destroy(State(st): State<ApiState>, r: AuthRequest) -> ApiResul
 
 async fn email_status(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let a = session(&st, &r).await?;
+    let verified = a.account.email_verified;
     ok(json!({
         "email": a.account.email,
-        "verified": true,
-        "sessionVerified": true,
-        "emailVerified": true,
+        "verified": verified,
+        "sessionVerified": verified,
+        "emailVerified": verified,
     }))
 }
 
