@@ -28,7 +28,7 @@ impl Mailer {
         let from: Mailbox = from
             .parse()
             .map_err(|e| MailError(format!("accounts_mail_from: {e}")))?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url(url)?)
             .map_err(|e| MailError(format!("accounts_smtp_url: {e}")))?
             .timeout(Some(SEND_TIMEOUT))
             .build();
@@ -57,5 +57,50 @@ impl Mailer {
             .await
             .map(|_| ())
             .map_err(|e| MailError(format!("sending: {e}")))
+    }
+}
+
+/// lettre's URL for a setting: `smtp://` without `tls` means STARTTLS required (lettre
+/// itself would send in the clear), `tls=none` (tests, a relay on localhost) means no
+/// TLS; `smtps://` and `tls=required|opportunistic` are lettre's own.
+fn lettre_url(url: &str) -> Result<String, MailError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    let tls = pairs
+        .iter()
+        .find_map(|p| p.strip_prefix("tls="))
+        .map(str::to_string);
+    match (base.split_once("://").map(|(s, _)| s), tls.as_deref()) {
+        (Some("smtp"), None) => pairs.push("tls=required"),
+        (Some("smtp"), Some("none")) => pairs.retain(|p| !p.starts_with("tls=")),
+        (Some("smtp" | "smtps"), _) => {}
+        _ => {
+            return Err(MailError(
+                "accounts_smtp_url: expected smtp://… or smtps://…".into(),
+            ));
+        }
+    }
+    Ok(if pairs.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", pairs.join("&"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lettre_url;
+
+    #[test]
+    fn plain_smtp_means_starttls_unless_tls_none() {
+        let u = |s| lettre_url(s).unwrap();
+        assert_eq!(u("smtp://u:p@h:587"), "smtp://u:p@h:587?tls=required");
+        assert_eq!(u("smtp://h:25?tls=none"), "smtp://h:25");
+        assert_eq!(
+            u("smtp://h?tls=opportunistic"),
+            "smtp://h?tls=opportunistic"
+        );
+        assert_eq!(u("smtps://u:p@h"), "smtps://u:p@h");
+        assert!(lettre_url("http://h").is_err());
     }
 }

@@ -492,15 +492,15 @@ impl Accounts {
         Ok(())
     }
 
-    /// `POST /session/resend_code`: mails a new code (at most `max` per minute and
-    /// address, counted as the attempt limits are).
+    /// `POST /session/resend_code`: mails a new code (at most as many per account and
+    /// minute as the attempt limits allow failures; not counted against the address).
     pub async fn resend_email_code(&self, a: &Authed, ip: Option<IpAddr>) -> Result<()> {
         if a.account.email_verified {
             return Ok(());
         }
         let key = format!("resend:{}", a.account.uid);
         self.limiter.check(&key, ip)?;
-        self.limiter.fail(&key, ip);
+        self.limiter.fail(&key, None);
         self.send_email_code(&a.account).await
     }
 
