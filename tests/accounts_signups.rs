@@ -379,7 +379,7 @@ fn open_sign_ups_with_smtp_verify_the_address_with_a_mailed_code() {
 }
 
 #[test]
-fn wrong_verification_codes_hit_the_attempt_limit_and_resend_mails_a_new_code() {
+fn wrong_verification_codes_and_mailing_sign_ups_hit_the_attempt_limits() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (port, mut mails) = rt.block_on(smtp_sink());
     let smtp = format!("smtp://127.0.0.1:{port}?tls=none");
@@ -426,6 +426,13 @@ fn wrong_verification_codes_hit_the_attempt_limit_and_resend_mails_a_new_code() 
             Some(&session),
         )
         .await;
+        assert_eq!((status, errno(&err)), (429, Some(114)), "{err}");
+        // Sign-ups that mail a code: at most ten a minute from one address (one so far).
+        for i in 0..9 {
+            let (status, made) = create(&s, &format!("m{i}@example.org"), None).await;
+            assert_eq!(status, 200, "sign-up {i}: {made}");
+        }
+        let (status, err) = create(&s, "m9@example.org", None).await;
         assert_eq!((status, errno(&err)), (429, Some(114)), "{err}");
     });
 }

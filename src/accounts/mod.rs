@@ -411,6 +411,13 @@ impl Accounts {
             }
         };
         let auth_pw = hex32("authPW", auth_pw)?;
+        // Open sign-ups with SMTP mail a stranger's address: at most as many per
+        // client address and minute as the attempt limits allow failures.
+        let mails = self.signups == Signups::Open && self.mailer.is_some();
+        let mail_key = ip.map(|ip| format!("signup-mail:{ip}"));
+        if mails && let Some(k) = &mail_key {
+            self.limiter.check(k, None)?;
+        }
         let email = email.to_string();
         let slot = self
             .hash_slots
@@ -420,7 +427,7 @@ impl Accounts {
         let hash = invite_hash.as_ref().map(|(_, h)| *h);
         // Open sign-ups prove their address when mail can be sent; invited ones are
         // vouched for by the operator's invite.
-        let verified = !(self.signups == Signups::Open && self.mailer.is_some());
+        let verified = !mails;
         let made = self
             .blocking(move |s| insert_new_account(&s, &email, &auth_pw, hash.as_ref(), verified))
             .await;
@@ -434,6 +441,9 @@ impl Accounts {
         };
         let session = self.new_session(account, keys, user_agent).await?;
         if !session.account.email_verified {
+            if let Some(k) = &mail_key {
+                self.limiter.fail(k, None);
+            }
             self.send_email_code(&session.account).await?;
         }
         Ok(session)
