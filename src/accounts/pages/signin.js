@@ -271,7 +271,6 @@ function verifyEmail(sessionId) {
 }
 
 function start() {
-  if (SIGNUPS !== "closed") $("signup").hidden = false;
   if (SIGNUPS === "invite") {
     $("invite-field").hidden = false;
     if (params.get("invite")) $("invite").value = params.get("invite");
