@@ -180,8 +180,14 @@ pub struct Settings {
     /// on the public origin); its tokens are trusted by this tokenserver.
     pub accounts: bool,
     /// Who may create accounts over the API: `closed` (only `syncstore account add`),
-    /// `invite` (not offered yet: as closed) or `open`.
+    /// `invite` (holders of a code from `syncstore account invite`) or `open`.
     pub accounts_signups: String,
+    /// SMTP server for verification mail (lettre's URL form: `smtp://user:pass@host:587`
+    /// with STARTTLS, `smtps://host:465`, `smtp://host:25?tls=none`); empty: no mail
+    /// (under `open`, new accounts are then verified without proof of the address).
+    pub accounts_smtp_url: String,
+    /// The verification mail's From (`Sync <sync@example.org>`); required with SMTP.
+    pub accounts_mail_from: String,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -259,6 +265,8 @@ impl Default for Settings {
             collection_limits: BTreeMap::new(),
             accounts: true,
             accounts_signups: "closed".into(),
+            accounts_smtp_url: String::new(),
+            accounts_mail_from: String::new(),
         }
     }
 }
@@ -274,6 +282,11 @@ impl std::fmt::Debug for Settings {
             && let Some((_, host)) = rest.rsplit_once('@')
         {
             shown.tokenserver_database_url = format!("{scheme}://<redacted>@{host}");
+        }
+        if let Some((scheme, rest)) = shown.accounts_smtp_url.split_once("://")
+            && let Some((_, host)) = rest.rsplit_once('@')
+        {
+            shown.accounts_smtp_url = format!("{scheme}://<redacted>@{host}");
         }
         let text = toml::to_string(&shown).map_err(|_| std::fmt::Error)?;
         f.write_str(&text)
@@ -372,6 +385,9 @@ impl Settings {
         }
         if !matches!(self.accounts_signups.as_str(), "closed" | "invite" | "open") {
             return bad("accounts_signups must be \"closed\", \"invite\" or \"open\"");
+        }
+        if !self.accounts_smtp_url.is_empty() && self.accounts_mail_from.is_empty() {
+            return bad("accounts_smtp_url needs accounts_mail_from");
         }
         if !self.public_url.is_empty() && self.public_url.parse::<axum::http::Uri>().is_err() {
             return bad("public_url is not a valid URL");

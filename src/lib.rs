@@ -153,7 +153,20 @@ fn accounts_service(
     };
     let signups = accounts::Signups::parse(&settings.accounts_signups)
         .ok_or_else(|| ServerError::Accounts("bad accounts_signups".into()))?;
-    let service = accounts::Accounts::open(&settings.data_dir, issuer, signups)
+    let mailer = match settings.accounts_smtp_url.as_str() {
+        "" => None,
+        url => Some(
+            accounts::mail::Mailer::new(url, &settings.accounts_mail_from)
+                .map_err(|e| ServerError::Accounts(e.to_string()))?,
+        ),
+    };
+    if signups == accounts::Signups::Open && mailer.is_none() {
+        tracing::warn!(
+            "accounts_signups is open without accounts_smtp_url: new accounts are verified \
+             at once, their email addresses are not proven"
+        );
+    }
+    let service = accounts::Accounts::open(&settings.data_dir, issuer, signups, mailer)
         .map_err(ServerError::Accounts)?;
     tracing::info!(signups = %settings.accounts_signups, "accounts service enabled at /v1");
     Ok(Some(accounts::api::ApiState {

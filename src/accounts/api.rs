@@ -38,6 +38,9 @@ impl IntoResponse for AccountsError {
             AccountExists => (400, 101),
             UnknownAccount => (400, 102),
             IncorrectPassword => (400, 103),
+            Unverified => (400, 104),
+            InvalidCode => (400, 183),
+            MailFailed(_) => (503, 151),
             InvalidParameter(_) => (400, 107),
             MissingParameter(_) => (400, 108),
             InvalidSignature => (401, 109),
@@ -284,6 +287,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         .route("/v1/account/profile", get(account_profile))
         .route("/v1/session/status", get(session_status))
         .route("/v1/session/destroy", post(session_destroy))
+        .route("/v1/session/verify_code", post(verify_code))
+        .route("/v1/session/resend_code", post(resend_code))
         .route("/v1/recovery_email/status", get(email_status))
         .route("/v1/account/scoped-key-data", post(scoped_key_data))
         .route("/v1/oauth/token", post(token))
@@ -321,7 +326,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
     base-uri 'none'";
 
 /// One of the sign-in pages' assets, with the page headers.
-fn page(content_type: &'static str, body: &'static str) -> Response {
+fn page(content_type: &'static str, body: impl IntoResponse) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -338,11 +343,14 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
 
 /// The page Firefox opens to sign in (the content server root, with Firefox's OAuth
 /// request in the query: `context=oauth_webchannel_v1`, `keys_jwk`, `state`, PKCE).
-async fn signin_page() -> Response {
-    page(
-        "text/html; charset=utf-8",
-        include_str!("pages/signin.html"),
-    )
+/// The sign-up policy is rendered into `<main data-signups>` (the CSP allows no
+/// inline script), so the page offers sign-up, with an invite code or not at all.
+async fn signin_page(State(st): State<ApiState>) -> Response {
+    let html = include_str!("pages/signin.html").replace(
+        "data-signups=\"closed\"",
+        &format!("data-signups=\"{}\"", st.accounts.signups().as_str()),
+    );
+    page("text/html; charset=utf-8", html)
 }
 
 /// The page's script (see the page's own header comment).
@@ -399,6 +407,17 @@ struct Credentials {
     auth_pw: String,
 }
 
+/// `account/create`'s body: the credentials and, under the `invite` policy, the code.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewAccount {
+    email: String,
+    #[serde(rename = "authPW")]
+    auth_pw: String,
+    #[serde(default)]
+    invite_code: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 struct KeysQuery {
     #[serde(default)]
@@ -406,14 +425,16 @@ struct KeysQuery {
 }
 
 fn session_body(s: NewSession) -> ApiResult {
+    let verified = s.account.email_verified;
     let mut body = json!({
         "uid": s.account.uid,
         "sessionToken": s.session_token,
         "authAt": s.auth_at,
-        "verified": true,
-        "emailVerified": true,
-        "sessionVerified": true,
-        "verificationMethod": null,
+        "verified": verified,
+        "emailVerified": verified,
+        "sessionVerified": verified,
+        "verificationMethod": if verified { Value::Null } else { json!("email-otp") },
+        "verificationReason": if verified { Value::Null } else { json!("signup") },
     });
     if let Some(k) = s.key_fetch_token {
         body["keyFetchToken"] = json!(k);
@@ -426,11 +447,18 @@ async fn create(
     Query(q): Query<KeysQuery>,
     r: AuthRequest,
 ) -> ApiResult {
-    let c: Credentials = r.json()?;
+    let c: NewAccount = r.json()?;
     let keys = q.keys.as_deref() == Some("true");
     session_body(
         st.accounts
-            .create(&c.email, &c.auth_pw, keys, &r.user_agent)
+            .create(
+                &c.email,
+                &c.auth_pw,
+                c.invite_code.as_deref(),
+                keys,
+                r.ip,
+                &r.user_agent,
+            )
             .await?,
     )
 }
@@ -498,7 +526,30 @@ async fn account_profile(State(st): State<ApiState>, r: AuthRequest) -> ApiResul
 
 async fn session_status(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let a = session(&st, &r).await?;
-    ok(json!({ "state": "verified", "uid": a.account.uid }))
+    let state = if a.account.email_verified {
+        "verified"
+    } else {
+        "unverified"
+    };
+    ok(json!({ "state": state, "uid": a.account.uid }))
+}
+
+#[derive(Deserialize)]
+struct CodeBody {
+    code: String,
+}
+
+async fn verify_code(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let b: CodeBody = r.json()?;
+    let a = session(&st, &r).await?;
+    st.accounts.verify_email(&a, &b.code, r.ip).await?;
+    ok(json!({}))
+}
+
+async fn resend_code(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let a = session(&st, &r).await?;
+    st.accounts.resend_email_code(&a, r.ip).await?;
+    ok(json!({}))
 }
 
 async fn session_destroy(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
@@ -509,11 +560,12 @@ async fn session_destroy(State(st): State<ApiState>, r: AuthRequest) -> ApiResul
 
 async fn email_status(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let a = session(&st, &r).await?;
+    let verified = a.account.email_verified;
     ok(json!({
         "email": a.account.email,
-        "verified": true,
-        "sessionVerified": true,
-        "emailVerified": true,
+        "verified": verified,
+        "sessionVerified": verified,
+        "emailVerified": verified,
     }))
 }
 

@@ -4,6 +4,7 @@
 //! * `crypto` — onepw: stretching, the scrypt verifier, token derivations, bundles.
 //! * `store` — the accounts database (`<data_dir>/accounts.sqlite`).
 //! * `oauth` — the service's RSA signing keys and its RS256 access tokens.
+//! * `mail` — the verification mail of `open` sign-ups (SMTP, when configured).
 //! * `limits` — failed-attempt limits per account and per client address.
 //! * `api` — the HTTP routes under `/v1` (FxA's auth, OAuth and profile APIs) and the
 //!   discovery documents, and the sign-in page Firefox opens at `/` (`pages/`: HTML,
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod crypto;
 pub mod limits;
+pub mod mail;
 pub mod oauth;
 pub mod store;
 
@@ -41,6 +43,8 @@ const CODE_TTL_MS: i64 = 10 * 60 * 1000;
 const SHORT_TOKEN_TTL_MS: i64 = 15 * 60 * 1000;
 /// Clock difference allowed in Hawk signatures, seconds.
 const HAWK_SKEW_SECS: i64 = 60;
+/// Lifetime of an email verification code, ms.
+const EMAIL_CODE_TTL_MS: i64 = 15 * 60 * 1000;
 /// Most scrypt verifications at once (64 MiB each).
 const HASH_SLOTS: usize = 2;
 
@@ -57,7 +61,7 @@ pub fn now_ms() -> i64 {
 pub enum Signups {
     /// Only the operator (`syncstore account add`).
     Closed,
-    /// Holders of an invite (not offered yet: as closed).
+    /// Holders of a single-use invite code (`syncstore account invite`).
     Invite,
     /// Anyone.
     Open,
@@ -73,6 +77,27 @@ impl Signups {
             _ => None,
         }
     }
+
+    /// The setting's name (`closed`, `invite`, `open`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signups::Closed => "closed",
+            Signups::Invite => "invite",
+            Signups::Open => "open",
+        }
+    }
+}
+
+/// Longest invite code accepted from a client (a CLI-made one has 32 characters).
+const MAX_INVITE_LEN: usize = 64;
+
+/// A fresh invite code: 24 random bytes, URL-safe base64 (192 bits), and the SHA-256
+/// of its text, which is all the database keeps.
+pub fn new_invite_code() -> (String, [u8; 32]) {
+    use base64::Engine;
+    let code = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    let hash = crypto::sha256(code.as_bytes());
+    (code, hash)
 }
 
 /// Errors of the accounts service, each an FxA error (status, errno).
@@ -87,6 +112,15 @@ pub enum AccountsError {
     /// 400 errno 103.
     #[error("Incorrect password")]
     IncorrectPassword,
+    /// 400 errno 104: the account's email is not verified yet.
+    #[error("Unverified account")]
+    Unverified,
+    /// 400 errno 183: a wrong, expired or absent email verification code.
+    #[error("Invalid or expired verification code")]
+    InvalidCode,
+    /// 503 errno 151: the verification mail could not be sent (the cause is logged).
+    #[error("Failed to send email: {0}")]
+    MailFailed(&'static str),
     /// 400 errno 107.
     #[error("Invalid parameter in request body: {0}")]
     InvalidParameter(String),
@@ -226,6 +260,7 @@ pub struct Accounts {
     limiter: Limiter,
     nonces: NonceCache,
     hash_slots: tokio::sync::Semaphore,
+    mailer: Option<mail::Mailer>,
 }
 
 fn prefix_of(kind: &str) -> &'static str {
@@ -291,6 +326,7 @@ impl Accounts {
         data_dir: &std::path::Path,
         issuer: &str,
         signups: Signups,
+        mailer: Option<mail::Mailer>,
     ) -> std::result::Result<Accounts, String> {
         let store = Store::open(data_dir).map_err(|e| e.to_string())?;
         let signer = Signer::load(data_dir, issuer).map_err(|e| e.to_string())?;
@@ -301,6 +337,7 @@ impl Accounts {
             limiter: Limiter::new(10, Duration::from_secs(60)),
             nonces: NonceCache::new(HAWK_SKEW_SECS * 2, 1_000_000),
             hash_slots: tokio::sync::Semaphore::new(HASH_SLOTS),
+            mailer,
         })
     }
 
@@ -345,20 +382,154 @@ impl Accounts {
             .map_err(|e| AccountsError::Internal(e.to_string()))
     }
 
+    /// The sign-up policy.
+    pub fn signups(&self) -> Signups {
+        self.signups
+    }
+
     /// Creates an account from the client's `authPW` (API sign-up, subject to the
-    /// sign-up policy) and signs it in.
+    /// sign-up policy: under `invite` an unspent invite code is needed, and failed
+    /// codes count in the attempt limits per email and per client address) and signs
+    /// it in.
     pub async fn create(
         &self,
         email: &str,
         auth_pw: &str,
+        invite: Option<&str>,
         keys: bool,
+        ip: Option<IpAddr>,
         user_agent: &str,
     ) -> Result<NewSession> {
-        if self.signups != Signups::Open {
-            return Err(AccountsError::Blocked("sign-ups are closed"));
+        let invite_hash = match self.signups {
+            Signups::Closed => return Err(AccountsError::Blocked("sign-ups are closed")),
+            Signups::Open => None,
+            Signups::Invite => {
+                let key = format!("invite:{}", store::normalize_email(email));
+                self.limiter.check(&key, ip)?;
+                let code = invite.map(str::trim).unwrap_or_default();
+                if code.is_empty() {
+                    return Err(AccountsError::Blocked(
+                        "an invite code is needed to sign up on this server",
+                    ));
+                }
+                if code.len() > MAX_INVITE_LEN {
+                    self.limiter.fail(&key, ip);
+                    return Err(AccountsError::Blocked(BAD_INVITE));
+                }
+                Some((key, crypto::sha256(code.as_bytes())))
+            }
+        };
+        let auth_pw = hex32("authPW", auth_pw)?;
+        // Open sign-ups with SMTP mail a stranger's address: at most as many per
+        // client address and minute as the attempt limits allow failures.
+        let mails = self.signups == Signups::Open && self.mailer.is_some();
+        let mail_key = ip.map(|ip| format!("signup-mail:{ip}"));
+        if mails && let Some(k) = &mail_key {
+            self.limiter.check(k, None)?;
         }
-        let account = self.add_account(email, auth_pw).await?;
-        self.new_session(account, keys, user_agent).await
+        let email = email.to_string();
+        let slot = self
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|e| AccountsError::Internal(e.to_string()))?;
+        let hash = invite_hash.as_ref().map(|(_, h)| *h);
+        // Open sign-ups prove their address when mail can be sent; invited ones are
+        // vouched for by the operator's invite.
+        let verified = !mails;
+        let made = self
+            .blocking(move |s| insert_new_account(&s, &email, &auth_pw, hash.as_ref(), verified))
+            .await;
+        drop(slot);
+        let account = match (made, &invite_hash) {
+            (Err(AccountsError::Blocked(m)), Some((key, _))) => {
+                self.limiter.fail(key, ip);
+                return Err(AccountsError::Blocked(m));
+            }
+            (made, _) => made?,
+        };
+        let session = self.new_session(account, keys, user_agent).await?;
+        if !session.account.email_verified {
+            if let Some(k) = &mail_key {
+                self.limiter.fail(k, None);
+            }
+            self.send_email_code(&session.account).await?;
+        }
+        Ok(session)
+    }
+
+    /// Makes a fresh 6-digit verification code for an unverified account (replacing
+    /// any earlier one; only its hash, salted with the uid, is stored) and mails it.
+    async fn send_email_code(&self, account: &Account) -> Result<()> {
+        let Some(mailer) = &self.mailer else {
+            return Err(AccountsError::NotEnabled("email verification"));
+        };
+        let code = format!("{:06}", rand::random_range(0..1_000_000u32));
+        let hash = email_code_hash(&account.uid, &code);
+        let uid = account.uid.clone();
+        let expires_at = now_ms() + EMAIL_CODE_TTL_MS;
+        self.blocking(move |s| Ok(s.set_email_code(&uid, &hash, expires_at)?))
+            .await?;
+        if let Err(e) = mailer
+            .send_code(&account.email, &code, self.signer.issuer())
+            .await
+        {
+            tracing::error!(uid = %account.uid, error = %e, "verification mail not sent");
+            return Err(AccountsError::MailFailed(
+                "the verification code could not be mailed; try again later",
+            ));
+        }
+        tracing::info!(uid = %account.uid, "verification code mailed");
+        Ok(())
+    }
+
+    /// `POST /session/verify_code`: checks the mailed code (wrong codes count in the
+    /// attempt limits per account and per address); the account is verified after.
+    pub async fn verify_email(&self, a: &Authed, code: &str, ip: Option<IpAddr>) -> Result<()> {
+        if a.account.email_verified {
+            return Ok(());
+        }
+        let key = format!("verify:{}", a.account.uid);
+        self.limiter.check(&key, ip)?;
+        let code = code.trim();
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            self.limiter.fail(&key, ip);
+            return Err(AccountsError::InvalidCode);
+        }
+        let hash = email_code_hash(&a.account.uid, code);
+        let uid = a.account.uid.clone();
+        let now = now_ms();
+        let found = self
+            .blocking(move |s| Ok(s.verify_email_code(&uid, &hash, now)?))
+            .await?;
+        if found != store::CodeCheck::Verified {
+            self.limiter.fail(&key, ip);
+            return Err(AccountsError::InvalidCode);
+        }
+        self.limiter.succeed(&key);
+        tracing::info!(uid = %a.account.uid, "email verified");
+        Ok(())
+    }
+
+    /// `POST /session/resend_code`: mails a new code (at most as many per account and
+    /// minute as the attempt limits allow failures; not counted against the address).
+    pub async fn resend_email_code(&self, a: &Authed, ip: Option<IpAddr>) -> Result<()> {
+        if a.account.email_verified {
+            return Ok(());
+        }
+        let key = format!("resend:{}", a.account.uid);
+        self.limiter.check(&key, ip)?;
+        self.limiter.fail(&key, None);
+        self.send_email_code(&a.account).await
+    }
+
+    /// Refuses an account whose email is not verified yet (errno 104).
+    pub fn require_verified(account: &Account) -> Result<()> {
+        if account.email_verified {
+            Ok(())
+        } else {
+            Err(AccountsError::Unverified)
+        }
     }
 
     /// Makes an account (no session): the operator's `account add` and API sign-up.
@@ -422,7 +593,13 @@ impl Accounts {
         user_agent: &str,
     ) -> Result<NewSession> {
         let account = self.check_password(email, auth_pw, ip).await?;
-        self.new_session(account, keys, user_agent).await
+        let session = self.new_session(account, keys, user_agent).await?;
+        // An account still to verify gets a fresh code (the session's holder can ask
+        // again with resend_code if this mail fails).
+        if !session.account.email_verified && self.mailer.is_some() {
+            let _ = self.send_email_code(&session.account).await;
+        }
+        Ok(session)
     }
 
     /// A new session (and key fetch token) for an account whose `wrap_wrap_kb` field
@@ -549,6 +726,7 @@ impl Accounts {
     /// `GET /account/keys`: the encrypted key bundle (the key fetch token is used up).
     pub async fn keys_bundle(&self, auth: &TokenAuth) -> Result<String> {
         let a = self.authenticate(auth, "keyFetchToken").await?;
+        Self::require_verified(&a.account)?;
         let h = a.token.id_hash;
         self.blocking(move |s| Ok(s.delete_token(&h)?)).await?;
         a.token
@@ -583,6 +761,7 @@ impl Accounts {
         client_id: &str,
         scope: &str,
     ) -> Result<serde_json::Value> {
+        Self::require_verified(account)?;
         check_client_id(client_id)?;
         let scopes = parse_scopes(scope)?;
         let mut out = serde_json::Map::new();
@@ -670,6 +849,7 @@ impl Accounts {
         ttl: i64,
         offline: bool,
     ) -> Result<Grant> {
+        Self::require_verified(&a.account)?;
         check_client_id(client_id)?;
         let scope = parse_scopes(scope)?;
         let g = GrantRequest {
@@ -693,6 +873,7 @@ impl Accounts {
         keys_jwe: Option<String>,
         offline: bool,
     ) -> Result<String> {
+        Self::require_verified(&a.account)?;
         check_client_id(client_id)?;
         let scope = parse_scopes(scope)?;
         if let Some(c) = &code_challenge
@@ -753,6 +934,7 @@ impl Accounts {
         let account = account
             .filter(|a| !a.disabled)
             .ok_or(AccountsError::InvalidGrant("unknown account"))?;
+        Self::require_verified(&account)?;
         let g = GrantRequest {
             client_id,
             scope: &row.scope,
@@ -1008,6 +1190,14 @@ impl Accounts {
     }
 }
 
+/// What the store keeps of an email verification code: SHA-256 of uid and code.
+fn email_code_hash(uid: &str, code: &str) -> [u8; 32] {
+    crypto::sha256(format!("{uid}:{code}").as_bytes())
+}
+
+/// The refusal of an unknown, spent or expired invite code.
+const BAD_INVITE: &str = "the invite code is unknown, used or expired";
+
 /// Makes an account from `authPW` and stores it (blocking: scrypt runs here). kB is
 /// random: the stored `wrapWrapKb` is random, so `wrapKb` and kB are too.
 pub fn insert_new_account(
@@ -1042,9 +1232,7 @@ pub fn insert_new_account(
         store::Inserted::Created => {}
         store::Inserted::EmailTaken => return Err(AccountsError::AccountExists),
         store::Inserted::BadInvite => {
-            return Err(AccountsError::Blocked(
-                "the invite code is unknown, used or expired",
-            ));
+            return Err(AccountsError::Blocked(BAD_INVITE));
         }
     }
     tracing::info!(uid = %account.uid, "account created");

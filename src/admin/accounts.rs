@@ -41,6 +41,81 @@ pub fn add(data_dir: &Path, email: &str, password: &str) -> Result<String> {
     Ok(format!("added {} (uid {})", a.email, a.uid))
 }
 
+/// Parses an invite's lifetime: a number with `m`, `h` or `d` (minutes, hours, days),
+/// at most a year; ms.
+pub fn parse_valid_for(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
+    let unit_ms = match unit {
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms).filter(|ms| *ms <= 366 * 86_400_000)
+}
+
+/// Makes a single-use invite code valid for `valid_for_ms` and prints it (only its
+/// SHA-256 is stored: it cannot be shown again).
+pub fn invite(data_dir: &Path, valid_for_ms: i64) -> Result<String> {
+    let store = Store::open(data_dir)?;
+    let (code, hash) = accounts::new_invite_code();
+    let now = accounts::now_ms();
+    store.insert_invite(&hash, now, now + valid_for_ms)?;
+    Ok(format!(
+        "{code}\n(single use, valid until {}; only its hash is stored)",
+        time_text(now + valid_for_ms)
+    ))
+}
+
+/// Lists the invites: created, expires, used (when, by whom).
+pub fn invites(data_dir: &Path) -> Result<String> {
+    let store = Store::open(data_dir)?;
+    let now = accounts::now_ms();
+    let mut out = String::from("created\texpires\tused\tused by\n");
+    let list = store.invites()?;
+    for i in &list {
+        let used = match i.used_at {
+            Some(t) => time_text(t),
+            None if i.expires_at <= now => "expired".into(),
+            None => "unused".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{used}\t{}",
+            time_text(i.created_at),
+            time_text(i.expires_at),
+            i.used_by.as_deref().unwrap_or("-")
+        );
+    }
+    if list.is_empty() {
+        out = "no invites\n".into();
+    }
+    Ok(out)
+}
+
+/// A time (ms since the epoch) as `YYYY-MM-DD HH:MM UTC`.
+fn time_text(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
 /// Lists the accounts: email, uid, state, creation time.
 pub fn list(data_dir: &Path) -> Result<String> {
     let store = Store::open(data_dir)?;

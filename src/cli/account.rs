@@ -56,6 +56,20 @@ pub enum AccountCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Make a single-use invite code (for the `invite` sign-up policy); it is printed
+    /// once, only its hash is stored.
+    Invite {
+        #[command(flatten)]
+        common: Common,
+        /// How long the code works: a number with m, h or d (at most a year).
+        #[arg(long, default_value = "7d")]
+        valid_for: String,
+    },
+    /// List the invite codes (created, expires, used, used by).
+    Invites {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Add a new OAuth signing key (the old one stays published until its tokens
     /// expire); restart the server to use it.
     RotateKey {
@@ -128,6 +142,15 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
             let password = read_password(password_stdin)?;
             with_accounts(&common, |dir| acc::reset_password(dir, &email, &password))
         }
+        AccountCommand::Invite { common, valid_for } => {
+            let ms = acc::parse_valid_for(&valid_for).ok_or_else(|| {
+                CliError::Failed(format!(
+                    "--valid-for {valid_for}: expected e.g. 30m, 12h or 7d (at most a year)"
+                ))
+            })?;
+            with_accounts(&common, |dir| acc::invite(dir, ms))
+        }
+        AccountCommand::Invites { common } => with_accounts(&common, acc::invites),
         AccountCommand::RotateKey { common } => with_accounts(&common, acc::rotate_key),
     }
 }

@@ -159,6 +159,8 @@ function toFirefox(command, data) {
 const params = new URLSearchParams(location.search);
 const WORKING = "Signing in…";
 const $ = id => document.getElementById(id);
+// The server's sign-up policy (closed, invite, open), rendered into the page.
+const SIGNUPS = document.querySelector("main").dataset.signups || "closed";
 
 function show(text, kind) {
   const s = $("status");
@@ -171,7 +173,11 @@ function explain(e) {
     case 102: return "There is no account with this email on this server.";
     case 103: return "Incorrect password.";
     case 114: return "Too many attempts. " + (e.body.retryAfter ? `Try again in ${e.body.retryAfter} seconds.` : "Try again later.");
-    case 125: return "Sign-ups are closed on this server: ask its operator for an account.";
+    case 125: return SIGNUPS === "invite"
+      ? "An invite code is needed to create an account here, and this one is unknown, used or expired: ask the server's operator for one."
+      : "Sign-ups are closed on this server: ask its operator for an account.";
+    case 183: return "Incorrect or expired verification code.";
+    case 104: return "Enter the verification code sent to your email first.";
     case 101: return "An account with this email already exists: sign in instead.";
     default: return e.message || String(e);
   }
@@ -194,7 +200,9 @@ async function connect(signUp) {
   let creds = await stretch(email, password);
   let session;
   try {
-    session = await api("POST", `/account/${signUp ? "create" : "login"}?keys=true`, { email, authPW: hex(creds.authPW) });
+    const body = { email, authPW: hex(creds.authPW) };
+    if (signUp && SIGNUPS === "invite") body.inviteCode = $("invite").value.trim();
+    session = await api("POST", `/account/${signUp ? "create" : "login"}?keys=true`, body);
   } catch (e) {
     // The account's email differs in case: sign in with it as stored (onepw salts with it).
     if (e.errno !== 120 || !e.body.email) throw e;
@@ -203,6 +211,7 @@ async function connect(signUp) {
     session = await api("POST", "/account/login?keys=true", { email, authPW: hex(creds.authPW) });
   }
   const sessionId = (await tokenKeys(session.sessionToken, "sessionToken")).id;
+  if (session.verified === false) await verifyEmail(sessionId);
   const kft = await tokenKeys(session.keyFetchToken, "keyFetchToken");
   const { bundle } = await api("GET", "/account/keys", null, "fxk_" + kft.id);
   const { wrapKb } = await unbundleKeys(kft.bundleKey, bundle);
@@ -231,7 +240,41 @@ async function connect(signUp) {
   });
 }
 
+/** Asks for the code mailed to the new account's address until it verifies. */
+function verifyEmail(sessionId) {
+  $("code-field").hidden = false;
+  $("submit").hidden = true;
+  $("signup").hidden = true;
+  show("We sent a 6-digit code to your email: enter it to continue.");
+  return new Promise(resolve => {
+    $("verify").disabled = false;
+    $("resend").disabled = false;
+    $("verify").onclick = async () => {
+      try {
+        await api("POST", "/session/verify_code", { code: $("code").value.trim() }, "fxs_" + sessionId);
+        $("code-field").hidden = true;
+        show(WORKING);
+        resolve();
+      } catch (err) {
+        show(explain(err), "error");
+      }
+    };
+    $("resend").onclick = async () => {
+      try {
+        await api("POST", "/session/resend_code", {}, "fxs_" + sessionId);
+        show("A new code is on its way.");
+      } catch (err) {
+        show(explain(err), "error");
+      }
+    };
+  });
+}
+
 function start() {
+  if (SIGNUPS === "invite") {
+    $("invite-field").hidden = false;
+    if (params.get("invite")) $("invite").value = params.get("invite");
+  }
   if (params.get("email")) $("email").value = params.get("email");
   const run = signUp => async e => {
     e.preventDefault();
