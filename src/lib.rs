@@ -153,7 +153,12 @@ fn accounts_service(
     };
     let signups = accounts::Signups::parse(&settings.accounts_signups)
         .ok_or_else(|| ServerError::Accounts("bad accounts_signups".into()))?;
-    let service = accounts::Accounts::open(&settings.data_dir, issuer, signups)
+    let service = accounts::Accounts::open(
+        &settings.data_dir,
+        &settings.tokenserver_database_url,
+        issuer,
+        signups,
+    )
         .map_err(ServerError::Accounts)?;
     tracing::info!(signups = %settings.accounts_signups, "accounts service enabled at /v1");
     Ok(Some(accounts::api::ApiState {

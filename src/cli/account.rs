@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 
+use syncstore::accounts::store::Store;
 use syncstore::admin::accounts as acc;
 
 use super::{CliError, Common, load};
@@ -88,13 +89,16 @@ fn read_password(from_stdin: bool) -> Result<String, CliError> {
     Ok(password)
 }
 
-/// Runs an account command over the data dir and prints what it returns.
+/// Runs an account command over the accounts database (the data dir's, or the
+/// tokenserver's PostgreSQL database when configured) and prints what it returns.
 fn with_accounts(
     common: &Common,
-    f: impl FnOnce(&std::path::Path) -> Result<String, acc::AccountAdminError>,
+    f: impl FnOnce(&std::path::Path, &Store) -> Result<String, acc::AccountAdminError>,
 ) -> Result<(), CliError> {
     let settings = load(common)?;
-    let out = f(&settings.data_dir)?;
+    let store = Store::open(&settings.data_dir, &settings.tokenserver_database_url)
+        .map_err(acc::AccountAdminError::from)?;
+    let out = f(&settings.data_dir, &store)?;
     println!("{}", out.trim_end());
     Ok(())
 }
@@ -108,17 +112,17 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
             password_stdin,
         } => {
             let password = read_password(password_stdin)?;
-            with_accounts(&common, |dir| acc::add(dir, &email, &password))
+            with_accounts(&common, |_, store| acc::add(store, &email, &password))
         }
-        AccountCommand::List { common } => with_accounts(&common, acc::list),
+        AccountCommand::List { common } => with_accounts(&common, |_, store| acc::list(store)),
         AccountCommand::Disable { common, email } => {
-            with_accounts(&common, |dir| acc::set_disabled(dir, &email, true))
+            with_accounts(&common, |_, store| acc::set_disabled(store, &email, true))
         }
         AccountCommand::Enable { common, email } => {
-            with_accounts(&common, |dir| acc::set_disabled(dir, &email, false))
+            with_accounts(&common, |_, store| acc::set_disabled(store, &email, false))
         }
         AccountCommand::Delete { common, email } => {
-            with_accounts(&common, |dir| acc::delete(dir, &email))
+            with_accounts(&common, |_, store| acc::delete(store, &email))
         }
         AccountCommand::ResetPassword {
             common,
@@ -126,7 +130,7 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
             password_stdin,
         } => {
             let password = read_password(password_stdin)?;
-            with_accounts(&common, |dir| acc::reset_password(dir, &email, &password))
+            with_accounts(&common, |_, store| acc::reset_password(store, &email, &password))
         }
         AccountCommand::RotateKey { common } => with_accounts(&common, acc::rotate_key),
     }
