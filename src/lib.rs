@@ -159,7 +159,7 @@ fn accounts_service(
         issuer,
         signups,
     )
-        .map_err(ServerError::Accounts)?;
+    .map_err(ServerError::Accounts)?;
     tracing::info!(signups = %settings.accounts_signups, "accounts service enabled at /v1");
     Ok(Some(accounts::api::ApiState {
         accounts: Arc::new(service),

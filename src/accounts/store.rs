@@ -416,8 +416,7 @@ fn account_row(r: &Row) -> Result<Account, StoreError> {
 const ACCOUNT_COLS: &str = "uid, email, auth_salt, verify_hash, wrap_wrap_kb, ka, \
     verifier_set_at, keys_changed_at, created_at, disabled, display_name, email_verified";
 
-const TOKEN_COLS: &str =
-    "id_hash, kind, uid, auth_key, data, created_at, last_used_at, user_agent";
+const TOKEN_COLS: &str = "id_hash, kind, uid, auth_key, data, created_at, last_used_at, user_agent";
 
 fn token_row(r: &Row) -> Result<TokenRow, StoreError> {
     Ok(TokenRow {
@@ -571,7 +570,10 @@ impl Store {
     }
 
     /// A query.
-    fn read<T>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.tx(false, |tx| Ok((f(tx)?, true)))
     }
 
@@ -1119,9 +1121,13 @@ impl Store {
         }
         self.write(|tx| {
             tx.lock(PG_KEYS_LOCK)?;
-            let old = one(tx, "SELECT keys FROM account_signing_keys WHERE id = 1", &[])?
-                .map(|r| r.text(0))
-                .transpose()?;
+            let old = one(
+                tx,
+                "SELECT keys FROM account_signing_keys WHERE id = 1",
+                &[],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
             let Some(new) = f(old.as_deref()) else {
                 return Ok(old);
             };

@@ -130,7 +130,9 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
             password_stdin,
         } => {
             let password = read_password(password_stdin)?;
-            with_accounts(&common, |_, store| acc::reset_password(store, &email, &password))
+            with_accounts(&common, |_, store| {
+                acc::reset_password(store, &email, &password)
+            })
         }
         AccountCommand::RotateKey { common } => with_accounts(&common, acc::rotate_key),
     }

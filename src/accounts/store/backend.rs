@@ -273,7 +273,8 @@ impl Tx for PgTx<'_> {
     }
 
     fn lock(&mut self, key: i64) -> Result<(), StoreError> {
-        self.0.execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
+        self.0
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
         Ok(())
     }
 }
