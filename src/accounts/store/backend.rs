@@ -75,9 +75,9 @@ impl From<&Option<Vec<u8>>> for V {
     }
 }
 
-/// `[a.into(), b.into(), ...]` as a `Vec<V>`.
+/// `[V::from(a), V::from(b), ...]`, an array of values.
 macro_rules! args {
-    ($($e:expr),* $(,)?) => { vec![$(V::from($e)),*] };
+    ($($e:expr),* $(,)?) => { [$(V::from($e)),*] };
 }
 pub(crate) use args;
 
