@@ -460,23 +460,7 @@ async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
 async fn two_servers_serve_one_set_of_accounts_on_postgres() {
     let db = fresh_database().await;
     // The operator's command, with the same database setting as the servers.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
-        .args(["account", "add", EMAIL, "--password-stdin", "--data-dir"])
-        .arg(tempfile::tempdir().unwrap().path())
-        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", &db)
-        .env("SYNCSTORE_SECRETS", "0123456789abcdef0123456789abcdef")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_account(&db, EMAIL, PASSWORD);
     // Two processes behind one public URL (as behind a load balancer).
     let env = [
         ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.as_str()),
@@ -592,4 +576,61 @@ async fn two_servers_serve_one_set_of_accounts_on_postgres() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// `syncstore account add` on the database of `db`, the password on stdin.
+fn add_account(db: &str, email: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["account", "add", email, "--password-stdin", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", db)
+        .env("SYNCSTORE_SECRETS", "0123456789abcdef0123456789abcdef")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pyfxa_signs_up_signs_in_and_syncs_on_postgres() {
+    let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import fxa.core, hawkauthlib, requests"])
+        .status();
+    assert!(
+        probe.map(|s| s.success()).unwrap_or(false),
+        "{python} cannot import PyFxA/hawkauthlib: run the tests with scripts/test"
+    );
+    let db = fresh_database().await;
+    add_account(&db, "bob@example.org", PASSWORD);
+    let s = Server::start(&[
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.as_str()),
+        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
+    ]);
+    assert!(
+        !s.data.path().join("accounts.sqlite").exists(),
+        "the accounts are in PostgreSQL"
+    );
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/accounts_pyfxa.py"
+        ))
+        .args([&s.url(), "bob@example.org", PASSWORD])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -196,13 +196,15 @@ fn edit_keys(
                 return None;
             }
         };
-        match edit(parsed) {
-            Ok(new) => new.and_then(|n| serde_json::to_string(&n).ok()),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        }
+        let text = edit(parsed).and_then(|new| {
+            new.map(|n| serde_json::to_string(&n))
+                .transpose()
+                .map_err(|e| KeyError::Key(format!("shared keys: {e}")))
+        });
+        text.unwrap_or_else(|e| {
+            failed = Some(e);
+            None
+        })
     })?;
     if let Some(e) = failed {
         return Err(e);
