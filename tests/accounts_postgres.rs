@@ -314,6 +314,27 @@ fn conformance(store: &Store) {
     );
     store.finish_deletion(&bob.uid).unwrap();
     assert!(store.pending_deletions(10).unwrap().is_empty());
+
+    // One invite, eight sign-ups at once: one account.
+    store.insert_invite(&[10; 32], now, now + 1000).unwrap();
+    let results: Vec<Inserted> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8u8)
+            .map(|i| {
+                s.spawn(move || {
+                    let a = account(&format!("{i:032}"), &format!("u{i}@example.org"), now);
+                    store.insert_account(&a, Some(&[10; 32])).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = results.iter().filter(|r| **r == Inserted::Created).count();
+    assert_eq!(created, 1, "{results:?}");
+    assert_eq!(
+        store.accounts().unwrap().len(),
+        2,
+        "no account without the invite"
+    );
 }
 
 fn pg_store(db: &str) -> Store {
@@ -342,7 +363,7 @@ async fn the_store_behaves_the_same_on_postgres() {
             "nothing in the data dir"
         );
         // Opening again (a second process) keeps the data.
-        assert_eq!(pg_store(&db).accounts().unwrap().len(), 1);
+        assert_eq!(pg_store(&db).accounts().unwrap().len(), 2);
     })
     .await
     .unwrap();
