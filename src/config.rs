@@ -149,7 +149,7 @@ pub struct Settings {
     pub fxa_events_client_id: String,
     /// Users' emails are `<fxa uid>@<this domain>` (allow- and deny-lists may use them).
     pub fxa_email_domain: String,
-    /// `postgres://…` to share assignments between processes; empty: SQLite in data_dir.
+    /// `postgres://…` to share assignments and accounts between processes; empty: SQLite in data_dir.
     pub tokenserver_database_url: String,
     /// This storage node's URL in the assignment database; empty: public_url, else
     /// `http://<listen address>`.

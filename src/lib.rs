@@ -139,8 +139,9 @@ async fn tokenserver_parts(
 }
 
 /// Opens the accounts service when this process serves it; its tokens' issuer is the
-/// public URL (else this process's own URL).
-fn accounts_service(
+/// public URL (else this process's own URL). Blocking work (the database, the signing
+/// keys) runs off the reactor.
+async fn accounts_service(
     settings: &Settings,
     node_url: &str,
 ) -> Result<Option<accounts::api::ApiState>, ServerError> {
@@ -166,8 +167,17 @@ fn accounts_service(
              at once, their email addresses are not proven"
         );
     }
-    let service = accounts::Accounts::open(&settings.data_dir, issuer, signups, mailer)
-        .map_err(ServerError::Accounts)?;
+    let (dir, url, issuer) = (
+        settings.data_dir.clone(),
+        settings.tokenserver_database_url.clone(),
+        issuer.to_string(),
+    );
+    let service = tokio::task::spawn_blocking(move || {
+        accounts::Accounts::open(&dir, &url, &issuer, signups, mailer)
+    })
+    .await
+    .map_err(|e| ServerError::Accounts(e.to_string()))?
+    .map_err(ServerError::Accounts)?;
     tracing::info!(signups = %settings.accounts_signups, "accounts service enabled at /v1");
     Ok(Some(accounts::api::ApiState {
         accounts: Arc::new(service),
@@ -339,7 +349,7 @@ pub async fn run(
     let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let node_url = node_url(&settings, listener.local_addr()?);
-    let accounts = accounts_service(&settings, &node_url)?;
+    let accounts = accounts_service(&settings, &node_url).await?;
     let local_issuer = accounts.as_ref().map(|a| {
         let signer: Arc<dyn tokenserver::fxa::LocalIssuer> = a.accounts.local_issuer();
         signer

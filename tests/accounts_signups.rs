@@ -74,7 +74,7 @@ fn an_invite_code_from_the_cli_makes_one_account_and_is_then_spent() {
     assert_ne!(second.lines().next().unwrap().trim(), code);
     // An invite that expired already.
     let expired = "expired-invite-code-0123456789abcdef";
-    let store = syncstore::accounts::store::Store::open(data.path()).unwrap();
+    let store = syncstore::accounts::store::Store::open(data.path(), "").unwrap();
     let now = syncstore::accounts::now_ms();
     store
         .insert_invite(&crypto::sha256(expired.as_bytes()), now - 10_000, now - 1)

@@ -321,15 +321,17 @@ fn check_client_id(client_id: &str) -> Result<()> {
 }
 
 impl Accounts {
-    /// Opens the database and the signing keys in `data_dir`.
+    /// Opens the database and the signing keys: in `data_dir`, or in the PostgreSQL
+    /// database at `database_url` (the tokenserver's) when it is one.
     pub fn open(
         data_dir: &std::path::Path,
+        database_url: &str,
         issuer: &str,
         signups: Signups,
         mailer: Option<mail::Mailer>,
     ) -> std::result::Result<Accounts, String> {
-        let store = Store::open(data_dir).map_err(|e| e.to_string())?;
-        let signer = Signer::load(data_dir, issuer).map_err(|e| e.to_string())?;
+        let store = Store::open(data_dir, database_url).map_err(|e| e.to_string())?;
+        let signer = Signer::load(data_dir, &store, issuer).map_err(|e| e.to_string())?;
         Ok(Accounts {
             store,
             signer: Arc::new(signer),

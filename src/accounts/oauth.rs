@@ -1,7 +1,10 @@
 //! The accounts service's OAuth signing keys and access tokens: RS256 JWTs signed with
 //! an RSA key generated on first start and kept in `<data_dir>/accounts-keys.json`
-//! (mode 0600). `syncstore account rotate-key` adds a new signing key; a retired key
-//! stays published (and trusted) until every token it signed has expired.
+//! (mode 0600), or, when the accounts database is the shared PostgreSQL, in its
+//! `account_signing_keys` table, so that every process signs with the same key and
+//! verifies the others' tokens (the first process to start generates it, under a lock).
+//! `syncstore account rotate-key` adds a new signing key; a retired key stays published
+//! (and trusted) until every token it signed has expired.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +16,7 @@ use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::store::Store;
 use crate::tokenserver::fxa::{FxaError, OAuthUser, OLDSYNC_SCOPE};
 
 /// Longest lifetime of an access token, seconds.
@@ -36,6 +40,9 @@ pub enum KeyError {
     /// A key in it is not usable.
     #[error("signing key: {0}")]
     Key(String),
+    /// The shared keys could not be read or written.
+    #[error("signing keys: {0}")]
+    Store(#[from] super::store::StoreError),
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -47,7 +54,7 @@ struct StoredKey {
     pem: String,
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, Clone)]
 struct KeyFile {
     keys: Vec<StoredKey>,
 }
@@ -151,36 +158,86 @@ fn still_published(k: &StoredKey, now: i64) -> bool {
         .is_none_or(|at| at + (MAX_ACCESS_TTL_SECS + 3600) * 1000 > now)
 }
 
-/// Adds a new signing key, retiring the current one (kept published until its tokens
-/// expire) and dropping retired keys no longer needed. Returns the new key's id.
-pub fn rotate(data_dir: &Path) -> Result<String, KeyError> {
-    let path = data_dir.join(KEYS_FILE);
-    let now = now_ms();
-    let mut file = read_keys(&path)?.unwrap_or_default();
+/// The key set with a new signing key, the current one retired (kept published until
+/// its tokens expire) and retired keys no longer needed dropped.
+fn rotated(mut file: KeyFile, now: i64) -> Result<KeyFile, KeyError> {
     for k in &mut file.keys {
         k.retired_at.get_or_insert(now);
     }
     file.keys.retain(|k| still_published(k, now));
-    let key = new_key(now)?;
-    let kid = key.kid.clone();
-    file.keys.insert(0, key);
-    write_keys(&path, &file)?;
-    Ok(kid)
+    file.keys.insert(0, new_key(now)?);
+    Ok(file)
+}
+
+/// Reads the key set where it lives (the data dir's file, or the shared database),
+/// lets `edit` replace it (Some) and returns the set as stored afterwards.
+fn edit_keys(
+    data_dir: &Path,
+    store: &Store,
+    mut edit: impl FnMut(Option<KeyFile>) -> Result<Option<KeyFile>, KeyError>,
+) -> Result<KeyFile, KeyError> {
+    if !store.is_shared() {
+        let path = data_dir.join(KEYS_FILE);
+        let old = read_keys(&path)?;
+        return match edit(old.clone())? {
+            Some(new) => {
+                write_keys(&path, &new)?;
+                Ok(new)
+            }
+            None => Ok(old.unwrap_or_default()),
+        };
+    }
+    let mut failed = None;
+    let text = store.edit_shared_keys(&mut |old| {
+        let parsed = match old.map(serde_json::from_str::<KeyFile>).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                failed = Some(KeyError::Key(format!("shared keys: {e}")));
+                return None;
+            }
+        };
+        let text = edit(parsed).and_then(|new| {
+            new.map(|n| serde_json::to_string(&n))
+                .transpose()
+                .map_err(|e| KeyError::Key(format!("shared keys: {e}")))
+        });
+        text.unwrap_or_else(|e| {
+            failed = Some(e);
+            None
+        })
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match text {
+        Some(t) => serde_json::from_str(&t).map_err(|e| KeyError::Key(format!("shared keys: {e}"))),
+        None => Ok(KeyFile::default()),
+    }
+}
+
+/// Adds a new signing key, retiring the current one (kept published until its tokens
+/// expire) and dropping retired keys no longer needed. Returns the new key's id.
+pub fn rotate(data_dir: &Path, store: &Store) -> Result<String, KeyError> {
+    let now = now_ms();
+    let file = edit_keys(data_dir, store, |old| {
+        rotated(old.unwrap_or_default(), now).map(Some)
+    })?;
+    file.keys
+        .first()
+        .map(|k| k.kid.clone())
+        .ok_or_else(|| KeyError::Key("no current key".into()))
 }
 
 impl Signer {
-    /// Loads the keys from the data dir, generating the first one (0600) if there is
-    /// none. `issuer` is the `iss` of the tokens signed.
-    pub fn load(data_dir: &Path, issuer: &str) -> Result<Signer, KeyError> {
-        let path = data_dir.join(KEYS_FILE);
+    /// Loads the keys (from the data dir, or the shared database when `store` is
+    /// PostgreSQL), generating the first one if there is none. `issuer` is the `iss`
+    /// of the tokens signed.
+    pub fn load(data_dir: &Path, store: &Store, issuer: &str) -> Result<Signer, KeyError> {
         let now = now_ms();
-        let file = match read_keys(&path)? {
-            Some(f) if f.keys.iter().any(|k| k.retired_at.is_none()) => f,
-            _ => {
-                rotate(data_dir)?;
-                read_keys(&path)?.unwrap_or_default()
-            }
-        };
+        let file = edit_keys(data_dir, store, |old| match old {
+            Some(f) if f.keys.iter().any(|k| k.retired_at.is_none()) => Ok(None),
+            other => rotated(other.unwrap_or_default(), now).map(Some),
+        })?;
         let current = file
             .keys
             .iter()
@@ -287,7 +344,8 @@ mod tests {
     fn keys_are_private_rotate_and_old_tokens_stay_valid() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let signer = Signer::load(dir.path(), "http://a.example/").unwrap();
+        let store = Store::open(dir.path(), "").unwrap();
+        let signer = Signer::load(dir.path(), &store, "http://a.example/").unwrap();
         let mode = std::fs::metadata(dir.path().join(KEYS_FILE))
             .unwrap()
             .permissions()
@@ -309,19 +367,21 @@ mod tests {
             signer.decide(&token).unwrap().unwrap().fxa_uid,
             "00".repeat(16)
         );
-        rotate(dir.path()).unwrap();
-        let rotated = Signer::load(dir.path(), "http://a.example").unwrap();
+        rotate(dir.path(), &store).unwrap();
+        let rotated = Signer::load(dir.path(), &store, "http://a.example").unwrap();
         assert_ne!(rotated.kid, signer.kid);
         assert_eq!(rotated.jwks()["keys"].as_array().unwrap().len(), 2);
         assert!(rotated.verify(&token).is_some(), "old key still trusted");
-        let other = Signer::load(dir.path(), "http://b.example").unwrap();
+        let other = Signer::load(dir.path(), &store, "http://b.example").unwrap();
         assert!(other.verify(&token).is_none(), "issuer is checked");
         // A token of ours that fails is decided here (refused), never passed on.
         assert!(matches!(other.decide(&token), Some(Err(_))));
         let forged = format!("{}x", &token[..token.len() - 1]);
         assert!(matches!(signer.decide(&forged), Some(Err(_))));
         // A token naming a key id of no key of ours is not ours to decide.
-        let foreign = Signer::load(tempfile::tempdir().unwrap().path(), "http://a.example")
+        let dir2 = tempfile::tempdir().unwrap();
+        let store2 = Store::open(dir2.path(), "").unwrap();
+        let foreign = Signer::load(dir2.path(), &store2, "http://a.example")
             .unwrap()
             .sign(&claims)
             .unwrap();

@@ -1,11 +1,21 @@
-//! The accounts database: `<data_dir>/accounts.sqlite` (accounts, tokens, devices,
-//! OAuth codes and refresh tokens). Every secret a client presents later (token ids,
-//! codes, refresh tokens) is kept as its SHA-256 only.
+//! The accounts database (accounts, tokens, devices, OAuth codes and refresh tokens,
+//! invites, email codes, the outbox of deleted accounts): `<data_dir>/accounts.sqlite`
+//! by default, or the tokenserver's PostgreSQL database when it has one, so that
+//! several processes serve one set of accounts. The SQL is written once (see
+//! [`backend`]). Every secret a client presents later (token ids, codes, refresh
+//! tokens) is kept as its SHA-256 only.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::TransactionBehavior;
+
+use crate::tokenserver::db::{DbError, PgPool, is_postgres_url};
+
+mod backend;
+
+use backend::{PgTx, Row, SqliteTx, Tx, V, args, one};
 
 /// Errors of the accounts database.
 #[derive(Debug, thiserror::Error)]
@@ -13,15 +23,24 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("accounts database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("accounts database: postgres: {}", crate::pg::message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// Connecting to PostgreSQL or creating its tables failed.
+    #[error("accounts database: {0}")]
+    Open(#[from] DbError),
     /// No connection could be had.
     #[error("accounts database pool: {0}")]
     Pool(#[from] r2d2::Error),
     /// The file could not be created.
     #[error("accounts database file: {0}")]
     Io(String),
+    /// A value of an unexpected type came back.
+    #[error("accounts database: {0}")]
+    Type(String),
 }
 
-const SCHEMA: &str = "
+const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     uid TEXT PRIMARY KEY,
     email TEXT NOT NULL,
@@ -98,6 +117,93 @@ CREATE TABLE IF NOT EXISTS account_deletions (
     uid TEXT PRIMARY KEY,
     email TEXT NOT NULL,
     deleted_at INTEGER NOT NULL
+);
+";
+
+/// The same tables in PostgreSQL (BYTEA, BIGINT; booleans are 0/1 as in SQLite). Their
+/// names do not clash with the tokenserver's (`nodes`, `users`, `settings`, ...);
+/// `account_signing_keys` holds the OAuth signing keys every process shares.
+const POSTGRES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS accounts (
+    uid TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    normalized_email TEXT NOT NULL UNIQUE,
+    auth_salt BYTEA NOT NULL,
+    verify_hash BYTEA NOT NULL,
+    wrap_wrap_kb BYTEA NOT NULL,
+    ka BYTEA NOT NULL,
+    verifier_set_at BIGINT NOT NULL,
+    keys_changed_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    disabled BIGINT NOT NULL DEFAULT 0,
+    display_name TEXT,
+    email_verified BIGINT NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id_hash BYTEA PRIMARY KEY,
+    kind TEXT NOT NULL,
+    uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,
+    auth_key BYTEA NOT NULL,
+    data BYTEA,
+    created_at BIGINT NOT NULL,
+    last_used_at BIGINT NOT NULL,
+    user_agent TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS tokens_uid ON tokens(uid);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,
+    session_id_hash BYTEA UNIQUE,
+    name TEXT NOT NULL DEFAULT '',
+    type TEXT NOT NULL DEFAULT 'desktop',
+    push_callback TEXT,
+    push_public_key TEXT,
+    push_auth_key TEXT,
+    available_commands TEXT NOT NULL DEFAULT '{}',
+    created_at BIGINT NOT NULL,
+    last_access_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS devices_uid ON devices(uid);
+CREATE TABLE IF NOT EXISTS oauth_codes (
+    code_hash BYTEA PRIMARY KEY,
+    uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    code_challenge TEXT,
+    keys_jwe TEXT,
+    offline BIGINT NOT NULL,
+    auth_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_hash BYTEA PRIMARY KEY,
+    uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_used_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_uid ON refresh_tokens(uid);
+CREATE TABLE IF NOT EXISTS invites (
+    code_hash BYTEA PRIMARY KEY,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT,
+    used_by TEXT
+);
+CREATE TABLE IF NOT EXISTS email_codes (
+    uid TEXT PRIMARY KEY REFERENCES accounts(uid) ON DELETE CASCADE,
+    code_hash BYTEA NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS account_deletions (
+    uid TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    deleted_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS account_signing_keys (
+    id BIGINT PRIMARY KEY,
+    keys TEXT NOT NULL
 );
 ";
 
@@ -278,82 +384,113 @@ pub enum CodeCheck {
     NoCode,
 }
 
-/// The accounts database.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(r2d2::Pool<SqliteConnectionManager>),
+    Postgres(Arc<PgPool>),
+}
+
+/// The accounts database. Cheap to clone. Blocking.
 #[derive(Clone)]
 pub struct Store {
-    pool: r2d2::Pool<SqliteConnectionManager>,
+    backend: Backend,
 }
 
-fn arr(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
-    v.try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Blob,
-            "expected 32 bytes".into(),
-        )
-    })
-}
-
-fn account_row(r: &Row<'_>) -> rusqlite::Result<Account> {
+fn account_row(r: &Row) -> Result<Account, StoreError> {
     Ok(Account {
-        uid: r.get(0)?,
-        email: r.get(1)?,
-        auth_salt: arr(r.get(2)?)?,
-        verify_hash: arr(r.get(3)?)?,
-        wrap_wrap_kb: arr(r.get(4)?)?,
-        ka: arr(r.get(5)?)?,
-        verifier_set_at: r.get(6)?,
-        keys_changed_at: r.get(7)?,
-        created_at: r.get(8)?,
-        disabled: r.get(9)?,
-        display_name: r.get(10)?,
-        email_verified: r.get(11)?,
+        uid: r.text(0)?,
+        email: r.text(1)?,
+        auth_salt: r.b32(2)?,
+        verify_hash: r.b32(3)?,
+        wrap_wrap_kb: r.b32(4)?,
+        ka: r.b32(5)?,
+        verifier_set_at: r.int(6)?,
+        keys_changed_at: r.int(7)?,
+        created_at: r.int(8)?,
+        disabled: r.bool(9)?,
+        display_name: r.opt_text(10)?,
+        email_verified: r.bool(11)?,
     })
 }
 
 const ACCOUNT_COLS: &str = "uid, email, auth_salt, verify_hash, wrap_wrap_kb, ka, \
     verifier_set_at, keys_changed_at, created_at, disabled, display_name, email_verified";
 
-fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
+const TOKEN_COLS: &str = "id_hash, kind, uid, auth_key, data, created_at, last_used_at, user_agent";
+
+fn token_row(r: &Row) -> Result<TokenRow, StoreError> {
     Ok(TokenRow {
-        id_hash: arr(r.get(0)?)?,
-        kind: r.get(1)?,
-        uid: r.get(2)?,
-        auth_key: arr(r.get(3)?)?,
-        data: r.get(4)?,
-        created_at: r.get(5)?,
-        last_used_at: r.get(6)?,
-        user_agent: r.get(7)?,
+        id_hash: r.b32(0)?,
+        kind: r.text(1)?,
+        uid: r.text(2)?,
+        auth_key: r.b32(3)?,
+        data: r.opt_blob(4)?,
+        created_at: r.int(5)?,
+        last_used_at: r.int(6)?,
+        user_agent: r.text(7)?,
     })
 }
 
-fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
+fn device_row(r: &Row) -> Result<Device, StoreError> {
     Ok(Device {
-        id: r.get(0)?,
-        uid: r.get(1)?,
-        session_id_hash: r.get(2)?,
-        name: r.get(3)?,
-        kind: r.get(4)?,
-        push_callback: r.get(5)?,
-        push_public_key: r.get(6)?,
-        push_auth_key: r.get(7)?,
-        available_commands: r.get(8)?,
-        created_at: r.get(9)?,
-        last_access_at: r.get(10)?,
+        id: r.text(0)?,
+        uid: r.text(1)?,
+        session_id_hash: r.opt_blob(2)?,
+        name: r.text(3)?,
+        kind: r.text(4)?,
+        push_callback: r.opt_text(5)?,
+        push_public_key: r.opt_text(6)?,
+        push_auth_key: r.opt_text(7)?,
+        available_commands: r.text(8)?,
+        created_at: r.int(9)?,
+        last_access_at: r.int(10)?,
     })
 }
 
 const DEVICE_COLS: &str = "id, uid, session_id_hash, name, type, push_callback, \
     push_public_key, push_auth_key, available_commands, created_at, last_access_at";
 
+const REFRESH_COLS: &str = "token_hash, uid, client_id, scope, created_at, last_used_at";
+
+fn refresh_row(r: &Row) -> Result<Refresh, StoreError> {
+    Ok(Refresh {
+        token_hash: r.b32(0)?,
+        uid: r.text(1)?,
+        client_id: r.text(2)?,
+        scope: r.text(3)?,
+        created_at: r.int(4)?,
+        last_used_at: r.int(5)?,
+    })
+}
+
+fn rows<T>(
+    rows: Vec<Row>,
+    f: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(f).collect()
+}
+
 /// Lower-cased email, the key accounts are looked up by.
 pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
+/// The advisory lock under which the PostgreSQL tables are created.
+const PG_SCHEMA_LOCK: i64 = 727_275;
+/// The advisory lock under which the shared signing keys are generated or rotated.
+const PG_KEYS_LOCK: i64 = 727_276;
+
 impl Store {
-    /// Opens (creating) `<data_dir>/accounts.sqlite`, readable by the owner only.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    /// Opens the accounts database: the PostgreSQL database at `database_url` (the
+    /// tokenserver's, creating the tables), or, when it is empty (or not PostgreSQL),
+    /// `<data_dir>/accounts.sqlite`, readable by the owner only.
+    pub fn open(data_dir: &Path, database_url: &str) -> Result<Store, StoreError> {
+        if is_postgres_url(database_url) {
+            let pool = PgPool::connect(database_url, POSTGRES_SCHEMA, PG_SCHEMA_LOCK)?;
+            return Ok(Store {
+                backend: Backend::Postgres(Arc::new(pool)),
+            });
+        }
         crate::private::create_dir(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let path = data_dir.join("accounts.sqlite");
         crate::private::create_file(&path)
@@ -366,7 +503,7 @@ impl Store {
         });
         let pool = r2d2::Pool::builder().max_size(4).build(manager)?;
         let c = pool.get()?;
-        c.execute_batch(SCHEMA)?;
+        c.execute_batch(SQLITE_SCHEMA)?;
         for (table, column, definition) in ADDED_COLUMNS {
             let present: bool = c.query_row(
                 &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
@@ -380,11 +517,64 @@ impl Store {
             }
         }
         drop(c);
-        Ok(Store { pool })
+        Ok(Store {
+            backend: Backend::Sqlite(pool),
+        })
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StoreError> {
-        Ok(self.pool.get()?)
+    /// Whether the database is shared by several processes (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Runs `f` in one transaction, committed when it returns `Ok((_, true))`, rolled
+    /// back otherwise. SQLite write transactions take the write lock at once.
+    fn tx<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&mut dyn Tx) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut c = pool.get()?;
+                let behavior = if write {
+                    TransactionBehavior::Immediate
+                } else {
+                    TransactionBehavior::Deferred
+                };
+                let mut tx = SqliteTx(c.transaction_with_behavior(behavior)?);
+                let (out, commit) = f(&mut tx)?;
+                if commit {
+                    tx.0.commit()?;
+                }
+                Ok(out)
+            }
+            Backend::Postgres(pool) => {
+                let mut c = pool.get()?;
+                let mut tx = PgTx(c.transaction()?);
+                let (out, commit) = f(&mut tx)?;
+                if commit {
+                    tx.0.commit()?;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// A write transaction committed when `f` succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.tx(true, |tx| Ok((f(tx)?, true)))
+    }
+
+    /// A query.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.tx(false, |tx| Ok((f(tx)?, true)))
     }
 
     /// Inserts a new account, taking the invite code (SHA-256) if one is given, in one
@@ -394,145 +584,151 @@ impl Store {
         a: &Account,
         invite: Option<&[u8; 32]>,
     ) -> Result<Inserted, StoreError> {
-        let mut c = self.conn()?;
-        let tx = c.transaction()?;
-        let n = tx.execute(
-            &format!(
-                "INSERT OR IGNORE INTO accounts ({ACCOUNT_COLS}, normalized_email) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-            ),
-            params![
-                a.uid,
-                a.email,
-                a.auth_salt,
-                a.verify_hash,
-                a.wrap_wrap_kb,
-                a.ka,
-                a.verifier_set_at,
-                a.keys_changed_at,
-                a.created_at,
-                a.disabled,
-                a.display_name,
-                a.email_verified,
-                normalize_email(&a.email)
-            ],
-        )?;
-        if n != 1 {
-            return Ok(Inserted::EmailTaken);
-        }
-        if let Some(code_hash) = invite {
-            let n = tx.execute(
-                "UPDATE invites SET used_at = ?2, used_by = ?3 \
-                 WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
-                params![code_hash, a.created_at, a.uid],
+        self.tx(true, |tx| {
+            let n = tx.exec(
+                &format!(
+                    "INSERT INTO accounts ({ACCOUNT_COLS}, normalized_email) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                     ON CONFLICT DO NOTHING"
+                ),
+                &args![
+                    &a.uid,
+                    &a.email,
+                    &a.auth_salt,
+                    &a.verify_hash,
+                    &a.wrap_wrap_kb,
+                    &a.ka,
+                    a.verifier_set_at,
+                    a.keys_changed_at,
+                    a.created_at,
+                    a.disabled,
+                    &a.display_name,
+                    a.email_verified,
+                    normalize_email(&a.email)
+                ],
             )?;
             if n != 1 {
-                return Ok(Inserted::BadInvite);
+                return Ok((Inserted::EmailTaken, false));
             }
-        }
-        tx.commit()?;
-        Ok(Inserted::Created)
+            if let Some(code_hash) = invite {
+                let n = tx.exec(
+                    "UPDATE invites SET used_at = ?2, used_by = ?3 \
+                     WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+                    &args![code_hash, a.created_at, &a.uid],
+                )?;
+                if n != 1 {
+                    return Ok((Inserted::BadInvite, false));
+                }
+            }
+            Ok((Inserted::Created, true))
+        })
     }
 
     /// The account with this email (any case).
     pub fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
-        Ok(self
-            .conn()?
-            .query_row(
+        self.read(|tx| {
+            one(
+                tx,
                 &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE normalized_email = ?1"),
-                [normalize_email(email)],
-                account_row,
-            )
-            .optional()?)
+                &args![normalize_email(email)],
+            )?
+            .as_ref()
+            .map(account_row)
+            .transpose()
+        })
     }
 
     /// The account with this uid.
     pub fn account(&self, uid: &str) -> Result<Option<Account>, StoreError> {
-        Ok(self
-            .conn()?
-            .query_row(
+        self.read(|tx| {
+            one(
+                tx,
                 &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE uid = ?1"),
-                [uid],
-                account_row,
-            )
-            .optional()?)
+                &args![uid],
+            )?
+            .as_ref()
+            .map(account_row)
+            .transpose()
+        })
     }
 
     /// Every account, by email.
     pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
-        let c = self.conn()?;
-        let mut st = c.prepare(&format!(
-            "SELECT {ACCOUNT_COLS} FROM accounts ORDER BY normalized_email"
-        ))?;
-        let rows = st.query_map([], account_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            let r = tx.query(
+                &format!("SELECT {ACCOUNT_COLS} FROM accounts ORDER BY normalized_email"),
+                &[],
+            )?;
+            rows(r, account_row)
+        })
     }
 
     /// Disables or enables an account; disabling revokes its tokens. False: no such
     /// account.
     pub fn set_disabled(&self, email: &str, disabled: bool) -> Result<bool, StoreError> {
-        let mut c = self.conn()?;
-        let tx = c.transaction()?;
-        let uid: Option<String> = tx
-            .query_row(
+        self.write(|tx| {
+            let uid = one(
+                tx,
                 "UPDATE accounts SET disabled = ?2 WHERE normalized_email = ?1 RETURNING uid",
-                params![normalize_email(email), disabled],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let (Some(uid), true) = (&uid, disabled) {
-            revoke_all(&tx, uid)?;
-        }
-        tx.commit()?;
-        Ok(uid.is_some())
+                &args![normalize_email(email), disabled],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
+            if let (Some(uid), true) = (&uid, disabled) {
+                revoke_all(tx, uid)?;
+            }
+            Ok(uid.is_some())
+        })
     }
 
     /// Deletes an account and everything of it, and queues the deletion of its Sync
     /// data (`account_deletions`, drained by the server). The uid, or None: no such
     /// account.
     pub fn delete_account(&self, email: &str, now: i64) -> Result<Option<String>, StoreError> {
-        let mut c = self.conn()?;
-        let tx = c.transaction()?;
-        let gone: Option<(String, String)> = tx
-            .query_row(
+        self.write(|tx| {
+            let Some(gone) = one(
+                tx,
                 "DELETE FROM accounts WHERE normalized_email = ?1 RETURNING uid, email",
-                [normalize_email(email)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((uid, email)) = &gone {
-            tx.execute(
-                "INSERT OR REPLACE INTO account_deletions (uid, email, deleted_at) \
-                 VALUES (?1, ?2, ?3)",
-                params![uid, email, now],
+                &args![normalize_email(email)],
+            )?
+            else {
+                return Ok(None);
+            };
+            let (uid, email) = (gone.text(0)?, gone.text(1)?);
+            tx.exec(
+                "INSERT INTO account_deletions (uid, email, deleted_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (uid) DO UPDATE SET email = excluded.email, \
+                 deleted_at = excluded.deleted_at",
+                &args![&uid, email, now],
             )?;
-        }
-        tx.commit()?;
-        Ok(gone.map(|(uid, _)| uid))
+            Ok(Some(uid))
+        })
     }
 
     /// Deleted accounts whose Sync data is still to be deleted, oldest first.
     pub fn pending_deletions(&self, limit: u32) -> Result<Vec<Deletion>, StoreError> {
-        let c = self.conn()?;
-        let mut st = c.prepare(
-            "SELECT uid, email, deleted_at FROM account_deletions \
-             ORDER BY deleted_at LIMIT ?1",
-        )?;
-        let rows = st.query_map([limit], |r| {
-            Ok(Deletion {
-                uid: r.get(0)?,
-                email: r.get(1)?,
-                deleted_at: r.get(2)?,
+        self.read(|tx| {
+            let r = tx.query(
+                "SELECT uid, email, deleted_at FROM account_deletions \
+                 ORDER BY deleted_at LIMIT ?1",
+                &args![limit],
+            )?;
+            rows(r, |r| {
+                Ok(Deletion {
+                    uid: r.text(0)?,
+                    email: r.text(1)?,
+                    deleted_at: r.int(2)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     /// The Sync data of a deleted account is gone: forget the deletion.
     pub fn finish_deletion(&self, uid: &str) -> Result<(), StoreError> {
-        self.conn()?
-            .execute("DELETE FROM account_deletions WHERE uid = ?1", [uid])?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec("DELETE FROM account_deletions WHERE uid = ?1", &args![uid])
+                .map(drop)
+        })
     }
 
     /// Stores a new invite code (its SHA-256), usable once until `expires_at` (ms).
@@ -542,29 +738,32 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO invites (code_hash, created_at, expires_at) VALUES (?1, ?2, ?3)",
-            params![code_hash, now, expires_at],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO invites (code_hash, created_at, expires_at) VALUES (?1, ?2, ?3)",
+                &args![code_hash, now, expires_at],
+            )
+            .map(drop)
+        })
     }
 
     /// Every invite, newest first.
     pub fn invites(&self) -> Result<Vec<Invite>, StoreError> {
-        let c = self.conn()?;
-        let mut st = c.prepare(
-            "SELECT i.created_at, i.expires_at, i.used_at, a.email FROM invites i \
-             LEFT JOIN accounts a ON a.uid = i.used_by ORDER BY i.created_at DESC",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(Invite {
-                created_at: r.get(0)?,
-                expires_at: r.get(1)?,
-                used_at: r.get(2)?,
-                used_by: r.get(3)?,
+        self.read(|tx| {
+            let r = tx.query(
+                "SELECT i.created_at, i.expires_at, i.used_at, a.email FROM invites i \
+                 LEFT JOIN accounts a ON a.uid = i.used_by ORDER BY i.created_at DESC",
+                &[],
+            )?;
+            rows(r, |r| {
+                Ok(Invite {
+                    created_at: r.int(0)?,
+                    expires_at: r.int(1)?,
+                    used_at: r.opt_int(2)?,
+                    used_by: r.opt_text(3)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     /// Sets (replacing any earlier one) the email verification code (its SHA-256) of an
@@ -575,12 +774,15 @@ impl Store {
         code_hash: &[u8; 32],
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT OR REPLACE INTO email_codes (uid, code_hash, expires_at) \
-             VALUES (?1, ?2, ?3)",
-            params![uid, code_hash, expires_at],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO email_codes (uid, code_hash, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (uid) DO UPDATE SET code_hash = excluded.code_hash, \
+                 expires_at = excluded.expires_at",
+                &args![uid, code_hash, expires_at],
+            )
+            .map(drop)
+        })
     }
 
     /// Checks an email verification code; when it matches and is unexpired the account
@@ -591,31 +793,32 @@ impl Store {
         code_hash: &[u8; 32],
         now: i64,
     ) -> Result<CodeCheck, StoreError> {
-        let mut c = self.conn()?;
-        let tx = c.transaction()?;
-        let row: Option<(Vec<u8>, i64)> = tx
-            .query_row(
+        self.write(|tx| {
+            let Some(row) = one(
+                tx,
                 "SELECT code_hash, expires_at FROM email_codes WHERE uid = ?1",
-                [uid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((stored, expires_at)) = row else {
-            return Ok(CodeCheck::NoCode);
-        };
-        if expires_at <= now {
-            return Ok(CodeCheck::Expired);
-        }
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &code_hash[..])) {
-            return Ok(CodeCheck::Wrong);
-        }
-        tx.execute("DELETE FROM email_codes WHERE uid = ?1", [uid])?;
-        tx.execute(
-            "UPDATE accounts SET email_verified = 1 WHERE uid = ?1",
-            [uid],
-        )?;
-        tx.commit()?;
-        Ok(CodeCheck::Verified)
+                &args![uid],
+            )?
+            else {
+                return Ok(CodeCheck::NoCode);
+            };
+            let (stored, expires_at) = (row.blob(0)?, row.int(1)?);
+            if expires_at <= now {
+                return Ok(CodeCheck::Expired);
+            }
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &code_hash[..])) {
+                return Ok(CodeCheck::Wrong);
+            }
+            // Spent by whoever deletes it first.
+            if tx.exec("DELETE FROM email_codes WHERE uid = ?1", &args![uid])? != 1 {
+                return Ok(CodeCheck::NoCode);
+            }
+            tx.exec(
+                "UPDATE accounts SET email_verified = 1 WHERE uid = ?1",
+                &args![uid],
+            )?;
+            Ok(CodeCheck::Verified)
+        })
     }
 
     /// Replaces the verifier and wrapped key (a password change or reset), revoking
@@ -629,273 +832,319 @@ impl Store {
         now: i64,
         keys_changed: bool,
     ) -> Result<(), StoreError> {
-        let mut c = self.conn()?;
-        let tx = c.transaction()?;
-        tx.execute(
-            "UPDATE accounts SET auth_salt = ?2, verify_hash = ?3, wrap_wrap_kb = ?4, \
-             verifier_set_at = ?5, \
-             keys_changed_at = CASE WHEN ?6 THEN ?5 ELSE keys_changed_at END WHERE uid = ?1",
-            params![uid, auth_salt, verify_hash, wrap_wrap_kb, now, keys_changed],
-        )?;
-        revoke_all(&tx, uid)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE accounts SET auth_salt = ?2, verify_hash = ?3, wrap_wrap_kb = ?4, \
+                 verifier_set_at = ?5, keys_changed_at = CASE WHEN CAST(?6 AS BIGINT) = 1 \
+                 THEN ?5 ELSE keys_changed_at END WHERE uid = ?1",
+                &args![uid, auth_salt, verify_hash, wrap_wrap_kb, now, keys_changed],
+            )?;
+            revoke_all(tx, uid)
+        })
     }
 
     /// Sets the profile's display name.
     pub fn set_display_name(&self, uid: &str, name: Option<&str>) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE accounts SET display_name = ?2 WHERE uid = ?1",
-            params![uid, name],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE accounts SET display_name = ?2 WHERE uid = ?1",
+                &args![uid, name],
+            )
+            .map(drop)
+        })
     }
 
     /// Stores a token.
     pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO tokens (id_hash, kind, uid, auth_key, data, created_at, \
-             last_used_at, user_agent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                t.id_hash,
-                t.kind,
-                t.uid,
-                t.auth_key,
-                t.data,
-                t.created_at,
-                t.last_used_at,
-                t.user_agent
-            ],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                &format!(
+                    "INSERT INTO tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                &args![
+                    &t.id_hash,
+                    &t.kind,
+                    &t.uid,
+                    &t.auth_key,
+                    &t.data,
+                    t.created_at,
+                    t.last_used_at,
+                    &t.user_agent
+                ],
+            )
+            .map(drop)
+        })
     }
 
     /// The token with this id hash and kind.
     pub fn token(&self, id_hash: &[u8; 32], kind: &str) -> Result<Option<TokenRow>, StoreError> {
-        Ok(self
-            .conn()?
-            .query_row(
-                "SELECT id_hash, kind, uid, auth_key, data, created_at, last_used_at, \
-                 user_agent FROM tokens WHERE id_hash = ?1 AND kind = ?2",
-                params![id_hash, kind],
-                token_row,
-            )
-            .optional()?)
+        self.read(|tx| {
+            one(
+                tx,
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id_hash = ?1 AND kind = ?2"),
+                &args![id_hash, kind],
+            )?
+            .as_ref()
+            .map(token_row)
+            .transpose()
+        })
     }
 
     /// Records a token's use.
     pub fn touch_token(&self, id_hash: &[u8; 32], now: i64) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE tokens SET last_used_at = ?2 WHERE id_hash = ?1",
-            params![id_hash, now],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE tokens SET last_used_at = ?2 WHERE id_hash = ?1",
+                &args![id_hash, now],
+            )
+            .map(drop)
+        })
     }
 
     /// Deletes a token (and the device of a session). True when it existed.
     pub fn delete_token(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let c = self.conn()?;
-        c.execute("DELETE FROM devices WHERE session_id_hash = ?1", [id_hash])?;
-        Ok(c.execute("DELETE FROM tokens WHERE id_hash = ?1", [id_hash])? > 0)
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM devices WHERE session_id_hash = ?1",
+                &args![id_hash],
+            )?;
+            Ok(tx.exec("DELETE FROM tokens WHERE id_hash = ?1", &args![id_hash])? > 0)
+        })
     }
 
     /// The account's sessions.
     pub fn sessions(&self, uid: &str) -> Result<Vec<TokenRow>, StoreError> {
-        let c = self.conn()?;
-        let mut st = c.prepare(
-            "SELECT id_hash, kind, uid, auth_key, data, created_at, last_used_at, user_agent \
-             FROM tokens WHERE uid = ?1 AND kind = 'sessionToken' ORDER BY created_at",
-        )?;
-        let rows = st.query_map([uid], token_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            let r = tx.query(
+                &format!(
+                    "SELECT {TOKEN_COLS} FROM tokens WHERE uid = ?1 AND kind = 'sessionToken' \
+                     ORDER BY created_at"
+                ),
+                &args![uid],
+            )?;
+            rows(r, token_row)
+        })
     }
 
     /// Inserts or updates a device (by id).
     pub fn upsert_device(&self, d: &Device) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            &format!(
-                "INSERT INTO devices ({DEVICE_COLS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                 ON CONFLICT(id) DO UPDATE SET name = excluded.name, type = excluded.type, \
-                 push_callback = excluded.push_callback, \
-                 push_public_key = excluded.push_public_key, \
-                 push_auth_key = excluded.push_auth_key, \
-                 available_commands = excluded.available_commands, \
-                 last_access_at = excluded.last_access_at"
-            ),
-            params![
-                d.id,
-                d.uid,
-                d.session_id_hash,
-                d.name,
-                d.kind,
-                d.push_callback,
-                d.push_public_key,
-                d.push_auth_key,
-                d.available_commands,
-                d.created_at,
-                d.last_access_at
-            ],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                &format!(
+                    "INSERT INTO devices ({DEVICE_COLS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     ON CONFLICT(id) DO UPDATE SET name = excluded.name, type = excluded.type, \
+                     push_callback = excluded.push_callback, \
+                     push_public_key = excluded.push_public_key, \
+                     push_auth_key = excluded.push_auth_key, \
+                     available_commands = excluded.available_commands, \
+                     last_access_at = excluded.last_access_at"
+                ),
+                &args![
+                    &d.id,
+                    &d.uid,
+                    &d.session_id_hash,
+                    &d.name,
+                    &d.kind,
+                    &d.push_callback,
+                    &d.push_public_key,
+                    &d.push_auth_key,
+                    &d.available_commands,
+                    d.created_at,
+                    d.last_access_at
+                ],
+            )
+            .map(drop)
+        })
     }
 
     /// The account's devices.
     pub fn devices(&self, uid: &str) -> Result<Vec<Device>, StoreError> {
-        let c = self.conn()?;
-        let mut st = c.prepare(&format!(
-            "SELECT {DEVICE_COLS} FROM devices WHERE uid = ?1 ORDER BY created_at"
-        ))?;
-        let rows = st.query_map([uid], device_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            let r = tx.query(
+                &format!("SELECT {DEVICE_COLS} FROM devices WHERE uid = ?1 ORDER BY created_at"),
+                &args![uid],
+            )?;
+            rows(r, device_row)
+        })
     }
 
     /// Deletes a device and the session it belongs to. True when it existed.
     pub fn delete_device(&self, uid: &str, id: &str) -> Result<bool, StoreError> {
-        let mut c = self.conn()?;
-        let tx = c.transaction()?;
-        let session: Option<Option<Vec<u8>>> = tx
-            .query_row(
+        self.write(|tx| {
+            let Some(row) = one(
+                tx,
                 "DELETE FROM devices WHERE uid = ?1 AND id = ?2 RETURNING session_id_hash",
-                params![uid, id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(Some(s)) = &session {
-            tx.execute("DELETE FROM tokens WHERE id_hash = ?1", [s])?;
-        }
-        tx.commit()?;
-        Ok(session.is_some())
+                &args![uid, id],
+            )?
+            else {
+                return Ok(false);
+            };
+            if let Some(s) = row.opt_blob(0)? {
+                tx.exec("DELETE FROM tokens WHERE id_hash = ?1", &args![&s[..]])?;
+            }
+            Ok(true)
+        })
     }
 
     /// Stores an authorization code under its hash.
     pub fn insert_code(&self, code_hash: &[u8; 32], c: &Code) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO oauth_codes (code_hash, uid, client_id, scope, code_challenge, \
-             keys_jwe, offline, auth_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
-            params![
-                code_hash,
-                c.uid,
-                c.client_id,
-                c.scope,
-                c.code_challenge,
-                c.keys_jwe,
-                c.offline,
-                c.auth_at,
-                c.expires_at
-            ],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO oauth_codes (code_hash, uid, client_id, scope, code_challenge, \
+                 keys_jwe, offline, auth_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                &args![
+                    code_hash,
+                    &c.uid,
+                    &c.client_id,
+                    &c.scope,
+                    &c.code_challenge,
+                    &c.keys_jwe,
+                    c.offline,
+                    c.auth_at,
+                    c.expires_at
+                ],
+            )
+            .map(drop)
+        })
     }
 
-    /// Takes (reads and deletes: codes are single-use) an authorization code.
+    /// Takes (reads and deletes: codes are single-use, also when several requests or
+    /// processes present one at once) an authorization code.
     pub fn take_code(&self, code_hash: &[u8; 32]) -> Result<Option<Code>, StoreError> {
-        Ok(self
-            .conn()?
-            .query_row(
+        self.write(|tx| {
+            one(
+                tx,
                 "DELETE FROM oauth_codes WHERE code_hash = ?1 RETURNING uid, client_id, \
                  scope, code_challenge, keys_jwe, offline, auth_at, expires_at",
-                [code_hash],
-                |r| {
-                    Ok(Code {
-                        uid: r.get(0)?,
-                        client_id: r.get(1)?,
-                        scope: r.get(2)?,
-                        code_challenge: r.get(3)?,
-                        keys_jwe: r.get(4)?,
-                        offline: r.get(5)?,
-                        auth_at: r.get(6)?,
-                        expires_at: r.get(7)?,
-                    })
-                },
-            )
-            .optional()?)
+                &args![code_hash],
+            )?
+            .map(|r| {
+                Ok(Code {
+                    uid: r.text(0)?,
+                    client_id: r.text(1)?,
+                    scope: r.text(2)?,
+                    code_challenge: r.opt_text(3)?,
+                    keys_jwe: r.opt_text(4)?,
+                    offline: r.bool(5)?,
+                    auth_at: r.int(6)?,
+                    expires_at: r.int(7)?,
+                })
+            })
+            .transpose()
+        })
     }
 
     /// Stores a refresh token.
     pub fn insert_refresh(&self, r: &Refresh) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO refresh_tokens (token_hash, uid, client_id, scope, created_at, \
-             last_used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                r.token_hash,
-                r.uid,
-                r.client_id,
-                r.scope,
-                r.created_at,
-                r.last_used_at
-            ],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                &format!(
+                    "INSERT INTO refresh_tokens ({REFRESH_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
+                &args![
+                    &r.token_hash,
+                    &r.uid,
+                    &r.client_id,
+                    &r.scope,
+                    r.created_at,
+                    r.last_used_at
+                ],
+            )
+            .map(drop)
+        })
     }
 
     /// The refresh token with this hash, marked used at `now`.
     pub fn use_refresh(&self, hash: &[u8; 32], now: i64) -> Result<Option<Refresh>, StoreError> {
-        Ok(self
-            .conn()?
-            .query_row(
-                "UPDATE refresh_tokens SET last_used_at = ?2 WHERE token_hash = ?1 \
-                 RETURNING token_hash, uid, client_id, scope, created_at, last_used_at",
-                params![hash, now],
-                |r| {
-                    Ok(Refresh {
-                        token_hash: arr(r.get(0)?)?,
-                        uid: r.get(1)?,
-                        client_id: r.get(2)?,
-                        scope: r.get(3)?,
-                        created_at: r.get(4)?,
-                        last_used_at: r.get(5)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.write(|tx| {
+            one(
+                tx,
+                &format!(
+                    "UPDATE refresh_tokens SET last_used_at = ?2 WHERE token_hash = ?1 \
+                     RETURNING {REFRESH_COLS}"
+                ),
+                &args![hash, now],
+            )?
+            .as_ref()
+            .map(refresh_row)
+            .transpose()
+        })
     }
 
     /// The account's refresh tokens.
     pub fn refresh_tokens(&self, uid: &str) -> Result<Vec<Refresh>, StoreError> {
-        let c = self.conn()?;
-        let mut st = c.prepare(
-            "SELECT token_hash, uid, client_id, scope, created_at, last_used_at \
-             FROM refresh_tokens WHERE uid = ?1 ORDER BY created_at",
-        )?;
-        let rows = st.query_map([uid], |r| {
-            Ok(Refresh {
-                token_hash: arr(r.get(0)?)?,
-                uid: r.get(1)?,
-                client_id: r.get(2)?,
-                scope: r.get(3)?,
-                created_at: r.get(4)?,
-                last_used_at: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            let r = tx.query(
+                &format!(
+                    "SELECT {REFRESH_COLS} FROM refresh_tokens WHERE uid = ?1 \
+                     ORDER BY created_at"
+                ),
+                &args![uid],
+            )?;
+            rows(r, refresh_row)
+        })
     }
 
     /// Revokes a refresh token. True when it existed.
     pub fn delete_refresh(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()?
-            .execute("DELETE FROM refresh_tokens WHERE token_hash = ?1", [hash])?
-            > 0)
+        self.write(|tx| {
+            Ok(tx.exec(
+                "DELETE FROM refresh_tokens WHERE token_hash = ?1",
+                &args![hash],
+            )? > 0)
+        })
     }
 
     /// Drops expired codes and single-use tokens older than `max_age_ms`.
     pub fn purge(&self, now: i64, max_age_ms: i64) -> Result<(), StoreError> {
-        let c = self.conn()?;
-        c.execute("DELETE FROM oauth_codes WHERE expires_at < ?1", [now])?;
-        c.execute(
-            "DELETE FROM tokens WHERE kind != 'sessionToken' AND created_at < ?1",
-            [now - max_age_ms],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec("DELETE FROM oauth_codes WHERE expires_at < ?1", &args![now])?;
+            tx.exec(
+                "DELETE FROM tokens WHERE kind != 'sessionToken' AND created_at < ?1",
+                &args![now - max_age_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// PostgreSQL only: edits the OAuth signing keys every process shares (a JSON
+    /// document), under a lock so that processes starting at once or a rotation do
+    /// not race. `f` gets the stored text (None: none yet) and returns the text to
+    /// store, or None to leave it. Returns the text stored afterwards.
+    pub fn edit_shared_keys(
+        &self,
+        f: &mut dyn FnMut(Option<&str>) -> Option<String>,
+    ) -> Result<Option<String>, StoreError> {
+        if !self.is_shared() {
+            return Err(StoreError::Type("signing keys are in the data dir".into()));
+        }
+        self.write(|tx| {
+            tx.lock(PG_KEYS_LOCK)?;
+            let old = one(
+                tx,
+                "SELECT keys FROM account_signing_keys WHERE id = 1",
+                &[],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
+            let Some(new) = f(old.as_deref()) else {
+                return Ok(old);
+            };
+            tx.exec(
+                "INSERT INTO account_signing_keys (id, keys) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET keys = excluded.keys",
+                &args![&new],
+            )?;
+            Ok(Some(new))
+        })
     }
 }
 
 /// Deletes every token, device and refresh token of an account.
-fn revoke_all(tx: &rusqlite::Transaction<'_>, uid: &str) -> Result<(), StoreError> {
-    tx.execute("DELETE FROM devices WHERE uid = ?1", [uid])?;
-    tx.execute("DELETE FROM tokens WHERE uid = ?1", [uid])?;
-    tx.execute("DELETE FROM refresh_tokens WHERE uid = ?1", [uid])?;
-    tx.execute("DELETE FROM oauth_codes WHERE uid = ?1", [uid])?;
+fn revoke_all(tx: &mut dyn Tx, uid: &str) -> Result<(), StoreError> {
+    for table in ["devices", "tokens", "refresh_tokens", "oauth_codes"] {
+        tx.exec(&format!("DELETE FROM {table} WHERE uid = ?1"), &args![uid])?;
+    }
     Ok(())
 }

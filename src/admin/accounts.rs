@@ -2,6 +2,8 @@
 //! enable, delete accounts, reset a password, rotate the OAuth signing key. The
 //! password is stretched here exactly as a Firefox Accounts client would (the quick
 //! stretch and `authPW`), so the database only ever sees `authPW`'s hardened verifier.
+//! The database is the one the server uses: the data dir's SQLite file, or the
+//! tokenserver's PostgreSQL database when `tokenserver_database_url` names one.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -34,10 +36,9 @@ fn client_auth_pw(email: &str, password: &str) -> [u8; 32] {
 }
 
 /// Adds an account (marked verified: the operator vouches for it).
-pub fn add(data_dir: &Path, email: &str, password: &str) -> Result<String> {
-    let store = Store::open(data_dir)?;
+pub fn add(store: &Store, email: &str, password: &str) -> Result<String> {
     let a =
-        accounts::insert_new_account(&store, email, &client_auth_pw(email, password), None, true)?;
+        accounts::insert_new_account(store, email, &client_auth_pw(email, password), None, true)?;
     Ok(format!("added {} (uid {})", a.email, a.uid))
 }
 
@@ -58,8 +59,7 @@ pub fn parse_valid_for(s: &str) -> Option<i64> {
 
 /// Makes a single-use invite code valid for `valid_for_ms` and prints it (only its
 /// SHA-256 is stored: it cannot be shown again).
-pub fn invite(data_dir: &Path, valid_for_ms: i64) -> Result<String> {
-    let store = Store::open(data_dir)?;
+pub fn invite(store: &Store, valid_for_ms: i64) -> Result<String> {
     let (code, hash) = accounts::new_invite_code();
     let now = accounts::now_ms();
     store.insert_invite(&hash, now, now + valid_for_ms)?;
@@ -70,8 +70,7 @@ pub fn invite(data_dir: &Path, valid_for_ms: i64) -> Result<String> {
 }
 
 /// Lists the invites: created, expires, used (when, by whom).
-pub fn invites(data_dir: &Path) -> Result<String> {
-    let store = Store::open(data_dir)?;
+pub fn invites(store: &Store) -> Result<String> {
     let now = accounts::now_ms();
     let mut out = String::from("created\texpires\tused\tused by\n");
     let list = store.invites()?;
@@ -117,8 +116,7 @@ fn time_text(ms: i64) -> String {
 }
 
 /// Lists the accounts: email, uid, state, creation time.
-pub fn list(data_dir: &Path) -> Result<String> {
-    let store = Store::open(data_dir)?;
+pub fn list(store: &Store) -> Result<String> {
     let mut out = String::new();
     for a in store.accounts()? {
         let state = if a.disabled { "disabled" } else { "enabled" };
@@ -137,8 +135,7 @@ pub fn list(data_dir: &Path) -> Result<String> {
 }
 
 /// Disables (revoking every session and token) or enables an account.
-pub fn set_disabled(data_dir: &Path, email: &str, disabled: bool) -> Result<String> {
-    let store = Store::open(data_dir)?;
+pub fn set_disabled(store: &Store, email: &str, disabled: bool) -> Result<String> {
     if !store.set_disabled(email, disabled)? {
         return Err(AccountAdminError::NoSuchAccount(email.into()));
     }
@@ -150,8 +147,7 @@ pub fn set_disabled(data_dir: &Path, email: &str, disabled: bool) -> Result<Stri
 
 /// Deletes an account and everything of it, and queues the deletion of its Sync data
 /// (carried out by the running server).
-pub fn delete(data_dir: &Path, email: &str) -> Result<String> {
-    let store = Store::open(data_dir)?;
+pub fn delete(store: &Store, email: &str) -> Result<String> {
     if store.delete_account(email, accounts::now_ms())?.is_none() {
         return Err(AccountAdminError::NoSuchAccount(email.into()));
     }
@@ -163,8 +159,7 @@ pub fn delete(data_dir: &Path, email: &str) -> Result<String> {
 /// Sets a new password. kB cannot survive without the old password, so the account
 /// gets new keys (Sync data encrypted with the old ones is unreadable; clients start
 /// over) and every session is revoked.
-pub fn reset_password(data_dir: &Path, email: &str, password: &str) -> Result<String> {
-    let store = Store::open(data_dir)?;
+pub fn reset_password(store: &Store, email: &str, password: &str) -> Result<String> {
     let a = store
         .account_by_email(email)?
         .ok_or_else(|| AccountAdminError::NoSuchAccount(email.into()))?;
@@ -187,9 +182,10 @@ pub fn reset_password(data_dir: &Path, email: &str, password: &str) -> Result<St
 
 /// Adds a new OAuth signing key; the old one stays published until its tokens expire.
 /// A running server picks it up when restarted.
-pub fn rotate_key(data_dir: &Path) -> Result<String> {
-    let kid = accounts::oauth::rotate(data_dir)?;
+/// With the shared PostgreSQL database every process of it must be restarted.
+pub fn rotate_key(data_dir: &Path, store: &Store) -> Result<String> {
+    let kid = accounts::oauth::rotate(data_dir, store)?;
     Ok(format!(
-        "new signing key {kid}; restart the server to sign with it"
+        "new signing key {kid}; restart the server (every process sharing the database) to sign with it"
     ))
 }

@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 
+use syncstore::accounts::store::Store;
 use syncstore::admin::accounts as acc;
 
 use super::{CliError, Common, load};
@@ -102,13 +103,16 @@ fn read_password(from_stdin: bool) -> Result<String, CliError> {
     Ok(password)
 }
 
-/// Runs an account command over the data dir and prints what it returns.
+/// Runs an account command over the accounts database (the data dir's, or the
+/// tokenserver's PostgreSQL database when configured) and prints what it returns.
 fn with_accounts(
     common: &Common,
-    f: impl FnOnce(&std::path::Path) -> Result<String, acc::AccountAdminError>,
+    f: impl FnOnce(&std::path::Path, &Store) -> Result<String, acc::AccountAdminError>,
 ) -> Result<(), CliError> {
     let settings = load(common)?;
-    let out = f(&settings.data_dir)?;
+    let store = Store::open(&settings.data_dir, &settings.tokenserver_database_url)
+        .map_err(acc::AccountAdminError::from)?;
+    let out = f(&settings.data_dir, &store)?;
     println!("{}", out.trim_end());
     Ok(())
 }
@@ -122,17 +126,17 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
             password_stdin,
         } => {
             let password = read_password(password_stdin)?;
-            with_accounts(&common, |dir| acc::add(dir, &email, &password))
+            with_accounts(&common, |_, store| acc::add(store, &email, &password))
         }
-        AccountCommand::List { common } => with_accounts(&common, acc::list),
+        AccountCommand::List { common } => with_accounts(&common, |_, store| acc::list(store)),
         AccountCommand::Disable { common, email } => {
-            with_accounts(&common, |dir| acc::set_disabled(dir, &email, true))
+            with_accounts(&common, |_, store| acc::set_disabled(store, &email, true))
         }
         AccountCommand::Enable { common, email } => {
-            with_accounts(&common, |dir| acc::set_disabled(dir, &email, false))
+            with_accounts(&common, |_, store| acc::set_disabled(store, &email, false))
         }
         AccountCommand::Delete { common, email } => {
-            with_accounts(&common, |dir| acc::delete(dir, &email))
+            with_accounts(&common, |_, store| acc::delete(store, &email))
         }
         AccountCommand::ResetPassword {
             common,
@@ -140,7 +144,9 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
             password_stdin,
         } => {
             let password = read_password(password_stdin)?;
-            with_accounts(&common, |dir| acc::reset_password(dir, &email, &password))
+            with_accounts(&common, |_, store| {
+                acc::reset_password(store, &email, &password)
+            })
         }
         AccountCommand::Invite { common, valid_for } => {
             let ms = acc::parse_valid_for(&valid_for).ok_or_else(|| {
@@ -148,9 +154,11 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
                     "--valid-for {valid_for}: expected e.g. 30m, 12h or 7d (at most a year)"
                 ))
             })?;
-            with_accounts(&common, |dir| acc::invite(dir, ms))
+            with_accounts(&common, |_, store| acc::invite(store, ms))
         }
-        AccountCommand::Invites { common } => with_accounts(&common, acc::invites),
+        AccountCommand::Invites { common } => {
+            with_accounts(&common, |_, store| acc::invites(store))
+        }
         AccountCommand::RotateKey { common } => with_accounts(&common, acc::rotate_key),
     }
 }

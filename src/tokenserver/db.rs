@@ -228,8 +228,35 @@ type PgManager = PostgresConnectionManager<MakeRustlsConnect>;
 /// of its own then.
 pub struct PgPool(Option<r2d2::Pool<PgManager>>);
 
+/// Whether `url` names a PostgreSQL database (else: SQLite in the data dir).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 impl PgPool {
-    fn get(&self) -> Result<r2d2::PooledConnection<PgManager>, r2d2::Error> {
+    /// Connects to `url` (TLS as its `sslmode` says) and creates `schema` (idempotent
+    /// statements) under the advisory lock `lock`, as several processes may start at once.
+    pub fn connect(url: &str, schema: &str, lock: i64) -> Result<PgPool, DbError> {
+        let (config, tls) = pg::connector(url)?;
+        // A first connection of its own, so that a wrong URL, password or
+        // certificate is reported at once (the pool would retry for 10 s).
+        let mut client = config.connect(tls.clone())?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])?;
+        tx.batch_execute(schema)?;
+        tx.commit()?;
+        drop(client);
+        let manager = PostgresConnectionManager::new(config, tls);
+        let pool = r2d2::Pool::builder()
+            .max_size(8)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)?;
+        Ok(PgPool(Some(pool)))
+    }
+
+    /// A connection of the pool.
+    pub fn get(&self) -> Result<r2d2::PooledConnection<PgManager>, r2d2::Error> {
         self.0.as_ref().expect("pool present until dropped").get()
     }
 }
@@ -275,24 +302,9 @@ impl AssignmentDb {
     /// Opens (and creates the schema of) the database: `url` is a `postgres://` URL,
     /// or empty for `<data_dir>/tokenserver.sqlite`.
     pub fn open(url: &str, data_dir: &Path) -> Result<AssignmentDb, DbError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let (config, tls) = pg::connector(url)?;
-            // A first connection of its own, so that a wrong URL, password or
-            // certificate is reported at once (the pool would retry for 10 s).
-            let mut client = config.connect(tls.clone())?;
-            let mut tx = client.transaction()?;
-            // Several processes may start at once: create the schema under a lock.
-            tx.execute("SELECT pg_advisory_xact_lock(727274)", &[])?;
-            tx.batch_execute(POSTGRES_SCHEMA)?;
-            tx.commit()?;
-            drop(client);
-            let manager = PostgresConnectionManager::new(config, tls);
-            let pool = r2d2::Pool::builder()
-                .max_size(8)
-                .min_idle(Some(0))
-                .connection_timeout(Duration::from_secs(10))
-                .build(manager)?;
-            return Ok(AssignmentDb::Postgres(Arc::new(PgPool(Some(pool)))));
+        if is_postgres_url(url) {
+            let pool = PgPool::connect(url, POSTGRES_SCHEMA, 727274)?;
+            return Ok(AssignmentDb::Postgres(Arc::new(pool)));
         }
         crate::private::create_dir(data_dir)?;
         let path = data_dir.join("tokenserver.sqlite");
