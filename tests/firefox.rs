@@ -25,21 +25,6 @@ const PAGE_PASSWORD: &str = "correct horse battery staple";
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Token lifetime in the node scenario, seconds.
 const TOKEN_SECS: u64 = 20;
-/// The issuer of the stand-in's JWTs, required by the server under test.
-const ISSUER: &str = "http://127.0.0.1/syncstore-test-fxa";
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Server settings that make the tokenserver trust the stand-in's tokens.
-fn fxa_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("SYNCSTORE_FXA_JWKS", fixture("fxa-test-jwks.json")),
-        ("SYNCSTORE_FXA_ISSUER", ISSUER.into()),
-        ("SYNCSTORE_FXA_VERIFY_URL", String::new()),
-    ]
-}
 
 fn start(env: &[(&'static str, String)]) -> Server {
     let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -56,11 +41,11 @@ fn tail(text: &str, lines: usize) -> String {
 fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
     let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python)
-        .args(["-c", "import jwt, cryptography, hawkauthlib, requests"])
+        .args(["-c", "import cryptography, hawkauthlib, requests"])
         .status();
     assert!(
         probe.map(|s| s.success()).unwrap_or(false),
-        "{python} cannot import jwt/cryptography/hawkauthlib/requests: run the tests with \
+        "{python} cannot import cryptography/hawkauthlib/requests: run the tests with \
          scripts/test (it installs scripts/requirements.txt into a virtualenv)"
     );
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -75,7 +60,8 @@ fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
         .arg(name)
         .arg("--out")
         .arg(&out_dir)
-        .args(["--key", &fixture("fxa-test-key.pem"), "--issuer", ISSUER])
+        .arg("--accounts-dir")
+        .arg(servers[0].data.path())
         .args(["--tokenserver", &servers[0].url()])
         .args(["--bin", env!("CARGO_BIN_EXE_syncstore"), "--secret", SECRET])
         .args(extra)
@@ -100,10 +86,10 @@ fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
     );
 }
 
-/// One zero-config server (tokenserver and storage) trusting the stand-in.
+/// One zero-config server (accounts, tokenserver and storage).
 fn single(name: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let s = start(&fxa_env());
+    let s = start(&[]);
     scenario(name, &[&s], &[]);
 }
 
@@ -145,11 +131,12 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(fresh_database());
-    let mut env = fxa_env();
-    env.push(("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.clone()));
-    env.push(("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0".into()));
-    // Short tokens: after the plain drain Firefox asks for a new one soon.
-    env.push(("SYNCSTORE_TOKEN_DURATION_SECS", TOKEN_SECS.to_string()));
+    let env: Vec<(&'static str, String)> = vec![
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.clone()),
+        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0".into()),
+        // Short tokens: after the plain drain Firefox asks for a new one soon.
+        ("SYNCSTORE_TOKEN_DURATION_SECS", TOKEN_SECS.to_string()),
+    ];
     let with_role = |role: &str| {
         let mut e = env.clone();
         e.push(("SYNCSTORE_ROLE", role.to_string()));

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Firefox scenarios against a running syncstore (started by tests/firefox.rs).
 
-Usage: scenarios.py SCENARIO --out DIR --tokenserver URL --key PEM --issuer ISS
-                    [--bin SYNCSTORE --db URL --secret S --nodes URL_A,URL_B]
-Prints `ok` and exits 0 when the scenario passed; otherwise exits 1 with what failed
-and the tails of the Firefox sync logs and of the stand-in FxA's request log.
+Usage: scenarios.py SCENARIO --out DIR --tokenserver URL --accounts-dir DIR --bin SYNCSTORE
+                    --secret S [--db URL --nodes URL_A,URL_B --email E --password P]
+Every profile signs in on syncstore's own sign-in page (its only account setting is the
+autoconfig pref) to accounts made with `syncstore account add` in the accounts server's
+data dir (--accounts-dir). Prints `ok` and exits 0 when the scenario passed; otherwise
+exits 1 with what failed and the tails of the Firefox sync logs.
 """
 
 import argparse
@@ -13,11 +15,12 @@ import os
 import subprocess
 import sys
 import time
+import threading
 import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fxa import FxaStandIn  # noqa: E402
 import requests  # noqa: E402
 from harness import AUTOCONFIGURED, Firefox, Refuser, SyncUser  # noqa: E402
 
@@ -29,44 +32,90 @@ def check(cond, msg):
         raise AssertionError(msg)
 
 
+class TabPages:
+    """Pages on 127.0.0.1 for the tabs the scenarios open (`url(name)`)."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                body = b"<!doctype html><title>%s</title><p>a test page" % self.path.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name):
+        return "http://127.0.0.1:%d/page/%s" % (self.server.server_address[1], name)
+
+
 class Run:
-    """What a scenario gets: the stand-in FxA, profiles on demand, server access."""
+    """What a scenario gets: accounts on syncstore, profiles on demand, server access."""
 
     def __init__(self, opts):
         self.opts = opts
         os.makedirs(opts.out, exist_ok=True)
-        with open(opts.key) as f:
-            self.fxa = FxaStandIn(f.read(), opts.issuer, os.path.join(opts.out, "fxa-requests.txt"))
         self.refuser = Refuser()
+        self.pages = TabPages()
         self.profiles = []
+        self.accounts = {}
+
+    def account(self, name):
+        """(email, password) of the account `name`, made on first use by
+        `syncstore account add --password-stdin` on the accounts server's data dir."""
+        if name not in self.accounts:
+            email, password = "%s@example.org" % name, "password of %s" % name
+            self.admin(["account", "add", email, "--password-stdin", "--data-dir", self.opts.accounts_dir],
+                       stdin=password + "\n")
+            self.accounts[name] = (email, password)
+        return self.accounts[name]
+
+    def admin(self, args, stdin=None, ok=True):
+        """Runs `syncstore ARGS` (an operator's command); its output."""
+        out = subprocess.run([self.opts.bin, *args], input=stdin, capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, SYNCSTORE_SECRETS=self.opts.secret))
+        step("syncstore %s -> %d\n%s%s" % (" ".join(args), out.returncode, out.stdout, out.stderr))
+        check(out.returncode == 0 or not ok, "syncstore %s failed" % " ".join(args))
+        return out
 
     def firefox(self, name, account, device=None):
-        """A new Firefox profile signed in to `account` (a name)."""
-        step("start Firefox profile %s (account %s)" % (name, account))
-        ff = Firefox(name, self.opts.out, self.fxa, self.opts.tokenserver, self.refuser)
-        self.profiles.append(ff)
-        device = device or "profile-" + name
-        ff.sign_in(self.fxa.account(account).signed_in_user(), device)
+        """A new Firefox profile signed in to `account` (a name) by typing its email and
+        password into syncstore's sign-in page, its device named `device`."""
+        ff = self.fresh(name)
+        email, password = self.account(account)
+        sign_in_on_page(ff, email, password, "Signed in")
+        state = ff.js(SIGNED_IN, 60000, True)
+        check(not state.get("timedOut") and state["user"]["email"] == email,
+              "%s did not finish signing in: %r" % (name, state))
         ff.account = account
+        ff.device_name = device or "profile-" + name
+        ff.js(SET_DEVICE_NAME, ff.device_name)
         # What FxA's push message "device connected" does on the account's other devices
-        # (the stand-in has no push service): they fetch the device list again.
+        # (no push service here): they fetch the device list again.
         for other in self.profiles:
             if other is not ff and getattr(other, "account", None) == account:
-                other.js(DEVICE_CONNECTED, device)
+                other.js(DEVICE_CONNECTED, ff.device_name)
         return ff
 
     def fresh(self, name):
         """A new Firefox profile whose only account setting is the autoconfig pref
         pointing at syncstore (signed in to nothing)."""
         step("start Firefox profile %s (autoconfig %s)" % (name, self.opts.tokenserver))
-        ff = Firefox(name, self.opts.out, self.fxa, self.opts.tokenserver, self.refuser,
-                     autoconfig=self.opts.tokenserver)
+        ff = Firefox(name, self.opts.out, self.opts.tokenserver, self.refuser)
         self.profiles.append(ff)
         return ff
 
     def server(self, account):
-        """The account's storage as seen over HTTP."""
-        return SyncUser(self.opts.tokenserver, self.fxa, self.fxa.account(account))
+        """The account's storage as seen over HTTP, with the access token of the first
+        profile signed in to it."""
+        ff = next(p for p in self.profiles if getattr(p, "account", None) == account)
+        return page_user(self, ff)
 
     def syncstore(self, *args):
         """Runs a syncstore admin command on the shared assignment database."""
@@ -83,7 +132,7 @@ class Run:
     def close(self):
         for ff in self.profiles:
             ff.close()
-        self.fxa.close()
+        self.pages.server.shutdown()
 
 
 def step(msg):
@@ -101,6 +150,11 @@ for (let i = 0; i < 200; i++) {
   await sleep(100);
 }
 throw new Error("the device list never showed " + args[0]);
+"""
+
+SET_DEVICE_NAME = """
+fxAccounts.device.setLocalName(args[0]);
+await fxAccounts.device.updateDeviceRegistration();
 """
 
 # --- Firefox-side data ------------------------------------------------------------------
@@ -204,7 +258,7 @@ def make_data_on_a(run, a):
     a.js(ADD_BOOKMARKS, "mine", 3)
     a.js(ADD_LOGIN, "https://login.example.com", "alice", "s3cret")
     a.js(ADD_VISIT, "http://history.example.com/visited", "Visited page")
-    tab = run.fxa.url + "/page/fromA"
+    tab = run.pages.url("fromA")
     check(a.js(OPEN_TAB, tab) == tab, "the tab did not load")
     a.sync()
     return tab
@@ -448,7 +502,7 @@ def independent_sync_key(origin, email, password):
     """kid fingerprint and key of Sync's scoped key, from kB as PyPI's PyFxA (an
     independent onepw client) fetches it: b64url(SHA-256(kB)[:16]) and
     b64url(HKDF-SHA256(kB, info "identity.mozilla.com/picl/v1/oldsync", 64 bytes)).
-    Run apart: this directory's fxa.py (the stand-in) would shadow PyFxA's package."""
+    Run apart, in a clean interpreter."""
     out = subprocess.run([sys.executable, "-c", PYFXA_SYNC_KEY, origin, email, password],
                          capture_output=True, text=True, timeout=120, cwd="/")
     check(out.returncode == 0, "PyFxA: %s%s" % (out.stdout, out.stderr))
@@ -523,7 +577,7 @@ WORKING = "Signing in\u2026"
 def page_user(run, ff):
     """The account's storage as seen over HTTP, with the access token Firefox holds."""
     token, kid, _ = ff.js(SYNC_TOKEN)
-    return SyncUser(run.opts.tokenserver, None, None, token=(token, kid))
+    return SyncUser(run.opts.tokenserver, (token, kid))
 
 
 def page_sign_in(run):
@@ -617,8 +671,7 @@ def main():
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--out", required=True)
     p.add_argument("--tokenserver", required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--issuer", default="")
+    p.add_argument("--accounts-dir", required=True)
     p.add_argument("--bin")
     p.add_argument("--db")
     p.add_argument("--secret")
@@ -631,7 +684,6 @@ def main():
     failed = False
     try:
         SCENARIOS[opts.scenario](run)
-        check(not run.fxa.unknown, "Firefox asked the FxA stand-in unknown things: %r" % run.fxa.unknown)
     except Exception:  # noqa: BLE001 - report anything, with the logs
         failed = True
         print("FAILED:\n" + traceback.format_exc(), flush=True)
@@ -644,8 +696,6 @@ def main():
         for ff in run.profiles:
             print("---- tail of %s's sync log (%s) ----" % (ff.name, ff.dir), flush=True)
             print(tail(os.path.join(ff.dir, "sync-log-all.txt"), 60))
-        print("---- tail of the FxA stand-in's request log ----")
-        print(tail(os.path.join(opts.out, "fxa-requests.txt"), 30))
         sys.exit(1)
     print("ok")
 
