@@ -123,6 +123,20 @@ fn a_second_account_on_the_same_server_sees_none_of_the_first() {
     single("second_account");
 }
 
+/// Firefox signs out as its preferences do: it reports no signed-in user, and the
+/// server revoked the session token Firefox held (session/status 401 errno 110).
+#[test]
+fn signing_out_in_firefox_revokes_its_session_on_the_server() {
+    single("sign_out");
+}
+
+/// `syncstore account delete` while the server runs: the sign-in page refuses the
+/// email as an unknown account and the account's Sync data is gone from its node.
+#[test]
+fn an_account_deleted_by_the_operator_cannot_sign_in_and_its_sync_data_is_gone() {
+    single("account_deleted");
+}
+
 /// Two storage nodes (only A takes new users) and a tokenserver on one PostgreSQL
 /// assignment database (as tests/live_moves.rs); the scenario drains A live, then B
 /// plainly.

@@ -10,6 +10,7 @@ exits 1 with what failed and the tails of the Firefox sync logs.
 """
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -21,7 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import hawkauthlib  # noqa: E402
 import requests  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 from harness import AUTOCONFIGURED, Firefox, Refuser, SyncUser  # noqa: E402
 
 ENGINES = ["bookmarks", "clients", "passwords", "history", "tabs"]
@@ -659,10 +663,100 @@ def page_errors(run):
     check(state["user"] is None, "a refused sign-in signed A in: %r" % state)
 
 
+# --- Signing out, operator deletion -----------------------------------------------------------
+
+SESSION_TOKEN = """
+const data = await fxAccounts._internal.currentAccountState.getUserAccountData(["sessionToken"]);
+return data && data.sessionToken;
+"""
+
+DISCONNECT = """
+// What "Sign out" in the preferences does (no confirmation dialog in a test).
+const win = Services.wm.getMostRecentWindow("navigator:browser");
+await win.gSync.disconnect({ confirm: false });
+const deadline = Date.now() + 30000;
+while (await fxAccounts.getSignedInUser()) {
+  if (Date.now() > deadline) return { stillSignedIn: await fxAccounts.getSignedInUser() };
+  await sleep(100);
+}
+return { user: await fxAccounts.getSignedInUser(), setup: Weave.Status.checkSetup() };
+"""
+
+
+def session_status(origin, session_token):
+    """GET /v1/session/status with a session token as Firefox holds it (hex), sent as a
+    Bearer token of its HKDF-derived id (`fxs_<id>`): (status, JSON)."""
+    okm = HKDF(algorithm=hashes.SHA256(), length=3 * 32, salt=None,
+               info=b"identity.mozilla.com/picl/v1/sessionToken").derive(bytes.fromhex(session_token))
+    r = requests.get(origin + "/v1/session/status", headers={"Authorization": "Bearer fxs_" + okm[:32].hex()},
+                     timeout=30)
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, r.text
+
+
+def sign_out(run):
+    """Firefox signs out as the preferences' "Sign out" does: it reports no signed-in
+    user and Sync not configured, and the server revoked the session Firefox held
+    (session/status: 401 errno 110 with that token, 200 before)."""
+    a = run.firefox("A", "leaver")
+    a.sync()
+    token = a.js(SESSION_TOKEN)
+    check(token and len(token) == 64, "Firefox holds no session token: %r" % token)
+    status, body = session_status(run.opts.tokenserver, token)
+    check(status == 200 and body.get("uid"), "session/status before sign-out: %d %r" % (status, body))
+    state = a.js(DISCONNECT)
+    step("A after sign-out: %s" % state)
+    check("stillSignedIn" not in state and state["user"] is None, "Firefox is still signed in: %r" % state)
+    check(state["setup"] != "success.status_ok", "Sync is still set up after sign-out: %r" % state)
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = session_status(run.opts.tokenserver, token)
+        if status != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check(status == 401 and isinstance(body, dict) and body.get("errno") == 110,
+          "session/status after sign-out: %d %r" % (status, body))
+
+
+def user_files(run, uid):
+    """The user's storage files on the (single) server."""
+    return glob.glob(os.path.join(run.opts.accounts_dir, "users", "*", "%d.sqlite*" % uid))
+
+
+def account_deleted(run):
+    """`syncstore account delete EMAIL` while the server runs: the page refuses the
+    email as an unknown account, and the account's Sync data is gone from its node
+    (its storage file deleted, its last storage token gets 401/404, no records)."""
+    a = run.firefox("A", "doomed")
+    a.js(ADD_BOOKMARKS, "doomed", 3)
+    a.sync()
+    s = run.server("doomed")
+    check(len(s.records("bookmarks")) > 3, "A's bookmarks are not on the server")
+    check(user_files(run, s.uid), "no storage file for uid %d" % s.uid)
+    email, password = run.account("doomed")
+    run.admin(["account", "delete", email, "--data-dir", run.opts.accounts_dir])
+    b = run.fresh("B")
+    sign_in_on_page(b, email, password, "no account with this email")
+    check(b.js(SIGNED_IN, 0, False)["user"] is None, "B signed in to a deleted account")
+    deadline = time.monotonic() + 30
+    while user_files(run, s.uid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    check(not user_files(run, s.uid), "uid %d's storage file is still there 30 s after the deletion: %r"
+          % (s.uid, user_files(run, s.uid)))
+    req = requests.Request("GET", s.endpoint + "/storage/bookmarks").prepare()
+    hawkauthlib.sign_request(req, s.id, s.key)
+    r = requests.Session().send(req, timeout=30)
+    step("GET bookmarks with the deleted user's last token: %d %s" % (r.status_code, r.text[:200]))
+    check(r.status_code in (401, 404) or (r.status_code == 200 and r.json() == []),
+          "the deleted user's bookmarks are still served: %d %s" % (r.status_code, r.text[:300]))
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
-              page_sign_in, page_two_profiles, page_sign_up, page_errors)
+              page_sign_in, page_two_profiles, page_sign_up, page_errors, sign_out, account_deleted)
 }
 
 
