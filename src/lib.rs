@@ -328,7 +328,7 @@ pub async fn run(
     let node_url = node_url(&settings, listener.local_addr()?);
     let accounts = accounts_service(&settings, &node_url)?;
     let local_issuer = accounts.as_ref().map(|a| {
-        let signer: Arc<dyn tokenserver::fxa::LocalIssuer> = a.accounts.signer();
+        let signer: Arc<dyn tokenserver::fxa::LocalIssuer> = a.accounts.local_issuer();
         signer
     });
     let (tokenserver, assignments) = tokenserver_parts(&settings, &node_url, local_issuer).await?;
@@ -369,6 +369,10 @@ pub async fn run(
         idle_secs,
         stop_rx.clone(),
     ));
+    let deletions = tokio::spawn(web::events::drain_account_deletions(
+        state.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let signal = async move {
         shutdown.await;
@@ -391,6 +395,7 @@ pub async fn run(
         upkeep.abort(); // the server ended on its own (an error): no signal will come
     }
     let _ = upkeep.await;
+    deletions.abort();
     if let Some(m) = metrics_server {
         m.abort();
     }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::auth::hawk::{self, SignedRequest};
 use crate::auth::nonce::NonceCache;
-use crate::tokenserver::fxa::OLDSYNC_SCOPE;
+use crate::tokenserver::fxa::{FxaError, LocalDecision, LocalIssuer, OLDSYNC_SCOPE};
 use limits::Limiter;
 use oauth::{AccessClaims, Signer};
 use store::{Account, Code, Device, Refresh, Store, TokenRow};
@@ -304,9 +304,18 @@ impl Accounts {
         })
     }
 
-    /// The signer, which the tokenserver trusts in-process.
+    /// The signer of access tokens.
     pub fn signer(&self) -> Arc<Signer> {
         self.signer.clone()
+    }
+
+    /// What the tokenserver trusts in-process: this service's access tokens, while
+    /// their account exists and is enabled.
+    pub fn local_issuer(&self) -> Arc<LocalTokens> {
+        Arc::new(LocalTokens {
+            signer: self.signer.clone(),
+            store: self.store.clone(),
+        })
     }
 
     /// The database (for operator commands).
@@ -1040,6 +1049,35 @@ pub fn insert_new_account(
     }
     tracing::info!(uid = %account.uid, "account created");
     Ok(account)
+}
+
+/// This service's access tokens as the tokenserver sees them: valid by signature and
+/// claims, and only while the account exists and is enabled (an access token outlives
+/// neither the account's deletion nor its disabling).
+pub struct LocalTokens {
+    signer: Arc<Signer>,
+    store: Store,
+}
+
+impl LocalIssuer for LocalTokens {
+    fn verify_local<'a>(&'a self, token: &'a str) -> LocalDecision<'a> {
+        Box::pin(async move {
+            let user = match self.signer.decide(token)? {
+                Ok(user) => user,
+                refused => return Some(refused),
+            };
+            let (store, uid) = (self.store.clone(), user.fxa_uid.clone());
+            let found = tokio::task::spawn_blocking(move || store.account(&uid)).await;
+            Some(match found {
+                Ok(Ok(Some(a))) if !a.disabled => Ok(user),
+                Ok(Ok(_)) => Err(FxaError::Invalid(
+                    "the account is deleted or disabled".into(),
+                )),
+                Ok(Err(e)) => Err(FxaError::Unavailable(e.to_string())),
+                Err(e) => Err(FxaError::Unavailable(e.to_string())),
+            })
+        })
+    }
 }
 
 /// Fields of a device registration or update.

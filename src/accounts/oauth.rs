@@ -13,7 +13,7 @@ use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::tokenserver::fxa::{FxaError, LocalIssuer, OAuthUser, OLDSYNC_SCOPE};
+use crate::tokenserver::fxa::{FxaError, OAuthUser, OLDSYNC_SCOPE};
 
 /// Longest lifetime of an access token, seconds.
 pub const MAX_ACCESS_TTL_SECS: i64 = 24 * 3600;
@@ -257,8 +257,10 @@ impl Signer {
 }
 
 /// The tokenserver's in-process trust in this service's tokens.
-impl LocalIssuer for Signer {
-    fn verify_local(&self, token: &str) -> Option<Result<OAuthUser, FxaError>> {
+impl Signer {
+    /// The tokenserver's decision on an access token by signature and claims alone:
+    /// `None` when it names none of this signer's key ids (see `tokenserver::fxa::LocalIssuer`).
+    pub fn decide(&self, token: &str) -> Option<Result<OAuthUser, FxaError>> {
         let kid = jsonwebtoken::decode_header(token).ok()?.kid;
         let ours = kid.is_some_and(|kid| self.public.iter().any(|k| k.kid == kid));
         let claims = match self.verify(token) {
@@ -304,7 +306,7 @@ mod tests {
         };
         let token = signer.sign(&claims).unwrap();
         assert_eq!(
-            signer.verify_local(&token).unwrap().unwrap().fxa_uid,
+            signer.decide(&token).unwrap().unwrap().fxa_uid,
             "00".repeat(16)
         );
         rotate(dir.path()).unwrap();
@@ -315,14 +317,14 @@ mod tests {
         let other = Signer::load(dir.path(), "http://b.example").unwrap();
         assert!(other.verify(&token).is_none(), "issuer is checked");
         // A token of ours that fails is decided here (refused), never passed on.
-        assert!(matches!(other.verify_local(&token), Some(Err(_))));
+        assert!(matches!(other.decide(&token), Some(Err(_))));
         let forged = format!("{}x", &token[..token.len() - 1]);
-        assert!(matches!(signer.verify_local(&forged), Some(Err(_))));
+        assert!(matches!(signer.decide(&forged), Some(Err(_))));
         // A token naming a key id of no key of ours is not ours to decide.
         let foreign = Signer::load(tempfile::tempdir().unwrap().path(), "http://a.example")
             .unwrap()
             .sign(&claims)
             .unwrap();
-        assert!(signer.verify_local(&foreign).is_none());
+        assert!(signer.decide(&foreign).is_none());
     }
 }

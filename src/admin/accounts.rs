@@ -80,7 +80,9 @@ pub fn delete(data_dir: &Path, email: &str) -> Result<String> {
     if store.delete_account(email, accounts::now_ms())?.is_none() {
         return Err(AccountAdminError::NoSuchAccount(email.into()));
     }
-    Ok(format!("deleted {email}"))
+    Ok(format!(
+        "deleted {email}; the running server deletes its Sync data within seconds"
+    ))
 }
 
 /// Sets a new password. kB cannot survive without the old password, so the account

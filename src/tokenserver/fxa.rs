@@ -88,8 +88,13 @@ pub trait LocalIssuer: Send + Sync {
     /// `None` when `token` is not this issuer's (it names none of its key ids);
     /// otherwise the decision: the user of a valid token carrying the oldsync scope,
     /// or why it is refused. A refused token of this issuer is never sent anywhere.
-    fn verify_local(&self, token: &str) -> Option<Result<OAuthUser, FxaError>>;
+    fn verify_local<'a>(&'a self, token: &'a str) -> LocalDecision<'a>;
 }
+
+/// What [`LocalIssuer::verify_local`] decides, when it is ready.
+pub type LocalDecision<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<Result<OAuthUser, FxaError>>> + Send + 'a>,
+>;
 
 /// Verifies FxA OAuth access tokens.
 pub struct FxaVerifier {
@@ -231,7 +236,9 @@ impl FxaVerifier {
     /// first; a JWT under a key of the JWK set is decided locally (refusals included);
     /// any other token goes to the verify URL, if there is one.
     pub async fn verify(&self, token: &str) -> Result<OAuthUser, FxaError> {
-        if let Some(decided) = self.local.as_ref().and_then(|l| l.verify_local(token)) {
+        if let Some(local) = &self.local
+            && let Some(decided) = local.verify_local(token).await
+        {
             return decided;
         }
         if let Some(header) = self.known_jwt_header(token) {

@@ -91,6 +91,81 @@ fn done(status: StatusCode) -> Response {
     (status, axum::Json(json!({"status": text}))).into_response()
 }
 
+/// Deletes the Sync data of an account deleted at `deleted_at` (unix seconds): retires
+/// its tokenserver rows made before then and deletes each user on its node. Doing it
+/// twice is harmless. Returns how many users were retired.
+pub(crate) async fn delete_account_data(
+    s: &AppState,
+    ts: &Tokenserver,
+    fxa_uid: &str,
+    deleted_at: i64,
+) -> Result<usize, String> {
+    let retired = ts
+        .retire_account(fxa_uid, deleted_at)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    for r in &retired {
+        let Some(node) = &r.node else { continue };
+        let deleted =
+            crate::cluster::delete_retired(s.this_node(), ts.db(), r.uid as u64, node).await;
+        if let Err(e) = deleted {
+            errors.push(format!("uid {} on {node}: {e}", r.uid));
+        }
+    }
+    tracing::info!(uids = retired.len(), "account deleted: user retired");
+    if errors.is_empty() {
+        Ok(retired.len())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// How often accounts deleted on this service (by the operator's `account delete`,
+/// perhaps from another process) are looked for.
+const DELETIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Until `stop` turns true: deletes the Sync data of accounts the built-in accounts
+/// service has deleted (its `account_deletions` outbox), forgetting each once done; a
+/// failure is retried on the next round.
+pub async fn drain_account_deletions(s: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let (Some(accounts), Some(ts)) = (s.accounts.clone(), s.tokenserver.clone()) else {
+        return;
+    };
+    let store = accounts.accounts.store().clone();
+    loop {
+        let st = store.clone();
+        let pending = tokio::task::spawn_blocking(move || st.pending_deletions(100)).await;
+        match pending {
+            Ok(Ok(pending)) => {
+                for d in pending {
+                    let deleted_at = d.deleted_at / 1000 + 1;
+                    match delete_account_data(&s, &ts, &d.uid, deleted_at).await {
+                        Ok(_) => {
+                            let st = store.clone();
+                            let uid = d.uid.clone();
+                            let done =
+                                tokio::task::spawn_blocking(move || st.finish_deletion(&uid)).await;
+                            if !matches!(done, Ok(Ok(()))) {
+                                tracing::error!(uid = %d.uid, "account deletion not recorded as done");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(uid = %d.uid, error = %e, "deleting an account's Sync data failed; will retry")
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "reading account deletions failed"),
+            Err(e) => tracing::error!(error = %e, "reading account deletions failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DELETIONS_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Applies one event; returns its outcome label (`processed` or `ignored`).
 async fn apply(
     s: &AppState,
@@ -101,26 +176,8 @@ async fn apply(
 ) -> Result<&'static str, String> {
     match event {
         AccountEvent::DeleteUser => {
-            let retired = ts
-                .retire_account(fxa_uid, issued_at)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut errors = Vec::new();
-            for r in &retired {
-                let Some(node) = &r.node else { continue };
-                let deleted =
-                    crate::cluster::delete_retired(s.this_node(), ts.db(), r.uid as u64, node)
-                        .await;
-                if let Err(e) = deleted {
-                    errors.push(format!("uid {} on {node}: {e}", r.uid));
-                }
-            }
-            tracing::info!(uids = retired.len(), "account deleted: user retired");
-            if errors.is_empty() {
-                Ok("processed")
-            } else {
-                Err(errors.join("; "))
-            }
+            delete_account_data(s, ts, fxa_uid, issued_at).await?;
+            Ok("processed")
         }
         AccountEvent::PasswordChange {
             change_time: Some(t),

@@ -1,0 +1,156 @@
+//! Deleting an account of the built-in accounts service (`syncstore account delete`,
+//! run as its own process beside the server) deletes its Sync data on its node, and
+//! its access tokens stop working at the tokenserver at once, as do a disabled
+//! account's until it is enabled again.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server};
+use serde_json::{Value, json};
+use syncstore::accounts::crypto;
+
+const EMAIL: &str = "carol@example.org";
+const PASSWORD: &str = "a long and private passphrase";
+/// Firefox's OAuth client id.
+const FIREFOX: &str = "5882386c6d801776";
+const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
+
+/// `syncstore account ARGS… --data-dir DIR`, with `stdin` on standard input.
+fn account(data: &std::path::Path, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .arg("account")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{stdin}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "account {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{path}", s.url()))
+        .json(body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Signs in and returns an access token with the oldsync scope.
+async fn access_token(s: &Server) -> String {
+    let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
+    let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
+    let (status, session) = post(s, "/v1/account/login", &body, None).await;
+    assert_eq!(status, 200, "{session}");
+    let token: [u8; 32] = hex::decode(session["sessionToken"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let bearer = format!(
+        "fxs_{}",
+        hex::encode(crypto::token_keys(&token, "sessionToken").id)
+    );
+    let body = json!({"grant_type": "fxa-credentials", "client_id": FIREFOX, "scope": OLDSYNC});
+    let (status, grant) = post(s, "/v1/oauth/token", &body, Some(&bearer)).await;
+    assert_eq!(status, 200, "{grant}");
+    grant["access_token"].as_str().unwrap().to_string()
+}
+
+/// The tokenserver's answer to an access token: status and body.
+async fn sync_token(s: &Server, access: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{}/1.0/sync/1.5", s.url()))
+        .bearer_auth(access)
+        .header("X-KeyID", "1234-qqqqqqqqqqqqqqqqqqqqqg")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn user_files(s: &Server) -> usize {
+    syncstore::storage::files::list_users(s.data.path())
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
+    let data = tempfile::tempdir().unwrap();
+    account(data.path(), &["add", EMAIL, "--password-stdin"], PASSWORD);
+    let s = Server::start_in(data, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let access = access_token(&s).await;
+        let (status, sync) = sync_token(&s, &access).await;
+        assert_eq!(status, 200, "{sync}");
+        let uid = sync["uid"].as_u64().unwrap();
+        let client = Client::with_token(
+            &s,
+            uid,
+            sync["id"].as_str().unwrap().into(),
+            sync["key"].as_str().unwrap().into(),
+        );
+        let r = client
+            .put("/storage/bookmarks/b1", &json!({"payload": "secret"}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(user_files(&s), 1);
+
+        // Disabled: the access token is refused, and works again once enabled.
+        account(s.data.path(), &["disable", EMAIL], "");
+        let (status, body) = sync_token(&s, &access).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["status"], "invalid-credentials", "{body}");
+        account(s.data.path(), &["enable", EMAIL], "");
+        assert_eq!(sync_token(&s, &access).await.0, 200);
+
+        // Deleted by the operator from another process: the running server deletes
+        // the account's Sync data on its node.
+        let said = account(s.data.path(), &["delete", EMAIL], "");
+        assert!(said.contains(EMAIL), "{said}");
+        let (status, body) = sync_token(&s, &access).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["status"], "invalid-credentials", "{body}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while user_files(&s) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the user's file is still there 30 s after the account's deletion"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = client.get("/storage/bookmarks/b1").await;
+        assert!(
+            r.status == 401 || r.status == 404,
+            "{} {}",
+            r.status,
+            r.text
+        );
+        assert!(s.log_text().contains("account deleted: user retired"));
+
+        // It can no longer sign in.
+        let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
+        let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
+        let (status, body) = post(&s, "/v1/account/login", &body, None).await;
+        assert_eq!((status, body["errno"].as_i64()), (400, Some(102)), "{body}");
+    });
+}
