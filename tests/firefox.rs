@@ -137,6 +137,15 @@ fn an_account_deleted_by_the_operator_cannot_sign_in_and_its_sync_data_is_gone()
     single("account_deleted");
 }
 
+/// Firefox's "Manage account" opens syncstore's `/settings`; the password changed there
+/// (onepw change/start, keys, change/finish: same kB) keeps Firefox signed in and
+/// syncing; a second profile signs in with the new password (the old one is refused)
+/// and receives the first's bookmarks.
+#[test]
+fn a_password_changed_on_the_settings_page_keeps_firefox_syncing_and_the_data() {
+    single("password_change");
+}
+
 /// Two storage nodes (only A takes new users) and a tokenserver on one PostgreSQL
 /// assignment database (as tests/live_moves.rs); the scenario drains A live, then B
 /// plainly.
@@ -265,14 +274,42 @@ fn the_sign_in_page_is_served_with_a_strict_content_security_policy() {
         "<input type=\"email\"",
         "<input type=\"password\"",
         "<button type=\"submit\"",
+        "<script src=\"/accounts/pages/common.js\"",
         "<script src=\"/accounts/pages/signin.js\"",
     ] {
         assert!(html.contains(needle), "the page lacks {needle}: {html}");
     }
-    assert_eq!(html.matches("<script").count(), 1, "inline script: {html}");
+    assert_eq!(html.matches("<script").count(), 2, "inline script: {html}");
+    // The settings page ("Manage account"): current and new password, its own script.
+    let (status, headers, html) = get("/settings?entrypoint=preferences&uid=00&email=a%40b.c");
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["content-security-policy"], csp);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    for needle in [
+        "<input type=\"password\" id=\"current\"",
+        "<input type=\"password\" id=\"new\"",
+        "<button type=\"submit\"",
+        "<script src=\"/accounts/pages/common.js\"",
+        "<script src=\"/accounts/pages/settings.js\"",
+    ] {
+        assert!(
+            html.contains(needle),
+            "the settings page lacks {needle}: {html}"
+        );
+    }
+    assert_eq!(html.matches("<script").count(), 2, "inline script: {html}");
     for (path, mime) in [
         (
+            "/accounts/pages/common.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
             "/accounts/pages/signin.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/accounts/pages/settings.js",
             "text/javascript; charset=utf-8",
         ),
         ("/accounts/pages/signin.css", "text/css; charset=utf-8"),
@@ -292,6 +329,7 @@ fn the_sign_in_page_is_served_with_a_strict_content_security_policy() {
         "the accounts service is still on"
     );
     assert_eq!(get_from(&rt, &without, "/").0, 404);
+    assert_eq!(get_from(&rt, &without, "/settings").0, 404);
 }
 
 /// GET `path` on a server: status, headers, body.

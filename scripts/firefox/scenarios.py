@@ -753,10 +753,90 @@ def account_deleted(run):
           "the deleted user's bookmarks are still served: %d %s" % (r.status_code, r.text[:300]))
 
 
+# --- Password change on syncstore's settings page ---------------------------------------------
+
+MANAGE_URI = """
+const { FxAccountsConfig } = ChromeUtils.importESModule("resource://gre/modules/FxAccountsConfig.sys.mjs");
+return await FxAccountsConfig.promiseManageURI("test");
+"""
+
+
+def change_password_on_page(ff, current, new, expect):
+    """Opens Firefox's own "Manage account" URL (syncstore's /settings), types the current
+    and the new password and submits; waits for the page's status to contain `expect`."""
+    url = ff.js(MANAGE_URI)
+    step("%s: manage-account URL %s" % (ff.name, url))
+    check(url.startswith(ff.autoconfig + "/settings?") and "email=" in url and "uid=" in url,
+          "not a settings URL on syncstore: %s" % url)
+    m = ff.m
+    m.context("content")
+    try:
+        m.navigate(url)
+        for sel, text in (("#current", current), ("#new", new)):
+            el = m.find(sel)
+            m.clear(el)
+            m.send_keys(el, text)
+        m.click(m.find("button[type=submit]"))
+        status = CHANGING
+        deadline = time.monotonic() + 120
+        while status in ("", CHANGING) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = m.text(m.find("#status"))
+        step("%s: the settings page says %r" % (ff.name, status))
+        check(expect in status, "the settings page says %r, not %r" % (status, expect))
+    finally:
+        m.context("chrome")
+    return url
+
+
+CHANGING = "Changing password\u2026"
+
+
+def password_change(run):
+    """Profile A changes the password on syncstore's settings page ("Manage account"):
+    a wrong current password is refused; then the change goes through, Firefox gets the
+    new session over its WebChannel (the old one is revoked) and A keeps syncing without
+    signing in again; B signs in with the NEW password (the old one is refused) and gets
+    A's bookmarks from before and after the change (kB, so Sync's key, was kept)."""
+    a = run.firefox("A", "changer")
+    a.js(ADD_BOOKMARKS, "before", 2)
+    a.sync()
+    email, old = run.account("changer")
+    new = "a brand new password"
+    old_token = a.js(SESSION_TOKEN)
+    _, kid_before, key_before = a.js(SYNC_TOKEN)
+    change_password_on_page(a, "not the password", new, "Incorrect current password")
+    change_password_on_page(a, old, new, "Password changed")
+    run.accounts["changer"] = (email, new)
+    new_token = a.js(SESSION_TOKEN)
+    check(new_token and new_token != old_token, "Firefox kept its old session token")
+    status, body = session_status(run.opts.tokenserver, new_token)
+    check(status == 200, "Firefox's new session: %d %r" % (status, body))
+    status, body = session_status(run.opts.tokenserver, old_token)
+    check(status == 401 and body.get("errno") == 110, "the old session after the change: %d %r" % (status, body))
+    state = a.js(SIGNED_IN, 0, False)
+    check(state["user"] and state["user"]["email"] == email and state["setup"] == "success.status_ok",
+          "A after the change: %r" % state)
+    a.js(ADD_BOOKMARKS, "after", 1)
+    a.sync()
+    _, kid_after, key_after = a.js(SYNC_TOKEN)
+    check((kid_after, key_after) == (kid_before, key_before), "Sync's key changed: %s -> %s" % (kid_before, kid_after))
+    b = run.fresh("B")
+    sign_in_on_page(b, email, old, "Incorrect password")
+    check(b.js(SIGNED_IN, 0, False)["user"] is None, "the old password signed B in")
+    sign_in_on_page(b, email, new, "Signed in", navigate=False)
+    check(not b.js(SIGNED_IN, 60000, True).get("timedOut"), "B did not finish signing in")
+    b.sync()
+    for prefix, n in (("before", 2), ("after", 1)):
+        got = b.js(BOOKMARKS, "http://example.com/%s/" % prefix)
+        check(len(got) == n, "B has %d of A's %s bookmarks: %r" % (len(got), prefix, got))
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
-              page_sign_in, page_two_profiles, page_sign_up, page_errors, sign_out, account_deleted)
+              page_sign_in, page_two_profiles, page_sign_up, page_errors, sign_out, account_deleted,
+              password_change)
 }
 
 
