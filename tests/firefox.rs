@@ -1,11 +1,17 @@
 //! A real Firefox (headless, driven over Marionette) syncs with the real server:
-//! `scripts/firefox/scenarios.py` signs profiles in through a stand-in Firefox Accounts
-//! (its JWTs verified by syncstore's tokenserver with the test JWK set), syncs, and
-//! checks both Firefox and the server. The `page_*` scenarios use syncstore's own
-//! accounts service instead: profiles configured by `identity.fxaccounts.autoconfig.uri`
-//! alone sign in by typing into its sign-in page. `scripts/test` installs Firefox ESR
-//! and the Python packages; without them these tests fail. One Firefox scenario runs at a time.
-//! Logs of each run are kept under target/firefox/<scenario>/.
+//! `scripts/firefox/scenarios.py` starts profiles whose only account setting is
+//! `identity.fxaccounts.autoconfig.uri` (pointing at the server under test); every
+//! profile signs in by typing into syncstore's own sign-in page, to accounts made with
+//! `syncstore account add --password-stdin` on the server's data dir (no stand-in
+//! accounts server, no test JWK set): Firefox completes the OAuth flow itself and holds
+//! a genuine syncstore session. The scenarios sync and check both Firefox and the
+//! server (over HTTP with the access token Firefox holds, and the server's files):
+//! syncing between profiles and accounts, node drains, sign-out (the session revoked),
+//! a password change on `/settings` (Firefox keeps syncing, the data stays), an account
+//! deleted by the operator (refused on the page, its Sync data gone). `scripts/test`
+//! installs Firefox ESR and the Python packages; without them these tests fail. One
+//! Firefox scenario runs at a time. Logs of each run are kept under
+//! target/tmp/firefox/<scenario>/.
 
 mod common;
 
