@@ -1,11 +1,17 @@
 //! A real Firefox (headless, driven over Marionette) syncs with the real server:
-//! `scripts/firefox/scenarios.py` signs profiles in through a stand-in Firefox Accounts
-//! (its JWTs verified by syncstore's tokenserver with the test JWK set), syncs, and
-//! checks both Firefox and the server. The `page_*` scenarios use syncstore's own
-//! accounts service instead: profiles configured by `identity.fxaccounts.autoconfig.uri`
-//! alone sign in by typing into its sign-in page. `scripts/test` installs Firefox ESR
-//! and the Python packages; without them these tests fail. One Firefox scenario runs at a time.
-//! Logs of each run are kept under target/firefox/<scenario>/.
+//! `scripts/firefox/scenarios.py` starts profiles whose only account setting is
+//! `identity.fxaccounts.autoconfig.uri` (pointing at the server under test); every
+//! profile signs in by typing into syncstore's own sign-in page, to accounts made with
+//! `syncstore account add --password-stdin` on the server's data dir (no stand-in
+//! accounts server, no test JWK set): Firefox completes the OAuth flow itself and holds
+//! a genuine syncstore session. The scenarios sync and check both Firefox and the
+//! server (over HTTP with the access token Firefox holds, and the server's files):
+//! syncing between profiles and accounts, node drains, sign-out (the session revoked),
+//! a password change on `/settings` (Firefox keeps syncing, the data stays), an account
+//! deleted by the operator (refused on the page, its Sync data gone). `scripts/test`
+//! installs Firefox ESR and the Python packages; without them these tests fail. One
+//! Firefox scenario runs at a time. Logs of each run are kept under
+//! target/tmp/firefox/<scenario>/.
 
 mod common;
 
@@ -25,21 +31,6 @@ const PAGE_PASSWORD: &str = "correct horse battery staple";
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Token lifetime in the node scenario, seconds.
 const TOKEN_SECS: u64 = 20;
-/// The issuer of the stand-in's JWTs, required by the server under test.
-const ISSUER: &str = "http://127.0.0.1/syncstore-test-fxa";
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Server settings that make the tokenserver trust the stand-in's tokens.
-fn fxa_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("SYNCSTORE_FXA_JWKS", fixture("fxa-test-jwks.json")),
-        ("SYNCSTORE_FXA_ISSUER", ISSUER.into()),
-        ("SYNCSTORE_FXA_VERIFY_URL", String::new()),
-    ]
-}
 
 fn start(env: &[(&'static str, String)]) -> Server {
     let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -56,11 +47,11 @@ fn tail(text: &str, lines: usize) -> String {
 fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
     let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python)
-        .args(["-c", "import jwt, cryptography, hawkauthlib, requests"])
+        .args(["-c", "import cryptography, hawkauthlib, requests"])
         .status();
     assert!(
         probe.map(|s| s.success()).unwrap_or(false),
-        "{python} cannot import jwt/cryptography/hawkauthlib/requests: run the tests with \
+        "{python} cannot import cryptography/hawkauthlib/requests: run the tests with \
          scripts/test (it installs scripts/requirements.txt into a virtualenv)"
     );
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -75,7 +66,8 @@ fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
         .arg(name)
         .arg("--out")
         .arg(&out_dir)
-        .args(["--key", &fixture("fxa-test-key.pem"), "--issuer", ISSUER])
+        .arg("--accounts-dir")
+        .arg(servers[0].data.path())
         .args(["--tokenserver", &servers[0].url()])
         .args(["--bin", env!("CARGO_BIN_EXE_syncstore"), "--secret", SECRET])
         .args(extra)
@@ -100,10 +92,10 @@ fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
     );
 }
 
-/// One zero-config server (tokenserver and storage) trusting the stand-in.
+/// One zero-config server (accounts, tokenserver and storage).
 fn single(name: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let s = start(&fxa_env());
+    let s = start(&[]);
     scenario(name, &[&s], &[]);
 }
 
@@ -137,6 +129,29 @@ fn a_second_account_on_the_same_server_sees_none_of_the_first() {
     single("second_account");
 }
 
+/// Firefox signs out as its preferences do: it reports no signed-in user, and the
+/// server revoked the session token Firefox held (session/status 401 errno 110).
+#[test]
+fn signing_out_in_firefox_revokes_its_session_on_the_server() {
+    single("sign_out");
+}
+
+/// `syncstore account delete` while the server runs: the sign-in page refuses the
+/// email as an unknown account and the account's Sync data is gone from its node.
+#[test]
+fn an_account_deleted_by_the_operator_cannot_sign_in_and_its_sync_data_is_gone() {
+    single("account_deleted");
+}
+
+/// Firefox's "Manage account" opens syncstore's `/settings`; the password changed there
+/// (onepw change/start, keys, change/finish: same kB) keeps Firefox signed in and
+/// syncing; a second profile signs in with the new password (the old one is refused)
+/// and receives the first's bookmarks.
+#[test]
+fn a_password_changed_on_the_settings_page_keeps_firefox_syncing_and_the_data() {
+    single("password_change");
+}
+
 /// Two storage nodes (only A takes new users) and a tokenserver on one PostgreSQL
 /// assignment database (as tests/live_moves.rs); the scenario drains A live, then B
 /// plainly.
@@ -145,11 +160,12 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(fresh_database());
-    let mut env = fxa_env();
-    env.push(("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.clone()));
-    env.push(("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0".into()));
-    // Short tokens: after the plain drain Firefox asks for a new one soon.
-    env.push(("SYNCSTORE_TOKEN_DURATION_SECS", TOKEN_SECS.to_string()));
+    let env: Vec<(&'static str, String)> = vec![
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.clone()),
+        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0".into()),
+        // Short tokens: after the plain drain Firefox asks for a new one soon.
+        ("SYNCSTORE_TOKEN_DURATION_SECS", TOKEN_SECS.to_string()),
+    ];
     let with_role = |role: &str| {
         let mut e = env.clone();
         e.push(("SYNCSTORE_ROLE", role.to_string()));
@@ -264,14 +280,42 @@ fn the_sign_in_page_is_served_with_a_strict_content_security_policy() {
         "<input type=\"email\"",
         "<input type=\"password\"",
         "<button type=\"submit\"",
+        "<script src=\"/accounts/pages/common.js\"",
         "<script src=\"/accounts/pages/signin.js\"",
     ] {
         assert!(html.contains(needle), "the page lacks {needle}: {html}");
     }
-    assert_eq!(html.matches("<script").count(), 1, "inline script: {html}");
+    assert_eq!(html.matches("<script").count(), 2, "inline script: {html}");
+    // The settings page ("Manage account"): current and new password, its own script.
+    let (status, headers, html) = get("/settings?entrypoint=preferences&uid=00&email=a%40b.c");
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["content-security-policy"], csp);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    for needle in [
+        "<input type=\"password\" id=\"current\"",
+        "<input type=\"password\" id=\"new\"",
+        "<button type=\"submit\"",
+        "<script src=\"/accounts/pages/common.js\"",
+        "<script src=\"/accounts/pages/settings.js\"",
+    ] {
+        assert!(
+            html.contains(needle),
+            "the settings page lacks {needle}: {html}"
+        );
+    }
+    assert_eq!(html.matches("<script").count(), 2, "inline script: {html}");
     for (path, mime) in [
         (
+            "/accounts/pages/common.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
             "/accounts/pages/signin.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/accounts/pages/settings.js",
             "text/javascript; charset=utf-8",
         ),
         ("/accounts/pages/signin.css", "text/css; charset=utf-8"),
@@ -291,6 +335,7 @@ fn the_sign_in_page_is_served_with_a_strict_content_security_policy() {
         "the accounts service is still on"
     );
     assert_eq!(get_from(&rt, &without, "/").0, 404);
+    assert_eq!(get_from(&rt, &without, "/settings").0, 404);
 }
 
 /// GET `path` on a server: status, headers, body.

@@ -1,10 +1,12 @@
-"""Real Firefox profiles against syncstore: start, sign in (no UI), sync, inspect.
+"""Real Firefox profiles against syncstore: start, sync, inspect.
 
 A `Firefox` is one headless Firefox with its own profile, driven over Marionette in the
-chrome context. Every request it makes outside 127.0.0.1 goes to a refusing proxy.
-`sync()` runs one sync and fails unless Firefox reports success AND the sync log shows
-no failed request and no ERROR line. `SyncUser` reads the server over HTTP (a token from
-the tokenserver with the stand-in's JWT, requests signed with Mozilla's hawkauthlib).
+chrome context; its only account setting is `identity.fxaccounts.autoconfig.uri`
+pointing at syncstore (it signs in on syncstore's own page, see scenarios.py). Every
+request it makes outside 127.0.0.1 goes to a refusing proxy. `sync()` runs one sync and
+fails unless Firefox reports success AND the sync log shows no failed request and no
+ERROR line. `SyncUser` reads the server over HTTP (a token from the tokenserver with
+the OAuth access token Firefox holds, requests signed with Mozilla's hawkauthlib).
 """
 
 import json
@@ -123,36 +125,18 @@ AUTOCONFIGURED = (
 )
 
 
-def prefs(marionette_port, fxa_url, tokenserver, refuse_port, autoconfig=None):
-    """The profile's user.js: our FxA stand-in and syncstore, everything else refused.
-
-    With `autoconfig` (a server's origin), no FxA or tokenserver URL is set: Firefox
-    finds them all from `identity.fxaccounts.autoconfig.uri`, as a user's profile would.
-    """
-    p = base_prefs(marionette_port, fxa_url, tokenserver, refuse_port)
-    if autoconfig:
-        for key in AUTOCONFIGURED:
-            del p[key]
-        p["identity.fxaccounts.autoconfig.uri"] = autoconfig
-    return p
-
-
-def base_prefs(marionette_port, fxa_url, tokenserver, refuse_port):
-    """Every pref of the stand-in setup."""
+def prefs(marionette_port, autoconfig, refuse_port):
+    """The profile's user.js: no account or tokenserver URL, only
+    `identity.fxaccounts.autoconfig.uri` (a server's origin) from which Firefox finds
+    them all, as a user's profile would; everything outside 127.0.0.1 refused."""
     dead = "http://127.0.0.1:%d" % refuse_port
     return {
         "marionette.port": marionette_port,
         "identity.fxaccounts.enabled": True,
         "identity.fxaccounts.allowHttp": True,
-        "identity.fxaccounts.auth.uri": fxa_url + "/v1",
-        "identity.fxaccounts.remote.oauth.uri": fxa_url + "/v1",
-        "identity.fxaccounts.remote.profile.uri": fxa_url + "/profile/v1",
-        "identity.fxaccounts.remote.root": fxa_url + "/",
-        "identity.fxaccounts.remote.pairing.uri": "ws://127.0.0.1:%d" % refuse_port,
-        "identity.fxaccounts.autoconfig.uri": "",
+        "identity.fxaccounts.autoconfig.uri": autoconfig,
         "identity.fxaccounts.loglevel": "Debug",
         "identity.fxaccounts.telemetry.clientAssociationPing.enabled": False,
-        "identity.sync.tokenserver.uri": tokenserver + "/1.0/sync/1.5",
         "services.sync.log.appender.file.logOnSuccess": True,
         "services.sync.log.appender.file.logOnError": True,
         "services.sync.log.appender.file.level": "Trace",
@@ -224,7 +208,7 @@ class SyncFailed(AssertionError):
 class Firefox:
     """One headless Firefox profile, driven over Marionette."""
 
-    def __init__(self, name, out_dir, fxa, tokenserver, refuser, autoconfig=None):
+    def __init__(self, name, out_dir, autoconfig, refuser):
         self.name = name
         self.autoconfig = autoconfig
         self.dir = os.path.join(out_dir, name)
@@ -232,7 +216,7 @@ class Firefox:
         os.makedirs(self.profile, exist_ok=True)
         self.port = free_port()
         with open(os.path.join(self.profile, "user.js"), "w") as f:
-            for key, value in prefs(self.port, fxa.url, tokenserver, refuser.port, autoconfig).items():
+            for key, value in prefs(self.port, autoconfig, refuser.port).items():
                 f.write("user_pref(%s, %s);\n" % (json.dumps(key), json.dumps(value)))
         self.output = open(os.path.join(self.dir, "firefox-output.txt"), "ab")
         env = dict(os.environ, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1")
@@ -248,18 +232,6 @@ class Firefox:
     def js(self, script, *args, timeout=120):
         """Runs a chrome-context async script (with Weave, PlacesUtils, fxAccounts …)."""
         return self.m.run(PRELUDE + script, args, timeout=timeout)
-
-    def sign_in(self, user_data, device_name):
-        """Signs the profile in to an account without UI, and names the device."""
-        self.device_name = device_name
-        self.js(
-            """
-            await fxAccounts._internal.setSignedInUser(args[0]);
-            await fxAccounts.device.setLocalName(args[1]);
-            await Weave.Service.configure();
-            """,
-            user_data, device_name,
-        )
 
     def log_lines(self):
         """Every Sync / FxA log line captured so far."""
@@ -326,9 +298,9 @@ class Firefox:
 class SyncUser:
     """Server-side view of an account's storage, as a Sync client sees it."""
 
-    def __init__(self, tokenserver, fxa, account, token=None):
-        """`token`: an OAuth access token and key id to use instead of the stand-in's."""
-        jwt, kid = token or (fxa.access_token(account), account.kid)
+    def __init__(self, tokenserver, token):
+        """`token`: an OAuth access token (for Sync's scope) and the key id."""
+        jwt, kid = token
         r = requests.get(
             tokenserver + "/1.0/sync/1.5",
             headers={"Authorization": "Bearer " + jwt, "X-KeyID": kid}, timeout=30,

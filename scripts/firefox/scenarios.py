@@ -1,24 +1,31 @@
 #!/usr/bin/env python3
 """Firefox scenarios against a running syncstore (started by tests/firefox.rs).
 
-Usage: scenarios.py SCENARIO --out DIR --tokenserver URL --key PEM --issuer ISS
-                    [--bin SYNCSTORE --db URL --secret S --nodes URL_A,URL_B]
-Prints `ok` and exits 0 when the scenario passed; otherwise exits 1 with what failed
-and the tails of the Firefox sync logs and of the stand-in FxA's request log.
+Usage: scenarios.py SCENARIO --out DIR --tokenserver URL --accounts-dir DIR --bin SYNCSTORE
+                    --secret S [--db URL --nodes URL_A,URL_B --email E --password P]
+Every profile signs in on syncstore's own sign-in page (its only account setting is the
+autoconfig pref) to accounts made with `syncstore account add` in the accounts server's
+data dir (--accounts-dir). Prints `ok` and exits 0 when the scenario passed; otherwise
+exits 1 with what failed and the tails of the Firefox sync logs.
 """
 
 import argparse
+import glob
 import json
 import os
 import subprocess
 import sys
 import time
+import threading
 import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fxa import FxaStandIn  # noqa: E402
+import hawkauthlib  # noqa: E402
 import requests  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 from harness import AUTOCONFIGURED, Firefox, Refuser, SyncUser  # noqa: E402
 
 ENGINES = ["bookmarks", "clients", "passwords", "history", "tabs"]
@@ -29,44 +36,90 @@ def check(cond, msg):
         raise AssertionError(msg)
 
 
+class TabPages:
+    """Pages on 127.0.0.1 for the tabs the scenarios open (`url(name)`)."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                body = b"<!doctype html><title>%s</title><p>a test page" % self.path.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name):
+        return "http://127.0.0.1:%d/page/%s" % (self.server.server_address[1], name)
+
+
 class Run:
-    """What a scenario gets: the stand-in FxA, profiles on demand, server access."""
+    """What a scenario gets: accounts on syncstore, profiles on demand, server access."""
 
     def __init__(self, opts):
         self.opts = opts
         os.makedirs(opts.out, exist_ok=True)
-        with open(opts.key) as f:
-            self.fxa = FxaStandIn(f.read(), opts.issuer, os.path.join(opts.out, "fxa-requests.txt"))
         self.refuser = Refuser()
+        self.pages = TabPages()
         self.profiles = []
+        self.accounts = {}
+
+    def account(self, name):
+        """(email, password) of the account `name`, made on first use by
+        `syncstore account add --password-stdin` on the accounts server's data dir."""
+        if name not in self.accounts:
+            email, password = "%s@example.org" % name, "password of %s" % name
+            self.admin(["account", "add", email, "--password-stdin", "--data-dir", self.opts.accounts_dir],
+                       stdin=password + "\n")
+            self.accounts[name] = (email, password)
+        return self.accounts[name]
+
+    def admin(self, args, stdin=None, ok=True):
+        """Runs `syncstore ARGS` (an operator's command); its output."""
+        out = subprocess.run([self.opts.bin, *args], input=stdin, capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, SYNCSTORE_SECRETS=self.opts.secret))
+        step("syncstore %s -> %d\n%s%s" % (" ".join(args), out.returncode, out.stdout, out.stderr))
+        check(out.returncode == 0 or not ok, "syncstore %s failed" % " ".join(args))
+        return out
 
     def firefox(self, name, account, device=None):
-        """A new Firefox profile signed in to `account` (a name)."""
-        step("start Firefox profile %s (account %s)" % (name, account))
-        ff = Firefox(name, self.opts.out, self.fxa, self.opts.tokenserver, self.refuser)
-        self.profiles.append(ff)
-        device = device or "profile-" + name
-        ff.sign_in(self.fxa.account(account).signed_in_user(), device)
+        """A new Firefox profile signed in to `account` (a name) by typing its email and
+        password into syncstore's sign-in page, its device named `device`."""
+        ff = self.fresh(name)
+        email, password = self.account(account)
+        sign_in_on_page(ff, email, password, "Signed in")
+        state = ff.js(SIGNED_IN, 60000, True)
+        check(not state.get("timedOut") and state["user"]["email"] == email,
+              "%s did not finish signing in: %r" % (name, state))
         ff.account = account
+        ff.device_name = device or "profile-" + name
+        ff.js(SET_DEVICE_NAME, ff.device_name)
         # What FxA's push message "device connected" does on the account's other devices
-        # (the stand-in has no push service): they fetch the device list again.
+        # (no push service here): they fetch the device list again.
         for other in self.profiles:
             if other is not ff and getattr(other, "account", None) == account:
-                other.js(DEVICE_CONNECTED, device)
+                other.js(DEVICE_CONNECTED, ff.device_name)
         return ff
 
     def fresh(self, name):
         """A new Firefox profile whose only account setting is the autoconfig pref
         pointing at syncstore (signed in to nothing)."""
         step("start Firefox profile %s (autoconfig %s)" % (name, self.opts.tokenserver))
-        ff = Firefox(name, self.opts.out, self.fxa, self.opts.tokenserver, self.refuser,
-                     autoconfig=self.opts.tokenserver)
+        ff = Firefox(name, self.opts.out, self.opts.tokenserver, self.refuser)
         self.profiles.append(ff)
         return ff
 
     def server(self, account):
-        """The account's storage as seen over HTTP."""
-        return SyncUser(self.opts.tokenserver, self.fxa, self.fxa.account(account))
+        """The account's storage as seen over HTTP, with the access token of the first
+        profile signed in to it."""
+        ff = next(p for p in self.profiles if getattr(p, "account", None) == account)
+        return page_user(self, ff)
 
     def syncstore(self, *args):
         """Runs a syncstore admin command on the shared assignment database."""
@@ -83,7 +136,7 @@ class Run:
     def close(self):
         for ff in self.profiles:
             ff.close()
-        self.fxa.close()
+        self.pages.server.shutdown()
 
 
 def step(msg):
@@ -101,6 +154,11 @@ for (let i = 0; i < 200; i++) {
   await sleep(100);
 }
 throw new Error("the device list never showed " + args[0]);
+"""
+
+SET_DEVICE_NAME = """
+fxAccounts.device.setLocalName(args[0]);
+await fxAccounts.device.updateDeviceRegistration();
 """
 
 # --- Firefox-side data ------------------------------------------------------------------
@@ -204,7 +262,7 @@ def make_data_on_a(run, a):
     a.js(ADD_BOOKMARKS, "mine", 3)
     a.js(ADD_LOGIN, "https://login.example.com", "alice", "s3cret")
     a.js(ADD_VISIT, "http://history.example.com/visited", "Visited page")
-    tab = run.fxa.url + "/page/fromA"
+    tab = run.pages.url("fromA")
     check(a.js(OPEN_TAB, tab) == tab, "the tab did not load")
     a.sync()
     return tab
@@ -448,7 +506,7 @@ def independent_sync_key(origin, email, password):
     """kid fingerprint and key of Sync's scoped key, from kB as PyPI's PyFxA (an
     independent onepw client) fetches it: b64url(SHA-256(kB)[:16]) and
     b64url(HKDF-SHA256(kB, info "identity.mozilla.com/picl/v1/oldsync", 64 bytes)).
-    Run apart: this directory's fxa.py (the stand-in) would shadow PyFxA's package."""
+    Run apart, in a clean interpreter."""
     out = subprocess.run([sys.executable, "-c", PYFXA_SYNC_KEY, origin, email, password],
                          capture_output=True, text=True, timeout=120, cwd="/")
     check(out.returncode == 0, "PyFxA: %s%s" % (out.stdout, out.stderr))
@@ -523,7 +581,7 @@ WORKING = "Signing in\u2026"
 def page_user(run, ff):
     """The account's storage as seen over HTTP, with the access token Firefox holds."""
     token, kid, _ = ff.js(SYNC_TOKEN)
-    return SyncUser(run.opts.tokenserver, None, None, token=(token, kid))
+    return SyncUser(run.opts.tokenserver, (token, kid))
 
 
 def page_sign_in(run):
@@ -605,10 +663,180 @@ def page_errors(run):
     check(state["user"] is None, "a refused sign-in signed A in: %r" % state)
 
 
+# --- Signing out, operator deletion -----------------------------------------------------------
+
+SESSION_TOKEN = """
+const data = await fxAccounts._internal.currentAccountState.getUserAccountData(["sessionToken"]);
+return data && data.sessionToken;
+"""
+
+DISCONNECT = """
+// What "Sign out" in the preferences does (no confirmation dialog in a test).
+const win = Services.wm.getMostRecentWindow("navigator:browser");
+await win.gSync.disconnect({ confirm: false });
+const deadline = Date.now() + 30000;
+while (await fxAccounts.getSignedInUser()) {
+  if (Date.now() > deadline) return { stillSignedIn: await fxAccounts.getSignedInUser() };
+  await sleep(100);
+}
+return { user: await fxAccounts.getSignedInUser(), setup: Weave.Status.checkSetup() };
+"""
+
+
+def session_status(origin, session_token):
+    """GET /v1/session/status with a session token as Firefox holds it (hex), sent as a
+    Bearer token of its HKDF-derived id (`fxs_<id>`): (status, JSON)."""
+    okm = HKDF(algorithm=hashes.SHA256(), length=3 * 32, salt=None,
+               info=b"identity.mozilla.com/picl/v1/sessionToken").derive(bytes.fromhex(session_token))
+    r = requests.get(origin + "/v1/session/status", headers={"Authorization": "Bearer fxs_" + okm[:32].hex()},
+                     timeout=30)
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, r.text
+
+
+def sign_out(run):
+    """Firefox signs out as the preferences' "Sign out" does: it reports no signed-in
+    user and Sync not configured, and the server revoked the session Firefox held
+    (session/status: 401 errno 110 with that token, 200 before)."""
+    a = run.firefox("A", "leaver")
+    a.sync()
+    token = a.js(SESSION_TOKEN)
+    check(token and len(token) == 64, "Firefox holds no session token: %r" % token)
+    status, body = session_status(run.opts.tokenserver, token)
+    check(status == 200 and body.get("uid"), "session/status before sign-out: %d %r" % (status, body))
+    state = a.js(DISCONNECT)
+    step("A after sign-out: %s" % state)
+    check("stillSignedIn" not in state and state["user"] is None, "Firefox is still signed in: %r" % state)
+    check(state["setup"] != "success.status_ok", "Sync is still set up after sign-out: %r" % state)
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = session_status(run.opts.tokenserver, token)
+        if status != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check(status == 401 and isinstance(body, dict) and body.get("errno") == 110,
+          "session/status after sign-out: %d %r" % (status, body))
+
+
+def user_files(run, uid):
+    """The user's storage files on the (single) server."""
+    return glob.glob(os.path.join(run.opts.accounts_dir, "users", "*", "%d.sqlite*" % uid))
+
+
+def account_deleted(run):
+    """`syncstore account delete EMAIL` while the server runs: the page refuses the
+    email as an unknown account, and the account's Sync data is gone from its node
+    (its storage file deleted, its last storage token gets 401/404, no records)."""
+    a = run.firefox("A", "doomed")
+    a.js(ADD_BOOKMARKS, "doomed", 3)
+    a.sync()
+    s = run.server("doomed")
+    check(len(s.records("bookmarks")) > 3, "A's bookmarks are not on the server")
+    check(user_files(run, s.uid), "no storage file for uid %d" % s.uid)
+    email, password = run.account("doomed")
+    run.admin(["account", "delete", email, "--data-dir", run.opts.accounts_dir])
+    b = run.fresh("B")
+    sign_in_on_page(b, email, password, "no account with this email")
+    check(b.js(SIGNED_IN, 0, False)["user"] is None, "B signed in to a deleted account")
+    deadline = time.monotonic() + 30
+    while user_files(run, s.uid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    check(not user_files(run, s.uid), "uid %d's storage file is still there 30 s after the deletion: %r"
+          % (s.uid, user_files(run, s.uid)))
+    req = requests.Request("GET", s.endpoint + "/storage/bookmarks").prepare()
+    hawkauthlib.sign_request(req, s.id, s.key)
+    r = requests.Session().send(req, timeout=30)
+    step("GET bookmarks with the deleted user's last token: %d %s" % (r.status_code, r.text[:200]))
+    check(r.status_code in (401, 404) or (r.status_code == 200 and r.json() == []),
+          "the deleted user's bookmarks are still served: %d %s" % (r.status_code, r.text[:300]))
+
+
+# --- Password change on syncstore's settings page ---------------------------------------------
+
+MANAGE_URI = """
+const { FxAccountsConfig } = ChromeUtils.importESModule("resource://gre/modules/FxAccountsConfig.sys.mjs");
+return await FxAccountsConfig.promiseManageURI("test");
+"""
+
+
+def change_password_on_page(ff, current, new, expect):
+    """Opens Firefox's own "Manage account" URL (syncstore's /settings), types the current
+    and the new password and submits; waits for the page's status to contain `expect`."""
+    url = ff.js(MANAGE_URI)
+    step("%s: manage-account URL %s" % (ff.name, url))
+    check(url.startswith(ff.autoconfig + "/settings?") and "email=" in url and "uid=" in url,
+          "not a settings URL on syncstore: %s" % url)
+    m = ff.m
+    m.context("content")
+    try:
+        m.navigate(url)
+        for sel, text in (("#current", current), ("#new", new)):
+            el = m.find(sel)
+            m.clear(el)
+            m.send_keys(el, text)
+        m.click(m.find("button[type=submit]"))
+        status = CHANGING
+        deadline = time.monotonic() + 120
+        while status in ("", CHANGING) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = m.text(m.find("#status"))
+        step("%s: the settings page says %r" % (ff.name, status))
+        check(expect in status, "the settings page says %r, not %r" % (status, expect))
+    finally:
+        m.context("chrome")
+    return url
+
+
+CHANGING = "Changing password\u2026"
+
+
+def password_change(run):
+    """Profile A changes the password on syncstore's settings page ("Manage account"):
+    a wrong current password is refused; then the change goes through, Firefox gets the
+    new session over its WebChannel (the old one is revoked) and A keeps syncing without
+    signing in again; B signs in with the NEW password (the old one is refused) and gets
+    A's bookmarks from before and after the change (kB, so Sync's key, was kept)."""
+    a = run.firefox("A", "changer")
+    a.js(ADD_BOOKMARKS, "before", 2)
+    a.sync()
+    email, old = run.account("changer")
+    new = "a brand new password"
+    old_token = a.js(SESSION_TOKEN)
+    _, kid_before, key_before = a.js(SYNC_TOKEN)
+    change_password_on_page(a, "not the password", new, "Incorrect current password")
+    change_password_on_page(a, old, new, "Password changed")
+    run.accounts["changer"] = (email, new)
+    new_token = a.js(SESSION_TOKEN)
+    check(new_token and new_token != old_token, "Firefox kept its old session token")
+    status, body = session_status(run.opts.tokenserver, new_token)
+    check(status == 200, "Firefox's new session: %d %r" % (status, body))
+    status, body = session_status(run.opts.tokenserver, old_token)
+    check(status == 401 and body.get("errno") == 110, "the old session after the change: %d %r" % (status, body))
+    state = a.js(SIGNED_IN, 0, False)
+    check(state["user"] and state["user"]["email"] == email and state["setup"] == "success.status_ok",
+          "A after the change: %r" % state)
+    a.js(ADD_BOOKMARKS, "after", 1)
+    a.sync()
+    _, kid_after, key_after = a.js(SYNC_TOKEN)
+    check((kid_after, key_after) == (kid_before, key_before), "Sync's key changed: %s -> %s" % (kid_before, kid_after))
+    b = run.fresh("B")
+    sign_in_on_page(b, email, old, "Incorrect password")
+    check(b.js(SIGNED_IN, 0, False)["user"] is None, "the old password signed B in")
+    sign_in_on_page(b, email, new, "Signed in", navigate=False)
+    check(not b.js(SIGNED_IN, 60000, True).get("timedOut"), "B did not finish signing in")
+    b.sync()
+    for prefix, n in (("before", 2), ("after", 1)):
+        got = b.js(BOOKMARKS, "http://example.com/%s/" % prefix)
+        check(len(got) == n, "B has %d of A's %s bookmarks: %r" % (len(got), prefix, got))
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
-              page_sign_in, page_two_profiles, page_sign_up, page_errors)
+              page_sign_in, page_two_profiles, page_sign_up, page_errors, sign_out, account_deleted,
+              password_change)
 }
 
 
@@ -617,8 +845,7 @@ def main():
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--out", required=True)
     p.add_argument("--tokenserver", required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--issuer", default="")
+    p.add_argument("--accounts-dir", required=True)
     p.add_argument("--bin")
     p.add_argument("--db")
     p.add_argument("--secret")
@@ -631,7 +858,6 @@ def main():
     failed = False
     try:
         SCENARIOS[opts.scenario](run)
-        check(not run.fxa.unknown, "Firefox asked the FxA stand-in unknown things: %r" % run.fxa.unknown)
     except Exception:  # noqa: BLE001 - report anything, with the logs
         failed = True
         print("FAILED:\n" + traceback.format_exc(), flush=True)
@@ -644,8 +870,6 @@ def main():
         for ff in run.profiles:
             print("---- tail of %s's sync log (%s) ----" % (ff.name, ff.dir), flush=True)
             print(tail(os.path.join(ff.dir, "sync-log-all.txt"), 60))
-        print("---- tail of the FxA stand-in's request log ----")
-        print(tail(os.path.join(opts.out, "fxa-requests.txt"), 30))
         sys.exit(1)
     print("ok")
 

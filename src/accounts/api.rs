@@ -314,6 +314,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         .route("/v1/profile", get(profile))
         .route("/profile/v1/profile", get(profile))
         .route("/", get(signin_page))
+        .route("/settings", get(settings_page))
+        .route("/accounts/pages/common.js", get(common_js))
+        .route("/accounts/pages/settings.js", get(settings_js))
         .route("/accounts/pages/signin.js", get(signin_js))
         .route("/accounts/pages/signin.css", get(signin_css))
         .with_state(st)
@@ -351,6 +354,31 @@ async fn signin_page(State(st): State<ApiState>) -> Response {
         &format!("data-signups=\"{}\"", st.accounts.signups().as_str()),
     );
     page("text/html; charset=utf-8", html)
+}
+
+/// The account settings page Firefox's "Manage account" opens (`/settings?entrypoint=
+/// …&uid=…&email=…`): a password change.
+async fn settings_page() -> Response {
+    page(
+        "text/html; charset=utf-8",
+        include_str!("pages/settings.html"),
+    )
+}
+
+/// What the pages' scripts share (onepw, the accounts API, Firefox's WebChannel).
+async fn common_js() -> Response {
+    page(
+        "text/javascript; charset=utf-8",
+        include_str!("pages/common.js"),
+    )
+}
+
+/// The settings page's script.
+async fn settings_js() -> Response {
+    page(
+        "text/javascript; charset=utf-8",
+        include_str!("pages/settings.js"),
+    )
 }
 
 /// The page's script (see the page's own header comment).
