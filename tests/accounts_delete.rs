@@ -154,3 +154,69 @@ fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
         assert_eq!((status, body["errno"].as_i64()), (400, Some(102)), "{body}");
     });
 }
+
+#[test]
+fn pyfxa_deletes_its_own_account_with_session_and_password() {
+    let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let data = tempfile::tempdir().unwrap();
+    account(data.path(), &["add", EMAIL, "--password-stdin"], PASSWORD);
+    account(
+        data.path(),
+        &["add", "eve@example.org", "--password-stdin"],
+        "eve's password",
+    );
+    let s = Server::start_in(data, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A session of another account cannot delete this one, even with its password.
+        let eve_pw = crypto::auth_pw(&crypto::quick_stretch("eve@example.org", "eve's password"));
+        let body = json!({"email": "eve@example.org", "authPW": hex::encode(eve_pw)});
+        let (_, eve) = post(&s, "/v1/account/login", &body, None).await;
+        let eve_token: [u8; 32] = hex::decode(eve["sessionToken"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let eve_bearer = format!(
+            "fxs_{}",
+            hex::encode(crypto::token_keys(&eve_token, "sessionToken").id)
+        );
+        let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
+        let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
+        let (status, refused) = post(&s, "/v1/account/destroy", &body, Some(&eve_bearer)).await;
+        assert_eq!(
+            (status, refused["errno"].as_i64()),
+            (401, Some(110)),
+            "{refused}"
+        );
+        // Without a session: refused.
+        let (status, _) = post(&s, "/v1/account/destroy", &body, None).await;
+        assert_eq!(status, 401);
+    });
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, fxa.core, fxa.errors\n\
+             c = fxa.core.Client(server_url=sys.argv[1] + '/v1')\n\
+             try:\n    c.destroy_account(sys.argv[2], 'not the password')\n    sys.exit('a wrong password deleted the account')\n\
+             except fxa.errors.ClientError as e:\n    assert e.details['errno'] == 103, e.details\n\
+             c.destroy_account(sys.argv[2], sys.argv[3])\n\
+             try:\n    c.login(sys.argv[2], sys.argv[3])\n    sys.exit('the deleted account still signs in')\n\
+             except fxa.errors.ClientError as e:\n    assert e.details['errno'] == 102, e.details\n\
+             print('ok')",
+        ])
+        .args([&s.url(), EMAIL, PASSWORD])
+        .output()
+        .expect("run python (scripts/test installs PyFxA into a virtualenv)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Eve is untouched.
+    let listed = account(s.data.path(), &["list"], "");
+    assert!(
+        listed.contains("eve@example.org") && !listed.contains(EMAIL),
+        "{listed}"
+    );
+}

@@ -278,6 +278,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         )
         .route("/v1/account/create", post(create))
         .route("/v1/account/login", post(login))
+        .route("/v1/account/destroy", post(account_destroy))
         .route(
             "/v1/account/status",
             get(status_by_uid).post(status_by_email),
@@ -583,6 +584,24 @@ async fn resend_code(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
 async fn session_destroy(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let a = session(&st, &r).await?;
     st.accounts.destroy_session(&a).await?;
+    ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct Destroy {
+    email: String,
+    #[serde(rename = "authPW")]
+    auth_pw: String,
+}
+
+/// `POST /account/destroy`: the account's own session and its password (both, as FxA
+/// asks); its Sync data is deleted after it.
+async fn account_destroy(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let a = session(&st, &r).await?;
+    let b: Destroy = r.json()?;
+    st.accounts
+        .destroy_account(&a, &b.email, &b.auth_pw, r.ip)
+        .await?;
     ok(json!({}))
 }
 

@@ -756,6 +756,27 @@ impl Accounts {
             .await
     }
 
+    /// Deletes the account of session `a`, proven again by its password (`authPW` for
+    /// `email`, under the attempt limits); its Sync data is queued for deletion.
+    pub async fn destroy_account(
+        &self,
+        a: &Authed,
+        email: &str,
+        auth_pw: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<()> {
+        let account = self.check_password(email, auth_pw, ip).await?;
+        if account.uid != a.account.uid {
+            return Err(AccountsError::InvalidToken);
+        }
+        let email = account.email.clone();
+        let gone = self
+            .blocking(move |s| Ok(s.delete_account(&email, now_ms())?))
+            .await?;
+        tracing::info!(uid = %account.uid, deleted = gone.is_some(), "account deleted by its owner");
+        Ok(())
+    }
+
     /// `POST /account/scoped-key-data`: key metadata of the requested key-bearing scopes.
     pub fn scoped_key_data(
         &self,

@@ -4,7 +4,9 @@
 // /password/change/finish stores the new authPW and kB wrapped under the new password
 // (kB, so Sync's key, is kept). The server revokes every other session and returns a new
 // one, which the page hands to Firefox (WebChannel "fxaccounts:change_password", as FxA's
-// settings page does) so Firefox stays signed in and keeps syncing.
+// settings page does) so Firefox stays signed in and keeps syncing. Deleting the account
+// signs in with the password, calls /account/destroy with that session and the password,
+// and tells Firefox ("fxaccounts:delete"), which signs out.
 "use strict";
 
 const WORKING = "Changing password…";
@@ -39,6 +41,17 @@ async function changePassword() {
   });
 }
 
+async function deleteAccount() {
+  const email = $("email").value.trim();
+  if (!email) throw new Error("Open this page from Firefox (Settings, Sync, Manage account).");
+  const creds = await stretch(email, $("delete-password").value);
+  const authPW = hex(creds.authPW);
+  const session = await api("POST", "/account/login", { email, authPW });
+  const sk = await tokenKeys(session.sessionToken, "sessionToken");
+  await api("POST", "/account/destroy", { email, authPW }, "fxs_" + sk.id);
+  await toFirefox("fxaccounts:delete", { uid: session.uid });
+}
+
 function start() {
   if (params.get("email")) {
     $("email").value = params.get("email");
@@ -56,6 +69,19 @@ function start() {
       show(explain(err), "error");
     } finally {
       $("submit").disabled = false;
+    }
+  });
+  $("delete").addEventListener("submit", async e => {
+    e.preventDefault();
+    show("Deleting the account…");
+    $("delete-submit").disabled = true;
+    try {
+      await deleteAccount();
+      show("The account is deleted; its Sync data is being removed. Firefox is signed out.", "done");
+      $("delete").reset();
+    } catch (err) {
+      show(explain(err), "error");
+      $("delete-submit").disabled = false;
     }
   });
 }
