@@ -152,6 +152,14 @@ fn a_password_changed_on_the_settings_page_keeps_firefox_syncing_and_the_data() 
     single("password_change");
 }
 
+/// The owner deletes the account on `/settings` (password asked again, a wrong one
+/// refused): Firefox is told and signs out, the account cannot sign in, its Sync data
+/// is gone from its node.
+#[test]
+fn an_account_deleted_on_the_settings_page_signs_firefox_out_and_its_data_is_gone() {
+    single("deleted_on_settings_page");
+}
+
 /// Two storage nodes (only A takes new users) and a tokenserver on one PostgreSQL
 /// assignment database (as tests/live_moves.rs); the scenario drains A live, then B
 /// plainly.

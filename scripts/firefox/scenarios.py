@@ -832,11 +832,56 @@ def password_change(run):
         check(len(got) == n, "B has %d of A's %s bookmarks: %r" % (len(got), prefix, got))
 
 
+def deleted_on_settings_page(run):
+    """The account's owner deletes it on syncstore's settings page: a wrong password is
+    refused; with the right one the page deletes the account, Firefox is told
+    (`fxaccounts:delete`) and signs out, the account can no longer sign in, and its Sync
+    data is gone from the node."""
+    a = run.firefox("A", "owner")
+    a.js(ADD_BOOKMARKS, "owned", 2)
+    a.sync()
+    s = run.server("owner")
+    check(user_files(run, s.uid), "no storage file for uid %d" % s.uid)
+    email, password = run.account("owner")
+    url = a.js(MANAGE_URI)
+    m = a.m
+    m.context("content")
+    try:
+        m.navigate(url)
+        for attempt, expect in (("not the password", "Incorrect"), (password, "The account is deleted")):
+            el = m.find("#delete-password")
+            m.clear(el)
+            m.send_keys(el, attempt)
+            m.click(m.find("#delete-submit"))
+            status = ""
+            deadline = time.monotonic() + 120
+            while (status == "" or status.startswith("Deleting")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status = m.text(m.find("#status"))
+            step("A: the settings page says %r" % status)
+            check(expect in status, "the settings page says %r, not %r" % (status, expect))
+            m.run("document.getElementById('status').textContent = '';")
+    finally:
+        m.context("chrome")
+    state = a.js(SIGNED_IN, 0, False)
+    deadline = time.monotonic() + 30
+    while state["user"] is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = a.js(SIGNED_IN, 0, False)
+    check(state["user"] is None, "Firefox is still signed in after the deletion: %r" % state)
+    deadline = time.monotonic() + 30
+    while user_files(run, s.uid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    check(not user_files(run, s.uid), "uid %d's storage file is still there 30 s after the deletion" % s.uid)
+    b = run.fresh("B")
+    sign_in_on_page(b, email, password, "no account with this email")
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
               page_sign_in, page_two_profiles, page_sign_up, page_errors, sign_out, account_deleted,
-              password_change)
+              password_change, deleted_on_settings_page)
 }
 
 

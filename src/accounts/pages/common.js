@@ -132,6 +132,15 @@ window.addEventListener("WebChannelMessageToContent", e => {
   }
 });
 
+/** Tells Firefox something without waiting: on `fxaccounts:delete` and `logout` Firefox
+ *  signs out and drops the channel before it could answer (ESR 153). */
+function tellFirefox(command, data) {
+  const messageId = String(nextMessageId++);
+  window.dispatchEvent(new CustomEvent("WebChannelMessageToChrome", {
+    detail: JSON.stringify({ id: CHANNEL, message: { command, data, messageId } }),
+  }));
+}
+
 /** Sends a command to Firefox and waits for its answer's `data`. */
 function toFirefox(command, data) {
   const messageId = String(nextMessageId++);

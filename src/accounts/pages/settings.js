@@ -49,7 +49,7 @@ async function deleteAccount() {
   const session = await api("POST", "/account/login", { email, authPW });
   const sk = await tokenKeys(session.sessionToken, "sessionToken");
   await api("POST", "/account/destroy", { email, authPW }, "fxs_" + sk.id);
-  await toFirefox("fxaccounts:delete", { uid: session.uid });
+  tellFirefox("fxaccounts:delete", { uid: session.uid });
 }
 
 function start() {
