@@ -8,7 +8,12 @@
 //! server (over HTTP with the access token Firefox holds, and the server's files):
 //! syncing between profiles and accounts, node drains, sign-out (the session revoked),
 //! a password change on `/settings` (Firefox keeps syncing, the data stays), an account
-//! deleted by the operator (refused on the page, its Sync data gone). `scripts/test`
+//! deleted by the operator (refused on the page, its Sync data gone), and the sign-up
+//! policies on the page: `invite` (a code from `syncstore account invite` typed into
+//! the "Invite code" field makes one account; the spent code is refused) and `open`
+//! with SMTP (the page asks for the mailed 6-digit code, caught by the stdlib SMTP sink
+//! `scripts/firefox/smtpsink.py`; a wrong code is refused, the right one signs Firefox
+//! in). `scripts/test`
 //! installs Firefox ESR and the Python packages; without them these tests fail. One
 //! Firefox scenario runs at a time. Logs of each run are kept under
 //! target/tmp/firefox/<scenario>/.
