@@ -8,14 +8,19 @@
 //! server (over HTTP with the access token Firefox holds, and the server's files):
 //! syncing between profiles and accounts, node drains, sign-out (the session revoked),
 //! a password change on `/settings` (Firefox keeps syncing, the data stays), an account
-//! deleted by the operator (refused on the page, its Sync data gone). `scripts/test`
+//! deleted by the operator (refused on the page, its Sync data gone), and the sign-up
+//! policies on the page: `invite` (a code from `syncstore account invite` typed into
+//! the "Invite code" field makes one account; the spent code is refused) and `open`
+//! with SMTP (the page asks for the mailed 6-digit code, caught by the stdlib SMTP sink
+//! `scripts/firefox/smtpsink.py`; a wrong code is refused, the right one signs Firefox
+//! in). `scripts/test`
 //! installs Firefox ESR and the Python packages; without them these tests fail. One
 //! Firefox scenario runs at a time. Logs of each run are kept under
 //! target/tmp/firefox/<scenario>/.
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -44,8 +49,13 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Runs a scenario of scripts/firefox/scenarios.py; panics with its output and the
 /// tail of every server's request log unless it prints `ok`.
+/// The Python the scripts run with: $SYNCSTORE_PYTHON, else python3.
+fn python() -> String {
+    std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 fn scenario(name: &str, servers: &[&Server], extra: &[String]) {
-    let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let probe = Command::new(&python)
         .args(["-c", "import cryptography, hawkauthlib, requests"])
         .status();
@@ -200,8 +210,9 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
 }
 
 /// A server with the built-in accounts service and one account made by
-/// `syncstore account add --password-stdin`, then a page scenario with its credentials.
-fn page_scenario(name: &str, env: &[(&str, &str)]) {
+/// `syncstore account add --password-stdin`, then a page scenario with its credentials
+/// (and `extra` arguments).
+fn page_scenario(name: &str, env: &[(&str, &str)], extra: &[String]) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
@@ -226,16 +237,57 @@ fn page_scenario(name: &str, env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = Server::start_in(data, env);
-    scenario(
-        name,
-        &[&s],
-        &[
-            "--email".into(),
-            PAGE_EMAIL.into(),
-            "--password".into(),
-            PAGE_PASSWORD.into(),
-        ],
-    );
+    let mut args: Vec<String> = vec![
+        "--email".into(),
+        PAGE_EMAIL.into(),
+        "--password".into(),
+        PAGE_PASSWORD.into(),
+    ];
+    args.extend_from_slice(extra);
+    scenario(name, &[&s], &args);
+}
+
+/// scripts/firefox/smtpsink.py running on 127.0.0.1 (a free port it picked and
+/// printed): every message it accepts is a file in `dir`. Killed when dropped.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start() -> SmtpSink {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/firefox/smtpsink.py"
+            ))
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run scripts/firefox/smtpsink.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("smtpsink.py printed {line:?}, not its port")
+            });
+        SmtpSink { child, port, dir }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A profile whose only account setting is `identity.fxaccounts.autoconfig.uri` finds
@@ -243,28 +295,66 @@ fn page_scenario(name: &str, env: &[(&str, &str)]) {
 /// the OAuth flow (WebChannel, PKCE, keys JWE) and syncs: meta/global is on the server.
 #[test]
 fn firefox_signs_in_on_syncstores_own_page_and_syncs() {
-    page_scenario("page_sign_in", &[]);
+    page_scenario("page_sign_in", &[], &[]);
 }
 
 /// On the page a wrong password shows the error and signs nothing in; a second profile
 /// signed in the same way receives a bookmark made on the first.
 #[test]
 fn a_wrong_password_on_the_page_signs_nothing_in_and_page_profiles_share_bookmarks() {
-    page_scenario("page_two_profiles", &[]);
+    page_scenario("page_two_profiles", &[], &[]);
 }
 
 /// With `accounts_signups = "open"`, "Create an account" on the page makes the account
 /// (`/v1/account/create?keys=true`) and Firefox is signed in to it and syncs.
 #[test]
 fn with_open_sign_ups_firefox_creates_an_account_on_the_page_and_syncs() {
-    page_scenario("page_sign_up", &[("SYNCSTORE_ACCOUNTS_SIGNUPS", "open")]);
+    page_scenario(
+        "page_sign_up",
+        &[("SYNCSTORE_ACCOUNTS_SIGNUPS", "open")],
+        &[],
+    );
+}
+
+/// With `accounts_signups = "invite"` the page shows the "Invite code" field; a code
+/// from `syncstore account invite` typed there with a new email and password makes the
+/// account ("Create an account"), Firefox is signed in to it and syncs, and the invite
+/// is listed as used by it. The same code again (another email, a fresh profile) shows
+/// the page's invite refusal, signs nothing in and makes no account.
+#[test]
+fn page_invite_sign_up_makes_one_account_per_cli_code_and_firefox_syncs() {
+    page_scenario(
+        "page_invite_sign_up",
+        &[("SYNCSTORE_ACCOUNTS_SIGNUPS", "invite")],
+        &[],
+    );
+}
+
+/// With open sign-ups and SMTP (`smtp://127.0.0.1:PORT?tls=none`, a sink from
+/// scripts/firefox/smtpsink.py), "Create an account" on the page makes an unverified
+/// account and one mail with a 6-digit code goes to the new address; the page asks for
+/// the code (Firefox still signed out), shows a wrong code's error, and with the
+/// mailed code goes on: Firefox is signed in, verified, and syncs.
+#[test]
+fn page_email_code_sign_up_asks_for_the_mailed_code_and_firefox_syncs() {
+    let sink = SmtpSink::start();
+    let smtp = format!("smtp://127.0.0.1:{}?tls=none", sink.port);
+    page_scenario(
+        "page_email_code_sign_up",
+        &[
+            ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
+            ("SYNCSTORE_ACCOUNTS_SMTP_URL", &smtp),
+            ("SYNCSTORE_ACCOUNTS_MAIL_FROM", "Sync <sync@example.org>"),
+        ],
+        &["--mail-dir".into(), sink.dir.path().display().to_string()],
+    );
 }
 
 /// The page shows an unknown account, closed sign-ups, a wrong password and the attempt
 /// limit as the server refuses them, and Firefox stays signed out.
 #[test]
 fn the_sign_in_page_shows_each_refusal_and_signs_nothing_in() {
-    page_scenario("page_errors", &[]);
+    page_scenario("page_errors", &[], &[]);
 }
 
 /// The sign-in page as any browser gets it (no Firefox needed): at `/`, with an email

@@ -115,6 +115,10 @@ class Marionette:
         """An element's rendered text."""
         return self.command("WebDriver:GetElementText", {"id": element[ELEMENT]})["value"]
 
+    def displayed(self, element):
+        """Whether an element is shown (not hidden, not inside a hidden parent)."""
+        return self.command("WebDriver:IsElementDisplayed", {"id": element[ELEMENT]})["value"]
+
     def quit(self):
         """Asks Firefox to quit."""
         try:

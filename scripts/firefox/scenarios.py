@@ -2,7 +2,7 @@
 """Firefox scenarios against a running syncstore (started by tests/firefox.rs).
 
 Usage: scenarios.py SCENARIO --out DIR --tokenserver URL --accounts-dir DIR --bin SYNCSTORE
-                    --secret S [--db URL --nodes URL_A,URL_B --email E --password P]
+                    --secret S [--db URL --nodes URL_A,URL_B --email E --password P --mail-dir DIR]
 Every profile signs in on syncstore's own sign-in page (its only account setting is the
 autoconfig pref) to accounts made with `syncstore account add` in the accounts server's
 data dir (--accounts-dir). Prints `ok` and exits 0 when the scenario passed; otherwise
@@ -13,6 +13,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import requests  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 from harness import AUTOCONFIGURED, Firefox, Refuser, SyncUser  # noqa: E402
+from smtpsink import read_mails  # noqa: E402
 
 ENGINES = ["bookmarks", "clients", "passwords", "history", "tabs"]
 
@@ -82,8 +84,12 @@ class Run:
 
     def admin(self, args, stdin=None, ok=True):
         """Runs `syncstore ARGS` (an operator's command); its output."""
+        env = dict(os.environ, SYNCSTORE_SECRETS=self.opts.secret)
+        if self.opts.db:
+            # Accounts live in the shared PostgreSQL when the tokenserver uses it.
+            env["SYNCSTORE_TOKENSERVER_DATABASE_URL"] = self.opts.db
         out = subprocess.run([self.opts.bin, *args], input=stdin, capture_output=True, text=True, timeout=300,
-                             env=dict(os.environ, SYNCSTORE_SECRETS=self.opts.secret))
+                             env=env)
         step("syncstore %s -> %d\n%s%s" % (" ".join(args), out.returncode, out.stdout, out.stderr))
         check(out.returncode == 0 or not ok, "syncstore %s failed" % " ".join(args))
         return out
@@ -528,12 +534,12 @@ print(json.dumps([b64(hashlib.sha256(kb).digest()[:16]), b64(key)]))
 """
 
 
-def sign_in_on_page(ff, email, password, expect, button="button[type=submit]", navigate=True):
+def sign_in_on_page(ff, email, password, expect, button="button[type=submit]", navigate=True, invite=None):
     """Opens Firefox's own sign-in URL (from its autoconfigured FxAccountsConfig, whose
-    resolved URLs are checked), types the email and password into the page in the
-    content context and clicks `button`; waits for the page's status to contain
-    `expect`. `navigate=False`: types into the page already open. Returns the URL and
-    the status shown."""
+    resolved URLs are checked), types the email and password (and `invite` into the
+    "Invite code" field, which must be shown) into the page in the content context and
+    clicks `button`; waits for the page's status to contain `expect`. `navigate=False`:
+    types into the page already open. Returns the URL and the status shown."""
     url = None
     if navigate:
         origin = ff.autoconfig
@@ -561,6 +567,11 @@ def sign_in_on_page(ff, email, password, expect, button="button[type=submit]", n
         m.send_keys(email_input, email)
         m.clear(password_input)
         m.send_keys(password_input, password)
+        if invite is not None:
+            invite_input = m.find("#invite")
+            check(m.displayed(invite_input), "the page shows no \"Invite code\" field")
+            m.clear(invite_input)
+            m.send_keys(invite_input, invite)
         m.click(m.find(button))
         # The click handler shows "Signing in…" before anything else: wait for the outcome.
         status = WORKING
@@ -661,6 +672,123 @@ def page_errors(run):
     check("Too many attempts" in statuses[-1] and len(statuses) >= 9, "no attempt limit: %r" % statuses)
     state = a.js(SIGNED_IN, 0, False)
     check(state["user"] is None, "a refused sign-in signed A in: %r" % state)
+
+
+# --- Sign-up policies on the page: invite codes, mailed verification codes --------------------
+
+INVITE_REFUSED = "An invite code is needed to create an account here"
+
+
+def account_emails(run):
+    """The emails of `syncstore account list` on the server's data dir."""
+    out = run.admin(["account", "list", "--data-dir", run.opts.accounts_dir]).stdout
+    return {line.split("\t")[0] for line in out.splitlines() if "\t" in line}
+
+
+def page_invite_sign_up(run):
+    """Sign-ups by invite: `syncstore account invite` makes a code; on A's page the
+    "Invite code" field is shown, and email, password and the code with "Create an
+    account" make the account (the invite is then used by it); Firefox is signed in,
+    verified, Sync on, and syncs. The same code again (another email, profile B) shows
+    the page's invite refusal: B stays signed out and no account is made."""
+    out = run.admin(["account", "invite", "--data-dir", run.opts.accounts_dir])
+    code = out.stdout.splitlines()[0].strip()
+    check(len(code) == 32, "not an invite code: %r" % out.stdout)
+    a = run.fresh("A")
+    email = "invited-" + run.opts.email
+    sign_in_on_page(a, email, run.opts.password, "Signed in", button="#signup", invite=code)
+    state = a.js(SIGNED_IN, 60000, True)
+    step("A: %s" % state)
+    check(not state.get("timedOut") and state["user"]["email"] == email and state["user"]["verified"],
+          "A is not signed in to the invited account: %r" % state)
+    a.sync()
+    payload = json.loads(page_user(run, a).get("/storage/meta/global")["payload"])
+    check(payload.get("storageVersion") == 5, "storageVersion: %r" % payload)
+    invites = run.admin(["account", "invites", "--data-dir", run.opts.accounts_dir]).stdout
+    check(any(line.endswith("\t" + email) for line in invites.splitlines()),
+          "the invite is not marked used by %s: %r" % (email, invites))
+    check(email in account_emails(run), "no account %s" % email)
+
+    b = run.fresh("B")
+    other = "second-" + run.opts.email
+    sign_in_on_page(b, other, run.opts.password, INVITE_REFUSED, button="#signup", invite=code)
+    state = b.js(SIGNED_IN, 0, False)
+    check(state["user"] is None, "a spent invite code signed B in: %r" % state)
+    check(other not in account_emails(run), "a spent invite code made the account %s" % other)
+    a.sync()  # A is unaffected
+
+
+CODE_PROMPT = "We sent a 6-digit code to your email"
+WRONG_CODE = "Incorrect or expired verification code"
+
+
+def wait_for_mails(run, n, secs=60):
+    """The sink's mails once there are at least `n` (fails after `secs`)."""
+    deadline = time.monotonic() + secs
+    while True:
+        mails = read_mails(run.opts.mail_dir)
+        if len(mails) >= n or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check(len(mails) >= n, "%d mails in the SMTP sink, not %d" % (len(mails), n))
+    return mails
+
+
+def enter_code_on_page(ff, code, expect):
+    """Types `code` into the page's "Verification code" field (which must be shown) and
+    clicks "Verify"; waits for the page's status to change to one containing `expect`."""
+    m = ff.m
+    m.context("content")
+    try:
+        field = m.find("#code")
+        check(m.displayed(field), "the page shows no verification code field")
+        before = m.text(m.find("#status"))
+        m.clear(field)
+        m.send_keys(field, code)
+        m.click(m.find("#verify"))
+        status = before
+        deadline = time.monotonic() + 120
+        while status in ("", before, WORKING) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = m.text(m.find("#status"))
+        step("%s: after code %s the page says %r" % (ff.name, code, status))
+        check(expect in status, "the page says %r, not %r" % (status, expect))
+    finally:
+        m.context("chrome")
+
+
+def page_email_code_sign_up(run):
+    """Open sign-ups with SMTP (a sink from smtpsink.py): "Create an account" on A's
+    page makes an unverified account, the server mails a 6-digit code and the page asks
+    for it (Firefox still signed out); a wrong code shows the page's error and signs
+    nothing in; the mailed code goes on: Firefox is signed in, verified, Sync on, and
+    syncs. Exactly one mail, to the new address."""
+    check(read_mails(run.opts.mail_dir) == [], "mail in the sink before the sign-up")
+    a = run.fresh("A")
+    email = "mailed-" + run.opts.email
+    sign_in_on_page(a, email, run.opts.password, CODE_PROMPT, button="#signup")
+    mail = wait_for_mails(run, 1)[0]
+    body = mail.get_content()
+    step("the mail: To %s, Subject %s\n%s" % (mail["To"], mail["Subject"], body))
+    check(mail["To"].addresses[0].addr_spec == email, "the mail went to %s, not %s" % (mail["To"], email))
+    check("verification code" in mail["Subject"], "subject: %r" % mail["Subject"])
+    codes = re.findall(r"\b\d{6}\b", body)
+    check(len(codes) == 1, "not one 6-digit code in the mail: %r" % body)
+    code = codes[0]
+    check(email in account_emails(run), "no account %s after the sign-up" % email)
+    check(a.js(SIGNED_IN, 0, False)["user"] is None, "Firefox is signed in before the code was entered")
+
+    enter_code_on_page(a, "%06d" % ((int(code) + 1) % 1000000), WRONG_CODE)
+    check(a.js(SIGNED_IN, 0, False)["user"] is None, "a wrong code signed A in")
+    enter_code_on_page(a, code, "Signed in")
+    state = a.js(SIGNED_IN, 60000, True)
+    step("A: %s" % state)
+    check(not state.get("timedOut") and state["user"]["email"] == email and state["user"]["verified"],
+          "A is not signed in to the verified account: %r" % state)
+    a.sync()
+    payload = json.loads(page_user(run, a).get("/storage/meta/global")["payload"])
+    check(payload.get("storageVersion") == 5, "storageVersion: %r" % payload)
+    check(len(read_mails(run.opts.mail_dir)) == 1, "more than one mail: %r" % read_mails(run.opts.mail_dir))
 
 
 # --- Signing out, operator deletion -----------------------------------------------------------
@@ -880,8 +1008,9 @@ def deleted_on_settings_page(run):
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
-              page_sign_in, page_two_profiles, page_sign_up, page_errors, sign_out, account_deleted,
-              password_change, deleted_on_settings_page)
+              page_sign_in, page_two_profiles, page_sign_up, page_errors, page_invite_sign_up,
+              page_email_code_sign_up, sign_out, account_deleted, password_change,
+              deleted_on_settings_page)
 }
 
 
@@ -898,6 +1027,7 @@ def main():
     p.add_argument("--token-secs", type=int, default=0)
     p.add_argument("--email", default="")
     p.add_argument("--password", default="")
+    p.add_argument("--mail-dir", default="")
     opts = p.parse_args()
     run = Run(opts)
     failed = False
