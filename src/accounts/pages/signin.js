@@ -129,6 +129,10 @@ function start() {
       $("signin").hidden = true;
     } catch (err) {
       show(explain(err), "error");
+      // A failure after the code prompt: offer signing in (or up) again.
+      $("code-field").hidden = true;
+      $("submit").hidden = false;
+      $("signup").hidden = false;
     } finally {
       for (const b of document.querySelectorAll("button")) b.disabled = false;
     }
