@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::Server;
 use serde_json::{Value, json};
@@ -15,45 +14,18 @@ use syncstore::accounts::crypto;
 const EMAIL: &str = "Alice@example.org";
 const PASSWORD: &str = "correct horse battery";
 
-/// `syncstore account add` with the password on stdin.
+/// `syncstore account add EMAIL --password-stdin`.
 fn add_account(data: &std::path::Path, email: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
-        .args(["account", "add", email, "--password-stdin", "--data-dir"])
-        .arg(data)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::account_cli(data, &["add", email, "--password-stdin"], &[], password)
 }
 
 fn auth_pw(email: &str, password: &str) -> [u8; 32] {
     crypto::auth_pw(&crypto::quick_stretch(email, password))
 }
 
-async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}{path}", s.url()))
-        .json(body);
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn login(s: &Server, email: &str, password: &str) -> (u16, Value) {
     let body = json!({"email": email, "authPW": hex::encode(auth_pw(email, password))});
-    post(s, "/v1/account/login?keys=true", &body, None).await
+    common::fxa_post(s, "/v1/account/login?keys=true", &body, None).await
 }
 
 #[test]
@@ -94,7 +66,7 @@ fn wrong_passwords_are_refused_and_the_eleventh_in_a_minute_is_rate_limited() {
     rt.block_on(async {
         // Sign-ups are closed by default.
         let body = json!({"email": "eve@example.org", "authPW": hex::encode([1u8; 32])});
-        let (status, err) = post(&s, "/v1/account/create", &body, None).await;
+        let (status, err) = common::fxa_post(&s, "/v1/account/create", &body, None).await;
         assert_eq!((status, err["errno"].as_i64()), (400, Some(125)), "{err}");
         // Another case of the email: errno 120 names the right one.
         let (status, err) = login(&s, "alice@example.org", PASSWORD).await;

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Client, Server};
@@ -17,47 +16,18 @@ const EMAIL: &str = "carol@example.org";
 const PASSWORD: &str = "a long and private passphrase";
 /// Firefox's OAuth client id.
 const FIREFOX: &str = "5882386c6d801776";
-const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
 /// `syncstore account ARGS… --data-dir DIR`, with `stdin` on standard input.
 fn account(data: &std::path::Path, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
-        .arg("account")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{stdin}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "account {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::account_cli(data, args, &[], stdin)
 }
 
-async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}{path}", s.url()))
-        .json(body);
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
+const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
 
 /// Signs in and returns an access token with the oldsync scope.
 async fn access_token(s: &Server) -> String {
     let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
     let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-    let (status, session) = post(s, "/v1/account/login", &body, None).await;
+    let (status, session) = common::fxa_post(s, "/v1/account/login", &body, None).await;
     assert_eq!(status, 200, "{session}");
     let token: [u8; 32] = hex::decode(session["sessionToken"].as_str().unwrap())
         .unwrap()
@@ -68,7 +38,7 @@ async fn access_token(s: &Server) -> String {
         hex::encode(crypto::token_keys(&token, "sessionToken").id)
     );
     let body = json!({"grant_type": "fxa-credentials", "client_id": FIREFOX, "scope": OLDSYNC});
-    let (status, grant) = post(s, "/v1/oauth/token", &body, Some(&bearer)).await;
+    let (status, grant) = common::fxa_post(s, "/v1/oauth/token", &body, Some(&bearer)).await;
     assert_eq!(status, 200, "{grant}");
     grant["access_token"].as_str().unwrap().to_string()
 }
@@ -150,7 +120,7 @@ fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
         // It can no longer sign in.
         let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
         let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-        let (status, body) = post(&s, "/v1/account/login", &body, None).await;
+        let (status, body) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
         assert_eq!((status, body["errno"].as_i64()), (400, Some(102)), "{body}");
     });
 }
@@ -171,7 +141,7 @@ fn pyfxa_deletes_its_own_account_with_session_and_password() {
         // A session of another account cannot delete this one, even with its password.
         let eve_pw = crypto::auth_pw(&crypto::quick_stretch("eve@example.org", "eve's password"));
         let body = json!({"email": "eve@example.org", "authPW": hex::encode(eve_pw)});
-        let (_, eve) = post(&s, "/v1/account/login", &body, None).await;
+        let (_, eve) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
         let eve_token: [u8; 32] = hex::decode(eve["sessionToken"].as_str().unwrap())
             .unwrap()
             .try_into()
@@ -182,14 +152,15 @@ fn pyfxa_deletes_its_own_account_with_session_and_password() {
         );
         let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
         let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-        let (status, refused) = post(&s, "/v1/account/destroy", &body, Some(&eve_bearer)).await;
+        let (status, refused) =
+            common::fxa_post(&s, "/v1/account/destroy", &body, Some(&eve_bearer)).await;
         assert_eq!(
             (status, refused["errno"].as_i64()),
             (401, Some(110)),
             "{refused}"
         );
         // Without a session: refused.
-        let (status, _) = post(&s, "/v1/account/destroy", &body, None).await;
+        let (status, _) = common::fxa_post(&s, "/v1/account/destroy", &body, None).await;
         assert_eq!(status, 401);
     });
     let out = Command::new(&python)

@@ -2,8 +2,7 @@
 //! (scripts/accounts_pyfxa_password.py): kB and the Sync key's rotation time survive,
 //! other sessions are revoked, the old password stops working.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
 
@@ -12,15 +11,12 @@ fn pyfxa_changes_the_password_keeping_kb_and_revoking_other_sessions() {
     let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
     let data = tempfile::tempdir().unwrap();
     let email = "dave@example.org";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
-        .args(["account", "add", email, "--password-stdin", "--data-dir"])
-        .arg(data.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "old password here").unwrap();
-    assert!(child.wait().unwrap().success());
+    common::account_cli(
+        data.path(),
+        &["add", email, "--password-stdin"],
+        &[],
+        "old password here",
+    );
     let s = common::Server::start_in(data, &[]);
     let out = Command::new(&python)
         .arg(concat!(

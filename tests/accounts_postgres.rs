@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use common::{Server, fresh_database};
@@ -601,22 +600,16 @@ async fn two_servers_serve_one_set_of_accounts_on_postgres() {
 
 /// `syncstore account add` on the database of `db`, the password on stdin.
 fn add_account(db: &str, email: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
-        .args(["account", "add", email, "--password-stdin", "--data-dir"])
-        .arg(tempfile::tempdir().unwrap().path())
-        .env("SYNCSTORE_TOKENSERVER_DATABASE_URL", db)
-        .env("SYNCSTORE_SECRETS", "0123456789abcdef0123456789abcdef")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let env = [
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db),
+        ("SYNCSTORE_SECRETS", "0123456789abcdef0123456789abcdef"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    common::account_cli(
+        dir.path(),
+        &["add", email, "--password-stdin"],
+        &env,
+        password,
     );
 }
 

@@ -5,45 +5,14 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Server;
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// `syncstore account ARGS --data-dir DIR`: its stdout.
-fn account_cli(data: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
-        .arg("account")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn auth_pw(email: &str) -> String {
     hex::encode(crypto::auth_pw(&crypto::quick_stretch(email, PASSWORD)))
-}
-
-async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}{path}", s.url()))
-        .json(body);
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 async fn create(s: &Server, email: &str, invite: Option<&str>) -> (u16, Value) {
@@ -51,7 +20,7 @@ async fn create(s: &Server, email: &str, invite: Option<&str>) -> (u16, Value) {
     if let Some(code) = invite {
         body["inviteCode"] = json!(code);
     }
-    post(s, "/v1/account/create?keys=true", &body, None).await
+    common::fxa_post(s, "/v1/account/create?keys=true", &body, None).await
 }
 
 fn errno(v: &Value) -> Option<i64> {
@@ -61,7 +30,7 @@ fn errno(v: &Value) -> Option<i64> {
 #[test]
 fn an_invite_code_from_the_cli_makes_one_account_and_is_then_spent() {
     let data = tempfile::tempdir().unwrap();
-    let out = account_cli(data.path(), &["invite", "--valid-for", "2h"]);
+    let out = common::account_cli(data.path(), &["invite", "--valid-for", "2h"], &[], "");
     let code = out.lines().next().unwrap().trim().to_string();
     assert!(
         code.len() >= 32
@@ -70,7 +39,7 @@ fn an_invite_code_from_the_cli_makes_one_account_and_is_then_spent() {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "{out}"
     );
-    let second = account_cli(data.path(), &["invite"]);
+    let second = common::account_cli(data.path(), &["invite"], &[], "");
     assert_ne!(second.lines().next().unwrap().trim(), code);
     // An invite that expired already.
     let expired = "expired-invite-code-0123456789abcdef";
@@ -80,7 +49,7 @@ fn an_invite_code_from_the_cli_makes_one_account_and_is_then_spent() {
         .insert_invite(&crypto::sha256(expired.as_bytes()), now - 10_000, now - 1)
         .unwrap();
     drop(store);
-    let listed = account_cli(data.path(), &["invites"]);
+    let listed = common::account_cli(data.path(), &["invites"], &[], "");
     assert_eq!(listed.lines().count(), 4, "{listed}");
     assert!(
         listed.contains("unused") && listed.contains("expired"),
@@ -125,14 +94,14 @@ fn an_invite_code_from_the_cli_makes_one_account_and_is_then_spent() {
         assert_eq!((status, errno(&err)), (400, Some(125)), "{err}");
         let body =
             json!({"email": "Invited@example.org", "authPW": auth_pw("Invited@example.org")});
-        let (status, ok) = post(&s, "/v1/account/login", &body, None).await;
+        let (status, ok) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
         assert_eq!(status, 200, "{ok}");
         // The same email again with the unused code: the email is taken, the code kept.
         let code2 = second.lines().next().unwrap().trim();
         let (status, err) = create(&s, "Invited@example.org", Some(code2)).await;
         assert_eq!((status, errno(&err)), (400, Some(101)), "{err}");
     });
-    let listed = account_cli(s.data.path(), &["invites"]);
+    let listed = common::account_cli(s.data.path(), &["invites"], &[], "");
     assert!(listed.contains("Invited@example.org"), "{listed}");
     assert!(listed.contains("unused"), "{listed}");
 }
@@ -140,7 +109,7 @@ fn an_invite_code_from_the_cli_makes_one_account_and_is_then_spent() {
 #[test]
 fn wrong_invite_codes_count_in_the_attempt_limits_per_address() {
     let data = tempfile::tempdir().unwrap();
-    let code = account_cli(data.path(), &["invite"]);
+    let code = common::account_cli(data.path(), &["invite"], &[], "");
     let code = code.lines().next().unwrap().trim().to_string();
     let s = Server::start_in(data, &[("SYNCSTORE_ACCOUNTS_SIGNUPS", "invite")]);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -162,7 +131,7 @@ fn wrong_invite_codes_count_in_the_attempt_limits_per_address() {
 #[test]
 fn closed_refuses_even_a_valid_invite_and_the_page_learns_the_policy() {
     let data = tempfile::tempdir().unwrap();
-    let code = account_cli(data.path(), &["invite"]);
+    let code = common::account_cli(data.path(), &["invite"], &[], "");
     let code = code.lines().next().unwrap().trim().to_string();
     let s = Server::start_in(data, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -323,21 +292,23 @@ fn open_sign_ups_with_smtp_verify_the_address_with_a_mailed_code() {
         let client_id = "5882386c6d801776";
         let scope = "https://identity.mozilla.com/apps/oldsync";
         let body = json!({"client_id": client_id, "scope": scope});
-        let (status, err) = post(&s, "/v1/account/scoped-key-data", &body, Some(&session)).await;
+        let (status, err) =
+            common::fxa_post(&s, "/v1/account/scoped-key-data", &body, Some(&session)).await;
         assert_eq!((status, errno(&err)), (400, Some(104)), "{err}");
         let body = json!({"client_id": client_id, "scope": scope, "grant_type": "fxa-credentials"});
-        let (status, err) = post(&s, "/v1/oauth/token", &body, Some(&session)).await;
+        let (status, err) = common::fxa_post(&s, "/v1/oauth/token", &body, Some(&session)).await;
         assert_eq!((status, errno(&err)), (400, Some(104)), "{err}");
         let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         let body = json!({"client_id": client_id, "scope": scope, "state": "x",
             "response_type": "code", "code_challenge": challenge,
             "code_challenge_method": "S256", "access_type": "offline"});
-        let (status, err) = post(&s, "/v1/oauth/authorization", &body, Some(&session)).await;
+        let (status, err) =
+            common::fxa_post(&s, "/v1/oauth/authorization", &body, Some(&session)).await;
         assert_eq!((status, errno(&err)), (400, Some(104)), "{err}");
 
         // A wrong code is refused; the right one verifies.
         let wrong = if code == "000000" { "000001" } else { "000000" };
-        let (status, err) = post(
+        let (status, err) = common::fxa_post(
             &s,
             "/v1/session/verify_code",
             &json!({"code": wrong}),
@@ -345,7 +316,7 @@ fn open_sign_ups_with_smtp_verify_the_address_with_a_mailed_code() {
         )
         .await;
         assert_eq!((status, errno(&err)), (400, Some(183)), "{err}");
-        let (status, ok) = post(
+        let (status, ok) = common::fxa_post(
             &s,
             "/v1/session/verify_code",
             &json!({"code": code}),
@@ -361,10 +332,10 @@ fn open_sign_ups_with_smtp_verify_the_address_with_a_mailed_code() {
         assert_eq!(status, 200, "{keys}");
         assert!(keys["bundle"].is_string(), "{keys}");
         let body = json!({"client_id": client_id, "scope": scope, "grant_type": "fxa-credentials"});
-        let (status, grant) = post(&s, "/v1/oauth/token", &body, Some(&session)).await;
+        let (status, grant) = common::fxa_post(&s, "/v1/oauth/token", &body, Some(&session)).await;
         assert_eq!(status, 200, "{grant}");
         // The code is spent (and the session verified, so it answers OK again).
-        let (status, _) = post(
+        let (status, _) = common::fxa_post(
             &s,
             "/v1/session/verify_code",
             &json!({"code": code}),
@@ -397,7 +368,8 @@ fn wrong_verification_codes_and_mailing_sign_ups_hit_the_attempt_limits() {
             "sessionToken",
         );
         let first = code_in(&mails.recv().await.unwrap());
-        let (status, _) = post(&s, "/v1/session/resend_code", &json!({}), Some(&session)).await;
+        let (status, _) =
+            common::fxa_post(&s, "/v1/session/resend_code", &json!({}), Some(&session)).await;
         assert_eq!(status, 200);
         let second = code_in(&mails.recv().await.unwrap());
         let mut tried = 0;
@@ -408,7 +380,7 @@ fn wrong_verification_codes_and_mailing_sign_ups_hit_the_attempt_limits() {
             if guess == first || guess == second || tried == 10 {
                 continue;
             }
-            let (status, err) = post(
+            let (status, err) = common::fxa_post(
                 &s,
                 "/v1/session/verify_code",
                 &json!({"code": guess}),
@@ -419,7 +391,7 @@ fn wrong_verification_codes_and_mailing_sign_ups_hit_the_attempt_limits() {
             tried += 1;
         }
         // The eleventh attempt waits, even with the right code.
-        let (status, err) = post(
+        let (status, err) = common::fxa_post(
             &s,
             "/v1/session/verify_code",
             &json!({"code": second}),
@@ -464,7 +436,7 @@ fn open_without_smtp_verifies_at_once_and_warns_and_mail_failures_are_503() {
         // The account exists: signing in gives an unverified session.
         let body =
             json!({"email": "unlucky@example.org", "authPW": auth_pw("unlucky@example.org")});
-        let (status, ok) = post(&s, "/v1/account/login", &body, None).await;
+        let (status, ok) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
         assert_eq!(status, 200, "{ok}");
         assert_eq!(ok["verified"], false, "{ok}");
     });

@@ -580,3 +580,47 @@ pub fn jwt_server(extra: &[(&str, &str)]) -> Server {
     env.extend_from_slice(extra);
     Server::start(&env)
 }
+
+/// `syncstore account ARGS… --data-dir DIR` with `env` set and `stdin` on its standard
+/// input (a password for `--password-stdin`); its stdout. Panics when it fails.
+pub fn account_cli(
+    data: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .arg("account")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn syncstore account");
+    writeln!(child.stdin.take().expect("stdin"), "{stdin}").expect("write stdin");
+    let out = child.wait_with_output().expect("syncstore account");
+    assert!(
+        out.status.success(),
+        "account {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// POSTs JSON to the accounts API (with `Authorization: Bearer …` when given): the
+/// status and the JSON body (null when there is none).
+pub async fn fxa_post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{path}", s.url()))
+        .json(body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let r = req.send().await.expect("POST to the accounts API");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
