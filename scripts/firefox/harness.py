@@ -201,6 +201,19 @@ def prefs(marionette_port, autoconfig, refuse_port):
     }
 
 
+# Firefox flushes its queued tab commands at the start of a sync and logs an ERROR when
+# its device list is still empty; right after sign-in the list may not have been
+# fetched yet (a race on a loaded machine), so wait until it shows this device.
+OWN_DEVICE_LISTED = """
+for (let i = 0; i < 200; i++) {
+  if ((fxAccounts.device.recentDeviceList || []).some(d => d.isCurrentDevice)) return;
+  if (i % 10 == 0) await fxAccounts.device.refreshDeviceList({ ignoreCached: true });
+  await sleep(100);
+}
+throw new Error("Firefox's device list never showed its own device");
+"""
+
+
 class SyncFailed(AssertionError):
     """A sync that Firefox or its log says failed."""
 
@@ -245,6 +258,8 @@ class Firefox:
         in error, which is then allowed too; (404, "/storage/meta/global") on an empty
         new node.
         """
+        if self.syncs == 0:
+            self.js(OWN_DEVICE_LISTED)
         self.syncs += 1
         result = self.js(SYNC, engines, int(timeout * 1000), timeout=timeout + 30)
         lines = result["lines"]
