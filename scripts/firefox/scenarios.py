@@ -574,11 +574,7 @@ def sign_in_on_page(ff, email, password, expect, button="button[type=submit]", n
             m.send_keys(invite_input, invite)
         m.click(m.find(button))
         # The click handler shows "Signing in…" before anything else: wait for the outcome.
-        status = WORKING
-        deadline = time.monotonic() + 120
-        while status in ("", WORKING) and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = m.text(m.find("#status"))
+        status = page_outcome(m, WORKING)
         step("%s: the page says %r" % (ff.name, status))
         check(expect in status, "the page says %r, not %r" % (status, expect))
     finally:
@@ -587,6 +583,20 @@ def sign_in_on_page(ff, email, password, expect, button="button[type=submit]", n
 
 
 WORKING = "Signing in\u2026"
+CHANGING = "Changing password\u2026"
+DELETING = "Deleting the account\u2026"
+
+
+def page_outcome(m, *busy):
+    """Content context: the page's status line once it shows an outcome, i.e. neither
+    nothing nor one of the `busy` texts (what the page shows while it works); waits at
+    most 120 s."""
+    status = ""
+    deadline = time.monotonic() + 120
+    while status in ("", *busy) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = m.text(m.find("#status"))
+    return status
 
 
 def page_user(run, ff):
@@ -746,11 +756,7 @@ def enter_code_on_page(ff, code, expect):
         m.clear(field)
         m.send_keys(field, code)
         m.click(m.find("#verify"))
-        status = before
-        deadline = time.monotonic() + 120
-        while status in ("", before, WORKING) and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = m.text(m.find("#status"))
+        status = page_outcome(m, before, WORKING)
         step("%s: after code %s the page says %r" % (ff.name, code, status))
         check(expect in status, "the page says %r, not %r" % (status, expect))
     finally:
@@ -905,19 +911,13 @@ def change_password_on_page(ff, current, new, expect):
             m.clear(el)
             m.send_keys(el, text)
         m.click(m.find("button[type=submit]"))
-        status = CHANGING
-        deadline = time.monotonic() + 120
-        while status in ("", CHANGING) and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = m.text(m.find("#status"))
+        status = page_outcome(m, CHANGING)
         step("%s: the settings page says %r" % (ff.name, status))
         check(expect in status, "the settings page says %r, not %r" % (status, expect))
     finally:
         m.context("chrome")
     return url
 
-
-CHANGING = "Changing password\u2026"
 
 
 def password_change(run):
@@ -981,11 +981,7 @@ def deleted_on_settings_page(run):
             m.clear(el)
             m.send_keys(el, attempt)
             m.click(m.find("#delete-submit"))
-            status = ""
-            deadline = time.monotonic() + 120
-            while (status == "" or status.startswith("Deleting")) and time.monotonic() < deadline:
-                time.sleep(0.2)
-                status = m.text(m.find("#status"))
+            status = page_outcome(m, DELETING)
             step("A: the settings page says %r" % status)
             check(expect in status, "the settings page says %r, not %r" % (status, expect))
             m.run("document.getElementById('status').textContent = '';")
