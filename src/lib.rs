@@ -172,8 +172,10 @@ async fn accounts_service(
         settings.tokenserver_database_url.clone(),
         issuer.to_string(),
     );
+    // The signing secret (ensured before): keys the email codes' hash.
+    let secret = settings.secrets.first().cloned().unwrap_or_default();
     let service = tokio::task::spawn_blocking(move || {
-        accounts::Accounts::open(&dir, &url, &issuer, signups, mailer)
+        accounts::Accounts::open(&dir, &url, &issuer, signups, mailer, &secret)
     })
     .await
     .map_err(|e| ServerError::Accounts(e.to_string()))?

@@ -178,14 +178,27 @@ fn origin(headers: &HeaderMap, st: &ApiState) -> String {
     format!("{scheme}://{}", host.trim())
 }
 
+/// The largest body the accounts routes read (their largest, a device registration
+/// within FxA's field limits, is a few KB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 impl FromRequest<ApiState> for AuthRequest {
     type Rejection = Response;
 
     async fn from_request(req: Request, st: &ApiState) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, 1 << 20).await.map_err(|_| {
-            AccountsError::InvalidParameter("body too large".into()).into_response()
-        })?;
+        let too_large = || AccountsError::InvalidParameter("body too large".into()).into_response();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| too_large())?;
         let headers = &parts.headers;
         let peer = parts
             .extensions
@@ -240,7 +253,9 @@ impl FromRequest<ApiState> for AuthRequest {
                         .to_ascii_lowercase()
                 })
                 .unwrap_or_default();
-            let body_hash = h.hash.as_ref().map(|_| hawk::payload_hash(&mime, &body));
+            // Computed when signed, and whenever there is a body (which must be signed).
+            let body_hash = (h.hash.is_some() || !body.is_empty())
+                .then(|| hawk::payload_hash(&mime, &body));
             Some(TokenAuth::Hawk {
                 header: Box::new(h),
                 method: parts.method.as_str().to_string(),

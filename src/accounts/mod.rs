@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::hawk::{self, SignedRequest};
-use crate::auth::nonce::NonceCache;
+use crate::auth::nonce::{NonceCache, NonceError};
 use crate::tokenserver::fxa::{FxaError, LocalDecision, LocalIssuer, OLDSYNC_SCOPE};
 use limits::Limiter;
 use oauth::{AccessClaims, Signer};
@@ -47,6 +47,33 @@ const HAWK_SKEW_SECS: i64 = 60;
 const EMAIL_CODE_TTL_MS: i64 = 15 * 60 * 1000;
 /// Most scrypt verifications at once (64 MiB each).
 const HASH_SLOTS: usize = 2;
+/// Most Hawk nonces one account may have remembered at once (within the 2-minute
+/// replay window: about 8 signed requests a second, far above any client's use);
+/// beyond, that account's signed requests get 429 until its older nonces expire.
+const NONCES_PER_ACCOUNT: usize = 1_000;
+/// `retryAfter` of a request refused for its account's full share of nonces, s.
+const NONCE_RETRY_SECS: u64 = 30;
+/// What stored state may live unused (see `store::Retention`).
+const RETENTION: store::Retention = store::Retention {
+    short_token_ms: SHORT_TOKEN_TTL_MS,
+    idle_session_ms: 30 * DAY_MS,
+    idle_device_session_ms: 365 * DAY_MS,
+    idle_refresh_ms: 365 * DAY_MS,
+    unverified_account_ms: DAY_MS,
+};
+const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Longest device name (FxA's limit), in characters.
+const MAX_DEVICE_NAME: usize = 255;
+/// Longest device type (FxA's limit).
+const MAX_DEVICE_TYPE: usize = 16;
+/// Longest push callback URL (FxA's limit).
+const MAX_PUSH_CALLBACK: usize = 255;
+/// Longest push key (base64url; FxA's limit for the public key).
+const MAX_PUSH_KEY: usize = 88;
+/// Most device commands, the longest command name, and the longest command data.
+const MAX_COMMANDS: usize = 16;
+const MAX_COMMAND_NAME: usize = 255;
+const MAX_COMMAND_DATA: usize = 8 * 1024;
 
 /// The current time, ms.
 pub fn now_ms() -> i64 {
@@ -194,7 +221,8 @@ pub enum TokenAuth {
         host: String,
         /// Port as signed.
         port: u16,
-        /// The body's hash, when the header carries one (checked then).
+        /// The body's hash, when the header carries one or there is a body: it is
+        /// checked then, and a body without a signed hash is refused.
         body_hash: Option<String>,
     },
     /// A prefixed Bearer token: the kind's prefix and the hex token id.
@@ -261,6 +289,9 @@ pub struct Accounts {
     nonces: NonceCache,
     hash_slots: tokio::sync::Semaphore,
     mailer: Option<mail::Mailer>,
+    /// The key of the email codes' keyed hash (from the deployment secret, never in
+    /// the accounts database).
+    code_key: [u8; 32],
 }
 
 fn prefix_of(kind: &str) -> &'static str {
@@ -280,16 +311,31 @@ pub fn hex32(name: &str, value: &str) -> Result<[u8; 32]> {
         .map_err(|_| AccountsError::InvalidParameter(name.into()))
 }
 
-/// Whether `email` looks like an email address (FxA's own check is looser still).
-fn valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.rsplit_once('@') else {
+/// Whether `email` is a bare `local@domain` address, as FxA accepts them: one `@`; a
+/// local part of 1 to 64 characters from RFC 5322's unquoted set (no quotes, spaces,
+/// commas, angle brackets, parentheses, control characters); a domain of dot-separated
+/// labels of letters, digits and inner hyphens, at least two; 255 characters in all.
+/// So the address stored is the one mailed, and nothing else is.
+pub fn valid_email(email: &str) -> bool {
+    if email.len() > 255 {
+        return false;
+    }
+    let Some((local, domain)) = email.split_once('@') else {
         return false;
     };
-    !local.is_empty()
-        && email.len() <= 255
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+    let local_ok = (1..=64).contains(&local.len())
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    local_ok && domain_ok
 }
 
 /// Scopes this service grants: oldsync, profile (and its sub-scopes) and FxA's
@@ -323,12 +369,15 @@ fn check_client_id(client_id: &str) -> Result<()> {
 impl Accounts {
     /// Opens the database and the signing keys: in `data_dir`, or in the PostgreSQL
     /// database at `database_url` (the tokenserver's) when it is one.
+    /// `secret` is the deployment's signing secret: the key of the email codes' keyed
+    /// hash is derived from it, so every process sharing the database derives the same.
     pub fn open(
         data_dir: &std::path::Path,
         database_url: &str,
         issuer: &str,
         signups: Signups,
         mailer: Option<mail::Mailer>,
+        secret: &str,
     ) -> std::result::Result<Accounts, String> {
         let store = Store::open(data_dir, database_url).map_err(|e| e.to_string())?;
         let signer = Signer::load(data_dir, &store, issuer).map_err(|e| e.to_string())?;
@@ -337,9 +386,10 @@ impl Accounts {
             signer: Arc::new(signer),
             signups,
             limiter: Limiter::new(10, Duration::from_secs(60)),
-            nonces: NonceCache::new(HAWK_SKEW_SECS * 2, 1_000_000),
+            nonces: NonceCache::with_share(HAWK_SKEW_SECS * 2, 1_000_000, NONCES_PER_ACCOUNT),
             hash_slots: tokio::sync::Semaphore::new(HASH_SLOTS),
             mailer,
+            code_key: email_code_key(secret),
         })
     }
 
@@ -382,6 +432,14 @@ impl Accounts {
         tokio::task::spawn_blocking(move || crypto::harden(&auth_pw, &salt))
             .await
             .map_err(|e| AccountsError::Internal(e.to_string()))
+    }
+
+    /// Periodic upkeep: drops expired codes and tokens, idle sessions and refresh
+    /// tokens, and unverified accounts older than a day (see `RETENTION`). Returns
+    /// how many rows went.
+    pub async fn purge_stale(&self) -> Result<u64> {
+        let now = now_ms();
+        self.blocking(move |s| Ok(s.purge(now, &RETENTION)?)).await
     }
 
     /// The sign-up policy.
@@ -467,7 +525,7 @@ impl Accounts {
             return Err(AccountsError::NotEnabled("email verification"));
         };
         let code = format!("{:06}", rand::random_range(0..1_000_000u32));
-        let hash = email_code_hash(&account.uid, &code);
+        let hash = email_code_hash(&self.code_key, &account.uid, &code);
         let uid = account.uid.clone();
         let expires_at = now_ms() + EMAIL_CODE_TTL_MS;
         self.blocking(move |s| Ok(s.set_email_code(&uid, &hash, expires_at)?))
@@ -498,7 +556,7 @@ impl Accounts {
             self.limiter.fail(&key, ip);
             return Err(AccountsError::InvalidCode);
         }
-        let hash = email_code_hash(&a.account.uid, code);
+        let hash = email_code_hash(&self.code_key, &a.account.uid, code);
         let uid = a.account.uid.clone();
         let now = now_ms();
         let found = self
@@ -708,15 +766,24 @@ impl Accounts {
             if !hawk::macs_equal(&mac, &header.mac) {
                 return Err(AccountsError::InvalidSignature);
             }
-            if let (Some(signed), Some(actual)) = (&header.hash, body_hash)
-                && !hawk::macs_equal(signed, actual)
-            {
-                return Err(AccountsError::InvalidSignature);
+            // A body must be covered by the signature (Firefox and PyFxA always sign
+            // it): else whoever sees the request could send another body with it.
+            if let Some(actual) = body_hash {
+                match &header.hash {
+                    Some(signed) if hawk::macs_equal(signed, actual) => {}
+                    _ => return Err(AccountsError::InvalidSignature),
+                }
             }
-            let owner = u64::from_be_bytes(id[..8].try_into().expect("8"));
+            // Nonces are counted per account, not per token: an account with many
+            // sessions cannot take more of the cache than one with a single session.
+            let digest = crypto::sha256(account.uid.as_bytes());
+            let owner = u64::from_be_bytes(digest[..8].try_into().expect("8"));
             self.nonces
                 .check_and_insert(owner, &header.id, header.ts, &header.nonce, now / 1000)
-                .map_err(|_| AccountsError::InvalidNonce)?;
+                .map_err(|e| match e {
+                    NonceError::Replay => AccountsError::InvalidNonce,
+                    NonceError::Full => AccountsError::TooManyRequests(NONCE_RETRY_SECS),
+                })?;
         }
         if kind == "sessionToken" {
             let h = token.id_hash;
@@ -919,7 +986,9 @@ impl Accounts {
             expires_at: now_ms() + CODE_TTL_MS,
         };
         let h = crypto::sha256(&code);
-        self.blocking(move |s| Ok(s.insert_code(&h, &row)?)).await?;
+        let now = now_ms();
+        self.blocking(move |s| Ok(s.insert_code(&h, &row, now)?))
+            .await?;
         Ok(hex::encode(code))
     }
 
@@ -1038,6 +1107,7 @@ impl Accounts {
 
     /// Registers (no id) or updates the session's device.
     pub async fn put_device(&self, a: &Authed, update: DeviceUpdate) -> Result<Device> {
+        update.check()?;
         let uid = a.account.uid.clone();
         let session = a.token.id_hash.to_vec();
         self.blocking(move |s| {
@@ -1075,6 +1145,16 @@ impl Accounts {
             }
             if let Some(v) = update.available_commands {
                 d.available_commands = v.to_string();
+            }
+            // Clearing a push registration (FxA takes empty strings for that).
+            for field in [
+                &mut d.push_callback,
+                &mut d.push_public_key,
+                &mut d.push_auth_key,
+            ] {
+                if field.as_deref() == Some("") {
+                    *field = None;
+                }
             }
             d.last_access_at = now;
             s.upsert_device(&d)?;
@@ -1213,9 +1293,26 @@ impl Accounts {
     }
 }
 
-/// What the store keeps of an email verification code: SHA-256 of uid and code.
-fn email_code_hash(uid: &str, code: &str) -> [u8; 32] {
-    crypto::sha256(format!("{uid}:{code}").as_bytes())
+/// The key of the email codes' hash: HKDF-SHA256 of the deployment secret (which is
+/// in the configuration or the data dir's secret file, not in the accounts database).
+fn email_code_key(secret: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(None, secret.as_bytes())
+        .expand(b"syncstore accounts email code key v1", &mut key)
+        .expect("32 bytes of HKDF output");
+    key
+}
+
+/// What the store keeps of an email verification code: HMAC-SHA256 of uid and code
+/// under the code key. A stolen database alone does not give the code back (its 10^6
+/// candidates cannot be tried without the key).
+fn email_code_hash(key: &[u8; 32], uid: &str, code: &str) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(uid.as_bytes());
+    mac.update(b":");
+    mac.update(code.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// The refusal of an unknown, spent or expired invite code.
@@ -1253,6 +1350,9 @@ pub fn insert_new_account(
     };
     match store.insert_account(&account, invite)? {
         store::Inserted::Created => {}
+        store::Inserted::ReplacedUnverified => {
+            tracing::info!(uid = %account.uid, "an unverified account with this email was replaced");
+        }
         store::Inserted::EmailTaken => return Err(AccountsError::AccountExists),
         store::Inserted::BadInvite => {
             return Err(AccountsError::Blocked(BAD_INVITE));
@@ -1316,4 +1416,67 @@ pub struct DeviceUpdate {
     /// Command name → data.
     #[serde(default)]
     pub available_commands: Option<serde_json::Value>,
+}
+
+impl DeviceUpdate {
+    /// Refuses fields beyond FxA's limits (400 errno 107), so that what an account
+    /// stores per device stays small.
+    fn check(&self) -> Result<()> {
+        let bad = |name: &str| Err(AccountsError::InvalidParameter(name.into()));
+        let b64url = |v: &str| {
+            v.trim_end_matches('=')
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if let Some(id) = &self.id
+            && (id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad("id");
+        }
+        if let Some(n) = &self.name
+            && (n.chars().count() > MAX_DEVICE_NAME || n.chars().any(char::is_control))
+        {
+            return bad("name");
+        }
+        if let Some(t) = &self.kind
+            && (t.is_empty()
+                || t.len() > MAX_DEVICE_TYPE
+                || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return bad("type");
+        }
+        if let Some(u) = &self.push_callback
+            && !u.is_empty()
+            && (u.len() > MAX_PUSH_CALLBACK
+                || !u.starts_with("https://")
+                || u.parse::<axum::http::Uri>().is_err())
+        {
+            return bad("pushCallback");
+        }
+        for (name, v) in [
+            ("pushPublicKey", &self.push_public_key),
+            ("pushAuthKey", &self.push_auth_key),
+        ] {
+            if let Some(k) = v
+                && (k.len() > MAX_PUSH_KEY || !b64url(k))
+            {
+                return bad(name);
+            }
+        }
+        if let Some(c) = &self.available_commands {
+            let Some(map) = c.as_object() else {
+                return bad("availableCommands");
+            };
+            let fits = map.len() <= MAX_COMMANDS
+                && map.iter().all(|(k, v)| {
+                    !k.is_empty()
+                        && k.len() <= MAX_COMMAND_NAME
+                        && v.as_str().is_some_and(|v| v.len() <= MAX_COMMAND_DATA)
+                });
+            if !fits {
+                return bad("availableCommands");
+            }
+        }
+        Ok(())
+    }
 }

@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS oauth_codes (
     auth_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS oauth_codes_uid ON oauth_codes(uid);
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     token_hash BLOB PRIMARY KEY,
     uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,
@@ -175,6 +176,7 @@ CREATE TABLE IF NOT EXISTS oauth_codes (
     auth_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS oauth_codes_uid ON oauth_codes(uid);
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     token_hash BYTEA PRIMARY KEY,
     uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,
@@ -341,6 +343,9 @@ pub struct Refresh {
 pub enum Inserted {
     /// The account exists now (and the invite, if any, is spent).
     Created,
+    /// The account exists now, in place of an unverified one with the same email
+    /// (deleted with its tokens, devices and codes).
+    ReplacedUnverified,
     /// Another account has this email; nothing changed.
     EmailTaken,
     /// The invite is unknown, spent or expired; nothing changed.
@@ -475,6 +480,33 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
+/// Most sessions one account keeps (the least recently used go first, with their
+/// devices); also the most key fetch and password change tokens (the oldest go).
+pub const MAX_TOKENS_PER_KIND: usize = 100;
+/// Most devices one account keeps (the least recently seen go first, with their
+/// sessions).
+pub const MAX_DEVICES: usize = 100;
+/// Most refresh tokens one account keeps (the least recently used go first).
+pub const MAX_REFRESH_TOKENS: usize = 100;
+/// Most unexpired authorization codes one account keeps (the oldest go first).
+pub const MAX_CODES: usize = 20;
+
+/// How long stored state lives unused (ms), applied by [`Store::purge`].
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Key fetch and password change tokens, from their creation.
+    pub short_token_ms: i64,
+    /// Sessions without a device, from their last use.
+    pub idle_session_ms: i64,
+    /// Sessions with a device (a Firefox that may be off for a while), from their
+    /// last use.
+    pub idle_device_session_ms: i64,
+    /// Refresh tokens, from their last use.
+    pub idle_refresh_ms: i64,
+    /// Unverified accounts, from their creation.
+    pub unverified_account_ms: i64,
+}
+
 /// The advisory lock under which the PostgreSQL tables are created.
 const PG_SCHEMA_LOCK: i64 = 727_275;
 /// The advisory lock under which the shared signing keys are generated or rotated.
@@ -585,6 +617,20 @@ impl Store {
         invite: Option<&[u8; 32]>,
     ) -> Result<Inserted, StoreError> {
         self.tx(true, |tx| {
+            // An unverified account does not hold its address: whoever proves it (the
+            // new account is mailed a code) takes it. A verified one does.
+            let mut replaced = false;
+            if let Some(old) = one(
+                tx,
+                "SELECT uid, email_verified FROM accounts WHERE normalized_email = ?1",
+                &args![normalize_email(&a.email)],
+            )? {
+                if old.bool(1)? {
+                    return Ok((Inserted::EmailTaken, false));
+                }
+                delete_account_rows(tx, &old.text(0)?)?;
+                replaced = true;
+            }
             let n = tx.exec(
                 &format!(
                     "INSERT INTO accounts ({ACCOUNT_COLS}, normalized_email) \
@@ -620,7 +666,12 @@ impl Store {
                     return Ok((Inserted::BadInvite, false));
                 }
             }
-            Ok((Inserted::Created, true))
+            let done = if replaced {
+                Inserted::ReplacedUnverified
+            } else {
+                Inserted::Created
+            };
+            Ok((done, true))
         })
     }
 
@@ -854,9 +905,23 @@ impl Store {
         })
     }
 
-    /// Stores a token.
+    /// Stores a token; beyond [`MAX_TOKENS_PER_KIND`] of its kind for the account, the
+    /// least recently used others go (a session with its device).
     pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         self.write(|tx| {
+            let older = tx.query(
+                "SELECT id_hash FROM tokens WHERE uid = ?1 AND kind = ?2 AND id_hash != ?3 \
+                 ORDER BY last_used_at DESC, created_at DESC",
+                &args![&t.uid, &t.kind, &t.id_hash],
+            )?;
+            for r in older.iter().skip(MAX_TOKENS_PER_KIND - 1) {
+                let id = r.blob(0)?;
+                tx.exec(
+                    "DELETE FROM devices WHERE session_id_hash = ?1",
+                    &args![&id[..]],
+                )?;
+                tx.exec("DELETE FROM tokens WHERE id_hash = ?1", &args![&id[..]])?;
+            }
             tx.exec(
                 &format!(
                     "INSERT INTO tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
@@ -926,9 +991,21 @@ impl Store {
         })
     }
 
-    /// Inserts or updates a device (by id).
+    /// Inserts or updates a device (by id); beyond [`MAX_DEVICES`] for the account,
+    /// the least recently seen others go, with their sessions.
     pub fn upsert_device(&self, d: &Device) -> Result<(), StoreError> {
         self.write(|tx| {
+            let older = tx.query(
+                "SELECT id, session_id_hash FROM devices WHERE uid = ?1 AND id != ?2 \
+                 ORDER BY last_access_at DESC, created_at DESC",
+                &args![&d.uid, &d.id],
+            )?;
+            for r in older.iter().skip(MAX_DEVICES - 1) {
+                tx.exec("DELETE FROM devices WHERE id = ?1", &args![r.text(0)?])?;
+                if let Some(s) = r.opt_blob(1)? {
+                    tx.exec("DELETE FROM tokens WHERE id_hash = ?1", &args![&s[..]])?;
+                }
+            }
             tx.exec(
                 &format!(
                     "INSERT INTO devices ({DEVICE_COLS}) VALUES \
@@ -987,9 +1064,29 @@ impl Store {
         })
     }
 
-    /// Stores an authorization code under its hash.
-    pub fn insert_code(&self, code_hash: &[u8; 32], c: &Code) -> Result<(), StoreError> {
+    /// Stores an authorization code under its hash; the account's expired codes go,
+    /// and beyond [`MAX_CODES`] the oldest others.
+    pub fn insert_code(
+        &self,
+        code_hash: &[u8; 32],
+        c: &Code,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
+            tx.exec(
+                "DELETE FROM oauth_codes WHERE uid = ?1 AND expires_at < ?2",
+                &args![&c.uid, now],
+            )?;
+            let older = tx.query(
+                "SELECT code_hash FROM oauth_codes WHERE uid = ?1 ORDER BY expires_at DESC",
+                &args![&c.uid],
+            )?;
+            for r in older.iter().skip(MAX_CODES - 1) {
+                tx.exec(
+                    "DELETE FROM oauth_codes WHERE code_hash = ?1",
+                    &args![&r.blob(0)?[..]],
+                )?;
+            }
             tx.exec(
                 "INSERT INTO oauth_codes (code_hash, uid, client_id, scope, code_challenge, \
                  keys_jwe, offline, auth_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
@@ -1035,9 +1132,21 @@ impl Store {
         })
     }
 
-    /// Stores a refresh token.
+    /// Stores a refresh token; beyond [`MAX_REFRESH_TOKENS`] for the account, the least
+    /// recently used others go.
     pub fn insert_refresh(&self, r: &Refresh) -> Result<(), StoreError> {
         self.write(|tx| {
+            let older = tx.query(
+                "SELECT token_hash FROM refresh_tokens WHERE uid = ?1 AND token_hash != ?2 \
+                 ORDER BY last_used_at DESC, created_at DESC",
+                &args![&r.uid, &r.token_hash],
+            )?;
+            for o in older.iter().skip(MAX_REFRESH_TOKENS - 1) {
+                tx.exec(
+                    "DELETE FROM refresh_tokens WHERE token_hash = ?1",
+                    &args![&o.blob(0)?[..]],
+                )?;
+            }
             tx.exec(
                 &format!(
                     "INSERT INTO refresh_tokens ({REFRESH_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -1096,15 +1205,47 @@ impl Store {
         })
     }
 
-    /// Drops expired codes and single-use tokens older than `max_age_ms`.
-    pub fn purge(&self, now: i64, max_age_ms: i64) -> Result<(), StoreError> {
+    /// Drops what has expired or lain unused too long (see [`Retention`]): codes and
+    /// email codes past their expiry, key fetch and password change tokens, idle
+    /// sessions (with their devices) and refresh tokens, and unverified accounts (with
+    /// everything of theirs). Returns how many rows went.
+    pub fn purge(&self, now: i64, r: &Retention) -> Result<u64, StoreError> {
         self.write(|tx| {
-            tx.exec("DELETE FROM oauth_codes WHERE expires_at < ?1", &args![now])?;
-            tx.exec(
+            let mut n = 0;
+            n += tx.exec("DELETE FROM oauth_codes WHERE expires_at < ?1", &args![now])?;
+            n += tx.exec("DELETE FROM email_codes WHERE expires_at < ?1", &args![now])?;
+            n += tx.exec(
                 "DELETE FROM tokens WHERE kind != 'sessionToken' AND created_at < ?1",
-                &args![now - max_age_ms],
+                &args![now - r.short_token_ms],
             )?;
-            Ok(())
+            n += tx.exec(
+                "DELETE FROM tokens WHERE kind = 'sessionToken' AND last_used_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.session_id_hash = tokens.id_hash)",
+                &args![now - r.idle_session_ms],
+            )?;
+            let idle = now - r.idle_device_session_ms;
+            n += tx.exec(
+                "DELETE FROM devices WHERE session_id_hash IN (SELECT id_hash FROM tokens \
+                 WHERE kind = 'sessionToken' AND last_used_at < ?1)",
+                &args![idle],
+            )?;
+            n += tx.exec(
+                "DELETE FROM tokens WHERE kind = 'sessionToken' AND last_used_at < ?1",
+                &args![idle],
+            )?;
+            n += tx.exec(
+                "DELETE FROM refresh_tokens WHERE last_used_at < ?1",
+                &args![now - r.idle_refresh_ms],
+            )?;
+            let unverified = tx.query(
+                "SELECT uid FROM accounts WHERE email_verified = 0 AND created_at < ?1",
+                &args![now - r.unverified_account_ms],
+            )?;
+            for a in &unverified {
+                delete_account_rows(tx, &a.text(0)?)?;
+                n += 1;
+            }
+            Ok(n)
         })
     }
 
@@ -1139,6 +1280,15 @@ impl Store {
             Ok(Some(new))
         })
     }
+}
+
+/// Deletes an account that never held Sync data (an unverified one) and everything
+/// of it (explicitly: the foreign keys cascade too, where they are enforced).
+fn delete_account_rows(tx: &mut dyn Tx, uid: &str) -> Result<(), StoreError> {
+    revoke_all(tx, uid)?;
+    tx.exec("DELETE FROM email_codes WHERE uid = ?1", &args![uid])?;
+    tx.exec("DELETE FROM accounts WHERE uid = ?1", &args![uid])?;
+    Ok(())
 }
 
 /// Deletes every token, device and refresh token of an account.

@@ -70,6 +70,14 @@ impl NonceCache {
         }
     }
 
+    /// A cache remembering nonces for `window` seconds, at most `capacity` of them and
+    /// at most `per_user` of one user.
+    pub fn with_share(window: i64, capacity: usize, per_user: usize) -> NonceCache {
+        let mut c = NonceCache::new(window, capacity);
+        c.per_user = per_user.clamp(1, c.capacity);
+        c
+    }
+
     /// Records the triple of user `uid`; refuses it if it was already seen (a replay)
     /// or if there is no room for it.
     pub fn check_and_insert(

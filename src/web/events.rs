@@ -125,6 +125,9 @@ pub(crate) async fn delete_account_data(
 /// perhaps from another process) are looked for.
 const DELETIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often the accounts database drops expired and idle state.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Until `stop` turns true: deletes the Sync data of accounts the built-in accounts
 /// service has deleted (its `account_deletions` outbox), forgetting each once done; a
 /// failure is retried on the next round.
@@ -133,7 +136,18 @@ pub async fn drain_account_deletions(s: AppState, mut stop: tokio::sync::watch::
         return;
     };
     let store = accounts.accounts.store().clone();
+    let mut last_purge: Option<std::time::Instant> = None;
     loop {
+        // The accounts database's own upkeep (expired codes, idle sessions, unverified
+        // accounts older than a day): at start, then every PURGE_EVERY.
+        if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            last_purge = Some(std::time::Instant::now());
+            match accounts.accounts.purge_stale().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "accounts upkeep: expired state removed"),
+                Err(e) => tracing::error!(error = %e, "accounts upkeep failed"),
+            }
+        }
         let st = store.clone();
         let pending = tokio::task::spawn_blocking(move || st.pending_deletions(100)).await;
         match pending {
