@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 use syncstore::accounts::oauth::{Signer, rotate};
 use syncstore::accounts::store::{
-    Account, Code, CodeCheck, Device, Inserted, Refresh, Store, TokenRow,
+    Account, Code, CodeCheck, Device, Inserted, MAX_CODES, MAX_TOKENS_PER_KIND, Refresh,
+    Retention, Store, TokenRow,
 };
 
 fn account(uid: &str, email: &str, now: i64) -> Account {
@@ -67,7 +68,31 @@ fn conformance(store: &Store) {
         ([1; 32], [4; 32], false, false)
     );
     assert_eq!(a.display_name, None);
-    let taken = account(&"b".repeat(32), "ann@example.org", now);
+    // A verified account holds its address; an unverified one yields it to a new
+    // sign-up, which replaces it and everything of it.
+    let zed = Account {
+        email_verified: true,
+        ..account(&"f".repeat(32), "zed@example.org", now)
+    };
+    assert_eq!(store.insert_account(&zed, None).unwrap(), Inserted::Created);
+    let yan = account(&"e".repeat(32), "yan@example.org", now);
+    assert_eq!(store.insert_account(&yan, None).unwrap(), Inserted::Created);
+    store
+        .insert_token(&token(20, &yan.uid, "sessionToken", now))
+        .unwrap();
+    store.set_email_code(&yan.uid, &[20; 32], now + 10).unwrap();
+    let yan2 = account(&"9".repeat(32), "Yan@example.org", now);
+    assert_eq!(
+        store.insert_account(&yan2, None).unwrap(),
+        Inserted::ReplacedUnverified
+    );
+    assert!(store.account(&yan.uid).unwrap().is_none());
+    assert!(store.token(&[20; 32], "sessionToken").unwrap().is_none());
+    assert_eq!(
+        store.verify_email_code(&yan.uid, &[20; 32], now).unwrap(),
+        CodeCheck::NoCode
+    );
+    let taken = account(&"b".repeat(32), "zed@example.org", now);
     store.insert_invite(&[9; 32], now, now + 1000).unwrap();
     assert_eq!(
         store.insert_account(&taken, Some(&[9; 32])).unwrap(),
@@ -114,7 +139,15 @@ fn conformance(store: &Store) {
         .into_iter()
         .map(|a| a.email)
         .collect();
-    assert_eq!(emails, ["Ann@Example.org", "bob@example.org"]);
+    assert_eq!(
+        emails,
+        [
+            "Ann@Example.org",
+            "bob@example.org",
+            "Yan@example.org",
+            "zed@example.org"
+        ]
+    );
     store.set_display_name(&uid, Some("Ann")).unwrap();
     assert_eq!(
         store
@@ -193,7 +226,7 @@ fn conformance(store: &Store) {
         auth_at: now / 1000,
         expires_at: now + 60_000,
     };
-    store.insert_code(&[5; 32], &code).unwrap();
+    store.insert_code(&[5; 32], &code, now).unwrap();
     // Single-use under concurrency: of eight takers exactly one gets it.
     let taken: Vec<bool> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
@@ -202,7 +235,7 @@ fn conformance(store: &Store) {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(taken.iter().filter(|t| **t).count(), 1, "{taken:?}");
-    store.insert_code(&[6; 32], &code).unwrap();
+    store.insert_code(&[6; 32], &code, now).unwrap();
     let c = store.take_code(&[6; 32]).unwrap().unwrap();
     assert_eq!(
         (c.offline, c.code_challenge.as_deref(), c.keys_jwe),
@@ -229,7 +262,7 @@ fn conformance(store: &Store) {
     store
         .insert_token(&token(1, &uid, "sessionToken", now))
         .unwrap();
-    store.insert_code(&[6; 32], &code).unwrap();
+    store.insert_code(&[6; 32], &code, now).unwrap();
     store
         .set_password(&uid, &[11; 32], &[12; 32], &[13; 32], now + 100, false)
         .unwrap();
@@ -297,7 +330,15 @@ fn conformance(store: &Store) {
     store
         .insert_token(&token(2, &uid, "keyFetchToken", now - 10_000))
         .unwrap();
-    store.purge(now, 5_000).unwrap();
+    let long = 1_000 * 24 * 3600 * 1000;
+    let retention = Retention {
+        short_token_ms: 5_000,
+        idle_session_ms: long,
+        idle_device_session_ms: long,
+        idle_refresh_ms: long,
+        unverified_account_ms: long,
+    };
+    store.purge(now, &retention).unwrap();
     assert!(store.token(&[2; 32], "keyFetchToken").unwrap().is_none());
     let pending = store.pending_deletions(10).unwrap();
     assert_eq!(pending.len(), 1);
@@ -331,9 +372,61 @@ fn conformance(store: &Store) {
     assert_eq!(created, 1, "{results:?}");
     assert_eq!(
         store.accounts().unwrap().len(),
-        2,
+        4,
         "no account without the invite"
     );
+
+    // Per-account caps: the least recently used sessions go (with their devices), the
+    // oldest codes; another account keeps its own.
+    let ann = uid.clone();
+    for i in 0..(MAX_TOKENS_PER_KIND as i64 + 5) {
+        let mut t = token(0, &ann, "sessionToken", now + i);
+        t.id_hash = crypto::sha256(&i.to_be_bytes());
+        store.insert_token(&t).unwrap();
+        if i == 0 {
+            store
+                .upsert_device(&Device {
+                    id: "0".repeat(32),
+                    uid: ann.clone(),
+                    session_id_hash: Some(t.id_hash.to_vec()),
+                    created_at: now,
+                    last_access_at: now,
+                    ..Device::default()
+                })
+                .unwrap();
+        }
+    }
+    let sessions = store.sessions(&ann).unwrap();
+    assert_eq!(sessions.len(), MAX_TOKENS_PER_KIND);
+    assert_eq!(sessions[0].created_at, now + 5, "the oldest five went");
+    assert!(store.devices(&ann).unwrap().is_empty(), "with their device");
+    for i in 0..(MAX_CODES as u8 + 3) {
+        store
+            .insert_code(
+                &[100 + i; 32],
+                &Code {
+                    uid: ann.clone(),
+                    expires_at: now + 60_000 + i64::from(i),
+                    ..code.clone()
+                },
+                now,
+            )
+            .unwrap();
+    }
+    assert!(store.take_code(&[100; 32]).unwrap().is_none(), "the oldest went");
+    assert!(store.take_code(&[100 + MAX_CODES as u8 + 2; 32]).unwrap().is_some());
+    // The upkeep: idle sessions and old unverified accounts go.
+    let retention = Retention {
+        idle_session_ms: 1,
+        unverified_account_ms: 1,
+        ..retention
+    };
+    let gone = store.purge(now + 1_000, &retention).unwrap();
+    assert!(gone >= MAX_TOKENS_PER_KIND as u64, "{gone}");
+    assert!(store.sessions(&ann).unwrap().is_empty());
+    assert!(store.account(&yan2.uid).unwrap().is_none(), "unverified, old");
+    assert!(store.account(&zed.uid).unwrap().is_some(), "verified");
+    assert_eq!(store.accounts().unwrap().len(), 2, "Ann and Zed, verified");
 }
 
 fn pg_store(db: &str) -> Store {
@@ -431,13 +524,18 @@ async fn hawk(
     let t: [u8; 32] = hex::decode(token).unwrap().try_into().unwrap();
     let k = crypto::token_keys(&t, kind);
     let nonce = hex::encode(rand::random::<[u8; 6]>());
+    // A body is signed (its payload hash), as Firefox and PyFxA sign it.
+    let body = body.map(|b| b.to_string());
+    let hash = body
+        .as_ref()
+        .map(|b| syncstore::auth::hawk::payload_hash("application/json", b.as_bytes()));
     let h = syncstore::auth::hawk::HawkHeader {
         id: hex::encode(k.id),
         ts: common::now(),
         ts_raw: common::now().to_string(),
         nonce: nonce.clone(),
         mac: String::new(),
-        hash: None,
+        hash: hash.clone(),
         ext: None,
     };
     let mac = syncstore::auth::hawk::compute_mac(
@@ -450,15 +548,16 @@ async fn hawk(
             port: 80,
         },
     );
+    let hash = hash.map(|h| format!(", hash=\"{h}\"")).unwrap_or_default();
     let authz = format!(
-        "Hawk id=\"{}\", ts=\"{}\", nonce=\"{nonce}\", mac=\"{mac}\"",
+        "Hawk id=\"{}\", ts=\"{}\", nonce=\"{nonce}\", mac=\"{mac}\"{hash}",
         h.id, h.ts_raw
     );
     let mut req = reqwest::Client::new()
         .request(method.parse().unwrap(), format!("{}{path}", s.url()))
         .header("authorization", authz);
     if let Some(b) = body {
-        req = req.json(&b);
+        req = req.header("content-type", "application/json").body(b);
     }
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
