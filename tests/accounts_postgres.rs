@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 use syncstore::accounts::oauth::{Signer, rotate};
 use syncstore::accounts::store::{
-    Account, Code, CodeCheck, Device, Inserted, MAX_CODES, MAX_TOKENS_PER_KIND, Refresh,
-    Retention, Store, TokenRow,
+    Account, Code, CodeCheck, Device, Inserted, MAX_CODES, MAX_TOKENS_PER_KIND, Refresh, Retention,
+    Store, TokenRow,
 };
 
 fn account(uid: &str, email: &str, now: i64) -> Account {
@@ -413,8 +413,16 @@ fn conformance(store: &Store) {
             )
             .unwrap();
     }
-    assert!(store.take_code(&[100; 32]).unwrap().is_none(), "the oldest went");
-    assert!(store.take_code(&[100 + MAX_CODES as u8 + 2; 32]).unwrap().is_some());
+    assert!(
+        store.take_code(&[100; 32]).unwrap().is_none(),
+        "the oldest went"
+    );
+    assert!(
+        store
+            .take_code(&[100 + MAX_CODES as u8 + 2; 32])
+            .unwrap()
+            .is_some()
+    );
     // The upkeep: idle sessions and old unverified accounts go.
     let retention = Retention {
         idle_session_ms: 1,
@@ -424,7 +432,10 @@ fn conformance(store: &Store) {
     let gone = store.purge(now + 1_000, &retention).unwrap();
     assert!(gone >= MAX_TOKENS_PER_KIND as u64, "{gone}");
     assert!(store.sessions(&ann).unwrap().is_empty());
-    assert!(store.account(&yan2.uid).unwrap().is_none(), "unverified, old");
+    assert!(
+        store.account(&yan2.uid).unwrap().is_none(),
+        "unverified, old"
+    );
     assert!(store.account(&zed.uid).unwrap().is_some(), "verified");
     assert_eq!(store.accounts().unwrap().len(), 2, "Ann and Zed, verified");
 }

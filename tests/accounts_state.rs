@@ -187,7 +187,10 @@ fn an_unverified_account_yields_its_address_to_a_new_sign_up() {
         assert_eq!((status, errno(&err)), (401, Some(110)), "{err}");
         let c = db(&s);
         assert_eq!(
-            count(&c, "SELECT count(*) FROM accounts WHERE normalized_email = 'owner@example.org'"),
+            count(
+                &c,
+                "SELECT count(*) FROM accounts WHERE normalized_email = 'owner@example.org'"
+            ),
             1
         );
         let squat_uid = squat["uid"].as_str().unwrap();
@@ -329,7 +332,11 @@ fn upkeep_purges_old_unverified_accounts_idle_sessions_and_expired_codes() {
     assert_eq!(count(&c, "SELECT count(*) FROM email_codes"), 0);
     rt.block_on(async {
         let (status, err) = get(&s, "/v1/session/status", &idle).await;
-        assert_eq!((status, errno(&err)), (401, Some(110)), "idle session: {err}");
+        assert_eq!(
+            (status, errno(&err)),
+            (401, Some(110)),
+            "idle session: {err}"
+        );
         let (status, st) = get(&s, "/v1/session/status", &with_device).await;
         assert_eq!(status, 200, "the session with a device: {st}");
         let (status, st) = get(&s, "/v1/session/status", &fresh.0).await;
@@ -337,7 +344,10 @@ fn upkeep_purges_old_unverified_accounts_idle_sessions_and_expired_codes() {
     });
     // The first sign-up's session (unused for "31 days", no device) went too.
     assert_eq!(
-        count(&c, "SELECT count(*) FROM tokens WHERE kind = 'sessionToken'"),
+        count(
+            &c,
+            "SELECT count(*) FROM tokens WHERE kind = 'sessionToken'"
+        ),
         2
     );
     assert!(s.log_text().contains("accounts upkeep"), "{}", s.log_text());
@@ -480,7 +490,10 @@ fn sessions_devices_refresh_tokens_and_codes_per_account_are_capped() {
             }
         }
         assert_eq!(
-            count(&c, "SELECT count(*) FROM tokens WHERE kind = 'sessionToken'"),
+            count(
+                &c,
+                "SELECT count(*) FROM tokens WHERE kind = 'sessionToken'"
+            ),
             151
         );
     }
@@ -539,7 +552,10 @@ fn sessions_devices_refresh_tokens_and_codes_per_account_are_capped() {
     });
     let c = db(&s);
     assert_eq!(
-        count(&c, "SELECT count(*) FROM tokens WHERE kind = 'sessionToken'"),
+        count(
+            &c,
+            "SELECT count(*) FROM tokens WHERE kind = 'sessionToken'"
+        ),
         100
     );
     assert_eq!(count(&c, "SELECT count(*) FROM refresh_tokens"), 100);
@@ -704,7 +720,14 @@ fn hawk_signed_bodies_must_carry_their_payload_hash() {
         assert_eq!((status, errno(&err)), (401, Some(109)), "{err}");
 
         let authz = hawk(&s, token, "GET", "/v1/account/devices", "n4", None);
-        let (status, list) = send(&s, reqwest::Method::GET, "/v1/account/devices", &authz, None).await;
+        let (status, list) = send(
+            &s,
+            reqwest::Method::GET,
+            "/v1/account/devices",
+            &authz,
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{list}");
         assert_eq!(list[0]["name"], "signed", "{list}");
 
@@ -716,7 +739,14 @@ fn hawk_signed_bodies_must_carry_their_payload_hash() {
         assert_eq!(d["name"], "renamed by someone else");
         // An empty body needs no hash (nothing to tamper with).
         let authz = hawk(&s, token, "POST", "/v1/session/destroy", "n6", None);
-        let (status, d) = send(&s, reqwest::Method::POST, "/v1/session/destroy", &authz, None).await;
+        let (status, d) = send(
+            &s,
+            reqwest::Method::POST,
+            "/v1/session/destroy",
+            &authz,
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{d}");
     });
 }
@@ -809,7 +839,14 @@ fn one_accounts_nonce_flood_is_refused_for_that_account_only() {
                 barrier.wait().await;
                 let (mut ok, mut refused) = (0, None);
                 for i in 0..400 {
-                    let authz = hawk(&s, &token, "GET", "/v1/session/status", &format!("{t}-{i}"), None);
+                    let authz = hawk(
+                        &s,
+                        &token,
+                        "GET",
+                        "/v1/session/status",
+                        &format!("{t}-{i}"),
+                        None,
+                    );
                     let r = client
                         .get(format!("{}/v1/session/status", s.url()))
                         .header("authorization", authz)
@@ -841,7 +878,10 @@ fn one_accounts_nonce_flood_is_refused_for_that_account_only() {
             "{:?}",
             started.elapsed()
         );
-        assert!(total_ok <= 1000, "{total_ok} nonces of one account were taken");
+        assert!(
+            total_ok <= 1000,
+            "{total_ok} nonces of one account were taken"
+        );
         assert!(!refusals.is_empty(), "the flood was never refused");
         for (status, body) in &refusals {
             assert_eq!((*status, errno(body)), (429, Some(114)), "{body}");
@@ -851,7 +891,8 @@ fn one_accounts_nonce_flood_is_refused_for_that_account_only() {
         let (status, st) = send(&s, reqwest::Method::GET, "/v1/session/status", &authz, None).await;
         assert_eq!(status, 200, "{st}");
         let authz = hawk(&s, &tokens[0], "GET", "/v1/session/status", "again", None);
-        let (status, err) = send(&s, reqwest::Method::GET, "/v1/session/status", &authz, None).await;
+        let (status, err) =
+            send(&s, reqwest::Method::GET, "/v1/session/status", &authz, None).await;
         assert_eq!((status, errno(&err)), (429, Some(114)), "{err}");
     });
 }

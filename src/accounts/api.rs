@@ -254,8 +254,8 @@ impl FromRequest<ApiState> for AuthRequest {
                 })
                 .unwrap_or_default();
             // Computed when signed, and whenever there is a body (which must be signed).
-            let body_hash = (h.hash.is_some() || !body.is_empty())
-                .then(|| hawk::payload_hash(&mime, &body));
+            let body_hash =
+                (h.hash.is_some() || !body.is_empty()).then(|| hawk::payload_hash(&mime, &body));
             Some(TokenAuth::Hawk {
                 header: Box::new(h),
                 method: parts.method.as_str().to_string(),

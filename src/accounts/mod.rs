@@ -1441,7 +1441,9 @@ impl DeviceUpdate {
         if let Some(t) = &self.kind
             && (t.is_empty()
                 || t.len() > MAX_DEVICE_TYPE
-                || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         {
             return bad("type");
         }
@@ -1478,5 +1480,59 @@ impl DeviceUpdate {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bare_addresses_are_valid() {
+        for good in [
+            "a@b.example",
+            "First.Last+tag@Mail.Example.org",
+            "o'hara@example.co.uk",
+            "x_y-z@sub-domain.example.org",
+        ] {
+            assert!(valid_email(good), "{good}");
+        }
+        for bad in [
+            "\"victim@example.com\" <attacker@evil.example>",
+            "<a@b.example>",
+            "a@b.example,x@evil.example",
+            "a b@example.org",
+            "a@b@example.org",
+            "a@example",
+            "a@.example.org",
+            "a@example.org.",
+            "a@-x.example.org",
+            "a@exa_mple.org",
+            "@example.org",
+            "a@example.org\n",
+            "ä@example.org",
+        ] {
+            assert!(!valid_email(bad), "{bad:?}");
+        }
+        assert!(!valid_email(&format!("{}@example.org", "a".repeat(65))));
+        assert!(!valid_email(&format!(
+            "a@{}.example.org",
+            vec!["b".repeat(60); 5].join(".")
+        )));
+    }
+
+    #[test]
+    fn email_codes_are_hashed_under_a_key_from_the_secret() {
+        let key = email_code_key("secret one");
+        assert_eq!(key, email_code_key("secret one"), "derived, not random");
+        assert_ne!(key, email_code_key("secret two"));
+        let h = email_code_hash(&key, "uid", "123456");
+        assert_ne!(h, crypto::sha256(b"uid:123456"));
+        assert_ne!(
+            h,
+            email_code_hash(&email_code_key("secret two"), "uid", "123456")
+        );
+        assert_ne!(h, email_code_hash(&key, "uid2", "123456"));
+        assert_ne!(h, email_code_hash(&key, "uid", "123457"));
     }
 }

@@ -1066,12 +1066,7 @@ impl Store {
 
     /// Stores an authorization code under its hash; the account's expired codes go,
     /// and beyond [`MAX_CODES`] the oldest others.
-    pub fn insert_code(
-        &self,
-        code_hash: &[u8; 32],
-        c: &Code,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    pub fn insert_code(&self, code_hash: &[u8; 32], c: &Code, now: i64) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.exec(
                 "DELETE FROM oauth_codes WHERE uid = ?1 AND expires_at < ?2",

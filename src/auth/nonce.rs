@@ -189,6 +189,23 @@ mod tests {
     }
 
     #[test]
+    fn a_set_share_bounds_each_user() {
+        let c = NonceCache::with_share(60, 1000, 3);
+        for i in 0..3 {
+            assert_eq!(
+                c.check_and_insert(1, "a", 100, &format!("{i}"), 100),
+                Ok(())
+            );
+        }
+        // Another token of the same user counts in the same share.
+        assert_eq!(
+            c.check_and_insert(1, "b", 100, "x", 100),
+            Err(NonceError::Full)
+        );
+        assert_eq!(c.check_and_insert(2, "c", 100, "x", 100), Ok(()));
+    }
+
+    #[test]
     fn a_full_cache_refuses_instead_of_forgetting() {
         let c = NonceCache::new(60, 100);
         // One user gets a tenth of the cache, then is refused.
