@@ -316,7 +316,7 @@ pub fn hex32(name: &str, value: &str) -> Result<[u8; 32]> {
 /// commas, angle brackets, parentheses, control characters); a domain of dot-separated
 /// labels of letters, digits and inner hyphens, at least two; 255 characters in all.
 /// So the address stored is the one mailed, and nothing else is.
-pub fn valid_email(email: &str) -> bool {
+fn valid_email(email: &str) -> bool {
     if email.len() > 255 {
         return false;
     }
