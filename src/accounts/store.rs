@@ -901,6 +901,25 @@ impl Store {
         })
     }
 
+    /// Takes a token of `kind` (reads and deletes it in one statement, so that of
+    /// several requests or processes presenting it at once only one gets it): its data
+    /// (`Some(None)` for a token without), or None when it is gone.
+    pub fn take_token(
+        &self,
+        id_hash: &[u8; 32],
+        kind: &str,
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        self.write(|tx| {
+            one(
+                tx,
+                "DELETE FROM tokens WHERE id_hash = ?1 AND kind = ?2 RETURNING data",
+                &args![id_hash, kind],
+            )?
+            .map(|r| r.opt_blob(0))
+            .transpose()
+        })
+    }
+
     /// Deletes a token (and the device of a session). True when it existed.
     pub fn delete_token(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
         self.write(|tx| {

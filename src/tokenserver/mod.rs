@@ -193,6 +193,7 @@ impl Tokenserver {
     ) -> Result<TokenResponse, TokenserverError> {
         let user = self.fxa.verify(bearer).await?;
         let key_id = parse_key_id(key_id.ok_or(TokenserverError::InvalidKeyId)?)?;
+        check_issuer_record(&user, &key_id)?;
         let db = self.db.clone();
         let email = format!("{}@{}", user.fxa_uid, self.config.email_domain);
         let (u, k) = (user.clone(), key_id.clone());
@@ -231,6 +232,24 @@ impl Tokenserver {
             backoff: assignment.backoff,
         })
     }
+}
+
+/// For the service's own tokens, whose issuer says what is true of the account now:
+/// the token's generation must be the account's (a token from before a password change
+/// is refused) and X-KeyID's keys_changed_at must be the account's (no other value can
+/// be right; taking one would give the caller a fresh uid and lock the owner out).
+/// Decided before the database is touched.
+pub fn check_issuer_record(user: &OAuthUser, key_id: &KeyId) -> Result<(), TokenserverError> {
+    let Some(account) = user.account else {
+        return Ok(());
+    };
+    if user.generation != Some(account.generation) {
+        return Err(TokenserverError::InvalidGeneration);
+    }
+    if key_id.keys_changed_at != account.keys_changed_at {
+        return Err(TokenserverError::InvalidKeysChangedAt);
+    }
+    Ok(())
 }
 
 /// Where a user is assigned.
@@ -323,11 +342,21 @@ pub fn assign(
                 return Err(TokenserverError::InvalidGeneration);
             }
             let known_kca = u.keys_changed_at.unwrap_or(0);
-            if kca < known_kca {
+            // The service's own tokens carry the truth: their keys_changed_at is the
+            // account's (checked in `issue`), so keys from before a key change cannot
+            // come back. What the row holds was set by some holder of the account's
+            // tokens, perhaps a thief with a stolen session registering a client state
+            // of no real key. A change that does not move keys_changed_at forward
+            // (another state at the same time, or an earlier time than recorded)
+            // overrides the row only from a newer generation than the row's: the
+            // owner, after a password change (which revokes every other session and
+            // keeps kB), recovers; FxA's tokens never do.
+            let owner_recovers = user.account.is_some() && generation > u.generation;
+            if kca < known_kca && !owner_recovers {
                 return Err(TokenserverError::InvalidKeysChangedAt);
             }
             let state_changed = state != u.client_state;
-            if state_changed {
+            if state_changed && !owner_recovers {
                 if store::client_state_was_used(tx, fxa_uid, state)? {
                     return Err(TokenserverError::InvalidClientState);
                 }
@@ -335,7 +364,7 @@ pub fn assign(
                     return Err(TokenserverError::InvalidKeysChangedAt);
                 }
             }
-            let key_change = state_changed || kca > known_kca;
+            let key_change = state_changed || kca != known_kca;
             let serving = node_of(u.node_id).filter(|n| n.serving());
             match (key_change, serving) {
                 (false, Some(_)) => {
