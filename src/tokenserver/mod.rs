@@ -184,6 +184,24 @@ impl Tokenserver {
         hex::encode(mac.finalize().into_bytes())[..32].to_string()
     }
 
+    /// Marks the user of an FxA uid disabled (storage nodes refuse their tokens, their
+    /// data is kept) or enabled again; returns the user's uids.
+    pub async fn set_disabled(
+        &self,
+        fxa_uid: &str,
+        disabled: bool,
+    ) -> Result<Vec<i64>, TokenserverError> {
+        let fxa_uid = fxa_uid.to_string();
+        let now = now_ms();
+        Ok(self
+            .db
+            .run(move |tx| {
+                tx.lock_key(&fxa_uid)?;
+                store::set_user_disabled(tx, &fxa_uid, disabled, now)
+            })
+            .await?)
+    }
+
     /// Handles `GET /1.0/sync/1.5`: verifies the OAuth token, applies the X-KeyID rules,
     /// assigns a node and returns a token for it.
     pub async fn issue(
@@ -400,7 +418,8 @@ pub fn assign(
 }
 
 /// Lets a storage node refuse tokens of users who no longer belong to it (moved to
-/// another node, or given a new uid), by asking the shared assignment database.
+/// another node, or given a new uid) or whose account is disabled, by asking the
+/// shared assignment database.
 /// Answers are cached for a short time; uids the database never issued are allowed
 /// (tokens minted elsewhere, e.g. by Mozilla's tokenserver or `syncstore token`).
 pub struct AssignmentCheck {
@@ -446,12 +465,17 @@ impl AssignmentCheck {
         {
             return Ok(*ok);
         }
-        let found = self
+        let (found, disabled) = self
             .db
-            .run(move |tx| store::uid_assignment(tx, uid as i64))
+            .run(move |tx| {
+                let found = store::uid_assignment(tx, uid as i64)?;
+                let disabled = found.is_some() && store::uid_disabled(tx, uid as i64)?;
+                Ok::<_, DbError>((found, disabled))
+            })
             .await?;
         let ok = match found {
             None => true,
+            Some(_) if disabled => false,
             Some((current, node)) => current && node.as_deref() == Some(self.node_url.as_str()),
         };
         if let Ok(mut cache) = self.cache.lock() {
