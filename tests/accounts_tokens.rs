@@ -379,7 +379,11 @@ fn access_tokens_live_an_hour_unless_asked_and_six_hours_at_most() {
         for (asked, given) in [(None, 3600), (Some(600), 600), (Some(86_400), 6 * 3600)] {
             let (status, g) = grant(&s, &owner, OLDSYNC, asked).await;
             assert_eq!(status, 200, "{g}");
-            assert_eq!(g["expires_in"].as_i64(), Some(given), "asked {asked:?}: {g}");
+            assert_eq!(
+                g["expires_in"].as_i64(),
+                Some(given),
+                "asked {asked:?}: {g}"
+            );
             let (_, v) = verify(&s, g["access_token"].as_str().unwrap()).await;
             assert!(v["user"].is_string(), "{v}");
         }
@@ -395,7 +399,8 @@ fn at_once(addr: &str, request: &str, n: usize) -> Vec<u16> {
             let (barrier, addr, request) = (barrier.clone(), addr.to_string(), request.to_string());
             std::thread::spawn(move || {
                 let mut conn = TcpStream::connect(&addr).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
                 let (head, last) = request.as_bytes().split_at(request.len() - 1);
                 conn.write_all(head).unwrap();
                 barrier.wait();

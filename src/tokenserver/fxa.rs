@@ -264,7 +264,10 @@ impl FxaVerifier {
         }
         if !self.keys.is_empty() {
             let iss = self.issuer.as_deref().unwrap_or("any issuer");
-            out.push(format!("JWTs under fxa_jwks ({} keys, {iss})", self.keys.len()));
+            out.push(format!(
+                "JWTs under fxa_jwks ({} keys, {iss})",
+                self.keys.len()
+            ));
         }
         if let Some(url) = &self.verify_url {
             out.push(format!("tokens verified by {url}"));

@@ -179,27 +179,35 @@ async fn apply_account_state_changes(
     let st = store.clone();
     let pending = match tokio::task::spawn_blocking(move || st.pending_state_changes(100)).await {
         Ok(Ok(pending)) => pending,
-        Ok(Err(e)) => return tracing::error!(error = %e, "reading account state changes failed"),
-        Err(e) => return tracing::error!(error = %e, "reading account state changes failed"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reading account state changes failed");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading account state changes failed");
+            return;
+        }
     };
     for change in pending {
-        match ts.set_disabled(&change.uid, change.disabled).await {
-            Ok(uids) => {
-                if let Some(check) = &s.assignments {
-                    for uid in uids {
-                        check.forget(uid as u64);
-                    }
-                }
-                tracing::info!(uid = %change.uid, disabled = change.disabled, "account state applied to its storage");
-                let st = store.clone();
-                let done = tokio::task::spawn_blocking(move || st.finish_state_change(&change)).await;
-                if !matches!(done, Ok(Ok(()))) {
-                    tracing::error!("account state change not recorded as done");
-                }
-            }
+        let uids = match ts.set_disabled(&change.uid, change.disabled).await {
+            Ok(uids) => uids,
             Err(e) => {
-                tracing::error!(uid = %change.uid, error = %e, "applying an account's state failed; will retry")
+                tracing::error!(uid = %change.uid, error = %e,
+                    "applying an account's disabling or enabling failed; will retry");
+                continue;
             }
+        };
+        if let Some(check) = &s.assignments {
+            for uid in uids {
+                check.forget(uid as u64);
+            }
+        }
+        tracing::info!(uid = %change.uid, disabled = change.disabled,
+            "account disabling or enabling applied to its Sync storage");
+        let st = store.clone();
+        let done = tokio::task::spawn_blocking(move || st.finish_state_change(&change)).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!("account disabling or enabling not recorded as applied");
         }
     }
 }
