@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use common::{Client, Server};
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
+use syncstore::tokenserver::db::AssignmentDb;
+use syncstore::tokenserver::store as ts_store;
 
 const EMAIL: &str = "dora@example.org";
 const PASSWORD: &str = "dora's long passphrase";
@@ -518,4 +520,121 @@ fn with_accounts_on_auto_trusts_only_the_services_own_tokens() {
         let access = access_token(&s, &owner).await;
         assert_eq!(sync_token(&s, &access, &kid).await.0, 200);
     });
+}
+
+/// The store queries of these fixes, run on each backend: a key fetch token is taken
+/// once (and only as its own kind); disablings and enablings are queued and forgotten
+/// only as applied; the assignment database marks and unmarks a disabled user.
+fn store_conformance(store: &syncstore::accounts::store::Store, db: &AssignmentDb) {
+    use syncstore::accounts::store::TokenRow;
+    let account =
+        syncstore::accounts::insert_new_account(store, EMAIL, &[7; 32], None, true).unwrap();
+    let now = now_ms();
+    let row = |id: u8, kind: &str| TokenRow {
+        id_hash: [id; 32],
+        kind: kind.into(),
+        uid: account.uid.clone(),
+        auth_key: [id; 32],
+        data: (kind == "keyFetchToken").then(|| vec![id; 64]),
+        created_at: now,
+        last_used_at: now,
+        user_agent: String::new(),
+    };
+    store.insert_token(&row(1, "keyFetchToken")).unwrap();
+    store.insert_token(&row(2, "sessionToken")).unwrap();
+    assert_eq!(
+        store.take_token(&[2; 32], "keyFetchToken").unwrap(),
+        None,
+        "another kind"
+    );
+    assert_eq!(
+        store.take_token(&[1; 32], "keyFetchToken").unwrap(),
+        Some(Some(vec![1; 64]))
+    );
+    assert_eq!(store.take_token(&[1; 32], "keyFetchToken").unwrap(), None);
+    assert!(store.token(&[2; 32], "sessionToken").unwrap().is_some());
+
+    assert!(store.pending_state_changes(10).unwrap().is_empty());
+    assert!(store.set_disabled(EMAIL, true).unwrap());
+    let disabled = store.pending_state_changes(10).unwrap();
+    assert_eq!(disabled.len(), 1);
+    assert_eq!(
+        (disabled[0].uid.as_str(), disabled[0].disabled),
+        (account.uid.as_str(), true)
+    );
+    std::thread::sleep(Duration::from_millis(2));
+    assert!(store.set_disabled(EMAIL, false).unwrap());
+    // Applying the disabling late does not forget the enabling that followed.
+    store.finish_state_change(&disabled[0]).unwrap();
+    let enabled = store.pending_state_changes(10).unwrap();
+    assert_eq!(enabled.len(), 1);
+    assert!(!enabled[0].disabled);
+    store.finish_state_change(&enabled[0]).unwrap();
+    assert!(store.pending_state_changes(10).unwrap().is_empty());
+    assert!(!store.set_disabled("nobody@example.org", true).unwrap());
+
+    let fxa_uid = account.uid.clone();
+    let (uid, other) = db
+        .transaction(|tx| {
+            ts_store::add_node(tx, "http://node.test", 10)?;
+            let node = ts_store::node_by_url(tx, "http://node.test")?.unwrap();
+            let mut user = ts_store::NewUser {
+                fxa_uid: &fxa_uid,
+                email: "x@example.org",
+                generation: 1,
+                keys_changed_at: Some(1),
+                client_state: "aa",
+                node_id: node.id,
+                now,
+            };
+            let uid = ts_store::insert_user(tx, &user)?;
+            user.fxa_uid = "someone-else";
+            let other = ts_store::insert_user(tx, &user)?;
+            Ok::<_, syncstore::tokenserver::db::DbError>((uid, other))
+        })
+        .unwrap();
+    let marked = db
+        .transaction(|tx| ts_store::set_user_disabled(tx, &fxa_uid, true, now))
+        .unwrap();
+    assert_eq!(marked, vec![uid]);
+    // Twice is harmless.
+    db.transaction(|tx| ts_store::set_user_disabled(tx, &fxa_uid, true, now))
+        .unwrap();
+    let disabled = |uid: i64| {
+        db.transaction(|tx| ts_store::uid_disabled(tx, uid))
+            .unwrap()
+    };
+    assert!(disabled(uid));
+    assert!(!disabled(other));
+    db.transaction(|tx| ts_store::set_user_disabled(tx, &fxa_uid, false, now))
+        .unwrap();
+    assert!(!disabled(uid));
+}
+
+#[test]
+fn the_store_queries_of_these_fixes_work_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = syncstore::accounts::store::Store::open(dir.path(), "").unwrap();
+    let db = AssignmentDb::open("", dir.path()).unwrap();
+    store_conformance(&store, &db);
+}
+
+/// The same on PostgreSQL, when there is one to test on (`scripts/test` starts it and
+/// sets `SYNCSTORE_TEST_POSTGRES_URL`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_queries_of_these_fixes_work_on_postgres() {
+    if std::env::var("SYNCSTORE_TEST_POSTGRES_URL").is_err() {
+        eprintln!("SYNCSTORE_TEST_POSTGRES_URL is not set: not run on PostgreSQL");
+        return;
+    }
+    let url = common::fresh_database().await;
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let store = syncstore::accounts::store::Store::open(dir.path(), &url).unwrap();
+        assert!(store.is_shared());
+        let db = AssignmentDb::open(&url, dir.path()).unwrap();
+        store_conformance(&store, &db);
+    })
+    .await
+    .unwrap();
 }
