@@ -63,3 +63,11 @@ CREATE TABLE IF NOT EXISTS pending_moves (
     node       TEXT NOT NULL,               -- the target node's URL
     started_at INTEGER NOT NULL
 );
+
+-- FxA users whose account the operator disabled on the built-in accounts service
+-- (`syncstore account disable`): storage nodes refuse their tokens (their data is kept,
+-- and serves again once the account is enabled).
+CREATE TABLE IF NOT EXISTS disabled_users (
+    fxa_uid     TEXT PRIMARY KEY,
+    disabled_at INTEGER NOT NULL
+);

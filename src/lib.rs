@@ -115,10 +115,20 @@ async fn tokenserver_parts(
             issuer: settings.fxa_issuer.clone(),
             verify_url: settings.fxa_verify_url.clone(),
             cache_ttl: Duration::from_secs(settings.fxa_verify_cache_secs),
+            own_accounts: local_issuer.is_some(),
         })
         .map_err(|e| ServerError::Tokenserver(e.to_string()))?;
         if let Some(local) = local_issuer {
             fxa.trust_local(local);
+        }
+        let trusted = fxa.trusted_issuers();
+        if trusted.is_empty() {
+            tracing::warn!("the tokenserver trusts no token issuer: every sign-in is refused");
+        } else {
+            tracing::info!(
+                issuers = %trusted.join("; "),
+                "the tokenserver trusts the tokens of these issuers only"
+            );
         }
         let config = TokenserverConfig {
             secrets: settings.secrets.clone(),

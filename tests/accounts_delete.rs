@@ -23,8 +23,10 @@ fn account(data: &std::path::Path, args: &[&str], stdin: &str) -> String {
 
 const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
 
-/// Signs in and returns an access token with the oldsync scope.
-async fn access_token(s: &Server) -> String {
+/// Signs in and returns an access token with the oldsync scope, and an X-KeyID at the
+/// account's keys_changed_at (the only one the tokenserver takes with the service's own
+/// tokens; the client state is made up, the server cannot check it).
+async fn access_token(s: &Server) -> (String, String) {
     let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
     let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
     let (status, session) = common::fxa_post(s, "/v1/account/login", &body, None).await;
@@ -40,15 +42,23 @@ async fn access_token(s: &Server) -> String {
     let body = json!({"grant_type": "fxa-credentials", "client_id": FIREFOX, "scope": OLDSYNC});
     let (status, grant) = common::fxa_post(s, "/v1/oauth/token", &body, Some(&bearer)).await;
     assert_eq!(status, 200, "{grant}");
-    grant["access_token"].as_str().unwrap().to_string()
+    let body = json!({"client_id": FIREFOX, "scope": OLDSYNC});
+    let (status, keys) =
+        common::fxa_post(s, "/v1/account/scoped-key-data", &body, Some(&bearer)).await;
+    assert_eq!(status, 200, "{keys}");
+    let kca = keys[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap();
+    (
+        grant["access_token"].as_str().unwrap().to_string(),
+        format!("{kca}-qqqqqqqqqqqqqqqqqqqqqg"),
+    )
 }
 
-/// The tokenserver's answer to an access token: status and body.
-async fn sync_token(s: &Server, access: &str) -> (u16, Value) {
+/// The tokenserver's answer to an access token (and its X-KeyID): status and body.
+async fn sync_token(s: &Server, (access, key_id): &(String, String)) -> (u16, Value) {
     let r = reqwest::Client::new()
         .get(format!("{}/1.0/sync/1.5", s.url()))
         .bearer_auth(access)
-        .header("X-KeyID", "1234-qqqqqqqqqqqqqqqqqqqqqg")
+        .header("X-KeyID", key_id)
         .send()
         .await
         .unwrap();

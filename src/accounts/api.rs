@@ -789,10 +789,7 @@ struct VerifyBody {
 
 async fn verify(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let b: VerifyBody = r.json()?;
-    let c = st
-        .accounts
-        .verify_access(&b.token)
-        .ok_or(AccountsError::InvalidToken)?;
+    let (c, _) = st.accounts.verify_access(&b.token).await?;
     ok(json!({
         "user": c.sub,
         "client_id": c.client_id,
@@ -991,15 +988,21 @@ async fn profile(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
                     _ => None,
                 })
                 .ok_or(AccountsError::InvalidToken)?;
-            match st.accounts.verify_access(&bearer) {
-                Some(c)
-                    if c.scope
-                        .split(' ')
-                        .any(|s| s == super::PROFILE_SCOPE || s.starts_with("profile:")) =>
+            // A JWT is decided as an access token (its account must still exist, be
+            // enabled and have the token's password generation); anything else is a
+            // session token.
+            if bearer.split('.').count() == 3 {
+                let (c, account) = st.accounts.verify_access(&bearer).await?;
+                if !c
+                    .scope
+                    .split(' ')
+                    .any(|s| s == super::PROFILE_SCOPE || s.starts_with("profile:"))
                 {
-                    c.sub
+                    return Err(AccountsError::InvalidToken);
                 }
-                _ => session(&st, &r).await?.account.uid,
+                account.uid
+            } else {
+                session(&st, &r).await?.account.uid
             }
         }
         Some(TokenAuth::Hawk { .. }) => session(&st, &r).await?.account.uid,

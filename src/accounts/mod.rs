@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use crate::auth::hawk::{self, SignedRequest};
 use crate::auth::nonce::{NonceCache, NonceError};
-use crate::tokenserver::fxa::{FxaError, LocalDecision, LocalIssuer, OLDSYNC_SCOPE};
+use crate::tokenserver::fxa::{
+    FxaError, IssuerRecord, LocalDecision, LocalIssuer, OAuthUser, OLDSYNC_SCOPE,
+};
 use limits::Limiter;
 use oauth::{AccessClaims, Signer};
 use store::{Account, Code, Device, Refresh, Store, TokenRow};
@@ -793,14 +795,20 @@ impl Accounts {
     }
 
     /// `GET /account/keys`: the encrypted key bundle (the key fetch token is used up).
+    /// The bundle returned is the one the request took out of the database in one
+    /// statement: of requests presenting one token at once, only one gets it.
     pub async fn keys_bundle(&self, auth: &TokenAuth) -> Result<String> {
         let a = self.authenticate(auth, "keyFetchToken").await?;
         Self::require_verified(&a.account)?;
         let h = a.token.id_hash;
-        self.blocking(move |s| Ok(s.delete_token(&h)?)).await?;
-        a.token
-            .data
-            .map(hex::encode)
+        let taken = self
+            .blocking(move |s| Ok(s.take_token(&h, "keyFetchToken")?))
+            .await?;
+        let Some(data) = taken else {
+            // Another request used it first.
+            return Err(AccountsError::InvalidToken);
+        };
+        data.map(hex::encode)
             .ok_or_else(|| AccountsError::Internal("key fetch token without keys".into()))
     }
 
@@ -1094,9 +1102,20 @@ impl Accounts {
         Ok(())
     }
 
-    /// Checks an access token of this service (`/v1/verify`, the profile endpoint).
-    pub fn verify_access(&self, token: &str) -> Option<AccessClaims> {
-        self.signer.verify(token)
+    /// Checks an access token of this service (`/v1/verify`, the profile endpoint): its
+    /// signature and expiry, and its account now: it exists, is enabled, and its
+    /// password has not changed since the token was issued (the token's generation is
+    /// the account's). Anything else is an invalid token.
+    pub async fn verify_access(&self, token: &str) -> Result<(AccessClaims, Account)> {
+        let claims = self
+            .signer
+            .verify(token)
+            .ok_or(AccountsError::InvalidToken)?;
+        let account = self.account(&claims.sub).await?;
+        match account {
+            Some(a) if !a.disabled && a.verifier_set_at == claims.generation => Ok((claims, a)),
+            _ => Err(AccountsError::InvalidToken),
+        }
     }
 
     /// The account of a uid.
@@ -1380,7 +1399,14 @@ impl LocalIssuer for LocalTokens {
             let (store, uid) = (self.store.clone(), user.fxa_uid.clone());
             let found = tokio::task::spawn_blocking(move || store.account(&uid)).await;
             Some(match found {
-                Ok(Ok(Some(a))) if !a.disabled => Ok(user),
+                // The tokenserver holds the token's generation and X-KeyID to these.
+                Ok(Ok(Some(a))) if !a.disabled => Ok(OAuthUser {
+                    account: Some(IssuerRecord {
+                        generation: a.verifier_set_at,
+                        keys_changed_at: a.keys_changed_at,
+                    }),
+                    ..user
+                }),
                 Ok(Ok(_)) => Err(FxaError::Invalid(
                     "the account is deleted or disabled".into(),
                 )),
@@ -1388,6 +1414,10 @@ impl LocalIssuer for LocalTokens {
                 Err(e) => Err(FxaError::Unavailable(e.to_string())),
             })
         })
+    }
+
+    fn name(&self) -> String {
+        self.signer.issuer().to_string()
     }
 }
 

@@ -19,10 +19,14 @@ use serde_json::{Value, json};
 use super::store::Store;
 use crate::tokenserver::fxa::{FxaError, OAuthUser, OLDSYNC_SCOPE};
 
-/// Longest lifetime of an access token, seconds.
-pub const MAX_ACCESS_TTL_SECS: i64 = 24 * 3600;
-/// Lifetime of an access token when the client asks for none, seconds.
-pub const DEFAULT_ACCESS_TTL_SECS: i64 = 6 * 3600;
+/// Longest lifetime of an access token, seconds (a client asking for more gets this).
+/// Every use of a token checks its account (exists, enabled, same password
+/// generation); this bounds how long one outlives what is not checked per use: the
+/// end of the session or refresh token it came from.
+pub const MAX_ACCESS_TTL_SECS: i64 = 6 * 3600;
+/// Lifetime of an access token when the client asks for none, seconds (a client whose
+/// token is refused or expired asks for a new one).
+pub const DEFAULT_ACCESS_TTL_SECS: i64 = 3600;
 /// The file holding the signing keys.
 pub const KEYS_FILE: &str = "accounts-keys.json";
 
@@ -332,6 +336,7 @@ impl Signer {
         Some(Ok(OAuthUser {
             fxa_uid: claims.sub,
             generation: Some(claims.generation),
+            account: None,
         }))
     }
 }

@@ -1,9 +1,9 @@
 //! The accounts database (accounts, tokens, devices, OAuth codes and refresh tokens,
-//! invites, email codes, the outbox of deleted accounts): `<data_dir>/accounts.sqlite`
-//! by default, or the tokenserver's PostgreSQL database when it has one, so that
-//! several processes serve one set of accounts. The SQL is written once (see
-//! [`backend`]). Every secret a client presents later (token ids, codes, refresh
-//! tokens) is kept as its SHA-256 only.
+//! invites, email codes, the outboxes of deleted and of disabled or enabled accounts):
+//! `<data_dir>/accounts.sqlite` by default, or the tokenserver's PostgreSQL database
+//! when it has one, so that several processes serve one set of accounts. The SQL is
+//! written once (see [`backend`]). Every secret a client presents later (token ids,
+//! codes, refresh tokens) is kept as its SHA-256 only.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -119,6 +119,11 @@ CREATE TABLE IF NOT EXISTS account_deletions (
     email TEXT NOT NULL,
     deleted_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS account_state_changes (
+    uid TEXT PRIMARY KEY,
+    disabled INTEGER NOT NULL,
+    changed_at INTEGER NOT NULL
+);
 ";
 
 /// The same tables in PostgreSQL (BYTEA, BIGINT; booleans are 0/1 as in SQLite). Their
@@ -202,6 +207,11 @@ CREATE TABLE IF NOT EXISTS account_deletions (
     uid TEXT PRIMARY KEY,
     email TEXT NOT NULL,
     deleted_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS account_state_changes (
+    uid TEXT PRIMARY KEY,
+    disabled BIGINT NOT NULL,
+    changed_at BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS account_signing_keys (
     id BIGINT PRIMARY KEY,
@@ -374,6 +384,17 @@ pub struct Deletion {
     pub email: String,
     /// When it was deleted, ms.
     pub deleted_at: i64,
+}
+
+/// An account disabled or enabled whose state the tokenserver is still to learn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// The account's uid.
+    pub uid: String,
+    /// Disabled (true) or enabled again.
+    pub disabled: bool,
+    /// When, ms.
+    pub changed_at: i64,
 }
 
 /// What `verify_email_code` found.
@@ -714,7 +735,9 @@ impl Store {
         })
     }
 
-    /// Disables or enables an account; disabling revokes its tokens. False: no such
+    /// Disables or enables an account; disabling revokes its tokens. The change is
+    /// queued for the tokenserver (`account_state_changes`, applied by the server:
+    /// storage nodes refuse a disabled account's storage tokens). False: no such
     /// account.
     pub fn set_disabled(&self, email: &str, disabled: bool) -> Result<bool, StoreError> {
         self.write(|tx| {
@@ -725,10 +748,50 @@ impl Store {
             )?
             .map(|r| r.text(0))
             .transpose()?;
-            if let (Some(uid), true) = (&uid, disabled) {
-                revoke_all(tx, uid)?;
+            let Some(uid) = uid else {
+                return Ok(false);
+            };
+            if disabled {
+                revoke_all(tx, &uid)?;
             }
-            Ok(uid.is_some())
+            tx.exec(
+                "INSERT INTO account_state_changes (uid, disabled, changed_at) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT (uid) DO UPDATE SET \
+                 disabled = excluded.disabled, changed_at = excluded.changed_at",
+                &args![&uid, disabled, super::now_ms()],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Disablings and enablings still to be applied by the tokenserver, oldest first.
+    pub fn pending_state_changes(&self, limit: u32) -> Result<Vec<StateChange>, StoreError> {
+        self.read(|tx| {
+            let r = tx.query(
+                "SELECT uid, disabled, changed_at FROM account_state_changes \
+                 ORDER BY changed_at LIMIT ?1",
+                &args![limit],
+            )?;
+            rows(r, |r| {
+                Ok(StateChange {
+                    uid: r.text(0)?,
+                    disabled: r.bool(1)?,
+                    changed_at: r.int(2)?,
+                })
+            })
+        })
+    }
+
+    /// The tokenserver applied `change`: forget it (unless the account changed again
+    /// since, which is then still to apply).
+    pub fn finish_state_change(&self, change: &StateChange) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM account_state_changes \
+                 WHERE uid = ?1 AND disabled = ?2 AND changed_at = ?3",
+                &args![&change.uid, change.disabled, change.changed_at],
+            )
+            .map(drop)
         })
     }
 
@@ -963,6 +1026,25 @@ impl Store {
                 &args![id_hash, now],
             )
             .map(drop)
+        })
+    }
+
+    /// Takes a token of `kind` (reads and deletes it in one statement, so that of
+    /// several requests or processes presenting it at once only one gets it): its data
+    /// (`Some(None)` for a token without), or None when it is gone.
+    pub fn take_token(
+        &self,
+        id_hash: &[u8; 32],
+        kind: &str,
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        self.write(|tx| {
+            one(
+                tx,
+                "DELETE FROM tokens WHERE id_hash = ?1 AND kind = ?2 RETURNING data",
+                &args![id_hash, kind],
+            )?
+            .map(|r| r.opt_blob(0))
+            .transpose()
         })
     }
 

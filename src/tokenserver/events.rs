@@ -119,6 +119,8 @@ pub fn retire_account(
     if !rows.is_empty() {
         store::forget_client_states(tx, fxa_uid)?;
     }
+    // A disabled account that is deleted leaves no mark behind.
+    store::set_user_disabled(tx, fxa_uid, false, now)?;
     Ok(rows
         .into_iter()
         .map(|r| RetiredUid {

@@ -5,7 +5,8 @@
 //! only here: a bad signature, expiry, issuer or scope is a refusal at once, never a
 //! reason to ask the remote verifier (a forged token must not cost an outbound call).
 //! Only tokens that are not JWTs, or name a key id the set lacks, are sent to the
-//! verify URL, when there is one (`auto`: Mozilla's, unless a JWK set is configured).
+//! verify URL, when there is one (`auto`: Mozilla's, unless a JWK set is configured or
+//! this process runs its own accounts service, whose tokens alone are then trusted).
 //!
 //! The same keys check FxA's Security Event Tokens ([`FxaVerifier::verify_event`]).
 //!
@@ -53,6 +54,21 @@ pub struct OAuthUser {
     pub fxa_uid: String,
     /// The FxA generation, when the token says.
     pub generation: Option<i64>,
+    /// The account as its issuer records it now, for tokens of this process's own
+    /// accounts service ([`LocalIssuer`]); `None` for FxA's tokens, whose issuer the
+    /// tokenserver cannot ask.
+    pub account: Option<IssuerRecord>,
+}
+
+/// What the issuer of a token knows of its account at the time of the request: the
+/// truth the tokenserver holds X-KeyID and the token's generation to (see
+/// `tokenserver::assign`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuerRecord {
+    /// When the password last changed, ms: the only generation accepted.
+    pub generation: i64,
+    /// When kB last changed, ms: the only keys_changed_at accepted in X-KeyID.
+    pub keys_changed_at: i64,
 }
 
 /// Why a token is refused.
@@ -76,11 +92,15 @@ pub struct FxaConfig {
     pub jwks: String,
     /// Required `iss` of JWTs; empty: not checked.
     pub issuer: String,
-    /// FxA's verify endpoint; `auto`: [`MOZILLA_VERIFY_URL`] unless `jwks` is set;
-    /// empty: none (JWTs only).
+    /// FxA's verify endpoint; `auto`: [`MOZILLA_VERIFY_URL`] unless `jwks` is set or
+    /// `own_accounts` is; empty: none (JWTs only).
     pub verify_url: String,
     /// How long a remote verification is reused.
     pub cache_ttl: Duration,
+    /// This process serves its own accounts service: `auto` then trusts no outside
+    /// issuer (only that service's tokens, and `jwks`'s when it is set), so a server
+    /// whose sign-ups are closed is not opened to every Mozilla account.
+    pub own_accounts: bool,
 }
 
 /// An in-process token issuer the tokenserver trusts beside FxA (the accounts service).
@@ -89,6 +109,9 @@ pub trait LocalIssuer: Send + Sync {
     /// otherwise the decision: the user of a valid token carrying the oldsync scope,
     /// or why it is refused. A refused token of this issuer is never sent anywhere.
     fn verify_local<'a>(&'a self, token: &'a str) -> LocalDecision<'a>;
+
+    /// The issuer's name (its `iss`), for logs.
+    fn name(&self) -> String;
 }
 
 /// What [`LocalIssuer::verify_local`] decides, when it is ready.
@@ -204,7 +227,7 @@ impl FxaVerifier {
             .map_err(|e| FxaError::Config(e.to_string()))?;
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let verify_url = match cfg.verify_url.trim() {
-            "auto" if keys.is_empty() => Some(MOZILLA_VERIFY_URL.to_string()),
+            "auto" if keys.is_empty() && !cfg.own_accounts => Some(MOZILLA_VERIFY_URL.to_string()),
             "auto" => None,
             url => non_empty(url),
         };
@@ -230,6 +253,26 @@ impl FxaVerifier {
     /// Also trusts the tokens of an in-process issuer (checked first, no remote call).
     pub fn trust_local(&mut self, issuer: Arc<dyn LocalIssuer>) {
         self.local = Some(issuer);
+    }
+
+    /// Whose tokens are accepted, in words (for the start-up log): the in-process
+    /// accounts service, the JWK set's keys, the verify URL.
+    pub fn trusted_issuers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(local) = &self.local {
+            out.push(format!("this server's accounts service ({})", local.name()));
+        }
+        if !self.keys.is_empty() {
+            let iss = self.issuer.as_deref().unwrap_or("any issuer");
+            out.push(format!(
+                "JWTs under fxa_jwks ({} keys, {iss})",
+                self.keys.len()
+            ));
+        }
+        if let Some(url) = &self.verify_url {
+            out.push(format!("tokens verified by {url}"));
+        }
+        out
     }
 
     /// Verifies an access token: one of this process's accounts service is checked
@@ -315,6 +358,7 @@ impl FxaVerifier {
                     return Ok(OAuthUser {
                         fxa_uid: data.claims.sub,
                         generation: data.claims.generation,
+                        account: None,
                     });
                 }
                 Err(e) => last = e.to_string(),
@@ -492,6 +536,7 @@ impl FxaVerifier {
         Ok(OAuthUser {
             fxa_uid: body.user,
             generation: body.generation,
+            account: None,
         })
     }
 }

@@ -184,6 +184,24 @@ impl Tokenserver {
         hex::encode(mac.finalize().into_bytes())[..32].to_string()
     }
 
+    /// Marks the user of an FxA uid disabled (storage nodes refuse their tokens, their
+    /// data is kept) or enabled again; returns the user's uids.
+    pub async fn set_disabled(
+        &self,
+        fxa_uid: &str,
+        disabled: bool,
+    ) -> Result<Vec<i64>, TokenserverError> {
+        let fxa_uid = fxa_uid.to_string();
+        let now = now_ms();
+        Ok(self
+            .db
+            .run(move |tx| {
+                tx.lock_key(&fxa_uid)?;
+                store::set_user_disabled(tx, &fxa_uid, disabled, now)
+            })
+            .await?)
+    }
+
     /// Handles `GET /1.0/sync/1.5`: verifies the OAuth token, applies the X-KeyID rules,
     /// assigns a node and returns a token for it.
     pub async fn issue(
@@ -193,6 +211,7 @@ impl Tokenserver {
     ) -> Result<TokenResponse, TokenserverError> {
         let user = self.fxa.verify(bearer).await?;
         let key_id = parse_key_id(key_id.ok_or(TokenserverError::InvalidKeyId)?)?;
+        check_issuer_record(&user, &key_id)?;
         let db = self.db.clone();
         let email = format!("{}@{}", user.fxa_uid, self.config.email_domain);
         let (u, k) = (user.clone(), key_id.clone());
@@ -231,6 +250,24 @@ impl Tokenserver {
             backoff: assignment.backoff,
         })
     }
+}
+
+/// For the service's own tokens, whose issuer says what is true of the account now:
+/// the token's generation must be the account's (a token from before a password change
+/// is refused) and X-KeyID's keys_changed_at must be the account's (no other value can
+/// be right; taking one would give the caller a fresh uid and lock the owner out).
+/// Decided before the database is touched.
+pub fn check_issuer_record(user: &OAuthUser, key_id: &KeyId) -> Result<(), TokenserverError> {
+    let Some(account) = user.account else {
+        return Ok(());
+    };
+    if user.generation != Some(account.generation) {
+        return Err(TokenserverError::InvalidGeneration);
+    }
+    if key_id.keys_changed_at != account.keys_changed_at {
+        return Err(TokenserverError::InvalidKeysChangedAt);
+    }
+    Ok(())
 }
 
 /// Where a user is assigned.
@@ -323,11 +360,21 @@ pub fn assign(
                 return Err(TokenserverError::InvalidGeneration);
             }
             let known_kca = u.keys_changed_at.unwrap_or(0);
-            if kca < known_kca {
+            // The service's own tokens carry the truth: their keys_changed_at is the
+            // account's (checked in `issue`), so keys from before a key change cannot
+            // come back. What the row holds was set by some holder of the account's
+            // tokens, perhaps a thief with a stolen session registering a client state
+            // of no real key. A change that does not move keys_changed_at forward
+            // (another state at the same time, or an earlier time than recorded)
+            // overrides the row only from a newer generation than the row's: the
+            // owner, after a password change (which revokes every other session and
+            // keeps kB), recovers; FxA's tokens never do.
+            let owner_recovers = user.account.is_some() && generation > u.generation;
+            if kca < known_kca && !owner_recovers {
                 return Err(TokenserverError::InvalidKeysChangedAt);
             }
             let state_changed = state != u.client_state;
-            if state_changed {
+            if state_changed && !owner_recovers {
                 if store::client_state_was_used(tx, fxa_uid, state)? {
                     return Err(TokenserverError::InvalidClientState);
                 }
@@ -335,7 +382,7 @@ pub fn assign(
                     return Err(TokenserverError::InvalidKeysChangedAt);
                 }
             }
-            let key_change = state_changed || kca > known_kca;
+            let key_change = state_changed || kca != known_kca;
             let serving = node_of(u.node_id).filter(|n| n.serving());
             match (key_change, serving) {
                 (false, Some(_)) => {
@@ -371,7 +418,8 @@ pub fn assign(
 }
 
 /// Lets a storage node refuse tokens of users who no longer belong to it (moved to
-/// another node, or given a new uid), by asking the shared assignment database.
+/// another node, or given a new uid) or whose account is disabled, by asking the
+/// shared assignment database.
 /// Answers are cached for a short time; uids the database never issued are allowed
 /// (tokens minted elsewhere, e.g. by Mozilla's tokenserver or `syncstore token`).
 pub struct AssignmentCheck {
@@ -417,12 +465,17 @@ impl AssignmentCheck {
         {
             return Ok(*ok);
         }
-        let found = self
+        let (found, disabled) = self
             .db
-            .run(move |tx| store::uid_assignment(tx, uid as i64))
+            .run(move |tx| {
+                let found = store::uid_assignment(tx, uid as i64)?;
+                let disabled = found.is_some() && store::uid_disabled(tx, uid as i64)?;
+                Ok::<_, DbError>((found, disabled))
+            })
             .await?;
         let ok = match found {
             None => true,
+            Some(_) if disabled => false,
             Some((current, node)) => current && node.as_deref() == Some(self.node_url.as_str()),
         };
         if let Ok(mut cache) = self.cache.lock() {

@@ -397,6 +397,47 @@ pub fn uid_assignment(
     .transpose()
 }
 
+/// Whether the FxA user of `uid` is disabled (see [`set_user_disabled`]).
+pub fn uid_disabled(tx: &mut dyn SqlTx, uid: i64) -> Result<bool, DbError> {
+    Ok(!tx
+        .query(
+            "SELECT 1 FROM users u JOIN disabled_users d ON d.fxa_uid = u.fxa_uid
+             WHERE u.uid = ?1",
+            &[uid.into()],
+        )?
+        .is_empty())
+}
+
+/// Marks an FxA user disabled (storage nodes refuse the tokens of every uid of theirs)
+/// or enabled again. Returns the user's uids, current or not, whose cached answers
+/// are now stale.
+pub fn set_user_disabled(
+    tx: &mut dyn SqlTx,
+    fxa_uid: &str,
+    disabled: bool,
+    now: i64,
+) -> Result<Vec<i64>, DbError> {
+    if disabled {
+        tx.execute(
+            "INSERT INTO disabled_users (fxa_uid, disabled_at) VALUES (?1, ?2)
+             ON CONFLICT (fxa_uid) DO NOTHING",
+            &[fxa_uid.into(), now.into()],
+        )?;
+    } else {
+        tx.execute(
+            "DELETE FROM disabled_users WHERE fxa_uid = ?1",
+            &[fxa_uid.into()],
+        )?;
+    }
+    tx.query(
+        "SELECT uid FROM users WHERE service = ?1 AND fxa_uid = ?2",
+        &[SERVICE.into(), fxa_uid.into()],
+    )?
+    .iter()
+    .map(|r| r[0].int("uid"))
+    .collect()
+}
+
 /// Moves a current uid to another node, keeping the uid (its data moved with it);
 /// node loads follow. Returns false when the uid is not current.
 pub fn move_user(tx: &mut dyn SqlTx, uid: i64, to_node: i64) -> Result<bool, DbError> {

@@ -129,8 +129,9 @@ const DELETIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Until `stop` turns true: deletes the Sync data of accounts the built-in accounts
-/// service has deleted (its `account_deletions` outbox), forgetting each once done; a
-/// failure is retried on the next round.
+/// service has deleted (its `account_deletions` outbox), forgetting each once done, and
+/// tells the tokenserver which accounts were disabled or enabled (its
+/// `account_state_changes` outbox); a failure is retried on the next round.
 pub async fn drain_account_deletions(s: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let (Some(accounts), Some(ts)) = (s.accounts.clone(), s.tokenserver.clone()) else {
         return;
@@ -173,9 +174,54 @@ pub async fn drain_account_deletions(s: AppState, mut stop: tokio::sync::watch::
             Ok(Err(e)) => tracing::error!(error = %e, "reading account deletions failed"),
             Err(e) => tracing::error!(error = %e, "reading account deletions failed"),
         }
+        apply_account_state_changes(&s, &ts, &store).await;
         tokio::select! {
             _ = tokio::time::sleep(DELETIONS_EVERY) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Marks the users of accounts disabled since the last round as disabled in the
+/// assignment database (storage nodes then refuse their storage tokens; this node at
+/// once, the others within `assignment_check_secs`), and unmarks enabled ones.
+async fn apply_account_state_changes(
+    s: &AppState,
+    ts: &Tokenserver,
+    store: &crate::accounts::store::Store,
+) {
+    let st = store.clone();
+    let pending = match tokio::task::spawn_blocking(move || st.pending_state_changes(100)).await {
+        Ok(Ok(pending)) => pending,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reading account state changes failed");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading account state changes failed");
+            return;
+        }
+    };
+    for change in pending {
+        let uids = match ts.set_disabled(&change.uid, change.disabled).await {
+            Ok(uids) => uids,
+            Err(e) => {
+                tracing::error!(uid = %change.uid, error = %e,
+                    "applying an account's disabling or enabling failed; will retry");
+                continue;
+            }
+        };
+        if let Some(check) = &s.assignments {
+            for uid in uids {
+                check.forget(uid as u64);
+            }
+        }
+        tracing::info!(uid = %change.uid, disabled = change.disabled,
+            "account disabling or enabling applied to its Sync storage");
+        let st = store.clone();
+        let done = tokio::task::spawn_blocking(move || st.finish_state_change(&change)).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!("account disabling or enabling not recorded as applied");
         }
     }
 }
