@@ -172,8 +172,13 @@ async fn accounts_service(
         settings.tokenserver_database_url.clone(),
         issuer.to_string(),
     );
+    let hardening = (
+        settings.accounts_hardening_concurrency,
+        settings.accounts_hardening_per_sec,
+    );
     let service = tokio::task::spawn_blocking(move || {
         accounts::Accounts::open(&dir, &url, &issuer, signups, mailer)
+            .map(|a| a.with_hardening(hardening.0, hardening.1))
     })
     .await
     .map_err(|e| ServerError::Accounts(e.to_string()))?

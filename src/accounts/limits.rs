@@ -630,7 +630,7 @@ mod tests {
         let started = Instant::now();
         let mut refused = 0;
         for i in 0..200_000u32 {
-            let ip = IpAddr::from(0x0a00_0000u32 + i);
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
             if l.reserve_at(&[l.address(Rule::FailAddress, ip)], 2_000).is_err() {
                 refused += 1;
             }
