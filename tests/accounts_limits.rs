@@ -149,7 +149,10 @@ async fn smtp_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
 }
 
 /// The mails that arrive until none has for `quiet`.
-async fn drain(mails: &mut tokio::sync::mpsc::UnboundedReceiver<String>, quiet: Duration) -> Vec<String> {
+async fn drain(
+    mails: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    quiet: Duration,
+) -> Vec<String> {
     let mut got = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(quiet, mails.recv()).await {
         got.push(m);
@@ -313,10 +316,7 @@ fn forty_concurrent_mailing_sign_ups_from_one_address_make_at_most_ten_accounts(
         assert_eq!(sent.len(), made, "one mail per account made");
     });
     let accounts = common::account_cli(s.data.path(), &["list"], &[], "");
-    assert!(
-        accounts.matches("stranger").count() <= 10,
-        "{accounts}"
-    );
+    assert!(accounts.matches("stranger").count() <= 10, "{accounts}");
 }
 
 // Item 4: failures from other addresses do not lock the owner out.
@@ -331,7 +331,11 @@ fn wrong_logins_from_one_address_do_not_refuse_the_owner_at_another() {
         let attacker = client_from("127.0.0.2");
         for i in 0..10 {
             let (status, body) = login(&attacker, &s, EMAIL, "wrong password").await;
-            assert_eq!((status, errno(&body)), (400, Some(103)), "attempt {i}: {body}");
+            assert_eq!(
+                (status, errno(&body)),
+                (400, Some(103)),
+                "attempt {i}: {body}"
+            );
         }
         let (status, body) = login(&attacker, &s, EMAIL, "wrong password").await;
         assert_too_many(status, &body);
@@ -376,7 +380,10 @@ fn a_login_flood_from_one_address_leaves_another_address_signing_in_quickly() {
         let (status, body) = login(&owner, &s, EMAIL, PASSWORD).await;
         let took = started.elapsed();
         assert_eq!(status, 200, "{body}");
-        assert!(took < Duration::from_secs(2), "the owner's sign-in took {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "the owner's sign-in took {took:?}"
+        );
         let answers = flood.await.unwrap();
         let checked = answers.iter().filter(|(st, _)| *st == 400).count();
         assert!(checked <= 10, "{checked} flood passwords checked");
@@ -421,7 +428,10 @@ fn invites(data: &std::path::Path, n: usize) -> Vec<String> {
     let now = syncstore::accounts::now_ms();
     (0..n)
         .map(|i| {
-            let code = format!("test-invite-{i}-{}", hex::encode(rand::random::<[u8; 12]>()));
+            let code = format!(
+                "test-invite-{i}-{}",
+                hex::encode(rand::random::<[u8; 12]>())
+            );
             store
                 .insert_invite(&crypto::sha256(code.as_bytes()), now, now + 3_600_000)
                 .unwrap();
@@ -452,7 +462,14 @@ fn sign_ups_beyond_the_hardening_budget_get_429_with_retry_after() {
             let (client, s) = (client_from(&format!("127.0.1.{}", i + 1)), s.clone());
             async move {
                 let email = format!("new{i}@example.org");
-                post(&client, &s, "/v1/account/create", &sign_up(&email, None), None).await
+                post(
+                    &client,
+                    &s,
+                    "/v1/account/create",
+                    &sign_up(&email, None),
+                    None,
+                )
+                .await
             }
         })
         .await;
@@ -514,7 +531,10 @@ fn a_bogus_invite_code_is_refused_without_a_turn_of_the_hardening_budget() {
         assert_too_many(status, &body);
         let answers = spend.await.unwrap();
         let admitted = answers.iter().filter(|(st, _)| *st == 200).count();
-        assert!((10..=14).contains(&admitted), "{admitted} sign-ups within the budget");
+        assert!(
+            (10..=14).contains(&admitted),
+            "{admitted} sign-ups within the budget"
+        );
         // The refused valid sign-up did not spend its code.
         let listed = common::account_cli(s.data.path(), &["invites"], &[], "");
         assert!(!listed.contains("invited@example.org"), "{listed}");
@@ -586,20 +606,42 @@ fn account_status_by_email_is_limited_per_address() {
         let prober = client_from("127.0.0.2");
         for i in 0..30 {
             let email = format!("probe{i}@example.org");
-            let (status, body) =
-                post(&prober, &s, "/v1/account/status", &json!({ "email": email }), None).await;
+            let (status, body) = post(
+                &prober,
+                &s,
+                "/v1/account/status",
+                &json!({ "email": email }),
+                None,
+            )
+            .await;
             assert_eq!(status, 200, "lookup {i}: {body}");
             assert_eq!(body["exists"], false, "{body}");
         }
-        let (status, body) =
-            post(&prober, &s, "/v1/account/status", &json!({ "email": EMAIL }), None).await;
+        let (status, body) = post(
+            &prober,
+            &s,
+            "/v1/account/status",
+            &json!({ "email": EMAIL }),
+            None,
+        )
+        .await;
         assert_too_many(status, &body);
         assert!(body.get("exists").is_none(), "{body}");
         // Another address is not affected.
         let other = client_from("127.0.0.3");
-        let (status, body) =
-            post(&other, &s, "/v1/account/status", &json!({ "email": EMAIL }), None).await;
-        assert_eq!((status, body["exists"].as_bool()), (200, Some(true)), "{body}");
+        let (status, body) = post(
+            &other,
+            &s,
+            "/v1/account/status",
+            &json!({ "email": EMAIL }),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["exists"].as_bool()),
+            (200, Some(true)),
+            "{body}"
+        );
     });
 }
 
@@ -614,7 +656,11 @@ fn a_case_variant_login_counts_as_a_failed_attempt() {
         let variant = EMAIL.to_uppercase();
         for i in 0..10 {
             let (status, body) = login(&prober, &s, &variant, PASSWORD).await;
-            assert_eq!((status, errno(&body)), (400, Some(120)), "attempt {i}: {body}");
+            assert_eq!(
+                (status, errno(&body)),
+                (400, Some(120)),
+                "attempt {i}: {body}"
+            );
             assert_eq!(body["email"], EMAIL);
         }
         let (status, body) = login(&prober, &s, &variant, PASSWORD).await;

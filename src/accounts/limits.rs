@@ -574,7 +574,10 @@ mod tests {
         let s = too_many(l.reserve_at(&keys, 1_000));
         assert!((1..=120).contains(&s), "{s}");
         // The address is used up for every account; another address is not.
-        assert!(l.reserve_at(&[l.address(Rule::FailAddress, ip)], 2_000).is_err());
+        assert!(
+            l.reserve_at(&[l.address(Rule::FailAddress, ip)], 2_000)
+                .is_err()
+        );
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         l.reserve_at(&[l.address(Rule::FailAddress, other)], 2_000)
             .unwrap();
@@ -631,7 +634,9 @@ mod tests {
         let mut refused = 0;
         for i in 0..200_000u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
-            if l.reserve_at(&[l.address(Rule::FailAddress, ip)], 2_000).is_err() {
+            if l.reserve_at(&[l.address(Rule::FailAddress, ip)], 2_000)
+                .is_err()
+            {
                 refused += 1;
             }
         }
@@ -644,10 +649,17 @@ mod tests {
             .unwrap();
         // 200,000 operations on a table at its cap: an O(n) sweep each would take
         // minutes; O(1) ones take well under a second even in a debug build.
-        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
         // A new window takes new keys again.
-        l.reserve_at(&[l.address(Rule::FailAddress, "203.0.113.1".parse().unwrap())], 150_000)
-            .unwrap();
+        l.reserve_at(
+            &[l.address(Rule::FailAddress, "203.0.113.1".parse().unwrap())],
+            150_000,
+        )
+        .unwrap();
         assert!(l.keys_held() <= 2);
     }
 

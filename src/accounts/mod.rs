@@ -568,7 +568,9 @@ impl Accounts {
         if a.account.email_verified {
             return Ok(());
         }
-        let attempt = self.limiter.reserve(&self.mail_keys(ip, &a.account.email))?;
+        let attempt = self
+            .limiter
+            .reserve(&self.mail_keys(ip, &a.account.email))?;
         let sent = self.send_email_code(&a.account).await;
         if sent.is_err() {
             attempt.give_back_all();
@@ -617,7 +619,10 @@ impl Accounts {
         ];
         if let Some(ip) = ip {
             let unit = limits::client_unit(ip);
-            counted.push(self.limiter.key(Rule::FailAccountAddress, (&normalized, unit)));
+            counted.push(
+                self.limiter
+                    .key(Rule::FailAccountAddress, (&normalized, unit)),
+            );
             counted.push(self.limiter.address(Rule::FailAddress, ip));
             counted.push(self.limiter.address(Rule::LoginAddress, ip));
         }
