@@ -477,7 +477,9 @@ fn sign_ups_beyond_the_hardening_budget_get_429_with_retry_after() {
         for (status, body) in answers.iter().filter(|(st, _)| *st != 200) {
             assert_too_many(*status, body);
         }
-        assert!((10..=14).contains(&ok), "{ok} sign-ups within the budget");
+        // 10 at once and 2 after a wait; a few more if the requests' arrivals spread
+        // over a loaded machine's second.
+        assert!((10..=16).contains(&ok), "{ok} sign-ups within the budget");
     });
 }
 
@@ -532,7 +534,7 @@ fn a_bogus_invite_code_is_refused_without_a_turn_of_the_hardening_budget() {
         let answers = spend.await.unwrap();
         let admitted = answers.iter().filter(|(st, _)| *st == 200).count();
         assert!(
-            (10..=14).contains(&admitted),
+            (10..=16).contains(&admitted),
             "{admitted} sign-ups within the budget"
         );
         // The refused valid sign-up did not spend its code.
