@@ -359,10 +359,15 @@ fn a_login_flood_from_one_address_leaves_another_address_signing_in_quickly() {
     let s = Arc::new(Server::start_in(data, &[]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        // Warm up (the first sign-in opens the database and loads the keys).
+        // Warm up (the first sign-in opens the database and loads the keys), then time
+        // one sign-in without the flood, on this machine as loaded as it is now.
         let owner = client_from("127.0.0.3");
         let (status, body) = login(&owner, &s, EMAIL, PASSWORD).await;
         assert_eq!(status, 200, "{body}");
+        let started = Instant::now();
+        let (status, body) = login(&owner, &s, EMAIL, PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        let quiet = started.elapsed();
         let attacker = client_from("127.0.0.2");
         let flood = {
             let s = s.clone();
@@ -380,9 +385,13 @@ fn a_login_flood_from_one_address_leaves_another_address_signing_in_quickly() {
         let (status, body) = login(&owner, &s, EMAIL, PASSWORD).await;
         let took = started.elapsed();
         assert_eq!(status, 200, "{body}");
+        // Under 2 s (before: 30 s), or — on a machine so loaded that one sign-in alone
+        // takes long — within a few sign-ins' time (the flood's one hardening in flight,
+        // and this one's).
+        let bound = Duration::from_secs(2).max(quiet * 5);
         assert!(
-            took < Duration::from_secs(2),
-            "the owner's sign-in took {took:?}"
+            took < bound,
+            "the owner's sign-in took {took:?} (alone: {quiet:?})"
         );
         let answers = flood.await.unwrap();
         let checked = answers.iter().filter(|(st, _)| *st == 400).count();

@@ -490,15 +490,16 @@ pub fn cores() -> usize {
 
 impl Hardening {
     /// At most `concurrency` hardenings at once (0: half the cores, at least 1) and
-    /// `per_sec` a second on average (0: one per core and second, i.e. about an eighth
-    /// of the machine for scrypt at ~0.12 s each).
+    /// `per_sec` a second on average (0: one per two cores and second, at least one:
+    /// about a sixteenth of the machine's cores for scrypt at ~0.12 s each, and
+    /// scrypt's memory traffic with it).
     pub fn new(concurrency: usize, per_sec: u32) -> Hardening {
         let concurrency = match concurrency {
             0 => (cores() / 2).max(1),
             n => n,
         };
         let per_sec = match per_sec {
-            0 => u32::try_from(cores()).unwrap_or(u32::MAX).max(1),
+            0 => u32::try_from(cores() / 2).unwrap_or(u32::MAX).max(1),
             n => n,
         };
         Hardening {

@@ -342,7 +342,7 @@ impl Accounts {
     }
 
     /// Bounds password hardening: at most `concurrency` scrypt jobs at once (0: half
-    /// the cores, at least one) and `per_sec` a second on average (0: one per core).
+    /// the cores, at least one) and `per_sec` a second on average (0: one per two cores).
     pub fn with_hardening(mut self, concurrency: usize, per_sec: u32) -> Accounts {
         self.hardening = Hardening::new(concurrency, per_sec);
         self
