@@ -188,6 +188,13 @@ pub struct Settings {
     pub accounts_smtp_url: String,
     /// The verification mail's From (`Sync <sync@example.org>`); required with SMTP.
     pub accounts_mail_from: String,
+    /// Most password hardenings (scrypt, 64 MiB and a core each) at once; 0: half the
+    /// cores, at least one.
+    pub accounts_hardening_concurrency: usize,
+    /// Password hardenings per second on average (a burst of 10 or this, whichever is
+    /// more, then paced; over it 429); 0: one per two cores (at least one), about
+    /// a sixteenth of the machine at ~0.12 s per hardening.
+    pub accounts_hardening_per_sec: u32,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -267,6 +274,8 @@ impl Default for Settings {
             accounts_signups: "closed".into(),
             accounts_smtp_url: String::new(),
             accounts_mail_from: String::new(),
+            accounts_hardening_concurrency: 0,
+            accounts_hardening_per_sec: 0,
         }
     }
 }

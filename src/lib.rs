@@ -184,8 +184,13 @@ async fn accounts_service(
     );
     // The signing secret (ensured before): keys the email codes' hash.
     let secret = settings.secrets.first().cloned().unwrap_or_default();
+    let hardening = (
+        settings.accounts_hardening_concurrency,
+        settings.accounts_hardening_per_sec,
+    );
     let service = tokio::task::spawn_blocking(move || {
         accounts::Accounts::open(&dir, &url, &issuer, signups, mailer, &secret)
+            .map(|a| a.with_hardening(hardening.0, hardening.1))
     })
     .await
     .map_err(|e| ServerError::Accounts(e.to_string()))?

@@ -528,7 +528,7 @@ struct UidQuery {
 
 async fn status_by_uid(State(st): State<ApiState>, Query(q): Query<UidQuery>) -> ApiResult {
     let uid = q.uid.ok_or(AccountsError::MissingParameter("uid".into()))?;
-    ok(json!({ "exists": st.accounts.exists(Some(uid), None).await? }))
+    ok(json!({ "exists": st.accounts.exists(Some(uid), None, None).await? }))
 }
 
 #[derive(Deserialize)]
@@ -538,12 +538,12 @@ struct EmailBody {
 
 async fn status_by_email(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let b: EmailBody = r.json()?;
-    ok(json!({ "exists": st.accounts.exists(None, Some(b.email)).await? }))
+    ok(json!({ "exists": st.accounts.exists(None, Some(b.email), r.ip).await? }))
 }
 
 async fn credentials_status(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let b: EmailBody = r.json()?;
-    if !st.accounts.exists(None, Some(b.email)).await? {
+    if !st.accounts.exists(None, Some(b.email), r.ip).await? {
         return Err(AccountsError::UnknownAccount);
     }
     // Only onepw's first stretching version is offered.

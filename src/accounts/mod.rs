@@ -5,7 +5,8 @@
 //! * `store` — the accounts database (`<data_dir>/accounts.sqlite`).
 //! * `oauth` — the service's RSA signing keys and its RS256 access tokens.
 //! * `mail` — the verification mail of `open` sign-ups (SMTP, when configured).
-//! * `limits` — failed-attempt limits per account and per client address.
+//! * `limits` — attempt limits (reserved before the work) per account and per client
+//!   address, and the gates and budget in front of password hardening.
 //! * `api` — the HTTP routes under `/v1` (FxA's auth, OAuth and profile APIs) and the
 //!   discovery documents, and the sign-in page Firefox opens at `/` (`pages/`: HTML,
 //!   CSS and a script embedded in the binary, speaking Firefox's WebChannel).
@@ -24,14 +25,13 @@ pub mod store;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::auth::hawk::{self, SignedRequest};
 use crate::auth::nonce::{NonceCache, NonceError};
 use crate::tokenserver::fxa::{
     FxaError, IssuerRecord, LocalDecision, LocalIssuer, OAuthUser, OLDSYNC_SCOPE,
 };
-use limits::Limiter;
+use limits::{Hardening, Limiter, Rule};
 use oauth::{AccessClaims, Signer};
 use store::{Account, Code, Device, Refresh, Store, TokenRow};
 
@@ -47,8 +47,6 @@ const SHORT_TOKEN_TTL_MS: i64 = 15 * 60 * 1000;
 const HAWK_SKEW_SECS: i64 = 60;
 /// Lifetime of an email verification code, ms.
 const EMAIL_CODE_TTL_MS: i64 = 15 * 60 * 1000;
-/// Most scrypt verifications at once (64 MiB each).
-const HASH_SLOTS: usize = 2;
 /// Most Hawk nonces one account may have remembered at once (within the 2-minute
 /// replay window: about 8 signed requests a second, far above any client's use);
 /// beyond, that account's signed requests get 429 until its older nonces expire.
@@ -289,7 +287,7 @@ pub struct Accounts {
     signups: Signups,
     limiter: Limiter,
     nonces: NonceCache,
-    hash_slots: tokio::sync::Semaphore,
+    hardening: Hardening,
     mailer: Option<mail::Mailer>,
     /// The key of the email codes' keyed hash (from the deployment secret, never in
     /// the accounts database).
@@ -387,12 +385,19 @@ impl Accounts {
             store,
             signer: Arc::new(signer),
             signups,
-            limiter: Limiter::new(10, Duration::from_secs(60)),
+            limiter: Limiter::default(),
             nonces: NonceCache::with_share(HAWK_SKEW_SECS * 2, 1_000_000, NONCES_PER_ACCOUNT),
-            hash_slots: tokio::sync::Semaphore::new(HASH_SLOTS),
+            hardening: Hardening::new(0, 0),
             mailer,
             code_key: email_code_key(secret),
         })
+    }
+
+    /// Bounds password hardening: at most `concurrency` scrypt jobs at once (0: half
+    /// the cores, at least one) and `per_sec` a second on average (0: one per two cores).
+    pub fn with_hardening(mut self, concurrency: usize, per_sec: u32) -> Accounts {
+        self.hardening = Hardening::new(concurrency, per_sec);
+        self
     }
 
     /// The signer of access tokens.
@@ -424,13 +429,16 @@ impl Accounts {
             .map_err(|e| AccountsError::Internal(e.to_string()))?
     }
 
-    /// scrypt off the reactor, at most `HASH_SLOTS` at once.
-    async fn harden(&self, auth_pw: [u8; 32], salt: [u8; 32]) -> Result<crypto::Hardened> {
-        let _slot = self
-            .hash_slots
-            .acquire()
-            .await
-            .map_err(|e| AccountsError::Internal(e.to_string()))?;
+    /// scrypt off the reactor, in a turn of the hardening budget for a request from
+    /// `ip` for `account` (see `limits::Hardening`: 429 when the budget is spent).
+    async fn harden(
+        &self,
+        auth_pw: [u8; 32],
+        salt: [u8; 32],
+        ip: Option<IpAddr>,
+        account: Option<&str>,
+    ) -> Result<crypto::Hardened> {
+        let _turn = self.hardening.turn(ip, account).await?;
         tokio::task::spawn_blocking(move || crypto::harden(&auth_pw, &salt))
             .await
             .map_err(|e| AccountsError::Internal(e.to_string()))
@@ -444,15 +452,27 @@ impl Accounts {
         self.blocking(move |s| Ok(s.purge(now, &RETENTION)?)).await
     }
 
+    /// The keys a mail counts on: the requesting address and the recipient.
+    fn mail_keys(&self, ip: Option<IpAddr>, email: &str) -> Vec<limits::Key> {
+        let mut keys = vec![
+            self.limiter
+                .key(Rule::MailRecipient, store::normalize_email(email)),
+        ];
+        keys.extend(ip.map(|ip| self.limiter.address(Rule::MailAddress, ip)));
+        keys
+    }
+
     /// The sign-up policy.
     pub fn signups(&self) -> Signups {
         self.signups
     }
 
     /// Creates an account from the client's `authPW` (API sign-up, subject to the
-    /// sign-up policy: under `invite` an unspent invite code is needed, and failed
-    /// codes count in the attempt limits per email and per client address) and signs
-    /// it in.
+    /// sign-up policy: under `invite` an unspent invite code is needed) and signs it in.
+    /// The cheap checks come first, each attempt counted before any work: a wrong
+    /// invite code counts per email and per client address and is refused by a
+    /// read-only lookup before any hashing (the code is spent in the account's insert
+    /// transaction); a sign-up that mails counts per address and per recipient.
     pub async fn create(
         &self,
         email: &str,
@@ -462,66 +482,93 @@ impl Accounts {
         ip: Option<IpAddr>,
         user_agent: &str,
     ) -> Result<NewSession> {
+        let normalized = store::normalize_email(email);
+        let mut counted = Vec::new();
         let invite_hash = match self.signups {
             Signups::Closed => return Err(AccountsError::Blocked("sign-ups are closed")),
             Signups::Open => None,
             Signups::Invite => {
-                let key = format!("invite:{}", store::normalize_email(email));
-                self.limiter.check(&key, ip)?;
                 let code = invite.map(str::trim).unwrap_or_default();
                 if code.is_empty() {
                     return Err(AccountsError::Blocked(
                         "an invite code is needed to sign up on this server",
                     ));
                 }
-                if code.len() > MAX_INVITE_LEN {
-                    self.limiter.fail(&key, ip);
-                    return Err(AccountsError::Blocked(BAD_INVITE));
-                }
-                Some((key, crypto::sha256(code.as_bytes())))
+                counted.push(self.limiter.key(Rule::FailInvite, &normalized));
+                counted.extend(ip.map(|ip| self.limiter.address(Rule::FailAddress, ip)));
+                Some((code.len() <= MAX_INVITE_LEN).then(|| crypto::sha256(code.as_bytes())))
             }
         };
         let auth_pw = hex32("authPW", auth_pw)?;
-        // Open sign-ups with SMTP mail a stranger's address: at most as many per
-        // client address and minute as the attempt limits allow failures.
+        // Open sign-ups with SMTP mail a stranger's address.
         let mails = self.signups == Signups::Open && self.mailer.is_some();
-        let mail_key = ip.map(|ip| format!("signup-mail:{ip}"));
-        if mails && let Some(k) = &mail_key {
-            self.limiter.check(k, None)?;
+        if mails {
+            counted.extend(self.mail_keys(ip, email));
         }
-        let email = email.to_string();
-        let slot = self
-            .hash_slots
-            .acquire()
-            .await
-            .map_err(|e| AccountsError::Internal(e.to_string()))?;
-        let hash = invite_hash.as_ref().map(|(_, h)| *h);
+        let mut attempt = self.limiter.reserve(&counted)?;
+        const INVITE: [Rule; 2] = [Rule::FailInvite, Rule::FailAddress];
+        const MAIL: [Rule; 2] = [Rule::MailRecipient, Rule::MailAddress];
+        let invite_hash = match invite_hash {
+            None => None,
+            Some(hash) => {
+                let now = now_ms();
+                let usable = match hash {
+                    Some(h) => {
+                        self.blocking(move |s| Ok(s.invite_usable(&h, now)?))
+                            .await?
+                    }
+                    None => false,
+                };
+                if !usable {
+                    // The failure stays counted.
+                    return Err(AccountsError::Blocked(BAD_INVITE));
+                }
+                hash
+            }
+        };
+        let turn = match self.hardening.turn(ip, Some(&normalized)).await {
+            Ok(turn) => turn,
+            Err(e) => {
+                attempt.give_back_all();
+                return Err(e);
+            }
+        };
         // Open sign-ups prove their address when mail can be sent; invited ones are
         // vouched for by the operator's invite.
         let verified = !mails;
+        let email = email.to_string();
         let made = self
-            .blocking(move |s| insert_new_account(&s, &email, &auth_pw, hash.as_ref(), verified))
+            .blocking(move |s| {
+                insert_new_account(&s, &email, &auth_pw, invite_hash.as_ref(), verified)
+            })
             .await;
-        drop(slot);
-        let account = match (made, &invite_hash) {
-            (Err(AccountsError::Blocked(m)), Some((key, _))) => {
-                self.limiter.fail(key, ip);
+        drop(turn);
+        let account = match made {
+            Ok(account) => account,
+            // Another sign-up spent the code in between: a failed code.
+            Err(AccountsError::Blocked(m)) if invite_hash.is_some() => {
+                attempt.give_back(&MAIL);
                 return Err(AccountsError::Blocked(m));
             }
-            (made, _) => made?,
-        };
-        let session = self.new_session(account, keys, user_agent).await?;
-        if !session.account.email_verified {
-            if let Some(k) = &mail_key {
-                self.limiter.fail(k, None);
+            Err(e) => {
+                attempt.give_back_all();
+                return Err(e);
             }
-            self.send_email_code(&session.account).await?;
+        };
+        attempt.give_back(&INVITE);
+        let session = self.new_session(account, keys, user_agent).await?;
+        if !session.account.email_verified
+            && let Err(e) = self.send_email_code(&session.account).await
+        {
+            attempt.give_back(&MAIL);
+            return Err(e);
         }
         Ok(session)
     }
 
     /// Makes a fresh 6-digit verification code for an unverified account (replacing
     /// any earlier one; only its hash, salted with the uid, is stored) and mails it.
+    /// Callers count the mail in the limits per address and recipient first.
     async fn send_email_code(&self, account: &Account) -> Result<()> {
         let Some(mailer) = &self.mailer else {
             return Err(AccountsError::NotEnabled("email verification"));
@@ -545,17 +592,18 @@ impl Accounts {
         Ok(())
     }
 
-    /// `POST /session/verify_code`: checks the mailed code (wrong codes count in the
-    /// attempt limits per account and per address); the account is verified after.
+    /// `POST /session/verify_code`: checks the mailed code. Each guess is counted
+    /// before it is checked (per account and per client address, 10 a minute); the
+    /// right code clears the account's count and gives back the address's.
     pub async fn verify_email(&self, a: &Authed, code: &str, ip: Option<IpAddr>) -> Result<()> {
         if a.account.email_verified {
             return Ok(());
         }
-        let key = format!("verify:{}", a.account.uid);
-        self.limiter.check(&key, ip)?;
+        let mut counted = vec![self.limiter.key(Rule::FailCode, &a.account.uid)];
+        counted.extend(ip.map(|ip| self.limiter.address(Rule::FailAddress, ip)));
+        let mut attempt = self.limiter.reserve(&counted)?;
         let code = code.trim();
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-            self.limiter.fail(&key, ip);
             return Err(AccountsError::InvalidCode);
         }
         let hash = email_code_hash(&self.code_key, &a.account.uid, code);
@@ -565,24 +613,29 @@ impl Accounts {
             .blocking(move |s| Ok(s.verify_email_code(&uid, &hash, now)?))
             .await?;
         if found != store::CodeCheck::Verified {
-            self.limiter.fail(&key, ip);
             return Err(AccountsError::InvalidCode);
         }
-        self.limiter.succeed(&key);
+        attempt.clear(&[Rule::FailCode]);
+        attempt.give_back(&[Rule::FailAddress]);
         tracing::info!(uid = %a.account.uid, "email verified");
         Ok(())
     }
 
-    /// `POST /session/resend_code`: mails a new code (at most as many per account and
-    /// minute as the attempt limits allow failures; not counted against the address).
+    /// `POST /session/resend_code`: mails a new code, within the mail limits per
+    /// recipient (3 in 15 minutes, sign-up and sign-in mails included) and per client
+    /// address (10 a minute), else 429.
     pub async fn resend_email_code(&self, a: &Authed, ip: Option<IpAddr>) -> Result<()> {
         if a.account.email_verified {
             return Ok(());
         }
-        let key = format!("resend:{}", a.account.uid);
-        self.limiter.check(&key, ip)?;
-        self.limiter.fail(&key, None);
-        self.send_email_code(&a.account).await
+        let attempt = self
+            .limiter
+            .reserve(&self.mail_keys(ip, &a.account.email))?;
+        let sent = self.send_email_code(&a.account).await;
+        if sent.is_err() {
+            attempt.give_back_all();
+        }
+        sent
     }
 
     /// Refuses an account whose email is not verified yet (errno 104).
@@ -598,45 +651,74 @@ impl Accounts {
     pub async fn add_account(&self, email: &str, auth_pw: &str) -> Result<Account> {
         let auth_pw = hex32("authPW", auth_pw)?;
         let email = email.to_string();
-        let _slot = self
-            .hash_slots
-            .acquire()
-            .await
-            .map_err(|e| AccountsError::Internal(e.to_string()))?;
+        let _turn = self.hardening.turn(None, None).await?;
         self.blocking(move |s| insert_new_account(&s, &email, &auth_pw, None, true))
             .await
     }
 
-    /// Checks `authPW` for `email` with the attempt limits; the account on success.
+    /// Checks `authPW` for `email`. The attempt is counted before any work, at once on
+    /// every key it touches: as a failure per (account, client address) and per
+    /// address (10 a minute each) and per account (100 an hour: failures from other
+    /// addresses do not lock the owner out before that), and as a sign-in per account
+    /// and per address (30 a minute each). An unknown account, another case of the
+    /// email and a wrong password keep the failure counts; a correct password keeps the
+    /// sign-in counts, clears the (account, address) failures and gives back the rest.
+    /// Only then is the password hardened (see `limits::Hardening`).
     async fn check_password(
         &self,
         email: &str,
         auth_pw: &str,
         ip: Option<IpAddr>,
     ) -> Result<Account> {
+        const SIGN_IN: [Rule; 2] = [Rule::LoginAccount, Rule::LoginAddress];
         let auth_pw = hex32("authPW", auth_pw)?;
-        let key = store::normalize_email(email);
-        self.limiter.check(&key, ip)?;
+        let normalized = store::normalize_email(email);
+        let mut counted = vec![
+            self.limiter.key(Rule::FailAccount, &normalized),
+            self.limiter.key(Rule::LoginAccount, &normalized),
+        ];
+        if let Some(ip) = ip {
+            let unit = limits::client_unit(ip);
+            counted.push(
+                self.limiter
+                    .key(Rule::FailAccountAddress, (&normalized, unit)),
+            );
+            counted.push(self.limiter.address(Rule::FailAddress, ip));
+            counted.push(self.limiter.address(Rule::LoginAddress, ip));
+        }
+        let mut attempt = self.limiter.reserve(&counted)?;
         let e = email.to_string();
         let account = self.blocking(move |s| Ok(s.account_by_email(&e)?)).await?;
         let Some(account) = account else {
-            self.limiter.fail(&key, ip);
+            attempt.give_back(&SIGN_IN);
             return Err(AccountsError::UnknownAccount);
         };
         // The email salts the client's stretch: another case gives another authPW, so
-        // the client is told the account's own (as FxA does) before any check.
+        // the client is told the account's own (as FxA does) before any check. It
+        // counts as a failure: it tells the account exists.
         if account.email != email.trim() {
+            attempt.give_back(&SIGN_IN);
             return Err(AccountsError::IncorrectEmailCase(account.email));
         }
-        let h = self.harden(auth_pw, account.auth_salt).await?;
+        let h = match self
+            .harden(auth_pw, account.auth_salt, ip, Some(&account.uid))
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                attempt.give_back_all();
+                return Err(e);
+            }
+        };
         if !crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
-            self.limiter.fail(&key, ip);
+            attempt.give_back(&SIGN_IN);
             return Err(AccountsError::IncorrectPassword);
         }
+        attempt.clear(&[Rule::FailAccountAddress]);
+        attempt.give_back(&[Rule::FailAddress, Rule::FailAccount]);
         if account.disabled {
             return Err(AccountsError::Blocked("the account is disabled"));
         }
-        self.limiter.succeed(&key);
         let wrap_kb = crypto::xor32(&account.wrap_wrap_kb, &h.wrapwrap_key);
         Ok(Account {
             // Only carried to make the key bundle; never stored in the clear.
@@ -656,10 +738,23 @@ impl Accounts {
     ) -> Result<NewSession> {
         let account = self.check_password(email, auth_pw, ip).await?;
         let session = self.new_session(account, keys, user_agent).await?;
-        // An account still to verify gets a fresh code (the session's holder can ask
-        // again with resend_code if this mail fails).
+        // An account still to verify gets a fresh code, within the mail limits per
+        // recipient and per address; past them the code mailed last stays valid (and
+        // the session's holder can ask again with resend_code later).
         if !session.account.email_verified && self.mailer.is_some() {
-            let _ = self.send_email_code(&session.account).await;
+            match self
+                .limiter
+                .reserve(&self.mail_keys(ip, &session.account.email))
+            {
+                Ok(attempt) => {
+                    if self.send_email_code(&session.account).await.is_err() {
+                        attempt.give_back_all();
+                    }
+                }
+                Err(_) => {
+                    tracing::info!(uid = %session.account.uid, "no new verification mail: mail limits reached");
+                }
+            }
         }
         Ok(session)
     }
@@ -812,8 +907,21 @@ impl Accounts {
             .ok_or_else(|| AccountsError::Internal("key fetch token without keys".into()))
     }
 
-    /// Whether an account exists (by uid or by email).
-    pub async fn exists(&self, uid: Option<String>, email: Option<String>) -> Result<bool> {
+    /// Whether an account exists (by uid or by email). A lookup by email tells whether
+    /// an address has an account: it counts per client address (30 a minute).
+    pub async fn exists(
+        &self,
+        uid: Option<String>,
+        email: Option<String>,
+        ip: Option<IpAddr>,
+    ) -> Result<bool> {
+        if uid.is_none()
+            && email.is_some()
+            && let Some(ip) = ip
+        {
+            self.limiter
+                .reserve(&[self.limiter.address(Rule::LookupAddress, ip)])?;
+        }
         self.blocking(move |s| {
             Ok(match (uid, email) {
                 (Some(uid), _) => s.account(&uid)?.is_some(),
@@ -1280,7 +1388,9 @@ impl Accounts {
         let auth_pw = hex32("authPW", auth_pw)?;
         let wrap_kb = hex32("wrapKb", wrap_kb)?;
         let salt = crypto::random32();
-        let h = self.harden(auth_pw, salt).await?;
+        let h = self
+            .harden(auth_pw, salt, None, Some(&a.account.uid))
+            .await?;
         let wrap_wrap_kb = crypto::xor32(&wrap_kb, &h.wrapwrap_key);
         let uid = a.account.uid.clone();
         let now = now_ms();
@@ -1302,7 +1412,7 @@ impl Accounts {
         let account = account.ok_or(AccountsError::UnknownAccount)?;
         let auth_pw = hex32("authPW", auth_pw)?;
         let salt = crypto::random32();
-        let h = self.harden(auth_pw, salt).await?;
+        let h = self.harden(auth_pw, salt, None, None).await?;
         let now = now_ms();
         let wwkb = crypto::random32();
         self.blocking(move |s| {

@@ -861,6 +861,20 @@ impl Store {
         })
     }
 
+    /// Whether an invite code (its SHA-256) is unspent and unexpired: a read-only check
+    /// before any work on a sign-up (the code is spent by `insert_account`).
+    pub fn invite_usable(&self, code_hash: &[u8; 32], now: i64) -> Result<bool, StoreError> {
+        self.read(|tx| {
+            Ok(one(
+                tx,
+                "SELECT expires_at FROM invites \
+                 WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+                &args![code_hash, now],
+            )?
+            .is_some())
+        })
+    }
+
     /// Every invite, newest first.
     pub fn invites(&self) -> Result<Vec<Invite>, StoreError> {
         self.read(|tx| {
