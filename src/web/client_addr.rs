@@ -123,7 +123,11 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn policy(on: bool, proxies: &[&str]) -> ClientAddrPolicy {
-        ClientAddrPolicy::new(on, proxies.iter().map(|p| p.parse().unwrap()).collect())
+        let net = |p: &&str| {
+            p.parse::<IpNet>()
+                .unwrap_or_else(|_| IpNet::from(p.parse::<IpAddr>().unwrap()))
+        };
+        ClientAddrPolicy::new(on, proxies.iter().map(net).collect())
     }
 
     fn xff(values: &[&str]) -> HeaderMap {
