@@ -226,6 +226,20 @@ class SyncFailed(AssertionError):
     """A sync that Firefox or its log says failed."""
 
 
+# ERROR lines that are Firefox's own races, whatever the server answers:
+# - At sign-in Firefox fetches its device list while it registers its device, and
+#   caches the (then empty) list for a minute; 3 s after its first tabs sync (a headless
+#   Firefox is always idle) it checks its send-tab queue and logs this ERROR when that
+#   cached list is empty, even with nothing queued. The harness still requires the own
+#   device listed before the first sync of ours (OWN_DEVICE_LISTED) and the `devices`
+#   scenario checks the lists.
+FIREFOX_RACES = ("No devices available for queued tab commands",)
+
+
+def is_firefox_race(message):
+    return any(message.startswith(known) for known in FIREFOX_RACES)
+
+
 def log_problems(lines, allow, may_fail):
     """The lines of a Sync / FxA log that show a failure: a failed request not in
     `allow` ((status, URL part) pairs), or an ERROR / FATAL line unless `may_fail`;
@@ -242,7 +256,7 @@ def log_problems(lines, allow, may_fail):
             failed.append(status)
             if not any(status == s and part in url for s, part in allow):
                 problems.append(line)
-        elif level in ("ERROR", "FATAL") and not may_fail:
+        elif level in ("ERROR", "FATAL") and not may_fail and not is_firefox_race(message):
             problems.append(line)
     return problems, failed
 
@@ -278,12 +292,24 @@ class Firefox:
 
     def error_logs(self):
         """The error-sync-* log files in the profile (Firefox writes one for every sync,
-        or stretch between syncs, in which anything logged an error)."""
+        or stretch between syncs, in which anything logged an error), except those
+        whose only errors are known Firefox races (FIREFOX_RACES)."""
         logs = os.path.join(self.profile, "weave", "logs")
         try:
-            return {n for n in os.listdir(logs) if n.startswith("error-sync-")}
+            names = {n for n in os.listdir(logs) if n.startswith("error-sync-")}
         except FileNotFoundError:
             return set()
+        return {n for n in names if n in self.expected_error_logs or not self.only_races(os.path.join(logs, n))}
+
+    @staticmethod
+    def only_races(path):
+        """Whether every ERROR / FATAL line of a log file is a known Firefox race."""
+        with open(path, errors="replace") as f:
+            for line in f:
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) > 3 and fields[2] in ("ERROR", "FATAL") and not is_firefox_race(fields[3]):
+                    return False
+        return True
 
     def js(self, script, *args, timeout=120):
         """Runs a chrome-context async script (with Weave, PlacesUtils, fxAccounts …)."""
