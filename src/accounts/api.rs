@@ -866,7 +866,7 @@ struct NotifyBody {
 fn is_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.len() % 2 == 0
+        && id.len().is_multiple_of(2)
         && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

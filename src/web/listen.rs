@@ -133,8 +133,7 @@ pub async fn serve_router(
         tokio::spawn(serve_connection(
             stream,
             peer,
-            app.clone(),
-            clients.clone(),
+            (app.clone(), clients.clone()),
             builder.clone(),
             timeouts,
             stop_rx.clone(),
@@ -163,12 +162,12 @@ fn dropped(reason: &'static str) {
 
 /// Serves one connection: waits for its first byte, then hands it to hyper, and
 /// closes it once it has had no request in flight for the idle timeout, or when the
-/// server stops. `held` (its slots) is released when it ends.
+/// server stops. Every request gets the peer and its client address (decided by
+/// `clients`) in its extensions. `held` (its slots) is released when it ends.
 async fn serve_connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    app: Router,
-    clients: ClientAddrPolicy,
+    (app, clients): (Router, ClientAddrPolicy),
     builder: Arc<Builder<TokioExecutor>>,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,

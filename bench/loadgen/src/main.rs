@@ -681,7 +681,8 @@ async fn main() {
             rng: StdRng::seed_from_u64(args.seed * 1_000_003 + w as u64),
             stats: Stats::default(),
             last_sync: last_sync.clone(),
-            login: (args.workload == Workload::LoginFlood).then(|| logins[w % logins.len()].clone()),
+            login: (args.workload == Workload::LoginFlood)
+                .then(|| logins[w % logins.len()].clone()),
         };
         let (zipf, next_session) = (zipf.clone(), next_session.clone());
         tasks.push(tokio::spawn(async move {
