@@ -912,11 +912,11 @@ impl NotifyBody {
 /// answered `{}` as FxA does, but not delivered (this server has no push service;
 /// devices learn of changes at their next scheduled sync).
 async fn devices_notify(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let a = session(&st, &r).await?;
+    Accounts::require_verified(&a.account)?;
     if r.body.len() > MAX_NOTIFY_BODY {
         return Err(AccountsError::InvalidParameter("body too large".into()));
     }
-    let a = session(&st, &r).await?;
-    Accounts::require_verified(&a.account)?;
     let b: NotifyBody = r.json()?;
     b.check()?;
     ok(json!({}))
