@@ -318,6 +318,27 @@ fn raise_descriptor_limit(settings: &Settings) {
     }
 }
 
+/// Says at start how client addresses are found when the settings look like a
+/// reverse proxy setup that does not do what the operator may expect.
+fn warn_about_client_addresses(settings: &Settings) {
+    if settings.trust_forwarded_headers && settings.trusted_proxies.is_empty() {
+        tracing::warn!(
+            "trust_forwarded_headers is on but trusted_proxies is empty: X-Forwarded-For \
+             is ignored and every client is its TCP peer; list the reverse proxy's \
+             addresses in trusted_proxies"
+        );
+    } else if settings.serves_accounts()
+        && !settings.trust_forwarded_headers
+        && !settings.trusted_proxies.is_empty()
+    {
+        tracing::warn!(
+            "trusted_proxies is set but trust_forwarded_headers is off: clients behind \
+             the proxy share its address in the accounts service's attempt limits; set \
+             trust_forwarded_headers = true to take them from X-Forwarded-For"
+        );
+    }
+}
+
 /// Serves the node-to-node routes on their own listener and records its URL in the
 /// assignment database for the other nodes.
 async fn serve_internal(
@@ -363,6 +384,7 @@ pub async fn run(
     }
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let limits = web::ConnectionLimits::from_settings(&settings)?;
+    warn_about_client_addresses(&settings);
     let upkeep_every = Duration::from_secs(settings.upkeep_interval_secs);
     let (users_per_tick, idle_secs) = (settings.upkeep_users_per_tick, settings.idle_user_secs);
     let node_url = node_url(&settings, listener.local_addr()?);

@@ -13,7 +13,10 @@
 //! the "Invite code" field makes one account; the spent code is refused) and `open`
 //! with SMTP (the page asks for the mailed 6-digit code, caught by the stdlib SMTP sink
 //! `scripts/firefox/smtpsink.py`; a wrong code is refused, the right one signs Firefox
-//! in). `scripts/test`
+//! in). A sync passes only if Firefox reports success, its log from sign-in on (what
+//! Firefox logged by itself between the syncs included) shows no failed request and no
+//! ERROR line, and Firefox wrote no `weave/logs/error-sync-*.txt` file
+//! (`scripts/firefox/harness.py`). `scripts/test`
 //! installs Firefox ESR and the Python packages; without them these tests fail. One
 //! Firefox scenario runs at a time. Logs of each run are kept under
 //! target/tmp/firefox/<scenario>/.

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::{Accounts, AccountsError, Authed, DeviceUpdate, Grant, NewSession, TokenAuth, now_ms};
 use crate::auth::hawk;
+use crate::web::client_addr::ClientAddr;
 
 /// What the routes need.
 #[derive(Clone)]
@@ -27,7 +28,8 @@ pub struct ApiState {
     pub accounts: Arc<Accounts>,
     /// The configured public URL (empty: from the request's Host).
     pub public_url: String,
-    /// Whether X-Forwarded-* headers (and X-Forwarded-For) are believed.
+    /// Whether X-Forwarded-Host and -Proto are believed (X-Forwarded-For: see
+    /// `web::client_addr`).
     pub trust_forwarded: bool,
 }
 
@@ -95,7 +97,8 @@ type ApiResult = Result<Response, AccountsError>;
 pub struct AuthRequest {
     /// The token proof, when an `Authorization` header is present.
     pub auth: Option<TokenAuth>,
-    /// The client's address (the peer, or X-Forwarded-For when trusted).
+    /// The client's address (see `web::client_addr`: the peer, or from a trusted
+    /// proxy's X-Forwarded-For).
     pub ip: Option<IpAddr>,
     /// The User-Agent.
     pub user_agent: String,
@@ -200,25 +203,18 @@ impl FromRequest<ApiState> for AuthRequest {
             .await
             .map_err(|_| too_large())?;
         let headers = &parts.headers;
-        let peer = parts
+        // Decided once per request by the listener (web::client_addr); a router served
+        // some other way falls back to the TCP peer.
+        let ip = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let forwarded = st
-            .trust_forwarded
-            .then(|| {
-                headers
-                    .get("x-forwarded-for")?
-                    .to_str()
-                    .ok()?
-                    .split(',')
-                    .next()?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .flatten();
-        let ip = forwarded.or(peer);
+            .get::<ClientAddr>()
+            .map(|c| c.0)
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip().to_canonical())
+            });
         let user_agent = headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -319,7 +315,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         .route("/v1/account/device/destroy", post(device_destroy))
         .route("/v1/account/device/commands", get(commands))
         .route("/v1/account/devices/invoke_command", post(not_enabled))
-        .route("/v1/account/devices/notify", post(not_enabled))
+        .route("/v1/account/devices/notify", post(devices_notify))
         .route("/v1/account/attached_clients", get(attached_clients))
         .route(
             "/v1/account/attached_client/destroy",
@@ -854,6 +850,88 @@ async fn commands(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     session(&st, &r).await?;
     // Device commands (send tab) are not relayed by this server: nothing is queued.
     ok(json!({ "index": 0, "last": true, "messages": [] }))
+}
+
+/// The largest `/account/devices/notify` body read (Firefox's are a few hundred bytes).
+const MAX_NOTIFY_BODY: usize = 16 * 1024;
+/// Most device ids one notification may name (in `to`, and in `excluded`).
+const MAX_NOTIFY_DEVICES: usize = 256;
+
+/// `POST /v1/account/devices/notify`, as FxA takes it: `to` is `"all"` or a list of
+/// device ids, `excluded` a list of device ids, `payload` a push message (an object
+/// with `version` and `command`; optional only with `_endpointAction`), `TTL` seconds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyBody {
+    to: Value,
+    #[serde(default)]
+    excluded: Option<Vec<String>>,
+    #[serde(default)]
+    payload: Option<serde_json::Map<String, Value>>,
+    #[serde(default, rename = "TTL")]
+    _ttl: Option<u64>,
+    #[serde(default, rename = "_endpointAction")]
+    endpoint_action: Option<String>,
+}
+
+/// Whether `id` looks like a device id: hex, whole bytes, at most 64 digits.
+fn is_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.len().is_multiple_of(2)
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl NotifyBody {
+    fn check(&self) -> Result<(), AccountsError> {
+        let bad = |what: &str| Err(AccountsError::InvalidParameter(what.to_string()));
+        let ids_ok = |ids: &[Value]| {
+            ids.len() <= MAX_NOTIFY_DEVICES
+                && ids.iter().all(|i| i.as_str().is_some_and(is_device_id))
+        };
+        match &self.to {
+            Value::String(s) if s == "all" => {}
+            Value::Array(ids) if ids_ok(ids) => {}
+            _ => return bad("to"),
+        }
+        if let Some(ex) = &self.excluded
+            && (ex.len() > MAX_NOTIFY_DEVICES || !ex.iter().all(|i| is_device_id(i)))
+        {
+            return bad("excluded");
+        }
+        match self.endpoint_action.as_deref() {
+            None | Some("accountVerify") => {}
+            Some(_) => return bad("_endpointAction"),
+        }
+        match &self.payload {
+            Some(p) => {
+                let command_ok = p
+                    .get("command")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| !c.is_empty() && c.len() <= 128);
+                if !p.get("version").is_some_and(Value::is_u64) || !command_ok {
+                    return bad("payload");
+                }
+            }
+            None if self.endpoint_action.is_some() => {}
+            None => return Err(AccountsError::MissingParameter("payload".into())),
+        }
+        Ok(())
+    }
+}
+
+/// Push notifications to the account's other devices: checked as FxA checks them and
+/// answered `{}` as FxA does, but not delivered (this server has no push service;
+/// devices learn of changes at their next scheduled sync).
+async fn devices_notify(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let a = session(&st, &r).await?;
+    Accounts::require_verified(&a.account)?;
+    if r.body.len() > MAX_NOTIFY_BODY {
+        return Err(AccountsError::InvalidParameter("body too large".into()));
+    }
+    let b: NotifyBody = r.json()?;
+    b.check()?;
+    ok(json!({}))
 }
 
 async fn not_enabled() -> ApiResult {

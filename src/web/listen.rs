@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use super::client_addr::{ClientAddr, ClientAddrPolicy, client_key};
 use crate::config::{ConfigError, Settings};
 
 /// Limits on client connections, against slow, idle or greedy clients.
@@ -29,8 +30,11 @@ pub struct ConnectionLimits {
     /// one client cannot take every slot; 0: no cap.
     pub max_connections_per_address: usize,
     /// Reverse proxies, exempt from the per-address cap: every client behind one
-    /// shares its address.
+    /// shares its address. With `trust_forwarded_for`, their X-Forwarded-For names
+    /// the client (see [`super::client_addr`]).
     pub trusted_proxies: Arc<[IpNet]>,
+    /// `trust_forwarded_headers`: X-Forwarded-For from a trusted proxy is believed.
+    pub trust_forwarded_for: bool,
     /// Time a new connection has to send its first byte.
     pub first_byte_timeout: Duration,
     /// Time a client has to send its request headers.
@@ -50,6 +54,7 @@ impl ConnectionLimits {
             max_connections: s.max_connections,
             max_connections_per_address: s.max_connections_per_address,
             trusted_proxies: s.trusted_proxy_nets()?.into(),
+            trust_forwarded_for: s.trust_forwarded_headers,
             first_byte_timeout: Duration::from_secs(s.first_byte_timeout_secs),
             header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
             body_read_timeout: Duration::from_secs(s.body_read_timeout_secs),
@@ -76,9 +81,10 @@ pub async fn serve_router(
     // A semaphore's permits are counted in u32 when taken many at once (below).
     let total = limits.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(total));
+    let clients = ClientAddrPolicy::new(limits.trust_forwarded_for, limits.trusted_proxies.clone());
     let per_address = Arc::new(PerAddress {
         max: limits.max_connections_per_address,
-        trusted: limits.trusted_proxies.clone(),
+        clients: clients.clone(),
         open: Mutex::new(HashMap::new()),
     });
     let mut builder = Builder::new(TokioExecutor::new());
@@ -127,7 +133,7 @@ pub async fn serve_router(
         tokio::spawn(serve_connection(
             stream,
             peer,
-            app.clone(),
+            (app.clone(), clients.clone()),
             builder.clone(),
             timeouts,
             stop_rx.clone(),
@@ -156,11 +162,12 @@ fn dropped(reason: &'static str) {
 
 /// Serves one connection: waits for its first byte, then hands it to hyper, and
 /// closes it once it has had no request in flight for the idle timeout, or when the
-/// server stops. `held` (its slots) is released when it ends.
+/// server stops. Every request gets the peer and its client address (decided by
+/// `clients`) in its extensions. `held` (its slots) is released when it ends.
 async fn serve_connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    app: Router,
+    (app, clients): (Router, ClientAddrPolicy),
     builder: Arc<Builder<TokioExecutor>>,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
@@ -189,9 +196,12 @@ async fn serve_connection(
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let request = tracked.begin();
-        // The peer's address, for per-address limits (the accounts service's).
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
+        // The peer, and the client address decided once for every layer (the
+        // accounts service's attempt limits).
+        let client = ClientAddr(clients.resolve(peer.ip(), req.headers()));
+        let ext = req.extensions_mut();
+        ext.insert(axum::extract::ConnectInfo(peer));
+        ext.insert(client);
         let response = app.clone().oneshot(req);
         async move {
             let res = response.await;
@@ -280,7 +290,7 @@ struct PerAddress {
     /// The cap; 0: none.
     max: usize,
     /// Exempt addresses (reverse proxies).
-    trusted: Arc<[IpNet]>,
+    clients: ClientAddrPolicy,
     /// Open connections by client key (see [`client_key`]); absent means none.
     open: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -292,7 +302,7 @@ impl PerAddress {
     /// Counts a new connection from `ip`, or `None` when that address is at its cap.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         let ip = ip.to_canonical();
-        if self.max == 0 || self.trusted.iter().any(|n| n.contains(&ip)) {
+        if self.max == 0 || self.clients.is_proxy(ip) {
             return Some(AddressSlot(None));
         }
         let key = client_key(ip);
@@ -320,18 +330,6 @@ impl Drop for AddressSlot {
     }
 }
 
-/// The unit a client is counted by: its IPv4 address, or its IPv6 /64 (one host
-/// usually holds a whole /64).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,7 +337,10 @@ mod tests {
     fn per_address(max: usize, trusted: &[&str]) -> Arc<PerAddress> {
         Arc::new(PerAddress {
             max,
-            trusted: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            clients: ClientAddrPolicy::new(
+                false,
+                trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            ),
             open: Mutex::new(HashMap::new()),
         })
     }

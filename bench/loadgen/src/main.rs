@@ -1,5 +1,6 @@
 //! `loadgen`: a Sync load generator. It speaks tokenlib + Hawk like a real client (a
-//! fresh nonce per request) and replays the Sync mix against a storage node, then
+//! fresh nonce per request) and replays the Sync mix against a storage node (or, with
+//! `--workload login-flood`, keeps signing in to accounts of the accounts service), then
 //! reports throughput, latency percentiles per request kind, every non-2xx status, the
 //! server's peak RSS and open descriptors (with `--pid`) and its own CPU time, as JSON,
 //! a Markdown table and an SVG latency plot.
@@ -57,6 +58,16 @@ struct Args {
     /// Name of this run in the output files.
     #[arg(long, default_value = "run")]
     name: String,
+    /// login-flood: the accounts' email; `{}` is replaced by the connection's account
+    /// number (connection i signs in to account i mod `--accounts`).
+    #[arg(long, default_value = "flood-{}@bench.example")]
+    email: String,
+    /// login-flood: the accounts' password (as given to `syncstore account add`).
+    #[arg(long, default_value = "bench flood password")]
+    password: String,
+    /// login-flood: how many accounts the connections share.
+    #[arg(long, default_value_t = 1)]
+    accounts: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -68,6 +79,9 @@ enum Workload {
     InfoCollections,
     /// One PUT per user, uids 1..=users in order (to create the users' files).
     Prefill,
+    /// `POST /v1/account/login` with the correct authPW, over and over (the accounts
+    /// service's password hardening under a flood of successful sign-ins).
+    LoginFlood,
 }
 
 /// Cumulative distribution of Zipf(s = 1) over ranks 1..=n.
@@ -143,6 +157,8 @@ struct Worker {
     stats: Stats,
     /// Each user's last sync time per collection (for `newer=`), shared by all workers.
     last_sync: Arc<Mutex<BTreeMap<(u64, &'static str), String>>>,
+    /// login-flood: the sign-in body (email and authPW) this connection sends.
+    login: Option<Value>,
 }
 
 impl Worker {
@@ -282,8 +298,32 @@ impl Worker {
                 .await;
             }
             Workload::Mix => self.mix(uid, session, &token, &base).await,
+            Workload::LoginFlood => self.login().await,
         }
         self.stats.sessions += 1;
+    }
+
+    /// One sign-in with the connection's account; its answer read whole.
+    async fn login(&mut self) {
+        let body = self.login.clone().expect("login-flood has a sign-in body");
+        let req = self
+            .http
+            .post(format!("{}/v1/account/login", self.args.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        let started = Instant::now();
+        let result = async {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            r.bytes().await?;
+            Ok::<_, reqwest::Error>(status)
+        }
+        .await;
+        let micros = started.elapsed().as_micros() as u64;
+        match result {
+            Ok(status) => self.stats.record("POST login", micros, status),
+            Err(_) => self.stats.failures += 1,
+        }
     }
 
     async fn mix(&mut self, uid: u64, session: u64, token: &(String, String), base: &str) {
@@ -614,6 +654,16 @@ async fn main() {
         // Its own thread: reading /proc blocks, and the workers' threads are timing.
         std::thread::spawn(move || sample_process(pid, stop))
     });
+    // The accounts' sign-in bodies: authPW as a client derives it from the password
+    // (quickStretch, then HKDF), once per account.
+    let logins: Vec<Value> = (0..args.accounts.max(1))
+        .map(|i| {
+            let email = args.email.replace("{}", &i.to_string());
+            let stretched = syncstore::accounts::crypto::quick_stretch(&email, &args.password);
+            let auth_pw = syncstore::accounts::crypto::auth_pw(&stretched);
+            json!({"email": email, "authPW": hex::encode(auth_pw)})
+        })
+        .collect();
     let cpu_before = own_cpu_secs();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -631,6 +681,8 @@ async fn main() {
             rng: StdRng::seed_from_u64(args.seed * 1_000_003 + w as u64),
             stats: Stats::default(),
             last_sync: last_sync.clone(),
+            login: (args.workload == Workload::LoginFlood)
+                .then(|| logins[w % logins.len()].clone()),
         };
         let (zipf, next_session) = (zipf.clone(), next_session.clone());
         tasks.push(tokio::spawn(async move {
