@@ -8,25 +8,11 @@ mod common;
 use std::process::Command;
 
 use common::Server;
-use serde_json::{Value, json};
-use syncstore::accounts::crypto;
+use common::fxa::{self, add_account, auth_pw};
+use serde_json::json;
 
 const EMAIL: &str = "Alice@example.org";
 const PASSWORD: &str = "correct horse battery";
-
-/// `syncstore account add EMAIL --password-stdin`.
-fn add_account(data: &std::path::Path, email: &str, password: &str) -> String {
-    common::account_cli(data, &["add", email, "--password-stdin"], &[], password)
-}
-
-fn auth_pw(email: &str, password: &str) -> [u8; 32] {
-    crypto::auth_pw(&crypto::quick_stretch(email, password))
-}
-
-async fn login(s: &Server, email: &str, password: &str) -> (u16, Value) {
-    let body = json!({"email": email, "authPW": hex::encode(auth_pw(email, password))});
-    common::fxa_post(s, "/v1/account/login?keys=true", &body, None).await
-}
 
 #[test]
 fn pyfxa_signs_up_signs_in_fetches_keys_and_syncs() {
@@ -59,9 +45,7 @@ fn pyfxa_signs_up_signs_in_fetches_keys_and_syncs() {
 
 #[test]
 fn wrong_passwords_are_refused_and_the_eleventh_in_a_minute_is_rate_limited() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL, PASSWORD);
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Sign-ups are closed by default.
@@ -71,16 +55,16 @@ fn wrong_passwords_are_refused_and_the_eleventh_in_a_minute_is_rate_limited() {
         // Another case of the email: errno 120 names the right one. It counts as a
         // failed attempt (it tells that the account exists), so nine wrong passwords
         // make ten failures.
-        let (status, err) = login(&s, "alice@example.org", PASSWORD).await;
+        let (status, err) = fxa::login(&s, "alice@example.org", PASSWORD, true).await;
         assert_eq!((status, err["errno"].as_i64()), (400, Some(120)), "{err}");
         assert_eq!(err["email"], EMAIL);
         for i in 0..9 {
-            let (status, err) = login(&s, EMAIL, "wrong password").await;
+            let (status, err) = fxa::login(&s, EMAIL, "wrong password", true).await;
             assert_eq!(status, 400, "attempt {i}: {err}");
             assert_eq!(err["errno"], 103, "{err}");
             assert_eq!(err["code"], 400);
         }
-        let (status, err) = login(&s, EMAIL, "wrong password").await;
+        let (status, err) = fxa::login(&s, EMAIL, "wrong password", true).await;
         assert_eq!(status, 429, "{err}");
         assert_eq!(err["errno"], 114);
         assert_eq!(err["error"], "Too Many Requests");
@@ -89,39 +73,21 @@ fn wrong_passwords_are_refused_and_the_eleventh_in_a_minute_is_rate_limited() {
         let retry = err["retryAfter"].as_u64().unwrap();
         assert!((1..=120).contains(&retry), "{err}");
         // Even the right password waits now.
-        let (status, _) = login(&s, EMAIL, PASSWORD).await;
+        let (status, _) = fxa::login(&s, EMAIL, PASSWORD, true).await;
         assert_eq!(status, 429);
     });
 }
 
 #[test]
 fn the_database_never_holds_the_password_auth_pw_or_kb() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL, PASSWORD);
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let kb = rt.block_on(async {
-        let (status, session) = login(&s, EMAIL, PASSWORD).await;
+        let (status, session) = fxa::login(&s, EMAIL, PASSWORD, true).await;
         assert_eq!(status, 200, "{session}");
         assert_eq!(session["verified"], true);
-        let kft: [u8; 32] = hex::decode(session["keyFetchToken"].as_str().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let keys = crypto::token_keys(&kft, "keyFetchToken");
-        let r = reqwest::Client::new()
-            .get(format!("{}/v1/account/keys", s.url()))
-            .bearer_auth(format!("fxk_{}", hex::encode(keys.id)))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let bundle: Value = r.json().await.unwrap();
-        let bundle = hex::decode(bundle["bundle"].as_str().unwrap()).unwrap();
-        let plain = crypto::unbundle(&keys.bundle_key, "account/keys", &bundle).unwrap();
-        let wrap_kb: [u8; 32] = plain[32..].try_into().unwrap();
-        let stretched = crypto::quick_stretch(EMAIL, PASSWORD);
-        crypto::xor32(&wrap_kb, &crypto::unwrap_b_key(&stretched))
+        let kft = fxa::hex32(&session["keyFetchToken"]);
+        fxa::kb(&s, EMAIL, PASSWORD, &kft).await
     });
     let dir = s.stop();
     let mut bytes = Vec::new();
@@ -150,54 +116,19 @@ fn the_database_never_holds_the_password_auth_pw_or_kb() {
 /// good signature is accepted, a bad one is 401 errno 109, a replay 401 errno 115.
 #[test]
 fn hawk_signed_session_requests_are_verified() {
-    use syncstore::auth::hawk::{HawkHeader, SignedRequest, compute_mac};
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL, PASSWORD);
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_, session) = login(&s, EMAIL, PASSWORD).await;
-        let token: [u8; 32] = hex::decode(session["sessionToken"].as_str().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let k = crypto::token_keys(&token, "sessionToken");
-        let (host, port) = s.addr.split_once(':').unwrap();
-        let port: u16 = port.parse().unwrap();
+        let (_, session) = fxa::login(&s, EMAIL, PASSWORD, true).await;
+        let token = fxa::hex32(&session["sessionToken"]);
+        let k = syncstore::accounts::crypto::token_keys(&token, "sessionToken");
+        let path = "/v1/session/status";
         let ts = common::now();
-        let header = |nonce: &str, key: &[u8]| {
-            let h = HawkHeader {
-                id: hex::encode(k.id),
-                ts,
-                ts_raw: ts.to_string(),
-                nonce: nonce.into(),
-                mac: String::new(),
-                hash: None,
-                ext: None,
-            };
-            let req = SignedRequest {
-                method: "GET",
-                path_and_query: "/v1/session/status",
-                host,
-                port,
-            };
-            let mac = compute_mac(key, &h, &req);
-            format!(
-                "Hawk id=\"{}\", ts=\"{ts}\", nonce=\"{nonce}\", mac=\"{mac}\"",
-                h.id
-            )
-        };
-        let get = |authz: String| {
-            let url = format!("{}/v1/session/status", s.url());
-            async move {
-                let r = reqwest::Client::new()
-                    .get(url)
-                    .header("authorization", authz)
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status().as_u16(), r.json::<Value>().await.unwrap())
-            }
+        let s = &s;
+        let header =
+            |nonce: &str, key: &[u8]| fxa::hawk(s, &k.id, key, "GET", path, ts, nonce, None);
+        let get = move |authz: String| async move {
+            fxa::send(s, reqwest::Method::GET, path, &authz, None).await
         };
         let (status, body) = get(header("n1", &k.auth_key)).await;
         assert_eq!(status, 200, "{body}");

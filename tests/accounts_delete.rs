@@ -8,45 +8,25 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, Server};
+use common::Server;
+use common::fxa::{self, OLDSYNC};
 use serde_json::{Value, json};
-use syncstore::accounts::crypto;
 
 const EMAIL: &str = "carol@example.org";
 const PASSWORD: &str = "a long and private passphrase";
-/// Firefox's OAuth client id.
-const FIREFOX: &str = "5882386c6d801776";
 /// `syncstore account ARGS… --data-dir DIR`, with `stdin` on standard input.
 fn account(data: &std::path::Path, args: &[&str], stdin: &str) -> String {
     common::account_cli(data, args, &[], stdin)
 }
 
-const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
 /// Signs in and returns an access token with the oldsync scope, and an X-KeyID at the
 /// account's keys_changed_at (the only one the tokenserver takes with the service's own
 /// tokens; the client state is made up, the server cannot check it).
 async fn access_token(s: &Server) -> (String, String) {
-    let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
-    let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-    let (status, session) = common::fxa_post(s, "/v1/account/login", &body, None).await;
-    assert_eq!(status, 200, "{session}");
-    let token: [u8; 32] = hex::decode(session["sessionToken"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let bearer = format!(
-        "fxs_{}",
-        hex::encode(crypto::token_keys(&token, "sessionToken").id)
-    );
-    let body = json!({"grant_type": "fxa-credentials", "client_id": FIREFOX, "scope": OLDSYNC});
-    let (status, grant) = common::fxa_post(s, "/v1/oauth/token", &body, Some(&bearer)).await;
+    let bearer = fxa::signed_in(s, EMAIL, PASSWORD).await;
+    let (status, grant) = fxa::grant(s, &bearer, OLDSYNC, None).await;
     assert_eq!(status, 200, "{grant}");
-    let body = json!({"client_id": FIREFOX, "scope": OLDSYNC});
-    let (status, keys) =
-        common::fxa_post(s, "/v1/account/scoped-key-data", &body, Some(&bearer)).await;
-    assert_eq!(status, 200, "{keys}");
-    let kca = keys[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap();
+    let kca = fxa::keys_changed_at(s, &bearer).await;
     (
         grant["access_token"].as_str().unwrap().to_string(),
         format!("{kca}-qqqqqqqqqqqqqqqqqqqqqg"),
@@ -55,15 +35,7 @@ async fn access_token(s: &Server) -> (String, String) {
 
 /// The tokenserver's answer to an access token (and its X-KeyID): status and body.
 async fn sync_token(s: &Server, (access, key_id): &(String, String)) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}/1.0/sync/1.5", s.url()))
-        .bearer_auth(access)
-        .header("X-KeyID", key_id)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    fxa::sync_token(s, access, key_id).await
 }
 
 fn user_files(s: &Server) -> usize {
@@ -74,21 +46,13 @@ fn user_files(s: &Server) -> usize {
 
 #[test]
 fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
-    let data = tempfile::tempdir().unwrap();
-    account(data.path(), &["add", EMAIL, "--password-stdin"], PASSWORD);
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let access = access_token(&s).await;
         let (status, sync) = sync_token(&s, &access).await;
         assert_eq!(status, 200, "{sync}");
-        let uid = sync["uid"].as_u64().unwrap();
-        let client = Client::with_token(
-            &s,
-            uid,
-            sync["id"].as_str().unwrap().into(),
-            sync["key"].as_str().unwrap().into(),
-        );
+        let client = fxa::storage_client(&s, &sync);
         let r = client
             .put("/storage/bookmarks/b1", &json!({"payload": "secret"}))
             .await;
@@ -97,9 +61,7 @@ fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
 
         // Disabled: the access token is refused, and works again once enabled.
         account(s.data.path(), &["disable", EMAIL], "");
-        let (status, body) = sync_token(&s, &access).await;
-        assert_eq!(status, 401, "{body}");
-        assert_eq!(body["status"], "invalid-credentials", "{body}");
+        fxa::assert_refused(&sync_token(&s, &access).await, "invalid-credentials");
         account(s.data.path(), &["enable", EMAIL], "");
         assert_eq!(sync_token(&s, &access).await.0, 200);
 
@@ -107,9 +69,7 @@ fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
         // the account's Sync data on its node.
         let said = account(s.data.path(), &["delete", EMAIL], "");
         assert!(said.contains(EMAIL), "{said}");
-        let (status, body) = sync_token(&s, &access).await;
-        assert_eq!(status, 401, "{body}");
-        assert_eq!(body["status"], "invalid-credentials", "{body}");
+        fxa::assert_refused(&sync_token(&s, &access).await, "invalid-credentials");
         let deadline = Instant::now() + Duration::from_secs(30);
         while user_files(&s) > 0 {
             assert!(
@@ -128,9 +88,7 @@ fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
         assert!(s.log_text().contains("account deleted: user retired"));
 
         // It can no longer sign in.
-        let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
-        let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-        let (status, body) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
+        let (status, body) = fxa::login(&s, EMAIL, PASSWORD, false).await;
         assert_eq!((status, body["errno"].as_i64()), (400, Some(102)), "{body}");
     });
 }
@@ -149,19 +107,9 @@ fn pyfxa_deletes_its_own_account_with_session_and_password() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // A session of another account cannot delete this one, even with its password.
-        let eve_pw = crypto::auth_pw(&crypto::quick_stretch("eve@example.org", "eve's password"));
-        let body = json!({"email": "eve@example.org", "authPW": hex::encode(eve_pw)});
-        let (_, eve) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
-        let eve_token: [u8; 32] = hex::decode(eve["sessionToken"].as_str().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let eve_bearer = format!(
-            "fxs_{}",
-            hex::encode(crypto::token_keys(&eve_token, "sessionToken").id)
-        );
-        let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
-        let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
+        let (_, eve) = fxa::login(&s, "eve@example.org", "eve's password", false).await;
+        let eve_bearer = fxa::session_bearer(eve["sessionToken"].as_str().unwrap());
+        let body = fxa::credentials(EMAIL, PASSWORD, None);
         let (status, refused) =
             common::fxa_post(&s, "/v1/account/destroy", &body, Some(&eve_bearer)).await;
         assert_eq!(

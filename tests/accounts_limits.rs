@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Server;
+use common::fxa::{self, code_in, drain, errno, post_with as post, session_bearer};
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 
@@ -20,46 +20,16 @@ const PASSWORD: &str = "correct horse battery";
 
 /// `syncstore account add EMAIL --password-stdin`.
 fn add_account(data: &std::path::Path, email: &str) {
-    common::account_cli(data, &["add", email, "--password-stdin"], &[], PASSWORD);
-}
-
-fn auth_pw(email: &str, password: &str) -> String {
-    hex::encode(crypto::auth_pw(&crypto::quick_stretch(email, password)))
+    fxa::add_account(data, email, PASSWORD);
 }
 
 /// A client whose connections come from `ip` (a loopback address).
 fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-/// POSTs JSON with `client` (a Bearer token when given): status and JSON body.
-async fn post(
-    client: &reqwest::Client,
-    s: &Server,
-    path: &str,
-    body: &Value,
-    bearer: Option<&str>,
-) -> (u16, Value) {
-    let mut req = client.post(format!("{}{path}", s.url())).json(body);
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    let r = req.send().await.expect("POST to the accounts API");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    fxa::client_from(ip, Duration::from_secs(60))
 }
 
 async fn login(client: &reqwest::Client, s: &Server, email: &str, password: &str) -> (u16, Value) {
-    let body = json!({"email": email, "authPW": auth_pw(email, password)});
-    post(client, s, "/v1/account/login?keys=true", &body, None).await
-}
-
-fn errno(v: &Value) -> Option<i64> {
-    v["errno"].as_i64()
+    fxa::login_with(client, s, email, password, true).await
 }
 
 /// A 429 errno 114 with a usable `retryAfter`.
@@ -67,6 +37,21 @@ fn assert_too_many(status: u16, body: &Value) {
     assert_eq!((status, errno(body)), (429, Some(114)), "{body}");
     let retry = body["retryAfter"].as_u64().unwrap_or(0);
     assert!((1..=3600).contains(&retry), "{body}");
+}
+
+/// Checks `answers`: each is refused (429, as [`assert_too_many`] wants) or passes
+/// `check`; how many were not refused.
+fn not_refused(answers: &[(u16, Value)], check: impl Fn(u16, &Value)) -> usize {
+    let mut n = 0;
+    for (status, body) in answers {
+        if *status == 429 {
+            assert_too_many(*status, body);
+        } else {
+            check(*status, body);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Runs `n` requests made by `make(i)` at once: tasks that wait on one barrier, so all
@@ -98,110 +83,19 @@ where
     out
 }
 
-/// A tiny SMTP sink on 127.0.0.1: answers the dialogue and sends each message's DATA
-/// down the channel.
-async fn smtp_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                let _ = w.write_all(b"220 sink ESMTP\r\n").await;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
-                        "DATA" => {
-                            let _ = w.write_all(b"354 go on\r\n").await;
-                            let mut data = String::new();
-                            while let Ok(Some(l)) = lines.next_line().await {
-                                if l == "." {
-                                    break;
-                                }
-                                data.push_str(&l);
-                                data.push('\n');
-                            }
-                            let _ = tx.send(data);
-                            b"250 queued\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = w.write_all(b"221 bye\r\n").await;
-                            return;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    if w.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, rx)
-}
-
-/// The mails that arrive until none has for `quiet`.
-async fn drain(
-    mails: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    quiet: Duration,
-) -> Vec<String> {
-    let mut got = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(quiet, mails.recv()).await {
-        got.push(m);
-        assert!(got.len() < 1000, "mail flood");
-    }
-    got
-}
-
-/// The 6-digit code in a mail.
-fn code_in(mail: &str) -> String {
-    let body = mail.split("\n\n").skip(1).collect::<Vec<_>>().join("\n");
-    body.split(|c: char| !c.is_ascii_digit())
-        .find(|w| w.len() == 6)
-        .unwrap_or_else(|| panic!("no code in {mail}"))
-        .to_string()
-}
-
-/// The Bearer form of a session token.
-fn session_bearer(token_hex: &str) -> String {
-    let token: [u8; 32] = hex::decode(token_hex).unwrap().try_into().unwrap();
-    format!(
-        "fxs_{}",
-        hex::encode(crypto::token_keys(&token, "sessionToken").id)
-    )
-}
-
 /// A server with open sign-ups mailing to a fresh SMTP sink.
 fn open_server_with_mail(
     rt: &tokio::runtime::Runtime,
     extra: &[(&str, &str)],
 ) -> (Server, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let (port, mails) = rt.block_on(smtp_sink());
-    let smtp = format!("smtp://127.0.0.1:{port}?tls=none");
-    let mut env = vec![
-        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
-        ("SYNCSTORE_ACCOUNTS_SMTP_URL", smtp.as_str()),
-        ("SYNCSTORE_ACCOUNTS_MAIL_FROM", "sync@example.org"),
-    ];
-    env.extend_from_slice(extra);
-    (Server::start(&env), mails)
+    fxa::open_server_with_mail(rt, "sync@example.org", extra)
 }
 
 // Item 2: attempts are reserved before the work.
 
 #[test]
 fn sixty_concurrent_wrong_logins_from_one_address_get_at_most_ten_tries() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL);
-    let s = Arc::new(Server::start_in(data, &[]));
+    let s = Arc::new(fxa::server_with_account(EMAIL, PASSWORD, &[]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = client_from("127.0.0.1");
@@ -210,15 +104,9 @@ fn sixty_concurrent_wrong_logins_from_one_address_get_at_most_ten_tries() {
             async move { login(&client, &s, EMAIL, "wrong password").await }
         })
         .await;
-        let mut tried = 0;
-        for (status, body) in &answers {
-            if *status == 429 {
-                assert_too_many(*status, body);
-            } else {
-                assert_eq!((*status, errno(body)), (400, Some(103)), "{body}");
-                tried += 1;
-            }
-        }
+        let tried = not_refused(&answers, |status, body| {
+            assert_eq!((status, errno(body)), (400, Some(103)), "{body}")
+        });
         assert!(
             (1..=10).contains(&tried),
             "{tried} wrong passwords were checked"
@@ -234,16 +122,11 @@ fn simultaneous_verification_code_guesses_try_at_most_ten_codes() {
     rt.block_on(async {
         let client = client_from("127.0.0.1");
         let email = "guessed@example.org";
-        let body = json!({"email": email, "authPW": auth_pw(email, PASSWORD)});
+        let body = sign_up(email, None);
         let (status, made) = post(&client, &s, "/v1/account/create", &body, None).await;
         assert_eq!(status, 200, "{made}");
         let session = session_bearer(made["sessionToken"].as_str().unwrap());
-        let real = code_in(
-            &tokio::time::timeout(Duration::from_secs(10), mails.recv())
-                .await
-                .expect("the sign-up mail")
-                .unwrap(),
-        );
+        let real = code_in(&fxa::next_mail(&mut mails).await);
         let answers = together(250, |i| {
             let (client, s, session) = (client.clone(), s.clone(), session.clone());
             // 250 distinct wrong codes.
@@ -251,37 +134,15 @@ fn simultaneous_verification_code_guesses_try_at_most_ten_codes() {
             if guess == real {
                 guess = format!("{:06}", 900_000 + i);
             }
-            async move {
-                post(
-                    &client,
-                    &s,
-                    "/v1/session/verify_code",
-                    &json!({ "code": guess }),
-                    Some(&session),
-                )
-                .await
-            }
+            async move { fxa::verify_code_with(&client, &s, &session, &guess).await }
         })
         .await;
-        let mut tried = 0;
-        for (status, body) in &answers {
-            if *status == 429 {
-                assert_too_many(*status, body);
-            } else {
-                assert_eq!((*status, errno(body)), (400, Some(183)), "{body}");
-                tried += 1;
-            }
-        }
+        let tried = not_refused(&answers, |status, body| {
+            assert_eq!((status, errno(body)), (400, Some(183)), "{body}")
+        });
         assert!((1..=10).contains(&tried), "{tried} codes were tried");
         // Even the right code waits now.
-        let (status, body) = post(
-            &client,
-            &s,
-            "/v1/session/verify_code",
-            &json!({ "code": real }),
-            Some(&session),
-        )
-        .await;
+        let (status, body) = fxa::verify_code_with(&client, &s, &session, &real).await;
         assert_too_many(status, &body);
     });
 }
@@ -297,20 +158,12 @@ fn forty_concurrent_mailing_sign_ups_from_one_address_make_at_most_ten_accounts(
             let (client, s) = (client.clone(), s.clone());
             let email = format!("stranger{i}@example.org");
             async move {
-                let body = json!({"email": email, "authPW": auth_pw(&email, PASSWORD)});
+                let body = sign_up(&email, None);
                 post(&client, &s, "/v1/account/create", &body, None).await
             }
         })
         .await;
-        let mut made = 0;
-        for (status, body) in &answers {
-            if *status == 429 {
-                assert_too_many(*status, body);
-            } else {
-                assert_eq!(*status, 200, "{body}");
-                made += 1;
-            }
-        }
+        let made = not_refused(&answers, |status, body| assert_eq!(status, 200, "{body}"));
         assert!((1..=10).contains(&made), "{made} accounts made");
         let sent = drain(&mut mails, Duration::from_secs(2)).await;
         assert_eq!(sent.len(), made, "one mail per account made");
@@ -323,9 +176,7 @@ fn forty_concurrent_mailing_sign_ups_from_one_address_make_at_most_ten_accounts(
 
 #[test]
 fn wrong_logins_from_one_address_do_not_refuse_the_owner_at_another() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL);
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let attacker = client_from("127.0.0.2");
@@ -354,9 +205,7 @@ fn wrong_logins_from_one_address_do_not_refuse_the_owner_at_another() {
 
 #[test]
 fn a_login_flood_from_one_address_leaves_another_address_signing_in_quickly() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL);
-    let s = Arc::new(Server::start_in(data, &[]));
+    let s = Arc::new(fxa::server_with_account(EMAIL, PASSWORD, &[]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Warm up (the first sign-in opens the database and loads the keys), then time
@@ -450,11 +299,7 @@ fn invites(data: &std::path::Path, n: usize) -> Vec<String> {
 }
 
 fn sign_up(email: &str, invite: Option<&str>) -> Value {
-    let mut body = json!({"email": email, "authPW": auth_pw(email, PASSWORD)});
-    if let Some(code) = invite {
-        body["inviteCode"] = json!(code);
-    }
-    body
+    fxa::credentials(email, PASSWORD, invite)
 }
 
 #[test]
@@ -562,7 +407,7 @@ fn thirty_logins_to_an_unverified_account_mail_at_most_three_codes() {
     rt.block_on(async {
         let email = "victim@example.org";
         let attacker = client_from("127.0.0.2");
-        let body = json!({"email": email, "authPW": auth_pw(email, PASSWORD)});
+        let body = sign_up(email, None);
         let (status, made) = post(&attacker, &s, "/v1/account/create", &body, None).await;
         assert_eq!(status, 200, "{made}");
         assert_eq!(made["verified"], false, "{made}");
@@ -593,14 +438,7 @@ fn thirty_logins_to_an_unverified_account_mail_at_most_three_codes() {
         .await;
         assert_too_many(status, &body);
         let code = code_in(sent.last().unwrap());
-        let (status, body) = post(
-            &other,
-            &s,
-            "/v1/session/verify_code",
-            &json!({ "code": code }),
-            Some(&session),
-        )
-        .await;
+        let (status, body) = fxa::verify_code_with(&other, &s, &session, &code).await;
         assert_eq!(status, 200, "{body}");
     });
 }
@@ -609,9 +447,7 @@ fn thirty_logins_to_an_unverified_account_mail_at_most_three_codes() {
 
 #[test]
 fn account_status_by_email_is_limited_per_address() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL);
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let prober = client_from("127.0.0.2");
@@ -658,9 +494,7 @@ fn account_status_by_email_is_limited_per_address() {
 
 #[test]
 fn a_case_variant_login_counts_as_a_failed_attempt() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), EMAIL);
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let prober = client_from("127.0.0.2");

@@ -6,25 +6,14 @@
 mod common;
 
 use common::Server;
+use common::fxa::{self, code_in, errno};
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 
 const PASSWORD: &str = "correct horse battery";
 
-fn auth_pw(email: &str) -> String {
-    hex::encode(crypto::auth_pw(&crypto::quick_stretch(email, PASSWORD)))
-}
-
 async fn create(s: &Server, email: &str, invite: Option<&str>) -> (u16, Value) {
-    let mut body = json!({"email": email, "authPW": auth_pw(email)});
-    if let Some(code) = invite {
-        body["inviteCode"] = json!(code);
-    }
-    common::fxa_post(s, "/v1/account/create?keys=true", &body, None).await
-}
-
-fn errno(v: &Value) -> Option<i64> {
-    v["errno"].as_i64()
+    fxa::create(s, email, PASSWORD, invite).await
 }
 
 #[test]
@@ -92,9 +81,7 @@ fn an_invite_code_from_the_cli_makes_one_account_and_is_then_spent() {
         // Spent: another email cannot use it, and the invited account can sign in.
         let (status, err) = create(&s, "other@example.org", Some(&code)).await;
         assert_eq!((status, errno(&err)), (400, Some(125)), "{err}");
-        let body =
-            json!({"email": "Invited@example.org", "authPW": auth_pw("Invited@example.org")});
-        let (status, ok) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
+        let (status, ok) = fxa::login(&s, "Invited@example.org", PASSWORD, false).await;
         assert_eq!(status, 200, "{ok}");
         // The same email again with the unused code: the email is taken, the code kept.
         let code2 = second.lines().next().unwrap().trim();
@@ -167,130 +154,39 @@ fn closed_refuses_even_a_valid_invite_and_the_page_learns_the_policy() {
     }
 }
 
-/// A tiny SMTP sink on 127.0.0.1: answers the dialogue and sends each message's DATA
-/// down the channel.
-async fn smtp_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
-                        "DATA" => {
-                            w.write_all(b"354 go on\r\n").await.unwrap();
-                            let mut data = String::new();
-                            while let Ok(Some(l)) = lines.next_line().await {
-                                if l == "." {
-                                    break;
-                                }
-                                data.push_str(&l);
-                                data.push('\n');
-                            }
-                            let _ = tx.send(data);
-                            b"250 queued\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = w.write_all(b"221 bye\r\n").await;
-                            return;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    w.write_all(reply).await.unwrap();
-                }
-            });
-        }
-    });
-    (port, rx)
-}
-
-/// The 6-digit code in a mail.
-fn code_in(mail: &str) -> String {
-    let body = mail.split("\n\n").skip(1).collect::<Vec<_>>().join("\n");
-    body.split(|c: char| !c.is_ascii_digit())
-        .find(|w| w.len() == 6)
-        .unwrap_or_else(|| panic!("no code in {mail}"))
-        .to_string()
-}
-
-async fn get(s: &Server, path: &str, bearer: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}{path}", s.url()))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// The Bearer forms of a token (`fxs_<id>` for sessions, `fxk_<id>` for key fetch).
-fn bearer(prefix: &str, token_hex: &str, kind: &str) -> String {
-    let token: [u8; 32] = hex::decode(token_hex).unwrap().try_into().unwrap();
-    format!(
-        "{prefix}_{}",
-        hex::encode(crypto::token_keys(&token, kind).id)
-    )
-}
-
 #[test]
 fn open_sign_ups_with_smtp_verify_the_address_with_a_mailed_code() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (port, mut mails) = rt.block_on(smtp_sink());
-    let smtp = format!("smtp://127.0.0.1:{port}?tls=none");
-    let s = Server::start(&[
-        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
-        ("SYNCSTORE_ACCOUNTS_SMTP_URL", &smtp),
-        ("SYNCSTORE_ACCOUNTS_MAIL_FROM", "Sync <sync@example.org>"),
-    ]);
+    let (s, mut mails) = fxa::open_server_with_mail(&rt, "Sync <sync@example.org>", &[]);
     rt.block_on(async {
         let email = "new@example.org";
         let (status, made) = create(&s, email, None).await;
         assert_eq!(status, 200, "{made}");
         assert_eq!(made["verified"], false, "{made}");
         assert_eq!(made["verificationMethod"], "email-otp", "{made}");
-        let session = bearer(
-            "fxs",
-            made["sessionToken"].as_str().unwrap(),
-            "sessionToken",
-        );
-        let kft = bearer(
+        let session = fxa::session_bearer(made["sessionToken"].as_str().unwrap());
+        let kft = fxa::bearer(
             "fxk",
             made["keyFetchToken"].as_str().unwrap(),
             "keyFetchToken",
         );
-        let mail = tokio::time::timeout(std::time::Duration::from_secs(10), mails.recv())
-            .await
-            .expect("a mail within 10 s")
-            .unwrap();
+        let mail = fxa::next_mail(&mut mails).await;
         assert!(mail.contains("To: new@example.org"), "{mail}");
         assert!(mail.contains("sync@example.org"), "{mail}");
         let code = code_in(&mail);
 
         // Until verified: status says so; keys and OAuth are refused with errno 104.
-        let (status, st) = get(&s, "/v1/session/status", &session).await;
+        let (status, st) = fxa::bearer_get(&s, "/v1/session/status", &session).await;
         assert_eq!(
             (status, st["state"].as_str()),
             (200, Some("unverified")),
             "{st}"
         );
-        let (_, st) = get(&s, "/v1/recovery_email/status", &session).await;
+        let (_, st) = fxa::bearer_get(&s, "/v1/recovery_email/status", &session).await;
         assert_eq!(st["verified"], false, "{st}");
-        let (status, err) = get(&s, "/v1/account/keys", &kft).await;
+        let (status, err) = fxa::bearer_get(&s, "/v1/account/keys", &kft).await;
         assert_eq!((status, errno(&err)), (400, Some(104)), "{err}");
-        let client_id = "5882386c6d801776";
-        let scope = "https://identity.mozilla.com/apps/oldsync";
+        let (client_id, scope) = (fxa::FIREFOX, fxa::OLDSYNC);
         let body = json!({"client_id": client_id, "scope": scope});
         let (status, err) =
             common::fxa_post(&s, "/v1/account/scoped-key-data", &body, Some(&session)).await;
@@ -308,40 +204,22 @@ fn open_sign_ups_with_smtp_verify_the_address_with_a_mailed_code() {
 
         // A wrong code is refused; the right one verifies.
         let wrong = if code == "000000" { "000001" } else { "000000" };
-        let (status, err) = common::fxa_post(
-            &s,
-            "/v1/session/verify_code",
-            &json!({"code": wrong}),
-            Some(&session),
-        )
-        .await;
+        let (status, err) = fxa::verify_code(&s, &session, wrong).await;
         assert_eq!((status, errno(&err)), (400, Some(183)), "{err}");
-        let (status, ok) = common::fxa_post(
-            &s,
-            "/v1/session/verify_code",
-            &json!({"code": code}),
-            Some(&session),
-        )
-        .await;
+        let (status, ok) = fxa::verify_code(&s, &session, &code).await;
         assert_eq!(status, 200, "{ok}");
-        let (_, st) = get(&s, "/v1/session/status", &session).await;
+        let (_, st) = fxa::bearer_get(&s, "/v1/session/status", &session).await;
         assert_eq!(st["state"], "verified", "{st}");
-        let (_, st) = get(&s, "/v1/recovery_email/status", &session).await;
+        let (_, st) = fxa::bearer_get(&s, "/v1/recovery_email/status", &session).await;
         assert_eq!(st["verified"], true, "{st}");
-        let (status, keys) = get(&s, "/v1/account/keys", &kft).await;
+        let (status, keys) = fxa::bearer_get(&s, "/v1/account/keys", &kft).await;
         assert_eq!(status, 200, "{keys}");
         assert!(keys["bundle"].is_string(), "{keys}");
         let body = json!({"client_id": client_id, "scope": scope, "grant_type": "fxa-credentials"});
         let (status, grant) = common::fxa_post(&s, "/v1/oauth/token", &body, Some(&session)).await;
         assert_eq!(status, 200, "{grant}");
         // The code is spent (and the session verified, so it answers OK again).
-        let (status, _) = common::fxa_post(
-            &s,
-            "/v1/session/verify_code",
-            &json!({"code": code}),
-            Some(&session),
-        )
-        .await;
+        let (status, _) = fxa::verify_code(&s, &session, &code).await;
         assert_eq!(status, 200);
     });
     let log = s.log_text();
@@ -352,21 +230,11 @@ fn open_sign_ups_with_smtp_verify_the_address_with_a_mailed_code() {
 #[test]
 fn wrong_verification_codes_and_mailing_sign_ups_hit_the_attempt_limits() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (port, mut mails) = rt.block_on(smtp_sink());
-    let smtp = format!("smtp://127.0.0.1:{port}?tls=none");
-    let s = Server::start(&[
-        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
-        ("SYNCSTORE_ACCOUNTS_SMTP_URL", &smtp),
-        ("SYNCSTORE_ACCOUNTS_MAIL_FROM", "sync@example.org"),
-    ]);
+    let (s, mut mails) = fxa::open_server_with_mail(&rt, "sync@example.org", &[]);
     rt.block_on(async {
         let (status, made) = create(&s, "guess@example.org", None).await;
         assert_eq!(status, 200, "{made}");
-        let session = bearer(
-            "fxs",
-            made["sessionToken"].as_str().unwrap(),
-            "sessionToken",
-        );
+        let session = fxa::session_bearer(made["sessionToken"].as_str().unwrap());
         let first = code_in(&mails.recv().await.unwrap());
         let (status, _) =
             common::fxa_post(&s, "/v1/session/resend_code", &json!({}), Some(&session)).await;
@@ -380,24 +248,12 @@ fn wrong_verification_codes_and_mailing_sign_ups_hit_the_attempt_limits() {
             if guess == first || guess == second || tried == 10 {
                 continue;
             }
-            let (status, err) = common::fxa_post(
-                &s,
-                "/v1/session/verify_code",
-                &json!({"code": guess}),
-                Some(&session),
-            )
-            .await;
+            let (status, err) = fxa::verify_code(&s, &session, guess).await;
             assert_eq!((status, errno(&err)), (400, Some(183)), "{err}");
             tried += 1;
         }
         // The eleventh attempt waits, even with the right code.
-        let (status, err) = common::fxa_post(
-            &s,
-            "/v1/session/verify_code",
-            &json!({"code": second}),
-            Some(&session),
-        )
-        .await;
+        let (status, err) = fxa::verify_code(&s, &session, &second).await;
         assert_eq!((status, errno(&err)), (429, Some(114)), "{err}");
         // Mails caused from one address, sign-ups included: at most ten a minute (two so
         // far: the first sign-up's and the resend's).
@@ -425,19 +281,13 @@ fn open_without_smtp_verifies_at_once_and_warns_and_mail_failures_are_503() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let smtp = format!("smtp://127.0.0.1:{port}?tls=none");
-    let s = Server::start(&[
-        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
-        ("SYNCSTORE_ACCOUNTS_SMTP_URL", &smtp),
-        ("SYNCSTORE_ACCOUNTS_MAIL_FROM", "sync@example.org"),
-    ]);
+    let env = fxa::open_mail_env(port, "sync@example.org");
+    let s = Server::start(&fxa::env_refs(&env));
     rt.block_on(async {
         let (status, err) = create(&s, "unlucky@example.org", None).await;
         assert_eq!((status, errno(&err)), (503, Some(151)), "{err}");
         // The account exists: signing in gives an unverified session.
-        let body =
-            json!({"email": "unlucky@example.org", "authPW": auth_pw("unlucky@example.org")});
-        let (status, ok) = common::fxa_post(&s, "/v1/account/login", &body, None).await;
+        let (status, ok) = fxa::login(&s, "unlucky@example.org", PASSWORD, false).await;
         assert_eq!(status, 200, "{ok}");
         assert_eq!(ok["verified"], false, "{ok}");
     });

@@ -10,57 +10,29 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Server;
+use common::fxa::{self, code_in, env_refs, errno, next_mail, session_bearer};
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 
 const PASSWORD: &str = "correct horse battery";
+const MAIL_FROM: &str = "Sync <sync@example.org>";
 const DAY_MS: i64 = 24 * 3600 * 1000;
-
-fn auth_pw(email: &str) -> String {
-    hex::encode(crypto::auth_pw(&crypto::quick_stretch(email, PASSWORD)))
-}
-
-fn errno(v: &Value) -> Option<i64> {
-    v["errno"].as_i64()
-}
 
 fn now_ms() -> i64 {
     common::now() * 1000
 }
 
 async fn create(s: &Server, email: &str) -> (u16, Value) {
-    let body = json!({"email": email, "authPW": auth_pw(email)});
-    common::fxa_post(s, "/v1/account/create?keys=true", &body, None).await
+    fxa::create(s, email, PASSWORD, None).await
 }
 
 async fn login(s: &Server, email: &str) -> (u16, Value) {
-    let body = json!({"email": email, "authPW": auth_pw(email)});
-    common::fxa_post(s, "/v1/account/login?keys=true", &body, None).await
+    fxa::login(s, email, PASSWORD, true).await
 }
 
 /// `syncstore account add EMAIL` (verified) on a data dir.
 fn add_account(data: &std::path::Path, email: &str) {
-    common::account_cli(data, &["add", email, "--password-stdin"], &[], PASSWORD);
-}
-
-/// The Bearer form of a session token (`fxs_<id>`).
-fn session_bearer(token_hex: &str) -> String {
-    let token: [u8; 32] = hex::decode(token_hex).unwrap().try_into().unwrap();
-    format!(
-        "fxs_{}",
-        hex::encode(crypto::token_keys(&token, "sessionToken").id)
-    )
-}
-
-async fn get(s: &Server, path: &str, bearer: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}{path}", s.url()))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    fxa::add_account(data, email, PASSWORD);
 }
 
 /// The server's accounts database, opened beside it (WAL: the server keeps running).
@@ -74,99 +46,13 @@ fn count(c: &rusqlite::Connection, sql: &str) -> i64 {
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
-/// A tiny SMTP sink on 127.0.0.1 (as in accounts_signups.rs): answers the dialogue and
-/// sends each message's DATA down the channel.
-async fn smtp_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                let _ = w.write_all(b"220 sink ESMTP\r\n").await;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
-                        "DATA" => {
-                            let _ = w.write_all(b"354 go on\r\n").await;
-                            let mut data = String::new();
-                            while let Ok(Some(l)) = lines.next_line().await {
-                                if l == "." {
-                                    break;
-                                }
-                                data.push_str(&l);
-                                data.push('\n');
-                            }
-                            let _ = tx.send(data);
-                            b"250 queued\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = w.write_all(b"221 bye\r\n").await;
-                            return;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    if w.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, rx)
-}
-
-/// The 6-digit code in a mail.
-fn code_in(mail: &str) -> String {
-    let body = mail.split("\n\n").skip(1).collect::<Vec<_>>().join("\n");
-    body.split(|c: char| !c.is_ascii_digit())
-        .find(|w| w.len() == 6)
-        .unwrap_or_else(|| panic!("no code in {mail}"))
-        .to_string()
-}
-
-async fn next_mail(mails: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(10), mails.recv())
-        .await
-        .expect("a mail within 10 s")
-        .unwrap()
-}
-
-fn open_smtp_env(port: u16) -> Vec<(&'static str, String)> {
-    vec![
-        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open".to_string()),
-        (
-            "SYNCSTORE_ACCOUNTS_SMTP_URL",
-            format!("smtp://127.0.0.1:{port}?tls=none"),
-        ),
-        (
-            "SYNCSTORE_ACCOUNTS_MAIL_FROM",
-            "Sync <sync@example.org>".to_string(),
-        ),
-    ]
-}
-
-fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
 /// Item 6: someone signs up with another person's address (and cannot verify it);
 /// the owner's own sign-up replaces that account instead of getting 101 for ever. Once
 /// the owner has verified, the address is held: another sign-up gets 101.
 #[test]
 fn an_unverified_account_yields_its_address_to_a_new_sign_up() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (port, mut mails) = rt.block_on(smtp_sink());
-    let env = open_smtp_env(port);
-    let s = Server::start(&env_refs(&env));
+    let (s, mut mails) = fxa::open_server_with_mail(&rt, MAIL_FROM, &[]);
     rt.block_on(async {
         let email = "owner@example.org";
         let (status, squat) = create(&s, email).await;
@@ -183,7 +69,7 @@ fn an_unverified_account_yields_its_address_to_a_new_sign_up() {
         let session = session_bearer(made["sessionToken"].as_str().unwrap());
 
         // The squatter's account is gone with its session and its code.
-        let (status, err) = get(&s, "/v1/session/status", &squat_session).await;
+        let (status, err) = fxa::bearer_get(&s, "/v1/session/status", &squat_session).await;
         assert_eq!((status, errno(&err)), (401, Some(110)), "{err}");
         let c = db(&s);
         assert_eq!(
@@ -208,28 +94,16 @@ fn an_unverified_account_yields_its_address_to_a_new_sign_up() {
         // same 6 digits, one chance in a million).
         let (old_code, code) = (code_in(&squat_mail), code_in(&mail));
         if old_code != code {
-            let (status, err) = common::fxa_post(
-                &s,
-                "/v1/session/verify_code",
-                &json!({"code": old_code}),
-                Some(&session),
-            )
-            .await;
+            let (status, err) = fxa::verify_code(&s, &session, &old_code).await;
             assert_eq!((status, errno(&err)), (400, Some(183)), "{err}");
         }
-        let (status, ok) = common::fxa_post(
-            &s,
-            "/v1/session/verify_code",
-            &json!({"code": code}),
-            Some(&session),
-        )
-        .await;
+        let (status, ok) = fxa::verify_code(&s, &session, &code).await;
         assert_eq!(status, 200, "{ok}");
 
         // A verified account holds its address.
         let (status, err) = create(&s, email).await;
         assert_eq!((status, errno(&err)), (400, Some(101)), "{err}");
-        let (status, st) = get(&s, "/v1/session/status", &session).await;
+        let (status, st) = fxa::bearer_get(&s, "/v1/session/status", &session).await;
         assert_eq!((status, st["state"].as_str()), (200, Some("verified")));
     });
     assert!(
@@ -247,8 +121,8 @@ fn an_unverified_account_yields_its_address_to_a_new_sign_up() {
 #[test]
 fn upkeep_purges_old_unverified_accounts_idle_sessions_and_expired_codes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (port, mut mails) = rt.block_on(smtp_sink());
-    let env = open_smtp_env(port);
+    let (port, mut mails) = rt.block_on(fxa::smtp_sink());
+    let env = fxa::open_mail_env(port, MAIL_FROM);
     let s = Server::start(&env_refs(&env));
     let (squat_uid, owner_uid, idle, with_device, fresh) = rt.block_on(async {
         let (status, squat) = create(&s, "squatted@example.org").await;
@@ -258,13 +132,7 @@ fn upkeep_purges_old_unverified_accounts_idle_sessions_and_expired_codes() {
         assert_eq!(status, 200, "{owner}");
         let code = code_in(&next_mail(&mut mails).await);
         let owner_session = session_bearer(owner["sessionToken"].as_str().unwrap());
-        let (status, _) = common::fxa_post(
-            &s,
-            "/v1/session/verify_code",
-            &json!({"code": code}),
-            Some(&owner_session),
-        )
-        .await;
+        let (status, _) = fxa::verify_code(&s, &owner_session, &code).await;
         assert_eq!(status, 200);
         let mut sessions = Vec::new();
         for _ in 0..3 {
@@ -331,15 +199,15 @@ fn upkeep_purges_old_unverified_accounts_idle_sessions_and_expired_codes() {
     assert_eq!(count(&c, "SELECT count(*) FROM oauth_codes"), 0);
     assert_eq!(count(&c, "SELECT count(*) FROM email_codes"), 0);
     rt.block_on(async {
-        let (status, err) = get(&s, "/v1/session/status", &idle).await;
+        let (status, err) = fxa::bearer_get(&s, "/v1/session/status", &idle).await;
         assert_eq!(
             (status, errno(&err)),
             (401, Some(110)),
             "idle session: {err}"
         );
-        let (status, st) = get(&s, "/v1/session/status", &with_device).await;
+        let (status, st) = fxa::bearer_get(&s, "/v1/session/status", &with_device).await;
         assert_eq!(status, 200, "the session with a device: {st}");
-        let (status, st) = get(&s, "/v1/session/status", &fresh.0).await;
+        let (status, st) = fxa::bearer_get(&s, "/v1/session/status", &fresh.0).await;
         assert_eq!(status, 200, "the recent session: {st}");
     });
     // The first sign-up's session (unused for "31 days", no device) went too.
@@ -358,9 +226,7 @@ fn upkeep_purges_old_unverified_accounts_idle_sessions_and_expired_codes() {
 /// of it is stored.
 #[test]
 fn device_fields_and_bodies_are_bounded() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), "dev@example.org");
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account("dev@example.org", PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (status, l) = login(&s, "dev@example.org").await;
@@ -414,7 +280,7 @@ fn device_fields_and_bodies_are_bounded() {
         });
         let (status, d) = post(firefox).await;
         assert_eq!(status, 200, "{d}");
-        let (status, list) = get(&s, "/v1/account/devices", &session).await;
+        let (status, list) = fxa::bearer_get(&s, "/v1/account/devices", &session).await;
         assert_eq!(status, 200, "{list}");
         let list = list.as_array().unwrap();
         assert_eq!(list.len(), 1, "{list:?}");
@@ -436,9 +302,7 @@ fn device_fields_and_bodies_are_bounded() {
 /// new one made over the API then pushes the excess out.
 #[test]
 fn sessions_devices_refresh_tokens_and_codes_per_account_are_capped() {
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), "many@example.org");
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account("many@example.org", PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let uid = rt.block_on(async {
         let (status, l) = login(&s, "many@example.org").await;
@@ -523,7 +387,7 @@ fn sessions_devices_refresh_tokens_and_codes_per_account_are_capped() {
             common::fxa_post(&s, "/v1/oauth/authorization", &body, Some(&session)).await;
         assert_eq!(status, 200, "{a}");
 
-        let (status, clients) = get(&s, "/v1/account/attached_clients", &session).await;
+        let (status, clients) = fxa::bearer_get(&s, "/v1/account/attached_clients", &session).await;
         assert_eq!(status, 200, "{clients}");
         let clients = clients.as_array().unwrap();
         let sessions: Vec<&Value> = clients
@@ -540,7 +404,7 @@ fn sessions_devices_refresh_tokens_and_codes_per_account_are_capped() {
             .filter(|c| c["refreshTokenId"].is_string())
             .count();
         assert_eq!(refresh, 100);
-        let (status, devices) = get(&s, "/v1/account/devices", &session).await;
+        let (status, devices) = fxa::bearer_get(&s, "/v1/account/devices", &session).await;
         assert_eq!(status, 200);
         let devices = devices.as_array().unwrap();
         assert!(devices.len() <= 100, "{} devices", devices.len());
@@ -586,9 +450,7 @@ fn sessions_devices_refresh_tokens_and_codes_per_account_are_capped() {
 #[test]
 fn only_bare_addresses_are_taken_and_refusals_store_and_mail_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (port, mut mails) = rt.block_on(smtp_sink());
-    let env = open_smtp_env(port);
-    let s = Server::start(&env_refs(&env));
+    let (s, mut mails) = fxa::open_server_with_mail(&rt, MAIL_FROM, &[]);
     rt.block_on(async {
         let bad = [
             "\"victim@example.com\" <attacker@evil.example>",
@@ -630,72 +492,13 @@ fn only_bare_addresses_are_taken_and_refusals_store_and_mail_nothing() {
     });
 }
 
-/// A Hawk `Authorization` header for a session request (payload hash given or not).
-fn hawk(
-    s: &Server,
-    token_hex: &str,
-    method: &str,
-    path: &str,
-    nonce: &str,
-    hash: Option<&str>,
-) -> String {
-    use syncstore::auth::hawk::{HawkHeader, SignedRequest, compute_mac};
-    let token: [u8; 32] = hex::decode(token_hex).unwrap().try_into().unwrap();
-    let k = crypto::token_keys(&token, "sessionToken");
-    let (host, port) = s.addr.split_once(':').unwrap();
-    let ts = common::now();
-    let h = HawkHeader {
-        id: hex::encode(k.id),
-        ts,
-        ts_raw: ts.to_string(),
-        nonce: nonce.into(),
-        mac: String::new(),
-        hash: hash.map(str::to_string),
-        ext: None,
-    };
-    let req = SignedRequest {
-        method,
-        path_and_query: path,
-        host,
-        port: port.parse().unwrap(),
-    };
-    let mac = compute_mac(&k.auth_key, &h, &req);
-    let hash = hash.map(|h| format!(", hash=\"{h}\"")).unwrap_or_default();
-    format!(
-        "Hawk id=\"{}\", ts=\"{ts}\", nonce=\"{nonce}\", mac=\"{mac}\"{hash}",
-        h.id
-    )
-}
-
-async fn send(
-    s: &Server,
-    method: reqwest::Method,
-    path: &str,
-    authz: &str,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", s.url()))
-        .header("authorization", authz);
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Item 15 (a): a Hawk-signed request with a body must sign the body (its payload hash):
 /// a device renamed with an unsigned body, or with the hash of another body, is 401
 /// errno 109 and nothing changes.
 #[test]
 fn hawk_signed_bodies_must_carry_their_payload_hash() {
     use syncstore::auth::hawk::payload_hash;
-    let data = tempfile::tempdir().unwrap();
-    add_account(data.path(), "hawk@example.org");
-    let s = Server::start_in(data, &[]);
+    let s = fxa::server_with_account("hawk@example.org", PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (status, l) = login(&s, "hawk@example.org").await;
@@ -704,23 +507,23 @@ fn hawk_signed_bodies_must_carry_their_payload_hash() {
         let path = "/v1/account/device";
         let body = json!({"name": "signed", "type": "desktop"}).to_string();
         let hash = payload_hash("application/json", body.as_bytes());
-        let authz = hawk(&s, token, "POST", path, "n1", Some(&hash));
-        let (status, d) = send(&s, reqwest::Method::POST, path, &authz, Some(&body)).await;
+        let authz = fxa::session_hawk(&s, token, "POST", path, "n1", Some(&hash));
+        let (status, d) = fxa::send(&s, reqwest::Method::POST, path, &authz, Some(&body)).await;
         assert_eq!(status, 200, "{d}");
         let id = d["id"].as_str().unwrap();
 
         // No hash: refused.
         let rename = json!({"id": id, "name": "renamed by someone else"}).to_string();
-        let authz = hawk(&s, token, "POST", path, "n2", None);
-        let (status, err) = send(&s, reqwest::Method::POST, path, &authz, Some(&rename)).await;
+        let authz = fxa::session_hawk(&s, token, "POST", path, "n2", None);
+        let (status, err) = fxa::send(&s, reqwest::Method::POST, path, &authz, Some(&rename)).await;
         assert_eq!((status, errno(&err)), (401, Some(109)), "{err}");
         // The hash of another body: refused.
-        let authz = hawk(&s, token, "POST", path, "n3", Some(&hash));
-        let (status, err) = send(&s, reqwest::Method::POST, path, &authz, Some(&rename)).await;
+        let authz = fxa::session_hawk(&s, token, "POST", path, "n3", Some(&hash));
+        let (status, err) = fxa::send(&s, reqwest::Method::POST, path, &authz, Some(&rename)).await;
         assert_eq!((status, errno(&err)), (401, Some(109)), "{err}");
 
-        let authz = hawk(&s, token, "GET", "/v1/account/devices", "n4", None);
-        let (status, list) = send(
+        let authz = fxa::session_hawk(&s, token, "GET", "/v1/account/devices", "n4", None);
+        let (status, list) = fxa::send(
             &s,
             reqwest::Method::GET,
             "/v1/account/devices",
@@ -733,13 +536,13 @@ fn hawk_signed_bodies_must_carry_their_payload_hash() {
 
         // Signed: accepted.
         let hash = payload_hash("application/json", rename.as_bytes());
-        let authz = hawk(&s, token, "POST", path, "n5", Some(&hash));
-        let (status, d) = send(&s, reqwest::Method::POST, path, &authz, Some(&rename)).await;
+        let authz = fxa::session_hawk(&s, token, "POST", path, "n5", Some(&hash));
+        let (status, d) = fxa::send(&s, reqwest::Method::POST, path, &authz, Some(&rename)).await;
         assert_eq!(status, 200, "{d}");
         assert_eq!(d["name"], "renamed by someone else");
         // An empty body needs no hash (nothing to tamper with).
-        let authz = hawk(&s, token, "POST", "/v1/session/destroy", "n6", None);
-        let (status, d) = send(
+        let authz = fxa::session_hawk(&s, token, "POST", "/v1/session/destroy", "n6", None);
+        let (status, d) = fxa::send(
             &s,
             reqwest::Method::POST,
             "/v1/session/destroy",
@@ -758,8 +561,8 @@ fn hawk_signed_bodies_must_carry_their_payload_hash() {
 #[test]
 fn email_codes_are_stored_under_a_key_from_the_deployment_secret() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (port, mut mails) = rt.block_on(smtp_sink());
-    let env = open_smtp_env(port);
+    let (port, mut mails) = rt.block_on(fxa::smtp_sink());
+    let env = fxa::open_mail_env(port, MAIL_FROM);
     let s = Server::start(&env_refs(&env));
     let (uid, session, code) = rt.block_on(async {
         let (status, made) = create(&s, "keyed@example.org").await;
@@ -786,14 +589,7 @@ fn email_codes_are_stored_under_a_key_from_the_deployment_secret() {
     ] {
         assert_ne!(stored, unkeyed.to_vec(), "the code is stored unkeyed");
     }
-    let verify = |s: &Server| {
-        rt.block_on(common::fxa_post(
-            s,
-            "/v1/session/verify_code",
-            &json!({"code": code}),
-            Some(&session),
-        ))
-    };
+    let verify = |s: &Server| rt.block_on(fxa::verify_code(s, &session, &code));
     let data = s.stop();
     let mut other = env_refs(&env);
     other.push(("SYNCSTORE_SECRETS", "another-deployment-secret"));
@@ -839,7 +635,7 @@ fn one_accounts_nonce_flood_is_refused_for_that_account_only() {
                 barrier.wait().await;
                 let (mut ok, mut refused) = (0, None);
                 for i in 0..400 {
-                    let authz = hawk(
+                    let authz = fxa::session_hawk(
                         &s,
                         &token,
                         "GET",
@@ -887,12 +683,13 @@ fn one_accounts_nonce_flood_is_refused_for_that_account_only() {
             assert_eq!((*status, errno(body)), (429, Some(114)), "{body}");
         }
         // The other account is unaffected; the flooding one is still refused.
-        let authz = hawk(&s, &bystander, "GET", "/v1/session/status", "b1", None);
-        let (status, st) = send(&s, reqwest::Method::GET, "/v1/session/status", &authz, None).await;
+        let authz = fxa::session_hawk(&s, &bystander, "GET", "/v1/session/status", "b1", None);
+        let (status, st) =
+            fxa::send(&s, reqwest::Method::GET, "/v1/session/status", &authz, None).await;
         assert_eq!(status, 200, "{st}");
-        let authz = hawk(&s, &tokens[0], "GET", "/v1/session/status", "again", None);
+        let authz = fxa::session_hawk(&s, &tokens[0], "GET", "/v1/session/status", "again", None);
         let (status, err) =
-            send(&s, reqwest::Method::GET, "/v1/session/status", &authz, None).await;
+            fxa::send(&s, reqwest::Method::GET, "/v1/session/status", &authz, None).await;
         assert_eq!((status, errno(&err)), (429, Some(114)), "{err}");
     });
 }

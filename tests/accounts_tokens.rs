@@ -5,34 +5,22 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server};
+use common::Server;
+use common::fxa::{self, OLDSYNC, assert_refused, at_once, hex32, sync_token};
 use serde_json::{Value, json};
-use syncstore::accounts::crypto;
+use syncstore::accounts::{crypto, now_ms};
 use syncstore::tokenserver::db::AssignmentDb;
 use syncstore::tokenserver::store as ts_store;
 
 const EMAIL: &str = "dora@example.org";
 const PASSWORD: &str = "dora's long passphrase";
 const NEW_PASSWORD: &str = "dora's new and longer passphrase";
-/// Firefox's OAuth client id.
-const FIREFOX: &str = "5882386c6d801776";
-const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
 
 /// A server whose accounts database holds `EMAIL` (made by `syncstore account add`).
 fn server_with_account(env: &[(&str, &str)]) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    common::account_cli(
-        data.path(),
-        &["add", EMAIL, "--password-stdin"],
-        &[],
-        PASSWORD,
-    );
-    Server::start_in(data, env)
+    fxa::server_with_account(EMAIL, PASSWORD, env)
 }
 
 /// A signed-in session: its token and, when keys were asked for, its key fetch token.
@@ -44,30 +32,13 @@ struct Session {
 impl Session {
     /// `Authorization: Bearer fxs_<id>`, as current FxA clients send the session.
     fn bearer(&self) -> String {
-        format!(
-            "fxs_{}",
-            hex::encode(crypto::token_keys(&self.token, "sessionToken").id)
-        )
+        fxa::token_bearer("fxs", &self.token, "sessionToken")
     }
-}
-
-fn hex32(v: &Value) -> [u8; 32] {
-    hex::decode(v.as_str().expect("a hex string"))
-        .unwrap()
-        .try_into()
-        .unwrap()
 }
 
 /// Signs in with `password` (keys too when `keys`).
 async fn login(s: &Server, password: &str, keys: bool) -> Session {
-    let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, password));
-    let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-    let path = if keys {
-        "/v1/account/login?keys=true"
-    } else {
-        "/v1/account/login"
-    };
-    let (status, session) = common::fxa_post(s, path, &body, None).await;
+    let (status, session) = fxa::login(s, EMAIL, password, keys).await;
     assert_eq!(status, 200, "{session}");
     Session {
         token: hex32(&session["sessionToken"]),
@@ -75,53 +46,31 @@ async fn login(s: &Server, password: &str, keys: bool) -> Session {
     }
 }
 
-/// `GET /v1/account/keys` with the key fetch token as a Bearer token: status and body.
-async fn fetch_keys(s: &Server, key_fetch: &[u8; 32]) -> (u16, Value) {
-    let id = crypto::token_keys(key_fetch, "keyFetchToken").id;
-    let r = reqwest::Client::new()
-        .get(format!("{}/v1/account/keys", s.url()))
-        .bearer_auth(format!("fxk_{}", hex::encode(id)))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// kB, as a client derives it: the bundle unwrapped with the key fetch token, `wrapKb`
 /// unwrapped with the password.
 async fn kb(s: &Server, session: &Session, password: &str) -> [u8; 32] {
     let kft = session.key_fetch.expect("signed in with keys");
-    let (status, body) = fetch_keys(s, &kft).await;
-    assert_eq!(status, 200, "{body}");
-    let data = hex::decode(body["bundle"].as_str().unwrap()).unwrap();
-    let keys = crypto::token_keys(&kft, "keyFetchToken");
-    let plain = crypto::unbundle(&keys.bundle_key, "account/keys", &data).expect("a valid bundle");
-    let wrap_kb: [u8; 32] = plain[32..64].try_into().unwrap();
-    crypto::xor32(
-        &wrap_kb,
-        &crypto::unwrap_b_key(&crypto::quick_stretch(EMAIL, password)),
-    )
+    fxa::kb(s, EMAIL, password, &kft).await
 }
 
 /// The account's keys_changed_at, as Firefox learns it (scoped-key-data).
 async fn keys_changed_at(s: &Server, session: &Session) -> i64 {
-    let body = json!({"client_id": FIREFOX, "scope": OLDSYNC});
-    let bearer = session.bearer();
-    let (status, data) =
-        common::fxa_post(s, "/v1/account/scoped-key-data", &body, Some(&bearer)).await;
-    assert_eq!(status, 200, "{data}");
-    data[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap()
+    fxa::keys_changed_at(s, &session.bearer()).await
+}
+
+/// The owner signed in with keys, as Firefox does before it syncs: the session, kB,
+/// the account's keys_changed_at and the X-KeyID of kB there.
+async fn owner_keys(s: &Server) -> (Session, [u8; 32], i64, String) {
+    let owner = login(s, PASSWORD, true).await;
+    let kb = kb(s, &owner, PASSWORD).await;
+    let kca = keys_changed_at(s, &owner).await;
+    let kid = owner_key_id(kca, &kb);
+    (owner, kb, kca, kid)
 }
 
 /// An OAuth grant from the session (`fxa-credentials`), with the lifetime asked for.
 async fn grant(s: &Server, session: &Session, scope: &str, ttl: Option<i64>) -> (u16, Value) {
-    let mut body = json!({"grant_type": "fxa-credentials", "client_id": FIREFOX, "scope": scope});
-    if let Some(ttl) = ttl {
-        body["ttl"] = json!(ttl);
-    }
-    let bearer = session.bearer();
-    common::fxa_post(s, "/v1/oauth/token", &body, Some(&bearer)).await
+    fxa::grant(s, &session.bearer(), scope, ttl).await
 }
 
 /// An access token with the oldsync and profile scopes.
@@ -131,25 +80,6 @@ async fn access_token(s: &Server, session: &Session) -> String {
     g["access_token"].as_str().unwrap().to_string()
 }
 
-/// The tokenserver's answer to an access token and X-KeyID: status and body.
-async fn sync_token(s: &Server, access: &str, key_id: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}/1.0/sync/1.5", s.url()))
-        .bearer_auth(access)
-        .header("X-KeyID", key_id)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Asserts a tokenserver refusal: 401 with Mozilla's `status`.
-fn assert_refused(answer: &(u16, Value), status: &str) {
-    assert_eq!(answer.0, 401, "{}", answer.1);
-    assert_eq!(answer.1["status"], status, "{}", answer.1);
-}
-
 /// The X-KeyID of kB at `kca`, as Firefox sends it.
 fn owner_key_id(kca: i64, kb: &[u8; 32]) -> String {
     common::key_id(kca, &crypto::client_state(kb))
@@ -157,14 +87,7 @@ fn owner_key_id(kca: i64, kb: &[u8; 32]) -> String {
 
 /// `GET /v1/profile` with a Bearer token: status and body.
 async fn profile(s: &Server, bearer: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}/v1/profile", s.url()))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    fxa::bearer_get(s, "/v1/profile", bearer).await
 }
 
 /// `POST /v1/verify` of an access token: status and body.
@@ -175,8 +98,7 @@ async fn verify(s: &Server, access: &str) -> (u16, Value) {
 /// Changes the password over the API as a client does, keeping kB (`wrapKb` under
 /// the new password); the new session.
 async fn change_password(s: &Server, kb: &[u8; 32]) -> Session {
-    let old = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
-    let body = json!({"email": EMAIL, "oldAuthPW": hex::encode(old)});
+    let body = json!({"email": EMAIL, "oldAuthPW": fxa::auth_pw_hex(EMAIL, PASSWORD)});
     let (status, started) = common::fxa_post(s, "/v1/password/change/start", &body, None).await;
     assert_eq!(status, 200, "{started}");
     let pct = hex32(&started["passwordChangeToken"]);
@@ -186,10 +108,7 @@ async fn change_password(s: &Server, kb: &[u8; 32]) -> Session {
         "authPW": hex::encode(crypto::auth_pw(&stretched)),
         "wrapKb": hex::encode(wrap_kb),
     });
-    let bearer = format!(
-        "fxpc_{}",
-        hex::encode(crypto::token_keys(&pct, "passwordChangeToken").id)
-    );
+    let bearer = fxa::token_bearer("fxpc", &pct, "passwordChangeToken");
     let (status, finished) =
         common::fxa_post(s, "/v1/password/change/finish", &body, Some(&bearer)).await;
     assert_eq!(status, 200, "{finished}");
@@ -199,23 +118,13 @@ async fn change_password(s: &Server, kb: &[u8; 32]) -> Session {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 // Item 1: a thief holding the owner's session tries to register other keys.
 #[test]
 fn a_stolen_session_cannot_change_the_owners_sync_keys() {
     let s = server_with_account(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let owner = login(&s, PASSWORD, true).await;
-        let kb = kb(&s, &owner, PASSWORD).await;
-        let kca = keys_changed_at(&s, &owner).await;
-        let owner_kid = owner_key_id(kca, &kb);
+        let (owner, kb, kca, owner_kid) = owner_keys(&s).await;
         let access = access_token(&s, &owner).await;
         let first = sync_token(&s, &access, &owner_kid).await;
         assert_eq!(first.0, 200, "{}", first.1);
@@ -255,10 +164,7 @@ fn the_owner_takes_back_a_squatted_client_state_by_changing_the_password() {
     let s = server_with_account(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let owner = login(&s, PASSWORD, true).await;
-        let kb = kb(&s, &owner, PASSWORD).await;
-        let kca = keys_changed_at(&s, &owner).await;
-        let owner_kid = owner_key_id(kca, &kb);
+        let (owner, kb, kca, owner_kid) = owner_keys(&s).await;
 
         // The thief, with the owner's session, is first; the server cannot tell a wrong
         // client state from a right one at the account's keys_changed_at.
@@ -312,19 +218,12 @@ fn a_disabled_accounts_tokens_stop_working_everywhere_until_it_is_enabled() {
     let s = server_with_account(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let owner = login(&s, PASSWORD, true).await;
-        let kb = kb(&s, &owner, PASSWORD).await;
-        let kid = owner_key_id(keys_changed_at(&s, &owner).await, &kb);
+        let (owner, _, _, kid) = owner_keys(&s).await;
         let access = access_token(&s, &owner).await;
         let (status, sync) = sync_token(&s, &access, &kid).await;
         assert_eq!(status, 200, "{sync}");
         let uid = sync["uid"].as_u64().unwrap();
-        let storage = Client::with_token(
-            &s,
-            uid,
-            sync["id"].as_str().unwrap().into(),
-            sync["key"].as_str().unwrap().into(),
-        );
+        let storage = fxa::storage_client(&s, &sync);
         let r = storage
             .put("/storage/bookmarks/b1", &json!({"payload": "kept"}))
             .await;
@@ -392,34 +291,6 @@ fn access_tokens_live_an_hour_unless_asked_and_six_hours_at_most() {
     });
 }
 
-/// Sends `request` on `n` connections at once (all but its last byte written first,
-/// then the last byte on every connection after a barrier); the status of each answer.
-fn at_once(addr: &str, request: &str, n: usize) -> Vec<u16> {
-    let barrier = Arc::new(Barrier::new(n));
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let (barrier, addr, request) = (barrier.clone(), addr.to_string(), request.to_string());
-            std::thread::spawn(move || {
-                let mut conn = TcpStream::connect(&addr).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(30)))
-                    .unwrap();
-                let (head, last) = request.as_bytes().split_at(request.len() - 1);
-                conn.write_all(head).unwrap();
-                barrier.wait();
-                conn.write_all(last).unwrap();
-                let mut answer = Vec::new();
-                let _ = conn.read_to_end(&mut answer);
-                let text = String::from_utf8_lossy(&answer);
-                text.split(' ')
-                    .nth(1)
-                    .and_then(|code| code.parse().ok())
-                    .unwrap_or(0)
-            })
-        })
-        .collect();
-    threads.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
 // Item 13: one key fetch token, 20 requests at once: one bundle.
 #[test]
 fn a_key_fetch_token_gives_its_bundle_once_under_concurrency() {
@@ -427,12 +298,11 @@ fn a_key_fetch_token_gives_its_bundle_once_under_concurrency() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     for round in 0..3 {
         let session = rt.block_on(login(&s, PASSWORD, true));
-        let id = crypto::token_keys(&session.key_fetch.unwrap(), "keyFetchToken").id;
+        let bearer = fxa::token_bearer("fxk", &session.key_fetch.unwrap(), "keyFetchToken");
         let request = format!(
-            "GET /v1/account/keys HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer fxk_{}\r\n\
+            "GET /v1/account/keys HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bearer}\r\n\
              Connection: close\r\n\r\n",
             s.addr,
-            hex::encode(id)
         );
         let statuses = at_once(&s.addr, &request, 20);
         let ok = statuses.iter().filter(|&&c| c == 200).count();
@@ -466,9 +336,7 @@ fn with_accounts_on_auto_trusts_only_the_services_own_tokens() {
             &sync_token(&s, &foreign, &foreign_kid).await,
             "invalid-credentials",
         );
-        let owner = login(&s, PASSWORD, true).await;
-        let kb = kb(&s, &owner, PASSWORD).await;
-        let kid = owner_key_id(keys_changed_at(&s, &owner).await, &kb);
+        let (owner, _, _, kid) = owner_keys(&s).await;
         let access = access_token(&s, &owner).await;
         assert_eq!(sync_token(&s, &access, &kid).await.0, 200);
     });
@@ -493,9 +361,7 @@ fn with_accounts_on_auto_trusts_only_the_services_own_tokens() {
     rt.block_on(async {
         let (status, body) = sync_token(&s, &foreign, &foreign_kid).await;
         assert_eq!(status, 200, "{body}");
-        let owner = login(&s, PASSWORD, true).await;
-        let kb = kb(&s, &owner, PASSWORD).await;
-        let kid = owner_key_id(keys_changed_at(&s, &owner).await, &kb);
+        let (owner, _, _, kid) = owner_keys(&s).await;
         let access = access_token(&s, &owner).await;
         let (status, body) = sync_token(&s, &access, &kid).await;
         assert_eq!(status, 200, "{body}");
@@ -514,9 +380,7 @@ fn with_accounts_on_auto_trusts_only_the_services_own_tokens() {
         let s = server_with_account(&[("SYNCSTORE_FXA_VERIFY_URL", verifier.as_str())]);
         let (status, body) = sync_token(&s, "good-someone", &foreign_kid).await;
         assert_eq!(status, 200, "{body}");
-        let owner = login(&s, PASSWORD, true).await;
-        let kb = kb(&s, &owner, PASSWORD).await;
-        let kid = owner_key_id(keys_changed_at(&s, &owner).await, &kb);
+        let (owner, _, _, kid) = owner_keys(&s).await;
         let access = access_token(&s, &owner).await;
         assert_eq!(sync_token(&s, &access, &kid).await.0, 200);
     });

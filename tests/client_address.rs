@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use common::Server;
+use common::fxa;
 use serde_json::{Value, json};
-use syncstore::accounts::crypto;
 
 const PROXY: &str = "127.0.0.2";
 const OTHER: &str = "127.0.0.3";
@@ -23,11 +22,7 @@ const ATTEMPTS: usize = 40;
 
 /// A client whose connections come from `ip`.
 fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    fxa::client_from(ip, Duration::from_secs(30))
 }
 
 /// A sign-in for an account that does not exist (`n` makes the email unique), with
@@ -202,39 +197,12 @@ fn without_both_settings_forwarded_for_is_ignored_and_serve_says_so() {
 const EMAIL: &str = "notify@example.org";
 const PASSWORD: &str = "correct horse battery";
 
-/// A server with one account; a session Bearer token for it.
-async fn signed_in(s: &Server) -> String {
-    let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
-    let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-    let (status, session) = common::fxa_post(s, "/v1/account/login", &body, None).await;
-    assert_eq!(status, 200, "{session}");
-    let token: [u8; 32] = hex::decode(session["sessionToken"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    format!(
-        "fxs_{}",
-        hex::encode(crypto::token_keys(&token, "sessionToken").id)
-    )
-}
-
-fn server_with_account() -> Server {
-    let data = tempfile::tempdir().unwrap();
-    common::account_cli(
-        data.path(),
-        &["add", EMAIL, "--password-stdin"],
-        &[],
-        PASSWORD,
-    );
-    Server::start_in(data, &[])
-}
-
 #[test]
 fn devices_notify_answers_an_empty_object_to_a_signed_in_device() {
-    let s = server_with_account();
+    let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let session = signed_in(&s).await;
+        let session = fxa::signed_in(&s, EMAIL, PASSWORD).await;
         let path = "/v1/account/devices/notify";
         // What Firefox's clients engine sends after its first sync, and to named devices.
         let first_sync = json!({

@@ -12,6 +12,8 @@ use serde_json::Value;
 use syncstore::auth::hawk::{HawkHeader, SignedRequest, compute_mac};
 use syncstore::auth::token::{TokenPayload, make_token, new_salt};
 
+pub mod fxa;
+
 /// The master secret the test servers are started with.
 pub const SECRET: &str = "test-master-secret";
 
@@ -392,7 +394,7 @@ pub fn ts_value(v: &Value) -> i64 {
 #[allow(clippy::too_many_arguments)]
 pub fn hawk_header(
     id: &str,
-    key: &str,
+    key: impl AsRef<[u8]>,
     method: &str,
     path_and_query: &str,
     host: &str,
@@ -411,7 +413,7 @@ pub fn hawk_header(
         ext: None,
     };
     let mac = compute_mac(
-        key.as_bytes(),
+        key.as_ref(),
         &h,
         &SignedRequest {
             method,
