@@ -304,7 +304,7 @@ fn sign_up(email: &str, invite: Option<&str>) -> Value {
 
 #[test]
 fn sign_ups_beyond_the_hardening_budget_get_429_with_retry_after() {
-    // One hardening a second: a burst of 10, then at most 2 s of waiting for a turn.
+    // One hardening a second: a burst of 10, then at most 10 s of waiting for a turn.
     let s = Arc::new(Server::start(&[
         ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
         ("SYNCSTORE_ACCOUNTS_HARDENING_PER_SEC", "1"),
@@ -331,9 +331,9 @@ fn sign_ups_beyond_the_hardening_budget_get_429_with_retry_after() {
         for (status, body) in answers.iter().filter(|(st, _)| *st != 200) {
             assert_too_many(*status, body);
         }
-        // 10 at once and 2 after a wait; a few more if the requests' arrivals spread
-        // over a loaded machine's second.
-        assert!((10..=16).contains(&ok), "{ok} sign-ups within the budget");
+        // 10 at once and 10 after a wait in turn; a few more if the requests' arrivals
+        // spread over a loaded machine's seconds.
+        assert!((19..=24).contains(&ok), "{ok} sign-ups within the budget");
     });
 }
 
@@ -351,7 +351,7 @@ fn a_bogus_invite_code_is_refused_without_a_turn_of_the_hardening_budget() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Spend the budget: 30 invited sign-ups from 30 addresses at once (10 at once,
-        // 2 more after a wait, the rest refused for about a second). As soon as one of
+        // 10 more after a wait in turn, the rest refused for about a second). As soon as one of
         // them is refused, the budget is known to be spent.
         let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
         let flood_codes = codes[..30].to_vec();
@@ -388,7 +388,7 @@ fn a_bogus_invite_code_is_refused_without_a_turn_of_the_hardening_budget() {
         let answers = spend.await.unwrap();
         let admitted = answers.iter().filter(|(st, _)| *st == 200).count();
         assert!(
-            (10..=16).contains(&admitted),
+            (19..=26).contains(&admitted),
             "{admitted} sign-ups within the budget"
         );
         // The refused valid sign-up did not spend its code.
@@ -419,9 +419,10 @@ fn thirty_logins_to_an_unverified_account_mail_at_most_three_codes() {
             assert_eq!(status, 200, "sign-in {i}: {body}");
             assert_eq!(body["verified"], false, "{body}");
         }
+        // At most 3 per recipient and requesting address (the sign-up's mail included).
         let sent = drain(&mut mails, Duration::from_secs(2)).await;
         assert!(
-            (1..=3).contains(&sent.len()),
+            (2..=6).contains(&sent.len()),
             "{} mails to one recipient",
             sent.len()
         );

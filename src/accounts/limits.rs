@@ -13,15 +13,22 @@
 //! previous window)`. When a window ends the maps move over (current → previous) and
 //! the old previous map is dropped after the lock is released: every operation is
 //! O(1), nothing sweeps. A rule's current window holds at most `cap` keys; when it is
-//! full a *new* key of that rule is refused (429 until the window ends) rather than any
-//! existing counter being forgotten — an attacker filling the table blocks new keys of
-//! that rule for at most two windows, but never resets anyone's counts.
+//! full a *new* key of that rule is admitted *uncounted* (fail open, a warning logged
+//! once per window) rather than refused or any existing counter forgotten: an attacker
+//! filling a table never locks out users who have no entry in it and never resets
+//! anyone's counts; it only lets new keys of that one rule go uncounted until the
+//! window turns, while every other rule (per address, per account) still holds.
+//!
+//! A per-account failure ceiling must never refuse the owner ([`Limiter::reserve_under_ceiling`]):
+//! over it, only addresses that already failed for that account in the ceiling's window
+//! are refused; any other address still gets its attempt checked (one guess per address
+//! and window).
 //!
 //! **Hardening** ([`Hardening`]): scrypt takes 64 MiB and a core for a tenth of a second
 //! or so. Before it runs, a request passes, in order: one gate per client address (one
 //! hardening in flight per address; others from it wait), one per account (two in
-//! flight), a global rate budget (a token bucket: over it, a short bounded wait or 429
-//! with `retryAfter`), and the global slots (at most `concurrency` at once). One address
+//! flight), a global rate budget (a token bucket: over it, a first-come first-served
+//! wait of at most 10 s, else 429 with `retryAfter`), and the global slots (at most `concurrency` at once). One address
 //! therefore never holds more than one slot, and the budget keeps scrypt to a share of
 //! the machine so the storage API keeps its cores.
 
@@ -48,9 +55,13 @@ pub enum Rule {
     /// Failures of any kind from one address (sign-ins, invite codes, email codes):
     /// 10 a minute.
     FailAddress,
-    /// Failed sign-ins of one account from all addresses together: 100 an hour (the
-    /// high ceiling; failures from other addresses never lock out the owner before it).
+    /// Failed sign-ins of one (existing) account from all addresses together: 100 an
+    /// hour. Over it, only addresses with a failure for the account this hour
+    /// ([`Rule::FailAccountAddressHour`]) are refused; the owner at another address is not.
     FailAccount,
+    /// Failed sign-ins of one account from one address in the ceiling's window (an
+    /// hour): the gate of [`Rule::FailAccount`] once the account is over it.
+    FailAccountAddressHour,
     /// Successful sign-ins from one address: 30 a minute.
     LoginAddress,
     /// Successful sign-ins of one account: 30 a minute.
@@ -61,30 +72,36 @@ pub enum Rule {
     FailCode,
     /// Mails sent because of requests from one address: 10 a minute.
     MailAddress,
-    /// Mails to one recipient: 3 in 15 minutes.
+    /// Mails to one recipient asked for from one address: 3 in 15 minutes (a stranger
+    /// cannot spend the owner's own share).
     MailRecipient,
+    /// Mails to one recipient from all addresses together: 20 a day.
+    MailRecipientTotal,
     /// Account lookups by email (`/account/status`) from one address: 30 a minute.
     LookupAddress,
 }
 
 impl Rule {
-    const ALL: [Rule; 10] = [
+    const ALL: [Rule; 12] = [
         Rule::FailAccountAddress,
         Rule::FailAddress,
         Rule::FailAccount,
+        Rule::FailAccountAddressHour,
         Rule::LoginAddress,
         Rule::LoginAccount,
         Rule::FailInvite,
         Rule::FailCode,
         Rule::MailAddress,
         Rule::MailRecipient,
+        Rule::MailRecipientTotal,
         Rule::LookupAddress,
     ];
 
     /// The most events allowed in a window.
     pub fn max(self) -> u32 {
         match self {
-            Rule::FailAccount => 100,
+            Rule::FailAccount | Rule::FailAccountAddressHour => 100,
+            Rule::MailRecipientTotal => 20,
             Rule::LoginAddress | Rule::LoginAccount | Rule::LookupAddress => 30,
             Rule::MailRecipient => 3,
             _ => 10,
@@ -94,8 +111,9 @@ impl Rule {
     /// The window.
     pub fn window(self) -> Duration {
         match self {
-            Rule::FailAccount => Duration::from_secs(3600),
+            Rule::FailAccount | Rule::FailAccountAddressHour => Duration::from_secs(3600),
             Rule::MailRecipient => Duration::from_secs(15 * 60),
+            Rule::MailRecipientTotal => Duration::from_secs(24 * 3600),
             _ => Duration::from_secs(60),
         }
     }
@@ -149,6 +167,8 @@ struct Table {
     epoch: u64,
     current: Counts,
     previous: Counts,
+    /// The window in which a full table was last reported (logged once per window).
+    warned: Option<u64>,
 }
 
 impl Table {
@@ -169,17 +189,19 @@ impl Table {
         self.epoch = epoch;
     }
 
-    /// None when one more event of `key` is allowed; else the wait in ms.
-    fn refusal(&self, key: u64, now: u64, cap: usize) -> Option<u64> {
+    /// Whether `key` has any count in the current or previous window.
+    fn seen(&self, key: u64) -> bool {
+        self.current.contains_key(&key) || self.previous.contains_key(&key)
+    }
+
+    /// None when one more event of `key` is allowed; else the wait in ms. A new key
+    /// of a full table is allowed (and left uncounted by the caller).
+    fn refusal(&self, key: u64, now: u64) -> Option<u64> {
         let w = self.window_ms;
         let into = now % w;
         let left = w - into;
-        let cur = self.current.get(&key).copied();
-        if cur.is_none() && self.current.len() >= cap {
-            return Some(left);
-        }
         let (c, p) = (
-            u64::from(cur.unwrap_or(0)),
+            u64::from(self.current.get(&key).copied().unwrap_or(0)),
             u64::from(self.previous.get(&key).copied().unwrap_or(0)),
         );
         let max = u64::from(self.max);
@@ -224,6 +246,7 @@ impl Limiter {
                 epoch: 0,
                 current: Counts::default(),
                 previous: Counts::default(),
+                warned: None,
             })
             .collect();
         Limiter {
@@ -258,25 +281,74 @@ impl Limiter {
     }
 
     fn reserve_at(&self, keys: &[Key], now: u64) -> Result<Reservation<'_>, AccountsError> {
+        self.reserve_inner(keys, None, now)
+    }
+
+    /// Like [`Limiter::reserve`], and also counts `ceiling` (a per-account rule) — unless
+    /// it is used up: then the attempt is refused only when `failed_here` (the
+    /// per-(account, address) key of the ceiling's window, which should be among `keys`)
+    /// has a count already, and otherwise goes on without counting `ceiling`. So over
+    /// the ceiling each address gets one attempt per window, and the owner's address,
+    /// which has not been failing, is never refused by what others did.
+    pub fn reserve_under_ceiling(
+        &self,
+        keys: &[Key],
+        ceiling: Key,
+        failed_here: Key,
+    ) -> Result<Reservation<'_>, AccountsError> {
+        self.reserve_inner(keys, Some((ceiling, failed_here)), self.now())
+    }
+
+    fn reserve_inner(
+        &self,
+        keys: &[Key],
+        ceiling: Option<(Key, Key)>,
+        now: u64,
+    ) -> Result<Reservation<'_>, AccountsError> {
         let mut garbage = Vec::new();
+        let mut full = Vec::new();
         let result = {
             let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
             let mut wait = None::<u64>;
+            let mut refuse = |ms: u64| wait = Some(wait.unwrap_or(0).max(ms));
             for k in keys {
                 let t = &mut tables[k.rule.index()];
                 t.advance(now, &mut garbage);
-                if let Some(ms) = t.refusal(k.hash, now, self.cap) {
-                    wait = Some(wait.unwrap_or(0).max(ms));
+                if let Some(ms) = t.refusal(k.hash, now) {
+                    refuse(ms);
+                }
+            }
+            let mut counted: Vec<Key> = keys.to_vec();
+            if let Some((ceiling, failed_here)) = ceiling {
+                tables[failed_here.rule.index()].advance(now, &mut garbage);
+                let t = &mut tables[ceiling.rule.index()];
+                t.advance(now, &mut garbage);
+                match t.refusal(ceiling.hash, now) {
+                    None => counted.push(ceiling),
+                    Some(ms) => {
+                        if tables[failed_here.rule.index()].seen(failed_here.hash) {
+                            refuse(ms);
+                        }
+                    }
                 }
             }
             match wait {
                 Some(ms) => Err(AccountsError::TooManyRequests(ms.div_ceil(1000).max(1))),
                 None => {
-                    let mut taken = Vec::with_capacity(keys.len());
-                    for k in keys {
+                    let mut taken = Vec::with_capacity(counted.len());
+                    for k in counted {
                         let t = &mut tables[k.rule.index()];
+                        if !t.current.contains_key(&k.hash) && t.current.len() >= self.cap {
+                            // Full: admitted uncounted rather than refusing users
+                            // who have no entry.
+                            if t.warned != Some(t.epoch) {
+                                t.warned = Some(t.epoch);
+                                full.push(k.rule);
+                            }
+                            continue;
+                        }
                         *t.current.entry(k.hash).or_insert(0) += 1;
-                        taken.push((*k, t.epoch));
+                        taken.push((k, t.epoch));
                     }
                     Ok(Reservation {
                         limiter: self,
@@ -286,6 +358,13 @@ impl Limiter {
             }
         };
         drop(garbage);
+        for rule in full {
+            tracing::warn!(
+                ?rule,
+                keys = self.cap,
+                "attempt limit table full: new keys of this limit go uncounted until its window ends"
+            );
+        }
         result
     }
 
@@ -460,8 +539,10 @@ impl Budget {
     }
 }
 
-/// Longest wait for a turn in the hardening budget before 429.
-const BUDGET_MAX_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a turn in the hardening budget before 429: long enough that a
+/// legitimate request queued behind a few other addresses (each holds at most one
+/// place, see the address gate) waits its turn in order rather than being refused.
+const BUDGET_MAX_WAIT: Duration = Duration::from_secs(10);
 /// Hardenings allowed at once above the budget's rate.
 const BUDGET_BURST: u32 = 10;
 /// Hardenings in flight per account.
@@ -625,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn two_hundred_thousand_keys_stay_bounded_and_a_full_table_answers_at_once() {
+    fn two_hundred_thousand_keys_stay_bounded_and_a_full_table_admits_new_keys_uncounted() {
         let l = Limiter::new(MAX_KEYS);
         let early = l.address(Rule::FailAddress, "198.51.100.7".parse().unwrap());
         for _ in 0..10 {
@@ -642,12 +723,20 @@ mod tests {
             }
         }
         assert!(l.keys_held() <= MAX_KEYS, "{}", l.keys_held());
-        assert_eq!(refused, 200_000 - (MAX_KEYS - 1));
-        // The early key's counter was not forgotten to make room.
+        // A full table locks nobody out: new keys are admitted, uncounted.
+        assert_eq!(refused, 0);
+        let late = l.address(Rule::FailAddress, "203.0.113.9".parse().unwrap());
+        for _ in 0..20 {
+            l.reserve_at(&[late], 2_500).unwrap().give_back_all();
+        }
+        // The early key's counter was not forgotten to make room: still refused.
         assert!(l.reserve_at(&[early], 3_000).is_err());
-        // Another rule's table is unaffected.
-        l.reserve_at(&[l.key(Rule::FailAccount, "a@x")], 3_000)
-            .unwrap();
+        // Another rule's table is unaffected and still counts.
+        let a = l.key(Rule::FailCode, "uid");
+        for _ in 0..10 {
+            l.reserve_at(&[a], 3_000).unwrap();
+        }
+        assert!(l.reserve_at(&[a], 3_000).is_err());
         // 200,000 operations on a table at its cap: an O(n) sweep each would take
         // minutes; O(1) ones take well under a second even in a debug build.
         assert!(
@@ -655,13 +744,55 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        // A new window takes new keys again.
-        l.reserve_at(
-            &[l.address(Rule::FailAddress, "203.0.113.1".parse().unwrap())],
-            150_000,
+        // A new window counts new keys again.
+        let fresh = l.address(Rule::FailAddress, "203.0.113.1".parse().unwrap());
+        for _ in 0..10 {
+            l.reserve_at(&[fresh], 150_000).unwrap();
+        }
+        assert!(l.reserve_at(&[fresh], 150_000).is_err());
+    }
+
+    fn under_ceiling<'a>(
+        l: &'a Limiter,
+        account: &str,
+        ip: &str,
+        now: u64,
+    ) -> Result<Reservation<'a>, AccountsError> {
+        let here = l.key(Rule::FailAccountAddressHour, (account, ip));
+        l.reserve_inner(
+            &[here],
+            Some((l.key(Rule::FailAccount, account), here)),
+            now,
         )
-        .unwrap();
-        assert!(l.keys_held() <= 2);
+    }
+
+    #[test]
+    fn over_the_account_ceiling_only_addresses_that_failed_are_refused() {
+        let l = Limiter::new(1_000);
+        // 100 failures from 10 addresses: the ceiling is reached.
+        for i in 0..100 {
+            under_ceiling(&l, "a", &format!("10.0.0.{}", i % 10), 1_000).unwrap();
+        }
+        // An address that failed for this account is refused …
+        assert!(under_ceiling(&l, "a", "10.0.0.3", 2_000).is_err());
+        // … a fresh one gets exactly one attempt this window …
+        let once = under_ceiling(&l, "a", "192.0.2.1", 2_000).unwrap();
+        assert!(under_ceiling(&l, "a", "192.0.2.1", 2_000).is_err());
+        drop(once);
+        // … and other accounts are not concerned.
+        under_ceiling(&l, "b", "10.0.0.3", 2_000).unwrap();
+        // Under the ceiling, the ceiling counts: a given-back attempt frees its place.
+        let l = Limiter::new(1_000);
+        for i in 0..99 {
+            under_ceiling(&l, "a", &format!("10.0.1.{i}"), 0).unwrap();
+        }
+        under_ceiling(&l, "a", "10.0.2.1", 0)
+            .unwrap()
+            .give_back_all();
+        under_ceiling(&l, "a", "10.0.2.2", 0).unwrap();
+        // Now full: 10.0.2.1 gave its count back, so it is fresh again.
+        under_ceiling(&l, "a", "10.0.2.1", 0).unwrap();
+        assert!(under_ceiling(&l, "a", "10.0.2.1", 0).is_err());
     }
 
     #[test]

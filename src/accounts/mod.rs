@@ -452,11 +452,15 @@ impl Accounts {
         self.blocking(move |s| Ok(s.purge(now, &RETENTION)?)).await
     }
 
-    /// The keys a mail counts on: the requesting address and the recipient.
+    /// The keys a mail counts on: the requesting address (10 a minute), the recipient
+    /// as asked for from that address (3 in 15 minutes: a stranger spends only their
+    /// own share, never the owner's), and the recipient in all (20 a day).
     fn mail_keys(&self, ip: Option<IpAddr>, email: &str) -> Vec<limits::Key> {
+        let recipient = store::normalize_email(email);
+        let unit = ip.map(limits::client_unit);
         let mut keys = vec![
-            self.limiter
-                .key(Rule::MailRecipient, store::normalize_email(email)),
+            self.limiter.key(Rule::MailRecipient, (&recipient, unit)),
+            self.limiter.key(Rule::MailRecipientTotal, &recipient),
         ];
         keys.extend(ip.map(|ip| self.limiter.address(Rule::MailAddress, ip)));
         keys
@@ -469,10 +473,16 @@ impl Accounts {
 
     /// Creates an account from the client's `authPW` (API sign-up, subject to the
     /// sign-up policy: under `invite` an unspent invite code is needed) and signs it in.
-    /// The cheap checks come first, each attempt counted before any work: a wrong
-    /// invite code counts per email and per client address and is refused by a
-    /// read-only lookup before any hashing (the code is spent in the account's insert
-    /// transaction); a sign-up that mails counts per address and per recipient.
+    /// Every sign-up attempt counts per client address whatever its outcome (with the
+    /// account lookups, 30 a minute: sign-up is no free existence oracle and no free
+    /// hardening). The cheap checks come first, each counted before any work: the
+    /// email's syntax; a wrong invite code counts per email and per client address and
+    /// is refused by a read-only lookup (the code is spent in the account's insert
+    /// transaction); an email with a verified account is refused by a read-only lookup;
+    /// a sign-up that mails counts per address and per recipient (see `mail_keys`).
+    /// Only then is the password hardened. A sign-up whose mail fails keeps its counts
+    /// (the attempt happened); the unverified account it left is replaced by the next
+    /// sign-up for that email and purged after a day.
     pub async fn create(
         &self,
         email: &str,
@@ -483,8 +493,7 @@ impl Accounts {
         user_agent: &str,
     ) -> Result<NewSession> {
         let normalized = store::normalize_email(email);
-        let mut counted = Vec::new();
-        let invite_hash = match self.signups {
+        let code = match self.signups {
             Signups::Closed => return Err(AccountsError::Blocked("sign-ups are closed")),
             Signups::Open => None,
             Signups::Invite => {
@@ -494,42 +503,71 @@ impl Accounts {
                         "an invite code is needed to sign up on this server",
                     ));
                 }
-                counted.push(self.limiter.key(Rule::FailInvite, &normalized));
-                counted.extend(ip.map(|ip| self.limiter.address(Rule::FailAddress, ip)));
-                Some((code.len() <= MAX_INVITE_LEN).then(|| crypto::sha256(code.as_bytes())))
+                Some(code)
             }
         };
+        // Counted for good: never given back.
+        if let Some(ip) = ip {
+            self.limiter
+                .reserve(&[self.limiter.address(Rule::LookupAddress, ip)])?;
+        }
         let auth_pw = hex32("authPW", auth_pw)?;
+        if !valid_email(email.trim()) {
+            return Err(AccountsError::InvalidParameter("email".into()));
+        }
+        const INVITE: [Rule; 2] = [Rule::FailInvite, Rule::FailAddress];
+        let mut attempt = None;
+        let invite_hash = match code {
+            None => None,
+            Some(code) => {
+                let mut counted = vec![self.limiter.key(Rule::FailInvite, &normalized)];
+                counted.extend(ip.map(|ip| self.limiter.address(Rule::FailAddress, ip)));
+                attempt = Some(self.limiter.reserve(&counted)?);
+                let now = now_ms();
+                let usable =
+                    match (code.len() <= MAX_INVITE_LEN).then(|| crypto::sha256(code.as_bytes())) {
+                        Some(h) => self
+                            .blocking(move |s| Ok(s.invite_usable(&h, now)?))
+                            .await?
+                            .then_some(h),
+                        None => None,
+                    };
+                // A failure stays counted.
+                Some(usable.ok_or(AccountsError::Blocked(BAD_INVITE))?)
+            }
+        };
+        // Everything from here on is not a failed invite code.
+        let give_back = |attempt: Option<limits::Reservation<'_>>| {
+            if let Some(a) = attempt {
+                a.give_back_all();
+            }
+        };
+        let e = email.to_string();
+        let taken = self
+            .blocking(move |s| Ok(s.account_by_email(&e)?.is_some_and(|a| a.email_verified)))
+            .await;
+        if !matches!(taken, Ok(false)) {
+            give_back(attempt);
+            return Err(taken.err().unwrap_or(AccountsError::AccountExists));
+        }
         // Open sign-ups with SMTP mail a stranger's address.
         let mails = self.signups == Signups::Open && self.mailer.is_some();
-        if mails {
-            counted.extend(self.mail_keys(ip, email));
-        }
-        let mut attempt = self.limiter.reserve(&counted)?;
-        const INVITE: [Rule; 2] = [Rule::FailInvite, Rule::FailAddress];
-        const MAIL: [Rule; 2] = [Rule::MailRecipient, Rule::MailAddress];
-        let invite_hash = match invite_hash {
-            None => None,
-            Some(hash) => {
-                let now = now_ms();
-                let usable = match hash {
-                    Some(h) => {
-                        self.blocking(move |s| Ok(s.invite_usable(&h, now)?))
-                            .await?
-                    }
-                    None => false,
-                };
-                if !usable {
-                    // The failure stays counted.
-                    return Err(AccountsError::Blocked(BAD_INVITE));
+        let mail = if mails {
+            match self.limiter.reserve(&self.mail_keys(ip, email)) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    give_back(attempt);
+                    return Err(e);
                 }
-                hash
             }
+        } else {
+            None
         };
         let turn = match self.hardening.turn(ip, Some(&normalized)).await {
             Ok(turn) => turn,
             Err(e) => {
-                attempt.give_back_all();
+                give_back(attempt);
+                give_back(mail);
                 return Err(e);
             }
         };
@@ -547,21 +585,22 @@ impl Accounts {
             Ok(account) => account,
             // Another sign-up spent the code in between: a failed code.
             Err(AccountsError::Blocked(m)) if invite_hash.is_some() => {
-                attempt.give_back(&MAIL);
+                give_back(mail);
                 return Err(AccountsError::Blocked(m));
             }
             Err(e) => {
-                attempt.give_back_all();
+                give_back(attempt);
+                give_back(mail);
                 return Err(e);
             }
         };
-        attempt.give_back(&INVITE);
+        if let Some(mut a) = attempt {
+            a.give_back(&INVITE);
+        }
         let session = self.new_session(account, keys, user_agent).await?;
-        if !session.account.email_verified
-            && let Err(e) = self.send_email_code(&session.account).await
-        {
-            attempt.give_back(&MAIL);
-            return Err(e);
+        if !session.account.email_verified {
+            // A failed mail keeps its counts: the attempt happened.
+            self.send_email_code(&session.account).await?;
         }
         Ok(session)
     }
@@ -622,20 +661,18 @@ impl Accounts {
     }
 
     /// `POST /session/resend_code`: mails a new code, within the mail limits per
-    /// recipient (3 in 15 minutes, sign-up and sign-in mails included) and per client
-    /// address (10 a minute), else 429.
+    /// recipient as asked for from this address (3 in 15 minutes, sign-up and sign-in
+    /// mails included), per recipient in all (20 a day) and per client address (10 a
+    /// minute), else 429.
     pub async fn resend_email_code(&self, a: &Authed, ip: Option<IpAddr>) -> Result<()> {
         if a.account.email_verified {
             return Ok(());
         }
-        let attempt = self
+        // A failed mail keeps its counts: the attempt happened.
+        let _attempt = self
             .limiter
             .reserve(&self.mail_keys(ip, &a.account.email))?;
-        let sent = self.send_email_code(&a.account).await;
-        if sent.is_err() {
-            attempt.give_back_all();
-        }
-        sent
+        self.send_email_code(&a.account).await
     }
 
     /// Refuses an account whose email is not verified yet (errno 104).
@@ -656,48 +693,59 @@ impl Accounts {
             .await
     }
 
-    /// Checks `authPW` for `email`. The attempt is counted before any work, at once on
-    /// every key it touches: as a failure per (account, client address) and per
-    /// address (10 a minute each) and per account (100 an hour: failures from other
-    /// addresses do not lock the owner out before that), and as a sign-in per account
-    /// and per address (30 a minute each). An unknown account, another case of the
-    /// email and a wrong password keep the failure counts; a correct password keeps the
-    /// sign-in counts, clears the (account, address) failures and gives back the rest.
-    /// Only then is the password hardened (see `limits::Hardening`).
+    /// Checks `authPW` for `email`. Each attempt is counted as a failure before any
+    /// work: per client address (10 a minute) first, then — only for an account that
+    /// exists, so made-up emails make no per-account keys — per (account, address) (10
+    /// a minute) and per account (100 an hour, all addresses together). Over that
+    /// ceiling, an address that already failed for the account this hour is refused,
+    /// but any other address still gets its attempt checked: failures from elsewhere
+    /// never refuse the owner's correct password. An unknown account, another case of
+    /// the email and a wrong password keep the failure counts; a correct password
+    /// clears the (account, address) ones, gives back the rest, and only then counts as
+    /// a sign-in (30 a minute per account and per address; over it 429), so attempts
+    /// still in flight never hold the account's sign-in budget. The password is
+    /// hardened only after the cheap checks (see `limits::Hardening`).
     async fn check_password(
         &self,
         email: &str,
         auth_pw: &str,
         ip: Option<IpAddr>,
     ) -> Result<Account> {
-        const SIGN_IN: [Rule; 2] = [Rule::LoginAccount, Rule::LoginAddress];
+        const HERE: [Rule; 2] = [Rule::FailAccountAddress, Rule::FailAccountAddressHour];
         let auth_pw = hex32("authPW", auth_pw)?;
-        let normalized = store::normalize_email(email);
-        let mut counted = vec![
-            self.limiter.key(Rule::FailAccount, &normalized),
-            self.limiter.key(Rule::LoginAccount, &normalized),
-        ];
-        if let Some(ip) = ip {
-            let unit = limits::client_unit(ip);
-            counted.push(
-                self.limiter
-                    .key(Rule::FailAccountAddress, (&normalized, unit)),
-            );
-            counted.push(self.limiter.address(Rule::FailAddress, ip));
-            counted.push(self.limiter.address(Rule::LoginAddress, ip));
-        }
-        let mut attempt = self.limiter.reserve(&counted)?;
+        let by_address: Vec<_> = ip
+            .map(|ip| self.limiter.address(Rule::FailAddress, ip))
+            .into_iter()
+            .collect();
+        let mut address = self.limiter.reserve(&by_address)?;
         let e = email.to_string();
         let account = self.blocking(move |s| Ok(s.account_by_email(&e)?)).await?;
         let Some(account) = account else {
-            attempt.give_back(&SIGN_IN);
             return Err(AccountsError::UnknownAccount);
+        };
+        let unit = ip.map(limits::client_unit);
+        let failed_here = self
+            .limiter
+            .key(Rule::FailAccountAddressHour, (&account.uid, unit));
+        let mut attempt = match self.limiter.reserve_under_ceiling(
+            &[
+                self.limiter
+                    .key(Rule::FailAccountAddress, (&account.uid, unit)),
+                failed_here,
+            ],
+            self.limiter.key(Rule::FailAccount, &account.uid),
+            failed_here,
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                address.give_back_all();
+                return Err(e);
+            }
         };
         // The email salts the client's stretch: another case gives another authPW, so
         // the client is told the account's own (as FxA does) before any check. It
         // counts as a failure: it tells the account exists.
         if account.email != email.trim() {
-            attempt.give_back(&SIGN_IN);
             return Err(AccountsError::IncorrectEmailCase(account.email));
         }
         let h = match self
@@ -707,15 +755,20 @@ impl Accounts {
             Ok(h) => h,
             Err(e) => {
                 attempt.give_back_all();
+                address.give_back_all();
                 return Err(e);
             }
         };
         if !crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
-            attempt.give_back(&SIGN_IN);
             return Err(AccountsError::IncorrectPassword);
         }
-        attempt.clear(&[Rule::FailAccountAddress]);
-        attempt.give_back(&[Rule::FailAddress, Rule::FailAccount]);
+        attempt.clear(&HERE);
+        attempt.give_back(&[Rule::FailAccount]);
+        address.give_back(&[Rule::FailAddress]);
+        // A sign-in, counted now that it is one.
+        let mut signed_in = vec![self.limiter.key(Rule::LoginAccount, &account.uid)];
+        signed_in.extend(ip.map(|ip| self.limiter.address(Rule::LoginAddress, ip)));
+        self.limiter.reserve(&signed_in)?;
         if account.disabled {
             return Err(AccountsError::Blocked("the account is disabled"));
         }

@@ -7,8 +7,12 @@
 //! walked from the right (each proxy appends the address it received the request
 //! from), addresses of trusted proxies are skipped, and the first one that is not a
 //! trusted proxy is the client. Everything left of it was written by the client itself
-//! and is never believed. A header that cannot be read (an entry that is not an
-//! address, too many entries, not ASCII) gives the peer, as does a request without one.
+//! and is never read, so it can never change the result: the walk is over raw bytes
+//! (non-ASCII or garbage further left does not matter), and only trusted hops count
+//! toward the bound of 32. When the entry where the walk stops is not an address, the
+//! client is at that position but unknown: the nearest trusted hop to its right (the
+//! proxy that received the request from it; the peer when there is none) stands for it.
+//! A request without the header, or with more than 32 trusted hops, gives the peer.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -21,8 +25,8 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-/// Most `X-Forwarded-For` entries read; a longer chain is not believed (the peer is
-/// the client). Real chains are a few hops.
+/// Most trusted hops walked in `X-Forwarded-For`; a longer chain of trusted proxies
+/// is not believed (the peer is the client). Real chains are a few hops.
 const MAX_HOPS: usize = 32;
 
 /// How the client address is derived from the TCP peer and the request's headers.
@@ -60,38 +64,44 @@ impl ClientAddrPolicy {
         if !self.forwarded_for || !self.is_proxy(peer) {
             return peer;
         }
-        let mut entries = Vec::new();
-        // Several X-Forwarded-For fields are one list, in order (RFC 9110 5.3).
-        for value in headers.get_all("x-forwarded-for") {
-            let Ok(value) = value.to_str() else {
-                return peer;
-            };
-            for entry in value.split(',') {
-                if entries.len() == MAX_HOPS {
+        // Several X-Forwarded-For fields are one list, in order (RFC 9110 5.3): walk
+        // the last field first, each from its end.
+        let fields: Vec<&[u8]> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        // The nearest trusted hop right of the entry being read.
+        let mut nearest = peer;
+        let mut hops = 0;
+        for field in fields.iter().rev() {
+            for entry in field.rsplit(|&b| b == b',') {
+                let Some(ip) = parse_entry(entry) else {
+                    // The client's position, unreadable: the proxy that received it.
+                    return nearest;
+                };
+                if !self.is_proxy(ip) {
+                    return ip;
+                }
+                hops += 1;
+                if hops > MAX_HOPS {
                     return peer;
                 }
-                entries.push(entry);
+                nearest = ip;
             }
-        }
-        let mut leftmost = peer;
-        for entry in entries.iter().rev() {
-            let Some(ip) = parse_entry(entry) else {
-                return peer;
-            };
-            if !self.is_proxy(ip) {
-                return ip;
-            }
-            leftmost = ip;
         }
         // Every hop is a trusted proxy: the request began on one of them.
-        leftmost
+        nearest
     }
 }
 
 /// One `X-Forwarded-For` entry: an IPv4 or IPv6 address, optionally with a port
 /// (`192.0.2.1:5000`, `[2001:db8::1]:5000`, `[2001:db8::1]`).
-fn parse_entry(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
+fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim_matches([' ', '\t']);
+    if !entry.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
     if let Ok(ip) = entry.parse::<IpAddr>() {
         return Some(ip.to_canonical());
     }
@@ -203,14 +213,66 @@ mod tests {
             p.resolve(peer, &xff(&["garbage, 198.51.100.7"])),
             ip("198.51.100.7")
         );
-        let long = vec!["10.0.0.1"; MAX_HOPS + 1].join(",");
-        assert_eq!(p.resolve(peer, &xff(&[&long])), peer);
         let mut h = HeaderMap::new();
         h.insert(
             "x-forwarded-for",
             HeaderValue::from_bytes(b"198.51.100.\xff").unwrap(),
         );
         assert_eq!(p.resolve(peer, &h), peer);
+    }
+
+    #[test]
+    fn nothing_the_client_writes_left_of_its_address_changes_the_result() {
+        let p = policy(true, &["127.0.0.2", "10.0.0.0/8"]);
+        let peer = ip("127.0.0.2");
+        let client = ip("203.0.113.7");
+        // Many client-written entries (trusted-looking ones too): only trusted hops
+        // walked count toward the bound, and the walk stops at the client.
+        let many = format!("{}, 203.0.113.7", vec!["198.51.100.1"; 100].join(","));
+        assert_eq!(p.resolve(peer, &xff(&[&many])), client);
+        let trusted_left = format!("{}, 203.0.113.7", vec!["10.0.0.1"; 100].join(","));
+        assert_eq!(p.resolve(peer, &xff(&[&trusted_left])), client);
+        // Non-ASCII or garbage further left, in the same field or an earlier one.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"1.2.3.4\xe9, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(p.resolve(peer, &h), client);
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe garbage").unwrap(),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        assert_eq!(p.resolve(peer, &h), client);
+        // Through two proxies: the client is still the rightmost untrusted entry.
+        let h = xff(&["junk, 203.0.113.7, 10.1.1.1"]);
+        assert_eq!(p.resolve(peer, &h), client);
+    }
+
+    #[test]
+    fn a_malformed_client_entry_is_stood_for_by_the_proxy_that_received_it() {
+        let p = policy(true, &["127.0.0.2", "10.0.0.0/8"]);
+        let peer = ip("127.0.0.2");
+        // The entry where the walk stops is not an address: the nearest trusted hop
+        // right of it (the proxy it reached) stands for the client, else the peer.
+        assert_eq!(p.resolve(peer, &xff(&["203.0.113.7, junk"])), peer);
+        assert_eq!(
+            p.resolve(peer, &xff(&["203.0.113.7, junk, 10.1.1.1"])),
+            ip("10.1.1.1")
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.7, 1.2.3.4\xe9, 10.2.2.2, 10.1.1.1").unwrap(),
+        );
+        assert_eq!(p.resolve(peer, &h), ip("10.2.2.2"));
+        // More trusted hops than the bound: not believed.
+        let long = vec!["10.0.0.1"; MAX_HOPS + 1].join(",");
+        assert_eq!(p.resolve(peer, &xff(&[&long])), peer);
+        let ok = format!("203.0.113.7,{}", vec!["10.0.0.1"; MAX_HOPS].join(","));
+        assert_eq!(p.resolve(peer, &xff(&[&ok])), ip("203.0.113.7"));
     }
 
     #[test]
