@@ -612,8 +612,14 @@ impl Accounts {
         let found = self
             .blocking(move |s| Ok(s.verify_email_code(&uid, &hash, now)?))
             .await?;
-        if found != store::CodeCheck::Verified {
-            return Err(AccountsError::InvalidCode);
+        match found {
+            store::CodeCheck::Verified => {}
+            // The right code, but the address was verified by another sign-up first.
+            store::CodeCheck::Taken => {
+                attempt.give_back_all();
+                return Err(AccountsError::AccountExists);
+            }
+            _ => return Err(AccountsError::InvalidCode),
         }
         attempt.clear(&[Rule::FailCode]);
         attempt.give_back(&[Rule::FailAddress]);
@@ -687,33 +693,49 @@ impl Accounts {
             counted.push(self.limiter.address(Rule::LoginAddress, ip));
         }
         let mut attempt = self.limiter.reserve(&counted)?;
+        // The verified account of the address, else its newest pending sign-ups
+        // (each with its own password; see `pending_sign_in`).
         let e = email.to_string();
-        let account = self.blocking(move |s| Ok(s.account_by_email(&e)?)).await?;
-        let Some(account) = account else {
+        let candidates = self
+            .blocking(move |s| Ok(s.accounts_by_email(&e, store::MAX_PENDING_SIGN_IN)?))
+            .await?;
+        let Some(first) = candidates.first() else {
             attempt.give_back(&SIGN_IN);
             return Err(AccountsError::UnknownAccount);
         };
         // The email salts the client's stretch: another case gives another authPW, so
         // the client is told the account's own (as FxA does) before any check. It
         // counts as a failure: it tells the account exists.
-        if account.email != email.trim() {
+        let same_case: Vec<Account> = candidates
+            .iter()
+            .filter(|a| a.email == email.trim())
+            .cloned()
+            .collect();
+        if same_case.is_empty() {
             attempt.give_back(&SIGN_IN);
-            return Err(AccountsError::IncorrectEmailCase(account.email));
+            return Err(AccountsError::IncorrectEmailCase(first.email.clone()));
         }
-        let h = match self
-            .harden(auth_pw, account.auth_salt, ip, Some(&account.uid))
-            .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                attempt.give_back_all();
-                return Err(e);
+        let mut matched = None;
+        for account in same_case {
+            let h = match self
+                .harden(auth_pw, account.auth_salt, ip, Some(&account.uid))
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    attempt.give_back_all();
+                    return Err(e);
+                }
+            };
+            if crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
+                matched = Some((account, h));
+                break;
             }
-        };
-        if !crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
+        }
+        let Some((account, h)) = matched else {
             attempt.give_back(&SIGN_IN);
             return Err(AccountsError::IncorrectPassword);
-        }
+        };
         attempt.clear(&[Rule::FailAccountAddress]);
         attempt.give_back(&[Rule::FailAddress, Rule::FailAccount]);
         if account.disabled {
@@ -952,9 +974,9 @@ impl Accounts {
         if account.uid != a.account.uid {
             return Err(AccountsError::InvalidToken);
         }
-        let email = account.email.clone();
+        let uid = account.uid.clone();
         let gone = self
-            .blocking(move |s| Ok(s.delete_account(&email, now_ms())?))
+            .blocking(move |s| Ok(s.delete_account_by_uid(&uid, now_ms())?))
             .await?;
         tracing::info!(uid = %account.uid, deleted = gone.is_some(), "account deleted by its owner");
         Ok(())
@@ -1377,6 +1399,9 @@ impl Accounts {
 
     /// `POST /password/change/finish`: the new verifier and the same kB (wrapped under
     /// the new password); every other session and token is revoked; a new session.
+    /// The password change token is taken (read and deleted in one statement) before
+    /// the hardening: of requests presenting one token at once, only one goes on. The
+    /// hardening counts for the client address `ip` and the account.
     pub async fn password_change_finish(
         &self,
         a: &Authed,
@@ -1384,12 +1409,21 @@ impl Accounts {
         wrap_kb: &str,
         keys: bool,
         ua: &str,
+        ip: Option<IpAddr>,
     ) -> Result<NewSession> {
         let auth_pw = hex32("authPW", auth_pw)?;
         let wrap_kb = hex32("wrapKb", wrap_kb)?;
+        let th = a.token.id_hash;
+        let taken = self
+            .blocking(move |s| Ok(s.take_token(&th, "passwordChangeToken")?))
+            .await?;
+        if taken.is_none() {
+            // Another request used it first.
+            return Err(AccountsError::InvalidToken);
+        }
         let salt = crypto::random32();
         let h = self
-            .harden(auth_pw, salt, None, Some(&a.account.uid))
+            .harden(auth_pw, salt, ip, Some(&a.account.uid))
             .await?;
         let wrap_wrap_kb = crypto::xor32(&wrap_kb, &h.wrapwrap_key);
         let uid = a.account.uid.clone();
@@ -1480,7 +1514,7 @@ pub fn insert_new_account(
     match store.insert_account(&account, invite)? {
         store::Inserted::Created => {}
         store::Inserted::ReplacedUnverified => {
-            tracing::info!(uid = %account.uid, "an unverified account with this email was replaced");
+            tracing::info!(uid = %account.uid, "the pending (unverified) accounts of this email were replaced");
         }
         store::Inserted::EmailTaken => return Err(AccountsError::AccountExists),
         store::Inserted::BadInvite => {
