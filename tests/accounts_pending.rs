@@ -201,7 +201,11 @@ fn an_attackers_sign_up_leaves_the_owners_pending_sign_up_alone() {
 
         // The owner's pending account, session and code are still there.
         let (status, st) = get(&s, "/v1/session/status", &owner_session).await;
-        assert_eq!((status, st["state"].as_str()), (200, Some("unverified")), "{st}");
+        assert_eq!(
+            (status, st["state"].as_str()),
+            (200, Some("unverified")),
+            "{st}"
+        );
         let c = db(&s);
         assert_eq!(
             count(
@@ -233,7 +237,11 @@ fn an_attackers_sign_up_leaves_the_owners_pending_sign_up_alone() {
         let (status, ok) = verify_code(&s, &owner_session, &owner_code).await;
         assert_eq!(status, 200, "the owner's code: {ok}");
         let (status, st) = get(&s, "/v1/session/status", &owner_session).await;
-        assert_eq!((status, st["state"].as_str()), (200, Some("verified")), "{st}");
+        assert_eq!(
+            (status, st["state"].as_str()),
+            (200, Some("verified")),
+            "{st}"
+        );
 
         // The attacker's pending account is gone, with its session and code.
         let (status, err) = get(&s, "/v1/session/status", &attacker_session).await;
@@ -303,10 +311,17 @@ fn a_pending_account_cannot_be_verified_once_another_holds_the_address() {
     store.set_email_code(&b.uid, &[8; 32], now + 100).unwrap();
     // The newest pending account is the one an operator command by email means.
     assert_eq!(
-        store.account_by_email("PAT@example.org").unwrap().unwrap().uid,
+        store
+            .account_by_email("PAT@example.org")
+            .unwrap()
+            .unwrap()
+            .uid,
         b.uid
     );
-    assert_eq!(store.accounts_by_email("pat@example.org", 3).unwrap().len(), 2);
+    assert_eq!(
+        store.accounts_by_email("pat@example.org", 3).unwrap().len(),
+        2
+    );
     // A verified account appears meanwhile (bypassing the delete of the pending ones,
     // as a racing process would): b's right code no longer verifies it.
     let c = rusqlite::Connection::open(dir.path().join("accounts.sqlite")).unwrap();
@@ -388,14 +403,15 @@ fn an_older_accounts_file_is_migrated_keeping_its_rows() {
     let store = Store::open(dir.path(), "").unwrap();
     let old = store.account(&"d".repeat(32)).unwrap().expect("kept");
     assert_eq!(
-        (old.email.as_str(), old.display_name.as_deref(), old.email_verified),
+        (
+            old.email.as_str(),
+            old.display_name.as_deref(),
+            old.email_verified
+        ),
         ("old@example.org", Some("Old"), true)
     );
     assert!(
-        store
-            .token(&[0; 32], "sessionToken")
-            .unwrap()
-            .is_some(),
+        store.token(&[0; 32], "sessionToken").unwrap().is_some(),
         "the old account's session was kept"
     );
     let c = rusqlite::Connection::open(dir.path().join("accounts.sqlite")).unwrap();
@@ -442,13 +458,21 @@ fn an_older_accounts_file_is_migrated_keeping_its_rows() {
     drop(store);
     let store = Store::open(dir.path(), "").unwrap();
     assert!(store.token(&[0; 32], "sessionToken").unwrap().is_some());
-    assert_eq!(store.accounts_by_email("new@example.org", 5).unwrap().len(), 2);
+    assert_eq!(
+        store.accounts_by_email("new@example.org", 5).unwrap().len(),
+        2
+    );
 }
 
 /// A server whose accounts database holds `email` (made by `syncstore account add`).
 fn server_with_account(email: &str, password: &str) -> Server {
     let data = tempfile::tempdir().unwrap();
-    common::account_cli(data.path(), &["add", email, "--password-stdin"], &[], password);
+    common::account_cli(
+        data.path(),
+        &["add", email, "--password-stdin"],
+        &[],
+        password,
+    );
     Server::start_in(data, &[])
 }
 
@@ -627,4 +651,81 @@ fn a_password_change_token_finishes_one_change_under_concurrency() {
         let (status, ok) = login(&s, email, new_password).await;
         assert_eq!(status, 200, "{ok}");
     });
+}
+
+/// The same on PostgreSQL: an accounts table of an older release (its
+/// `normalized_email` UNIQUE constraint) loses the constraint when the store opens it,
+/// keeping its rows; then pending sign-ups of one address wait side by side.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_postgres_accounts_table_is_migrated_keeping_its_rows() {
+    use syncstore::accounts::store::{Account, Inserted, Store};
+    if std::env::var("SYNCSTORE_TEST_POSTGRES_URL").is_err() {
+        eprintln!("SYNCSTORE_TEST_POSTGRES_URL is not set: not run on PostgreSQL");
+        return;
+    }
+    let url = common::fresh_database().await;
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(
+            "CREATE TABLE accounts (
+                uid TEXT PRIMARY KEY,
+                email TEXT NOT NULL,
+                normalized_email TEXT NOT NULL UNIQUE,
+                auth_salt BYTEA NOT NULL,
+                verify_hash BYTEA NOT NULL,
+                wrap_wrap_kb BYTEA NOT NULL,
+                ka BYTEA NOT NULL,
+                verifier_set_at BIGINT NOT NULL,
+                keys_changed_at BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                disabled BIGINT NOT NULL DEFAULT 0,
+                display_name TEXT,
+                email_verified BIGINT NOT NULL DEFAULT 1
+            );
+            INSERT INTO accounts VALUES ('dddddddddddddddddddddddddddddddd',
+                'old@example.org', 'old@example.org', decode(repeat('00', 32), 'hex'),
+                decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'),
+                decode(repeat('00', 32), 'hex'), 1, 1, 1, 0, 'Old', 1);",
+        )
+        .unwrap();
+        drop(c);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &url).unwrap();
+        let old = store.account(&"d".repeat(32)).unwrap().expect("kept");
+        assert_eq!(old.display_name.as_deref(), Some("Old"));
+        let pending = |uid: char, email: &str| Account {
+            uid: uid.to_string().repeat(32),
+            email: email.into(),
+            auth_salt: [1; 32],
+            verify_hash: [2; 32],
+            wrap_wrap_kb: [3; 32],
+            ka: [4; 32],
+            verifier_set_at: 5,
+            keys_changed_at: 5,
+            created_at: 5,
+            disabled: false,
+            display_name: None,
+            email_verified: false,
+        };
+        for uid in ['1', '2'] {
+            assert_eq!(
+                store
+                    .insert_account(&pending(uid, "new@example.org"), None)
+                    .unwrap(),
+                Inserted::Created
+            );
+        }
+        assert_eq!(
+            store
+                .insert_account(&pending('3', "Old@example.org"), None)
+                .unwrap(),
+            Inserted::EmailTaken
+        );
+        assert_eq!(
+            store.accounts_by_email("new@example.org", 5).unwrap().len(),
+            2
+        );
+    })
+    .await
+    .unwrap();
 }

@@ -1422,9 +1422,7 @@ impl Accounts {
             return Err(AccountsError::InvalidToken);
         }
         let salt = crypto::random32();
-        let h = self
-            .harden(auth_pw, salt, ip, Some(&a.account.uid))
-            .await?;
+        let h = self.harden(auth_pw, salt, ip, Some(&a.account.uid)).await?;
         let wrap_wrap_kb = crypto::xor32(&wrap_kb, &h.wrapwrap_key);
         let uid = a.account.uid.clone();
         let now = now_ms();

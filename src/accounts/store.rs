@@ -1465,11 +1465,7 @@ impl Store {
 }
 
 /// See [`Store::delete_account`].
-fn delete_account_uid(
-    tx: &mut dyn Tx,
-    uid: &str,
-    now: i64,
-) -> Result<Option<String>, StoreError> {
+fn delete_account_uid(tx: &mut dyn Tx, uid: &str, now: i64) -> Result<Option<String>, StoreError> {
     let Some(gone) = one(
         tx,
         "DELETE FROM accounts WHERE uid = ?1 RETURNING uid, email",
@@ -1540,7 +1536,9 @@ fn migrate_email_unique(c: &rusqlite::Connection) -> Result<(), StoreError> {
         return Ok(());
     }
     c.execute_batch("PRAGMA foreign_keys=OFF")?;
-    let done = c.execute_batch(&format!("BEGIN IMMEDIATE; {SQLITE_ACCOUNTS_REBUILD} COMMIT;"));
+    let done = c.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SQLITE_ACCOUNTS_REBUILD} COMMIT;"
+    ));
     if done.is_err() {
         let _ = c.execute_batch("ROLLBACK");
     }
