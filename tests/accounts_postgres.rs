@@ -68,8 +68,9 @@ fn conformance(store: &Store) {
         ([1; 32], [4; 32], false, false)
     );
     assert_eq!(a.display_name, None);
-    // A verified account holds its address; an unverified one yields it to a new
-    // sign-up, which replaces it and everything of it.
+    // A verified account holds its address; unverified ones (pending sign-ups) wait
+    // side by side, each with its own code: the first verified takes the address and
+    // the others go with everything of theirs; a verified insert takes it at once.
     let zed = Account {
         email_verified: true,
         ..account(&"f".repeat(32), "zed@example.org", now)
@@ -81,17 +82,63 @@ fn conformance(store: &Store) {
         .insert_token(&token(20, &yan.uid, "sessionToken", now))
         .unwrap();
     store.set_email_code(&yan.uid, &[20; 32], now + 10).unwrap();
-    let yan2 = account(&"9".repeat(32), "Yan@example.org", now);
+    let yan2 = account(&"9".repeat(32), "Yan@example.org", now + 1);
     assert_eq!(
         store.insert_account(&yan2, None).unwrap(),
-        Inserted::ReplacedUnverified
+        Inserted::Created
     );
-    assert!(store.account(&yan.uid).unwrap().is_none());
-    assert!(store.token(&[20; 32], "sessionToken").unwrap().is_none());
+    store
+        .set_email_code(&yan2.uid, &[21; 32], now + 10)
+        .unwrap();
+    assert_eq!(
+        store
+            .account_by_email("YAN@example.org")
+            .unwrap()
+            .unwrap()
+            .uid,
+        yan2.uid,
+        "the newest pending account"
+    );
+    assert_eq!(
+        store.accounts_by_email("yan@example.org", 5).unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store.verify_email_code(&yan.uid, &[21; 32], now).unwrap(),
+        CodeCheck::Wrong,
+        "another pending account's code"
+    );
     assert_eq!(
         store.verify_email_code(&yan.uid, &[20; 32], now).unwrap(),
+        CodeCheck::Verified
+    );
+    assert!(store.account(&yan2.uid).unwrap().is_none());
+    assert!(store.token(&[20; 32], "sessionToken").unwrap().is_some());
+    assert_eq!(
+        store.verify_email_code(&yan2.uid, &[21; 32], now).unwrap(),
         CodeCheck::NoCode
     );
+    let yan3 = account(&"8".repeat(32), "yan@example.org", now);
+    assert_eq!(
+        store.insert_account(&yan3, None).unwrap(),
+        Inserted::EmailTaken
+    );
+    let vic = account(&"7".repeat(32), "vic@example.org", now);
+    assert_eq!(store.insert_account(&vic, None).unwrap(), Inserted::Created);
+    let vic_verified = Account {
+        email_verified: true,
+        ..account(&"6".repeat(32), "vic@example.org", now)
+    };
+    assert_eq!(
+        store.insert_account(&vic_verified, None).unwrap(),
+        Inserted::ReplacedUnverified
+    );
+    assert!(store.account(&vic.uid).unwrap().is_none());
+    assert_eq!(
+        store.delete_account("vic@example.org", now).unwrap(),
+        Some(vic_verified.uid.clone())
+    );
+    store.finish_deletion(&vic_verified.uid).unwrap();
     let taken = account(&"b".repeat(32), "zed@example.org", now);
     store.insert_invite(&[9; 32], now, now + 1000).unwrap();
     assert_eq!(
@@ -144,7 +191,7 @@ fn conformance(store: &Store) {
         [
             "Ann@Example.org",
             "bob@example.org",
-            "Yan@example.org",
+            "yan@example.org",
             "zed@example.org"
         ]
     );
@@ -433,11 +480,16 @@ fn conformance(store: &Store) {
     assert!(gone >= MAX_TOKENS_PER_KIND as u64, "{gone}");
     assert!(store.sessions(&ann).unwrap().is_empty());
     assert!(
-        store.account(&yan2.uid).unwrap().is_none(),
+        store.account(&bob.uid).unwrap().is_none(),
         "unverified, old"
     );
     assert!(store.account(&zed.uid).unwrap().is_some(), "verified");
-    assert_eq!(store.accounts().unwrap().len(), 2, "Ann and Zed, verified");
+    assert!(store.account(&yan.uid).unwrap().is_some(), "verified");
+    assert_eq!(
+        store.accounts().unwrap().len(),
+        3,
+        "Ann, Yan and Zed, verified"
+    );
 }
 
 fn pg_store(db: &str) -> Store {
@@ -466,7 +518,7 @@ async fn the_store_behaves_the_same_on_postgres() {
             "nothing in the data dir"
         );
         // Opening again (a second process) keeps the data.
-        assert_eq!(pg_store(&db).accounts().unwrap().len(), 2);
+        assert_eq!(pg_store(&db).accounts().unwrap().len(), 3);
     })
     .await
     .unwrap();

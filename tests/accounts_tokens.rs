@@ -212,7 +212,8 @@ fn the_owner_takes_back_a_squatted_client_state_by_changing_the_password() {
 
 // Item 12: disabling an account stops its access tokens at the tokenserver, the profile
 // and /v1/verify, and its storage token at the storage node within seconds; enabling it
-// makes the storage token work again (the data was kept).
+// makes the storage token work again (the data was kept; the storage token lives an hour
+// at most), but not the access tokens issued before the disabling.
 #[test]
 fn a_disabled_accounts_tokens_stop_working_everywhere_until_it_is_enabled() {
     let s = server_with_account(&[]);
@@ -265,6 +266,11 @@ fn a_disabled_accounts_tokens_stop_working_everywhere_until_it_is_enabled() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // The access token from before the disabling stays dead (F3 of the review:
+        // disabling moves the token generation); a new sign-in gets the same uid.
+        assert_refused(&sync_token(&s, &access, &kid).await, "invalid-generation");
+        let owner = login(&s, PASSWORD, false).await;
+        let access = access_token(&s, &owner).await;
         let again = sync_token(&s, &access, &kid).await;
         assert_eq!(again.1["uid"].as_u64(), Some(uid), "{}", again.1);
     });

@@ -1047,7 +1047,7 @@ async fn password_change_finish(
     let keys = q.keys.as_deref() == Some("true");
     session_body(
         st.accounts
-            .password_change_finish(&a, &b.auth_pw, &b.wrap_kb, keys, &r.user_agent)
+            .password_change_finish(&a, &b.auth_pw, &b.wrap_kb, keys, &r.user_agent, r.ip)
             .await?,
     )
 }

@@ -651,8 +651,14 @@ impl Accounts {
         let found = self
             .blocking(move |s| Ok(s.verify_email_code(&uid, &hash, now)?))
             .await?;
-        if found != store::CodeCheck::Verified {
-            return Err(AccountsError::InvalidCode);
+        match found {
+            store::CodeCheck::Verified => {}
+            // The right code, but the address was verified by another sign-up first.
+            store::CodeCheck::Taken => {
+                attempt.give_back_all();
+                return Err(AccountsError::AccountExists);
+            }
+            _ => return Err(AccountsError::InvalidCode),
         }
         attempt.clear(&[Rule::FailCode]);
         attempt.give_back(&[Rule::FailAddress]);
@@ -718,22 +724,27 @@ impl Accounts {
             .into_iter()
             .collect();
         let mut address = self.limiter.reserve(&by_address)?;
+        // The verified account of the address, else its newest pending sign-ups
+        // (each with its own password; see `pending_sign_in`). The per-account counts
+        // are kept on the first of them.
         let e = email.to_string();
-        let account = self.blocking(move |s| Ok(s.account_by_email(&e)?)).await?;
-        let Some(account) = account else {
+        let candidates = self
+            .blocking(move |s| Ok(s.accounts_by_email(&e, store::MAX_PENDING_SIGN_IN)?))
+            .await?;
+        let Some(first) = candidates.first() else {
             return Err(AccountsError::UnknownAccount);
         };
         let unit = ip.map(limits::client_unit);
         let failed_here = self
             .limiter
-            .key(Rule::FailAccountAddressHour, (&account.uid, unit));
+            .key(Rule::FailAccountAddressHour, (&first.uid, unit));
         let mut attempt = match self.limiter.reserve_under_ceiling(
             &[
                 self.limiter
-                    .key(Rule::FailAccountAddress, (&account.uid, unit)),
+                    .key(Rule::FailAccountAddress, (&first.uid, unit)),
                 failed_here,
             ],
-            self.limiter.key(Rule::FailAccount, &account.uid),
+            self.limiter.key(Rule::FailAccount, &first.uid),
             failed_here,
         ) {
             Ok(a) => a,
@@ -745,23 +756,34 @@ impl Accounts {
         // The email salts the client's stretch: another case gives another authPW, so
         // the client is told the account's own (as FxA does) before any check. It
         // counts as a failure: it tells the account exists.
-        if account.email != email.trim() {
-            return Err(AccountsError::IncorrectEmailCase(account.email));
+        let same_case: Vec<&Account> = candidates
+            .iter()
+            .filter(|a| a.email == email.trim())
+            .collect();
+        if same_case.is_empty() {
+            return Err(AccountsError::IncorrectEmailCase(first.email.clone()));
         }
-        let h = match self
-            .harden(auth_pw, account.auth_salt, ip, Some(&account.uid))
-            .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                attempt.give_back_all();
-                address.give_back_all();
-                return Err(e);
+        let mut matched = None;
+        for account in same_case {
+            let h = match self
+                .harden(auth_pw, account.auth_salt, ip, Some(&account.uid))
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    attempt.give_back_all();
+                    address.give_back_all();
+                    return Err(e);
+                }
+            };
+            if crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
+                matched = Some((account.clone(), h));
+                break;
             }
-        };
-        if !crypto::ct_eq(&h.verify_hash, &account.verify_hash) {
-            return Err(AccountsError::IncorrectPassword);
         }
+        let Some((account, h)) = matched else {
+            return Err(AccountsError::IncorrectPassword);
+        };
         attempt.clear(&HERE);
         attempt.give_back(&[Rule::FailAccount]);
         address.give_back(&[Rule::FailAddress]);
@@ -1005,9 +1027,9 @@ impl Accounts {
         if account.uid != a.account.uid {
             return Err(AccountsError::InvalidToken);
         }
-        let email = account.email.clone();
+        let uid = account.uid.clone();
         let gone = self
-            .blocking(move |s| Ok(s.delete_account(&email, now_ms())?))
+            .blocking(move |s| Ok(s.delete_account_by_uid(&uid, now_ms())?))
             .await?;
         tracing::info!(uid = %account.uid, deleted = gone.is_some(), "account deleted by its owner");
         Ok(())
@@ -1430,6 +1452,9 @@ impl Accounts {
 
     /// `POST /password/change/finish`: the new verifier and the same kB (wrapped under
     /// the new password); every other session and token is revoked; a new session.
+    /// The password change token is taken (read and deleted in one statement) before
+    /// the hardening: of requests presenting one token at once, only one goes on. The
+    /// hardening counts for the client address `ip` and the account.
     pub async fn password_change_finish(
         &self,
         a: &Authed,
@@ -1437,13 +1462,20 @@ impl Accounts {
         wrap_kb: &str,
         keys: bool,
         ua: &str,
+        ip: Option<IpAddr>,
     ) -> Result<NewSession> {
         let auth_pw = hex32("authPW", auth_pw)?;
         let wrap_kb = hex32("wrapKb", wrap_kb)?;
-        let salt = crypto::random32();
-        let h = self
-            .harden(auth_pw, salt, None, Some(&a.account.uid))
+        let th = a.token.id_hash;
+        let taken = self
+            .blocking(move |s| Ok(s.take_token(&th, "passwordChangeToken")?))
             .await?;
+        if taken.is_none() {
+            // Another request used it first.
+            return Err(AccountsError::InvalidToken);
+        }
+        let salt = crypto::random32();
+        let h = self.harden(auth_pw, salt, ip, Some(&a.account.uid)).await?;
         let wrap_wrap_kb = crypto::xor32(&wrap_kb, &h.wrapwrap_key);
         let uid = a.account.uid.clone();
         let now = now_ms();
@@ -1533,7 +1565,7 @@ pub fn insert_new_account(
     match store.insert_account(&account, invite)? {
         store::Inserted::Created => {}
         store::Inserted::ReplacedUnverified => {
-            tracing::info!(uid = %account.uid, "an unverified account with this email was replaced");
+            tracing::info!(uid = %account.uid, "the pending (unverified) accounts of this email were replaced");
         }
         store::Inserted::EmailTaken => return Err(AccountsError::AccountExists),
         store::Inserted::BadInvite => {

@@ -44,7 +44,7 @@ const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     uid TEXT PRIMARY KEY,
     email TEXT NOT NULL,
-    normalized_email TEXT NOT NULL UNIQUE,
+    normalized_email TEXT NOT NULL,
     auth_salt BLOB NOT NULL,
     verify_hash BLOB NOT NULL,
     wrap_wrap_kb BLOB NOT NULL,
@@ -133,7 +133,7 @@ const POSTGRES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     uid TEXT PRIMARY KEY,
     email TEXT NOT NULL,
-    normalized_email TEXT NOT NULL UNIQUE,
+    normalized_email TEXT NOT NULL,
     auth_salt BYTEA NOT NULL,
     verify_hash BYTEA NOT NULL,
     wrap_wrap_kb BYTEA NOT NULL,
@@ -217,7 +217,53 @@ CREATE TABLE IF NOT EXISTS account_signing_keys (
     id BIGINT PRIMARY KEY,
     keys TEXT NOT NULL
 );
+ALTER TABLE accounts DROP CONSTRAINT IF EXISTS accounts_normalized_email_key;
+CREATE UNIQUE INDEX IF NOT EXISTS accounts_verified_email ON accounts(normalized_email)
+    WHERE email_verified = 1;
+CREATE INDEX IF NOT EXISTS accounts_email ON accounts(normalized_email);
 ";
+
+/// Indexes of the SQLite accounts table, made after the columns they name exist: an
+/// email is unique among VERIFIED accounts only (several pending sign-ups of one
+/// address may wait side by side, each with its own code; the first verified takes
+/// the address). The PostgreSQL schema has the same.
+const SQLITE_ACCOUNT_INDEXES: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS accounts_verified_email ON accounts(normalized_email)
+    WHERE email_verified = 1;
+CREATE INDEX IF NOT EXISTS accounts_email ON accounts(normalized_email);
+";
+
+/// The SQLite accounts table as it is now, to rebuild an older file's (whose
+/// `normalized_email` was UNIQUE over every account) into.
+const SQLITE_ACCOUNTS_REBUILD: &str = "
+CREATE TABLE accounts_rebuilt (
+    uid TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    normalized_email TEXT NOT NULL,
+    auth_salt BLOB NOT NULL,
+    verify_hash BLOB NOT NULL,
+    wrap_wrap_kb BLOB NOT NULL,
+    ka BLOB NOT NULL,
+    verifier_set_at INTEGER NOT NULL,
+    keys_changed_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    display_name TEXT,
+    email_verified INTEGER NOT NULL DEFAULT 1
+);
+INSERT INTO accounts_rebuilt (uid, email, normalized_email, auth_salt, verify_hash,
+    wrap_wrap_kb, ka, verifier_set_at, keys_changed_at, created_at, disabled,
+    display_name, email_verified)
+  SELECT uid, email, normalized_email, auth_salt, verify_hash, wrap_wrap_kb, ka,
+    verifier_set_at, keys_changed_at, created_at, disabled, display_name, email_verified
+  FROM accounts;
+DROP TABLE accounts;
+ALTER TABLE accounts_rebuilt RENAME TO accounts;
+";
+
+/// Most pending (unverified) accounts of one address whose password a sign-in by
+/// email tries, newest first: each try is a hardening.
+pub const MAX_PENDING_SIGN_IN: usize = 3;
 
 /// Columns added after the first release, with their definitions: added to an older
 /// file when it is opened.
@@ -353,8 +399,8 @@ pub struct Refresh {
 pub enum Inserted {
     /// The account exists now (and the invite, if any, is spent).
     Created,
-    /// The account exists now, in place of an unverified one with the same email
-    /// (deleted with its tokens, devices and codes).
+    /// The (verified) account exists now, in place of the pending unverified ones
+    /// with the same email (deleted with their tokens, devices and codes).
     ReplacedUnverified,
     /// Another account has this email; nothing changed.
     EmailTaken,
@@ -408,6 +454,9 @@ pub enum CodeCheck {
     Expired,
     /// No code is pending for the account.
     NoCode,
+    /// The code matched, but another account of the address is verified already:
+    /// nothing changed.
+    Taken,
 }
 
 #[derive(Clone)]
@@ -569,6 +618,8 @@ impl Store {
                 ))?;
             }
         }
+        migrate_email_unique(&c)?;
+        c.execute_batch(SQLITE_ACCOUNT_INDEXES)?;
         drop(c);
         Ok(Store {
             backend: Backend::Sqlite(pool),
@@ -632,25 +683,31 @@ impl Store {
 
     /// Inserts a new account, taking the invite code (SHA-256) if one is given, in one
     /// transaction: a refused invite makes no account and a taken email spends no invite.
+    /// A verified account holds its address (EmailTaken). An unverified one does not:
+    /// several pending sign-ups of one address wait side by side, each with its own
+    /// code, until one is verified ([`Store::verify_email_code`]) or a day passes. A new
+    /// VERIFIED account (invited, or made by the operator) takes the address at once:
+    /// the pending ones go, with everything of theirs.
     pub fn insert_account(
         &self,
         a: &Account,
         invite: Option<&[u8; 32]>,
     ) -> Result<Inserted, StoreError> {
+        let normalized = normalize_email(&a.email);
         self.tx(true, |tx| {
-            // An unverified account does not hold its address: whoever proves it (the
-            // new account is mailed a code) takes it. A verified one does.
-            let mut replaced = false;
-            if let Some(old) = one(
+            tx.lock(email_lock(&normalized))?;
+            if one(
                 tx,
-                "SELECT uid, email_verified FROM accounts WHERE normalized_email = ?1",
-                &args![normalize_email(&a.email)],
-            )? {
-                if old.bool(1)? {
-                    return Ok((Inserted::EmailTaken, false));
-                }
-                delete_account_rows(tx, &old.text(0)?)?;
-                replaced = true;
+                "SELECT uid FROM accounts WHERE normalized_email = ?1 AND email_verified = 1",
+                &args![&normalized],
+            )?
+            .is_some()
+            {
+                return Ok((Inserted::EmailTaken, false));
+            }
+            let mut replaced = false;
+            if a.email_verified {
+                replaced = delete_pending(tx, &normalized, None)? > 0;
             }
             let n = tx.exec(
                 &format!(
@@ -671,7 +728,7 @@ impl Store {
                     a.disabled,
                     &a.display_name,
                     a.email_verified,
-                    normalize_email(&a.email)
+                    &normalized
                 ],
             )?;
             if n != 1 {
@@ -696,17 +753,32 @@ impl Store {
         })
     }
 
-    /// The account with this email (any case).
+    /// The account with this email (any case): the verified one, else the newest
+    /// pending (unverified) one.
     pub fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        Ok(self.accounts_by_email(email, 1)?.into_iter().next())
+    }
+
+    /// The accounts a sign-in by this email (any case) may be for: the verified one
+    /// alone when there is one, else at most `pending` unverified ones, newest first.
+    pub fn accounts_by_email(
+        &self,
+        email: &str,
+        pending: usize,
+    ) -> Result<Vec<Account>, StoreError> {
         self.read(|tx| {
-            one(
-                tx,
-                &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE normalized_email = ?1"),
-                &args![normalize_email(email)],
-            )?
-            .as_ref()
-            .map(account_row)
-            .transpose()
+            let r = tx.query(
+                &format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts WHERE normalized_email = ?1 \
+                     ORDER BY email_verified DESC, created_at DESC, uid LIMIT ?2"
+                ),
+                &args![normalize_email(email), pending.max(1) as i64],
+            )?;
+            let mut found = rows(r, account_row)?;
+            if found.first().is_some_and(|a| a.email_verified) {
+                found.truncate(1);
+            }
+            Ok(found)
         })
     }
 
@@ -740,17 +812,21 @@ impl Store {
     /// storage nodes refuse a disabled account's storage tokens). False: no such
     /// account.
     pub fn set_disabled(&self, email: &str, disabled: bool) -> Result<bool, StoreError> {
+        let now = super::now_ms();
         self.write(|tx| {
-            let uid = one(
-                tx,
-                "UPDATE accounts SET disabled = ?2 WHERE normalized_email = ?1 RETURNING uid",
-                &args![normalize_email(email), disabled],
-            )?
-            .map(|r| r.text(0))
-            .transpose()?;
-            let Some(uid) = uid else {
+            let Some(uid) = uid_by_email(tx, email)? else {
                 return Ok(false);
             };
+            // Disabling also moves the account's token generation (`verifier_set_at`,
+            // the access tokens' `fxa-generation`) forward: every access token issued
+            // before is refused for good, also once the account is enabled again.
+            tx.exec(
+                "UPDATE accounts SET disabled = ?2, verifier_set_at = CASE \
+                 WHEN CAST(?2 AS BIGINT) = 0 THEN verifier_set_at \
+                 WHEN verifier_set_at < ?3 THEN ?3 ELSE verifier_set_at + 1 END \
+                 WHERE uid = ?1",
+                &args![&uid, disabled, now],
+            )?;
             if disabled {
                 revoke_all(tx, &uid)?;
             }
@@ -758,7 +834,7 @@ impl Store {
                 "INSERT INTO account_state_changes (uid, disabled, changed_at) \
                  VALUES (?1, ?2, ?3) ON CONFLICT (uid) DO UPDATE SET \
                  disabled = excluded.disabled, changed_at = excluded.changed_at",
-                &args![&uid, disabled, super::now_ms()],
+                &args![&uid, disabled, now],
             )?;
             Ok(true)
         })
@@ -800,23 +876,16 @@ impl Store {
     /// account.
     pub fn delete_account(&self, email: &str, now: i64) -> Result<Option<String>, StoreError> {
         self.write(|tx| {
-            let Some(gone) = one(
-                tx,
-                "DELETE FROM accounts WHERE normalized_email = ?1 RETURNING uid, email",
-                &args![normalize_email(email)],
-            )?
-            else {
+            let Some(uid) = uid_by_email(tx, email)? else {
                 return Ok(None);
             };
-            let (uid, email) = (gone.text(0)?, gone.text(1)?);
-            tx.exec(
-                "INSERT INTO account_deletions (uid, email, deleted_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (uid) DO UPDATE SET email = excluded.email, \
-                 deleted_at = excluded.deleted_at",
-                &args![&uid, email, now],
-            )?;
-            Ok(Some(uid))
+            delete_account_uid(tx, &uid, now)
         })
+    }
+
+    /// Deletes the account with this uid as [`Store::delete_account`] does.
+    pub fn delete_account_by_uid(&self, uid: &str, now: i64) -> Result<Option<String>, StoreError> {
+        self.write(|tx| delete_account_uid(tx, uid, now))
     }
 
     /// Deleted accounts whose Sync data is still to be deleted, oldest first.
@@ -914,38 +983,60 @@ impl Store {
     }
 
     /// Checks an email verification code; when it matches and is unexpired the account
-    /// becomes verified and the code is spent. Comparison of the hashes is constant-time.
+    /// becomes verified and the code is spent, and the other pending accounts of its
+    /// address go (with everything of theirs), all in one transaction under the
+    /// address's lock; the update is conditional (the account still unverified, no
+    /// verified account of the address), so that of two verifications or a sign-up
+    /// racing, only one account ever holds the address. Comparison of the hashes is
+    /// constant-time.
     pub fn verify_email_code(
         &self,
         uid: &str,
         code_hash: &[u8; 32],
         now: i64,
     ) -> Result<CodeCheck, StoreError> {
-        self.write(|tx| {
+        self.tx(true, |tx| {
+            let Some(acc) = one(
+                tx,
+                "SELECT normalized_email FROM accounts WHERE uid = ?1",
+                &args![uid],
+            )?
+            else {
+                return Ok((CodeCheck::NoCode, false));
+            };
+            let normalized = acc.text(0)?;
+            tx.lock(email_lock(&normalized))?;
             let Some(row) = one(
                 tx,
                 "SELECT code_hash, expires_at FROM email_codes WHERE uid = ?1",
                 &args![uid],
             )?
             else {
-                return Ok(CodeCheck::NoCode);
+                return Ok((CodeCheck::NoCode, false));
             };
             let (stored, expires_at) = (row.blob(0)?, row.int(1)?);
             if expires_at <= now {
-                return Ok(CodeCheck::Expired);
+                return Ok((CodeCheck::Expired, false));
             }
             if !bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &code_hash[..])) {
-                return Ok(CodeCheck::Wrong);
+                return Ok((CodeCheck::Wrong, false));
             }
             // Spent by whoever deletes it first.
             if tx.exec("DELETE FROM email_codes WHERE uid = ?1", &args![uid])? != 1 {
-                return Ok(CodeCheck::NoCode);
+                return Ok((CodeCheck::NoCode, false));
             }
-            tx.exec(
-                "UPDATE accounts SET email_verified = 1 WHERE uid = ?1",
-                &args![uid],
+            let n = tx.exec(
+                "UPDATE accounts SET email_verified = 1 \
+                 WHERE uid = ?1 AND email_verified = 0 AND NOT EXISTS \
+                 (SELECT 1 FROM accounts v WHERE v.normalized_email = ?2 \
+                 AND v.email_verified = 1)",
+                &args![uid, &normalized],
             )?;
-            Ok(CodeCheck::Verified)
+            if n != 1 {
+                return Ok((CodeCheck::Taken, false));
+            }
+            delete_pending(tx, &normalized, Some(uid))?;
+            Ok((CodeCheck::Verified, true))
         })
     }
 
@@ -1371,6 +1462,89 @@ impl Store {
             Ok(Some(new))
         })
     }
+}
+
+/// See [`Store::delete_account`].
+fn delete_account_uid(tx: &mut dyn Tx, uid: &str, now: i64) -> Result<Option<String>, StoreError> {
+    let Some(gone) = one(
+        tx,
+        "DELETE FROM accounts WHERE uid = ?1 RETURNING uid, email",
+        &args![uid],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (uid, email) = (gone.text(0)?, gone.text(1)?);
+    tx.exec(
+        "INSERT INTO account_deletions (uid, email, deleted_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (uid) DO UPDATE SET email = excluded.email, \
+         deleted_at = excluded.deleted_at",
+        &args![&uid, email, now],
+    )?;
+    Ok(Some(uid))
+}
+
+/// The uid an operator command by email means: the verified account of the address,
+/// else its newest pending one.
+fn uid_by_email(tx: &mut dyn Tx, email: &str) -> Result<Option<String>, StoreError> {
+    one(
+        tx,
+        "SELECT uid FROM accounts WHERE normalized_email = ?1 \
+         ORDER BY email_verified DESC, created_at DESC, uid LIMIT 1",
+        &args![normalize_email(email)],
+    )?
+    .map(|r| r.text(0))
+    .transpose()
+}
+
+/// Deletes the pending (unverified) accounts of an address but `keep`, with
+/// everything of theirs. How many went.
+fn delete_pending(
+    tx: &mut dyn Tx,
+    normalized: &str,
+    keep: Option<&str>,
+) -> Result<usize, StoreError> {
+    let pending = tx.query(
+        "SELECT uid FROM accounts WHERE normalized_email = ?1 AND email_verified = 0 \
+         AND uid != ?2",
+        &args![normalized, keep.unwrap_or("")],
+    )?;
+    for r in &pending {
+        delete_account_rows(tx, &r.text(0)?)?;
+    }
+    Ok(pending.len())
+}
+
+/// The advisory lock (PostgreSQL) under which an address's accounts are inserted or
+/// verified, so that two of them never both see the address free.
+fn email_lock(normalized: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("syncstore accounts email:{normalized}"));
+    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// An older SQLite file has `normalized_email` UNIQUE over every account: its
+/// accounts table is rebuilt without that, in one transaction, with the foreign keys
+/// off meanwhile (so that dropping the old table deletes nothing that refers to it).
+fn migrate_email_unique(c: &rusqlite::Connection) -> Result<(), StoreError> {
+    let sql: String = c.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'accounts'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !sql.contains("normalized_email TEXT NOT NULL UNIQUE") {
+        return Ok(());
+    }
+    c.execute_batch("PRAGMA foreign_keys=OFF")?;
+    let done = c.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SQLITE_ACCOUNTS_REBUILD} COMMIT;"
+    ));
+    if done.is_err() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    c.execute_batch("PRAGMA foreign_keys=ON")?;
+    done?;
+    Ok(())
 }
 
 /// Deletes an account that never held Sync data (an unverified one) and everything
