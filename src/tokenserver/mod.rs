@@ -448,10 +448,11 @@ pub fn assign(
             }
         }
     };
-    if let Some(auth_at) = record {
-        if recorded.as_ref().map(|(s, at)| (s.as_str(), *at)) != Some((state, auth_at)) {
-            store::set_local_client_state(tx, fxa_uid, state, auth_at)?;
-        }
+    // Written only when it changes (not on every token request).
+    if let Some(auth_at) = record
+        && recorded.as_ref().map(|(s, at)| (s.as_str(), *at)) != Some((state, auth_at))
+    {
+        store::set_local_client_state(tx, fxa_uid, state, auth_at)?;
     }
     let node = node_of(node_id).ok_or(TokenserverError::NoNodes)?;
     Ok(Assignment {
