@@ -325,3 +325,100 @@ fn a_thief_must_beat_the_newest_sign_in_that_synced_the_owners_state() {
         );
     });
 }
+
+// An upgrade: refresh tokens made before their rows kept a sign-in time, and
+// assignments made before the tokenserver recorded one. A refresh token without the
+// time counts as signed in at 0 (it can never replace a state); an assignment without
+// a record counts as registered when its row was made (a session older than that
+// cannot replace it, a new sign-in can).
+#[test]
+fn refresh_tokens_and_assignments_from_before_the_record_count_as_old() {
+    let s = server_with_account();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (first, legacy_refresh, kca, squat_uid) = rt.block_on(async {
+        let first = login(&s).await;
+        let kca = keys_changed_at(&s, &first).await;
+        let legacy_refresh = refresh_token(&s, &first).await;
+        let stolen = access(&s, &first).await;
+        let squat_uid = granted(&sync_token(&s, &stolen, &common::key_id(kca, &BOGUS)).await);
+        (first, legacy_refresh, kca, squat_uid)
+    });
+    // Back to the old layout: no auth_at column, no record of the assignment.
+    let data = s.stop();
+    let accounts = rusqlite::Connection::open(data.path().join("accounts.sqlite")).unwrap();
+    accounts
+        .execute_batch("ALTER TABLE refresh_tokens DROP COLUMN auth_at")
+        .unwrap();
+    drop(accounts);
+    let assignments = rusqlite::Connection::open(data.path().join("tokenserver.sqlite")).unwrap();
+    let n = assignments
+        .execute("DELETE FROM local_client_states", [])
+        .unwrap();
+    assert_eq!(n, 1, "the squat was recorded");
+    drop(assignments);
+
+    let s = Server::start_in(data, &[]);
+    rt.block_on(async {
+        let other = common::key_id(kca, &[0x5b; 16]);
+        let from_legacy = access_from_refresh(&s, &legacy_refresh).await;
+        assert_eq!(auth_at(&from_legacy), 0);
+        let refused = sync_token(&s, &from_legacy, &other).await;
+        assert_client_state_refused(&refused, "a refresh token from before");
+        let refused = sync_token(&s, &access(&s, &first).await, &other).await;
+        assert_client_state_refused(&refused, "a session older than the row");
+
+        let again = login(&s).await;
+        let (owner_kid, _) = owner_key_id(&s, &again).await;
+        let fresh = access(&s, &again).await;
+        let owner_uid = granted(&sync_token(&s, &fresh, &owner_kid).await);
+        assert_ne!(owner_uid, squat_uid);
+        let refused = sync_token(&s, &from_legacy, &other).await;
+        assert_client_state_refused(&refused, "a refresh token from before, again");
+    });
+}
+
+/// The assignment database's record of who registered a client state, on a backend:
+/// set, replaced, read, forgotten with the account's key history.
+fn client_state_record_conformance(db: &syncstore::tokenserver::db::AssignmentDb) {
+    use syncstore::tokenserver::store as ts;
+    type R = Result<Option<(String, i64)>, syncstore::tokenserver::db::DbError>;
+    let read = |uid: &str| -> R { db.transaction(|tx| ts::local_client_state(tx, uid)) };
+    assert_eq!(read("f1").unwrap(), None);
+    db.transaction(|tx| ts::set_local_client_state(tx, "f1", "aa", 5))
+        .unwrap();
+    db.transaction(|tx| ts::set_local_client_state(tx, "f2", "cc", 1))
+        .unwrap();
+    assert_eq!(read("f1").unwrap(), Some(("aa".into(), 5)));
+    db.transaction(|tx| ts::set_local_client_state(tx, "f1", "bb", 9))
+        .unwrap();
+    assert_eq!(read("f1").unwrap(), Some(("bb".into(), 9)));
+    db.transaction(|tx| ts::forget_client_states(tx, "f1"))
+        .unwrap();
+    assert_eq!(read("f1").unwrap(), None);
+    assert_eq!(read("f2").unwrap(), Some(("cc".into(), 1)));
+}
+
+#[test]
+fn the_client_state_record_works_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = syncstore::tokenserver::db::AssignmentDb::open("", dir.path()).unwrap();
+    client_state_record_conformance(&db);
+}
+
+/// The same on PostgreSQL, when there is one to test on (`scripts/test` starts it and
+/// sets `SYNCSTORE_TEST_POSTGRES_URL`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_state_record_works_on_postgres() {
+    if std::env::var("SYNCSTORE_TEST_POSTGRES_URL").is_err() {
+        eprintln!("SYNCSTORE_TEST_POSTGRES_URL is not set: not run on PostgreSQL");
+        return;
+    }
+    let url = common::fresh_database().await;
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let db = syncstore::tokenserver::db::AssignmentDb::open(&url, dir.path()).unwrap();
+        client_state_record_conformance(&db);
+    })
+    .await
+    .unwrap();
+}
