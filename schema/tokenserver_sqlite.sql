@@ -71,3 +71,14 @@ CREATE TABLE IF NOT EXISTS disabled_users (
     fxa_uid     TEXT PRIMARY KEY,
     disabled_at INTEGER NOT NULL
 );
+
+-- For users of this server's own accounts service (whose tokens say when their session
+-- proved the password): the client state of the current row and the sign-in time (ms)
+-- of the newest token that presented it. At the same keys_changed_at, another client
+-- state replaces it only from a token that signed in later (a fresh uid); a missing
+-- row counts as registered when the users row was made.
+CREATE TABLE IF NOT EXISTS local_client_states (
+    fxa_uid      TEXT PRIMARY KEY,
+    client_state TEXT NOT NULL,
+    auth_at      INTEGER NOT NULL
+);

@@ -295,9 +295,11 @@ fn conformance(store: &Store) {
         scope: "profile".into(),
         created_at: now,
         last_used_at: now,
+        auth_at: now - 5,
     };
     store.insert_refresh(&refresh).unwrap();
     let used = store.use_refresh(&[4; 32], now + 9).unwrap().unwrap();
+    assert_eq!(used.auth_at, now - 5);
     assert_eq!(
         (used.uid.as_str(), used.last_used_at),
         (uid.as_str(), now + 9)

@@ -133,15 +133,29 @@ fn a_stolen_session_cannot_change_the_owners_sync_keys() {
         // The thief uses the same session: its own access token, then any keys.
         let stolen = access_token(&s, &owner).await;
         let other_state = [0x5a; 16];
-        for kid in [
-            common::key_id(now_ms(), &other_state),
-            common::key_id(now_ms(), &crypto::client_state(&kb)),
-            common::key_id(kca + 1, &other_state),
-            common::key_id(kca - 1, &other_state),
-            common::key_id(kca, &other_state),
+        // (Another state at the account's keys_changed_at, from a sign-in no newer
+        // than the owner's: invalid-client-state.)
+        for (kid, status) in [
+            (
+                common::key_id(now_ms(), &other_state),
+                "invalid-keysChangedAt",
+            ),
+            (
+                common::key_id(now_ms(), &crypto::client_state(&kb)),
+                "invalid-keysChangedAt",
+            ),
+            (
+                common::key_id(kca + 1, &other_state),
+                "invalid-keysChangedAt",
+            ),
+            (
+                common::key_id(kca - 1, &other_state),
+                "invalid-keysChangedAt",
+            ),
+            (common::key_id(kca, &other_state), "invalid-client-state"),
         ] {
             let refused = sync_token(&s, &stolen, &kid).await;
-            assert_refused(&refused, "invalid-keysChangedAt");
+            assert_refused(&refused, status);
         }
 
         // Nothing changed: the owner's keys still get the same uid, from a new session
@@ -172,10 +186,11 @@ fn the_owner_takes_back_a_squatted_client_state_by_changing_the_password() {
         let squat = sync_token(&s, &stolen, &common::key_id(kca, &[0x5a; 16])).await;
         assert_eq!(squat.0, 200, "{}", squat.1);
         let squat_uid = squat.1["uid"].as_u64().unwrap();
-        // The owner's own keys are refused at this generation…
+        // The owner's own keys are refused from this session (tests/accounts_client_state.rs:
+        // a new sign-in takes them back)…
         let access = access_token(&s, &owner).await;
         let refused = sync_token(&s, &access, &owner_kid).await;
-        assert_refused(&refused, "invalid-keysChangedAt");
+        assert_refused(&refused, "invalid-client-state");
 
         // …until the password changes (kB kept, every other session revoked).
         let renewed = change_password(&s, &kb).await;

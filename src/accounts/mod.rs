@@ -276,6 +276,7 @@ struct GrantRequest<'a> {
     scope: &'a str,
     ttl: i64,
     offline: bool,
+    /// When the session behind the grant proved the password, ms.
     auth_at: i64,
     keys_jwe: Option<String>,
 }
@@ -1059,12 +1060,15 @@ impl Accounts {
         Ok(serde_json::Value::Object(out))
     }
 
+    /// Signs an access token for `account`; `auth_at` (ms) is when the session behind
+    /// it proved the password.
     fn access_token(
         &self,
         account: &Account,
         client_id: &str,
         scope: &str,
         ttl: i64,
+        auth_at: i64,
     ) -> Result<(String, i64)> {
         let ttl = if ttl <= 0 {
             oauth::DEFAULT_ACCESS_TTL_SECS
@@ -1082,6 +1086,7 @@ impl Accounts {
             exp: now + ttl,
             jti: hex::encode(rand::random::<[u8; 16]>()),
             generation: account.verifier_set_at,
+            auth_at,
         };
         Ok((self.signer.sign(&claims)?, ttl))
     }
@@ -1095,7 +1100,8 @@ impl Accounts {
             auth_at,
             keys_jwe,
         } = g;
-        let (access_token, expires_in) = self.access_token(account, client_id, scope, ttl)?;
+        let (access_token, expires_in) =
+            self.access_token(account, client_id, scope, ttl, auth_at)?;
         let mut refresh_token = None;
         if offline {
             let token = crypto::random32();
@@ -1107,6 +1113,9 @@ impl Accounts {
                 scope: scope.to_string(),
                 created_at: now,
                 last_used_at: now,
+                // The session's (or code's) sign-in, not now: a refresh token made
+                // with a stolen session is no fresher than that session.
+                auth_at,
             };
             self.blocking(move |s| Ok(s.insert_refresh(&r)?)).await?;
             refresh_token = Some(hex::encode(token));
@@ -1116,7 +1125,7 @@ impl Accounts {
             refresh_token,
             scope: scope.to_string(),
             expires_in,
-            auth_at,
+            auth_at: auth_at / 1000,
             keys_jwe,
         })
     }
@@ -1138,7 +1147,7 @@ impl Accounts {
             scope: &scope,
             ttl,
             offline,
-            auth_at: a.token.created_at / 1000,
+            auth_at: a.token.created_at,
             keys_jwe: None,
         };
         self.grant(&a.account, g).await
@@ -1173,7 +1182,7 @@ impl Accounts {
             code_challenge,
             keys_jwe,
             offline,
-            auth_at: a.token.created_at / 1000,
+            auth_at: a.token.created_at,
             expires_at: now_ms() + CODE_TTL_MS,
         };
         let h = crypto::sha256(&code);
@@ -1263,13 +1272,21 @@ impl Accounts {
         let account = account
             .filter(|a| !a.disabled)
             .ok_or(AccountsError::InvalidGrant("unknown account"))?;
-        let (access_token, expires_in) = self.access_token(&account, client_id, &scope, ttl)?;
+        // The access token carries the sign-in the refresh token came from (0 for a
+        // refresh token from before that was recorded: older than any sign-in).
+        let (access_token, expires_in) =
+            self.access_token(&account, client_id, &scope, ttl, row.auth_at)?;
+        let shown_auth_at = if row.auth_at > 0 {
+            row.auth_at
+        } else {
+            row.created_at
+        };
         Ok(Grant {
             access_token,
             refresh_token: None,
             scope,
             expires_in,
-            auth_at: row.created_at / 1000,
+            auth_at: shown_auth_at / 1000,
             keys_jwe: None,
         })
     }
@@ -1587,9 +1604,9 @@ pub struct LocalTokens {
 impl LocalIssuer for LocalTokens {
     fn verify_local<'a>(&'a self, token: &'a str) -> LocalDecision<'a> {
         Box::pin(async move {
-            let user = match self.signer.decide(token)? {
-                Ok(user) => user,
-                refused => return Some(refused),
+            let (user, claims) = match self.signer.decide(token)? {
+                Ok(decided) => decided,
+                Err(e) => return Some(Err(e)),
             };
             let (store, uid) = (self.store.clone(), user.fxa_uid.clone());
             let found = tokio::task::spawn_blocking(move || store.account(&uid)).await;
@@ -1599,6 +1616,7 @@ impl LocalIssuer for LocalTokens {
                     account: Some(IssuerRecord {
                         generation: a.verifier_set_at,
                         keys_changed_at: a.keys_changed_at,
+                        auth_at: claims.auth_at,
                     }),
                     ..user
                 }),

@@ -100,6 +100,14 @@ pub struct AccessClaims {
     /// When the password last changed, ms (FxA's generation).
     #[serde(rename = "fxa-generation")]
     pub generation: i64,
+    /// When the session behind the token proved the password, ms (a claim of this
+    /// service's own): the session's creation for `fxa-credentials` and authorization
+    /// codes, carried over by the refresh tokens made from them. The tokenserver lets
+    /// a token replace the client state registered at the account's keys_changed_at
+    /// only when it is newer than the one that registered it. 0 (absent) in tokens
+    /// from before the claim: older than anything.
+    #[serde(rename = "syncstore-auth-at", default)]
+    pub auth_at: i64,
 }
 
 fn now_ms() -> i64 {
@@ -319,9 +327,10 @@ impl Signer {
 
 /// The tokenserver's in-process trust in this service's tokens.
 impl Signer {
-    /// The tokenserver's decision on an access token by signature and claims alone:
-    /// `None` when it names none of this signer's key ids (see `tokenserver::fxa::LocalIssuer`).
-    pub fn decide(&self, token: &str) -> Option<Result<OAuthUser, FxaError>> {
+    /// The tokenserver's decision on an access token by signature and claims alone
+    /// (its user, and the claims the tokenserver goes on to check): `None` when it
+    /// names none of this signer's key ids (see `tokenserver::fxa::LocalIssuer`).
+    pub fn decide(&self, token: &str) -> Option<Result<(OAuthUser, AccessClaims), FxaError>> {
         let kid = jsonwebtoken::decode_header(token).ok()?.kid;
         let ours = kid.is_some_and(|kid| self.public.iter().any(|k| k.kid == kid));
         let claims = match self.verify(token) {
@@ -333,11 +342,12 @@ impl Signer {
         if !claims.scope.split(' ').any(|s| s == OLDSYNC_SCOPE) {
             return Some(Err(FxaError::Invalid("no oldsync scope".into())));
         }
-        Some(Ok(OAuthUser {
-            fxa_uid: claims.sub,
+        let user = OAuthUser {
+            fxa_uid: claims.sub.clone(),
             generation: Some(claims.generation),
             account: None,
-        }))
+        };
+        Some(Ok((user, claims)))
     }
 }
 
@@ -366,12 +376,12 @@ mod tests {
             exp: now_ms() / 1000 + 60,
             jti: "j".into(),
             generation: 1,
+            auth_at: 7,
         };
         let token = signer.sign(&claims).unwrap();
-        assert_eq!(
-            signer.decide(&token).unwrap().unwrap().fxa_uid,
-            "00".repeat(16)
-        );
+        let (user, decided) = signer.decide(&token).unwrap().unwrap();
+        assert_eq!(user.fxa_uid, "00".repeat(16));
+        assert_eq!(decided.auth_at, 7);
         rotate(dir.path(), &store).unwrap();
         let rotated = Signer::load(dir.path(), &store, "http://a.example").unwrap();
         assert_ne!(rotated.kid, signer.kid);

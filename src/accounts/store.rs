@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     client_id TEXT NOT NULL,
     scope TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    last_used_at INTEGER NOT NULL
+    last_used_at INTEGER NOT NULL,
+    auth_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS refresh_tokens_uid ON refresh_tokens(uid);
 CREATE TABLE IF NOT EXISTS invites (
@@ -188,8 +189,10 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     client_id TEXT NOT NULL,
     scope TEXT NOT NULL,
     created_at BIGINT NOT NULL,
-    last_used_at BIGINT NOT NULL
+    last_used_at BIGINT NOT NULL,
+    auth_at BIGINT NOT NULL DEFAULT 0
 );
+ALTER TABLE refresh_tokens ADD COLUMN IF NOT EXISTS auth_at BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS refresh_tokens_uid ON refresh_tokens(uid);
 CREATE TABLE IF NOT EXISTS invites (
     code_hash BYTEA PRIMARY KEY,
@@ -267,8 +270,12 @@ pub const MAX_PENDING_SIGN_IN: usize = 3;
 
 /// Columns added after the first release, with their definitions: added to an older
 /// file when it is opened.
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("accounts", "email_verified", "INTEGER NOT NULL DEFAULT 1")];
+/// (PostgreSQL's schema adds them itself, `ADD COLUMN IF NOT EXISTS`.) A refresh
+/// token's `auth_at` is unknown for rows from before it: 0, older than any sign-in.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("accounts", "email_verified", "INTEGER NOT NULL DEFAULT 1"),
+    ("refresh_tokens", "auth_at", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// An account as stored.
 #[derive(Clone)]
@@ -371,7 +378,7 @@ pub struct Code {
     pub keys_jwe: Option<String>,
     /// Whether a refresh token is wanted.
     pub offline: bool,
-    /// When the user authenticated, s.
+    /// When the session that asked for it proved the password, ms.
     pub auth_at: i64,
     /// Expiry, ms.
     pub expires_at: i64,
@@ -392,6 +399,9 @@ pub struct Refresh {
     pub created_at: i64,
     /// When it was last used, ms.
     pub last_used_at: i64,
+    /// When the session it came from proved the password, ms (0: unknown, a token
+    /// from before this was recorded).
+    pub auth_at: i64,
 }
 
 /// What `insert_account` did.
@@ -525,7 +535,7 @@ fn device_row(r: &Row) -> Result<Device, StoreError> {
 const DEVICE_COLS: &str = "id, uid, session_id_hash, name, type, push_callback, \
     push_public_key, push_auth_key, available_commands, created_at, last_access_at";
 
-const REFRESH_COLS: &str = "token_hash, uid, client_id, scope, created_at, last_used_at";
+const REFRESH_COLS: &str = "token_hash, uid, client_id, scope, created_at, last_used_at, auth_at";
 
 fn refresh_row(r: &Row) -> Result<Refresh, StoreError> {
     Ok(Refresh {
@@ -535,6 +545,7 @@ fn refresh_row(r: &Row) -> Result<Refresh, StoreError> {
         scope: r.text(3)?,
         created_at: r.int(4)?,
         last_used_at: r.int(5)?,
+        auth_at: r.int(6)?,
     })
 }
 
@@ -1331,7 +1342,8 @@ impl Store {
             }
             tx.exec(
                 &format!(
-                    "INSERT INTO refresh_tokens ({REFRESH_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    "INSERT INTO refresh_tokens ({REFRESH_COLS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                 ),
                 &args![
                     &r.token_hash,
@@ -1339,7 +1351,8 @@ impl Store {
                     &r.client_id,
                     &r.scope,
                     r.created_at,
-                    r.last_used_at
+                    r.last_used_at,
+                    r.auth_at
                 ],
             )
             .map(drop)

@@ -69,6 +69,10 @@ pub struct IssuerRecord {
     pub generation: i64,
     /// When kB last changed, ms: the only keys_changed_at accepted in X-KeyID.
     pub keys_changed_at: i64,
+    /// When the session behind this token proved the password, ms (the token's own
+    /// claim; 0 when it has none): at the same keys_changed_at, only a token newer than
+    /// the one that registered the current client state may register another.
+    pub auth_at: i64,
 }
 
 /// Why a token is refused.

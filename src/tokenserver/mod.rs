@@ -342,7 +342,14 @@ pub fn assign(
             },
         )
     };
-    let (uid, node_id) = match current {
+    // For the service's own tokens: when the token's session proved the password.
+    let local_auth = user.account.map(|a| a.auth_at);
+    let recorded = match local_auth {
+        Some(_) => store::local_client_state(tx, fxa_uid)?,
+        None => None,
+    };
+    // The (uid, node) assigned, and the sign-in time to record for its client state.
+    let (uid, node_id, record) = match current {
         None => {
             if store::setting(tx, "signups")?.as_deref() == Some("closed") {
                 return Err(TokenserverError::NewUsersDisabled);
@@ -352,7 +359,7 @@ pub fn assign(
             }
             let node_id = place(tx, &nodes, fxa_uid, email)?;
             let uid = new_row(tx, user.generation.unwrap_or(0), node_id)?;
-            (uid, node_id)
+            (uid, node_id, local_auth)
         }
         Some(u) => {
             let generation = user.generation.unwrap_or(u.generation);
@@ -366,36 +373,68 @@ pub fn assign(
             // tokens, perhaps a thief with a stolen session registering a client state
             // of no real key. A change that does not move keys_changed_at forward
             // (another state at the same time, or an earlier time than recorded)
-            // overrides the row only from a newer generation than the row's: the
-            // owner, after a password change (which revokes every other session and
-            // keeps kB), recovers; FxA's tokens never do.
+            // overrides the row only from a newer generation than the row's (the
+            // owner, after a password change, which revokes every other session and
+            // keeps kB), or, for the same keys_changed_at, from a token whose session
+            // proved the password after the one that registered the row's state (the
+            // owner signing in again: a stolen session, and every code or refresh
+            // token made with it, keeps its old sign-in time). FxA's tokens never do.
             let owner_recovers = user.account.is_some() && generation > u.generation;
+            // When the row's client state was registered (service tokens only): the
+            // recorded sign-in, else (rows from before the record) the row's creation.
+            let registered_at = match local_auth {
+                Some(_) => Some(
+                    recorded
+                        .as_ref()
+                        .filter(|(s, _)| *s == u.client_state)
+                        .map_or(u.created_at, |(_, at)| *at),
+                ),
+                None => None,
+            };
             if kca < known_kca && !owner_recovers {
                 return Err(TokenserverError::InvalidKeysChangedAt);
             }
             let state_changed = state != u.client_state;
-            if state_changed && !owner_recovers {
+            let same_kca = kca == known_kca && u.keys_changed_at.is_some();
+            let signed_in_later = matches!(
+                (local_auth, registered_at),
+                (Some(auth_at), Some(registered)) if auth_at > registered
+            );
+            if state_changed && !owner_recovers && !(same_kca && signed_in_later) {
+                if same_kca && local_auth.is_some() {
+                    // Another client state from a sign-in no newer than the one that
+                    // registered this row's: refused, nothing changes.
+                    return Err(TokenserverError::InvalidClientState);
+                }
                 if store::client_state_was_used(tx, fxa_uid, state)? {
                     return Err(TokenserverError::InvalidClientState);
                 }
-                if kca == known_kca && u.keys_changed_at.is_some() {
+                if same_kca {
                     return Err(TokenserverError::InvalidKeysChangedAt);
                 }
             }
             let key_change = state_changed || kca != known_kca;
+            // A new state is registered by this token's sign-in; the same state keeps
+            // the newest sign-in that presented it (a thief then needs a session newer
+            // than every one that synced).
+            let record = match (local_auth, registered_at) {
+                (Some(auth_at), _) if key_change => Some(auth_at),
+                (Some(auth_at), Some(registered)) => Some(auth_at.max(registered)),
+                _ => None,
+            };
             let serving = node_of(u.node_id).filter(|n| n.serving());
             match (key_change, serving) {
                 (false, Some(_)) => {
                     if generation > u.generation || u.keys_changed_at != Some(kca) {
                         store::update_user(tx, u.uid, generation, Some(kca))?;
                     }
-                    (u.uid, u.node_id)
+                    (u.uid, u.node_id, record)
                 }
                 (true, Some(_)) => {
                     // New keys: the old data cannot be read any more; a fresh uid on the
                     // same node lets the client start over.
                     store::replace_user(tx, u.uid, now)?;
-                    (new_row(tx, generation, u.node_id)?, u.node_id)
+                    (new_row(tx, generation, u.node_id)?, u.node_id, record)
                 }
                 (_, None) => {
                     // The node is down, draining or gone: move to a new node.
@@ -404,11 +443,17 @@ pub fn assign(
                         store::release_slot(tx, u.node_id)?;
                     }
                     store::replace_user(tx, u.uid, now)?;
-                    (new_row(tx, generation, node_id)?, node_id)
+                    (new_row(tx, generation, node_id)?, node_id, record)
                 }
             }
         }
     };
+    // Written only when it changes (not on every token request).
+    if let Some(auth_at) = record
+        && recorded.as_ref().map(|(s, at)| (s.as_str(), *at)) != Some((state, auth_at))
+    {
+        store::set_local_client_state(tx, fxa_uid, state, auth_at)?;
+    }
     let node = node_of(node_id).ok_or(TokenserverError::NoNodes)?;
     Ok(Assignment {
         uid,

@@ -605,12 +605,49 @@ pub fn user_rows_before(
 }
 
 /// Forgets the client states of an FxA user's replaced rows (a deleted account's key
-/// history): a new account signing in under the uid starts afresh.
+/// history) and the sign-in that registered the current one: a new account signing in
+/// under the uid starts afresh.
 pub fn forget_client_states(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<(), DbError> {
     tx.execute(
         "UPDATE users SET client_state = '' WHERE service = ?1 AND fxa_uid = ?2
          AND replaced_at IS NOT NULL",
         &[SERVICE.into(), fxa_uid.into()],
+    )?;
+    tx.execute(
+        "DELETE FROM local_client_states WHERE fxa_uid = ?1",
+        &[fxa_uid.into()],
+    )?;
+    Ok(())
+}
+
+/// For a user of this server's accounts service: the client state recorded for the
+/// current row and the sign-in time (ms) that registered it (see `tokenserver::assign`).
+pub fn local_client_state(
+    tx: &mut dyn SqlTx,
+    fxa_uid: &str,
+) -> Result<Option<(String, i64)>, DbError> {
+    tx.query(
+        "SELECT client_state, auth_at FROM local_client_states WHERE fxa_uid = ?1",
+        &[fxa_uid.into()],
+    )?
+    .first()
+    .map(|r| Ok((r[0].text("client_state")?, r[1].int("auth_at")?)))
+    .transpose()
+}
+
+/// Records (or replaces) the client state of a user of this server's accounts service
+/// and the sign-in time (ms) that registered it.
+pub fn set_local_client_state(
+    tx: &mut dyn SqlTx,
+    fxa_uid: &str,
+    client_state: &str,
+    auth_at: i64,
+) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO local_client_states (fxa_uid, client_state, auth_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (fxa_uid) DO UPDATE SET client_state = excluded.client_state,
+         auth_at = excluded.auth_at",
+        &[fxa_uid.into(), client_state.into(), auth_at.into()],
     )?;
     Ok(())
 }
