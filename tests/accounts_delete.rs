@@ -59,11 +59,16 @@ fn deleting_an_account_deletes_its_sync_data_and_its_tokens_stop_working() {
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(user_files(&s), 1);
 
-        // Disabled: the access token is refused, and works again once enabled.
+        // Disabled: the access token is refused, and stays refused once enabled (the
+        // disable moved the account's token generation); a new sign-in syncs again.
         account(s.data.path(), &["disable", EMAIL], "");
         fxa::assert_refused(&sync_token(&s, &access).await, "invalid-credentials");
         account(s.data.path(), &["enable", EMAIL], "");
-        assert_eq!(sync_token(&s, &access).await.0, 200);
+        fxa::assert_refused(&sync_token(&s, &access).await, "invalid-generation");
+        let access = access_token(&s).await;
+        let (status, again) = sync_token(&s, &access).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["uid"], sync["uid"], "the same Sync user: {again}");
 
         // Deleted by the operator from another process: the running server deletes
         // the account's Sync data on its node.
