@@ -190,8 +190,11 @@ impl Table {
     }
 
     /// Whether `key` has any count in the current or previous window.
-    fn seen(&self, key: u64) -> bool {
-        self.current.contains_key(&key) || self.previous.contains_key(&key)
+    /// Events of `key` in the current and the previous window.
+    fn events(&self, key: u64) -> u32 {
+        let c = self.current.get(&key).copied().unwrap_or(0);
+        let p = self.previous.get(&key).copied().unwrap_or(0);
+        c.saturating_add(p)
     }
 
     /// None when one more event of `key` is allowed; else the wait in ms. A new key
@@ -326,7 +329,9 @@ impl Limiter {
                 match t.refusal(ceiling.hash, now) {
                     None => counted.push(ceiling),
                     Some(ms) => {
-                        if tables[failed_here.rule.index()].seen(failed_here.hash) {
+                        if tables[failed_here.rule.index()].events(failed_here.hash)
+                            >= TYPOS_OVER_CEILING
+                        {
                             refuse(ms);
                         }
                     }
@@ -543,6 +548,13 @@ impl Budget {
 /// legitimate request queued behind a few other addresses (each holds at most one
 /// place, see the address gate) waits its turn in order rather than being refused.
 const BUDGET_MAX_WAIT: Duration = Duration::from_secs(10);
+/// Over an account's failure ceiling, failures an address may have had for that
+/// account in the window (the previous one included) and still be heard: a typo or
+/// two of the owner's does not lock the owner's own address out, while a botnet gets a
+/// few guesses per address per hour.
+pub const TYPOS_OVER_CEILING: u32 = 3;
+/// Longest wait for an address's or an account's turn at hardening; beyond, 429.
+const GATE_MAX_WAIT: Duration = Duration::from_secs(30);
 /// Hardenings allowed at once above the budget's rate.
 const BUDGET_BURST: u32 = 10;
 /// Hardenings in flight per account.
@@ -600,16 +612,24 @@ impl Hardening {
         ip: Option<IpAddr>,
         account: Option<&str>,
     ) -> Result<Turn<'_>, AccountsError> {
+        let busy = || AccountsError::TooManyRequests(GATE_MAX_WAIT.as_secs());
         let address = match ip {
             Some(ip) => Some(
-                self.addresses
-                    .enter(self.hasher.hash_one(client_unit(ip)))
-                    .await,
+                tokio::time::timeout(
+                    GATE_MAX_WAIT,
+                    self.addresses.enter(self.hasher.hash_one(client_unit(ip))),
+                )
+                .await
+                .map_err(|_| busy())?,
             ),
             None => None,
         };
         let account = match account {
-            Some(a) => Some(self.accounts.enter(self.hasher.hash_one(a)).await),
+            Some(a) => Some(
+                tokio::time::timeout(GATE_MAX_WAIT, self.accounts.enter(self.hasher.hash_one(a)))
+                    .await
+                    .map_err(|_| busy())?,
+            ),
             None => None,
         };
         let wait = self.budget.take()?;
@@ -773,12 +793,14 @@ mod tests {
         for i in 0..100 {
             under_ceiling(&l, "a", &format!("10.0.0.{}", i % 10), 1_000).unwrap();
         }
-        // An address that failed for this account is refused …
+        // An address that failed for this account (10 times) is refused …
         assert!(under_ceiling(&l, "a", "10.0.0.3", 2_000).is_err());
-        // … a fresh one gets exactly one attempt this window …
-        let once = under_ceiling(&l, "a", "192.0.2.1", 2_000).unwrap();
+        // … a fresh one gets TYPOS_OVER_CEILING attempts this window …
+        let tries: Vec<_> = (0..TYPOS_OVER_CEILING)
+            .map(|_| under_ceiling(&l, "a", "192.0.2.1", 2_000).unwrap())
+            .collect();
         assert!(under_ceiling(&l, "a", "192.0.2.1", 2_000).is_err());
-        drop(once);
+        drop(tries);
         // … and other accounts are not concerned.
         under_ceiling(&l, "b", "10.0.0.3", 2_000).unwrap();
         // Under the ceiling, the ceiling counts: a given-back attempt frees its place.
@@ -791,7 +813,9 @@ mod tests {
             .give_back_all();
         under_ceiling(&l, "a", "10.0.2.2", 0).unwrap();
         // Now full: 10.0.2.1 gave its count back, so it is fresh again.
-        under_ceiling(&l, "a", "10.0.2.1", 0).unwrap();
+        for _ in 0..TYPOS_OVER_CEILING {
+            under_ceiling(&l, "a", "10.0.2.1", 0).unwrap();
+        }
         assert!(under_ceiling(&l, "a", "10.0.2.1", 0).is_err());
     }
 
