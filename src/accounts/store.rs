@@ -610,11 +610,16 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         let manager = SqliteConnectionManager::file(&path).with_init(|c| {
             c.execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; \
+                 PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
             )
         });
-        let pool = r2d2::Pool::builder().max_size(4).build(manager)?;
+        // Connections are made on demand: made all at once at start, they raced the
+        // schema set-up below for the file's first lock ("database is locked").
+        let pool = r2d2::Pool::builder()
+            .max_size(4)
+            .min_idle(Some(0))
+            .build(manager)?;
         let c = pool.get()?;
         c.execute_batch(SQLITE_SCHEMA)?;
         for (table, column, definition) in ADDED_COLUMNS {

@@ -311,7 +311,7 @@ impl AssignmentDb {
         crate::private::create_file(&path)?;
         let manager = SqliteConnectionManager::file(path).with_init(|c| {
             c.execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+                "PRAGMA busy_timeout=10000; PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;",
             )
         });
         let pool = r2d2::Pool::builder()
