@@ -7,73 +7,23 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::Server;
+use common::fxa::{
+    OLDSYNC, at_once_within, bearer_get, code_in, create, errno, grant, hex32, kb, keys_changed_at,
+    login, next_mail, open_server_with_mail, server_with_account, sync_token, token_bearer,
+    verify_code,
+};
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 
 const OWNER_PASSWORD: &str = "the owner's own passphrase";
 const ATTACKER_PASSWORD: &str = "the attacker's passphrase";
-/// Firefox's OAuth client id.
-const FIREFOX: &str = "5882386c6d801776";
-const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
-
-fn auth_pw(email: &str, password: &str) -> String {
-    hex::encode(crypto::auth_pw(&crypto::quick_stretch(email, password)))
-}
-
-fn errno(v: &Value) -> Option<i64> {
-    v["errno"].as_i64()
-}
-
-fn hex32(v: &Value) -> [u8; 32] {
-    hex::decode(v.as_str().expect("a hex string"))
-        .unwrap()
-        .try_into()
-        .unwrap()
-}
 
 /// `Authorization: Bearer fxs_<id>` of a session token (hex).
 fn session_bearer(v: &Value) -> String {
-    format!(
-        "fxs_{}",
-        hex::encode(crypto::token_keys(&hex32(v), "sessionToken").id)
-    )
-}
-
-async fn create(s: &Server, email: &str, password: &str) -> (u16, Value) {
-    let body = json!({"email": email, "authPW": auth_pw(email, password)});
-    common::fxa_post(s, "/v1/account/create?keys=true", &body, None).await
-}
-
-async fn login(s: &Server, email: &str, password: &str) -> (u16, Value) {
-    let body = json!({"email": email, "authPW": auth_pw(email, password)});
-    common::fxa_post(s, "/v1/account/login", &body, None).await
-}
-
-async fn get(s: &Server, path: &str, bearer: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}{path}", s.url()))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn verify_code(s: &Server, session: &str, code: &str) -> (u16, Value) {
-    common::fxa_post(
-        s,
-        "/v1/session/verify_code",
-        &json!({"code": code}),
-        Some(session),
-    )
-    .await
+    token_bearer("fxs", &hex32(v), "sessionToken")
 }
 
 /// The server's accounts database, opened beside it (WAL: the server keeps running).
@@ -87,65 +37,6 @@ fn count(c: &rusqlite::Connection, sql: &str) -> i64 {
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
-/// A tiny SMTP sink on 127.0.0.1 (as in accounts_signups.rs): answers the dialogue and
-/// sends each message's DATA down the channel.
-async fn smtp_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                let _ = w.write_all(b"220 sink ESMTP\r\n").await;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
-                        "DATA" => {
-                            let _ = w.write_all(b"354 go on\r\n").await;
-                            let mut data = String::new();
-                            while let Ok(Some(l)) = lines.next_line().await {
-                                if l == "." {
-                                    break;
-                                }
-                                data.push_str(&l);
-                                data.push('\n');
-                            }
-                            let _ = tx.send(data);
-                            b"250 queued\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = w.write_all(b"221 bye\r\n").await;
-                            return;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    if w.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, rx)
-}
-
-/// The 6-digit code in a mail.
-fn code_in(mail: &str) -> String {
-    let body = mail.split("\n\n").skip(1).collect::<Vec<_>>().join("\n");
-    body.split(|c: char| !c.is_ascii_digit())
-        .find(|w| w.len() == 6)
-        .unwrap_or_else(|| panic!("no code in {mail}"))
-        .to_string()
-}
-
 /// The next mail within `secs` seconds, if any.
 async fn mail_within(
     mails: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -157,24 +48,6 @@ async fn mail_within(
         .flatten()
 }
 
-fn open_smtp_env(port: u16) -> Vec<(&'static str, String)> {
-    vec![
-        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open".to_string()),
-        (
-            "SYNCSTORE_ACCOUNTS_SMTP_URL",
-            format!("smtp://127.0.0.1:{port}?tls=none"),
-        ),
-        (
-            "SYNCSTORE_ACCOUNTS_MAIL_FROM",
-            "Sync <sync@example.org>".to_string(),
-        ),
-    ]
-}
-
-fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
 /// F2: while the owner's sign-up waits for its code, an attacker signs up the same
 /// address (with another password). Both wait side by side: a sign-in by email finds
 /// the owner's pending account by its password, the owner's code still verifies it,
@@ -183,24 +56,22 @@ fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
 #[test]
 fn an_attackers_sign_up_leaves_the_owners_pending_sign_up_alone() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (port, mut mails) = rt.block_on(smtp_sink());
-    let env = open_smtp_env(port);
-    let s = Server::start(&env_refs(&env));
+    let (s, mut mails) = open_server_with_mail(&rt, "Sync <sync@example.org>", &[]);
     rt.block_on(async {
         let email = "owner@example.org";
-        let (status, owner) = create(&s, email, OWNER_PASSWORD).await;
+        let (status, owner) = create(&s, email, OWNER_PASSWORD, None).await;
         assert_eq!(status, 200, "{owner}");
         let owner_session = session_bearer(&owner["sessionToken"]);
-        let mut owner_code = code_in(&mail_within(&mut mails, 10).await.expect("a mail"));
+        let mut owner_code = code_in(&next_mail(&mut mails).await);
 
-        let (status, attacker) = create(&s, email, ATTACKER_PASSWORD).await;
+        let (status, attacker) = create(&s, email, ATTACKER_PASSWORD, None).await;
         assert_eq!(status, 200, "the attacker's sign-up: {attacker}");
         assert_ne!(attacker["uid"], owner["uid"]);
         let attacker_session = session_bearer(&attacker["sessionToken"]);
-        let attacker_code = code_in(&mail_within(&mut mails, 10).await.expect("a mail"));
+        let attacker_code = code_in(&next_mail(&mut mails).await);
 
         // The owner's pending account, session and code are still there.
-        let (status, st) = get(&s, "/v1/session/status", &owner_session).await;
+        let (status, st) = bearer_get(&s, "/v1/session/status", &owner_session).await;
         assert_eq!(
             (status, st["state"].as_str()),
             (200, Some("unverified")),
@@ -219,13 +90,13 @@ fn an_attackers_sign_up_leaves_the_owners_pending_sign_up_alone() {
 
         // A sign-in by email with the owner's password finds the owner's pending
         // account (not the newer attacker's); it may mail a fresh code for it.
-        let (status, signed_in) = login(&s, email, OWNER_PASSWORD).await;
+        let (status, signed_in) = login(&s, email, OWNER_PASSWORD, false).await;
         assert_eq!(status, 200, "{signed_in}");
         assert_eq!(signed_in["uid"], owner["uid"], "{signed_in}");
         if let Some(mail) = mail_within(&mut mails, 2).await {
             owner_code = code_in(&mail);
         }
-        let (status, err) = login(&s, email, "neither password").await;
+        let (status, err) = login(&s, email, "neither password", false).await;
         assert_eq!((status, errno(&err)), (400, Some(103)), "{err}");
 
         // The attacker's code does not verify the owner's account (unless it is the
@@ -236,7 +107,7 @@ fn an_attackers_sign_up_leaves_the_owners_pending_sign_up_alone() {
         }
         let (status, ok) = verify_code(&s, &owner_session, &owner_code).await;
         assert_eq!(status, 200, "the owner's code: {ok}");
-        let (status, st) = get(&s, "/v1/session/status", &owner_session).await;
+        let (status, st) = bearer_get(&s, "/v1/session/status", &owner_session).await;
         assert_eq!(
             (status, st["state"].as_str()),
             (200, Some("verified")),
@@ -244,7 +115,7 @@ fn an_attackers_sign_up_leaves_the_owners_pending_sign_up_alone() {
         );
 
         // The attacker's pending account is gone, with its session and code.
-        let (status, err) = get(&s, "/v1/session/status", &attacker_session).await;
+        let (status, err) = bearer_get(&s, "/v1/session/status", &attacker_session).await;
         assert_eq!((status, errno(&err)), (401, Some(110)), "{err}");
         let (status, err) = verify_code(&s, &attacker_session, &attacker_code).await;
         assert_eq!((status, errno(&err)), (401, Some(110)), "{err}");
@@ -270,9 +141,9 @@ fn an_attackers_sign_up_leaves_the_owners_pending_sign_up_alone() {
         // The owner signs in as before; the attacker's password is no sign-in.
         // (A new sign-up of the held address gets 101: accounts_state.rs; here the
         // mails to this recipient are spent.)
-        let (status, err) = login(&s, email, ATTACKER_PASSWORD).await;
+        let (status, err) = login(&s, email, ATTACKER_PASSWORD, false).await;
         assert_eq!((status, errno(&err)), (400, Some(103)), "{err}");
-        let (status, again) = login(&s, email, OWNER_PASSWORD).await;
+        let (status, again) = login(&s, email, OWNER_PASSWORD, false).await;
         assert_eq!(status, 200, "{again}");
         assert_eq!(again["uid"], owner["uid"]);
     });
@@ -464,62 +335,16 @@ fn an_older_accounts_file_is_migrated_keeping_its_rows() {
     );
 }
 
-/// A server whose accounts database holds `email` (made by `syncstore account add`).
-fn server_with_account(email: &str, password: &str) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    common::account_cli(
-        data.path(),
-        &["add", email, "--password-stdin"],
-        &[],
-        password,
-    );
-    Server::start_in(data, &[])
-}
-
-/// The tokenserver's answer to an access token and X-KeyID: status and body.
-async fn sync_token(s: &Server, access: &str, key_id: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}/1.0/sync/1.5", s.url()))
-        .bearer_auth(access)
-        .header("X-KeyID", key_id)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// A signed-in session with keys: the session's Bearer, the X-KeyID of its kB, and an
 /// access token (oldsync and profile) from it.
 async fn sign_in_for_sync(s: &Server, email: &str, password: &str) -> (String, String, String) {
-    let body = json!({"email": email, "authPW": auth_pw(email, password)});
-    let (status, session) = common::fxa_post(s, "/v1/account/login?keys=true", &body, None).await;
+    let (status, session) = login(s, email, password, true).await;
     assert_eq!(status, 200, "{session}");
     let bearer = session_bearer(&session["sessionToken"]);
-    let kft = hex32(&session["keyFetchToken"]);
-    let id = crypto::token_keys(&kft, "keyFetchToken").id;
-    let (status, keys) = get(s, "/v1/account/keys", &format!("fxk_{}", hex::encode(id))).await;
-    assert_eq!(status, 200, "{keys}");
-    let data = hex::decode(keys["bundle"].as_str().unwrap()).unwrap();
-    let bundle_key = crypto::token_keys(&kft, "keyFetchToken").bundle_key;
-    let plain = crypto::unbundle(&bundle_key, "account/keys", &data).expect("a valid bundle");
-    let wrap_kb: [u8; 32] = plain[32..64].try_into().unwrap();
-    let kb = crypto::xor32(
-        &wrap_kb,
-        &crypto::unwrap_b_key(&crypto::quick_stretch(email, password)),
-    );
-    let body = json!({"client_id": FIREFOX, "scope": OLDSYNC});
-    let (status, scoped) =
-        common::fxa_post(s, "/v1/account/scoped-key-data", &body, Some(&bearer)).await;
-    assert_eq!(status, 200, "{scoped}");
-    let kca = scoped[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap();
+    let kb = kb(s, email, password, &hex32(&session["keyFetchToken"])).await;
+    let kca = keys_changed_at(s, &bearer).await;
     let kid = common::key_id(kca, &crypto::client_state(&kb));
-    let body = json!({
-        "grant_type": "fxa-credentials",
-        "client_id": FIREFOX,
-        "scope": format!("{OLDSYNC} profile"),
-    });
-    let (status, g) = common::fxa_post(s, "/v1/oauth/token", &body, Some(&bearer)).await;
+    let (status, g) = grant(s, &bearer, &format!("{OLDSYNC} profile"), None).await;
     assert_eq!(status, 200, "{g}");
     (bearer, kid, g["access_token"].as_str().unwrap().to_string())
 }
@@ -530,14 +355,14 @@ async fn sign_in_for_sync(s: &Server, email: &str, password: &str) -> (String, S
 #[test]
 fn enabling_an_account_again_does_not_revive_its_earlier_access_tokens() {
     let email = "dora@example.org";
-    let s = server_with_account(email, OWNER_PASSWORD);
+    let s = server_with_account(email, OWNER_PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (session, kid, access) = sign_in_for_sync(&s, email, OWNER_PASSWORD).await;
         let (status, sync) = sync_token(&s, &access, &kid).await;
         assert_eq!(status, 200, "{sync}");
         let uid = sync["uid"].as_u64().unwrap();
-        let (status, body) = get(&s, "/v1/profile", &access).await;
+        let (status, body) = bearer_get(&s, "/v1/profile", &access).await;
         assert_eq!(status, 200, "{body}");
 
         common::account_cli(s.data.path(), &["disable", email], &[], "");
@@ -549,12 +374,12 @@ fn enabling_an_account_again_does_not_revive_its_earlier_access_tokens() {
             (401, Some("invalid-generation")),
             "{body}"
         );
-        let (status, body) = get(&s, "/v1/profile", &access).await;
+        let (status, body) = bearer_get(&s, "/v1/profile", &access).await;
         assert_eq!((status, errno(&body)), (401, Some(110)), "{body}");
         let (status, body) =
             common::fxa_post(&s, "/v1/verify", &json!({"token": access}), None).await;
         assert_eq!((status, errno(&body)), (401, Some(110)), "{body}");
-        let (status, body) = get(&s, "/v1/session/status", &session).await;
+        let (status, body) = bearer_get(&s, "/v1/session/status", &session).await;
         assert_eq!((status, errno(&body)), (401, Some(110)), "{body}");
 
         // The owner signs in again: new tokens work (once the tokenserver has applied
@@ -573,37 +398,9 @@ fn enabling_an_account_again_does_not_revive_its_earlier_access_tokens() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let (status, body) = get(&s, "/v1/profile", &access).await;
+        let (status, body) = bearer_get(&s, "/v1/profile", &access).await;
         assert_eq!(status, 200, "{body}");
     });
-}
-
-/// Sends `request` on `n` connections at once (all but its last byte written first,
-/// then the last byte on every connection after a barrier); the status of each answer.
-fn at_once(addr: &str, request: &str, n: usize) -> Vec<u16> {
-    let barrier = Arc::new(Barrier::new(n));
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let (barrier, addr, request) = (barrier.clone(), addr.to_string(), request.to_string());
-            std::thread::spawn(move || {
-                let mut conn = TcpStream::connect(&addr).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(60)))
-                    .unwrap();
-                let (head, last) = request.as_bytes().split_at(request.len() - 1);
-                conn.write_all(head).unwrap();
-                barrier.wait();
-                conn.write_all(last).unwrap();
-                let mut answer = Vec::new();
-                let _ = conn.read_to_end(&mut answer);
-                let text = String::from_utf8_lossy(&answer);
-                text.split(' ')
-                    .nth(1)
-                    .and_then(|code| code.parse().ok())
-                    .unwrap_or(0)
-            })
-        })
-        .collect();
-    threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
 /// F5: one password change token, 20 finishes at once: the token is taken before the
@@ -613,29 +410,30 @@ fn at_once(addr: &str, request: &str, n: usize) -> Vec<u16> {
 fn a_password_change_token_finishes_one_change_under_concurrency() {
     let email = "erin@example.org";
     let new_password = "erin's new and longer passphrase";
-    let s = server_with_account(email, OWNER_PASSWORD);
+    let s = server_with_account(email, OWNER_PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pct = rt.block_on(async {
-        let body = json!({"email": email, "oldAuthPW": auth_pw(email, OWNER_PASSWORD)});
+        let body =
+            json!({"email": email, "oldAuthPW": common::fxa::auth_pw_hex(email, OWNER_PASSWORD)});
         let (status, started) =
             common::fxa_post(&s, "/v1/password/change/start", &body, None).await;
         assert_eq!(status, 200, "{started}");
         hex32(&started["passwordChangeToken"])
     });
     let body = json!({
-        "authPW": auth_pw(email, new_password),
+        "authPW": common::fxa::auth_pw_hex(email, new_password),
         "wrapKb": hex::encode([5u8; 32]),
     })
     .to_string();
     let request = format!(
         "POST /v1/password/change/finish HTTP/1.1\r\nHost: {}\r\n\
-         Authorization: Bearer fxpc_{}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         s.addr,
-        hex::encode(crypto::token_keys(&pct, "passwordChangeToken").id),
+        token_bearer("fxpc", &pct, "passwordChangeToken"),
         body.len()
     );
-    let statuses = at_once(&s.addr, &request, 20);
+    let statuses = at_once_within(&s.addr, &request, 20, Duration::from_secs(60));
     assert_eq!(
         statuses.iter().filter(|&&c| c == 200).count(),
         1,
@@ -646,9 +444,9 @@ fn a_password_change_token_finishes_one_change_under_concurrency() {
         "{statuses:?}"
     );
     rt.block_on(async {
-        let (status, err) = login(&s, email, OWNER_PASSWORD).await;
+        let (status, err) = login(&s, email, OWNER_PASSWORD, false).await;
         assert_eq!((status, errno(&err)), (400, Some(103)), "{err}");
-        let (status, ok) = login(&s, email, new_password).await;
+        let (status, ok) = login(&s, email, new_password, false).await;
         assert_eq!(status, 200, "{ok}");
     });
 }

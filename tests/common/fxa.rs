@@ -184,14 +184,18 @@ pub fn client_from(ip: &str, timeout: Duration) -> reqwest::Client {
 /// then the last byte on every connection after a barrier); the status of each answer
 /// (0 when there is none in 30 s).
 pub fn at_once(addr: &str, request: &str, n: usize) -> Vec<u16> {
+    at_once_within(addr, request, n, Duration::from_secs(30))
+}
+
+/// [`at_once`], waiting up to `wait` for each answer.
+pub fn at_once_within(addr: &str, request: &str, n: usize, wait: Duration) -> Vec<u16> {
     let barrier = Arc::new(Barrier::new(n));
     let threads: Vec<_> = (0..n)
         .map(|_| {
             let (barrier, addr, request) = (barrier.clone(), addr.to_string(), request.to_string());
             std::thread::spawn(move || {
                 let mut conn = TcpStream::connect(&addr).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(30)))
-                    .unwrap();
+                conn.set_read_timeout(Some(wait)).unwrap();
                 let (head, last) = request.as_bytes().split_at(request.len() - 1);
                 conn.write_all(head).unwrap();
                 barrier.wait();
