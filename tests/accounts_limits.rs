@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Server;
-use common::fxa::{self, code_in, drain, errno, post_with as post, session_bearer};
+use common::fxa::{self, code_in, drain, errno, post_with as post, session_bearer, together};
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 
@@ -52,35 +52,6 @@ fn not_refused(answers: &[(u16, Value)], check: impl Fn(u16, &Value)) -> usize {
         }
     }
     n
-}
-
-/// Runs `n` requests made by `make(i)` at once: tasks that wait on one barrier, so all
-/// are in flight together. Their answers, in order.
-async fn together<F, Fut>(n: usize, make: F) -> Vec<(u16, Value)>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = (u16, Value)> + Send + 'static,
-{
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let barrier = barrier.clone();
-        let fut = make(i);
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            fut.await
-        }));
-    }
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.push(
-            tokio::time::timeout(Duration::from_secs(120), t)
-                .await
-                .expect("answered within 120 s")
-                .unwrap(),
-        );
-    }
-    out
 }
 
 /// A server with open sign-ups mailing to a fresh SMTP sink.

@@ -9,33 +9,24 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Server;
+use common::fxa::{self, drain, errno, together};
 use serde_json::{Value, json};
-use syncstore::accounts::crypto;
 
 const EMAIL: &str = "owner@example.org";
 const PASSWORD: &str = "correct horse battery";
 
 /// `syncstore account add EMAIL --password-stdin` (a verified account).
 fn add_account(data: &std::path::Path, email: &str) {
-    common::account_cli(data, &["add", email, "--password-stdin"], &[], PASSWORD);
-}
-
-fn auth_pw(email: &str, password: &str) -> String {
-    hex::encode(crypto::auth_pw(&crypto::quick_stretch(email, password)))
+    fxa::add_account(data, email, PASSWORD);
 }
 
 /// A client whose connections come from `ip` (a loopback address).
 fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    fxa::client_from(ip, Duration::from_secs(60))
 }
 
 /// POSTs JSON with `client` and extra headers: status and JSON body.
@@ -60,16 +51,11 @@ async fn post(
 
 /// Signs in to `email` with `password` (the stretch salted by `email` as given).
 async fn login(client: &reqwest::Client, s: &Server, email: &str, password: &str) -> (u16, Value) {
-    let body = json!({"email": email, "authPW": auth_pw(email, password)});
-    post(client, s, "/v1/account/login?keys=true", &body, &[]).await
+    fxa::login_with(client, s, email, password, true).await
 }
 
 fn sign_up_body(email: &str) -> Value {
-    json!({"email": email, "authPW": auth_pw(email, "some password")})
-}
-
-fn errno(v: &Value) -> Option<i64> {
-    v["errno"].as_i64()
+    fxa::credentials(email, "some password", None)
 }
 
 /// A 429 errno 114 with a usable `retryAfter`.
@@ -79,113 +65,15 @@ fn assert_too_many(status: u16, body: &Value) {
     assert!((1..=2 * 86_400).contains(&retry), "{body}");
 }
 
-/// Runs the futures made by `make(i)` for `i < n` at once (tasks released together by
-/// one barrier); their answers, in order.
-async fn together<F, Fut>(n: usize, make: F) -> Vec<(u16, Value)>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = (u16, Value)> + Send + 'static,
-{
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let barrier = barrier.clone();
-        let fut = make(i);
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            fut.await
-        }));
-    }
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.push(
-            tokio::time::timeout(Duration::from_secs(120), t)
-                .await
-                .expect("answered within 120 s")
-                .unwrap(),
-        );
-    }
-    out
-}
-
-/// A tiny SMTP sink on 127.0.0.1: answers 550 to recipients at `reject.example`,
-/// otherwise accepts, and sends each accepted message's DATA down the channel.
-async fn smtp_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                let _ = w.write_all(b"220 sink ESMTP\r\n").await;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
-                        "RCPT" if line.to_ascii_lowercase().contains("@reject.example") => {
-                            b"550 no such user\r\n"
-                        }
-                        "DATA" => {
-                            let _ = w.write_all(b"354 go on\r\n").await;
-                            let mut data = String::new();
-                            while let Ok(Some(l)) = lines.next_line().await {
-                                if l == "." {
-                                    break;
-                                }
-                                data.push_str(&l);
-                                data.push('\n');
-                            }
-                            let _ = tx.send(data);
-                            b"250 queued\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = w.write_all(b"221 bye\r\n").await;
-                            return;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    if w.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, rx)
-}
-
-/// The mails that arrive until none has for `quiet`.
-async fn drain(
-    mails: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    quiet: Duration,
-) -> Vec<String> {
-    let mut got = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(quiet, mails.recv()).await {
-        got.push(m);
-        assert!(got.len() < 1000, "mail flood");
-    }
-    got
-}
-
-/// A server with open sign-ups mailing to a fresh SMTP sink.
+/// A server with open sign-ups mailing to a fresh SMTP sink (refusing the recipients
+/// at `reject.example`).
 fn open_server_with_mail(
     rt: &tokio::runtime::Runtime,
     extra: &[(&str, &str)],
 ) -> (Server, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let (port, mails) = rt.block_on(smtp_sink());
-    let smtp = format!("smtp://127.0.0.1:{port}?tls=none");
-    let mut env = vec![
-        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "open"),
-        ("SYNCSTORE_ACCOUNTS_SMTP_URL", smtp.as_str()),
-        ("SYNCSTORE_ACCOUNTS_MAIL_FROM", "sync@example.org"),
-    ];
+    let (port, mails) = rt.block_on(fxa::smtp_sink_rejecting(Some("reject.example")));
+    let env = fxa::open_mail_env(port, "sync@example.org");
+    let mut env = fxa::env_refs(&env);
     env.extend_from_slice(extra);
     (Server::start(&env), mails)
 }

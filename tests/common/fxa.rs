@@ -213,6 +213,35 @@ pub fn at_once_within(addr: &str, request: &str, n: usize, wait: Duration) -> Ve
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
+/// Runs `n` requests made by `make(i)` at once: tasks that wait on one barrier, so all
+/// are in flight together. Their answers, in order (each within 120 s).
+pub async fn together<F, Fut>(n: usize, make: F) -> Vec<(u16, Value)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = (u16, Value)> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let barrier = barrier.clone();
+        let fut = make(i);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            fut.await
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .expect("answered within 120 s")
+                .unwrap(),
+        );
+    }
+    out
+}
+
 // ---- tokens: Bearer and Hawk forms ----
 
 /// 32 bytes from a hex string.
@@ -363,6 +392,12 @@ pub fn storage_client(s: &Server, sync: &Value) -> Client {
 /// A tiny SMTP sink on 127.0.0.1: answers the dialogue and sends each message's DATA
 /// down the channel; its port.
 pub async fn smtp_sink() -> (u16, UnboundedReceiver<String>) {
+    smtp_sink_rejecting(None).await
+}
+
+/// [`smtp_sink`], answering 550 to the recipients at `@domain` when given (their
+/// messages never come down the channel).
+pub async fn smtp_sink_rejecting(domain: Option<&'static str>) -> (u16, UnboundedReceiver<String>) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -381,6 +416,13 @@ pub async fn smtp_sink() -> (u16, UnboundedReceiver<String>) {
                     let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
                     let reply: &[u8] = match verb.as_str() {
                         "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                        "RCPT"
+                            if domain.is_some_and(|d| {
+                                line.to_ascii_lowercase().contains(&format!("@{d}"))
+                            }) =>
+                        {
+                            b"550 no such user\r\n"
+                        }
                         "DATA" => {
                             let _ = w.write_all(b"354 go on\r\n").await;
                             let mut data = String::new();
