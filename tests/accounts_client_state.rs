@@ -13,35 +13,19 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Server;
+use common::fxa::{self, FIREFOX, OLDSYNC, hex32, sync_token, token_bearer};
 use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 
 const EMAIL: &str = "erin@example.org";
 const PASSWORD: &str = "erin's long passphrase";
-/// Firefox's OAuth client id.
-const FIREFOX: &str = "5882386c6d801776";
-const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
 /// A PKCE verifier (43 characters) and the thief's bogus client state.
 const VERIFIER: &str = "the-thiefs-pkce-verifier-0123456789abcdefgh";
 const BOGUS: [u8; 16] = [0x5a; 16];
 
 /// A server whose accounts database holds `EMAIL` (made by `syncstore account add`).
 fn server_with_account() -> Server {
-    let data = tempfile::tempdir().unwrap();
-    common::account_cli(
-        data.path(),
-        &["add", EMAIL, "--password-stdin"],
-        &[],
-        PASSWORD,
-    );
-    Server::start_in(data, &[])
-}
-
-fn hex32(v: &Value) -> [u8; 32] {
-    hex::decode(v.as_str().expect("a hex string"))
-        .unwrap()
-        .try_into()
-        .unwrap()
+    fxa::server_with_account(EMAIL, PASSWORD, &[])
 }
 
 /// A signed-in session (password proved now): its `fxs_` Bearer and key fetch token.
@@ -51,16 +35,10 @@ struct Session {
 }
 
 async fn login(s: &Server) -> Session {
-    let auth_pw = crypto::auth_pw(&crypto::quick_stretch(EMAIL, PASSWORD));
-    let body = json!({"email": EMAIL, "authPW": hex::encode(auth_pw)});
-    let (status, session) = common::fxa_post(s, "/v1/account/login?keys=true", &body, None).await;
+    let (status, session) = fxa::login(s, EMAIL, PASSWORD, true).await;
     assert_eq!(status, 200, "{session}");
-    let token = hex32(&session["sessionToken"]);
     Session {
-        bearer: format!(
-            "fxs_{}",
-            hex::encode(crypto::token_keys(&token, "sessionToken").id)
-        ),
+        bearer: token_bearer("fxs", &hex32(&session["sessionToken"]), "sessionToken"),
         key_fetch: hex32(&session["keyFetchToken"]),
     }
 }
@@ -68,39 +46,14 @@ async fn login(s: &Server) -> Session {
 /// The owner's X-KeyID, as Firefox derives it: kB from the key bundle and the
 /// password, keys_changed_at from scoped-key-data.
 async fn owner_key_id(s: &Server, session: &Session) -> (String, i64) {
-    let id = crypto::token_keys(&session.key_fetch, "keyFetchToken").id;
-    let r = reqwest::Client::new()
-        .get(format!("{}/v1/account/keys", s.url()))
-        .bearer_auth(format!("fxk_{}", hex::encode(id)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let body: Value = r.json().await.unwrap();
-    let data = hex::decode(body["bundle"].as_str().unwrap()).unwrap();
-    let keys = crypto::token_keys(&session.key_fetch, "keyFetchToken");
-    let plain = crypto::unbundle(&keys.bundle_key, "account/keys", &data).unwrap();
-    let wrap_kb: [u8; 32] = plain[32..64].try_into().unwrap();
-    let kb = crypto::xor32(
-        &wrap_kb,
-        &crypto::unwrap_b_key(&crypto::quick_stretch(EMAIL, PASSWORD)),
-    );
+    let kb = fxa::kb(s, EMAIL, PASSWORD, &session.key_fetch).await;
     let kca = keys_changed_at(s, session).await;
     (common::key_id(kca, &crypto::client_state(&kb)), kca)
 }
 
 /// keyRotationTimestamp, which anyone holding the session can read.
 async fn keys_changed_at(s: &Server, session: &Session) -> i64 {
-    let body = json!({"client_id": FIREFOX, "scope": OLDSYNC});
-    let (status, data) = common::fxa_post(
-        s,
-        "/v1/account/scoped-key-data",
-        &body,
-        Some(&session.bearer),
-    )
-    .await;
-    assert_eq!(status, 200, "{data}");
-    data[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap()
+    fxa::keys_changed_at(s, &session.bearer).await
 }
 
 /// `POST /v1/oauth/token` with `body`: status and answer.
@@ -156,19 +109,6 @@ async fn trade_code(s: &Server, code: &str) -> (String, String) {
         g["access_token"].as_str().unwrap().to_string(),
         g["refresh_token"].as_str().unwrap().to_string(),
     )
-}
-
-/// The tokenserver's answer to an access token and X-KeyID: status and body.
-async fn sync_token(s: &Server, access: &str, key_id: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{}/1.0/sync/1.5", s.url()))
-        .bearer_auth(access)
-        .header("X-KeyID", key_id)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// A 200 and its storage uid.
