@@ -348,7 +348,7 @@ fn centis(v: &Value) -> i64 {
 
 #[tokio::test]
 async fn a_real_syncstorage_rs_database_is_imported_as_it_answered() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let dump = fixtures.join("syncstorage-rs-0.23.3-postgres.sql");
     let expected: Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures.join("syncstorage-rs-0.23.3-postgres.expected.json"))
