@@ -422,20 +422,37 @@ fn account_status_by_email_is_limited_per_address() {
     let s = fxa::server_with_account(EMAIL, PASSWORD, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let prober = client_from("127.0.0.2");
-        for i in 0..30 {
-            let email = format!("probe{i}@example.org");
-            let (status, body) = post(
-                &prober,
-                &s,
-                "/v1/account/status",
-                &json!({ "email": email }),
-                None,
-            )
-            .await;
-            assert_eq!(status, 200, "lookup {i}: {body}");
-            assert_eq!(body["exists"], false, "{body}");
+        // 60 lookups sent at the same moment: the 30 a minute hold (each is counted
+        // before it is answered), the rest are refused.
+        let s = Arc::new(s);
+        let answers = together(60, |i| {
+            let (prober, s) = (client_from("127.0.0.2"), s.clone());
+            async move {
+                let email = format!("probe{i}@example.org");
+                post(
+                    &prober,
+                    &s,
+                    "/v1/account/status",
+                    &json!({ "email": email }),
+                    None,
+                )
+                .await
+            }
+        })
+        .await;
+        let answered = answers.iter().filter(|(st, _)| *st == 200).count();
+        for (status, body) in &answers {
+            if *status == 200 {
+                assert_eq!(body["exists"], false, "{body}");
+            } else {
+                assert_too_many(*status, body);
+            }
         }
+        assert!(
+            (1..=30).contains(&answered),
+            "{answered} of 60 simultaneous lookups answered"
+        );
+        let prober = client_from("127.0.0.2");
         let (status, body) = post(
             &prober,
             &s,
@@ -483,5 +500,51 @@ fn a_case_variant_login_counts_as_a_failed_attempt() {
         let (status, body) = login(&prober, &s, &variant, PASSWORD).await;
         assert_too_many(status, &body);
         assert!(body.get("email").is_none(), "{body}");
+    });
+}
+
+/// Correct sign-ins sent at the same moment from several addresses never get past the
+/// account's 30 sign-ins a minute: the sign-in is counted atomically once the password
+/// is verified (attempts still in flight hold only failure counts, 10 per address, so
+/// some are refused before that), and a mail-bomber's simultaneous sign-ins to an
+/// unverified account mail at most 3 codes per requesting address.
+#[test]
+fn simultaneous_sign_ins_never_pass_the_sign_in_or_mail_limits() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (s, mut mails) =
+        open_server_with_mail(&rt, &[("SYNCSTORE_ACCOUNTS_HARDENING_PER_SEC", "100")]);
+    let s = Arc::new(s);
+    rt.block_on(async {
+        let email = "victim@example.org";
+        let (status, made) = post(
+            &client_from("127.0.0.2"),
+            &s,
+            "/v1/account/create",
+            &sign_up(email, None),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{made}");
+        let answers = together(60, |i| {
+            let client = client_from(&format!("127.0.5.{}", i % 6 + 1));
+            let s = s.clone();
+            async move { login(&client, &s, email, PASSWORD).await }
+        })
+        .await;
+        let signed_in = answers.iter().filter(|(st, _)| *st == 200).count();
+        for (status, body) in answers.iter().filter(|(st, _)| *st != 200) {
+            assert_too_many(*status, body);
+        }
+        assert!(
+            (1..=30).contains(&signed_in),
+            "{signed_in} of 60 simultaneous sign-ins got in"
+        );
+        // The sign-up's mail, then at most 3 per requesting address (6 addresses).
+        let sent = drain(&mut mails, Duration::from_secs(2)).await;
+        assert!(
+            (2..=1 + 3 * 6).contains(&sent.len()),
+            "{} mails to one recipient",
+            sent.len()
+        );
     });
 }
