@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,13 +124,8 @@ impl Rule {
 }
 
 /// The unit a client is counted by: its IPv4 address, or its IPv6 /64 (one host
-/// usually holds a whole /64); an IPv4-mapped IPv6 address is its IPv4 address.
-pub fn client_unit(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        v4 => v4,
-    }
-}
+/// usually holds a whole /64), as the connection cap counts it.
+pub use crate::web::client_addr::client_key as client_unit;
 
 /// A counted subject of one rule (its text is hashed with a per-process random key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
