@@ -191,10 +191,10 @@ pub struct Settings {
     /// Most password hardenings (scrypt, 64 MiB and a core each) at once; 0: half the
     /// cores, at least one.
     pub accounts_hardening_concurrency: usize,
-    /// Password hardenings per second on average (a burst of 10 or this, whichever is
-    /// more, then paced; over it 429); 0: one per two cores (at least one), about
-    /// a sixteenth of the machine at ~0.12 s per hardening.
-    pub accounts_hardening_per_sec: u32,
+    /// Password hardenings per second on average, fractions allowed (a burst of 10 or
+    /// this, whichever is more, then paced; over it 429); 0: one per two cores (at
+    /// least one), about a sixteenth of the machine at ~0.12 s per hardening.
+    pub accounts_hardening_per_sec: f64,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -275,7 +275,7 @@ impl Default for Settings {
             accounts_smtp_url: String::new(),
             accounts_mail_from: String::new(),
             accounts_hardening_concurrency: 0,
-            accounts_hardening_per_sec: 0,
+            accounts_hardening_per_sec: 0.0,
         }
     }
 }
@@ -391,6 +391,10 @@ impl Settings {
         self.trusted_proxy_nets()?;
         if self.max_open_users == 0 || self.connections_per_user == 0 {
             return bad("max_open_users and connections_per_user must be at least 1");
+        }
+        let rate = self.accounts_hardening_per_sec;
+        if !(rate == 0.0 || (0.01..=1e6).contains(&rate)) {
+            return bad("accounts_hardening_per_sec must be 0 (automatic) or 0.01 to 1000000");
         }
         if !matches!(self.accounts_signups.as_str(), "closed" | "invite" | "open") {
             return bad("accounts_signups must be \"closed\", \"invite\" or \"open\"");
@@ -533,6 +537,7 @@ fn env_value(key: &str, value: &str, default: &toml::Value) -> Result<toml::Valu
         toml::Value::Integer(_) => {
             toml::Value::Integer(value.trim().parse().map_err(|_| invalid())?)
         }
+        toml::Value::Float(_) => toml::Value::Float(value.trim().parse().map_err(|_| invalid())?),
         toml::Value::Boolean(_) => match value.trim() {
             "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
             "0" | "false" | "no" | "off" | "" => toml::Value::Boolean(false),
@@ -649,6 +654,13 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(Settings::load_from(None, env(&[("SYNCSTORE_MAX_POST_BYTES", "lots")])).is_err());
         assert!(Settings::load_from(None, env(&[("SYNCSTORE_SYNCHRONOUS", "off")])).is_err());
+        let rate = |v: &str| {
+            Settings::load_from(None, env(&[("SYNCSTORE_ACCOUNTS_HARDENING_PER_SEC", v)]))
+                .map(|s| s.accounts_hardening_per_sec)
+        };
+        assert_eq!(rate("0.5").unwrap(), 0.5);
+        assert_eq!(rate("100").unwrap(), 100.0);
+        assert!(rate("-1").is_err() && rate("0.001").is_err() && rate("NaN").is_err());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "no_such_key = 1\n").unwrap();

@@ -28,9 +28,10 @@
 //! or so. Before it runs, a request passes, in order: one gate per client address (one
 //! hardening in flight per address; others from it wait), one per account (two in
 //! flight), a global rate budget (a token bucket: over it, a first-come first-served
-//! wait of at most 10 s, else 429 with `retryAfter`), and the global slots (at most `concurrency` at once). One address
-//! therefore never holds more than one slot, and the budget keeps scrypt to a share of
-//! the machine so the storage API keeps its cores.
+//! wait of at most 10 s, else 429 with `retryAfter`), and the global slots (at most
+//! `concurrency` at once). One address therefore never holds more than one slot. The
+//! budget keeps scrypt to a share of the machine, and scrypt runs on threads of its own
+//! at the lowest CPU priority, so the storage API keeps its cores whenever it has work.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -513,8 +514,9 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(per_sec: u32, burst: u32, max_wait: Duration) -> Budget {
-        let interval_us = 1_000_000 / u64::from(per_sec.max(1));
+    fn new(per_sec: f64, burst: u32, max_wait: Duration) -> Budget {
+        // At least 1 µs apart; a rate below one a second spaces them further.
+        let interval_us = (1e6 / per_sec.max(1e-6)).clamp(1.0, 1e12) as u64;
         Budget {
             start: Instant::now(),
             interval_us,
@@ -562,6 +564,58 @@ pub struct Hardening {
     budget: Budget,
     slots: Arc<Semaphore>,
     hasher: RandomState,
+    threads: LowPriority,
+}
+
+/// A unit of hardening work for the low-priority threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that run hardening, at the lowest CPU priority (nice 19): the budget
+/// bounds how much scrypt runs on average, and the priority makes what runs yield the
+/// cores to the storage API whenever it has work, so a login flood costs the storage
+/// API its idle time rather than its share (scripts/bench login-flood). Its threads
+/// end when the `Hardening` that owns them is dropped.
+struct LowPriority {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl LowPriority {
+    fn new(threads: usize) -> LowPriority {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("harden-{i}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "hardening thread not started");
+            }
+        }
+        LowPriority { jobs }
+    }
+}
+
+/// Nice 19 for the calling thread (Linux: a thread's id names it for setpriority).
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
 }
 
 /// A turn to run one hardening; held while it runs.
@@ -578,24 +632,51 @@ pub fn cores() -> usize {
 
 impl Hardening {
     /// At most `concurrency` hardenings at once (0: half the cores, at least 1) and
-    /// `per_sec` a second on average (0: one per two cores and second, at least one:
-    /// about a sixteenth of the machine's cores for scrypt at ~0.12 s each, and
+    /// `per_sec` a second on average (0 or less: one per two cores and second, at least
+    /// one: about a sixteenth of the machine's cores for scrypt at ~0.12 s each, and
     /// scrypt's memory traffic with it).
-    pub fn new(concurrency: usize, per_sec: u32) -> Hardening {
+    pub fn new(concurrency: usize, per_sec: f64) -> Hardening {
         let concurrency = match concurrency {
             0 => (cores() / 2).max(1),
             n => n,
         };
-        let per_sec = match per_sec {
-            0 => u32::try_from(cores() / 2).unwrap_or(u32::MAX).max(1),
-            n => n,
+        let per_sec = if per_sec > 0.0 {
+            per_sec
+        } else {
+            (cores() as f64 / 2.0).max(1.0)
         };
         Hardening {
             addresses: Gates::new(1),
             accounts: Gates::new(PER_ACCOUNT),
-            budget: Budget::new(per_sec, BUDGET_BURST.max(per_sec), BUDGET_MAX_WAIT),
+            budget: Budget::new(
+                per_sec,
+                BUDGET_BURST.max(per_sec.ceil().min(f64::from(u32::MAX)) as u32),
+                BUDGET_MAX_WAIT,
+            ),
             slots: Arc::new(Semaphore::new(concurrency)),
             hasher: RandomState::new(),
+            threads: LowPriority::new(concurrency),
+        }
+    }
+
+    /// Runs `f` (the hardening, with what must happen on the same thread) on the
+    /// low-priority threads; call it holding a [`Turn`].
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountsError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = done.send(out);
+        });
+        self.threads
+            .jobs
+            .send(job)
+            .map_err(|_| AccountsError::Internal("no hardening thread".into()))?;
+        match result.await {
+            Ok(Ok(out)) => Ok(out),
+            _ => Err(AccountsError::Internal("hardening failed".into())),
         }
     }
 
@@ -848,7 +929,7 @@ mod tests {
 
     #[test]
     fn the_budget_allows_a_burst_then_paces_then_refuses() {
-        let b = Budget::new(2, 3, Duration::from_secs(1));
+        let b = Budget::new(2.0, 3, Duration::from_secs(1));
         for _ in 0..3 {
             assert!(b.take().unwrap() < Duration::from_millis(100));
         }

@@ -388,7 +388,7 @@ impl Accounts {
             signups,
             limiter: Limiter::default(),
             nonces: NonceCache::with_share(HAWK_SKEW_SECS * 2, 1_000_000, NONCES_PER_ACCOUNT),
-            hardening: Hardening::new(0, 0),
+            hardening: Hardening::new(0, 0.0),
             mailer,
             code_key: email_code_key(secret),
         })
@@ -396,7 +396,7 @@ impl Accounts {
 
     /// Bounds password hardening: at most `concurrency` scrypt jobs at once (0: half
     /// the cores, at least one) and `per_sec` a second on average (0: one per two cores).
-    pub fn with_hardening(mut self, concurrency: usize, per_sec: u32) -> Accounts {
+    pub fn with_hardening(mut self, concurrency: usize, per_sec: f64) -> Accounts {
         self.hardening = Hardening::new(concurrency, per_sec);
         self
     }
@@ -440,9 +440,9 @@ impl Accounts {
         account: Option<&str>,
     ) -> Result<crypto::Hardened> {
         let _turn = self.hardening.turn(ip, account).await?;
-        tokio::task::spawn_blocking(move || crypto::harden(&auth_pw, &salt))
+        self.hardening
+            .run(move || crypto::harden(&auth_pw, &salt))
             .await
-            .map_err(|e| AccountsError::Internal(e.to_string()))
     }
 
     /// Periodic upkeep: drops expired codes and tokens, idle sessions and refresh
@@ -576,11 +576,14 @@ impl Accounts {
         // vouched for by the operator's invite.
         let verified = !mails;
         let email = email.to_string();
+        let store = self.store.clone();
         let made = self
-            .blocking(move |s| {
-                insert_new_account(&s, &email, &auth_pw, invite_hash.as_ref(), verified)
+            .hardening
+            .run(move || {
+                insert_new_account(&store, &email, &auth_pw, invite_hash.as_ref(), verified)
             })
-            .await;
+            .await
+            .and_then(|made| made);
         drop(turn);
         let account = match made {
             Ok(account) => account,
@@ -696,8 +699,10 @@ impl Accounts {
         let auth_pw = hex32("authPW", auth_pw)?;
         let email = email.to_string();
         let _turn = self.hardening.turn(None, None).await?;
-        self.blocking(move |s| insert_new_account(&s, &email, &auth_pw, None, true))
-            .await
+        let store = self.store.clone();
+        self.hardening
+            .run(move || insert_new_account(&store, &email, &auth_pw, None, true))
+            .await?
     }
 
     /// Checks `authPW` for `email`. Each attempt is counted as a failure before any
