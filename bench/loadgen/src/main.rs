@@ -1,6 +1,8 @@
 //! `loadgen`: a Sync load generator. It speaks tokenlib + Hawk like a real client (a
 //! fresh nonce per request) and replays the Sync mix against a storage node (or, with
-//! `--workload login-flood`, keeps signing in to accounts of the accounts service), then
+//! `--workload login-flood`, keeps signing in to accounts of the accounts service; with
+//! `tokens`, asks the tokenserver for storage tokens with the accounts' OAuth tokens;
+//! with `logins`, sends failing sign-ins for unknown emails from many addresses), then
 //! reports throughput, latency percentiles per request kind, every non-2xx status, the
 //! server's peak RSS and open descriptors (with `--pid`) and its own CPU time, as JSON,
 //! a Markdown table and an SVG latency plot.
@@ -82,6 +84,13 @@ enum Workload {
     /// `POST /v1/account/login` with the correct authPW, over and over (the accounts
     /// service's password hardening under a flood of successful sign-ins).
     LoginFlood,
+    /// `GET /1.0/sync/1.5` (the tokenserver) with an OAuth access token of one of
+    /// `--accounts` accounts, each signed in once before the run, as Firefox gets one.
+    Tokens,
+    /// `POST /v1/account/login` for a new unknown email each time, each connection
+    /// moving to a new client address in 127.0.0.0/8 every 10 sign-ins (the accounts
+    /// service's attempt limits and their tables under load; no password hardening).
+    Logins,
 }
 
 /// Cumulative distribution of Zipf(s = 1) over ranks 1..=n.
@@ -159,6 +168,11 @@ struct Worker {
     last_sync: Arc<Mutex<BTreeMap<(u64, &'static str), String>>>,
     /// login-flood: the sign-in body (email and authPW) this connection sends.
     login: Option<Value>,
+    /// tokens: the access token and X-KeyID this connection sends.
+    oauth: Option<(String, String)>,
+    /// logins: sign-ins sent so far, and the number of this connection.
+    sent: u64,
+    index: usize,
 }
 
 impl Worker {
@@ -273,6 +287,17 @@ impl Worker {
     }
 
     async fn session(&mut self, uid: u64, session: u64) {
+        // The accounts service's and tokenserver's workloads need no storage token.
+        let other = match self.args.workload {
+            Workload::LoginFlood => Some(self.login().await),
+            Workload::Tokens => Some(self.sync_token().await),
+            Workload::Logins => Some(self.failing_login().await),
+            _ => None,
+        };
+        if other.is_some() {
+            self.stats.sessions += 1;
+            return;
+        }
         let token = self.token(uid);
         let base = format!("/1.5/{uid}");
         match self.args.workload {
@@ -298,7 +323,7 @@ impl Worker {
                 .await;
             }
             Workload::Mix => self.mix(uid, session, &token, &base).await,
-            Workload::LoginFlood => self.login().await,
+            Workload::LoginFlood | Workload::Tokens | Workload::Logins => {}
         }
         self.stats.sessions += 1;
     }
@@ -311,6 +336,52 @@ impl Worker {
             .post(format!("{}/v1/account/login", self.args.url))
             .header("content-type", "application/json")
             .body(body.to_string());
+        self.send_timed("POST login", req).await;
+    }
+
+    /// One tokenserver request with this connection's access token.
+    async fn sync_token(&mut self) {
+        let (access, key_id) = self.oauth.clone().expect("tokens has an access token");
+        let req = self
+            .http
+            .get(format!("{}/1.0/sync/1.5", self.args.url))
+            .bearer_auth(access)
+            .header("x-keyid", key_id);
+        self.send_timed("GET /1.0/sync/1.5", req).await;
+    }
+
+    /// One sign-in for an unknown email (400 errno 102, or 429 when an address's
+    /// failures are spent), from the connection's current client address.
+    async fn failing_login(&mut self) {
+        if self.sent.is_multiple_of(10) {
+            // 127.<1 + connection>.<hi>.<lo>: a new address every 10 sign-ins.
+            let n = self.sent / 10;
+            let ip = std::net::Ipv4Addr::new(
+                127,
+                1 + (self.index % 200) as u8,
+                (n / 254 % 256) as u8,
+                (n % 254 + 1) as u8,
+            );
+            self.http = reqwest::Client::builder()
+                .local_address(std::net::IpAddr::V4(ip))
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client");
+        }
+        self.sent += 1;
+        let email = format!("nobody-{}@bench.example", self.rng.random::<u64>());
+        let body = json!({"email": email, "authPW": hex::encode(self.rng.random::<[u8; 32]>())});
+        let req = self
+            .http
+            .post(format!("{}/v1/account/login", self.args.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        self.send_timed("POST login (unknown)", req).await;
+    }
+
+    /// Sends `req`, reads its answer whole and records its status and time as `kind`.
+    async fn send_timed(&mut self, kind: &'static str, req: reqwest::RequestBuilder) {
         let started = Instant::now();
         let result = async {
             let r = req.send().await?;
@@ -321,7 +392,7 @@ impl Worker {
         .await;
         let micros = started.elapsed().as_micros() as u64;
         match result {
-            Ok(status) => self.stats.record("POST login", micros, status),
+            Ok(status) => self.stats.record(kind, micros, status),
             Err(_) => self.stats.failures += 1,
         }
     }
@@ -634,6 +705,60 @@ fn svg(stats: &Stats, title: &str) -> String {
     out
 }
 
+/// Signs in with `login` (email and authPW), then gets what Firefox sends the
+/// tokenserver: an OAuth access token for Sync (`fxa-credentials` grant with the session
+/// as a Bearer token) and X-KeyID (`keyRotationTimestamp` from scoped-key-data and a
+/// client state, here a hash of the email).
+async fn access_token(url: &str, login: &Value) -> (String, String) {
+    const FIREFOX: &str = "5882386c6d801776";
+    const SYNC: &str = "https://identity.mozilla.com/apps/oldsync";
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: Value, bearer: Option<String>| {
+        let mut req = http.post(format!("{url}{path}")).json(&body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        async move {
+            let r = req.send().await.expect("accounts service reachable");
+            let status = r.status();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            assert!(status.is_success(), "{path}: {status} {v}");
+            v
+        }
+    };
+    let signed_in = post("/v1/account/login", login.clone(), None).await;
+    let session: [u8; 32] = hex::decode(signed_in["sessionToken"].as_str().expect("sessionToken"))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let keys = syncstore::accounts::crypto::token_keys(&session, "sessionToken");
+    let bearer = format!("fxs_{}", hex::encode(keys.id));
+    let scoped = post(
+        "/v1/account/scoped-key-data",
+        json!({"client_id": FIREFOX, "scope": SYNC}),
+        Some(bearer.clone()),
+    )
+    .await;
+    let rotated = scoped[SYNC]["keyRotationTimestamp"]
+        .as_i64()
+        .expect("keyRotationTimestamp");
+    let grant = post(
+        "/v1/oauth/token",
+        json!({"grant_type": "fxa-credentials", "client_id": FIREFOX, "scope": SYNC, "ttl": 86_400}),
+        Some(bearer),
+    )
+    .await;
+    let access = grant["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
+    use sha2::Digest as _;
+    let state = sha2::Sha256::digest(login["email"].as_str().unwrap_or("").as_bytes());
+    use base64::Engine as _;
+    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&state[..16]);
+    (access, format!("{rotated}-{state}"))
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -646,7 +771,6 @@ async fn main() {
     let port = uri.port_or_known_default().unwrap_or(80);
     let zipf = Arc::new(Zipf::new(args.users.max(1)));
     let last_sync = Arc::new(Mutex::new(BTreeMap::new()));
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
     let next_session = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = args.pid.map(|pid| {
@@ -664,6 +788,16 @@ async fn main() {
             json!({"email": email, "authPW": hex::encode(auth_pw)})
         })
         .collect();
+    // tokens: each account signed in once, with an access token and X-KeyID as Firefox
+    // makes them (the run's own requests are only the tokenserver's).
+    let mut oauth = Vec::new();
+    if args.workload == Workload::Tokens {
+        for body in &logins {
+            oauth.push(access_token(&args.url, body).await);
+        }
+    }
+    // The run's time starts after the sign-ins above.
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
     let cpu_before = own_cpu_secs();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -683,6 +817,9 @@ async fn main() {
             last_sync: last_sync.clone(),
             login: (args.workload == Workload::LoginFlood)
                 .then(|| logins[w % logins.len()].clone()),
+            oauth: (!oauth.is_empty()).then(|| oauth[w % oauth.len()].clone()),
+            sent: 0,
+            index: w,
         };
         let (zipf, next_session) = (zipf.clone(), next_session.clone());
         tasks.push(tokio::spawn(async move {
