@@ -116,11 +116,6 @@ impl Row {
         self.values.get(i).ok_or_else(|| self.bad(i, "a column"))
     }
 
-    /// The value of column `i` as it came back.
-    pub fn value(&self, i: usize) -> Result<&Value, DbError> {
-        self.at(i)
-    }
-
     /// An integer column.
     pub fn int(&self, i: usize) -> Result<i64, DbError> {
         match self.at(i)? {

@@ -10,6 +10,8 @@ use std::path::Path;
 
 use crate::db::{Pool, SqliteOptions, is_postgres_url};
 
+/// The SQL layer's error and transaction, under the names the assignment logic and
+/// its callers (`syncstore::tokenserver::db::{DbError, SqlTx}`) use.
 pub use crate::db::{DbError, Tx as SqlTx};
 
 const SQLITE_SCHEMA: &str = include_str!("../../schema/tokenserver_sqlite.sql");
