@@ -57,7 +57,7 @@ pub fn nodes(tx: &mut dyn Tx) -> Result<Vec<Node>, DbError> {
     let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE service = ?1 ORDER BY id");
     tx.query(&sql, &[SERVICE.into()])?
         .iter()
-        .map(|r| node_from(r))
+        .map(node_from)
         .collect()
 }
 
@@ -66,7 +66,7 @@ pub fn node_by_url(tx: &mut dyn Tx, url: &str) -> Result<Option<Node>, DbError> 
     let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE service = ?1 AND node = ?2");
     tx.query(&sql, &[SERVICE.into(), url.into()])?
         .first()
-        .map(|r| node_from(r))
+        .map(node_from)
         .transpose()
 }
 
