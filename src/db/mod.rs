@@ -128,3 +128,66 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite() -> (tempfile::TempDir, Pool) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            file: "t.sqlite",
+            pragmas: "PRAGMA journal_mode=WAL;",
+        };
+        let pool = Pool::sqlite(dir.path(), &options, |c| {
+            Ok(c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v BLOB, n INTEGER)",
+            )?)
+        })
+        .unwrap();
+        (dir, pool)
+    }
+
+    fn count(pool: &Pool) -> i64 {
+        pool.transaction(|tx| one(tx, "SELECT count(*) FROM t", &[])?.unwrap().int(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_transaction_commits_only_when_asked() {
+        let (_dir, pool) = sqlite();
+        assert_eq!(pool.kind(), "sqlite");
+        assert!(!pool.is_postgres());
+        let insert = |tx: &mut dyn Tx, k: &str| {
+            tx.execute(
+                "INSERT INTO t (k, v, n) VALUES (?1, ?2, ?3)",
+                &args![k, &[7u8; 32], None::<i64>],
+            )
+        };
+        pool.transaction_with(false, |tx| Ok::<_, DbError>((insert(tx, "a")?, false)))
+            .unwrap();
+        assert_eq!(count(&pool), 0, "rolled back");
+        let failed: Result<(), DbError> = pool.transaction(|tx| {
+            insert(tx, "b")?;
+            Err(DbError::Other("no".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(count(&pool), 0, "rolled back on error");
+        pool.transaction(|tx| insert(tx, "c")).unwrap();
+        let row = pool
+            .transaction(|tx| one(tx, "SELECT k, v, n FROM t", &[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.text(0).unwrap(), "c");
+        assert_eq!(row.b32(1).unwrap(), [7; 32]);
+        assert_eq!(row.opt_int(2).unwrap(), None);
+    }
+
+    #[test]
+    fn postgres_urls_are_told_apart() {
+        assert!(is_postgres_url("postgres://u@h/db"));
+        assert!(is_postgres_url("postgresql://u@h/db"));
+        assert!(!is_postgres_url(""));
+        assert!(!is_postgres_url("sqlite:///x"));
+    }
+}

@@ -176,3 +176,55 @@ mod tests {
         );
     }
 }
+
+/// Against a real PostgreSQL (`SYNCSTORE_TEST_POSTGRES_URL`, as `scripts/test` sets),
+/// in a temporary table: typed NULLs are accepted for their columns, every column type
+/// the databases use comes back as its value, and a locked transaction commits.
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+    use crate::db::{args, one};
+
+    #[test]
+    fn values_round_trip_through_postgres() {
+        let Ok(url) = std::env::var("SYNCSTORE_TEST_POSTGRES_URL") else {
+            eprintln!("SYNCSTORE_TEST_POSTGRES_URL is not set: not run on PostgreSQL");
+            return;
+        };
+        let pool = Pool::postgres(&url, "", 727_299).unwrap();
+        assert_eq!(pool.kind(), "postgres");
+        let row = pool
+            .transaction(|tx| {
+                tx.lock(1)?;
+                tx.lock_key("a key")?;
+                tx.execute(
+                    "CREATE TEMPORARY TABLE t (k TEXT, b BYTEA, n BIGINT, i INTEGER, f BOOLEAN)",
+                    &[],
+                )?;
+                tx.execute(
+                    "INSERT INTO t (k, b, n, i, f) VALUES (?1, ?2, ?3, 5, true)",
+                    &args![None::<&str>, &None::<Vec<u8>>, None::<i64>],
+                )?;
+                tx.execute(
+                    "INSERT INTO t (k, b, n, i, f) VALUES (?1, ?2, ?3, NULL, false)",
+                    &args!["x", &[9u8; 32], 3i64],
+                )?;
+                one(
+                    tx,
+                    "SELECT k, b, n, i, f FROM t ORDER BY k NULLS FIRST",
+                    &[],
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.opt_text(0).unwrap(), None);
+        assert_eq!(row.opt_blob(1).unwrap(), None);
+        assert_eq!(row.opt_int(2).unwrap(), None);
+        assert_eq!(row.int(3).unwrap(), 5);
+        assert!(row.bool(4).unwrap());
+        let err = pool
+            .transaction(|tx| tx.query("SELECT 1.5::float8 AS ratio", &[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("ratio"), "{err}");
+    }
+}
