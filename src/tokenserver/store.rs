@@ -1,6 +1,6 @@
 //! The SQL of the assignment database, written once for both backends.
 
-use super::db::{DbError, SqlTx, Val};
+use crate::db::{DbError, Row, Tx, Value};
 
 /// The service name rows are kept under.
 pub const SERVICE: &str = "sync-1.5";
@@ -38,40 +38,40 @@ impl Node {
 const NODE_COLS: &str =
     "id, node, capacity, available, current_load, downed, draining, backoff, percent_bp";
 
-fn node_from(r: &[Val]) -> Result<Node, DbError> {
+fn node_from(r: &Row) -> Result<Node, DbError> {
     Ok(Node {
-        id: r[0].int("id")?,
-        node: r[1].text("node")?,
-        capacity: r[2].int("capacity")?,
-        available: r[3].int("available")?,
-        current_load: r[4].int("current_load")?,
-        downed: r[5].int("downed")? != 0,
-        draining: r[6].int("draining")? != 0,
-        backoff: r[7].int("backoff")?,
-        percent_bp: r[8].int("percent_bp")?,
+        id: r.int(0)?,
+        node: r.text(1)?,
+        capacity: r.int(2)?,
+        available: r.int(3)?,
+        current_load: r.int(4)?,
+        downed: r.int(5)? != 0,
+        draining: r.int(6)? != 0,
+        backoff: r.int(7)?,
+        percent_bp: r.int(8)?,
     })
 }
 
 /// Every node, by id.
-pub fn nodes(tx: &mut dyn SqlTx) -> Result<Vec<Node>, DbError> {
+pub fn nodes(tx: &mut dyn Tx) -> Result<Vec<Node>, DbError> {
     let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE service = ?1 ORDER BY id");
     tx.query(&sql, &[SERVICE.into()])?
         .iter()
-        .map(|r| node_from(r))
+        .map(node_from)
         .collect()
 }
 
 /// One node by URL.
-pub fn node_by_url(tx: &mut dyn SqlTx, url: &str) -> Result<Option<Node>, DbError> {
+pub fn node_by_url(tx: &mut dyn Tx, url: &str) -> Result<Option<Node>, DbError> {
     let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE service = ?1 AND node = ?2");
     tx.query(&sql, &[SERVICE.into(), url.into()])?
         .first()
-        .map(|r| node_from(r))
+        .map(node_from)
         .transpose()
 }
 
 /// Adds a node; `available` defaults to its capacity.
-pub fn add_node(tx: &mut dyn SqlTx, url: &str, capacity: i64) -> Result<(), DbError> {
+pub fn add_node(tx: &mut dyn Tx, url: &str, capacity: i64) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO nodes (service, node, capacity, available) VALUES (?1, ?2, ?3, ?3)",
         &[SERVICE.into(), url.into(), capacity.into()],
@@ -97,7 +97,7 @@ pub struct NodeChange {
 }
 
 /// Applies a change to a node; returns whether the node exists.
-pub fn set_node(tx: &mut dyn SqlTx, url: &str, c: &NodeChange) -> Result<bool, DbError> {
+pub fn set_node(tx: &mut dyn Tx, url: &str, c: &NodeChange) -> Result<bool, DbError> {
     let n = tx.execute(
         "UPDATE nodes SET
             capacity = coalesce(?3, capacity),
@@ -122,7 +122,7 @@ pub fn set_node(tx: &mut dyn SqlTx, url: &str, c: &NodeChange) -> Result<bool, D
 }
 
 /// Removes a node; its users are moved on their next sign-in. Returns whether it existed.
-pub fn remove_node(tx: &mut dyn SqlTx, url: &str) -> Result<bool, DbError> {
+pub fn remove_node(tx: &mut dyn Tx, url: &str) -> Result<bool, DbError> {
     let Some(node) = node_by_url(tx, url)? else {
         return Ok(false);
     };
@@ -135,7 +135,7 @@ pub fn remove_node(tx: &mut dyn SqlTx, url: &str) -> Result<bool, DbError> {
 }
 
 /// Takes one slot on a node for a new user, if it still has room; returns whether it did.
-pub fn take_slot(tx: &mut dyn SqlTx, node_id: i64) -> Result<bool, DbError> {
+pub fn take_slot(tx: &mut dyn Tx, node_id: i64) -> Result<bool, DbError> {
     let n = tx.execute(
         "UPDATE nodes SET current_load = current_load + 1, available = available - 1
          WHERE id = ?1 AND current_load < capacity AND available > 0",
@@ -145,7 +145,7 @@ pub fn take_slot(tx: &mut dyn SqlTx, node_id: i64) -> Result<bool, DbError> {
 }
 
 /// Places an allow-listed user on a node even past its capacity.
-pub fn take_slot_forced(tx: &mut dyn SqlTx, node_id: i64) -> Result<(), DbError> {
+pub fn take_slot_forced(tx: &mut dyn Tx, node_id: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE nodes SET current_load = current_load + 1 WHERE id = ?1",
         &[node_id.into()],
@@ -154,7 +154,7 @@ pub fn take_slot_forced(tx: &mut dyn SqlTx, node_id: i64) -> Result<(), DbError>
 }
 
 /// Gives back a slot when a user leaves a node.
-pub fn release_slot(tx: &mut dyn SqlTx, node_id: i64) -> Result<(), DbError> {
+pub fn release_slot(tx: &mut dyn Tx, node_id: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE nodes SET current_load = current_load - 1 WHERE id = ?1 AND current_load > 0",
         &[node_id.into()],
@@ -183,7 +183,7 @@ impl ListKind {
 
 /// Adds (or with `add = false` removes) a user to a node's allow- or deny-list.
 pub fn edit_list(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     node_id: i64,
     kind: ListKind,
     who: &str,
@@ -206,20 +206,20 @@ pub fn edit_list(
 }
 
 /// Every list entry: (node URL, kind, who).
-pub fn lists(tx: &mut dyn SqlTx) -> Result<Vec<(String, String, String)>, DbError> {
+pub fn lists(tx: &mut dyn Tx) -> Result<Vec<(String, String, String)>, DbError> {
     tx.query(
         "SELECT n.node, l.kind, l.who FROM rollout_lists l JOIN nodes n ON n.id = l.node_id
          ORDER BY n.node, l.kind, l.who",
         &[],
     )?
     .iter()
-    .map(|r| Ok((r[0].text("node")?, r[1].text("kind")?, r[2].text("who")?)))
+    .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))
     .collect()
 }
 
 /// The lists that name this user (by FxA uid or email): (node id, kind).
 pub fn lists_naming(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     fxa_uid: &str,
     email: &str,
 ) -> Result<Vec<(i64, ListKind)>, DbError> {
@@ -229,25 +229,25 @@ pub fn lists_naming(
     )?
     .iter()
     .map(|r| {
-        let kind = match r[1].text("kind")?.as_str() {
+        let kind = match r.text(1)?.as_str() {
             "allow" => ListKind::Allow,
             _ => ListKind::Deny,
         };
-        Ok((r[0].int("node_id")?, kind))
+        Ok((r.int(0)?, kind))
     })
     .collect()
 }
 
 /// A deployment-wide setting.
-pub fn setting(tx: &mut dyn SqlTx, key: &str) -> Result<Option<String>, DbError> {
+pub fn setting(tx: &mut dyn Tx, key: &str) -> Result<Option<String>, DbError> {
     tx.query("SELECT value FROM settings WHERE key = ?1", &[key.into()])?
         .first()
-        .map(|r| r[0].text("value"))
+        .map(|r| r.text(0))
         .transpose()
 }
 
 /// Sets a deployment-wide setting.
-pub fn set_setting(tx: &mut dyn SqlTx, key: &str, value: &str) -> Result<(), DbError> {
+pub fn set_setting(tx: &mut dyn Tx, key: &str, value: &str) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -274,7 +274,7 @@ pub struct User {
 }
 
 /// The current row of an FxA user.
-pub fn current_user(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<Option<User>, DbError> {
+pub fn current_user(tx: &mut dyn Tx, fxa_uid: &str) -> Result<Option<User>, DbError> {
     tx.query(
         "SELECT uid, generation, keys_changed_at, client_state, node_id, created_at FROM users
          WHERE service = ?1 AND fxa_uid = ?2 AND replaced_at IS NULL",
@@ -283,12 +283,12 @@ pub fn current_user(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<Option<User>, D
     .first()
     .map(|r| {
         Ok(User {
-            uid: r[0].int("uid")?,
-            generation: r[1].int("generation")?,
-            keys_changed_at: r[2].opt_int("keys_changed_at")?,
-            client_state: r[3].text("client_state")?,
-            node_id: r[4].int("node_id")?,
-            created_at: r[5].int("created_at")?,
+            uid: r.int(0)?,
+            generation: r.int(1)?,
+            keys_changed_at: r.opt_int(2)?,
+            client_state: r.text(3)?,
+            node_id: r.int(4)?,
+            created_at: r.int(5)?,
         })
     })
     .transpose()
@@ -296,7 +296,7 @@ pub fn current_user(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<Option<User>, D
 
 /// Whether the user used `client_state` in an earlier (replaced) row.
 pub fn client_state_was_used(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     fxa_uid: &str,
     client_state: &str,
 ) -> Result<bool, DbError> {
@@ -329,7 +329,7 @@ pub struct NewUser<'a> {
 }
 
 /// Inserts a current row; returns the new uid.
-pub fn insert_user(tx: &mut dyn SqlTx, u: &NewUser<'_>) -> Result<i64, DbError> {
+pub fn insert_user(tx: &mut dyn Tx, u: &NewUser<'_>) -> Result<i64, DbError> {
     tx.query(
         "INSERT INTO users (service, fxa_uid, email, generation, keys_changed_at, client_state,
                             node_id, created_at)
@@ -346,12 +346,12 @@ pub fn insert_user(tx: &mut dyn SqlTx, u: &NewUser<'_>) -> Result<i64, DbError> 
         ],
     )?
     .first()
-    .ok_or_else(|| DbError::Type("uid".into()))?[0]
-        .int("uid")
+    .ok_or_else(|| DbError::Type("uid".into()))?
+    .int(0)
 }
 
 /// Marks a row replaced (its uid is retired).
-pub fn replace_user(tx: &mut dyn SqlTx, uid: i64, now: i64) -> Result<(), DbError> {
+pub fn replace_user(tx: &mut dyn Tx, uid: i64, now: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE users SET replaced_at = ?2 WHERE uid = ?1 AND replaced_at IS NULL",
         &[uid.into(), now.into()],
@@ -361,7 +361,7 @@ pub fn replace_user(tx: &mut dyn SqlTx, uid: i64, now: i64) -> Result<(), DbErro
 
 /// Records a newer generation / keys_changed_at on the current row.
 pub fn update_user(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     uid: i64,
     generation: i64,
     keys_changed_at: Option<i64>,
@@ -376,7 +376,7 @@ pub fn update_user(
 /// For a storage node: whether `uid` is a current assignment, and to which node URL.
 /// `None` when this database never issued the uid.
 pub fn uid_assignment(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     uid: i64,
 ) -> Result<Option<(bool, Option<String>)>, DbError> {
     tx.query(
@@ -386,19 +386,16 @@ pub fn uid_assignment(
     )?
     .first()
     .map(|r| {
-        let current = r[0].opt_int("replaced_at")?.is_none();
-        let serving = r[2].opt_int("downed")? == Some(0) && r[3].opt_int("draining")? == Some(0);
-        let node = match &r[1] {
-            Val::Text(t) if serving => Some(t.clone()),
-            _ => None,
-        };
+        let current = r.opt_int(0)?.is_none();
+        let serving = r.opt_int(2)? == Some(0) && r.opt_int(3)? == Some(0);
+        let node = r.opt_text(1)?.filter(|_| serving);
         Ok((current, node))
     })
     .transpose()
 }
 
 /// Whether the FxA user of `uid` is disabled (see [`set_user_disabled`]).
-pub fn uid_disabled(tx: &mut dyn SqlTx, uid: i64) -> Result<bool, DbError> {
+pub fn uid_disabled(tx: &mut dyn Tx, uid: i64) -> Result<bool, DbError> {
     Ok(!tx
         .query(
             "SELECT 1 FROM users u JOIN disabled_users d ON d.fxa_uid = u.fxa_uid
@@ -412,7 +409,7 @@ pub fn uid_disabled(tx: &mut dyn SqlTx, uid: i64) -> Result<bool, DbError> {
 /// or enabled again. Returns the user's uids, current or not, whose cached answers
 /// are now stale.
 pub fn set_user_disabled(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     fxa_uid: &str,
     disabled: bool,
     now: i64,
@@ -434,18 +431,18 @@ pub fn set_user_disabled(
         &[SERVICE.into(), fxa_uid.into()],
     )?
     .iter()
-    .map(|r| r[0].int("uid"))
+    .map(|r| r.int(0))
     .collect()
 }
 
 /// Moves a current uid to another node, keeping the uid (its data moved with it);
 /// node loads follow. Returns false when the uid is not current.
-pub fn move_user(tx: &mut dyn SqlTx, uid: i64, to_node: i64) -> Result<bool, DbError> {
+pub fn move_user(tx: &mut dyn Tx, uid: i64, to_node: i64) -> Result<bool, DbError> {
     let from = tx.query(
         "SELECT node_id FROM users WHERE uid = ?1 AND replaced_at IS NULL",
         &[uid.into()],
     )?;
-    let Some(from) = from.first().map(|r| r[0].int("node_id")).transpose()? else {
+    let Some(from) = from.first().map(|r| r.int(0)).transpose()? else {
         return Ok(false);
     };
     if from == to_node {
@@ -461,41 +458,41 @@ pub fn move_user(tx: &mut dyn SqlTx, uid: i64, to_node: i64) -> Result<bool, DbE
 }
 
 /// The current uids assigned to a node, ascending.
-pub fn node_uids(tx: &mut dyn SqlTx, node_id: i64) -> Result<Vec<i64>, DbError> {
+pub fn node_uids(tx: &mut dyn Tx, node_id: i64) -> Result<Vec<i64>, DbError> {
     tx.query(
         "SELECT uid FROM users WHERE node_id = ?1 AND replaced_at IS NULL ORDER BY uid",
         &[node_id.into()],
     )?
     .iter()
-    .map(|r| r[0].int("uid"))
+    .map(|r| r.int(0))
     .collect()
 }
 
 /// The node URL a current uid is assigned to.
-pub fn uid_node(tx: &mut dyn SqlTx, uid: i64) -> Result<Option<String>, DbError> {
+pub fn uid_node(tx: &mut dyn Tx, uid: i64) -> Result<Option<String>, DbError> {
     tx.query(
         "SELECT n.node FROM users u JOIN nodes n ON n.id = u.node_id
          WHERE u.uid = ?1 AND u.replaced_at IS NULL",
         &[uid.into()],
     )?
     .first()
-    .map(|r| r[0].text("node"))
+    .map(|r| r.text(0))
     .transpose()
 }
 
 /// Number of current users per node id.
-pub fn users_per_node(tx: &mut dyn SqlTx) -> Result<Vec<(i64, i64)>, DbError> {
+pub fn users_per_node(tx: &mut dyn Tx) -> Result<Vec<(i64, i64)>, DbError> {
     tx.query(
         "SELECT node_id, count(*) FROM users WHERE replaced_at IS NULL GROUP BY node_id",
         &[],
     )?
     .iter()
-    .map(|r| Ok((r[0].int("node_id")?, r[1].int("count")?)))
+    .map(|r| Ok((r.int(0)?, r.int(1)?)))
     .collect()
 }
 
 /// Records where `node` takes node-to-node requests (its internal listener's URL).
-pub fn set_internal_url(tx: &mut dyn SqlTx, node: &str, url: &str) -> Result<(), DbError> {
+pub fn set_internal_url(tx: &mut dyn Tx, node: &str, url: &str) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO node_internal (node, internal_url) VALUES (?1, ?2)
          ON CONFLICT (node) DO UPDATE SET internal_url = excluded.internal_url",
@@ -505,23 +502,18 @@ pub fn set_internal_url(tx: &mut dyn SqlTx, node: &str, url: &str) -> Result<(),
 }
 
 /// Where `node` takes node-to-node requests, if it has said.
-pub fn internal_url(tx: &mut dyn SqlTx, node: &str) -> Result<Option<String>, DbError> {
+pub fn internal_url(tx: &mut dyn Tx, node: &str) -> Result<Option<String>, DbError> {
     tx.query(
         "SELECT internal_url FROM node_internal WHERE node = ?1",
         &[node.into()],
     )?
     .first()
-    .map(|r| r[0].text("internal_url"))
+    .map(|r| r.text(0))
     .transpose()
 }
 
 /// Records that `uid` is being moved to `node` (replacing an older record).
-pub fn begin_pending_move(
-    tx: &mut dyn SqlTx,
-    uid: i64,
-    node: &str,
-    now: i64,
-) -> Result<(), DbError> {
+pub fn begin_pending_move(tx: &mut dyn Tx, uid: i64, node: &str, now: i64) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO pending_moves (uid, node, started_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (uid) DO UPDATE SET node = excluded.node, started_at = excluded.started_at",
@@ -531,18 +523,18 @@ pub fn begin_pending_move(
 }
 
 /// The node `uid` is being moved to, if a move is pending.
-pub fn pending_move_target(tx: &mut dyn SqlTx, uid: i64) -> Result<Option<String>, DbError> {
+pub fn pending_move_target(tx: &mut dyn Tx, uid: i64) -> Result<Option<String>, DbError> {
     tx.query(
         "SELECT node FROM pending_moves WHERE uid = ?1",
         &[uid.into()],
     )?
     .first()
-    .map(|r| r[0].text("node"))
+    .map(|r| r.text(0))
     .transpose()
 }
 
 /// Forgets the pending move of `uid` (it finished or failed).
-pub fn end_pending_move(tx: &mut dyn SqlTx, uid: i64) -> Result<(), DbError> {
+pub fn end_pending_move(tx: &mut dyn Tx, uid: i64) -> Result<(), DbError> {
     tx.execute("DELETE FROM pending_moves WHERE uid = ?1", &[uid.into()])?;
     Ok(())
 }
@@ -550,11 +542,7 @@ pub fn end_pending_move(tx: &mut dyn SqlTx, uid: i64) -> Result<(), DbError> {
 /// Raises the FxA generation of the user's current row to `generation` (a password
 /// change at that time, ms): later token requests of an older generation are refused.
 /// Returns whether a row changed.
-pub fn raise_generation(
-    tx: &mut dyn SqlTx,
-    fxa_uid: &str,
-    generation: i64,
-) -> Result<bool, DbError> {
+pub fn raise_generation(tx: &mut dyn Tx, fxa_uid: &str, generation: i64) -> Result<bool, DbError> {
     let n = tx.execute(
         "UPDATE users SET generation = ?3
          WHERE service = ?1 AND fxa_uid = ?2 AND replaced_at IS NULL AND generation < ?3",
@@ -579,7 +567,7 @@ pub struct UserRow {
 
 /// Every row of an FxA user created at or before `cutoff` (ms), by uid.
 pub fn user_rows_before(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     fxa_uid: &str,
     cutoff: i64,
 ) -> Result<Vec<UserRow>, DbError> {
@@ -592,13 +580,10 @@ pub fn user_rows_before(
     .iter()
     .map(|r| {
         Ok(UserRow {
-            uid: r[0].int("uid")?,
-            current: r[1].opt_int("replaced_at")?.is_none(),
-            node_id: r[2].int("node_id")?,
-            node: match &r[3] {
-                Val::Text(t) => Some(t.clone()),
-                _ => None,
-            },
+            uid: r.int(0)?,
+            current: r.opt_int(1)?.is_none(),
+            node_id: r.int(2)?,
+            node: r.opt_text(3)?,
         })
     })
     .collect()
@@ -607,7 +592,7 @@ pub fn user_rows_before(
 /// Forgets the client states of an FxA user's replaced rows (a deleted account's key
 /// history) and the sign-in that registered the current one: a new account signing in
 /// under the uid starts afresh.
-pub fn forget_client_states(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<(), DbError> {
+pub fn forget_client_states(tx: &mut dyn Tx, fxa_uid: &str) -> Result<(), DbError> {
     tx.execute(
         "UPDATE users SET client_state = '' WHERE service = ?1 AND fxa_uid = ?2
          AND replaced_at IS NOT NULL",
@@ -623,7 +608,7 @@ pub fn forget_client_states(tx: &mut dyn SqlTx, fxa_uid: &str) -> Result<(), DbE
 /// For a user of this server's accounts service: the client state recorded for the
 /// current row and the sign-in time (ms) that registered it (see `tokenserver::assign`).
 pub fn local_client_state(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     fxa_uid: &str,
 ) -> Result<Option<(String, i64)>, DbError> {
     tx.query(
@@ -631,14 +616,14 @@ pub fn local_client_state(
         &[fxa_uid.into()],
     )?
     .first()
-    .map(|r| Ok((r[0].text("client_state")?, r[1].int("auth_at")?)))
+    .map(|r| Ok((r.text(0)?, r.int(1)?)))
     .transpose()
 }
 
 /// Records (or replaces) the client state of a user of this server's accounts service
 /// and the sign-in time (ms) that registered it.
 pub fn set_local_client_state(
-    tx: &mut dyn SqlTx,
+    tx: &mut dyn Tx,
     fxa_uid: &str,
     client_state: &str,
     auth_at: i64,
@@ -668,12 +653,12 @@ pub struct UidPlacement {
 
 /// The placement of each of `uids` that this database issued, in one query (uids it
 /// never issued are left out).
-pub fn uid_placements(tx: &mut dyn SqlTx, uids: &[i64]) -> Result<Vec<UidPlacement>, DbError> {
+pub fn uid_placements(tx: &mut dyn Tx, uids: &[i64]) -> Result<Vec<UidPlacement>, DbError> {
     if uids.is_empty() {
         return Ok(Vec::new());
     }
     let marks: Vec<String> = (1..=uids.len()).map(|i| format!("?{i}")).collect();
-    let args: Vec<Val> = uids.iter().map(|&u| u.into()).collect();
+    let args: Vec<Value> = uids.iter().map(|&u| u.into()).collect();
     tx.query(
         &format!(
             "SELECT u.uid, n.node, u.replaced_at,
@@ -687,13 +672,10 @@ pub fn uid_placements(tx: &mut dyn SqlTx, uids: &[i64]) -> Result<Vec<UidPlaceme
     .iter()
     .map(|r| {
         Ok(UidPlacement {
-            uid: r[0].int("uid")?,
-            node: match &r[1] {
-                Val::Text(t) => Some(t.clone()),
-                _ => None,
-            },
-            replaced_at: r[2].opt_int("replaced_at")?,
-            moving: r[3].int("pending")? > 0,
+            uid: r.int(0)?,
+            node: r.opt_text(1)?,
+            replaced_at: r.opt_int(2)?,
+            moving: r.int(3)? > 0,
         })
     })
     .collect()
