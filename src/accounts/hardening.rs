@@ -1,7 +1,7 @@
-//! The budget of password hardening.
+//! The gates and budget in front of password hardening ([`Hardening`]), and the
+//! low-priority threads it runs on.
 //!
-//! [`Hardening`]: scrypt takes 64 MiB and a core for a tenth of a second
-//! or so. Before it runs, a request passes, in order: one gate per client address (one
+//! scrypt takes 64 MiB and a core for a tenth of a second or so. Before it runs, a request passes, in order: one gate per client address (one
 //! hardening in flight per address; others from it wait), one per account (two in
 //! flight), a global rate budget (a token bucket: over it, a first-come first-served
 //! wait of at most 10 s, else 429 with `retryAfter`), and the global slots (at most

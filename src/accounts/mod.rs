@@ -197,7 +197,7 @@ impl Accounts {
     }
 
     /// scrypt off the reactor, in a turn of the hardening budget for a request from
-    /// `ip` for `account` (see `limits::Hardening`: 429 when the budget is spent).
+    /// `ip` for `account` (see `hardening::Hardening`: 429 when the budget is spent).
     async fn harden(
         &self,
         auth_pw: [u8; 32],

@@ -28,7 +28,7 @@ impl Accounts {
     /// clears the (account, address) ones, gives back the rest, and only then counts as
     /// a sign-in (30 a minute per account and per address; over it 429), so attempts
     /// still in flight never hold the account's sign-in budget. The password is
-    /// hardened only after the cheap checks (see `limits::Hardening`).
+    /// hardened only after the cheap checks (see `hardening::Hardening`).
     pub(super) async fn check_password(
         &self,
         email: &str,
