@@ -1,13 +1,14 @@
 //! The gates and budget in front of password hardening ([`Hardening`]), and the
 //! low-priority threads it runs on.
 //!
-//! scrypt takes 64 MiB and a core for a tenth of a second or so. Before it runs, a request passes, in order: one gate per client address (one
-//! hardening in flight per address; others from it wait), one per account (two in
-//! flight), a global rate budget (a token bucket: over it, a first-come first-served
-//! wait of at most 10 s, else 429 with `retryAfter`), and the global slots (at most
-//! `concurrency` at once). One address therefore never holds more than one slot. The
-//! budget keeps scrypt to a share of the machine, and scrypt runs on threads of its own
-//! at the lowest CPU priority, so the storage API keeps its cores whenever it has work.
+//! scrypt takes 64 MiB and a core for a tenth of a second or so. Before it runs, a
+//! request passes, in order: one gate per client address (one hardening in flight per
+//! address; others from it wait), one per account (two in flight), a global rate budget
+//! (a token bucket: over it, a first-come first-served wait of at most 10 s, else 429
+//! with `retryAfter`), and the global slots (at most `concurrency` at once). One
+//! address therefore never holds more than one slot. The budget keeps scrypt to a share
+//! of the machine, and scrypt runs on threads of its own at the lowest CPU priority, so
+//! the storage API keeps its cores whenever it has work.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
