@@ -186,6 +186,7 @@ impl Accounts {
         &self.store
     }
 
+    /// Runs `f` on the database off the reactor (tokio's blocking pool).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Store) -> Result<T> + Send + 'static,
