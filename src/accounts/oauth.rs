@@ -4,7 +4,8 @@
 //! `account_signing_keys` table, so that every process signs with the same key and
 //! verifies the others' tokens (the first process to start generates it, under a lock).
 //! `syncstore account rotate-key` adds a new signing key; a retired key stays published
-//! (and trusted) until every token it signed has expired.
+//! (and trusted) until every token it signed has expired. The OAuth routes and grants
+//! that use these tokens are in `grants` and `authorization`.
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,332 @@
+//! Devices: registration and update of the session's device (`POST /account/device`,
+//! within FxA's field limits), the list (`GET /account/devices`), removal, and the
+//! routes of device commands and push notifications, which this server checks as FxA
+//! does but does not relay (it has no push service).
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::api::{ApiResult, ApiState, AuthRequest, ok, session};
+use super::store::Device;
+use super::{Accounts, AccountsError, Authed, Result, now_ms};
+
+/// Longest device name (FxA's limit), in characters.
+const MAX_DEVICE_NAME: usize = 255;
+/// Longest device type (FxA's limit).
+const MAX_DEVICE_TYPE: usize = 16;
+/// Longest push callback URL (FxA's limit).
+const MAX_PUSH_CALLBACK: usize = 255;
+/// Longest push key (base64url; FxA's limit for the public key).
+const MAX_PUSH_KEY: usize = 88;
+/// Most device commands, the longest command name, and the longest command data.
+const MAX_COMMANDS: usize = 16;
+const MAX_COMMAND_NAME: usize = 255;
+const MAX_COMMAND_DATA: usize = 8 * 1024;
+
+/// Fields of a device registration or update.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceUpdate {
+    /// The device id (update) or none (register).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// desktop, mobile, ...
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// WebPush endpoint.
+    #[serde(default)]
+    pub push_callback: Option<String>,
+    /// WebPush public key.
+    #[serde(default)]
+    pub push_public_key: Option<String>,
+    /// WebPush auth secret.
+    #[serde(default)]
+    pub push_auth_key: Option<String>,
+    /// Command name → data.
+    #[serde(default)]
+    pub available_commands: Option<serde_json::Value>,
+}
+
+impl DeviceUpdate {
+    /// Refuses fields beyond FxA's limits (400 errno 107), so that what an account
+    /// stores per device stays small.
+    fn check(&self) -> Result<()> {
+        let bad = |name: &str| Err(AccountsError::InvalidParameter(name.into()));
+        let b64url = |v: &str| {
+            v.trim_end_matches('=')
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if let Some(id) = &self.id
+            && (id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad("id");
+        }
+        if let Some(n) = &self.name
+            && (n.chars().count() > MAX_DEVICE_NAME || n.chars().any(char::is_control))
+        {
+            return bad("name");
+        }
+        if let Some(t) = &self.kind
+            && (t.is_empty()
+                || t.len() > MAX_DEVICE_TYPE
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return bad("type");
+        }
+        if let Some(u) = &self.push_callback
+            && !u.is_empty()
+            && (u.len() > MAX_PUSH_CALLBACK
+                || !u.starts_with("https://")
+                || u.parse::<axum::http::Uri>().is_err())
+        {
+            return bad("pushCallback");
+        }
+        for (name, v) in [
+            ("pushPublicKey", &self.push_public_key),
+            ("pushAuthKey", &self.push_auth_key),
+        ] {
+            if let Some(k) = v
+                && (k.len() > MAX_PUSH_KEY || !b64url(k))
+            {
+                return bad(name);
+            }
+        }
+        if let Some(c) = &self.available_commands {
+            let Some(map) = c.as_object() else {
+                return bad("availableCommands");
+            };
+            let fits = map.len() <= MAX_COMMANDS
+                && map.iter().all(|(k, v)| {
+                    !k.is_empty()
+                        && k.len() <= MAX_COMMAND_NAME
+                        && v.as_str().is_some_and(|v| v.len() <= MAX_COMMAND_DATA)
+                });
+            if !fits {
+                return bad("availableCommands");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Accounts {
+    /// Registers (no id) or updates the session's device.
+    pub async fn put_device(&self, a: &Authed, update: DeviceUpdate) -> Result<Device> {
+        update.check()?;
+        let uid = a.account.uid.clone();
+        let session = a.token.id_hash.to_vec();
+        self.blocking(move |s| {
+            let now = now_ms();
+            let existing = s.devices(&uid)?.into_iter().find(|d| match &update.id {
+                Some(id) => &d.id == id,
+                None => d.session_id_hash.as_deref() == Some(&session[..]),
+            });
+            if update.id.is_some() && existing.is_none() {
+                return Err(AccountsError::InvalidParameter("id".into()));
+            }
+            let mut d = existing.unwrap_or_else(|| Device {
+                id: hex::encode(rand::random::<[u8; 16]>()),
+                uid: uid.clone(),
+                session_id_hash: Some(session.clone()),
+                kind: "desktop".into(),
+                available_commands: "{}".into(),
+                created_at: now,
+                ..Default::default()
+            });
+            if let Some(v) = update.name {
+                d.name = v;
+            }
+            if let Some(v) = update.kind {
+                d.kind = v;
+            }
+            if let Some(v) = update.push_callback {
+                d.push_callback = Some(v);
+            }
+            if let Some(v) = update.push_public_key {
+                d.push_public_key = Some(v);
+            }
+            if let Some(v) = update.push_auth_key {
+                d.push_auth_key = Some(v);
+            }
+            if let Some(v) = update.available_commands {
+                d.available_commands = v.to_string();
+            }
+            // Clearing a push registration (FxA takes empty strings for that).
+            for field in [
+                &mut d.push_callback,
+                &mut d.push_public_key,
+                &mut d.push_auth_key,
+            ] {
+                if field.as_deref() == Some("") {
+                    *field = None;
+                }
+            }
+            d.last_access_at = now;
+            s.upsert_device(&d)?;
+            Ok(d)
+        })
+        .await
+    }
+
+    /// The account's devices.
+    pub async fn devices(&self, uid: &str) -> Result<Vec<Device>> {
+        let uid = uid.to_string();
+        self.blocking(move |s| Ok(s.devices(&uid)?)).await
+    }
+
+    /// Deletes a device and its session.
+    pub async fn destroy_device(&self, uid: &str, id: &str) -> Result<()> {
+        let (uid, id) = (uid.to_string(), id.to_string());
+        self.blocking(move |s| Ok(s.delete_device(&uid, &id).map(|_| ())?))
+            .await
+    }
+}
+
+fn device_json(d: &super::store::Device, current: bool) -> Value {
+    let commands: Value = serde_json::from_str(&d.available_commands).unwrap_or(json!({}));
+    json!({
+        "id": d.id,
+        "isCurrentDevice": current,
+        "name": d.name,
+        "type": d.kind,
+        "pushCallback": d.push_callback,
+        "pushPublicKey": d.push_public_key,
+        "pushAuthKey": d.push_auth_key,
+        "pushEndpointExpired": false,
+        "availableCommands": commands,
+        "lastAccessTime": d.last_access_at,
+        "createdAt": d.created_at,
+        "location": {},
+    })
+}
+
+pub(super) async fn device(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let u: DeviceUpdate = r.json()?;
+    let a = session(&st, &r).await?;
+    let d = st.accounts.put_device(&a, u).await?;
+    ok(device_json(&d, true))
+}
+
+pub(super) async fn devices(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let a = session(&st, &r).await?;
+    let list = st.accounts.devices(&a.account.uid).await?;
+    let mine = a.token.id_hash.to_vec();
+    ok(Value::Array(
+        list.iter()
+            .map(|d| device_json(d, d.session_id_hash.as_deref() == Some(&mine[..])))
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct IdBody {
+    id: String,
+}
+
+pub(super) async fn device_destroy(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let b: IdBody = r.json()?;
+    let a = session(&st, &r).await?;
+    st.accounts.destroy_device(&a.account.uid, &b.id).await?;
+    ok(json!({}))
+}
+
+pub(super) async fn commands(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    session(&st, &r).await?;
+    // Device commands (send tab) are not relayed by this server: nothing is queued.
+    ok(json!({ "index": 0, "last": true, "messages": [] }))
+}
+
+/// The largest `/account/devices/notify` body read (Firefox's are a few hundred bytes).
+const MAX_NOTIFY_BODY: usize = 16 * 1024;
+/// Most device ids one notification may name (in `to`, and in `excluded`).
+const MAX_NOTIFY_DEVICES: usize = 256;
+
+/// `POST /v1/account/devices/notify`, as FxA takes it: `to` is `"all"` or a list of
+/// device ids, `excluded` a list of device ids, `payload` a push message (an object
+/// with `version` and `command`; optional only with `_endpointAction`), `TTL` seconds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyBody {
+    to: Value,
+    #[serde(default)]
+    excluded: Option<Vec<String>>,
+    #[serde(default)]
+    payload: Option<serde_json::Map<String, Value>>,
+    #[serde(default, rename = "TTL")]
+    _ttl: Option<u64>,
+    #[serde(default, rename = "_endpointAction")]
+    endpoint_action: Option<String>,
+}
+
+/// Whether `id` looks like a device id: hex, whole bytes, at most 64 digits.
+fn is_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.len().is_multiple_of(2)
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl NotifyBody {
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(AccountsError::InvalidParameter(what.to_string()));
+        let ids_ok = |ids: &[Value]| {
+            ids.len() <= MAX_NOTIFY_DEVICES
+                && ids.iter().all(|i| i.as_str().is_some_and(is_device_id))
+        };
+        match &self.to {
+            Value::String(s) if s == "all" => {}
+            Value::Array(ids) if ids_ok(ids) => {}
+            _ => return bad("to"),
+        }
+        if let Some(ex) = &self.excluded
+            && (ex.len() > MAX_NOTIFY_DEVICES || !ex.iter().all(|i| is_device_id(i)))
+        {
+            return bad("excluded");
+        }
+        match self.endpoint_action.as_deref() {
+            None | Some("accountVerify") => {}
+            Some(_) => return bad("_endpointAction"),
+        }
+        match &self.payload {
+            Some(p) => {
+                let command_ok = p
+                    .get("command")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| !c.is_empty() && c.len() <= 128);
+                if !p.get("version").is_some_and(Value::is_u64) || !command_ok {
+                    return bad("payload");
+                }
+            }
+            None if self.endpoint_action.is_some() => {}
+            None => return Err(AccountsError::MissingParameter("payload".into())),
+        }
+        Ok(())
+    }
+}
+
+/// Push notifications to the account's other devices: checked as FxA checks them and
+/// answered `{}` as FxA does, but not delivered (this server has no push service;
+/// devices learn of changes at their next scheduled sync).
+pub(super) async fn devices_notify(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
+    let a = session(&st, &r).await?;
+    Accounts::require_verified(&a.account)?;
+    if r.body.len() > MAX_NOTIFY_BODY {
+        return Err(AccountsError::InvalidParameter("body too large".into()));
+    }
+    let b: NotifyBody = r.json()?;
+    b.check()?;
+    ok(json!({}))
+}
+
+pub(super) async fn not_enabled() -> ApiResult {
+    Err(AccountsError::NotEnabled(
+        "device commands and push notifications are not offered by this server",
+    ))
+}
