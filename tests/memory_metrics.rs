@@ -10,6 +10,10 @@
 //! allocator's caching and page purging, while this count is exact, so a small bound
 //! can be asserted without timing anything. It is the only test in this file (test
 //! binary), so no other test's allocations are counted.
+//!
+//! That is why it is not a module of the `it` binary (tests/it/main.rs) with the other
+//! integration tests: a `#[global_allocator]` is the whole process's, and there the
+//! count would include every test running beside it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

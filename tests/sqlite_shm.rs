@@ -7,6 +7,12 @@
 //!   another process that wrote while this one had the file closed.
 //! * An index left by an earlier process (after a crash of the machine it may be older
 //!   than the WAL on disk) is rebuilt by the next process, the server restarted.
+//!
+//! A test binary of its own, not a module of the `it` binary (tests/it/main.rs) with
+//! the other integration tests: `sqlite::configure` takes effect only in a process
+//! that has not opened an SQLite database yet (there, other tests open them in the same
+//! process, in any order), and the `-shm` counters it asserts on are process-wide (there,
+//! other tests' opens would move them while these run).
 
 use std::path::Path;
 use std::process::Command;

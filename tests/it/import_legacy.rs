@@ -1,0 +1,551 @@
+//! `import-legacy`: users copied out of databases laid out as Mozilla's servers lay
+//! them out (server-syncstorage on SQLite, syncstorage-rs on a real PostgreSQL started
+//! by `scripts/test`), then read back through the real server as a client would.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{self, Server, fresh_database};
+use serde_json::{Value, json};
+
+fn import(dir: &Path, url: &str) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["import-legacy", "--from", url, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One source record; `expires_in` is seconds from now, `None` for never.
+struct Row {
+    user: i64,
+    coll: i32,
+    id: &'static str,
+    sortindex: Option<i64>,
+    modified_ms: i64,
+    payload: &'static str,
+    expires_in: Option<i64>,
+}
+
+/// What both sources hold: user 101 with bookmarks (7), tabs (9, one record live and
+/// one expired) and a custom collection; user 102 with history (4).
+const ROWS: [Row; 8] = [
+    row(101, 7, "b1", None, 1699999999000, "bookmark 1", None),
+    row(101, 7, "b2", Some(200), 1700000000000, "bookmark 2", None),
+    row(101, 7, "b3", Some(300), 1700000000120, "bookmark 3 ✓", None),
+    row(101, 9, "live", None, 1700000300500, "tab", Some(3600)),
+    row(101, 9, "gone", None, 1700000300500, "old tab", Some(-10)),
+    row(101, 100, "c1", None, 1700000200000, "custom", None),
+    row(102, 4, "h1", None, 1700000400000, "visit", None),
+    row(102, 4, "h2", None, 1700000500000, "visit 2", None),
+];
+
+/// Per user and collection: the collection's last-modified time, milliseconds.
+const USER_COLLECTIONS: [(i64, i32, i64); 4] = [
+    (101, 7, 1700000000120),
+    (101, 9, 1700000300500),
+    (101, 100, 1700000200000),
+    (102, 4, 1700000500000),
+];
+
+const fn row(
+    user: i64,
+    coll: i32,
+    id: &'static str,
+    sortindex: Option<i64>,
+    modified_ms: i64,
+    payload: &'static str,
+    expires_in: Option<i64>,
+) -> Row {
+    Row {
+        user,
+        coll,
+        id,
+        sortindex,
+        modified_ms,
+        payload,
+        expires_in,
+    }
+}
+
+/// Imports from `url` into a fresh data dir and checks what a client then sees.
+async fn import_and_check(url: &str) {
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
+        "{out}"
+    );
+    let server = Server::start_in(data, &[]);
+    check_imported(&server).await;
+}
+
+/// Reads back what a client sees and checks it against what the source held.
+async fn check_imported(server: &Server) {
+    let c = server.client(101);
+    let info = c.get("/info/collections").await.json();
+    assert_eq!(
+        info,
+        json!({"bookmarks": 1700000000.12, "tabs": 1700000300.5, "my-custom": 1700000200.0})
+    );
+    let r = c.get("/storage/bookmarks?full=1&sort=index").await;
+    let items: Vec<Value> = r.json().as_array().unwrap().clone();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0]["id"], "b3");
+    assert_eq!(items[0]["sortindex"], 300);
+    assert_eq!(items[0]["payload"], "bookmark 3 ✓");
+    assert_eq!(items[0]["modified"].to_string(), "1700000000.12");
+    assert_eq!(items[2]["id"], "b1");
+    assert!(items[2].get("sortindex").is_none());
+    let r = c.get("/storage/my-custom/c1").await;
+    assert_eq!(r.json()["payload"], "custom");
+    // The record with a TTL in the future is there; the expired one is not.
+    let tabs = c.get("/storage/tabs?full=1").await.json();
+    let ids: Vec<&str> = tabs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["live"]);
+    let counts = c.get("/info/collection_counts").await.json();
+    assert_eq!(counts["tabs"], 1);
+    // User 102 came too, and later writes go on from the imported times.
+    let d = server.client(102);
+    let hist = d.get("/storage/history?full=1").await.json();
+    assert_eq!(hist.as_array().unwrap().len(), 2);
+    let r = d
+        .put("/storage/history/h9", &json!({"payload": "new"}))
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn python_server_sqlite_users_are_imported_and_reimport_is_a_no_op() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    let now = common::now();
+    {
+        let db = rusqlite::Connection::open(&src).unwrap();
+        // The layout server-syncstorage creates (syncstorage/storage/sql/dbconnect.py).
+        db.execute_batch(
+            "CREATE TABLE collections (collectionid INTEGER PRIMARY KEY,
+                 name VARCHAR(32) NOT NULL UNIQUE);
+             CREATE TABLE user_collections (userid INTEGER NOT NULL,
+                 collection INTEGER NOT NULL, last_modified BIGINT NOT NULL,
+                 PRIMARY KEY (userid, collection));
+             CREATE TABLE bso (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
+                 id VARCHAR(64) NOT NULL, sortindex INTEGER, modified BIGINT NOT NULL,
+                 payload TEXT NOT NULL DEFAULT '', payload_size INTEGER NOT NULL DEFAULT 0,
+                 ttl INTEGER DEFAULT 2100000000, PRIMARY KEY (userid, collection, id));
+             CREATE INDEX bso_ttl_idx ON bso (ttl);
+             CREATE INDEX bso_usr_col_mod_idx ON bso (userid, collection, modified);
+             INSERT INTO collections VALUES (100, 'my-custom');",
+        )
+        .unwrap();
+        for (u, c, ms) in USER_COLLECTIONS {
+            db.execute(
+                "INSERT INTO user_collections VALUES (?1, ?2, ?3)",
+                rusqlite::params![u, c, ms],
+            )
+            .unwrap();
+        }
+        let mut put = db
+            .prepare("INSERT INTO bso VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+            .unwrap();
+        for r in &ROWS {
+            // `ttl` is an absolute expiry in seconds; 2100000000 means never.
+            let ttl = r.expires_in.map_or(2_100_000_000, |s| now + s);
+            put.execute(rusqlite::params![
+                r.user,
+                r.coll,
+                r.id,
+                r.sortindex,
+                r.modified_ms,
+                r.payload,
+                r.payload.len() as i64,
+                ttl
+            ])
+            .unwrap();
+        }
+    }
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", src.display());
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: imported 6 records in 3 collections"),
+        "{out}"
+    );
+    assert!(
+        out.contains("user 102: imported 2 records in 1 collections"),
+        "{out}"
+    );
+    assert!(
+        out.contains("imported 2 users (8 records), skipped 0, failed 0"),
+        "{out}"
+    );
+
+    // Running it again changes nothing.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("imported 0 users (0 records), skipped 2, failed 0"),
+        "{out}"
+    );
+
+    let server = Server::start_in(data, &[]);
+    check_imported(&server).await;
+
+    // Not a syncstorage database, or an unknown scheme: a clear error.
+    let (ok, _, err) = import(src_dir.path(), "mongodb://127.0.0.1/db");
+    assert!(!ok && err.contains("unsupported source"), "{err}");
+}
+
+#[tokio::test]
+async fn syncstorage_rs_postgres_users_are_imported() {
+    let url = fresh_database().await;
+    let now = common::now();
+    let setup = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut pg = postgres::Client::connect(&setup, postgres::NoTls).unwrap();
+        // The layout of syncstorage-rs's PostgreSQL backend.
+        pg.batch_execute(
+            "CREATE TABLE collections (collection_id INTEGER PRIMARY KEY,
+                 name VARCHAR(32) UNIQUE NOT NULL);
+             CREATE TABLE user_collections (user_id BIGINT NOT NULL,
+                 collection_id INTEGER NOT NULL, modified TIMESTAMP NOT NULL,
+                 count BIGINT, total_bytes BIGINT, PRIMARY KEY (user_id, collection_id));
+             CREATE TABLE bsos (user_id BIGINT NOT NULL, collection_id INTEGER NOT NULL,
+                 bso_id TEXT NOT NULL, sortindex BIGINT, payload TEXT NOT NULL,
+                 modified TIMESTAMP NOT NULL, expiry TIMESTAMP NOT NULL,
+                 PRIMARY KEY (user_id, collection_id, bso_id));
+             INSERT INTO collections VALUES (1, 'clients'), (4, 'history'), (7, 'bookmarks'),
+                 (9, 'tabs'), (100, 'my-custom');",
+        )
+        .unwrap();
+        let ts = |ms: i64| format!("to_timestamp({ms} / 1000.0) AT TIME ZONE 'UTC'");
+        let far = 2_100_000_000i64 * 1000;
+        for (u, c, ms) in USER_COLLECTIONS {
+            pg.batch_execute(&format!(
+                "INSERT INTO user_collections VALUES ({u}, {c}, {}, 0, 0)",
+                ts(ms)
+            ))
+            .unwrap();
+        }
+        for r in &ROWS {
+            // Never expiring is a TTL of 2100000000 seconds after the write.
+            let expiry = r
+                .expires_in
+                .map_or(r.modified_ms + far, |s| (now + s) * 1000);
+            pg.execute(
+                &format!(
+                    "INSERT INTO bsos VALUES ($1, $2, $3, $4, $5, {}, {})",
+                    ts(r.modified_ms),
+                    ts(expiry)
+                ),
+                &[&r.user, &r.coll, &r.id, &r.sortindex, &r.payload],
+            )
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    import_and_check(&url).await;
+}
+
+#[tokio::test]
+async fn python_server_mysql_users_are_imported() {
+    use mysql::prelude::Queryable;
+    let admin = std::env::var("SYNCSTORE_TEST_MYSQL_URL").expect(
+        "SYNCSTORE_TEST_MYSQL_URL is not set: run the tests with scripts/test, which starts MariaDB",
+    );
+    let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
+    let url = format!("{}/{name}", admin.trim_end_matches('/'));
+    let now = common::now();
+    let setup = (admin.clone(), url.clone(), name.clone());
+    tokio::task::spawn_blocking(move || {
+        let (admin, url, name) = setup;
+        let mut root = mysql::Conn::new(mysql::Opts::from_url(&admin).unwrap()).unwrap();
+        root.query_drop(format!("CREATE DATABASE {name}")).unwrap();
+        let mut db = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+        // server-syncstorage's tables (it declares them latin1, for ASCII payloads; the
+        // test's payloads are not all ASCII, so they use utf8mb4 here).
+        db.query_drop(
+            "CREATE TABLE collections (collectionid INTEGER NOT NULL AUTO_INCREMENT,
+                 name VARCHAR(32) NOT NULL, PRIMARY KEY (collectionid), UNIQUE (name))
+                 ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        )
+        .unwrap();
+        db.query_drop(
+            "CREATE TABLE user_collections (userid INTEGER NOT NULL,
+                 collection INTEGER NOT NULL, last_modified BIGINT NOT NULL,
+                 PRIMARY KEY (userid, collection)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        )
+        .unwrap();
+        // Sharded, as large deployments ran it: users spread over bso0 and bso1.
+        for shard in ["bso0", "bso1"] {
+            db.query_drop(format!(
+                "CREATE TABLE {shard} (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
+                     id VARCHAR(64) NOT NULL, sortindex INTEGER, modified BIGINT NOT NULL,
+                     payload MEDIUMTEXT NOT NULL, payload_size INTEGER NOT NULL DEFAULT 0,
+                     ttl INTEGER DEFAULT 2100000000, PRIMARY KEY (userid, collection, id),
+                     KEY {shard}_ttl_idx (ttl), KEY {shard}_usr_col_mod_idx (userid, collection, modified))
+                     ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            ))
+            .unwrap();
+        }
+        db.query_drop("INSERT INTO collections VALUES (100, 'my-custom')").unwrap();
+        for (u, c, ms) in USER_COLLECTIONS {
+            db.exec_drop("INSERT INTO user_collections VALUES (?, ?, ?)", (u, c, ms))
+                .unwrap();
+        }
+        for r in &ROWS {
+            let ttl = r.expires_in.map_or(2_100_000_000, |s| now + s);
+            db.exec_drop(
+                format!(
+                    "INSERT INTO bso{} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    r.user % 2
+                ),
+                (r.user, r.coll, r.id, r.sortindex, r.modified_ms, r.payload, r.payload.len(), ttl),
+            )
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    import_and_check(&url).await;
+}
+
+/// Loads a plain SQL dump into the PostgreSQL database at `url` with psql.
+fn psql(url: &str, args: &[&str]) {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url])
+        .args(args)
+        .output()
+        .expect("run psql (Debian's postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Centiseconds of a JSON time (`1796529339.74`).
+fn centis(v: &Value) -> i64 {
+    (v.as_f64().unwrap_or_else(|| panic!("not a time: {v}")) * 100.0).round() as i64
+}
+
+#[tokio::test]
+async fn a_real_syncstorage_rs_database_is_imported_as_it_answered() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dump = fixtures.join("syncstorage-rs-0.23.3-postgres.sql");
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("syncstorage-rs-0.23.3-postgres.expected.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    // The database of a real syncstorage-rs 0.23.3 (its own migrations: sortindex and
+    // collection_id INTEGER, times TIMESTAMPTZ), plus a user 14 whose record is in a
+    // collection the server never named: that one user cannot be imported.
+    let url = fresh_database().await;
+    psql(&url, &["-f", dump.to_str().unwrap()]);
+    psql(
+        &url,
+        &[
+            "-c",
+            "INSERT INTO user_collections VALUES (14, 555, now(), 0, 0);
+             INSERT INTO bsos VALUES (14, 555, 'x', 1, 'p', now(), now() + interval '1 day');",
+        ],
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(!ok, "one user failed: the exit status says so: {out}{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.contains("user 14: FAILED: source database: collection id 555 has no name"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 3 users (") && err.contains("skipped 0, failed 1"),
+        "{out}{err}"
+    );
+    for uid in [11, 12, 13] {
+        assert!(out.contains(&format!("user {uid}: imported ")), "{out}");
+    }
+
+    // The history was written with a TTL of a day: its expiry came along.
+    let history_expiry = |uid: u64| match uid {
+        11 => 179661573975,
+        12 => 179661573977,
+        _ => 179661573979,
+    };
+    for uid in [11u64, 12, 13] {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+            .args(["user", "export", &uid.to_string(), "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let export: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for c in export["collections"].as_array().unwrap() {
+            for r in c["records"].as_array().unwrap() {
+                if c["name"] == "history" {
+                    assert_eq!(centis(&r["expires"]), history_expiry(uid), "{r}");
+                } else {
+                    assert!(r.get("expires").is_none(), "never expires: {r}");
+                }
+            }
+        }
+    }
+
+    let server = Server::start_in(data, &[]);
+    for uid in [11u64, 12, 13] {
+        let want = &expected[uid.to_string()];
+        let c = server.client(uid);
+        let info = c.get("/info/collections").await.json();
+        let got: Vec<(String, i64)> = info
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), centis(v)))
+            .collect();
+        let mut wanted: Vec<(String, i64)> = want["info_collections"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), centis(v)))
+            .collect();
+        wanted.sort();
+        let mut got = got;
+        got.sort();
+        assert_eq!(got, wanted, "user {uid}");
+
+        let items = c.get("/storage/bookmarks?full=1").await.json();
+        let items = items.as_array().unwrap();
+        let bookmarks = want["bookmarks"].as_object().unwrap();
+        assert_eq!(items.len(), bookmarks.len(), "user {uid}");
+        for item in items {
+            let w = &bookmarks[item["id"].as_str().unwrap()];
+            assert_eq!(item["payload"], w["payload"], "user {uid}: {item}");
+            assert_eq!(item["sortindex"], w["sortindex"], "user {uid}: {item}");
+            assert_eq!(centis(&item["modified"]), centis(&w["modified"]), "{item}");
+        }
+        let meta = c.get("/storage/meta/global").await.json();
+        assert_eq!(
+            meta["payload"],
+            format!("{{\"syncID\": \"abc{uid}\", \"storageVersion\": 5}}"),
+        );
+        // Readable until its expiry (2026-12-07 03:55 UTC), not after; not checked in
+        // the few seconds around that instant.
+        let history = c.get("/storage/history").await.json();
+        let left = history_expiry(uid) - common::now() * 100;
+        if left.abs() > 500 {
+            let live = if left > 0 { 30 } else { 0 };
+            assert_eq!(
+                history.as_array().unwrap().len(),
+                live,
+                "user {uid}: {history}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_syncstorage_rs_row_names_its_user_and_column() {
+    let url = fresh_database().await;
+    // sortindex as TEXT: not what any syncstorage-rs made, read as an error, not a panic.
+    psql(
+        &url,
+        &[
+            "-c",
+            "CREATE TABLE collections (collection_id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE user_collections (user_id BIGINT, collection_id INTEGER,
+                 modified TIMESTAMPTZ);
+             CREATE TABLE bsos (user_id BIGINT, collection_id INTEGER, bso_id TEXT,
+                 sortindex TEXT, payload TEXT, modified TIMESTAMPTZ, expiry TIMESTAMPTZ);
+             INSERT INTO user_collections VALUES (1, 7, now()), (2, 7, now());
+             INSERT INTO bsos VALUES (2, 7, 'b1', '5', 'p', now(), now() + interval '1 day');",
+        ],
+    );
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(!ok && !err.contains("panicked"), "{out}{err}");
+    assert!(
+        out.contains(
+            "user 2: FAILED: source database: bsos record \"b1\": column sortindex is of type text, not an integer"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("user 1: imported 0 records"), "{out}");
+    assert!(
+        err.contains("imported 1 users (0 records), skipped 0, failed 1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn python_server_mysql_null_ttl_is_never_and_an_unreadable_row_is_named() {
+    use mysql::prelude::Queryable;
+    let admin = std::env::var("SYNCSTORE_TEST_MYSQL_URL").expect(
+        "SYNCSTORE_TEST_MYSQL_URL is not set: run the tests with scripts/test, which starts MariaDB",
+    );
+    let name = format!("t{}", hex::encode(rand::random::<[u8; 6]>()));
+    let url = format!("{}/{name}", admin.trim_end_matches('/'));
+    let setup = (admin.clone(), url.clone(), name.clone());
+    tokio::task::spawn_blocking(move || {
+        let (admin, url, name) = setup;
+        let mut root = mysql::Conn::new(mysql::Opts::from_url(&admin).unwrap()).unwrap();
+        root.query_drop(format!("CREATE DATABASE {name}")).unwrap();
+        let mut db = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+        // server-syncstorage's bso table: ttl is nullable. User 2's row has a
+        // modified time no server wrote (text in a column the import reads as a number).
+        db.query_drop(
+            "CREATE TABLE collections (collectionid INTEGER NOT NULL, name VARCHAR(32));
+             CREATE TABLE user_collections (userid INTEGER NOT NULL,
+                 collection INTEGER NOT NULL, last_modified BIGINT NOT NULL);
+             CREATE TABLE bso (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
+                 id VARCHAR(64) NOT NULL, sortindex INTEGER, modified VARCHAR(20) NOT NULL,
+                 payload MEDIUMTEXT NOT NULL, payload_size INTEGER NOT NULL DEFAULT 0,
+                 ttl INTEGER DEFAULT 2100000000);
+             INSERT INTO user_collections VALUES (1, 7, 1700000000000), (2, 7, 1700000000000);
+             INSERT INTO bso VALUES (1, 7, 'b1', 3, '1700000000000', 'kept', 1, NULL),
+                 (2, 7, 'b2', 3, 'yesterday', 'bad', 1, NULL);",
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(!ok && !err.contains("panicked"), "{out}{err}");
+    assert!(
+        out.contains("user 2: FAILED: source database: bso record \"b2\": column modified cannot be read as i64"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 1 users (1 records), skipped 0, failed 1"),
+        "{err}"
+    );
+    let server = Server::start_in(data, &[]);
+    let items = server
+        .client(1)
+        .get("/storage/bookmarks?full=1")
+        .await
+        .json();
+    assert_eq!(items[0]["payload"], "kept", "{items}");
+    assert_eq!(items[0]["sortindex"], 3);
+}
