@@ -240,7 +240,7 @@ async fn upkeep_loop(
     idle_secs: u64,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut cursor = storage::upkeep::UpkeepCursor::default();
+    let mut cursor = storage::userdbs::upkeep::UpkeepCursor::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick fires at once; start one interval in

@@ -5,15 +5,14 @@
 //! runs in one transaction of the user's file and checks the request's precondition
 //! (`X-If-Modified-Since` / `X-If-Unmodified-Since`) inside that transaction.
 
-mod checkpointer;
 pub mod files;
 pub mod legacy;
 pub mod model;
 pub mod queries;
+pub mod schema;
 pub mod schema_check;
 pub mod sqlite;
 pub mod summary;
-pub mod upkeep;
 pub mod userdbs;
 
 use std::collections::BTreeMap;
@@ -21,10 +20,9 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-pub use checkpointer::RETIRING_MAX;
 use model::{Bso, BsoInput, ClientTime, Timestamp};
 use queries::{Cursor, ListQuery};
-pub use userdbs::{UserDbs, UserDbsConfig};
+pub use userdbs::{RETIRING_MAX, UserDbs, UserDbsConfig};
 
 /// Errors of the storage layer. The web layer maps each to a status.
 #[derive(Debug, thiserror::Error)]
