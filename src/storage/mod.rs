@@ -1,7 +1,8 @@
 //! Storage: the protocol's operations over per-user SQLite files.
 //!
 //! `model` holds the data model and validation rules, `userdbs` the pooled connection
-//! manager, `queries` the SQL. `Storage` offers one method per protocol operation; each
+//! manager (with its background checkpointer and upkeep), `queries` the SQL, `schema`
+//! the per-user schema and its migration. `Storage` offers one method per protocol operation; each
 //! runs in one transaction of the user's file and checks the request's precondition
 //! (`X-If-Modified-Since` / `X-If-Unmodified-Since`) inside that transaction.
 
