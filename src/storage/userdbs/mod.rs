@@ -15,12 +15,14 @@
 //! * Every SQLite call runs on tokio's blocking pool, never on the reactor.
 //!
 //! This file holds the manager and its request path (the LRU, the write locks, reads,
-//! writes, summaries, moves, health); its parts are submodules, which see the
-//! manager's private state and are the only code that does:
+//! writes, summaries, health); its parts are submodules, which see the manager's
+//! private state and are the only code that does:
 //!
 //! * `pool` — one open user ([`UserDb`]): its connections and how each is set up;
 //! * `disk` — user files on disk: paths, the new-user template, installing a checked
 //!   file from outside, removal;
+//! * `moves` — a user moving to another node: writes held off ([`MoveHold`]), the
+//!   received copy installed, 401 once the user has left;
 //! * `checkpointer` — the background thread that checkpoints long WALs and retires
 //!   files leaving the LRU;
 //! * [`upkeep`] — the periodic walk over every user file (purge, checkpoint, vacuum,
@@ -28,6 +30,7 @@
 
 mod checkpointer;
 mod disk;
+mod moves;
 mod pool;
 pub mod upkeep;
 
@@ -53,6 +56,7 @@ use crate::private;
 pub use self::checkpointer::RETIRING_MAX;
 pub(super) use self::disk::write_new_private_file;
 pub use self::disk::{create_user_file, install_checked, remove_user_files, user_path};
+pub use self::moves::MoveHold;
 pub use self::pool::{PooledConn, UserDb};
 pub use super::schema::USER_SCHEMA_VERSION;
 
@@ -426,100 +430,10 @@ impl UserDbs {
         .await?
     }
 
-    fn is_moving(&self, uid: u64) -> bool {
-        self.inner.moving.lock().is_ok_and(|m| m.contains(&uid))
-    }
-
-    fn check_not_moved(&self, uid: u64) -> Result<(), StorageError> {
-        match self.inner.moved_away.lock() {
-            Ok(m) if m.contains(&uid) => Err(StorageError::MovedAway),
-            _ => Ok(()),
-        }
-    }
-
-    /// Starts moving `uid` away: from now on its writes get 503 (reads go on), and once
-    /// the write in flight (if any) is done, no other can start until the hold ends.
-    pub async fn begin_move(&self, uid: u64) -> Result<MoveHold, StorageError> {
-        self.check_not_moved(uid)?;
-        if !self
-            .inner
-            .moving
-            .lock()
-            .map_err(|_| StorageError::Poisoned)?
-            .insert(uid)
-        {
-            return Err(StorageError::Moving);
-        }
-        let mut hold = MoveHold {
-            dbs: self.clone(),
-            uid,
-            lock: None,
-        };
-        let timeout = self.inner.config.lock_timeout;
-        let lock = tokio::time::timeout(timeout, self.lock_for(uid).lock_owned())
-            .await
-            .map_err(|_| StorageError::Busy)?;
-        hold.lock = Some(lock);
-        Ok(hold)
-    }
-
-    /// Copies `uid`'s file, consistently, to `dest` with SQLite's online backup.
-    pub async fn backup(&self, uid: u64, dest: PathBuf) -> Result<(), StorageError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = this.handle(this.cached(uid), uid)?;
-            let conn = db.connection()?;
-            conn.backup(rusqlite::MAIN_DB, &dest, None)
-                .map_err(|e| StorageError::from_sqlite(uid, e))
-        })
-        .await?
-    }
-
     /// Closes `uid`'s file if it is open (the handle goes when its last request ends).
     fn evict(&self, uid: u64) {
         let gone = self.inner.open.lock().ok().and_then(|mut o| o.pop(&uid));
         drop(gone);
-    }
-
-    /// Installs a copy of `uid`'s file received from another node (spooled to
-    /// `incoming`, a file in the data dir), replacing whatever this node had for the
-    /// uid; the copy is checked first (integrity, exactly a known version's schema,
-    /// see `schema_check`) and removed if refused. Returns the number of records in it.
-    pub async fn install_copy(&self, uid: u64, incoming: PathBuf) -> Result<i64, StorageError> {
-        let this = self.clone();
-        let _lock = self.lock_for(uid).lock_owned().await;
-        tokio::task::spawn_blocking(move || {
-            let path = this.user_path(uid);
-            let checked = install_checked(&path, &incoming, uid, || this.evict(uid))?;
-            this.inner.summaries.forget(uid);
-            Ok(checked.records)
-        })
-        .await?
-    }
-
-    /// After `uid` moved to another node: every later request gets 401, and its files
-    /// here are removed.
-    pub async fn finish_move_away(&self, uid: u64) -> Result<(), StorageError> {
-        self.inner
-            .moved_away
-            .lock()
-            .map_err(|_| StorageError::Poisoned)?
-            .insert(uid);
-        let this = self.clone();
-        self.inner.summaries.forget(uid);
-        tokio::task::spawn_blocking(move || {
-            this.evict(uid);
-            remove_user_files(&this.user_path(uid), &["", "-wal", "-shm"])?;
-            Ok(())
-        })
-        .await?
-    }
-
-    /// Lets `uid` be served here again (it was moved back to this node).
-    pub fn welcome_back(&self, uid: u64) {
-        if let Ok(mut m) = self.inner.moved_away.lock() {
-            m.remove(&uid);
-        }
     }
 
     /// The write lock of `uid` (one per user while anyone holds it).
@@ -691,21 +605,6 @@ fn read_summary(
     let modified = queries::storage_modified(&tx).map_err(sql)?;
     let collections = queries::collection_timestamps(&tx).map_err(sql)?;
     Ok(Summary::new(stamp, modified, collections))
-}
-
-/// A move of one user in progress (see [`UserDbs::begin_move`]); ends when dropped.
-pub struct MoveHold {
-    dbs: UserDbs,
-    uid: u64,
-    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for MoveHold {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.dbs.inner.moving.lock() {
-            m.remove(&self.uid);
-        }
-    }
 }
 
 /// How long a connection to a user file waits for SQLite's locks.
