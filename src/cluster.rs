@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::internal::{BODY_HASH_HEADER, RequestHead, SIGNATURE_HEADER, sign};
 use crate::storage::StorageError;
-use crate::storage::upkeep::{OrphanPolicy, Placement};
 use crate::storage::userdbs::UserDbs;
+use crate::storage::userdbs::upkeep::{OrphanPolicy, Placement};
 use crate::tokenserver::AssignmentCheck;
 use crate::tokenserver::db::{AssignmentDb, DbError};
 use crate::tokenserver::store;

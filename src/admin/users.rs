@@ -297,7 +297,7 @@ pub fn orphans_waiting(
     db: &crate::tokenserver::db::AssignmentDb,
     node_url: &str,
 ) -> Result<String, AdminError> {
-    use crate::storage::upkeep::Placement;
+    use crate::storage::userdbs::upkeep::Placement;
     let uids: Vec<i64> = files::list_users(data_dir)?
         .into_iter()
         .map(|(uid, _)| uid as i64)

@@ -1,19 +1,19 @@
 //! Storage: the protocol's operations over per-user SQLite files.
 //!
 //! `model` holds the data model and validation rules, `userdbs` the pooled connection
-//! manager, `queries` the SQL. `Storage` offers one method per protocol operation; each
+//! manager (with its background checkpointer and upkeep), `queries` the SQL, `schema`
+//! the per-user schema and its migration. `Storage` offers one method per protocol operation; each
 //! runs in one transaction of the user's file and checks the request's precondition
 //! (`X-If-Modified-Since` / `X-If-Unmodified-Since`) inside that transaction.
 
-mod checkpointer;
 pub mod files;
 pub mod legacy;
 pub mod model;
 pub mod queries;
+pub mod schema;
 pub mod schema_check;
 pub mod sqlite;
 pub mod summary;
-pub mod upkeep;
 pub mod userdbs;
 
 use std::collections::BTreeMap;
@@ -21,10 +21,9 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-pub use checkpointer::RETIRING_MAX;
 use model::{Bso, BsoInput, ClientTime, Timestamp};
 use queries::{Cursor, ListQuery};
-pub use userdbs::{UserDbs, UserDbsConfig};
+pub use userdbs::{RETIRING_MAX, UserDbs, UserDbsConfig};
 
 /// Errors of the storage layer. The web layer maps each to a status.
 #[derive(Debug, thiserror::Error)]

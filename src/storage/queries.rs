@@ -448,7 +448,7 @@ pub fn usage_bytes(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 /// The table of open batches (see schema/user_v3.sql for its rows). It exists only
 /// while the user has a batch open (schema version 4): each open of a user file
 /// parses every table's definition, and most opens never touch a batch. The text is
-/// version 3's, byte for byte (a unit test in userdbs.rs compares them): that
+/// version 3's, byte for byte (a unit test in schema.rs compares them): that
 /// migration's file stays as it was released.
 pub(super) const BATCH_TABLE: &str = "CREATE TABLE IF NOT EXISTS batch_items (
     batch      TEXT NOT NULL,

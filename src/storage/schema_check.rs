@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::StorageError;
 use super::queries;
-use super::userdbs::{USER_SCHEMA, USER_SCHEMA_VERSION};
+use super::schema::{USER_SCHEMA, USER_SCHEMA_VERSION};
 
 /// One row of `sqlite_schema`: type, name, table name and SQL (rootpage left out).
 type SchemaRow = (String, String, String, Option<String>);

@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::model::Millis;
-use super::userdbs::UserDbs;
-use super::{StorageError, queries};
+use super::UserDbs;
+use super::disk::remove_user_files;
+use crate::storage::model::Millis;
+use crate::storage::{StorageError, queries};
 
 /// Most expired records purged from one user per visit.
 const PURGE_LIMIT: i64 = 10_000;
@@ -182,7 +183,7 @@ impl UserDbs {
         };
         self.evict(uid);
         self.forget_summary(uid);
-        super::userdbs::remove_user_files(&self.user_path(uid), &["", "-wal", "-shm"])?;
+        remove_user_files(&self.user_path(uid), &["", "-wal", "-shm"])?;
         cursor.left_seen.remove(&uid);
         metrics::counter!("syncstore_orphan_files_deleted_total").increment(1);
         tracing::info!(

@@ -13,34 +13,52 @@
 //!   timeout covers the rare case of two handles for one uid (an evicted handle that is
 //!   still finishing a request), so clients never see "database is locked".
 //! * Every SQLite call runs on tokio's blocking pool, never on the reactor.
+//!
+//! This file holds the manager and its request path (the LRU, the write locks, reads,
+//! writes, summaries, health); its parts are submodules, which see the manager's
+//! private state and are the only code that does:
+//!
+//! * `pool` — one open user ([`UserDb`]): its connections and how each is set up;
+//! * `disk` — user files on disk: paths, the new-user template, installing a checked
+//!   file from outside, removal;
+//! * `moves` — a user moving to another node: writes held off ([`MoveHold`]), the
+//!   received copy installed, 401 once the user has left;
+//! * `checkpointer` — the background thread that checkpoints long WALs and retires
+//!   files leaving the LRU;
+//! * [`upkeep`] — the periodic walk over every user file (purge, checkpoint, vacuum,
+//!   idle close, files of users who left).
+
+mod checkpointer;
+mod disk;
+mod moves;
+mod pool;
+pub mod upkeep;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use super::checkpointer::{self, BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointer};
+use self::checkpointer::{BACKSTOP_PAGES, CHECKPOINT_AT_BYTES, Checkpointer};
+use self::disk::{build_template, install_template};
+use self::pool::{OPEN_FLAGS, prepare_connection};
 use super::model::{Millis, Timestamp};
+use super::schema::migrate;
 use super::summary::{Summaries, Summary, WalStamp};
 use super::{StorageError, Written, queries};
 use crate::private;
 
-/// The per-user schema, version by version: entry `i` takes a file from version `i`
-/// to `i + 1`.
-pub(super) const USER_SCHEMA: [&str; 5] = [
-    include_str!("../../schema/user.sql"),
-    include_str!("../../schema/user_v2.sql"),
-    include_str!("../../schema/user_v3.sql"),
-    include_str!("../../schema/user_v4.sql"),
-    include_str!("../../schema/user_v5.sql"),
-];
-/// The schema version written to `PRAGMA user_version` after migration.
-pub const USER_SCHEMA_VERSION: i64 = USER_SCHEMA.len() as i64;
+pub use self::checkpointer::RETIRING_MAX;
+pub(super) use self::disk::write_new_private_file;
+pub use self::disk::{create_user_file, install_checked, remove_user_files, user_path};
+pub use self::moves::MoveHold;
+pub use self::pool::{PooledConn, UserDb};
+pub use super::schema::USER_SCHEMA_VERSION;
 
 /// How user files are opened and shared; taken from the server settings.
 #[derive(Debug, Clone)]
@@ -61,120 +79,11 @@ pub struct UserDbsConfig {
     pub summary_cache_users: usize,
 }
 
-/// One open user: a small pool of connections to the user's file.
-pub struct UserDb {
-    pub(super) uid: u64,
-    pub(super) path: PathBuf,
-    /// The PRAGMAs every new connection runs.
-    pragmas: Arc<str>,
-    /// At most this many connections at once (readers run concurrently).
-    max: u32,
-    /// How long `connection` waits for a free connection before giving up (→ 503).
-    wait: Duration,
-    conns: Mutex<Conns>,
-    freed: Condvar,
-    /// Unix seconds of the last request, so upkeep can close idle files.
-    last_used: AtomicU64,
-    /// Whether the background checkpointer has this file in its queue.
-    pub(super) checkpoint_queued: AtomicBool,
-}
-
-/// The connections of one user: idle ones, and how many exist in all.
-struct Conns {
-    idle: Vec<Connection>,
-    total: u32,
-}
-
-/// A connection borrowed from a [`UserDb`]; goes back to it when dropped.
-pub struct PooledConn<'a> {
-    db: &'a UserDb,
-    conn: Option<Connection>,
-}
-
-impl std::ops::Deref for PooledConn<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("held until drop")
-    }
-}
-
-impl std::ops::DerefMut for PooledConn<'_> {
-    fn deref_mut(&mut self) -> &mut Connection {
-        self.conn.as_mut().expect("held until drop")
-    }
-}
-
-impl Drop for PooledConn<'_> {
-    fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let mut conns = self.db.conns.lock().unwrap_or_else(|p| p.into_inner());
-        // A connection left inside a transaction (a panic mid-request) is closed, not
-        // reused: the next request must start from a clean state.
-        if conn.is_autocommit() {
-            conns.idle.push(conn);
-        } else {
-            conns.total -= 1;
-            drop(conns);
-            drop(conn);
-        }
-        self.db.freed.notify_one();
-    }
-}
-
 fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-impl UserDb {
-    /// A connection to the user's file: an idle one, a new one opened on this thread
-    /// while under the limit, or the next one freed. Blocking.
-    pub fn connection(&self) -> Result<PooledConn<'_>, StorageError> {
-        let deadline = Instant::now() + self.wait;
-        let mut conns = self.conns.lock().map_err(|_| StorageError::Poisoned)?;
-        loop {
-            if let Some(conn) = conns.idle.pop() {
-                return Ok(PooledConn {
-                    db: self,
-                    conn: Some(conn),
-                });
-            }
-            if conns.total < self.max {
-                conns.total += 1;
-                drop(conns);
-                return match self.connect() {
-                    Ok(conn) => Ok(PooledConn {
-                        db: self,
-                        conn: Some(conn),
-                    }),
-                    Err(e) => {
-                        self.conns.lock().map_err(|_| StorageError::Poisoned)?.total -= 1;
-                        self.freed.notify_one();
-                        Err(StorageError::from_sqlite(self.uid, e))
-                    }
-                };
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(StorageError::Busy);
-            }
-            conns = self
-                .freed
-                .wait_timeout(conns, left)
-                .map_err(|_| StorageError::Poisoned)?
-                .0;
-        }
-    }
-
-    /// Opens one more connection to the file and checks its schema.
-    fn connect(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(&self.path, OPEN_FLAGS)?;
-        prepare_connection(&conn, &self.pragmas, self.wait)?;
-        migrate(&conn)?;
-        Ok(conn)
-    }
 }
 
 /// A write in progress: the transaction, the write's timestamp and the wall clock.
@@ -231,7 +140,7 @@ struct Inner {
     moved_away: Mutex<std::collections::HashSet<u64>>,
     /// How upkeep finds files of users who left this node (only with an assignment
     /// database; set once at startup).
-    orphans: Mutex<Option<Arc<super::upkeep::OrphanPolicy>>>,
+    orphans: Mutex<Option<Arc<upkeep::OrphanPolicy>>>,
     /// Recently active users' collection timestamps.
     summaries: Summaries,
     /// Checkpoints long WALs off the request path.
@@ -281,7 +190,7 @@ impl UserDbs {
                 health: tokio::sync::Mutex::new(None),
             }),
         };
-        checkpointer::start(jobs, WeakUserDbs(Arc::downgrade(&dbs.inner)))
+        self::checkpointer::start(jobs, WeakUserDbs(Arc::downgrade(&dbs.inner)))
             .map_err(StorageError::Io)?;
         Ok(dbs)
     }
@@ -313,20 +222,20 @@ impl UserDbs {
 
     /// Has upkeep delete files of users who left this node (see [`OrphanPolicy`]).
     ///
-    /// [`OrphanPolicy`]: super::upkeep::OrphanPolicy
-    pub fn set_orphan_policy(&self, policy: super::upkeep::OrphanPolicy) {
+    /// [`OrphanPolicy`]: upkeep::OrphanPolicy
+    pub fn set_orphan_policy(&self, policy: upkeep::OrphanPolicy) {
         if let Ok(mut p) = self.inner.orphans.lock() {
             *p = Some(Arc::new(policy));
         }
     }
 
     /// The orphan policy set at startup, if any.
-    pub(super) fn orphan_policy(&self) -> Option<Arc<super::upkeep::OrphanPolicy>> {
+    fn orphan_policy(&self) -> Option<Arc<upkeep::OrphanPolicy>> {
         self.inner.orphans.lock().ok().and_then(|p| p.clone())
     }
 
     /// Forgets the cached summary of `uid`.
-    pub(super) fn forget_summary(&self, uid: u64) {
+    fn forget_summary(&self, uid: u64) {
         self.inner.summaries.forget(uid);
     }
 
@@ -431,20 +340,13 @@ impl UserDbs {
             }
             install_template(&path, &self.inner.template)?;
         }
-        let db = UserDb {
+        let db = UserDb::new(
             uid,
             path,
-            pragmas: self.inner.pragmas.clone(),
-            max: cfg.connections_per_user.max(1),
-            wait: busy_timeout(cfg),
-            conns: Mutex::new(Conns {
-                idle: Vec::new(),
-                total: 0,
-            }),
-            freed: Condvar::new(),
-            last_used: AtomicU64::new(unix_secs()),
-            checkpoint_queued: AtomicBool::new(false),
-        };
+            self.inner.pragmas.clone(),
+            cfg.connections_per_user.max(1),
+            busy_timeout(cfg),
+        );
         drop(db.connection()?);
         Ok(db)
     }
@@ -452,7 +354,7 @@ impl UserDbs {
     /// A connection to `uid`'s file outside the pool and the LRU (for upkeep), set up as
     /// the pool's are and brought to the current schema; `None` for a file that was
     /// created but never given a schema.
-    pub(super) fn open_unpooled(&self, uid: u64) -> rusqlite::Result<Option<Connection>> {
+    fn open_unpooled(&self, uid: u64) -> rusqlite::Result<Option<Connection>> {
         let conn = Connection::open_with_flags(self.user_path(uid), OPEN_FLAGS)?;
         prepare_connection(&conn, &self.inner.pragmas, busy_timeout(&self.inner.config))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -467,12 +369,7 @@ impl UserDbs {
     /// in the way (then `false`). The user's summary stays in use, re-stamped, if it
     /// was up to date and no other connection wrote meanwhile. Call holding the user's
     /// write lock, with a connection that is not in a transaction.
-    pub(super) fn empty_wal(
-        &self,
-        uid: u64,
-        path: &Path,
-        conn: &Connection,
-    ) -> Result<bool, StorageError> {
+    fn empty_wal(&self, uid: u64, path: &Path, conn: &Connection) -> Result<bool, StorageError> {
         let sql = |e| StorageError::from_sqlite(uid, e);
         let data_version = || conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
         let before = data_version().map_err(sql)?;
@@ -533,100 +430,10 @@ impl UserDbs {
         .await?
     }
 
-    pub(super) fn is_moving(&self, uid: u64) -> bool {
-        self.inner.moving.lock().is_ok_and(|m| m.contains(&uid))
-    }
-
-    fn check_not_moved(&self, uid: u64) -> Result<(), StorageError> {
-        match self.inner.moved_away.lock() {
-            Ok(m) if m.contains(&uid) => Err(StorageError::MovedAway),
-            _ => Ok(()),
-        }
-    }
-
-    /// Starts moving `uid` away: from now on its writes get 503 (reads go on), and once
-    /// the write in flight (if any) is done, no other can start until the hold ends.
-    pub async fn begin_move(&self, uid: u64) -> Result<MoveHold, StorageError> {
-        self.check_not_moved(uid)?;
-        if !self
-            .inner
-            .moving
-            .lock()
-            .map_err(|_| StorageError::Poisoned)?
-            .insert(uid)
-        {
-            return Err(StorageError::Moving);
-        }
-        let mut hold = MoveHold {
-            dbs: self.clone(),
-            uid,
-            lock: None,
-        };
-        let timeout = self.inner.config.lock_timeout;
-        let lock = tokio::time::timeout(timeout, self.lock_for(uid).lock_owned())
-            .await
-            .map_err(|_| StorageError::Busy)?;
-        hold.lock = Some(lock);
-        Ok(hold)
-    }
-
-    /// Copies `uid`'s file, consistently, to `dest` with SQLite's online backup.
-    pub async fn backup(&self, uid: u64, dest: PathBuf) -> Result<(), StorageError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = this.handle(this.cached(uid), uid)?;
-            let conn = db.connection()?;
-            conn.backup(rusqlite::MAIN_DB, &dest, None)
-                .map_err(|e| StorageError::from_sqlite(uid, e))
-        })
-        .await?
-    }
-
     /// Closes `uid`'s file if it is open (the handle goes when its last request ends).
-    pub(super) fn evict(&self, uid: u64) {
+    fn evict(&self, uid: u64) {
         let gone = self.inner.open.lock().ok().and_then(|mut o| o.pop(&uid));
         drop(gone);
-    }
-
-    /// Installs a copy of `uid`'s file received from another node (spooled to
-    /// `incoming`, a file in the data dir), replacing whatever this node had for the
-    /// uid; the copy is checked first (integrity, exactly a known version's schema,
-    /// see `schema_check`) and removed if refused. Returns the number of records in it.
-    pub async fn install_copy(&self, uid: u64, incoming: PathBuf) -> Result<i64, StorageError> {
-        let this = self.clone();
-        let _lock = self.lock_for(uid).lock_owned().await;
-        tokio::task::spawn_blocking(move || {
-            let path = this.user_path(uid);
-            let checked = install_checked(&path, &incoming, uid, || this.evict(uid))?;
-            this.inner.summaries.forget(uid);
-            Ok(checked.records)
-        })
-        .await?
-    }
-
-    /// After `uid` moved to another node: every later request gets 401, and its files
-    /// here are removed.
-    pub async fn finish_move_away(&self, uid: u64) -> Result<(), StorageError> {
-        self.inner
-            .moved_away
-            .lock()
-            .map_err(|_| StorageError::Poisoned)?
-            .insert(uid);
-        let this = self.clone();
-        self.inner.summaries.forget(uid);
-        tokio::task::spawn_blocking(move || {
-            this.evict(uid);
-            remove_user_files(&this.user_path(uid), &["", "-wal", "-shm"])?;
-            Ok(())
-        })
-        .await?
-    }
-
-    /// Lets `uid` be served here again (it was moved back to this node).
-    pub fn welcome_back(&self, uid: u64) {
-        if let Ok(mut m) = self.inner.moved_away.lock() {
-            m.remove(&uid);
-        }
     }
 
     /// The write lock of `uid` (one per user while anyone holds it).
@@ -800,139 +607,10 @@ fn read_summary(
     Ok(Summary::new(stamp, modified, collections))
 }
 
-/// Creates an empty user file (for admin commands; the server uses its own template).
-pub fn create_user_file(data_dir: &Path, uid: u64) -> Result<(), StorageError> {
-    let path = user_path(data_dir, uid);
-    if let Some(dir) = path.parent() {
-        private::create_dir(dir).map_err(StorageError::Io)?;
-    }
-    let template = build_template(data_dir)?;
-    install_template(&path, &template)
-}
-
-/// A move of one user in progress (see [`UserDbs::begin_move`]); ends when dropped.
-pub struct MoveHold {
-    dbs: UserDbs,
-    uid: u64,
-    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for MoveHold {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.dbs.inner.moving.lock() {
-            m.remove(&self.uid);
-        }
-    }
-}
-
-/// Checks the user file `incoming` (see `schema_check`) and, if it passes, moves it
-/// into place as `path` (same file system), replacing the old file and its WAL;
-/// `before` runs just before the old file goes (to close it). A refused or failed
-/// file is removed. Blocking.
-pub fn install_checked(
-    path: &Path,
-    incoming: &Path,
-    uid: u64,
-    before: impl FnOnce(),
-) -> Result<super::schema_check::CheckedFile, StorageError> {
-    let result = (|| {
-        if let Some(dir) = path.parent() {
-            private::create_dir(dir).map_err(StorageError::Io)?;
-        }
-        let checked = super::schema_check::check_user_file(incoming, uid)?;
-        for ext in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", incoming.display()));
-        }
-        before();
-        // The old file's WAL and index go with it (a WAL index left behind would
-        // describe a WAL that is no longer there).
-        remove_user_files(path, &["-wal", "-shm"])?;
-        std::fs::rename(incoming, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(checked)
-    })();
-    if result.is_err() {
-        let _ = remove_user_files(incoming, &["", "-wal", "-shm"]);
-    }
-    result
-}
-
-/// Builds `<data-dir>/users/<shard>/<uid>.sqlite` from the numeric uid.
-pub fn user_path(data_dir: &Path, uid: u64) -> PathBuf {
-    data_dir
-        .join("users")
-        .join(format!("{:03}", uid % 1000))
-        .join(format!("{uid}.sqlite"))
-}
-
-/// Builds the template of a new user file: the schema applied, WAL mode set, the WAL
-/// checkpointed away; returns its bytes.
-fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
-    let path = data_dir.join(format!(".template-{}.sqlite", std::process::id()));
-    let cleanup = |p: &Path| {
-        for ext in ["", "-wal", "-shm", "-journal"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
-        }
-    };
-    cleanup(&path);
-    let sql = |e| StorageError::from_sqlite(0, e);
-    {
-        let conn = Connection::open(&path).map_err(sql)?;
-        migrate(&conn).map_err(sql)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(sql)?;
-        debug_assert_eq!(mode, "wal");
-    } // the last close checkpoints and removes the WAL
-    let bytes = std::fs::read(&path).map_err(StorageError::Io);
-    cleanup(&path);
-    bytes
-}
-
-/// Writes `bytes` to a new owner-only file and syncs it (fails if the file exists).
-pub(super) fn write_new_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// Installs a new user file from the template, atomically: written to a temporary
-/// file, synced, then hard-linked into place (which fails if another request created
-/// the file first — then that one is used).
-fn install_template(path: &Path, template: &[u8]) -> Result<(), StorageError> {
-    let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
-    let result = (|| {
-        write_new_private_file(&tmp, template)?;
-        match std::fs::hard_link(&tmp, path) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result.map_err(StorageError::Io)
-}
-
 /// How long a connection to a user file waits for SQLite's locks.
 fn busy_timeout(config: &UserDbsConfig) -> Duration {
     config.lock_timeout.max(Duration::from_secs(1))
 }
-
-/// How user files are opened: no SQLite-level mutex (a connection is used by one
-/// thread at a time), never created by SQLite (new files come from the template).
-const OPEN_FLAGS: OpenFlags =
-    OpenFlags::SQLITE_OPEN_READ_WRITE.union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
 /// Page cache of one connection, KB. Small on purpose: most opens of a user file
 /// serve one session and are closed again, so a page read once is rarely read from
@@ -943,121 +621,3 @@ const OPEN_FLAGS: OpenFlags =
 /// (4,534 and 4,871 req/s against 4,949 and 5,317; peak RSS 111 against 100 MB).
 /// 256 KB took the mix with 1,000 users open to ~300 MB peak RSS.
 const CACHE_KB: u32 = 32;
-
-/// Sets up a connection to a user file: PRAGMAs, and no checkpoint when it closes —
-/// evicting a user from the LRU must not cost a checkpoint and an fsync on the request
-/// path; background upkeep and shutdown checkpoint instead. Foreign keys (the bundled
-/// SQLite's default is on; the schema's cascades are done by the queries) and the busy
-/// timeout are set through the C API: each PRAGMA is a statement to compile, on every
-/// cold open.
-fn prepare_connection(conn: &Connection, pragmas: &str, busy: Duration) -> rusqlite::Result<()> {
-    use rusqlite::config::DbConfig;
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, false)?;
-    conn.busy_timeout(busy)?;
-    conn.execute_batch(pragmas)
-}
-
-/// Removes `path` with each of `suffixes` appended (`""` for the file itself, `-wal`,
-/// `-shm`), in that order; a file that is not there is fine, any other failure stops.
-pub fn remove_user_files(path: &Path, suffixes: &[&str]) -> std::io::Result<()> {
-    for suffix in suffixes {
-        match std::fs::remove_file(format!("{}{suffix}", path.display())) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Brings a user file to the current schema; a no-op read of `user_version` when warm.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version == USER_SCHEMA_VERSION {
-        return Ok(());
-    }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let result = match usize::try_from(version) {
-        Ok(from) if from <= USER_SCHEMA.len() => upgrade(conn, from),
-        // A newer schema than this binary knows: refuse rather than damage it.
-        _ => Err(rusqlite::Error::InvalidQuery),
-    };
-    match result {
-        Ok(()) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
-}
-
-/// Takes a file from schema version `from` to the current one, inside migrate's
-/// transaction. `from` may already be current: another connection can finish the
-/// migration between migrate's first look and its transaction.
-fn upgrade(conn: &Connection, from: usize) -> rusqlite::Result<()> {
-    for step in &USER_SCHEMA[from..] {
-        conn.execute_batch(step)?;
-    }
-    // Version 5's step for open batches, in Rust: their expiry goes to milliseconds
-    // too (the table may be missing from version 4 on).
-    if from < 5 {
-        queries::batch_expiry_to_millis(conn)?;
-    }
-    // Version 4's step, in Rust: the batch table (every version 3 file has it) goes
-    // unless a batch is open. From version 4 on, the table is there only with a batch.
-    if from < 4 {
-        queries::drop_batch_table_if_empty(conn)?;
-    }
-    conn.execute_batch(&format!("PRAGMA user_version = {USER_SCHEMA_VERSION};"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rusqlite::OptionalExtension;
-
-    /// The batch table the storage code creates when a batch starts is the one the
-    /// version 3 migration created (a user's file is the same whichever made it), and
-    /// it goes with the user's last batch.
-    #[test]
-    fn batch_table_comes_and_goes_as_version_three_made_it() {
-        let sql_of = |conn: &Connection| -> Option<String> {
-            conn.query_row(
-                "SELECT sql FROM sqlite_schema WHERE name = 'batch_items'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .unwrap()
-        };
-        let v3 = Connection::open_in_memory().unwrap();
-        for step in &USER_SCHEMA[..3] {
-            v3.execute_batch(step).unwrap();
-        }
-        let mut now = Connection::open_in_memory().unwrap();
-        migrate(&now).unwrap();
-        assert_eq!(sql_of(&now), None, "no batch, no table");
-        let tx = now.transaction().unwrap();
-        queries::create_batch(&tx, "b1", "bookmarks", i64::MAX).unwrap();
-        queries::create_batch(&tx, "b2", "bookmarks", i64::MAX).unwrap();
-        assert_eq!(sql_of(&tx), sql_of(&v3));
-        queries::delete_batch(&tx, "b1").unwrap();
-        assert!(sql_of(&tx).is_some(), "b2 is still open");
-        queries::delete_batch(&tx, "b2").unwrap();
-        assert_eq!(sql_of(&tx), None);
-    }
-
-    /// A migration that finds the file already current once it holds the write lock
-    /// (another connection migrated it meanwhile) leaves it as it is.
-    #[test]
-    fn upgrading_a_current_file_changes_nothing() {
-        let conn = Connection::open_in_memory().unwrap();
-        migrate(&conn).unwrap();
-        upgrade(&conn, USER_SCHEMA.len()).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, USER_SCHEMA_VERSION);
-    }
-}

@@ -27,9 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use super::summary::WalStamp;
-use super::userdbs::{UserDb, UserDbs, WeakUserDbs};
-use super::{StorageError, queries};
+use super::pool::UserDb;
+use super::{UserDbs, WeakUserDbs};
+use crate::storage::summary::WalStamp;
+use crate::storage::{StorageError, queries};
 
 /// A WAL longer than this (500 frames of a 4 KB page) is checkpointed in the
 /// background.
