@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Firefox scenarios against a running syncstore (started by tests/firefox.rs).
+"""Firefox scenarios against a running syncstore (started by tests/it/firefox.rs).
 
 Usage: scenarios.py SCENARIO --out DIR --tokenserver URL --accounts-dir DIR --bin SYNCSTORE
                     --secret S [--db URL --nodes URL_A,URL_B --email E --password P --mail-dir DIR]
