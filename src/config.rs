@@ -195,6 +195,10 @@ pub struct Settings {
     /// this, whichever is more, then paced; over it 429); 0: one per two cores (at
     /// least one), about a sixteenth of the machine at ~0.12 s per hardening.
     pub accounts_hardening_per_sec: f64,
+    /// The nice value (0–19) of the threads that run password hardening: 0, the
+    /// storage API's own; higher makes them yield the cores to the storage API whenever
+    /// it has work, and sign-ins wait for idle time on a busy machine.
+    pub accounts_hardening_nice: u8,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -276,6 +280,7 @@ impl Default for Settings {
             accounts_mail_from: String::new(),
             accounts_hardening_concurrency: 0,
             accounts_hardening_per_sec: 0.0,
+            accounts_hardening_nice: 0,
         }
     }
 }
@@ -395,6 +400,9 @@ impl Settings {
         let rate = self.accounts_hardening_per_sec;
         if !(rate == 0.0 || (0.01..=1e6).contains(&rate)) {
             return bad("accounts_hardening_per_sec must be 0 (automatic) or 0.01 to 1000000");
+        }
+        if self.accounts_hardening_nice > 19 {
+            return bad("accounts_hardening_nice must be 0 to 19");
         }
         if !matches!(self.accounts_signups.as_str(), "closed" | "invite" | "open") {
             return bad("accounts_signups must be \"closed\", \"invite\" or \"open\"");
@@ -661,6 +669,12 @@ mod tests {
         assert_eq!(rate("0.5").unwrap(), 0.5);
         assert_eq!(rate("100").unwrap(), 100.0);
         assert!(rate("-1").is_err() && rate("0.001").is_err() && rate("NaN").is_err());
+        let nice = |v: &str| {
+            Settings::load_from(None, env(&[("SYNCSTORE_ACCOUNTS_HARDENING_NICE", v)]))
+                .map(|s| s.accounts_hardening_nice)
+        };
+        assert_eq!(nice("19").unwrap(), 19);
+        assert!(nice("20").is_err() && nice("-1").is_err());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "no_such_key = 1\n").unwrap();

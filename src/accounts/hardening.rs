@@ -1,5 +1,5 @@
 //! The gates and budget in front of password hardening ([`Hardening`]), and the
-//! low-priority threads it runs on.
+//! threads it runs on.
 //!
 //! scrypt takes 64 MiB and a core for a tenth of a second or so. Before it runs, a
 //! request passes, in order: one gate per client address (one hardening in flight per
@@ -7,8 +7,11 @@
 //! (a token bucket: over it, a first-come first-served wait of at most 10 s, else 429
 //! with `retryAfter`), and the global slots (at most `concurrency` at once). One
 //! address therefore never holds more than one slot. The budget keeps scrypt to a share
-//! of the machine, and scrypt runs on threads of its own at the lowest CPU priority, so
-//! the storage API keeps its cores whenever it has work.
+//! of the machine. scrypt runs on threads of its own, started at the first hardening,
+//! at the CPU priority `accounts_hardening_nice` gives them (0, the default: the same as
+//! the storage API's; up to 19, the lowest, to have them yield the cores whenever the
+//! storage API has work, at the cost of sign-ins that wait for idle time on a busy
+//! machine: docs/PERFORMANCE.md, "The storage API under a login flood").
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -139,23 +142,24 @@ pub struct Hardening {
     budget: Budget,
     slots: Arc<Semaphore>,
     hasher: RandomState,
-    threads: LowPriority,
+    /// The hardening threads: as many as the slots, at this nice value.
+    workers: (usize, u8),
+    threads: std::sync::OnceLock<Workers>,
 }
 
 /// A unit of hardening work for the low-priority threads.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The threads that run hardening, at the lowest CPU priority (nice 19): the budget
-/// bounds how much scrypt runs on average, and the priority makes what runs yield the
-/// cores to the storage API whenever it has work, so a login flood costs the storage
-/// API its idle time rather than its share (scripts/bench login-flood). Its threads
-/// end when the `Hardening` that owns them is dropped.
-struct LowPriority {
+/// The threads that run hardening, as many as its slots, at a nice value of their own:
+/// the budget bounds how much scrypt runs on average, and the priority decides who
+/// yields when the storage API wants the same cores. The threads end when the
+/// `Hardening` that owns them is dropped.
+struct Workers {
     jobs: std::sync::mpsc::Sender<Job>,
 }
 
-impl LowPriority {
-    fn new(threads: usize) -> LowPriority {
+impl Workers {
+    fn new(threads: usize, nice: u8) -> Workers {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads.max(1) {
@@ -163,7 +167,9 @@ impl LowPriority {
             let spawned = std::thread::Builder::new()
                 .name(format!("harden-{i}"))
                 .spawn(move || {
-                    lower_this_threads_priority();
+                    if nice > 0 {
+                        lower_this_threads_priority(nice);
+                    }
                     loop {
                         let job = match queue.lock() {
                             Ok(q) => q.recv(),
@@ -179,18 +185,25 @@ impl LowPriority {
                 tracing::error!(error = %e, "hardening thread not started");
             }
         }
-        LowPriority { jobs }
+        Workers { jobs }
     }
 }
 
-/// Nice 19 for the calling thread (Linux: a thread's id names it for setpriority).
-fn lower_this_threads_priority() {
+/// A nice value (1–19) for the calling thread (Linux: a thread's id names it for
+/// setpriority; elsewhere the threads keep the process's priority).
+fn lower_this_threads_priority(nice: u8) {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            tid as libc::id_t,
+            i32::from(nice.min(19)),
+        );
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// A turn to run one hardening; held while it runs.
@@ -209,8 +222,8 @@ impl Hardening {
     /// At most `concurrency` hardenings at once (0: half the cores, at least 1) and
     /// `per_sec` a second on average (0 or less: one per two cores and second, at least
     /// one: about a sixteenth of the machine's cores for scrypt at ~0.12 s each, and
-    /// scrypt's memory traffic with it).
-    pub fn new(concurrency: usize, per_sec: f64) -> Hardening {
+    /// scrypt's memory traffic with it), on threads at nice `nice` (0–19).
+    pub fn new(concurrency: usize, per_sec: f64, nice: u8) -> Hardening {
         let concurrency = match concurrency {
             0 => (cores() / 2).max(1),
             n => n,
@@ -230,12 +243,13 @@ impl Hardening {
             ),
             slots: Arc::new(Semaphore::new(concurrency)),
             hasher: RandomState::new(),
-            threads: LowPriority::new(concurrency),
+            workers: (concurrency, nice),
+            threads: std::sync::OnceLock::new(),
         }
     }
 
     /// Runs `f` (the hardening, with what must happen on the same thread) on the
-    /// low-priority threads; call it holding a [`Turn`].
+    /// hardening threads (started by the first call); call it holding a [`Turn`].
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -245,7 +259,9 @@ impl Hardening {
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = done.send(out);
         });
+        let (threads, nice) = self.workers;
         self.threads
+            .get_or_init(|| Workers::new(threads, nice))
             .jobs
             .send(job)
             .map_err(|_| AccountsError::Internal("no hardening thread".into()))?;

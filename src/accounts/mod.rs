@@ -163,16 +163,17 @@ impl Accounts {
             signups,
             limiter: Limiter::default(),
             nonces: NonceCache::with_share(HAWK_SKEW_SECS * 2, 1_000_000, NONCES_PER_ACCOUNT),
-            hardening: Hardening::new(0, 0.0),
+            hardening: Hardening::new(0, 0.0, 0),
             mailer,
             code_key: email_code_key(secret),
         })
     }
 
     /// Bounds password hardening: at most `concurrency` scrypt jobs at once (0: half
-    /// the cores, at least one) and `per_sec` a second on average (0: one per two cores).
-    pub fn with_hardening(mut self, concurrency: usize, per_sec: f64) -> Accounts {
-        self.hardening = Hardening::new(concurrency, per_sec);
+    /// the cores, at least one) and `per_sec` a second on average (0: one per two cores),
+    /// on threads at nice `nice` (0–19).
+    pub fn with_hardening(mut self, concurrency: usize, per_sec: f64, nice: u8) -> Accounts {
+        self.hardening = Hardening::new(concurrency, per_sec, nice);
         self
     }
 

@@ -141,10 +141,11 @@ pub(super) async fn accounts_service(
     let hardening = (
         settings.accounts_hardening_concurrency,
         settings.accounts_hardening_per_sec,
+        settings.accounts_hardening_nice,
     );
     let service = tokio::task::spawn_blocking(move || {
         accounts::Accounts::open(&dir, &url, &issuer, signups, mailer, &secret)
-            .map(|a| a.with_hardening(hardening.0, hardening.1))
+            .map(|a| a.with_hardening(hardening.0, hardening.1, hardening.2))
     })
     .await
     .map_err(|e| ServerError::Accounts(e.to_string()))?

@@ -548,3 +548,53 @@ fn simultaneous_sign_ins_never_pass_the_sign_in_or_mail_limits() {
         );
     });
 }
+
+/// The threads of the server process named `harden-*`, with their nice values (field 19
+/// of `/proc/PID/task/TID/stat`, after the parenthesised name).
+fn hardening_threads(pid: u32) -> Vec<i64> {
+    let mut nices = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with("harden-") {
+            continue;
+        }
+        // After ") ": state(3) ppid(4) … priority(18) nice(19).
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        nices.push(fields[16].parse().unwrap());
+    }
+    nices
+}
+
+#[test]
+fn hardening_threads_start_at_the_first_sign_in_at_the_configured_nice_value() {
+    let data = tempfile::tempdir().unwrap();
+    add_account(data.path(), EMAIL);
+    let s = Server::start_in(data, &[("SYNCSTORE_ACCOUNTS_HARDENING_NICE", "19")]);
+    // No sign-in yet: no hardening thread (a storage-only workload never has them).
+    assert_eq!(hardening_threads(s.pid()), Vec::<i64>::new());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (status, body) = login(&client_from("127.0.0.2"), &s, EMAIL, PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+    });
+    let nices = hardening_threads(s.pid());
+    let slots = (std::thread::available_parallelism().unwrap().get() / 2).max(1);
+    assert_eq!(nices, vec![19; slots], "one thread per slot, at nice 19");
+    // The default keeps the process's own priority.
+    let data = tempfile::tempdir().unwrap();
+    add_account(data.path(), EMAIL);
+    let s = Server::start_in(data, &[]);
+    rt.block_on(async {
+        let (status, body) = login(&client_from("127.0.0.2"), &s, EMAIL, PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+    });
+    assert_eq!(hardening_threads(s.pid()), vec![0; slots]);
+}
