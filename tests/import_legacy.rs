@@ -129,55 +129,59 @@ async fn check_imported(server: &Server) {
     assert_eq!(r.status, 200);
 }
 
+/// Writes `ROWS` into a new SQLite file at `src` laid out as server-syncstorage lays it
+/// out.
+fn python_sqlite_source(src: &Path) {
+    let now = common::now();
+    let db = rusqlite::Connection::open(src).unwrap();
+    // The layout server-syncstorage creates (syncstorage/storage/sql/dbconnect.py).
+    db.execute_batch(
+        "CREATE TABLE collections (collectionid INTEGER PRIMARY KEY,
+             name VARCHAR(32) NOT NULL UNIQUE);
+         CREATE TABLE user_collections (userid INTEGER NOT NULL,
+             collection INTEGER NOT NULL, last_modified BIGINT NOT NULL,
+             PRIMARY KEY (userid, collection));
+         CREATE TABLE bso (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
+             id VARCHAR(64) NOT NULL, sortindex INTEGER, modified BIGINT NOT NULL,
+             payload TEXT NOT NULL DEFAULT '', payload_size INTEGER NOT NULL DEFAULT 0,
+             ttl INTEGER DEFAULT 2100000000, PRIMARY KEY (userid, collection, id));
+         CREATE INDEX bso_ttl_idx ON bso (ttl);
+         CREATE INDEX bso_usr_col_mod_idx ON bso (userid, collection, modified);
+         INSERT INTO collections VALUES (100, 'my-custom');",
+    )
+    .unwrap();
+    for (u, c, ms) in USER_COLLECTIONS {
+        db.execute(
+            "INSERT INTO user_collections VALUES (?1, ?2, ?3)",
+            rusqlite::params![u, c, ms],
+        )
+        .unwrap();
+    }
+    let mut put = db
+        .prepare("INSERT INTO bso VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+        .unwrap();
+    for r in &ROWS {
+        // `ttl` is an absolute expiry in seconds; 2100000000 means never.
+        let ttl = r.expires_in.map_or(2_100_000_000, |s| now + s);
+        put.execute(rusqlite::params![
+            r.user,
+            r.coll,
+            r.id,
+            r.sortindex,
+            r.modified_ms,
+            r.payload,
+            r.payload.len() as i64,
+            ttl
+        ])
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn python_server_sqlite_users_are_imported_and_reimport_is_a_no_op() {
     let src_dir = tempfile::tempdir().unwrap();
     let src = src_dir.path().join("syncstorage.db");
-    let now = common::now();
-    {
-        let db = rusqlite::Connection::open(&src).unwrap();
-        // The layout server-syncstorage creates (syncstorage/storage/sql/dbconnect.py).
-        db.execute_batch(
-            "CREATE TABLE collections (collectionid INTEGER PRIMARY KEY,
-                 name VARCHAR(32) NOT NULL UNIQUE);
-             CREATE TABLE user_collections (userid INTEGER NOT NULL,
-                 collection INTEGER NOT NULL, last_modified BIGINT NOT NULL,
-                 PRIMARY KEY (userid, collection));
-             CREATE TABLE bso (userid INTEGER NOT NULL, collection INTEGER NOT NULL,
-                 id VARCHAR(64) NOT NULL, sortindex INTEGER, modified BIGINT NOT NULL,
-                 payload TEXT NOT NULL DEFAULT '', payload_size INTEGER NOT NULL DEFAULT 0,
-                 ttl INTEGER DEFAULT 2100000000, PRIMARY KEY (userid, collection, id));
-             CREATE INDEX bso_ttl_idx ON bso (ttl);
-             CREATE INDEX bso_usr_col_mod_idx ON bso (userid, collection, modified);
-             INSERT INTO collections VALUES (100, 'my-custom');",
-        )
-        .unwrap();
-        for (u, c, ms) in USER_COLLECTIONS {
-            db.execute(
-                "INSERT INTO user_collections VALUES (?1, ?2, ?3)",
-                rusqlite::params![u, c, ms],
-            )
-            .unwrap();
-        }
-        let mut put = db
-            .prepare("INSERT INTO bso VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
-            .unwrap();
-        for r in &ROWS {
-            // `ttl` is an absolute expiry in seconds; 2100000000 means never.
-            let ttl = r.expires_in.map_or(2_100_000_000, |s| now + s);
-            put.execute(rusqlite::params![
-                r.user,
-                r.coll,
-                r.id,
-                r.sortindex,
-                r.modified_ms,
-                r.payload,
-                r.payload.len() as i64,
-                ttl
-            ])
-            .unwrap();
-        }
-    }
+    python_sqlite_source(&src);
     let data = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", src.display());
     let (ok, out, err) = import(data.path(), &url);
@@ -750,4 +754,115 @@ async fn syncstorage_rs_mysql_answers_exactly_as_it_did() {
         &[(2637021, 179663646297)],
     )
     .await;
+}
+/// Runs `syncstore import-legacy` with extra flags.
+fn import_with(dir: &Path, url: &str, flags: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["import-legacy", "--from", url, "--data-dir"])
+        .arg(dir)
+        .args(flags)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Files and folders in `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn dry_run_writes_nothing_a_subset_goes_first_and_the_rest_resumes() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let data = tempfile::tempdir().unwrap();
+
+    // --dry-run reads and checks every user, and writes nothing.
+    let (ok, out, err) = import_with(data.path(), &url, &["--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: would import 5 records in 3 collections")
+            && out.contains("user 102: would import 2 records in 1 collections")
+            && out.contains(
+                "dry run: would import 2 users (7 records), skipped 0, failed 0; nothing was written"
+            ),
+        "{out}"
+    );
+    assert_eq!(entries(data.path()), Vec::<String>::new());
+
+    // --users: only those; one the source does not have is named, the rest goes on.
+    let (ok, out, err) = import_with(data.path(), &url, &["--users", "102,999"]);
+    assert!(!ok, "a user failed: the exit status says so: {out}{err}");
+    assert!(
+        out.contains("user 102: imported 2 records in 1 collections")
+            && out.contains("user 999: FAILED: not in the source database")
+            && !out.contains("user 101"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 1 users (2 records), skipped 0, failed 1"),
+        "{err}"
+    );
+
+    // A dry run now says what is left; the full run imports only that.
+    let (ok, out, err) = import_with(data.path(), &url, &["--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 102: skipped (already has data here)")
+            && out.contains("would import 1 users (5 records), skipped 1, failed 0"),
+        "{out}"
+    );
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: imported 5 records in 3 collections")
+            && out.contains("user 102: skipped (already has data here)")
+            && out.contains("imported 1 users (5 records), skipped 1, failed 0"),
+        "{out}"
+    );
+    let server = Server::start_in(data, &[]);
+    check_imported(&server).await;
+}
+
+#[test]
+fn on_a_terminal_a_progress_bar_shows_users_done_of_all_and_an_eta() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("no `script` (util-linux) to give the import a terminal: not run");
+        return;
+    }
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let data = tempfile::tempdir().unwrap();
+    // `script` runs the import on a pseudo-terminal and copies what it shows.
+    let cmd = format!(
+        "{} import-legacy --from sqlite://{} --data-dir {}",
+        env!("CARGO_BIN_EXE_syncstore"),
+        src.display(),
+        data.path().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("COLUMNS", "120")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("importing [") && shown.contains("/2 (") && shown.contains("eta "),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("imported 2 users (7 records), skipped 0, failed 0"),
+        "{shown:?}"
+    );
 }
