@@ -866,3 +866,136 @@ fn on_a_terminal_a_progress_bar_shows_users_done_of_all_and_an_eta() {
         "{shown:?}"
     );
 }
+
+#[tokio::test]
+async fn each_user_is_read_in_one_snapshot_while_the_source_keeps_writing() {
+    if !have_postgres() {
+        return;
+    }
+    let url = fresh_database().await;
+    // syncstorage-rs's tables; 20 users with 5 bookmarks each.
+    psql(
+        &url,
+        &[
+            "-c",
+            "CREATE TABLE collections (collection_id INTEGER PRIMARY KEY, name VARCHAR(32));
+             CREATE TABLE user_collections (user_id BIGINT NOT NULL,
+                 collection_id INTEGER NOT NULL, modified TIMESTAMPTZ NOT NULL,
+                 count BIGINT, total_bytes BIGINT);
+             CREATE TABLE bsos (user_id BIGINT NOT NULL, collection_id INTEGER NOT NULL,
+                 bso_id TEXT NOT NULL, sortindex INTEGER, payload TEXT NOT NULL,
+                 modified TIMESTAMPTZ NOT NULL, expiry TIMESTAMPTZ NOT NULL);
+             INSERT INTO user_collections
+                 SELECT u, 7, now(), 5, 5 FROM generate_series(1, 20) u;
+             INSERT INTO bsos SELECT u, 7, 'r' || i, NULL, 'p', now(),
+                     now() + interval '2100000000 seconds'
+                 FROM generate_series(1, 20) u, generate_series(1, 5) i;",
+        ],
+    );
+    // The source keeps serving: every user's records and collection row move between
+    // bookmarks (7) and tabs (9), together, in one transaction after another. A reader
+    // without a snapshot sees the row of one and the records of the other.
+    let url_w = url.clone();
+    let flip = move || {
+        let mut pg = postgres::Client::connect(&url_w, postgres::NoTls).unwrap();
+        move || {
+            pg.batch_execute(
+                "BEGIN;
+                 UPDATE user_collections SET collection_id = 16 - collection_id;
+                 UPDATE bsos SET collection_id = 16 - collection_id;
+                 COMMIT;",
+            )
+            .unwrap()
+        }
+    };
+    dry_runs_read_whole_users_while(&url, flip);
+}
+
+/// Runs `import-legacy --dry-run` five times from `url` (20 users of 5 records in one
+/// collection) while a thread calls the function `writer` makes, over and over; every
+/// run must see every user whole.
+fn dry_runs_read_whole_users_while<W, F>(url: &str, writer: W)
+where
+    W: FnOnce() -> F + Send + 'static,
+    F: FnMut(),
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut write = writer();
+            let mut commits = 0;
+            while !stop.load(Ordering::Relaxed) {
+                write();
+                commits += 1;
+            }
+            commits
+        })
+    };
+    let data = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        let (ok, out, err) = import_with(data.path(), url, &["--dry-run"]);
+        assert!(ok, "{out}{err}");
+        for uid in 1..=20 {
+            assert!(
+                out.contains(&format!(
+                    "user {uid}: would import 5 records in 1 collections"
+                )),
+                "{out}"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let commits = writing.join().unwrap();
+    assert!(
+        commits > 10,
+        "the source was written to meanwhile: {commits}"
+    );
+    assert!(entries(data.path()).is_empty());
+}
+
+#[tokio::test]
+async fn each_user_is_read_in_one_snapshot_of_mysql_too() {
+    use mysql::prelude::Queryable;
+    let Some(admin) = mysql_admin() else {
+        return;
+    };
+    // syncstorage-rs's MySQL tables (as its migrations make them); 20 users with 5
+    // bookmarks each.
+    let dump = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        dump.path(),
+        "CREATE TABLE collections (id INT NOT NULL AUTO_INCREMENT, name VARCHAR(32) NOT NULL,
+             PRIMARY KEY (id), UNIQUE KEY (name)) ENGINE=InnoDB;
+         CREATE TABLE user_collections (userid BIGINT NOT NULL, collection INT NOT NULL,
+             last_modified BIGINT NOT NULL, total_bytes BIGINT, count INT,
+             PRIMARY KEY (userid, collection)) ENGINE=InnoDB;
+         CREATE TABLE bso (userid BIGINT NOT NULL, collection INT NOT NULL,
+             id VARCHAR(64) NOT NULL, sortindex INT, payload MEDIUMTEXT NOT NULL,
+             modified BIGINT NOT NULL, ttl BIGINT NOT NULL, payload_size INT DEFAULT 0,
+             PRIMARY KEY (userid, collection, id)) ENGINE=InnoDB;
+         INSERT INTO collections VALUES (100, '');
+         INSERT INTO user_collections
+             SELECT seq, 7, 1796636462930, 5, 5 FROM seq_1_to_20;
+         INSERT INTO bso SELECT u.seq, 7, CONCAT('r', i.seq), NULL, 'p', 1796636462930,
+                 2100000000000, 1
+             FROM seq_1_to_20 u, seq_1_to_5 i;",
+    )
+    .unwrap();
+    let url = mysql_database_from(&admin, dump.path()).await;
+    let url_w = url.clone();
+    let flip = move || {
+        let mut db = mysql::Conn::new(mysql::Opts::from_url(&url_w).unwrap()).unwrap();
+        move || {
+            db.query_drop(
+                "START TRANSACTION;
+                 UPDATE user_collections SET collection = 16 - collection;
+                 UPDATE bso SET collection = 16 - collection;
+                 COMMIT;",
+            )
+            .unwrap()
+        }
+    };
+    dry_runs_read_whole_users_while(&url, flip);
+}
