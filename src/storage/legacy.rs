@@ -669,3 +669,86 @@ fn collection(
         records: Vec::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, modified: i64, expires: Option<i64>) -> RecordExport {
+        RecordExport {
+            id: id.into(),
+            sortindex: None,
+            payload: "p".into(),
+            modified: Timestamp(modified),
+            expires: expires.map(Millis),
+        }
+    }
+
+    fn rows(stamps: &[(i64, i64)], records: Vec<(i64, RecordExport)>) -> UserRows {
+        UserRows {
+            names: STANDARD_COLLECTIONS
+                .iter()
+                .map(|(id, n)| (*id, n.to_string()))
+                .collect(),
+            stamps: stamps.iter().map(|&(c, t)| (c, Timestamp(t))).collect(),
+            records,
+        }
+    }
+
+    #[test]
+    fn the_storage_wide_marker_is_no_collection_but_keeps_the_users_time() {
+        let data = assemble(
+            7,
+            rows(&[(0, 500), (7, 300)], vec![(7, record("b", 300, None))]),
+            0,
+        )
+        .unwrap();
+        let names: Vec<&str> = data.collections.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["bookmarks"]);
+        assert_eq!(data.modified, Timestamp(500));
+        // An older marker does not lower it either.
+        let data = assemble(7, rows(&[(0, 100), (7, 300)], vec![]), 0).unwrap();
+        assert_eq!(data.modified, Timestamp(300));
+    }
+
+    #[test]
+    fn a_collection_dated_before_the_epoch_is_left_out() {
+        // syncstorage-rs's 0001-01-01, in 10 ms units.
+        let data = assemble(7, rows(&[(4, -6_213_559_680_000), (7, 300)], vec![]), 0).unwrap();
+        let names: Vec<&str> = data.collections.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["bookmarks"]);
+        assert_eq!(data.modified, Timestamp(300));
+    }
+
+    #[test]
+    fn expired_records_are_left_out_and_their_collection_stays() {
+        let data = assemble(
+            7,
+            rows(
+                &[(9, 300)],
+                vec![
+                    (9, record("gone", 300, Some(1_000))),
+                    (9, record("live", 200, Some(5_000))),
+                    (9, record("never", 100, None)),
+                ],
+            ),
+            2_000,
+        )
+        .unwrap();
+        let ids: Vec<&str> = data.collections[0]
+            .records
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(ids, ["live", "never"]);
+        assert_eq!(data.collections[0].modified, Timestamp(300));
+        assert_eq!(check(&data).unwrap(), 2);
+    }
+
+    #[test]
+    fn syncstorage_rs_never_is_its_default_ttl_after_the_write() {
+        let modified = 1_796_636_462_930;
+        assert!(rust_never(modified, modified + 2_100_000_000_000));
+        assert!(!rust_never(modified, modified + 31_536_000_000));
+    }
+}
