@@ -1,6 +1,7 @@
 # Starts a throw-away MariaDB on 127.0.0.1 (from Debian's packages, installed when run
 # as root without one), in a temp dir removed by stop_mariadb, for the tests that read
-# the Python Sync server's MySQL databases. Sets SYNCSTORE_TEST_MYSQL_URL unless set.
+# the Python Sync server's and syncstorage-rs's MySQL databases (import-legacy). Sets
+# SYNCSTORE_TEST_MYSQL_URL unless set.
 # Access checks are off (--skip-grant-tables): it is a test server on loopback only.
 
 start_mariadb() {

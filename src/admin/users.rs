@@ -320,33 +320,78 @@ pub fn orphans_waiting(
     ))
 }
 
+/// What `import-legacy` does besides reading the source.
+#[derive(Debug, Clone, Default)]
+pub struct LegacyImport {
+    /// Read and check every user, write nothing.
+    pub dry_run: bool,
+    /// Only these users (`--users 1,2,3`); all of the source's when `None`.
+    pub users: Option<Vec<u64>>,
+}
+
 /// `import-legacy --from URL`: copies every user of a Mozilla storage server's database
 /// into per-user files, one transaction per user. Users that already have data here
-/// are skipped, so an interrupted run can simply be started again. Prints one line
-/// per user to stdout as it goes; returns the summary.
-pub fn import_legacy(data_dir: &Path, url: &str) -> Result<String, AdminError> {
-    use crate::storage::legacy::LegacySource;
+/// are skipped, so an interrupted run can simply be started again. A user that cannot
+/// be read or written is named with the reason and the import goes on. Prints one
+/// line per user to stdout as it goes (a progress bar with an ETA on stderr when it
+/// is a terminal); returns the summary, an error if any user failed.
+pub fn import_legacy(
+    data_dir: &Path,
+    url: &str,
+    opts: &LegacyImport,
+) -> Result<String, AdminError> {
+    use crate::storage::legacy::{self, LegacySource};
     use std::io::Write;
     let mut source = LegacySource::open(url)?;
-    let users = source.users()?;
-    let bar = progress(users.len() as u64, "importing");
+    let all = source.users()?;
+    // Each wanted user once, in the order given; those the source lacks fail.
+    let users: Vec<(u64, bool)> = match &opts.users {
+        None => all.iter().map(|&u| (u, true)).collect(),
+        Some(wanted) => {
+            let mut seen = std::collections::BTreeSet::new();
+            wanted
+                .iter()
+                .filter(|u| seen.insert(**u))
+                .map(|&u| (u, all.binary_search(&u).is_ok()))
+                .collect()
+        }
+    };
+    let bar = progress(
+        users.len() as u64,
+        if opts.dry_run {
+            "checking"
+        } else {
+            "importing"
+        },
+    );
     let (mut imported, mut skipped, mut failed, mut records) = (0, 0, 0, 0);
     let mut stdout = std::io::stdout().lock();
-    for uid in users {
-        let line = if files::has_data(data_dir, uid)? {
+    for (uid, in_source) in users {
+        let line = if !in_source {
+            failed += 1;
+            format!("user {uid}: FAILED: not in the source database")
+        } else if files::has_data(data_dir, uid)? {
             skipped += 1;
             format!("user {uid}: skipped (already has data here)")
         } else {
             let result = source.user(uid).and_then(|data| {
-                let mut conn = files::open_or_create(data_dir, uid)?;
-                let n = files::import(&mut conn, uid, &data, false)?;
+                let n = if opts.dry_run {
+                    legacy::check(&data)?
+                } else {
+                    let mut conn = files::open_or_create(data_dir, uid)?;
+                    files::import(&mut conn, uid, &data, false)?
+                };
                 Ok((n, data.collections.len()))
             });
             match result {
                 Ok((n, c)) => {
                     imported += 1;
                     records += n;
-                    format!("user {uid}: imported {n} records in {c} collections")
+                    if opts.dry_run {
+                        format!("user {uid}: would import {n} records in {c} collections")
+                    } else {
+                        format!("user {uid}: imported {n} records in {c} collections")
+                    }
                 }
                 Err(e) => {
                     failed += 1;
@@ -359,9 +404,14 @@ pub fn import_legacy(data_dir: &Path, url: &str) -> Result<String, AdminError> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let summary = format!(
-        "imported {imported} users ({records} records), skipped {skipped}, failed {failed}"
-    );
+    let summary = if opts.dry_run {
+        format!(
+            "dry run: would import {imported} users ({records} records), skipped {skipped}, \
+             failed {failed}; nothing was written"
+        )
+    } else {
+        format!("imported {imported} users ({records} records), skipped {skipped}, failed {failed}")
+    };
     if failed > 0 {
         return Err(AdminError::Invalid(summary));
     }

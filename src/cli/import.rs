@@ -11,12 +11,26 @@ use super::{CliError, Common, with_files};
 pub struct ImportLegacyArgs {
     #[command(flatten)]
     common: Common,
-    /// sqlite:///path/to/syncstorage.db or postgres://user:pass@host/db
+    /// sqlite:///path/to/syncstorage.db (server-syncstorage), mysql://user:pass@host/db
+    /// (server-syncstorage or syncstorage-rs) or postgres://user:pass@host/db
+    /// (syncstorage-rs)
     #[arg(long, value_name = "URL")]
     from: String,
+    /// Read and check every user as an import would, write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Only these users (comma-separated uids), e.g. to try a few before the rest
+    #[arg(long, value_name = "UID,...", value_delimiter = ',')]
+    users: Option<Vec<u64>>,
 }
 
-/// `import-legacy --from URL`.
+/// `import-legacy --from URL [--dry-run] [--users UID,...]`.
 pub fn import_legacy(args: ImportLegacyArgs) -> Result<(), CliError> {
-    with_files(&args.common, |dir| users::import_legacy(dir, &args.from))
+    let opts = users::LegacyImport {
+        dry_run: args.dry_run,
+        users: args.users,
+    };
+    with_files(&args.common, |dir| {
+        users::import_legacy(dir, &args.from, &opts)
+    })
 }

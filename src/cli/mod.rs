@@ -60,8 +60,8 @@ enum Command {
     /// Users, records and bytes stored, and the largest users.
     Stats(maintenance::StatsArgs),
     /// Copy users from a Mozilla storage server's database into per-user files:
-    /// server-syncstorage (Python) on SQLite, or syncstorage-rs on PostgreSQL. Resumable:
-    /// users already present here are skipped.
+    /// server-syncstorage (Python) on SQLite or MySQL, or syncstorage-rs on PostgreSQL or
+    /// MySQL/MariaDB. Resumable: users already present here are skipped.
     ImportLegacy(import::ImportLegacyArgs),
     /// Ask a running server's /__heartbeat__ whether it is healthy (exit 0) or not
     /// (exit 1): for container health checks and monitoring scripts.

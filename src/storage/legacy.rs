@@ -9,12 +9,24 @@
 //!   `user_collections (user_id, collection_id, modified, …)`, `bsos (user_id,
 //!   collection_id, bso_id, sortindex, payload, modified, expiry)` with TIMESTAMP
 //!   (0.23: TIMESTAMPTZ) times; its migrations declare `collection_id` and `sortindex`
-//!   INTEGER, so integers are read at whatever width the column has.
+//!   INTEGER, so integers are read at whatever width the column has;
+//! * syncstorage-rs on MySQL/MariaDB: `collections (id, name)` (id 100 a placeholder
+//!   named `''`), `user_collections (userid, collection, last_modified, …)` and `bso
+//!   (userid, collection, id, sortindex, payload, modified, ttl, …)`, times and the
+//!   absolute `ttl` in milliseconds (2100000000000: never). Told apart from the Python
+//!   server's MySQL by the `collections` table's columns.
+//!
+//! syncstorage-rs's bookkeeping is not user data: its `user_collections` row with
+//! collection id 0 (a storage-wide timestamp: only the user's last-modified time keeps
+//! it), rows dated before the epoch (`0001-01-01`, left by abandoned batches), and its
+//! batch tables (`batches`/`batch_bsos`, `batch_uploads`/`batch_upload_items`: never
+//! read). Records already expired are not imported. Each user is read in one snapshot
+//! of the source, so the source server may keep serving during an import.
 //!
 //! No value is assumed to convert: one that does not is an error naming the row and
 //! column, and `import-legacy` reports that user as failed and goes on.
 //!
-//! Both key users by the tokenserver's numeric uid, which stays the user's uid here.
+//! All key users by the tokenserver's numeric uid, which stays the user's uid here.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +34,7 @@ use rusqlite::OpenFlags;
 
 use super::StorageError;
 use super::files::{CollectionExport, EXPORT_FORMAT, RecordExport, UserExport};
-use super::model::{Millis, Timestamp};
+use super::model::{Millis, Timestamp, valid_bso_id, valid_collection};
 
 /// Collection ids both servers reserve for the standard collections.
 const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
@@ -43,6 +55,9 @@ const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
 const PYTHON_MAX_TTL: i64 = 2_100_000_000;
 /// syncstorage-rs stores "never" as a default TTL of this many seconds after the write.
 const RUST_NEVER_AFTER_SECS: i64 = 2_000_000_000;
+/// syncstorage-rs on MySQL writes records of a committed batch with this flat `ttl`
+/// (milliseconds): never, too.
+const RUST_MYSQL_NEVER: i64 = 2_100_000_000_000;
 
 /// An open source database.
 pub enum LegacySource {
@@ -50,6 +65,8 @@ pub enum LegacySource {
     PythonSqlite(rusqlite::Connection, Vec<String>),
     /// server-syncstorage's schema in MySQL (or MariaDB); the names of its BSO tables.
     PythonMysql(Box<mysql::Conn>, Vec<String>),
+    /// syncstorage-rs's schema in MySQL (or MariaDB).
+    RustMysql(Box<mysql::Conn>),
     /// syncstorage-rs's schema in PostgreSQL.
     RustPostgres(Box<postgres::Client>),
 }
@@ -58,8 +75,23 @@ fn bad(e: impl std::fmt::Display) -> StorageError {
     StorageError::Invalid(format!("source database: {e}"))
 }
 
+fn pg_bad(e: postgres::Error) -> StorageError {
+    bad(crate::pg::message(&e))
+}
+
+/// What one user's rows say, before they become an export: every `user_collections`
+/// time (collection id, time) and every record with its collection id.
+#[derive(Default)]
+struct UserRows {
+    names: BTreeMap<i64, String>,
+    stamps: Vec<(i64, Timestamp)>,
+    records: Vec<(i64, RecordExport)>,
+}
+
 impl LegacySource {
-    /// Opens `sqlite:///path/to/file.db` (or `sqlite:relative.db`) or `postgres://…`.
+    /// Opens `sqlite:///path/to/file.db` (or `sqlite:relative.db`), `mysql://…` (either
+    /// server's schema, told apart by the `collections` table's columns) or
+    /// `postgres://…`.
     pub fn open(url: &str) -> Result<LegacySource, StorageError> {
         if let Some(path) = url
             .strip_prefix("sqlite://")
@@ -81,9 +113,9 @@ impl LegacySource {
             return Ok(LegacySource::PythonSqlite(conn, tables));
         }
         if url.starts_with("mysql://") {
+            use mysql::prelude::Queryable;
             let opts = mysql::Opts::from_url(url).map_err(bad)?;
             let mut conn = mysql::Conn::new(opts).map_err(bad)?;
-            use mysql::prelude::Queryable;
             let tables: Vec<String> = conn
                 .query::<String, _>("SHOW TABLES")
                 .map_err(bad)?
@@ -91,20 +123,35 @@ impl LegacySource {
                 .filter(|t| is_bso_table(t))
                 .collect();
             if tables.is_empty() {
-                return Err(bad("no bso table: not a server-syncstorage database"));
+                return Err(bad(
+                    "no bso table: not a server-syncstorage or syncstorage-rs database",
+                ));
             }
-            return Ok(LegacySource::PythonMysql(Box::new(conn), tables));
+            // syncstorage-rs names the id column `id`, server-syncstorage `collectionid`.
+            let columns: Vec<String> = conn
+                .query_map("SHOW COLUMNS FROM collections", |row: mysql::Row| {
+                    row.get::<String, usize>(0).unwrap_or_default()
+                })
+                .map_err(bad)?;
+            if columns.iter().any(|c| c == "collectionid") {
+                return Ok(LegacySource::PythonMysql(Box::new(conn), tables));
+            }
+            if columns.iter().any(|c| c == "id") && tables.iter().any(|t| t == "bso") {
+                return Ok(LegacySource::RustMysql(Box::new(conn)));
+            }
+            return Err(bad(format!(
+                "table collections has columns {columns:?}: neither server-syncstorage's \
+                 (collectionid, name) nor syncstorage-rs's (id, name)"
+            )));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let (config, tls) = crate::pg::connector(url).map_err(bad)?;
-            let client = config
-                .connect(tls)
-                .map_err(|e| bad(crate::pg::message(&e)))?;
+            let client = config.connect(tls).map_err(pg_bad)?;
             return Ok(LegacySource::RustPostgres(Box::new(client)));
         }
         Err(StorageError::Invalid(format!(
-            "unsupported source {url:?}: use sqlite:///path or mysql://… (server-syncstorage) \
-             or postgres://… (syncstorage-rs)"
+            "unsupported source {url:?}: use sqlite:///path (server-syncstorage), \
+             mysql://… (server-syncstorage or syncstorage-rs) or postgres://… (syncstorage-rs)"
         )))
     }
 
@@ -115,7 +162,7 @@ impl LegacySource {
                 .prepare("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(bad)?,
-            LegacySource::PythonMysql(conn, _) => {
+            LegacySource::PythonMysql(conn, _) | LegacySource::RustMysql(conn) => {
                 use mysql::prelude::Queryable;
                 let mut ids = Vec::new();
                 for row in conn
@@ -132,7 +179,7 @@ impl LegacySource {
                         "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
                         &[],
                     )
-                    .map_err(|e| bad(crate::pg::message(&e)))?;
+                    .map_err(pg_bad)?;
                 let mut ids = Vec::with_capacity(rows.len());
                 for row in &rows {
                     ids.extend(pg_int(row, 0, "user_collections")?);
@@ -146,191 +193,364 @@ impl LegacySource {
             .collect())
     }
 
-    /// One user's collections and records, as an export.
+    /// One user's collections and records, as an export, read in one snapshot of the
+    /// source (a read-only REPEATABLE READ transaction on PostgreSQL and MySQL, a read
+    /// transaction on SQLite), so a source server that keeps serving cannot make it
+    /// see half of a write. Records already expired are left out.
     pub fn user(&mut self, uid: u64) -> Result<UserExport, StorageError> {
-        let mut names: BTreeMap<i64, String> = STANDARD_COLLECTIONS
-            .iter()
-            .map(|(id, n)| (*id, n.to_string()))
-            .collect();
-        let mut colls: BTreeMap<i64, CollectionExport> = BTreeMap::new();
-        let mut records: Vec<(i64, RecordExport)> = Vec::new();
+        let mut rows = UserRows {
+            names: STANDARD_COLLECTIONS
+                .iter()
+                .map(|(id, n)| (*id, n.to_string()))
+                .collect(),
+            ..UserRows::default()
+        };
         let user = uid as i64;
         match self {
             LegacySource::PythonSqlite(conn, tables) => {
-                let mut s = conn
-                    .prepare("SELECT collectionid, name FROM collections")
-                    .map_err(bad)?;
-                for row in s
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(bad)?
-                {
-                    let (id, name) = row.map_err(bad)?;
-                    names.insert(id, name);
-                }
-                let mut s = conn
-                    .prepare(
-                        "SELECT collection, last_modified FROM user_collections
-                         WHERE userid = ?1",
-                    )
-                    .map_err(bad)?;
-                for row in s
-                    .query_map([user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-                    .map_err(bad)?
-                {
-                    let (id, ms) = row.map_err(bad)?;
-                    colls.insert(id, collection(&names, id, Timestamp(ms / 10))?);
-                }
-                for table in tables.iter() {
-                    let mut s = conn
-                        .prepare(&format!(
-                            "SELECT collection, id, sortindex, modified, payload, ttl
-                             FROM \"{}\" WHERE userid = ?1",
-                            table.replace('"', "\"\"")
-                        ))
-                        .map_err(bad)?;
-                    let rows = s
-                        .query_map([user], |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                python_record(
-                                    r.get(1)?,
-                                    r.get(2)?,
-                                    r.get(3)?,
-                                    r.get(4)?,
-                                    r.get(5)?,
-                                ),
-                            ))
-                        })
-                        .map_err(bad)?;
-                    for row in rows {
-                        records.push(row.map_err(bad)?);
-                    }
-                }
+                let tx = conn.transaction().map_err(bad)?;
+                read_python_sqlite(&tx, tables, user, &mut rows)?;
+                // Read only: nothing to keep.
+                tx.rollback().map_err(bad)?;
             }
             LegacySource::PythonMysql(conn, tables) => {
-                use mysql::prelude::Queryable;
-                for row in conn
-                    .query_iter("SELECT collectionid, name FROM collections")
-                    .map_err(bad)?
-                {
-                    let row = row.map_err(bad)?;
-                    let what = "collections";
-                    names.insert(my_col(&row, 0, what)?, my_col(&row, 1, what)?);
-                }
-                let mut stamps = Vec::new();
-                for row in conn
-                    .exec_iter(
-                        "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
-                        (user,),
-                    )
-                    .map_err(bad)?
-                {
-                    let row = row.map_err(bad)?;
-                    let what = "user_collections";
-                    stamps.push((my_col::<i64>(&row, 0, what)?, my_col::<i64>(&row, 1, what)?));
-                }
-                for (id, ms) in stamps {
-                    colls.insert(id, collection(&names, id, Timestamp(ms / 10))?);
-                }
-                for table in tables.iter() {
-                    let sql = format!(
-                        "SELECT collection, id, sortindex, modified, payload, ttl
-                         FROM `{}` WHERE userid = ?",
-                        table.replace('`', "``")
-                    );
-                    for row in conn.exec_iter(sql, (user,)).map_err(bad)? {
-                        let row = row.map_err(bad)?;
-                        let id: String = my_col(&row, 1, table)?;
-                        let what = format!("{table} record {id:?}");
-                        records.push((
-                            my_col(&row, 0, &what)?,
-                            python_record(
-                                id,
-                                my_col(&row, 2, &what)?,
-                                my_col(&row, 3, &what)?,
-                                my_col(&row, 4, &what)?,
-                                my_col(&row, 5, &what)?,
-                            ),
-                        ));
-                    }
-                }
+                let tables = tables.clone();
+                in_mysql_snapshot(conn, |conn| {
+                    read_python_mysql(conn, &tables, user, &mut rows)
+                })?;
+            }
+            LegacySource::RustMysql(conn) => {
+                in_mysql_snapshot(conn, |conn| read_rust_mysql(conn, user, &mut rows))?;
             }
             LegacySource::RustPostgres(client) => {
-                let query =
-                    |client: &mut postgres::Client,
-                     sql: &str,
-                     args: &[&(dyn postgres::types::ToSql + Sync)]| {
-                        client
-                            .query(sql, args)
-                            .map_err(|e| bad(crate::pg::message(&e)))
-                    };
-                for row in query(client, "SELECT collection_id, name FROM collections", &[])? {
-                    let id = pg_int(&row, 0, "collections")?;
-                    let name = pg_text(&row, 1, "collections")?;
-                    if let (Some(id), Some(name)) = (id, name) {
-                        names.insert(id, name);
-                    }
-                }
-                let cs = "ROUND(EXTRACT(EPOCH FROM modified) * 100)::BIGINT";
-                let sql =
-                    format!("SELECT collection_id, {cs} FROM user_collections WHERE user_id = $1");
-                for row in query(client, &sql, &[&user])? {
-                    let what = "user_collections";
-                    let id = required(pg_int(&row, 0, what)?, &row, 0, what)?;
-                    let ms = required(pg_int(&row, 1, what)?, &row, 1, what)?;
-                    colls.insert(id, collection(&names, id, Timestamp(ms))?);
-                }
-                let sql = format!(
-                    "SELECT collection_id, bso_id, sortindex, payload, {cs},
-                            ROUND(EXTRACT(EPOCH FROM expiry) * 1000)::BIGINT
-                     FROM bsos WHERE user_id = $1"
-                );
-                for row in query(client, &sql, &[&user])? {
-                    let id = pg_text(&row, 1, "bsos")?.unwrap_or_default();
-                    let what = format!("bsos record {id:?}");
-                    let coll = required(pg_int(&row, 0, &what)?, &row, 0, &what)?;
-                    let modified = required(pg_int(&row, 4, &what)?, &row, 4, &what)?;
-                    let expiry = required(pg_int(&row, 5, &what)?, &row, 5, &what)?;
-                    let never = expiry - modified * 10 >= RUST_NEVER_AFTER_SECS * 1000;
-                    records.push((
-                        coll,
-                        RecordExport {
-                            id,
-                            sortindex: pg_int(&row, 2, &what)?,
-                            payload: required(pg_text(&row, 3, &what)?, &row, 3, &what)?,
-                            modified: Timestamp(modified),
-                            expires: (!never).then_some(Millis(expiry)),
-                        },
-                    ));
-                }
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .map_err(pg_bad)?;
+                read_rust_postgres(&mut tx, user, &mut rows)?;
+                tx.rollback().map_err(pg_bad)?;
             }
         }
-        for (coll, record) in records {
-            let entry = match colls.get_mut(&coll) {
-                Some(c) => c,
-                None => {
-                    // A record without its user_collections row: the collection's
-                    // time is its newest record's.
-                    let c = collection(&names, coll, record.modified)?;
-                    colls.entry(coll).or_insert(c)
-                }
-            };
-            entry.modified = entry.modified.max(record.modified);
-            entry.records.push(record);
-        }
-        let collections: Vec<CollectionExport> = colls.into_values().collect();
-        let modified = collections
-            .iter()
-            .map(|c| c.modified)
-            .max()
-            .unwrap_or_default();
-        Ok(UserExport {
-            format: EXPORT_FORMAT.into(),
-            uid,
-            modified,
-            collections,
-        })
+        assemble(uid, rows, now_ms())
     }
+}
+
+/// Now, in milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs `f` in a read-only transaction with a consistent snapshot; always ends it.
+fn in_mysql_snapshot(
+    conn: &mut mysql::Conn,
+    f: impl FnOnce(&mut mysql::Conn) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    use mysql::prelude::Queryable;
+    conn.query_drop("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .map_err(bad)?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .map_err(bad)?;
+    let result = f(conn);
+    let end = conn.query_drop("ROLLBACK").map_err(bad);
+    result.and(end)
+}
+
+fn read_python_sqlite(
+    conn: &rusqlite::Connection,
+    tables: &[String],
+    user: i64,
+    rows: &mut UserRows,
+) -> Result<(), StorageError> {
+    let mut s = conn
+        .prepare("SELECT collectionid, name FROM collections")
+        .map_err(bad)?;
+    for row in s
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(bad)?
+    {
+        let (id, name) = row.map_err(bad)?;
+        rows.names.insert(id, name);
+    }
+    let mut s = conn
+        .prepare("SELECT collection, last_modified FROM user_collections WHERE userid = ?1")
+        .map_err(bad)?;
+    for row in s
+        .query_map([user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(bad)?
+    {
+        let (id, ms) = row.map_err(bad)?;
+        rows.stamps.push((id, Timestamp(ms / 10)));
+    }
+    for table in tables {
+        let mut s = conn
+            .prepare(&format!(
+                "SELECT collection, id, sortindex, modified, payload, ttl
+                 FROM \"{}\" WHERE userid = ?1",
+                table.replace('"', "\"\"")
+            ))
+            .map_err(bad)?;
+        let found = s
+            .query_map([user], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    python_record(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+                ))
+            })
+            .map_err(bad)?;
+        for row in found {
+            rows.records.push(row.map_err(bad)?);
+        }
+    }
+    Ok(())
+}
+
+fn read_python_mysql(
+    conn: &mut mysql::Conn,
+    tables: &[String],
+    user: i64,
+    rows: &mut UserRows,
+) -> Result<(), StorageError> {
+    use mysql::prelude::Queryable;
+    for row in conn
+        .query_iter("SELECT collectionid, name FROM collections")
+        .map_err(bad)?
+    {
+        let row = row.map_err(bad)?;
+        let what = "collections";
+        rows.names
+            .insert(my_col(&row, 0, what)?, my_col(&row, 1, what)?);
+    }
+    for row in conn
+        .exec_iter(
+            "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
+            (user,),
+        )
+        .map_err(bad)?
+    {
+        let row = row.map_err(bad)?;
+        let what = "user_collections";
+        let ms: i64 = my_col(&row, 1, what)?;
+        rows.stamps
+            .push((my_col::<i64>(&row, 0, what)?, Timestamp(ms / 10)));
+    }
+    for table in tables {
+        let sql = format!(
+            "SELECT collection, id, sortindex, modified, payload, ttl
+             FROM `{}` WHERE userid = ?",
+            table.replace('`', "``")
+        );
+        for row in conn.exec_iter(sql, (user,)).map_err(bad)? {
+            let row = row.map_err(bad)?;
+            let id: String = my_col(&row, 1, table)?;
+            let what = format!("{table} record {id:?}");
+            rows.records.push((
+                my_col(&row, 0, &what)?,
+                python_record(
+                    id,
+                    my_col(&row, 2, &what)?,
+                    my_col(&row, 3, &what)?,
+                    my_col(&row, 4, &what)?,
+                    my_col(&row, 5, &what)?,
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// syncstorage-rs's MySQL schema: `collections (id, name)` (id 100 is a placeholder
+/// named `''`, never a user's collection), `user_collections (userid, collection,
+/// last_modified, …)` and `bso (userid, collection, id, sortindex, payload, modified,
+/// ttl, …)` with `modified` and `ttl` (the absolute expiry) in milliseconds.
+fn read_rust_mysql(
+    conn: &mut mysql::Conn,
+    user: i64,
+    rows: &mut UserRows,
+) -> Result<(), StorageError> {
+    use mysql::prelude::Queryable;
+    for row in conn
+        .query_iter("SELECT id, name FROM collections")
+        .map_err(bad)?
+    {
+        let row = row.map_err(bad)?;
+        let what = "collections";
+        let name: String = my_col(&row, 1, what)?;
+        if !name.is_empty() {
+            rows.names.insert(my_col(&row, 0, what)?, name);
+        }
+    }
+    for row in conn
+        .exec_iter(
+            "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
+            (user,),
+        )
+        .map_err(bad)?
+    {
+        let row = row.map_err(bad)?;
+        let what = "user_collections";
+        let ms: i64 = my_col(&row, 1, what)?;
+        rows.stamps
+            .push((my_col::<i64>(&row, 0, what)?, Timestamp(ms / 10)));
+    }
+    for row in conn
+        .exec_iter(
+            "SELECT collection, id, sortindex, payload, modified, ttl FROM bso WHERE userid = ?",
+            (user,),
+        )
+        .map_err(bad)?
+    {
+        let row = row.map_err(bad)?;
+        let id: String = my_col(&row, 1, "bso")?;
+        let what = format!("bso record {id:?}");
+        let modified: i64 = my_col(&row, 4, &what)?;
+        let ttl: i64 = my_col(&row, 5, &what)?;
+        rows.records.push((
+            my_col(&row, 0, &what)?,
+            RecordExport {
+                id,
+                sortindex: my_col(&row, 2, &what)?,
+                payload: my_col(&row, 3, &what)?,
+                modified: Timestamp(modified / 10),
+                expires: (ttl < RUST_MYSQL_NEVER && !rust_never(modified, ttl))
+                    .then_some(Millis(ttl)),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a syncstorage-rs expiry (milliseconds) means "never": its default TTL
+/// after the write.
+fn rust_never(modified_ms: i64, expiry_ms: i64) -> bool {
+    expiry_ms.saturating_sub(modified_ms) >= RUST_NEVER_AFTER_SECS * 1000
+}
+
+fn read_rust_postgres(
+    tx: &mut postgres::Transaction<'_>,
+    user: i64,
+    rows: &mut UserRows,
+) -> Result<(), StorageError> {
+    for row in tx
+        .query("SELECT collection_id, name FROM collections", &[])
+        .map_err(pg_bad)?
+    {
+        let id = pg_int(&row, 0, "collections")?;
+        let name = pg_text(&row, 1, "collections")?;
+        if let (Some(id), Some(name)) = (id, name) {
+            rows.names.insert(id, name);
+        }
+    }
+    let cs = "ROUND(EXTRACT(EPOCH FROM modified) * 100)::BIGINT";
+    let sql = format!("SELECT collection_id, {cs} FROM user_collections WHERE user_id = $1");
+    for row in tx.query(&sql, &[&user]).map_err(pg_bad)? {
+        let what = "user_collections";
+        let id = required(pg_int(&row, 0, what)?, &row, 0, what)?;
+        let cs = required(pg_int(&row, 1, what)?, &row, 1, what)?;
+        rows.stamps.push((id, Timestamp(cs)));
+    }
+    let sql = format!(
+        "SELECT collection_id, bso_id, sortindex, payload, {cs},
+                ROUND(EXTRACT(EPOCH FROM expiry) * 1000)::BIGINT
+         FROM bsos WHERE user_id = $1"
+    );
+    for row in tx.query(&sql, &[&user]).map_err(pg_bad)? {
+        let id = pg_text(&row, 1, "bsos")?.unwrap_or_default();
+        let what = format!("bsos record {id:?}");
+        let coll = required(pg_int(&row, 0, &what)?, &row, 0, &what)?;
+        let modified = required(pg_int(&row, 4, &what)?, &row, 4, &what)?;
+        let expiry = required(pg_int(&row, 5, &what)?, &row, 5, &what)?;
+        rows.records.push((
+            coll,
+            RecordExport {
+                id,
+                sortindex: pg_int(&row, 2, &what)?,
+                payload: required(pg_text(&row, 3, &what)?, &row, 3, &what)?,
+                modified: Timestamp(modified),
+                expires: (!rust_never(modified * 10, expiry)).then_some(Millis(expiry)),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Turns a user's rows into an export, as syncstorage-rs answers for them:
+/// * collection id 0 is syncstorage-rs's storage-wide timestamp marker (written when a
+///   whole collection is deleted): not a collection, but the user's last-modified
+///   time does not go back below it;
+/// * a `user_collections` time at or before the epoch (syncstorage-rs's `0001-01-01`,
+///   written when a batch is opened in a collection never written to and left there
+///   when the batch is abandoned) is not a collection either;
+/// * records expired at `now_ms` are left out (their collection stays, as it does in
+///   the source's answers).
+fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, StorageError> {
+    let UserRows {
+        names,
+        stamps,
+        records,
+    } = rows;
+    let mut colls: BTreeMap<i64, CollectionExport> = BTreeMap::new();
+    let mut marker = Timestamp::default();
+    for (id, modified) in stamps {
+        if id == 0 {
+            marker = marker.max(modified);
+        } else if modified.0 > 0 {
+            colls.insert(id, collection(&names, id, modified)?);
+        }
+    }
+    for (coll, record) in records {
+        if record.expires.is_some_and(|e| e.0 <= now_ms) {
+            continue;
+        }
+        let entry = match colls.get_mut(&coll) {
+            Some(c) => c,
+            None => {
+                // A record without its user_collections row: the collection's
+                // time is its newest record's.
+                let c = collection(&names, coll, record.modified)?;
+                colls.entry(coll).or_insert(c)
+            }
+        };
+        entry.modified = entry.modified.max(record.modified);
+        entry.records.push(record);
+    }
+    let collections: Vec<CollectionExport> = colls.into_values().collect();
+    let modified = collections
+        .iter()
+        .map(|c| c.modified)
+        .max()
+        .unwrap_or_default()
+        .max(marker);
+    Ok(UserExport {
+        format: EXPORT_FORMAT.into(),
+        uid,
+        modified,
+        collections,
+    })
+}
+
+/// Checks an export as `files::import` would before writing it (collection names,
+/// record ids), for `--dry-run`; returns its number of records.
+pub fn check(data: &UserExport) -> Result<usize, StorageError> {
+    let mut n = 0;
+    for c in &data.collections {
+        if !valid_collection(&c.name) {
+            return Err(StorageError::Invalid(format!(
+                "bad collection name {:?}",
+                c.name
+            )));
+        }
+        for r in &c.records {
+            if !valid_bso_id(&r.id) {
+                return Err(StorageError::Invalid(format!("bad record id {:?}", r.id)));
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Column `idx` of a MySQL row as `T` (sortindex and ttl may be NULL: `Option`);
@@ -448,4 +668,87 @@ fn collection(
         modified,
         records: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, modified: i64, expires: Option<i64>) -> RecordExport {
+        RecordExport {
+            id: id.into(),
+            sortindex: None,
+            payload: "p".into(),
+            modified: Timestamp(modified),
+            expires: expires.map(Millis),
+        }
+    }
+
+    fn rows(stamps: &[(i64, i64)], records: Vec<(i64, RecordExport)>) -> UserRows {
+        UserRows {
+            names: STANDARD_COLLECTIONS
+                .iter()
+                .map(|(id, n)| (*id, n.to_string()))
+                .collect(),
+            stamps: stamps.iter().map(|&(c, t)| (c, Timestamp(t))).collect(),
+            records,
+        }
+    }
+
+    #[test]
+    fn the_storage_wide_marker_is_no_collection_but_keeps_the_users_time() {
+        let data = assemble(
+            7,
+            rows(&[(0, 500), (7, 300)], vec![(7, record("b", 300, None))]),
+            0,
+        )
+        .unwrap();
+        let names: Vec<&str> = data.collections.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["bookmarks"]);
+        assert_eq!(data.modified, Timestamp(500));
+        // An older marker does not lower it either.
+        let data = assemble(7, rows(&[(0, 100), (7, 300)], vec![]), 0).unwrap();
+        assert_eq!(data.modified, Timestamp(300));
+    }
+
+    #[test]
+    fn a_collection_dated_before_the_epoch_is_left_out() {
+        // syncstorage-rs's 0001-01-01, in 10 ms units.
+        let data = assemble(7, rows(&[(4, -6_213_559_680_000), (7, 300)], vec![]), 0).unwrap();
+        let names: Vec<&str> = data.collections.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["bookmarks"]);
+        assert_eq!(data.modified, Timestamp(300));
+    }
+
+    #[test]
+    fn expired_records_are_left_out_and_their_collection_stays() {
+        let data = assemble(
+            7,
+            rows(
+                &[(9, 300)],
+                vec![
+                    (9, record("gone", 300, Some(1_000))),
+                    (9, record("live", 200, Some(5_000))),
+                    (9, record("never", 100, None)),
+                ],
+            ),
+            2_000,
+        )
+        .unwrap();
+        let ids: Vec<&str> = data.collections[0]
+            .records
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(ids, ["live", "never"]);
+        assert_eq!(data.collections[0].modified, Timestamp(300));
+        assert_eq!(check(&data).unwrap(), 2);
+    }
+
+    #[test]
+    fn syncstorage_rs_never_is_its_default_ttl_after_the_write() {
+        let modified = 1_796_636_462_930;
+        assert!(rust_never(modified, modified + 2_100_000_000_000));
+        assert!(!rust_never(modified, modified + 31_536_000_000));
+    }
 }
