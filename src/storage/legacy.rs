@@ -324,19 +324,7 @@ fn read_python_mysql(
         rows.names
             .insert(my_col(&row, 0, what)?, my_col(&row, 1, what)?);
     }
-    for row in conn
-        .exec_iter(
-            "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
-            (user,),
-        )
-        .map_err(bad)?
-    {
-        let row = row.map_err(bad)?;
-        let what = "user_collections";
-        let ms: i64 = my_col(&row, 1, what)?;
-        rows.stamps
-            .push((my_col::<i64>(&row, 0, what)?, Timestamp(ms / 10)));
-    }
+    read_mysql_stamps(conn, user, rows)?;
     for table in tables {
         let sql = format!(
             "SELECT collection, id, sortindex, modified, payload, ttl
@@ -362,6 +350,30 @@ fn read_python_mysql(
     Ok(())
 }
 
+/// The user's collection times from `user_collections (userid, collection,
+/// last_modified)` in milliseconds: the same table in both servers' MySQL schemas.
+fn read_mysql_stamps(
+    conn: &mut mysql::Conn,
+    user: i64,
+    rows: &mut UserRows,
+) -> Result<(), StorageError> {
+    use mysql::prelude::Queryable;
+    for row in conn
+        .exec_iter(
+            "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
+            (user,),
+        )
+        .map_err(bad)?
+    {
+        let row = row.map_err(bad)?;
+        let what = "user_collections";
+        let ms: i64 = my_col(&row, 1, what)?;
+        rows.stamps
+            .push((my_col::<i64>(&row, 0, what)?, Timestamp(ms / 10)));
+    }
+    Ok(())
+}
+
 /// syncstorage-rs's MySQL schema: `collections (id, name)` (id 100 is a placeholder
 /// named `''`, never a user's collection), `user_collections (userid, collection,
 /// last_modified, …)` and `bso (userid, collection, id, sortindex, payload, modified,
@@ -383,19 +395,7 @@ fn read_rust_mysql(
             rows.names.insert(my_col(&row, 0, what)?, name);
         }
     }
-    for row in conn
-        .exec_iter(
-            "SELECT collection, last_modified FROM user_collections WHERE userid = ?",
-            (user,),
-        )
-        .map_err(bad)?
-    {
-        let row = row.map_err(bad)?;
-        let what = "user_collections";
-        let ms: i64 = my_col(&row, 1, what)?;
-        rows.stamps
-            .push((my_col::<i64>(&row, 0, what)?, Timestamp(ms / 10)));
-    }
+    read_mysql_stamps(conn, user, rows)?;
     for row in conn
         .exec_iter(
             "SELECT collection, id, sortindex, payload, modified, ttl FROM bso WHERE userid = ?",

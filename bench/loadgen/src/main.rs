@@ -288,13 +288,16 @@ impl Worker {
 
     async fn session(&mut self, uid: u64, session: u64) {
         // The accounts service's and tokenserver's workloads need no storage token.
-        let other = match self.args.workload {
-            Workload::LoginFlood => Some(self.login().await),
-            Workload::Tokens => Some(self.sync_token().await),
-            Workload::Logins => Some(self.failing_login().await),
-            _ => None,
-        };
-        if other.is_some() {
+        match self.args.workload {
+            Workload::LoginFlood => self.login().await,
+            Workload::Tokens => self.sync_token().await,
+            Workload::Logins => self.failing_login().await,
+            Workload::Mix | Workload::InfoCollections | Workload::Prefill => {}
+        }
+        if matches!(
+            self.args.workload,
+            Workload::LoginFlood | Workload::Tokens | Workload::Logins
+        ) {
             self.stats.sessions += 1;
             return;
         }
