@@ -379,12 +379,20 @@ pub fn import_legacy(
                     legacy::check(&data)?
                 } else {
                     let mut conn = files::open_or_create(data_dir, uid)?;
-                    files::import(&mut conn, uid, &data, false)?
+                    match files::import_with(&mut conn, uid, &data, files::Existing::Skip)? {
+                        Some(n) => n,
+                        // A server wrote the user since the check: theirs is newer.
+                        None => return Ok(None),
+                    }
                 };
-                Ok((n, data.collections.len()))
+                Ok(Some((n, data.collections.len())))
             });
             match result {
-                Ok((n, c)) => {
+                Ok(None) => {
+                    skipped += 1;
+                    format!("user {uid}: skipped (already has data here)")
+                }
+                Ok(Some((n, c))) => {
                     imported += 1;
                     records += n;
                     if opts.dry_run {
