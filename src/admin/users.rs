@@ -327,11 +327,15 @@ pub struct LegacyImport {
     pub dry_run: bool,
     /// Only these users (`--users 1,2,3`); all of the source's when `None`.
     pub users: Option<Vec<u64>>,
+    /// Re-import users who already have data here, replacing it with the source's
+    /// (`--replace`: the final copy after a trial run, before clients sync here).
+    pub replace: bool,
 }
 
 /// `import-legacy --from URL`: copies every user of a Mozilla storage server's database
 /// into per-user files, one transaction per user. Users that already have data here
-/// are skipped, so an interrupted run can simply be started again. A user that cannot
+/// are skipped, so an interrupted run can simply be started again (with `replace`,
+/// their data is replaced by the source's instead). A user that cannot
 /// be read or written is named with the reason and the import goes on. Prints one
 /// line per user to stdout as it goes (a progress bar with an ETA on stderr when it
 /// is a terminal); returns the summary, an error if any user failed.
@@ -370,7 +374,7 @@ pub fn import_legacy(
         let line = if !in_source {
             failed += 1;
             format!("user {uid}: FAILED: not in the source database")
-        } else if files::has_data(data_dir, uid)? {
+        } else if !opts.replace && files::has_data(data_dir, uid)? {
             skipped += 1;
             format!("user {uid}: skipped (already has data here)")
         } else {
@@ -379,7 +383,12 @@ pub fn import_legacy(
                     legacy::check(&data)?
                 } else {
                     let mut conn = files::open_or_create(data_dir, uid)?;
-                    match files::import_with(&mut conn, uid, &data, files::Existing::Skip)? {
+                    let existing = if opts.replace {
+                        files::Existing::Replace
+                    } else {
+                        files::Existing::Skip
+                    };
+                    match files::import_with(&mut conn, uid, &data, existing)? {
                         Some(n) => n,
                         // A server wrote the user since the check: theirs is newer.
                         None => return Ok(None),

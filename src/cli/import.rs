@@ -22,13 +22,18 @@ pub struct ImportLegacyArgs {
     /// Only these users (comma-separated uids), e.g. to try a few before the rest
     #[arg(long, value_name = "UID,...", value_delimiter = ',')]
     users: Option<Vec<u64>>,
+    /// Re-import users who already have data here, replacing their data with the
+    /// source's: for the final copy after a trial run, before clients sync to this node
+    #[arg(long)]
+    replace: bool,
 }
 
-/// `import-legacy --from URL [--dry-run] [--users UID,...]`.
+/// `import-legacy --from URL [--dry-run] [--users UID,...] [--replace]`.
 pub fn import_legacy(args: ImportLegacyArgs) -> Result<(), CliError> {
     let opts = users::LegacyImport {
         dry_run: args.dry_run,
         users: args.users,
+        replace: args.replace,
     };
     with_files(&args.common, |dir| {
         users::import_legacy(dir, &args.from, &opts)

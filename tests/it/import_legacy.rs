@@ -1011,3 +1011,80 @@ async fn each_user_is_read_in_one_snapshot_of_mysql_too() {
     };
     dry_runs_read_whole_users_while(&url, flip);
 }
+
+/// `syncstore user export UID` of `dir`, parsed.
+fn export_user(dir: &Path, uid: u64) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["user", "export", &uid.to_string(), "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every record id of an export, as `collection/id`.
+fn exported_ids(export: &Value) -> Vec<String> {
+    let mut ids = Vec::new();
+    for c in export["collections"].as_array().unwrap() {
+        for r in c["records"].as_array().unwrap() {
+            ids.push(format!(
+                "{}/{}",
+                c["name"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            ));
+        }
+    }
+    ids.sort();
+    ids
+}
+
+#[test]
+fn the_final_copy_after_a_trial_run_replaces_with_the_sources_newer_writes() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let data = tempfile::tempdir().unwrap();
+    // The trial run, while the old server serves.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    // The old server takes a write after the trial: a new bookmark, and one deleted.
+    let db = rusqlite::Connection::open(&src).unwrap();
+    db.execute_batch(
+        "INSERT INTO bso VALUES (101, 7, 'b4', NULL, 1700000900000, 'late', 4, 2100000000);
+         DELETE FROM bso WHERE userid = 101 AND id = 'b1';
+         UPDATE user_collections SET last_modified = 1700000900000
+             WHERE userid = 101 AND collection = 7;",
+    )
+    .unwrap();
+    drop(db);
+    // Without --replace the final run would keep the trial's copy.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok && out.contains("skipped 2"), "{out}{err}");
+    assert!(!exported_ids(&export_user(data.path(), 101)).contains(&"bookmarks/b4".into()));
+    // With --replace it copies the source as it is now.
+    let (ok, out, err) = import_with(data.path(), &url, &["--replace"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: imported 5 records in 3 collections")
+            && out.contains("imported 2 users (7 records), skipped 0, failed 0"),
+        "{out}"
+    );
+    let export = export_user(data.path(), 101);
+    assert_eq!(
+        exported_ids(&export),
+        [
+            "bookmarks/b2",
+            "bookmarks/b3",
+            "bookmarks/b4",
+            "my-custom/c1",
+            "tabs/live"
+        ]
+    );
+    assert_eq!(export["modified"].to_string(), "1700000900.0");
+}
