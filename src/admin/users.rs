@@ -321,7 +321,7 @@ pub fn orphans_waiting(
 }
 
 /// What `import-legacy` does besides reading the source.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LegacyImport {
     /// Read and check every user, write nothing.
     pub dry_run: bool,
@@ -330,7 +330,24 @@ pub struct LegacyImport {
     /// Re-import users who already have data here, replacing it with the source's
     /// (`--replace`: the final copy after a trial run, before clients sync here).
     pub replace: bool,
+    /// The most bytes of record ids and payloads read for one user (`--max-user-bytes`):
+    /// a larger user fails with the reason and the import goes on.
+    pub max_user_bytes: u64,
 }
+
+impl Default for LegacyImport {
+    fn default() -> LegacyImport {
+        LegacyImport {
+            dry_run: false,
+            users: None,
+            replace: false,
+            max_user_bytes: DEFAULT_MAX_USER_BYTES,
+        }
+    }
+}
+
+/// `--max-user-bytes`' default: 1 GiB.
+pub const DEFAULT_MAX_USER_BYTES: u64 = 1 << 30;
 
 /// `import-legacy --from URL`: copies every user of a Mozilla storage server's database
 /// into per-user files, one transaction per user. Users that already have data here
@@ -378,7 +395,7 @@ pub fn import_legacy(
             skipped += 1;
             format!("user {uid}: skipped (already has data here)")
         } else {
-            let result = source.user(uid).and_then(|data| {
+            let result = source.user(uid, opts.max_user_bytes).and_then(|data| {
                 let n = if opts.dry_run {
                     legacy::check(&data)?
                 } else {

@@ -26,14 +26,19 @@ pub struct ImportLegacyArgs {
     /// source's: for the final copy after a trial run, before clients sync to this node
     #[arg(long)]
     replace: bool,
+    /// The most bytes of record ids and payloads to read for one user: a larger user
+    /// fails (named, with its size) and the import goes on
+    #[arg(long, value_name = "BYTES", default_value_t = users::DEFAULT_MAX_USER_BYTES)]
+    max_user_bytes: u64,
 }
 
-/// `import-legacy --from URL [--dry-run] [--users UID,...] [--replace]`.
+/// `import-legacy --from URL [--dry-run] [--users UID,...] [--replace] [--max-user-bytes N]`.
 pub fn import_legacy(args: ImportLegacyArgs) -> Result<(), CliError> {
     let opts = users::LegacyImport {
         dry_run: args.dry_run,
         users: args.users,
         replace: args.replace,
+        max_user_bytes: args.max_user_bytes,
     };
     with_files(&args.common, |dir| {
         users::import_legacy(dir, &args.from, &opts)

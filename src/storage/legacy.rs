@@ -30,6 +30,7 @@
 
 use std::collections::BTreeMap;
 
+use postgres::fallible_iterator::FallibleIterator;
 use rusqlite::OpenFlags;
 
 use super::StorageError;
@@ -86,6 +87,29 @@ struct UserRows {
     names: BTreeMap<i64, String>,
     stamps: Vec<(i64, Timestamp)>,
     records: Vec<(i64, RecordExport)>,
+    /// Bytes of record ids and payloads read so far.
+    bytes: u64,
+    /// The most `bytes` may reach: over it, the user fails.
+    max_bytes: u64,
+}
+
+impl UserRows {
+    /// Keeps a record read from the source, unless the user's records now exceed the
+    /// cap (then the user fails, before reading more into memory).
+    fn push(&mut self, coll: i64, record: RecordExport) -> Result<(), StorageError> {
+        let size = record.payload.len().saturating_add(record.id.len());
+        self.bytes = self.bytes.saturating_add(size as u64);
+        if self.bytes > self.max_bytes {
+            return Err(StorageError::Invalid(format!(
+                "too large to import: its records exceed the cap of {} bytes \
+                 ({} bytes of ids and payloads read before stopping; \
+                 raise it with --max-user-bytes)",
+                self.max_bytes, self.bytes
+            )));
+        }
+        self.records.push((coll, record));
+        Ok(())
+    }
 }
 
 impl LegacySource {
@@ -196,13 +220,16 @@ impl LegacySource {
     /// One user's collections and records, as an export, read in one snapshot of the
     /// source (a read-only REPEATABLE READ transaction on PostgreSQL and MySQL, a read
     /// transaction on SQLite), so a source server that keeps serving cannot make it
-    /// see half of a write. Records already expired are left out.
-    pub fn user(&mut self, uid: u64) -> Result<UserExport, StorageError> {
+    /// see half of a write. Records already expired are left out. A user whose record
+    /// ids and payloads exceed `max_bytes` fails as soon as they do (nothing more of
+    /// that user is read into memory).
+    pub fn user(&mut self, uid: u64, max_bytes: u64) -> Result<UserExport, StorageError> {
         let mut rows = UserRows {
             names: STANDARD_COLLECTIONS
                 .iter()
                 .map(|(id, n)| (*id, n.to_string()))
                 .collect(),
+            max_bytes,
             ..UserRows::default()
         };
         let user = uid as i64;
@@ -302,7 +329,8 @@ fn read_python_sqlite(
             })
             .map_err(bad)?;
         for row in found {
-            rows.records.push(row.map_err(bad)?);
+            let (coll, record) = row.map_err(bad)?;
+            rows.push(coll, record)?;
         }
     }
     Ok(())
@@ -335,7 +363,7 @@ fn read_python_mysql(
             let row = row.map_err(bad)?;
             let id: String = my_col(&row, 1, table)?;
             let what = format!("{table} record {id:?}");
-            rows.records.push((
+            rows.push(
                 my_col(&row, 0, &what)?,
                 python_record(
                     id,
@@ -344,7 +372,7 @@ fn read_python_mysql(
                     my_col(&row, 4, &what)?,
                     my_col(&row, 5, &what)?,
                 ),
-            ));
+            )?;
         }
     }
     Ok(())
@@ -408,7 +436,7 @@ fn read_rust_mysql(
         let what = format!("bso record {id:?}");
         let modified: i64 = my_col(&row, 4, &what)?;
         let ttl: i64 = my_col(&row, 5, &what)?;
-        rows.records.push((
+        rows.push(
             my_col(&row, 0, &what)?,
             RecordExport {
                 id,
@@ -418,7 +446,7 @@ fn read_rust_mysql(
                 expires: (ttl < RUST_MYSQL_NEVER && !rust_never(modified, ttl))
                     .then_some(Millis(ttl)),
             },
-        ));
+        )?;
     }
     Ok(())
 }
@@ -457,13 +485,16 @@ fn read_rust_postgres(
                 ROUND(EXTRACT(EPOCH FROM expiry) * 1000)::BIGINT
          FROM bsos WHERE user_id = $1"
     );
-    for row in tx.query(&sql, &[&user]).map_err(pg_bad)? {
+    // Streamed (not collected first), so the byte cap stops a large user early.
+    let params: [&(dyn postgres::types::ToSql + Sync); 1] = [&user];
+    let mut found = tx.query_raw(&sql, params).map_err(pg_bad)?;
+    while let Some(row) = found.next().map_err(pg_bad)? {
         let id = pg_text(&row, 1, "bsos")?.unwrap_or_default();
         let what = format!("bsos record {id:?}");
         let coll = required(pg_int(&row, 0, &what)?, &row, 0, &what)?;
         let modified = required(pg_int(&row, 4, &what)?, &row, 4, &what)?;
         let expiry = required(pg_int(&row, 5, &what)?, &row, 5, &what)?;
-        rows.records.push((
+        rows.push(
             coll,
             RecordExport {
                 id,
@@ -472,7 +503,7 @@ fn read_rust_postgres(
                 modified: Timestamp(modified),
                 expires: (!rust_never(modified * 10, expiry)).then_some(Millis(expiry)),
             },
-        ));
+        )?;
     }
     Ok(())
 }
@@ -491,6 +522,7 @@ fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, Storage
         names,
         stamps,
         records,
+        ..
     } = rows;
     let mut colls: BTreeMap<i64, CollectionExport> = BTreeMap::new();
     let mut marker = Timestamp::default();
@@ -692,6 +724,7 @@ mod tests {
                 .collect(),
             stamps: stamps.iter().map(|&(c, t)| (c, Timestamp(t))).collect(),
             records,
+            ..UserRows::default()
         }
     }
 

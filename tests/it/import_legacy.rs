@@ -1088,3 +1088,33 @@ fn the_final_copy_after_a_trial_run_replaces_with_the_sources_newer_writes() {
     );
     assert_eq!(export["modified"].to_string(), "1700000900.0");
 }
+
+#[test]
+fn a_user_over_the_byte_cap_fails_with_its_size_and_the_import_goes_on() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let data = tempfile::tempdir().unwrap();
+    // User 101's ids and payloads pass 30 bytes; user 102's (16) do not.
+    let (ok, out, err) = import_with(data.path(), &url, &["--max-user-bytes", "30"]);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: FAILED: ")
+            && out.contains("exceed the cap of 30 bytes")
+            && out.contains("--max-user-bytes")
+            && out.contains("user 102: imported 2 records in 1 collections"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 1 users (2 records), skipped 0, failed 1"),
+        "{err}"
+    );
+    // With the default cap, the rerun takes user 101.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("imported 1 users (5 records), skipped 1, failed 0"),
+        "{out}"
+    );
+}
