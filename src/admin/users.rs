@@ -388,10 +388,25 @@ pub fn import_legacy(
     let (mut imported, mut skipped, mut failed, mut records) = (0, 0, 0, 0);
     let mut stdout = std::io::stdout().lock();
     for (uid, in_source) in users {
+        // Whether the user has data here (with --replace it does not matter); a file
+        // here that cannot be read fails this user only.
+        let has_data = || {
+            if opts.replace {
+                return Ok(false);
+            }
+            files::has_data(data_dir, uid).map_err(|e| {
+                let path = crate::storage::userdbs::user_path(data_dir, uid);
+                format!("its file here ({}) cannot be read: {e}", path.display())
+            })
+        };
+        let have = if in_source { has_data() } else { Ok(false) };
         let line = if !in_source {
             failed += 1;
             format!("user {uid}: FAILED: not in the source database")
-        } else if !opts.replace && files::has_data(data_dir, uid)? {
+        } else if let Err(e) = &have {
+            failed += 1;
+            format!("user {uid}: FAILED: {e}")
+        } else if have == Ok(true) {
             skipped += 1;
             format!("user {uid}: skipped (already has data here)")
         } else {

@@ -1118,3 +1118,36 @@ fn a_user_over_the_byte_cap_fails_with_its_size_and_the_import_goes_on() {
         "{out}"
     );
 }
+
+#[test]
+fn an_unreadable_file_here_fails_its_user_and_the_import_goes_on() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    for dry_run in [false, true] {
+        let data = tempfile::tempdir().unwrap();
+        // User 101's file is random bytes, user 102's path is a directory.
+        let file = |uid: u64| {
+            data.path()
+                .join("users")
+                .join(format!("{:03}", uid % 1000))
+                .join(format!("{uid}.sqlite"))
+        };
+        std::fs::create_dir_all(file(101).parent().unwrap()).unwrap();
+        std::fs::write(file(101), vec![0x5a; 8192]).unwrap();
+        std::fs::create_dir_all(file(102)).unwrap();
+        let flags: &[&str] = if dry_run { &["--dry-run"] } else { &[] };
+        let (ok, out, err) = import_with(data.path(), &url, flags);
+        assert!(!ok, "{out}{err}");
+        assert!(
+            out.contains("user 101: FAILED: its file here (")
+                && out.contains("user 102: FAILED: its file here (")
+                && err.contains("0 users (0 records), skipped 0, failed 2"),
+            "{out}{err}"
+        );
+        // Nothing was written over them.
+        assert_eq!(std::fs::read(file(101)).unwrap(), vec![0x5a; 8192]);
+        assert!(file(102).is_dir());
+    }
+}
