@@ -35,7 +35,7 @@ use rusqlite::OpenFlags;
 
 use super::StorageError;
 use super::files::{CollectionExport, EXPORT_FORMAT, RecordExport, UserExport};
-use super::model::{Millis, Timestamp, valid_bso_id, valid_collection};
+use super::model::{MAX_SORTINDEX, Millis, Timestamp, valid_bso_id, valid_collection};
 
 /// Collection ids both servers reserve for the standard collections.
 const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
@@ -51,6 +51,10 @@ const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
     (10, "passwords"),
     (11, "addons"),
 ];
+
+/// The latest time a record or collection may carry (9999-12-31 23:59:59.99, in 10 ms
+/// units): later ones are not times a client can be served.
+const MAX_MODIFIED: Timestamp = Timestamp(25_340_230_079_999);
 
 /// The Python server's "never expires" `ttl`.
 const PYTHON_MAX_TTL: i64 = 2_100_000_000;
@@ -527,6 +531,12 @@ fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, Storage
     let mut colls: BTreeMap<i64, CollectionExport> = BTreeMap::new();
     let mut marker = Timestamp::default();
     for (id, modified) in stamps {
+        if modified > MAX_MODIFIED {
+            return Err(bad(format!(
+                "user_collections row of collection id {id}: modified {} is past year 9999",
+                centis(modified)
+            )));
+        }
         if id == 0 {
             marker = marker.max(modified);
         } else if modified.0 > 0 {
@@ -537,6 +547,7 @@ fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, Storage
         if record.expires.is_some_and(|e| e.0 <= now_ms) {
             continue;
         }
+        servable(&names, coll, &record)?;
         let entry = match colls.get_mut(&coll) {
             Some(c) => c,
             None => {
@@ -562,6 +573,46 @@ fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, Storage
         modified,
         collections,
     })
+}
+
+/// Fails a record the storage API would not have stored or cannot serve: `modified`
+/// must be after the epoch and before year 10000, `sortindex` within what a client
+/// may write (±`MAX_SORTINDEX`).
+fn servable(
+    names: &BTreeMap<i64, String>,
+    coll: i64,
+    record: &RecordExport,
+) -> Result<(), StorageError> {
+    let row = || {
+        let coll = names
+            .get(&coll)
+            .map_or_else(|| format!("collection id {coll}"), |n| format!("{n:?}"));
+        format!("record {:?} of {coll}", record.id)
+    };
+    if record.modified.0 <= 0 || record.modified > MAX_MODIFIED {
+        return Err(bad(format!(
+            "{}: modified {} is not a time this server can serve \
+             (after 1970-01-01, before year 10000)",
+            row(),
+            centis(record.modified)
+        )));
+    }
+    if let Some(i) = record.sortindex
+        && !(-MAX_SORTINDEX..=MAX_SORTINDEX).contains(&i)
+    {
+        return Err(bad(format!(
+            "{}: sortindex {i} is outside what the storage API accepts (±{MAX_SORTINDEX})",
+            row()
+        )));
+    }
+    Ok(())
+}
+
+/// A time in 10 ms units as seconds with two decimals, for messages (negative too).
+fn centis(t: Timestamp) -> String {
+    let sign = if t.0 < 0 { "-" } else { "" };
+    let a = t.0.unsigned_abs();
+    format!("{sign}{}.{:02}", a / 100, a % 100)
 }
 
 /// Checks an export as `files::import` would before writing it (collection names,

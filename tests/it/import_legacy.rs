@@ -1151,3 +1151,41 @@ fn an_unreadable_file_here_fails_its_user_and_the_import_goes_on() {
         assert!(file(102).is_dir());
     }
 }
+
+#[test]
+fn records_the_server_could_not_serve_fail_their_user_with_the_row_named() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let db = rusqlite::Connection::open(&src).unwrap();
+    // A pre-epoch record for user 101, a sortindex no client may write for user 102.
+    db.execute_batch(
+        "UPDATE bso SET modified = -5000 WHERE userid = 101 AND id = 'b1';
+         UPDATE bso SET sortindex = 1000000000 WHERE userid = 102 AND id = 'h1';",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    for flags in [&["--dry-run"][..], &[]] {
+        let (ok, out, err) = import_with(data.path(), &url, flags);
+        assert!(!ok, "{out}{err}");
+        assert!(
+            out.contains(r#"user 101: FAILED: source database: record "b1" of "bookmarks": modified -5.00 is not a time"#)
+                && out.contains(r#"user 102: FAILED: source database: record "h1" of "history": sortindex 1000000000 is outside"#)
+                && err.contains("0 users (0 records), skipped 0, failed 2"),
+            "{out}{err}"
+        );
+    }
+    // Nothing was written.
+    assert!(!data.path().join("users").exists());
+    // A time past year 9999 too.
+    db.execute_batch(
+        "UPDATE bso SET modified = 9000000000000000 WHERE userid = 101 AND id = 'b1';",
+    )
+    .unwrap();
+    let (ok, out, err) = import_with(data.path(), &url, &["--users", "101"]);
+    assert!(
+        !ok && out.contains("modified 9000000000000.00 is not a time"),
+        "{out}{err}"
+    );
+}
