@@ -502,18 +502,23 @@ pub fn compact(path: &Path, uid: u64, threshold: f64) -> Result<(u64, u64), Stor
     Ok((before, file_bytes(path)))
 }
 
-/// Whether a user has any file (for import-legacy's resume).
+/// Whether a user has any data here (for import-legacy's resume). Opens the file
+/// read-only: nothing is written (no checkpoint on close), so a dry run leaves the
+/// file and its WAL as they were.
 pub fn has_data(data_dir: &Path, uid: u64) -> Result<bool, StorageError> {
     let path = user_path(data_dir, uid);
     if !path.exists() {
         return Ok(false);
     }
-    let conn = open_path(&path, uid)?;
-    let n: Option<i64> = conn
-        .query_row("SELECT 1 FROM collections LIMIT 1", [], |r| r.get(0))
-        .optional()
-        .map_err(|e| StorageError::from_sqlite(uid, e))?;
-    Ok(n.is_some())
+    super::sqlite::configure();
+    let sql = |e| StorageError::from_sqlite(uid, e);
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql)?;
+    conn.busy_timeout(Duration::from_secs(30)).map_err(sql)?;
+    holds_data(&conn).map_err(sql)
 }
 
 #[cfg(test)]

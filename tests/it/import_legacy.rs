@@ -1189,3 +1189,40 @@ fn records_the_server_could_not_serve_fail_their_user_with_the_row_named() {
         "{out}{err}"
     );
 }
+
+#[test]
+fn a_dry_run_leaves_an_existing_user_file_and_its_wal_as_they_were() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import_with(data.path(), &url, &["--users", "102"]);
+    assert!(ok, "{out}{err}");
+    // A write left in the WAL, not checkpointed (as a server's may be).
+    let file = data.path().join("users/102/102.sqlite");
+    let wal = data.path().join("users/102/102.sqlite-wal");
+    {
+        let db = rusqlite::Connection::open(&file).unwrap();
+        db.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        db.execute_batch("PRAGMA wal_autocheckpoint = 0; UPDATE bso SET payload = 'later';")
+            .unwrap();
+    }
+    let before = (std::fs::read(&file).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(!before.1.is_empty());
+    let (ok, out, err) = import_with(data.path(), &url, &["--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 102: skipped (already has data here)"),
+        "{out}"
+    );
+    let after = (std::fs::read(&file).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(
+        before == after,
+        "the dry run wrote to user 102's file or WAL"
+    );
+}
