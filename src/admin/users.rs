@@ -365,15 +365,20 @@ pub fn import_legacy(
     use std::io::Write;
     let mut source = LegacySource::open(url)?;
     let all = source.users()?;
-    // Each wanted user once, in the order given; those the source lacks fail.
-    let users: Vec<(u64, bool)> = match &opts.users {
-        None => all.iter().map(|&u| (u, true)).collect(),
+    // Each wanted user once, in the order given; those the source lacks fail, and so
+    // do the source's negative ids (no tokenserver gives them out).
+    // (i128 holds both the source's i64 ids and the u64 uids asked for.)
+    let users: Vec<(i128, bool)> = match &opts.users {
+        None => all.iter().map(|&u| (i128::from(u), true)).collect(),
         Some(wanted) => {
             let mut seen = std::collections::BTreeSet::new();
             wanted
                 .iter()
                 .filter(|u| seen.insert(**u))
-                .map(|&u| (u, all.binary_search(&u).is_ok()))
+                .map(|&u| {
+                    let found = i64::try_from(u).is_ok_and(|id| all.binary_search(&id).is_ok());
+                    (i128::from(u), found)
+                })
                 .collect()
         }
     };
@@ -387,7 +392,15 @@ pub fn import_legacy(
     );
     let (mut imported, mut skipped, mut failed, mut records) = (0, 0, 0, 0);
     let mut stdout = std::io::stdout().lock();
-    for (uid, in_source) in users {
+    for (id, in_source) in users {
+        let Ok(uid) = u64::try_from(id) else {
+            failed += 1;
+            let line = format!("user {id}: FAILED: a negative user id, not a tokenserver uid");
+            bar.suspend(|| writeln!(stdout, "{line}"))
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            bar.inc(1);
+            continue;
+        };
         // Whether the user has data here (with --replace it does not matter); a file
         // here that cannot be read fails this user only.
         let has_data = || {

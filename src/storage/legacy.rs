@@ -183,31 +183,28 @@ impl LegacySource {
         )))
     }
 
-    /// Every user with data, ascending.
-    pub fn users(&mut self) -> Result<Vec<u64>, StorageError> {
+    /// Every user with data, ascending: those of `user_collections` and of the record
+    /// tables (a user may have records without `user_collections` rows). Negative ids
+    /// are listed too, for the caller to report: they are no tokenserver's uids.
+    pub fn users(&mut self) -> Result<Vec<i64>, StorageError> {
         let ids: Vec<i64> = match self {
-            LegacySource::PythonSqlite(conn, _) => conn
-                .prepare("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
-                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                .map_err(bad)?,
-            LegacySource::PythonMysql(conn, _) | LegacySource::RustMysql(conn) => {
-                use mysql::prelude::Queryable;
-                let mut ids = Vec::new();
-                for row in conn
-                    .query_iter("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
+            LegacySource::PythonSqlite(conn, tables) => {
+                let sql = union_of_users("userid", "user_collections", tables, '"');
+                conn.prepare(&sql)
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                     .map_err(bad)?
-                {
-                    ids.push(my_col::<i64>(&row.map_err(bad)?, 0, "user_collections")?);
-                }
-                ids
+            }
+            LegacySource::PythonMysql(conn, tables) => {
+                let sql = union_of_users("userid", "user_collections", tables, '`');
+                mysql_ids(conn, &sql)?
+            }
+            LegacySource::RustMysql(conn) => {
+                let sql = union_of_users("userid", "user_collections", &["bso".into()], '`');
+                mysql_ids(conn, &sql)?
             }
             LegacySource::RustPostgres(client) => {
-                let rows = client
-                    .query(
-                        "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
-                        &[],
-                    )
-                    .map_err(pg_bad)?;
+                let sql = union_of_users("user_id", "user_collections", &["bsos".into()], '"');
+                let rows = client.query(&sql, &[]).map_err(pg_bad)?;
                 let mut ids = Vec::with_capacity(rows.len());
                 for row in &rows {
                     ids.extend(pg_int(row, 0, "user_collections")?);
@@ -215,10 +212,7 @@ impl LegacySource {
                 ids
             }
         };
-        Ok(ids
-            .into_iter()
-            .filter_map(|i| u64::try_from(i).ok())
-            .collect())
+        Ok(ids)
     }
 
     /// One user's collections and records, as an export, read in one snapshot of the
@@ -266,6 +260,31 @@ impl LegacySource {
         }
         assemble(uid, rows, now_ms())
     }
+}
+
+/// `SELECT <column> FROM <first> UNION SELECT <column> FROM <table>… ORDER BY 1`, the
+/// tables quoted with `quote`.
+fn union_of_users(column: &str, first: &str, tables: &[String], quote: char) -> String {
+    let q = |t: &str| {
+        let doubled = format!("{quote}{quote}");
+        format!("{quote}{}{quote}", t.replace(quote, &doubled))
+    };
+    let mut sql = format!("SELECT {column} FROM {}", q(first));
+    for t in tables {
+        sql.push_str(&format!(" UNION SELECT {column} FROM {}", q(t)));
+    }
+    sql.push_str(" ORDER BY 1");
+    sql
+}
+
+/// The ids a one-column MySQL query returns.
+fn mysql_ids(conn: &mut mysql::Conn, sql: &str) -> Result<Vec<i64>, StorageError> {
+    use mysql::prelude::Queryable;
+    let mut ids = Vec::new();
+    for row in conn.query_iter(sql).map_err(bad)? {
+        ids.push(my_col::<i64>(&row.map_err(bad)?, 0, "users")?);
+    }
+    Ok(ids)
 }
 
 /// Now, in milliseconds since the epoch.
@@ -543,7 +562,22 @@ fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, Storage
             colls.insert(id, collection(&names, id, modified)?);
         }
     }
+    // A record read twice (in two shards, or a table without its primary key): the
+    // newest write is the record.
+    let mut unique: BTreeMap<(i64, String), RecordExport> = BTreeMap::new();
     for (coll, record) in records {
+        match unique.entry((coll, record.id.clone())) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(record);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                if record.modified > e.get().modified {
+                    e.insert(record);
+                }
+            }
+        }
+    }
+    for ((coll, _), record) in unique {
         if record.expires.is_some_and(|e| e.0 <= now_ms) {
             continue;
         }

@@ -1226,3 +1226,52 @@ fn a_dry_run_leaves_an_existing_user_file_and_its_wal_as_they_were() {
         "the dry run wrote to user 102's file or WAL"
     );
 }
+
+#[test]
+fn negative_ids_fail_users_without_collection_rows_come_and_duplicates_count_once() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let db = rusqlite::Connection::open(&src).unwrap();
+    // A second shard holding a newer copy of user 101's b1, and all of user 103 (who
+    // has no user_collections row); user -4 in both tables.
+    db.execute_batch(
+        "CREATE TABLE bso1 AS SELECT * FROM bso WHERE 0;
+         INSERT INTO bso1 VALUES (101, 7, 'b1', NULL, 1700000000500, 'bookmark 1 newer', 16, 2100000000);
+         INSERT INTO bso1 VALUES (103, 7, 'x', NULL, 1700000600000, 'only in bso', 11, 2100000000);
+         INSERT INTO user_collections VALUES (-4, 7, 1700000000000);
+         INSERT INTO bso VALUES (-4, 7, 'n', NULL, 1700000000000, 'negative', 8, 2100000000);",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("user -4: FAILED: a negative user id")
+            && out.contains("user 101: imported 5 records in 3 collections")
+            && out.contains("user 103: imported 1 records in 1 collections"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 3 users (8 records), skipped 0, failed 1"),
+        "{err}"
+    );
+    let export = export_user(data.path(), 101);
+    let bookmarks = &export["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bookmarks")
+        .unwrap()["records"];
+    let b1: Vec<&Value> = bookmarks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["id"] == "b1")
+        .collect();
+    assert_eq!(b1.len(), 1);
+    assert_eq!(b1[0]["payload"], "bookmark 1 newer");
+    let export = export_user(data.path(), 103);
+    assert_eq!(exported_ids(&export), ["bookmarks/x"]);
+}
