@@ -364,7 +364,9 @@ pub fn import_legacy(
     use crate::storage::legacy::{self, LegacySource};
     use std::io::Write;
     let mut source = LegacySource::open(url)?;
-    let all = source.users()?;
+    // No message shows the source's password.
+    let hide = |e: StorageError| legacy::scrub(&e.to_string(), url);
+    let all = source.users().map_err(|e| AdminError::Invalid(hide(e)))?;
     // Each wanted user once, in the order given; those the source lacks fail, and so
     // do the source's negative ids (no tokenserver gives them out).
     // (i128 holds both the source's i64 ids and the u64 uids asked for.)
@@ -457,7 +459,7 @@ pub fn import_legacy(
                 }
                 Err(e) => {
                     failed += 1;
-                    format!("user {uid}: FAILED: {e}")
+                    format!("user {uid}: FAILED: {}", hide(e))
                 }
             }
         };

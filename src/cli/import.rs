@@ -13,8 +13,14 @@ pub struct ImportLegacyArgs {
     common: Common,
     /// sqlite:///path/to/syncstorage.db (server-syncstorage), mysql://user:pass@host/db
     /// (server-syncstorage or syncstorage-rs) or postgres://user:pass@host/db
-    /// (syncstorage-rs)
-    #[arg(long, value_name = "URL")]
+    /// (syncstorage-rs). Or in the environment, so the password is not on the command
+    /// line (visible in `ps`)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SYNCSTORE_IMPORT_FROM",
+        hide_env_values = true
+    )]
     from: String,
     /// Read and check every user as an import would, write nothing
     #[arg(long)]

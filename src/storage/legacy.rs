@@ -120,7 +120,16 @@ impl LegacySource {
     /// Opens `sqlite:///path/to/file.db` (or `sqlite:relative.db`), `mysql://…` (either
     /// server's schema, told apart by the `collections` table's columns) or
     /// `postgres://…`.
+    ///
+    /// No error shows the URL's password (see [`scrub`]).
     pub fn open(url: &str) -> Result<LegacySource, StorageError> {
+        LegacySource::open_url(url).map_err(|e| match e {
+            StorageError::Invalid(m) => StorageError::Invalid(scrub(&m, url)),
+            e => e,
+        })
+    }
+
+    fn open_url(url: &str) -> Result<LegacySource, StorageError> {
         if let Some(path) = url
             .strip_prefix("sqlite://")
             .or(url.strip_prefix("sqlite:"))
@@ -178,8 +187,9 @@ impl LegacySource {
             return Ok(LegacySource::RustPostgres(Box::new(client)));
         }
         Err(StorageError::Invalid(format!(
-            "unsupported source {url:?}: use sqlite:///path (server-syncstorage), \
-             mysql://… (server-syncstorage or syncstorage-rs) or postgres://… (syncstorage-rs)"
+            "unsupported source {:?}: use sqlite:///path (server-syncstorage), \
+             mysql://… (server-syncstorage or syncstorage-rs) or postgres://… (syncstorage-rs)",
+            redact(url)
         )))
     }
 
@@ -260,6 +270,57 @@ impl LegacySource {
         }
         assemble(uid, rows, now_ms())
     }
+}
+
+/// The password in a URL's user info (`scheme://user:password@host/…`), if any.
+fn password(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    // The user info ends at the last `@` before the path (or, for a password with an
+    // unencoded `/`, at the last `@` at all).
+    let path = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..path].rfind('@').or_else(|| rest.rfind('@'))?;
+    let (_, pass) = rest[..at].split_once(':')?;
+    (!pass.is_empty()).then_some(pass)
+}
+
+/// `url` with its password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    scrub(url, url)
+}
+
+/// `message` with every occurrence of `url`'s password (as written, and
+/// percent-decoded) replaced by `***`.
+pub fn scrub(message: &str, url: &str) -> String {
+    let Some(pass) = password(url) else {
+        return message.to_string();
+    };
+    let mut out = message.replace(pass, "***");
+    let decoded = percent_decode(pass);
+    if !decoded.is_empty() && decoded != pass {
+        out = out.replace(&decoded, "***");
+    }
+    out
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `SELECT <column> FROM <first> UNION SELECT <column> FROM <table>… ORDER BY 1`, the
@@ -861,6 +922,24 @@ mod tests {
         assert_eq!(ids, ["live", "never"]);
         assert_eq!(data.collections[0].modified, Timestamp(300));
         assert_eq!(check(&data).unwrap(), 2);
+    }
+
+    #[test]
+    fn passwords_never_show_in_messages() {
+        let url = "mysqll://sync:s3cr%40t@db.example:3306/sync";
+        assert_eq!(redact(url), "mysqll://sync:***@db.example:3306/sync");
+        assert_eq!(
+            scrub("access denied for sync with s3cr@t", url),
+            "access denied for sync with ***"
+        );
+        assert_eq!(redact("postgres://a:b/c@h/db"), "postgres://a:***@h/db");
+        for plain in [
+            "sqlite:///var/db.sqlite",
+            "postgres://sync@h/db",
+            "mysql://h/db",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
     }
 
     #[test]

@@ -1275,3 +1275,50 @@ fn negative_ids_fail_users_without_collection_rows_come_and_duplicates_count_onc
     let export = export_user(data.path(), 103);
     assert_eq!(exported_ids(&export), ["bookmarks/x"]);
 }
+
+#[test]
+fn the_sources_password_never_shows_and_the_url_may_come_from_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    for url in [
+        "mysqll://sync:s3cret@127.0.0.1:1/syncstorage",
+        "mysql://sync:s3cret@127.0.0.1:1/syncstorage",
+        "postgres://sync:s3cret@127.0.0.1:1/syncstorage",
+        "postgres://sync:s3cret@127.0.0.1:1/syncstorage?sslmode=bogus",
+    ] {
+        let (ok, out, err) = import(data.path(), url);
+        assert!(!ok, "{url}");
+        assert!(
+            !out.contains("s3cret") && !err.contains("s3cret"),
+            "{out}{err}"
+        );
+    }
+    let (_, _, err) = import(data.path(), "mysqll://sync:s3cret@127.0.0.1:1/syncstorage");
+    assert!(
+        err.contains("unsupported source \"mysqll://sync:***@127.0.0.1:1/syncstorage\""),
+        "{err}"
+    );
+
+    // SYNCSTORE_IMPORT_FROM in place of --from.
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["import-legacy", "--dry-run", "--data-dir"])
+        .arg(data.path())
+        .env(
+            "SYNCSTORE_IMPORT_FROM",
+            format!("sqlite://{}", src.display()),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("would import 2 users (7 records)"),
+        "{stdout}"
+    );
+}
