@@ -1322,3 +1322,37 @@ fn the_sources_password_never_shows_and_the_url_may_come_from_the_environment() 
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn the_byte_cap_holds_on_syncstorage_rs_postgres_and_mysql_too() {
+    let mut urls = Vec::new();
+    if have_postgres() {
+        let url = fresh_database().await;
+        let dump = fixture("syncstorage-rs-0.23.3-postgres-batches.sql");
+        psql(&url, &["-f", dump.to_str().unwrap()]);
+        urls.push(url);
+    }
+    if let Some(admin) = mysql_admin() {
+        let dump = fixture("syncstorage-rs-0.23.3-mysql.sql");
+        urls.push(mysql_database_from(&admin, &dump).await);
+    }
+    for url in urls {
+        let data = tempfile::tempdir().unwrap();
+        let (ok, out, err) = import_with(data.path(), &url, &["--max-user-bytes", "1"]);
+        assert!(!ok, "{out}{err}");
+        assert_eq!(
+            out.matches("FAILED: too large to import: its records exceed the cap of 1 bytes")
+                .count(),
+            10,
+            "{out}"
+        );
+        assert!(
+            err.contains("imported 0 users (0 records), skipped 0, failed 10"),
+            "{err}"
+        );
+        // Every user failed on the cap alone (each read began anew after the one
+        // before failed); with room for them, all come.
+        let (ok, out, err) = import(data.path(), &url);
+        assert!(ok && out.contains("imported 10 users ("), "{out}{err}");
+    }
+}
