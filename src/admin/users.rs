@@ -321,17 +321,38 @@ pub fn orphans_waiting(
 }
 
 /// What `import-legacy` does besides reading the source.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LegacyImport {
     /// Read and check every user, write nothing.
     pub dry_run: bool,
     /// Only these users (`--users 1,2,3`); all of the source's when `None`.
     pub users: Option<Vec<u64>>,
+    /// Re-import users who already have data here, replacing it with the source's
+    /// (`--replace`: the final copy after a trial run, before clients sync here).
+    pub replace: bool,
+    /// The most bytes of record ids and payloads read for one user (`--max-user-bytes`):
+    /// a larger user fails with the reason and the import goes on.
+    pub max_user_bytes: u64,
 }
+
+impl Default for LegacyImport {
+    fn default() -> LegacyImport {
+        LegacyImport {
+            dry_run: false,
+            users: None,
+            replace: false,
+            max_user_bytes: DEFAULT_MAX_USER_BYTES,
+        }
+    }
+}
+
+/// `--max-user-bytes`' default: 1 GiB.
+pub const DEFAULT_MAX_USER_BYTES: u64 = 1 << 30;
 
 /// `import-legacy --from URL`: copies every user of a Mozilla storage server's database
 /// into per-user files, one transaction per user. Users that already have data here
-/// are skipped, so an interrupted run can simply be started again. A user that cannot
+/// are skipped, so an interrupted run can simply be started again (with `replace`,
+/// their data is replaced by the source's instead). A user that cannot
 /// be read or written is named with the reason and the import goes on. Prints one
 /// line per user to stdout as it goes (a progress bar with an ETA on stderr when it
 /// is a terminal); returns the summary, an error if any user failed.
@@ -343,16 +364,23 @@ pub fn import_legacy(
     use crate::storage::legacy::{self, LegacySource};
     use std::io::Write;
     let mut source = LegacySource::open(url)?;
-    let all = source.users()?;
-    // Each wanted user once, in the order given; those the source lacks fail.
-    let users: Vec<(u64, bool)> = match &opts.users {
-        None => all.iter().map(|&u| (u, true)).collect(),
+    // No message shows the source's password.
+    let hide = |e: StorageError| legacy::scrub(&e.to_string(), url);
+    let all = source.users().map_err(|e| AdminError::Invalid(hide(e)))?;
+    // Each wanted user once, in the order given; those the source lacks fail, and so
+    // do the source's negative ids (no tokenserver gives them out).
+    // (i128 holds both the source's i64 ids and the u64 uids asked for.)
+    let users: Vec<(i128, bool)> = match &opts.users {
+        None => all.iter().map(|&u| (i128::from(u), true)).collect(),
         Some(wanted) => {
             let mut seen = std::collections::BTreeSet::new();
             wanted
                 .iter()
                 .filter(|u| seen.insert(**u))
-                .map(|&u| (u, all.binary_search(&u).is_ok()))
+                .map(|&u| {
+                    let found = i64::try_from(u).is_ok_and(|id| all.binary_search(&id).is_ok());
+                    (i128::from(u), found)
+                })
                 .collect()
         }
     };
@@ -366,25 +394,61 @@ pub fn import_legacy(
     );
     let (mut imported, mut skipped, mut failed, mut records) = (0, 0, 0, 0);
     let mut stdout = std::io::stdout().lock();
-    for (uid, in_source) in users {
+    for (id, in_source) in users {
+        let Ok(uid) = u64::try_from(id) else {
+            failed += 1;
+            let line = format!("user {id}: FAILED: a negative user id, not a tokenserver uid");
+            bar.suspend(|| writeln!(stdout, "{line}"))
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            bar.inc(1);
+            continue;
+        };
+        // Whether the user has data here (with --replace it does not matter); a file
+        // here that cannot be read fails this user only.
+        let has_data = || {
+            if opts.replace {
+                return Ok(false);
+            }
+            files::has_data(data_dir, uid).map_err(|e| {
+                let path = crate::storage::userdbs::user_path(data_dir, uid);
+                format!("its file here ({}) cannot be read: {e}", path.display())
+            })
+        };
+        let have = if in_source { has_data() } else { Ok(false) };
         let line = if !in_source {
             failed += 1;
             format!("user {uid}: FAILED: not in the source database")
-        } else if files::has_data(data_dir, uid)? {
+        } else if let Err(e) = &have {
+            failed += 1;
+            format!("user {uid}: FAILED: {e}")
+        } else if have == Ok(true) {
             skipped += 1;
             format!("user {uid}: skipped (already has data here)")
         } else {
-            let result = source.user(uid).and_then(|data| {
+            let result = source.user(uid, opts.max_user_bytes).and_then(|data| {
                 let n = if opts.dry_run {
                     legacy::check(&data)?
                 } else {
                     let mut conn = files::open_or_create(data_dir, uid)?;
-                    files::import(&mut conn, uid, &data, false)?
+                    let existing = if opts.replace {
+                        files::Existing::Replace
+                    } else {
+                        files::Existing::Skip
+                    };
+                    match files::import_with(&mut conn, uid, &data, existing)? {
+                        Some(n) => n,
+                        // A server wrote the user since the check: theirs is newer.
+                        None => return Ok(None),
+                    }
                 };
-                Ok((n, data.collections.len()))
+                Ok(Some((n, data.collections.len())))
             });
             match result {
-                Ok((n, c)) => {
+                Ok(None) => {
+                    skipped += 1;
+                    format!("user {uid}: skipped (already has data here)")
+                }
+                Ok(Some((n, c))) => {
                     imported += 1;
                     records += n;
                     if opts.dry_run {
@@ -395,7 +459,7 @@ pub fn import_legacy(
                 }
                 Err(e) => {
                     failed += 1;
-                    format!("user {uid}: FAILED: {e}")
+                    format!("user {uid}: FAILED: {}", hide(e))
                 }
             }
         };

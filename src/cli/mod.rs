@@ -61,7 +61,8 @@ enum Command {
     Stats(maintenance::StatsArgs),
     /// Copy users from a Mozilla storage server's database into per-user files:
     /// server-syncstorage (Python) on SQLite or MySQL, or syncstorage-rs on PostgreSQL or
-    /// MySQL/MariaDB. Resumable: users already present here are skipped.
+    /// MySQL/MariaDB. Resumable: users already present here are skipped (--replace
+    /// replaces their data with the source's, for the final copy after a trial run).
     ImportLegacy(import::ImportLegacyArgs),
     /// Ask a running server's /__heartbeat__ whether it is healthy (exit 0) or not
     /// (exit 1): for container health checks and monitoring scripts.

@@ -289,12 +289,46 @@ pub fn import(
     data: &UserExport,
     replace: bool,
 ) -> Result<usize, StorageError> {
+    let mode = if replace {
+        Existing::Replace
+    } else {
+        Existing::Merge
+    };
+    Ok(import_with(conn, uid, data, mode)?.unwrap_or(0))
+}
+
+/// What an import does with data the user already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Keep it; records of the same collection and id are replaced.
+    Merge,
+    /// Delete it first.
+    Replace,
+    /// Write nothing if there is any (decided inside the write transaction, so a
+    /// server writing the user at the same time is never overwritten).
+    Skip,
+}
+
+/// [`import`], with what to do about data already there; `None` when `Existing::Skip`
+/// found some (nothing was written).
+pub fn import_with(
+    conn: &mut Connection,
+    uid: u64,
+    data: &UserExport,
+    existing: Existing,
+) -> Result<Option<usize>, StorageError> {
     let sql = |e| StorageError::from_sqlite(uid, e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
-    if replace {
-        queries::delete_everything(&tx).map_err(sql)?;
+    match existing {
+        Existing::Merge => {}
+        Existing::Replace => queries::delete_everything(&tx).map_err(sql)?,
+        Existing::Skip => {
+            if holds_data(&tx).map_err(sql)? {
+                return Ok(None);
+            }
+        }
     }
     let mut written = 0;
     let mut newest_write = data.modified;
@@ -351,7 +385,16 @@ pub fn import(
     if let Some(path) = conn.path() {
         super::summary::mark_changed(Path::new(path))?;
     }
-    Ok(written)
+    Ok(Some(written))
+}
+
+/// Whether a user file holds any collection (a record always has one).
+fn holds_data(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM collections LIMIT 1", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|n| n.is_some())
 }
 
 /// Removes a user's data: wiped in one transaction first (a server holding the file
@@ -459,23 +502,77 @@ pub fn compact(path: &Path, uid: u64, threshold: f64) -> Result<(u64, u64), Stor
     Ok((before, file_bytes(path)))
 }
 
-/// Whether a user has any file (for import-legacy's resume).
+/// Whether a user has any data here (for import-legacy's resume). Opens the file
+/// read-only: nothing is written (no checkpoint on close), so a dry run leaves the
+/// file and its WAL as they were.
 pub fn has_data(data_dir: &Path, uid: u64) -> Result<bool, StorageError> {
     let path = user_path(data_dir, uid);
     if !path.exists() {
         return Ok(false);
     }
-    let conn = open_path(&path, uid)?;
-    let n: Option<i64> = conn
-        .query_row("SELECT 1 FROM collections LIMIT 1", [], |r| r.get(0))
-        .optional()
-        .map_err(|e| StorageError::from_sqlite(uid, e))?;
-    Ok(n.is_some())
+    super::sqlite::configure();
+    let sql = |e| StorageError::from_sqlite(uid, e);
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql)?;
+    conn.busy_timeout(Duration::from_secs(30)).map_err(sql)?;
+    holds_data(&conn).map_err(sql)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_record(uid: u64, id: &str, payload: &str, modified: i64) -> UserExport {
+        UserExport {
+            format: EXPORT_FORMAT.into(),
+            uid,
+            modified: Timestamp(modified),
+            collections: vec![CollectionExport {
+                name: "bookmarks".into(),
+                modified: Timestamp(modified),
+                records: vec![RecordExport {
+                    id: id.into(),
+                    payload: payload.into(),
+                    sortindex: None,
+                    modified: Timestamp(modified),
+                    expires: None,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn an_import_that_skips_users_with_data_decides_inside_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        // The file was empty when checked; then a server wrote the user.
+        let mut conn = open_or_create(dir.path(), 5).unwrap();
+        assert!(!has_data(dir.path(), 5).unwrap());
+        import(&mut conn, 5, &one_record(5, "a", "newer", 200), false).unwrap();
+        let old = one_record(5, "a", "older", 100);
+        assert_eq!(
+            import_with(&mut conn, 5, &old, Existing::Skip).unwrap(),
+            None
+        );
+        let back = export(&mut conn, 5).unwrap();
+        assert_eq!(back.collections[0].records[0].payload, "newer");
+        // An empty file is written; replacing writes over data.
+        let mut conn = open_or_create(dir.path(), 6).unwrap();
+        assert_eq!(
+            import_with(&mut conn, 6, &old, Existing::Skip).unwrap(),
+            Some(1)
+        );
+        let new = one_record(6, "b", "x", 300);
+        assert_eq!(
+            import_with(&mut conn, 6, &new, Existing::Replace).unwrap(),
+            Some(1)
+        );
+        let back = export(&mut conn, 6).unwrap();
+        assert_eq!(back.collections[0].records.len(), 1);
+        assert_eq!(back.collections[0].records[0].id, "b");
+    }
 
     #[test]
     fn wire_timestamps_parse_exactly() {

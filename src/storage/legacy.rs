@@ -30,11 +30,12 @@
 
 use std::collections::BTreeMap;
 
+use postgres::fallible_iterator::FallibleIterator;
 use rusqlite::OpenFlags;
 
 use super::StorageError;
 use super::files::{CollectionExport, EXPORT_FORMAT, RecordExport, UserExport};
-use super::model::{Millis, Timestamp, valid_bso_id, valid_collection};
+use super::model::{MAX_SORTINDEX, Millis, Timestamp, valid_bso_id, valid_collection};
 
 /// Collection ids both servers reserve for the standard collections.
 const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
@@ -50,6 +51,10 @@ const STANDARD_COLLECTIONS: [(i64, &str); 11] = [
     (10, "passwords"),
     (11, "addons"),
 ];
+
+/// The latest time a record or collection may carry (9999-12-31 23:59:59.99, in 10 ms
+/// units): later ones are not times a client can be served.
+const MAX_MODIFIED: Timestamp = Timestamp(25_340_230_079_999);
 
 /// The Python server's "never expires" `ttl`.
 const PYTHON_MAX_TTL: i64 = 2_100_000_000;
@@ -86,13 +91,45 @@ struct UserRows {
     names: BTreeMap<i64, String>,
     stamps: Vec<(i64, Timestamp)>,
     records: Vec<(i64, RecordExport)>,
+    /// Bytes of record ids and payloads read so far.
+    bytes: u64,
+    /// The most `bytes` may reach: over it, the user fails.
+    max_bytes: u64,
+}
+
+impl UserRows {
+    /// Keeps a record read from the source, unless the user's records now exceed the
+    /// cap (then the user fails, before reading more into memory).
+    fn push(&mut self, coll: i64, record: RecordExport) -> Result<(), StorageError> {
+        let size = record.payload.len().saturating_add(record.id.len());
+        self.bytes = self.bytes.saturating_add(size as u64);
+        if self.bytes > self.max_bytes {
+            return Err(StorageError::Invalid(format!(
+                "too large to import: its records exceed the cap of {} bytes \
+                 ({} bytes of ids and payloads read before stopping; \
+                 raise it with --max-user-bytes)",
+                self.max_bytes, self.bytes
+            )));
+        }
+        self.records.push((coll, record));
+        Ok(())
+    }
 }
 
 impl LegacySource {
     /// Opens `sqlite:///path/to/file.db` (or `sqlite:relative.db`), `mysql://…` (either
     /// server's schema, told apart by the `collections` table's columns) or
     /// `postgres://…`.
+    ///
+    /// No error shows the URL's password (see [`scrub`]).
     pub fn open(url: &str) -> Result<LegacySource, StorageError> {
+        LegacySource::open_url(url).map_err(|e| match e {
+            StorageError::Invalid(m) => StorageError::Invalid(scrub(&m, url)),
+            e => e,
+        })
+    }
+
+    fn open_url(url: &str) -> Result<LegacySource, StorageError> {
         if let Some(path) = url
             .strip_prefix("sqlite://")
             .or(url.strip_prefix("sqlite:"))
@@ -150,36 +187,34 @@ impl LegacySource {
             return Ok(LegacySource::RustPostgres(Box::new(client)));
         }
         Err(StorageError::Invalid(format!(
-            "unsupported source {url:?}: use sqlite:///path (server-syncstorage), \
-             mysql://… (server-syncstorage or syncstorage-rs) or postgres://… (syncstorage-rs)"
+            "unsupported source {:?}: use sqlite:///path (server-syncstorage), \
+             mysql://… (server-syncstorage or syncstorage-rs) or postgres://… (syncstorage-rs)",
+            redact(url)
         )))
     }
 
-    /// Every user with data, ascending.
-    pub fn users(&mut self) -> Result<Vec<u64>, StorageError> {
+    /// Every user with data, ascending: those of `user_collections` and of the record
+    /// tables (a user may have records without `user_collections` rows). Negative ids
+    /// are listed too, for the caller to report: they are no tokenserver's uids.
+    pub fn users(&mut self) -> Result<Vec<i64>, StorageError> {
         let ids: Vec<i64> = match self {
-            LegacySource::PythonSqlite(conn, _) => conn
-                .prepare("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
-                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                .map_err(bad)?,
-            LegacySource::PythonMysql(conn, _) | LegacySource::RustMysql(conn) => {
-                use mysql::prelude::Queryable;
-                let mut ids = Vec::new();
-                for row in conn
-                    .query_iter("SELECT DISTINCT userid FROM user_collections ORDER BY userid")
+            LegacySource::PythonSqlite(conn, tables) => {
+                let sql = union_of_users("userid", "user_collections", tables, '"');
+                conn.prepare(&sql)
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                     .map_err(bad)?
-                {
-                    ids.push(my_col::<i64>(&row.map_err(bad)?, 0, "user_collections")?);
-                }
-                ids
+            }
+            LegacySource::PythonMysql(conn, tables) => {
+                let sql = union_of_users("userid", "user_collections", tables, '`');
+                mysql_ids(conn, &sql)?
+            }
+            LegacySource::RustMysql(conn) => {
+                let sql = union_of_users("userid", "user_collections", &["bso".into()], '`');
+                mysql_ids(conn, &sql)?
             }
             LegacySource::RustPostgres(client) => {
-                let rows = client
-                    .query(
-                        "SELECT DISTINCT user_id FROM user_collections ORDER BY user_id",
-                        &[],
-                    )
-                    .map_err(pg_bad)?;
+                let sql = union_of_users("user_id", "user_collections", &["bsos".into()], '"');
+                let rows = client.query(&sql, &[]).map_err(pg_bad)?;
                 let mut ids = Vec::with_capacity(rows.len());
                 for row in &rows {
                     ids.extend(pg_int(row, 0, "user_collections")?);
@@ -187,22 +222,22 @@ impl LegacySource {
                 ids
             }
         };
-        Ok(ids
-            .into_iter()
-            .filter_map(|i| u64::try_from(i).ok())
-            .collect())
+        Ok(ids)
     }
 
     /// One user's collections and records, as an export, read in one snapshot of the
     /// source (a read-only REPEATABLE READ transaction on PostgreSQL and MySQL, a read
     /// transaction on SQLite), so a source server that keeps serving cannot make it
-    /// see half of a write. Records already expired are left out.
-    pub fn user(&mut self, uid: u64) -> Result<UserExport, StorageError> {
+    /// see half of a write. Records already expired are left out. A user whose record
+    /// ids and payloads exceed `max_bytes` fails as soon as they do (nothing more of
+    /// that user is read into memory).
+    pub fn user(&mut self, uid: u64, max_bytes: u64) -> Result<UserExport, StorageError> {
         let mut rows = UserRows {
             names: STANDARD_COLLECTIONS
                 .iter()
                 .map(|(id, n)| (*id, n.to_string()))
                 .collect(),
+            max_bytes,
             ..UserRows::default()
         };
         let user = uid as i64;
@@ -235,6 +270,82 @@ impl LegacySource {
         }
         assemble(uid, rows, now_ms())
     }
+}
+
+/// The password in a URL's user info (`scheme://user:password@host/…`), if any.
+fn password(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    // The user info ends at the last `@` before the path (or, for a password with an
+    // unencoded `/`, at the last `@` at all).
+    let path = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..path].rfind('@').or_else(|| rest.rfind('@'))?;
+    let (_, pass) = rest[..at].split_once(':')?;
+    (!pass.is_empty()).then_some(pass)
+}
+
+/// `url` with its password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    scrub(url, url)
+}
+
+/// `message` with every occurrence of `url`'s password (as written, and
+/// percent-decoded) replaced by `***`.
+pub fn scrub(message: &str, url: &str) -> String {
+    let Some(pass) = password(url) else {
+        return message.to_string();
+    };
+    let mut out = message.replace(pass, "***");
+    let decoded = percent_decode(pass);
+    if !decoded.is_empty() && decoded != pass {
+        out = out.replace(&decoded, "***");
+    }
+    out
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `SELECT <column> FROM <first> UNION SELECT <column> FROM <table>… ORDER BY 1`, the
+/// tables quoted with `quote`.
+fn union_of_users(column: &str, first: &str, tables: &[String], quote: char) -> String {
+    let q = |t: &str| {
+        let doubled = format!("{quote}{quote}");
+        format!("{quote}{}{quote}", t.replace(quote, &doubled))
+    };
+    let mut sql = format!("SELECT {column} FROM {}", q(first));
+    for t in tables {
+        sql.push_str(&format!(" UNION SELECT {column} FROM {}", q(t)));
+    }
+    sql.push_str(" ORDER BY 1");
+    sql
+}
+
+/// The ids a one-column MySQL query returns.
+fn mysql_ids(conn: &mut mysql::Conn, sql: &str) -> Result<Vec<i64>, StorageError> {
+    use mysql::prelude::Queryable;
+    let mut ids = Vec::new();
+    for row in conn.query_iter(sql).map_err(bad)? {
+        ids.push(my_col::<i64>(&row.map_err(bad)?, 0, "users")?);
+    }
+    Ok(ids)
 }
 
 /// Now, in milliseconds since the epoch.
@@ -302,7 +413,8 @@ fn read_python_sqlite(
             })
             .map_err(bad)?;
         for row in found {
-            rows.records.push(row.map_err(bad)?);
+            let (coll, record) = row.map_err(bad)?;
+            rows.push(coll, record)?;
         }
     }
     Ok(())
@@ -335,7 +447,7 @@ fn read_python_mysql(
             let row = row.map_err(bad)?;
             let id: String = my_col(&row, 1, table)?;
             let what = format!("{table} record {id:?}");
-            rows.records.push((
+            rows.push(
                 my_col(&row, 0, &what)?,
                 python_record(
                     id,
@@ -344,7 +456,7 @@ fn read_python_mysql(
                     my_col(&row, 4, &what)?,
                     my_col(&row, 5, &what)?,
                 ),
-            ));
+            )?;
         }
     }
     Ok(())
@@ -408,7 +520,7 @@ fn read_rust_mysql(
         let what = format!("bso record {id:?}");
         let modified: i64 = my_col(&row, 4, &what)?;
         let ttl: i64 = my_col(&row, 5, &what)?;
-        rows.records.push((
+        rows.push(
             my_col(&row, 0, &what)?,
             RecordExport {
                 id,
@@ -418,7 +530,7 @@ fn read_rust_mysql(
                 expires: (ttl < RUST_MYSQL_NEVER && !rust_never(modified, ttl))
                     .then_some(Millis(ttl)),
             },
-        ));
+        )?;
     }
     Ok(())
 }
@@ -457,13 +569,16 @@ fn read_rust_postgres(
                 ROUND(EXTRACT(EPOCH FROM expiry) * 1000)::BIGINT
          FROM bsos WHERE user_id = $1"
     );
-    for row in tx.query(&sql, &[&user]).map_err(pg_bad)? {
+    // Streamed (not collected first), so the byte cap stops a large user early.
+    let params: [&(dyn postgres::types::ToSql + Sync); 1] = [&user];
+    let mut found = tx.query_raw(&sql, params).map_err(pg_bad)?;
+    while let Some(row) = found.next().map_err(pg_bad)? {
         let id = pg_text(&row, 1, "bsos")?.unwrap_or_default();
         let what = format!("bsos record {id:?}");
         let coll = required(pg_int(&row, 0, &what)?, &row, 0, &what)?;
         let modified = required(pg_int(&row, 4, &what)?, &row, 4, &what)?;
         let expiry = required(pg_int(&row, 5, &what)?, &row, 5, &what)?;
-        rows.records.push((
+        rows.push(
             coll,
             RecordExport {
                 id,
@@ -472,7 +587,7 @@ fn read_rust_postgres(
                 modified: Timestamp(modified),
                 expires: (!rust_never(modified * 10, expiry)).then_some(Millis(expiry)),
             },
-        ));
+        )?;
     }
     Ok(())
 }
@@ -491,20 +606,43 @@ fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, Storage
         names,
         stamps,
         records,
+        ..
     } = rows;
     let mut colls: BTreeMap<i64, CollectionExport> = BTreeMap::new();
     let mut marker = Timestamp::default();
     for (id, modified) in stamps {
+        if modified > MAX_MODIFIED {
+            return Err(bad(format!(
+                "user_collections row of collection id {id}: modified {} is past year 9999",
+                centis(modified)
+            )));
+        }
         if id == 0 {
             marker = marker.max(modified);
         } else if modified.0 > 0 {
             colls.insert(id, collection(&names, id, modified)?);
         }
     }
+    // A record read twice (in two shards, or a table without its primary key): the
+    // newest write is the record.
+    let mut unique: BTreeMap<(i64, String), RecordExport> = BTreeMap::new();
     for (coll, record) in records {
+        match unique.entry((coll, record.id.clone())) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(record);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                if record.modified > e.get().modified {
+                    e.insert(record);
+                }
+            }
+        }
+    }
+    for ((coll, _), record) in unique {
         if record.expires.is_some_and(|e| e.0 <= now_ms) {
             continue;
         }
+        servable(&names, coll, &record)?;
         let entry = match colls.get_mut(&coll) {
             Some(c) => c,
             None => {
@@ -530,6 +668,46 @@ fn assemble(uid: u64, rows: UserRows, now_ms: i64) -> Result<UserExport, Storage
         modified,
         collections,
     })
+}
+
+/// Fails a record the storage API would not have stored or cannot serve: `modified`
+/// must be after the epoch and before year 10000, `sortindex` within what a client
+/// may write (±`MAX_SORTINDEX`).
+fn servable(
+    names: &BTreeMap<i64, String>,
+    coll: i64,
+    record: &RecordExport,
+) -> Result<(), StorageError> {
+    let row = || {
+        let coll = names
+            .get(&coll)
+            .map_or_else(|| format!("collection id {coll}"), |n| format!("{n:?}"));
+        format!("record {:?} of {coll}", record.id)
+    };
+    if record.modified.0 <= 0 || record.modified > MAX_MODIFIED {
+        return Err(bad(format!(
+            "{}: modified {} is not a time this server can serve \
+             (after 1970-01-01, before year 10000)",
+            row(),
+            centis(record.modified)
+        )));
+    }
+    if let Some(i) = record.sortindex
+        && !(-MAX_SORTINDEX..=MAX_SORTINDEX).contains(&i)
+    {
+        return Err(bad(format!(
+            "{}: sortindex {i} is outside what the storage API accepts (±{MAX_SORTINDEX})",
+            row()
+        )));
+    }
+    Ok(())
+}
+
+/// A time in 10 ms units as seconds with two decimals, for messages (negative too).
+fn centis(t: Timestamp) -> String {
+    let sign = if t.0 < 0 { "-" } else { "" };
+    let a = t.0.unsigned_abs();
+    format!("{sign}{}.{:02}", a / 100, a % 100)
 }
 
 /// Checks an export as `files::import` would before writing it (collection names,
@@ -692,6 +870,7 @@ mod tests {
                 .collect(),
             stamps: stamps.iter().map(|&(c, t)| (c, Timestamp(t))).collect(),
             records,
+            ..UserRows::default()
         }
     }
 
@@ -743,6 +922,24 @@ mod tests {
         assert_eq!(ids, ["live", "never"]);
         assert_eq!(data.collections[0].modified, Timestamp(300));
         assert_eq!(check(&data).unwrap(), 2);
+    }
+
+    #[test]
+    fn passwords_never_show_in_messages() {
+        let url = "mysqll://sync:s3cr%40t@db.example:3306/sync";
+        assert_eq!(redact(url), "mysqll://sync:***@db.example:3306/sync");
+        assert_eq!(
+            scrub("access denied for sync with s3cr@t", url),
+            "access denied for sync with ***"
+        );
+        assert_eq!(redact("postgres://a:b/c@h/db"), "postgres://a:***@h/db");
+        for plain in [
+            "sqlite:///var/db.sqlite",
+            "postgres://sync@h/db",
+            "mysql://h/db",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
     }
 
     #[test]

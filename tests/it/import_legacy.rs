@@ -1011,3 +1011,348 @@ async fn each_user_is_read_in_one_snapshot_of_mysql_too() {
     };
     dry_runs_read_whole_users_while(&url, flip);
 }
+
+/// `syncstore user export UID` of `dir`, parsed.
+fn export_user(dir: &Path, uid: u64) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["user", "export", &uid.to_string(), "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every record id of an export, as `collection/id`.
+fn exported_ids(export: &Value) -> Vec<String> {
+    let mut ids = Vec::new();
+    for c in export["collections"].as_array().unwrap() {
+        for r in c["records"].as_array().unwrap() {
+            ids.push(format!(
+                "{}/{}",
+                c["name"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            ));
+        }
+    }
+    ids.sort();
+    ids
+}
+
+#[test]
+fn the_final_copy_after_a_trial_run_replaces_with_the_sources_newer_writes() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let data = tempfile::tempdir().unwrap();
+    // The trial run, while the old server serves.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    // The old server takes a write after the trial: a new bookmark, and one deleted.
+    let db = rusqlite::Connection::open(&src).unwrap();
+    db.execute_batch(
+        "INSERT INTO bso VALUES (101, 7, 'b4', NULL, 1700000900000, 'late', 4, 2100000000);
+         DELETE FROM bso WHERE userid = 101 AND id = 'b1';
+         UPDATE user_collections SET last_modified = 1700000900000
+             WHERE userid = 101 AND collection = 7;",
+    )
+    .unwrap();
+    drop(db);
+    // Without --replace the final run would keep the trial's copy.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok && out.contains("skipped 2"), "{out}{err}");
+    assert!(!exported_ids(&export_user(data.path(), 101)).contains(&"bookmarks/b4".into()));
+    // With --replace it copies the source as it is now.
+    let (ok, out, err) = import_with(data.path(), &url, &["--replace"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: imported 5 records in 3 collections")
+            && out.contains("imported 2 users (7 records), skipped 0, failed 0"),
+        "{out}"
+    );
+    let export = export_user(data.path(), 101);
+    assert_eq!(
+        exported_ids(&export),
+        [
+            "bookmarks/b2",
+            "bookmarks/b3",
+            "bookmarks/b4",
+            "my-custom/c1",
+            "tabs/live"
+        ]
+    );
+    assert_eq!(export["modified"].to_string(), "1700000900.0");
+}
+
+#[test]
+fn a_user_over_the_byte_cap_fails_with_its_size_and_the_import_goes_on() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let data = tempfile::tempdir().unwrap();
+    // User 101's ids and payloads pass 30 bytes; user 102's (16) do not.
+    let (ok, out, err) = import_with(data.path(), &url, &["--max-user-bytes", "30"]);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("user 101: FAILED: ")
+            && out.contains("exceed the cap of 30 bytes")
+            && out.contains("--max-user-bytes")
+            && out.contains("user 102: imported 2 records in 1 collections"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 1 users (2 records), skipped 0, failed 1"),
+        "{err}"
+    );
+    // With the default cap, the rerun takes user 101.
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("imported 1 users (5 records), skipped 1, failed 0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unreadable_file_here_fails_its_user_and_the_import_goes_on() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    for dry_run in [false, true] {
+        let data = tempfile::tempdir().unwrap();
+        // User 101's file is random bytes, user 102's path is a directory.
+        let file = |uid: u64| {
+            data.path()
+                .join("users")
+                .join(format!("{:03}", uid % 1000))
+                .join(format!("{uid}.sqlite"))
+        };
+        std::fs::create_dir_all(file(101).parent().unwrap()).unwrap();
+        std::fs::write(file(101), vec![0x5a; 8192]).unwrap();
+        std::fs::create_dir_all(file(102)).unwrap();
+        let flags: &[&str] = if dry_run { &["--dry-run"] } else { &[] };
+        let (ok, out, err) = import_with(data.path(), &url, flags);
+        assert!(!ok, "{out}{err}");
+        assert!(
+            out.contains("user 101: FAILED: its file here (")
+                && out.contains("user 102: FAILED: its file here (")
+                && err.contains("0 users (0 records), skipped 0, failed 2"),
+            "{out}{err}"
+        );
+        // Nothing was written over them.
+        assert_eq!(std::fs::read(file(101)).unwrap(), vec![0x5a; 8192]);
+        assert!(file(102).is_dir());
+    }
+}
+
+#[test]
+fn records_the_server_could_not_serve_fail_their_user_with_the_row_named() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let db = rusqlite::Connection::open(&src).unwrap();
+    // A pre-epoch record for user 101, a sortindex no client may write for user 102.
+    db.execute_batch(
+        "UPDATE bso SET modified = -5000 WHERE userid = 101 AND id = 'b1';
+         UPDATE bso SET sortindex = 1000000000 WHERE userid = 102 AND id = 'h1';",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    for flags in [&["--dry-run"][..], &[]] {
+        let (ok, out, err) = import_with(data.path(), &url, flags);
+        assert!(!ok, "{out}{err}");
+        assert!(
+            out.contains(r#"user 101: FAILED: source database: record "b1" of "bookmarks": modified -5.00 is not a time"#)
+                && out.contains(r#"user 102: FAILED: source database: record "h1" of "history": sortindex 1000000000 is outside"#)
+                && err.contains("0 users (0 records), skipped 0, failed 2"),
+            "{out}{err}"
+        );
+    }
+    // Nothing was written.
+    assert!(!data.path().join("users").exists());
+    // A time past year 9999 too.
+    db.execute_batch(
+        "UPDATE bso SET modified = 9000000000000000 WHERE userid = 101 AND id = 'b1';",
+    )
+    .unwrap();
+    let (ok, out, err) = import_with(data.path(), &url, &["--users", "101"]);
+    assert!(
+        !ok && out.contains("modified 9000000000000.00 is not a time"),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn a_dry_run_leaves_an_existing_user_file_and_its_wal_as_they_were() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import_with(data.path(), &url, &["--users", "102"]);
+    assert!(ok, "{out}{err}");
+    // A write left in the WAL, not checkpointed (as a server's may be).
+    let file = data.path().join("users/102/102.sqlite");
+    let wal = data.path().join("users/102/102.sqlite-wal");
+    {
+        let db = rusqlite::Connection::open(&file).unwrap();
+        db.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        db.execute_batch("PRAGMA wal_autocheckpoint = 0; UPDATE bso SET payload = 'later';")
+            .unwrap();
+    }
+    let before = (std::fs::read(&file).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(!before.1.is_empty());
+    let (ok, out, err) = import_with(data.path(), &url, &["--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 102: skipped (already has data here)"),
+        "{out}"
+    );
+    let after = (std::fs::read(&file).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(
+        before == after,
+        "the dry run wrote to user 102's file or WAL"
+    );
+}
+
+#[test]
+fn negative_ids_fail_users_without_collection_rows_come_and_duplicates_count_once() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let url = format!("sqlite://{}", src.display());
+    let db = rusqlite::Connection::open(&src).unwrap();
+    // A second shard holding a newer copy of user 101's b1, and all of user 103 (who
+    // has no user_collections row); user -4 in both tables.
+    db.execute_batch(
+        "CREATE TABLE bso1 AS SELECT * FROM bso WHERE 0;
+         INSERT INTO bso1 VALUES (101, 7, 'b1', NULL, 1700000000500, 'bookmark 1 newer', 16, 2100000000);
+         INSERT INTO bso1 VALUES (103, 7, 'x', NULL, 1700000600000, 'only in bso', 11, 2100000000);
+         INSERT INTO user_collections VALUES (-4, 7, 1700000000000);
+         INSERT INTO bso VALUES (-4, 7, 'n', NULL, 1700000000000, 'negative', 8, 2100000000);",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = import(data.path(), &url);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("user -4: FAILED: a negative user id")
+            && out.contains("user 101: imported 5 records in 3 collections")
+            && out.contains("user 103: imported 1 records in 1 collections"),
+        "{out}"
+    );
+    assert!(
+        err.contains("imported 3 users (8 records), skipped 0, failed 1"),
+        "{err}"
+    );
+    let export = export_user(data.path(), 101);
+    let bookmarks = &export["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bookmarks")
+        .unwrap()["records"];
+    let b1: Vec<&Value> = bookmarks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["id"] == "b1")
+        .collect();
+    assert_eq!(b1.len(), 1);
+    assert_eq!(b1[0]["payload"], "bookmark 1 newer");
+    let export = export_user(data.path(), 103);
+    assert_eq!(exported_ids(&export), ["bookmarks/x"]);
+}
+
+#[test]
+fn the_sources_password_never_shows_and_the_url_may_come_from_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    for url in [
+        "mysqll://sync:s3cret@127.0.0.1:1/syncstorage",
+        "mysql://sync:s3cret@127.0.0.1:1/syncstorage",
+        "postgres://sync:s3cret@127.0.0.1:1/syncstorage",
+        "postgres://sync:s3cret@127.0.0.1:1/syncstorage?sslmode=bogus",
+    ] {
+        let (ok, out, err) = import(data.path(), url);
+        assert!(!ok, "{url}");
+        assert!(
+            !out.contains("s3cret") && !err.contains("s3cret"),
+            "{out}{err}"
+        );
+    }
+    let (_, _, err) = import(data.path(), "mysqll://sync:s3cret@127.0.0.1:1/syncstorage");
+    assert!(
+        err.contains("unsupported source \"mysqll://sync:***@127.0.0.1:1/syncstorage\""),
+        "{err}"
+    );
+
+    // SYNCSTORE_IMPORT_FROM in place of --from.
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("syncstorage.db");
+    python_sqlite_source(&src);
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["import-legacy", "--dry-run", "--data-dir"])
+        .arg(data.path())
+        .env(
+            "SYNCSTORE_IMPORT_FROM",
+            format!("sqlite://{}", src.display()),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("would import 2 users (7 records)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn the_byte_cap_holds_on_syncstorage_rs_postgres_and_mysql_too() {
+    let mut urls = Vec::new();
+    if have_postgres() {
+        let url = fresh_database().await;
+        let dump = fixture("syncstorage-rs-0.23.3-postgres-batches.sql");
+        psql(&url, &["-f", dump.to_str().unwrap()]);
+        urls.push(url);
+    }
+    if let Some(admin) = mysql_admin() {
+        let dump = fixture("syncstorage-rs-0.23.3-mysql.sql");
+        urls.push(mysql_database_from(&admin, &dump).await);
+    }
+    for url in urls {
+        let data = tempfile::tempdir().unwrap();
+        let (ok, out, err) = import_with(data.path(), &url, &["--max-user-bytes", "1"]);
+        assert!(!ok, "{out}{err}");
+        assert_eq!(
+            out.matches("FAILED: too large to import: its records exceed the cap of 1 bytes")
+                .count(),
+            10,
+            "{out}"
+        );
+        assert!(
+            err.contains("imported 0 users (0 records), skipped 0, failed 10"),
+            "{err}"
+        );
+        // Every user failed on the cap alone (each read began anew after the one
+        // before failed); with room for them, all come.
+        let (ok, out, err) = import(data.path(), &url);
+        assert!(ok && out.contains("imported 10 users ("), "{out}{err}");
+    }
+}

@@ -77,14 +77,17 @@ pub fn remove_user_files(path: &Path, suffixes: &[&str]) -> std::io::Result<()> 
 
 /// Builds the template of a new user file: the schema applied, WAL mode set, the WAL
 /// checkpointed away; returns its bytes.
+///
+/// It is built under a name no other builder uses (processes in containers share pid 1,
+/// threads share one pid): the pid and a random suffix, the file created exclusively;
+/// only this call's own files are ever removed.
 pub(super) fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
-    let path = data_dir.join(format!(".template-{}.sqlite", std::process::id()));
+    let path = new_template_file(data_dir).map_err(StorageError::Io)?;
     let cleanup = |p: &Path| {
         for ext in ["", "-wal", "-shm", "-journal"] {
             let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
         }
     };
-    cleanup(&path);
     let sql = |e| StorageError::from_sqlite(0, e);
     {
         let conn = Connection::open(&path).map_err(sql)?;
@@ -97,6 +100,35 @@ pub(super) fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
     let bytes = std::fs::read(&path).map_err(StorageError::Io);
     cleanup(&path);
     bytes
+}
+
+/// Creates an empty owner-only file `.template-<pid>-<random>.sqlite` in `data_dir`
+/// that did not exist (nor its journal, WAL or WAL index) and returns its path.
+fn new_template_file(data_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    loop {
+        let path = data_dir.join(format!(
+            ".template-{}-{:016x}.sqlite",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let taken = ["-wal", "-shm", "-journal"]
+            .iter()
+            .any(|ext| Path::new(&format!("{}{ext}", path.display())).exists());
+        if taken {
+            continue;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Writes `bytes` to a new owner-only file and syncs it (fails if the file exists).
@@ -130,4 +162,36 @@ pub(super) fn install_template(path: &Path, template: &[u8]) -> Result<(), Stora
     })();
     let _ = std::fs::remove_file(&tmp);
     result.map_err(StorageError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_builds_at_once_in_one_process_never_touch_each_others_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file of the name the builder once used, as another process with this pid
+        // (a container's pid 1) would have it: left alone.
+        let other = dir
+            .path()
+            .join(format!(".template-{}.sqlite", std::process::id()));
+        std::fs::write(&other, b"another process's").unwrap();
+        let built: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let builders: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| build_template(dir.path()).unwrap()))
+                .collect();
+            builders.into_iter().map(|b| b.join().unwrap()).collect()
+        });
+        for t in &built {
+            assert!(t.starts_with(b"SQLite format 3\0"));
+            assert_eq!(t.len(), built[0].len());
+        }
+        assert_eq!(std::fs::read(&other).unwrap(), b"another process's");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
 }
