@@ -468,13 +468,38 @@ pub fn import_legacy(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // The final copy (--replace, every user) leaves alone the users here that the
+    // source no longer has (deleted their data, or were purged, since a trial run; or
+    // never came from it): named, with the command that removes one.
+    let mut absent = 0;
+    if opts.replace && opts.users.is_none() {
+        for (uid, _) in files::list_users(data_dir).unwrap_or_default() {
+            let gone = i64::try_from(uid).map_or(true, |id| all.binary_search(&id).is_err());
+            if gone {
+                absent += 1;
+                writeln!(
+                    stdout,
+                    "user {uid}: here but not in the source: left as it is \
+                     (`syncstore user delete {uid}` removes it)"
+                )
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            }
+        }
+    }
+    let absent = if absent > 0 {
+        format!("; {absent} users here are not in the source (left as they are)")
+    } else {
+        String::new()
+    };
     let summary = if opts.dry_run {
         format!(
             "dry run: would import {imported} users ({records} records), skipped {skipped}, \
-             failed {failed}; nothing was written"
+             failed {failed}{absent}; nothing was written"
         )
     } else {
-        format!("imported {imported} users ({records} records), skipped {skipped}, failed {failed}")
+        format!(
+            "imported {imported} users ({records} records), skipped {skipped}, failed {failed}{absent}"
+        )
     };
     if failed > 0 {
         return Err(AdminError::Invalid(summary));

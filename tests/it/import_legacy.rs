@@ -1087,6 +1087,22 @@ fn the_final_copy_after_a_trial_run_replaces_with_the_sources_newer_writes() {
         ]
     );
     assert_eq!(export["modified"].to_string(), "1700000900.0");
+    // A user who wiped their storage on the old server since is named, not kept
+    // silently (nor deleted: a user here may never have come from the source).
+    let db = rusqlite::Connection::open(&src).unwrap();
+    db.execute_batch(
+        "DELETE FROM bso WHERE userid = 102; DELETE FROM user_collections WHERE userid = 102;",
+    )
+    .unwrap();
+    drop(db);
+    let (ok, out, err) = import_with(data.path(), &url, &["--replace"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(
+            "user 102: here but not in the source: left as it is (`syncstore user delete 102` removes it)"
+        ) && out.contains("imported 1 users (5 records), skipped 0, failed 0; 1 users here are not in the source (left as they are)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -1096,12 +1112,13 @@ fn a_user_over_the_byte_cap_fails_with_its_size_and_the_import_goes_on() {
     python_sqlite_source(&src);
     let url = format!("sqlite://{}", src.display());
     let data = tempfile::tempdir().unwrap();
-    // User 101's ids and payloads pass 30 bytes; user 102's (16) do not.
-    let (ok, out, err) = import_with(data.path(), &url, &["--max-user-bytes", "30"]);
+    // A record counts its id, its payload and 400 bytes: user 102's two records (16
+    // bytes of ids and payloads, 816 in all) pass 1,000 bytes, user 101's do not.
+    let (ok, out, err) = import_with(data.path(), &url, &["--max-user-bytes", "1000"]);
     assert!(!ok, "{out}{err}");
     assert!(
         out.contains("user 101: FAILED: ")
-            && out.contains("exceed the cap of 30 bytes")
+            && out.contains("exceed the cap of 1000 bytes")
             && out.contains("--max-user-bytes")
             && out.contains("user 102: imported 2 records in 1 collections"),
         "{out}"
