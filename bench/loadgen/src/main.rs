@@ -287,24 +287,10 @@ impl Worker {
     }
 
     async fn session(&mut self, uid: u64, session: u64) {
-        // The accounts service's and tokenserver's workloads need no storage token.
-        match self.args.workload {
-            Workload::LoginFlood => self.login().await,
-            Workload::Tokens => self.sync_token().await,
-            Workload::Logins => self.failing_login().await,
-            Workload::Mix | Workload::InfoCollections | Workload::Prefill => {}
-        }
-        if matches!(
-            self.args.workload,
-            Workload::LoginFlood | Workload::Tokens | Workload::Logins
-        ) {
-            self.stats.sessions += 1;
-            return;
-        }
-        let token = self.token(uid);
         let base = format!("/1.5/{uid}");
         match self.args.workload {
             Workload::InfoCollections => {
+                let token = self.token(uid);
                 self.call(
                     "info/collections",
                     &token,
@@ -315,6 +301,7 @@ impl Worker {
                 .await;
             }
             Workload::Prefill => {
+                let token = self.token(uid);
                 let body = json!({"payload": "x".repeat(500)});
                 self.call(
                     "prefill PUT",
@@ -325,8 +312,14 @@ impl Worker {
                 )
                 .await;
             }
-            Workload::Mix => self.mix(uid, session, &token, &base).await,
-            Workload::LoginFlood | Workload::Tokens | Workload::Logins => {}
+            Workload::Mix => {
+                let token = self.token(uid);
+                self.mix(uid, session, &token, &base).await;
+            }
+            // The accounts service's and tokenserver's workloads need no storage token.
+            Workload::LoginFlood => self.login().await,
+            Workload::Tokens => self.sync_token().await,
+            Workload::Logins => self.failing_login().await,
         }
         self.stats.sessions += 1;
     }
