@@ -210,6 +210,17 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
     );
 }
 
+/// Send Tab between two profiles of one account, Firefox's own code on both sides: A
+/// sends a tab to B with Firefox's Send Tab API (end-to-end encrypted to B's open-uri
+/// keys, queued by `invoke_command`); B, without push here, fetches it in a scheduled
+/// sync once `identity.fxaccounts.commands.missed.fetch_interval` has passed (not
+/// before) and opens the URL in a tab. The server refuses another account's device as
+/// the target and an oversized payload; B's queue holds A's one tab, unreadable.
+#[test]
+fn send_tab_between_two_profiles() {
+    single("send_tab");
+}
+
 /// A server with the built-in accounts service and one account made by
 /// `syncstore account add --password-stdin`, then a page scenario with its credentials
 /// (and `extra` arguments).
