@@ -1037,7 +1037,8 @@ if (!device) throw new Error("no device " + targetId + " in the device list");
 const mark = Weave.Service.__test.lines.length;
 const report = await fxAccounts.commands.sendTab.send([device], { url, title });
 return { succeeded: report.succeeded.map(d => d.id),
-         failed: report.failed.map(f => ({ id: f.device.id, error: String(f.error) })),
+         failed: report.failed.map(f => ({ id: f.device.id,
+           error: f.error instanceof Error ? String(f.error) : JSON.stringify(f.error) })),
          lines: Weave.Service.__test.lines.slice(mark) };
 """
 
@@ -1231,6 +1232,7 @@ def send_tab(run):
     step("B's log: %s" % received)
     check(len(received) == 1 and title in received[0] and "profile-A" in received[0],
           "B's log does not show the tab received from profile-A: %r" % received)
+    time.sleep(1)  # the tab strip repainted
     screenshot(b, os.path.join(run.opts.out, "send-tab-B-received.png"))
     b.js(SELECT_TAB, url)
     screenshot(b, os.path.join(run.opts.out, "send-tab-B-selected.png"))

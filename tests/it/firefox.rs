@@ -6,7 +6,9 @@
 //! accounts server, no test JWK set): Firefox completes the OAuth flow itself and holds
 //! a genuine syncstore session. The scenarios sync and check both Firefox and the
 //! server (over HTTP with the access token Firefox holds, and the server's files):
-//! syncing between profiles and accounts, node drains, sign-out (the session revoked),
+//! syncing between profiles and accounts, node drains, Send Tab from one profile to
+//! another (the server's device command queue, fetched by Firefox in a scheduled
+//! sync), sign-out (the session revoked),
 //! a password change on `/settings` (Firefox keeps syncing, the data stays), an account
 //! deleted by the operator (refused on the page, its Sync data gone), and the sign-up
 //! policies on the page: `invite` (a code from `syncstore account invite` typed into
