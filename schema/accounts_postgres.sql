@@ -41,10 +41,24 @@ CREATE TABLE IF NOT EXISTS devices (
     push_public_key TEXT,
     push_auth_key TEXT,
     available_commands TEXT NOT NULL DEFAULT '{}',
+    push_endpoint_expired BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     last_access_at BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS devices_uid ON devices(uid);
+-- Device commands (Send Tab), kept until their TTL ends; idx only ever grows.
+CREATE TABLE IF NOT EXISTS device_commands (
+    idx BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    uid TEXT NOT NULL,
+    device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    command TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    sender TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_commands_device ON device_commands(device_id, idx);
+CREATE INDEX IF NOT EXISTS device_commands_expiry ON device_commands(expires_at);
 CREATE TABLE IF NOT EXISTS oauth_codes (
     code_hash BYTEA PRIMARY KEY,
     uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,
@@ -67,6 +81,7 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     auth_at BIGINT NOT NULL DEFAULT 0
 );
 ALTER TABLE refresh_tokens ADD COLUMN IF NOT EXISTS auth_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS push_endpoint_expired BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS refresh_tokens_uid ON refresh_tokens(uid);
 CREATE TABLE IF NOT EXISTS invites (
     code_hash BYTEA PRIMARY KEY,

@@ -42,10 +42,24 @@ CREATE TABLE IF NOT EXISTS devices (
     push_public_key TEXT,
     push_auth_key TEXT,
     available_commands TEXT NOT NULL DEFAULT '{}',
+    push_endpoint_expired INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     last_access_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS devices_uid ON devices(uid);
+-- Device commands (Send Tab), kept until their TTL ends; idx only ever grows.
+CREATE TABLE IF NOT EXISTS device_commands (
+    idx INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid TEXT NOT NULL,
+    device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    command TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    sender TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_commands_device ON device_commands(device_id, idx);
+CREATE INDEX IF NOT EXISTS device_commands_expiry ON device_commands(expires_at);
 CREATE TABLE IF NOT EXISTS oauth_codes (
     code_hash BLOB PRIMARY KEY,
     uid TEXT NOT NULL REFERENCES accounts(uid) ON DELETE CASCADE,

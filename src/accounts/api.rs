@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Accounts, AccountsError, Authed, TokenAuth, attached, authorization, codes, deletion, devices,
-    discovery, grants, keys, pages, password, profile, sessions, signin, signup,
+    Accounts, AccountsError, Authed, TokenAuth, attached, authorization, codes, commands, deletion,
+    devices, discovery, grants, keys, pages, password, profile, sessions, signin, signup,
 };
 use crate::auth::hawk;
 use crate::web::client_addr::ClientAddr;
@@ -266,10 +266,10 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: ApiState) -> Router<S> {
         .route("/v1/account/device", post(devices::device))
         .route("/v1/account/devices", get(devices::devices))
         .route("/v1/account/device/destroy", post(devices::device_destroy))
-        .route("/v1/account/device/commands", get(devices::commands))
+        .route("/v1/account/device/commands", get(commands::commands))
         .route(
             "/v1/account/devices/invoke_command",
-            post(devices::not_enabled),
+            post(commands::invoke_command),
         )
         .route("/v1/account/devices/notify", post(devices::devices_notify))
         .route(

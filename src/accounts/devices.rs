@@ -237,12 +237,6 @@ pub(super) async fn device_destroy(State(st): State<ApiState>, r: AuthRequest) -
     ok(json!({}))
 }
 
-pub(super) async fn commands(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
-    session(&st, &r).await?;
-    // Device commands (send tab) are not relayed by this server: nothing is queued.
-    ok(json!({ "index": 0, "last": true, "messages": [] }))
-}
-
 /// The largest `/account/devices/notify` body read (Firefox's are a few hundred bytes).
 const MAX_NOTIFY_BODY: usize = 16 * 1024;
 /// Most device ids one notification may name (in `to`, and in `excluded`).
@@ -323,10 +317,4 @@ pub(super) async fn devices_notify(State(st): State<ApiState>, r: AuthRequest) -
     let b: NotifyBody = r.json()?;
     b.check()?;
     ok(json!({}))
-}
-
-pub(super) async fn not_enabled() -> ApiResult {
-    Err(AccountsError::NotEnabled(
-        "device commands and push notifications are not offered by this server",
-    ))
 }

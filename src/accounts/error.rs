@@ -63,9 +63,17 @@ pub enum AccountsError {
     /// 400 errno 163 (OAuth): a scope this service does not grant.
     #[error("Requested scopes are not allowed")]
     InvalidScopes,
-    /// 503 errno 202: a feature this server does not offer (push, device commands).
+    /// 503 errno 202: a feature this server does not offer (email verification
+    /// without a mail server).
     #[error("Feature not enabled: {0}")]
     NotEnabled(&'static str),
+    /// 400 errno 123: a device id that is not one of the account's, or a session
+    /// without a device where one is needed.
+    #[error("Unknown device")]
+    UnknownDevice,
+    /// 400 errno 157: a command the target device does not offer.
+    #[error("Unavailable device command")]
+    UnavailableCommand,
     /// 500 errno 999: the database or a key failed (the cause is logged, not sent).
     #[error("internal: {0}")]
     Internal(String),
@@ -107,6 +115,8 @@ impl IntoResponse for AccountsError {
             InvalidGrant(_) => (400, 162),
             InvalidScopes => (400, 163),
             NotEnabled(_) => (503, 202),
+            UnknownDevice => (400, 123),
+            UnavailableCommand => (400, 157),
             Internal(_) => (500, 999),
         };
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

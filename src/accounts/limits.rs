@@ -74,10 +74,15 @@ pub enum Rule {
     MailRecipientTotal,
     /// Account lookups by email (`/account/status`) from one address: 30 a minute.
     LookupAddress,
+    /// Device commands invoked by one session: 60 a minute.
+    CommandSession,
+    /// Pushes to other devices (`/account/devices/notify`) asked for by one session:
+    /// 60 a minute.
+    NotifySession,
 }
 
 impl Rule {
-    const ALL: [Rule; 12] = [
+    const ALL: [Rule; 14] = [
         Rule::FailAccountAddress,
         Rule::FailAddress,
         Rule::FailAccount,
@@ -90,6 +95,8 @@ impl Rule {
         Rule::MailRecipient,
         Rule::MailRecipientTotal,
         Rule::LookupAddress,
+        Rule::CommandSession,
+        Rule::NotifySession,
     ];
 
     /// The most events allowed in a window.
@@ -98,6 +105,7 @@ impl Rule {
             Rule::FailAccount | Rule::FailAccountAddressHour => 100,
             Rule::MailRecipientTotal => 20,
             Rule::LoginAddress | Rule::LoginAccount | Rule::LookupAddress => 30,
+            Rule::CommandSession | Rule::NotifySession => 60,
             Rule::MailRecipient => 3,
             _ => 10,
         }

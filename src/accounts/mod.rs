@@ -17,6 +17,7 @@
 //! * `authorization` — OAuth authorization codes (with PKCE).
 //! * `devices` — device registration, listing and removal; notifications (checked,
 //!   not relayed).
+//! * `commands` — device commands (Send Tab): invoking one, the target's queue.
 //! * `attached` — attached clients (sessions, devices, refresh tokens) and revoking them.
 //! * `profile` — the profile routes.
 //! * `password` — password change (start, finish) and the operator's reset.
@@ -46,6 +47,7 @@ pub mod api;
 mod attached;
 mod authorization;
 mod codes;
+mod commands;
 pub mod crypto;
 mod deletion;
 mod devices;

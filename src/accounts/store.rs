@@ -1,4 +1,4 @@
-//! The accounts database (accounts, tokens, devices, OAuth codes and refresh tokens,
+//! The accounts database (accounts, tokens, devices and their command queues, OAuth codes and refresh tokens,
 //! invites, email codes, the outboxes of deleted and of disabled or enabled accounts):
 //! `<data_dir>/accounts.sqlite` by default, or the tokenserver's PostgreSQL database
 //! when it has one, so that several processes serve one set of accounts. The SQL is
@@ -7,6 +7,7 @@
 //!
 //! One file per what is stored; each adds its methods to [`Store`]: `accounts.rs`,
 //! `tokens.rs` (sessions, key fetch and password change tokens), `devices.rs`,
+//! `commands.rs` (the device command queue),
 //! `oauth.rs` (codes, refresh tokens, shared signing keys), `invites.rs`, `codes.rs`
 //! (email verification), `outboxes.rs` (disabling, deletion), `purge.rs` (upkeep) and
 //! `schema.rs` (the schema and the upgrade of older files).
@@ -17,6 +18,7 @@ use crate::db::{self, DbError, Pool, Row, SqliteOptions, Tx};
 
 mod accounts;
 mod codes;
+mod commands;
 mod devices;
 mod invites;
 mod oauth;
@@ -27,6 +29,7 @@ mod tokens;
 
 pub use accounts::{Account, Inserted, MAX_PENDING_SIGN_IN};
 pub use codes::CodeCheck;
+pub use commands::{MAX_QUEUED_PER_DEVICE, NewCommand, Queued, QueuedCommand};
 pub use devices::{Device, MAX_DEVICES};
 pub use invites::Invite;
 pub use oauth::{Code, MAX_CODES, MAX_REFRESH_TOKENS, Refresh};

@@ -20,6 +20,7 @@ mod common;
 
 mod accounts;
 mod accounts_client_state;
+mod accounts_commands;
 mod accounts_delete;
 mod accounts_limits;
 mod accounts_lockout;

@@ -290,9 +290,16 @@ pub(super) fn delete_account_rows(tx: &mut dyn Tx, uid: &str) -> Result<(), DbEr
     Ok(())
 }
 
-/// Deletes every token, device and refresh token of an account.
+/// Deletes every token, device (with its queued commands) and refresh token of an
+/// account.
 pub(super) fn revoke_all(tx: &mut dyn Tx, uid: &str) -> Result<(), DbError> {
-    for table in ["devices", "tokens", "refresh_tokens", "oauth_codes"] {
+    for table in [
+        "device_commands",
+        "devices",
+        "tokens",
+        "refresh_tokens",
+        "oauth_codes",
+    ] {
         tx.execute(&format!("DELETE FROM {table} WHERE uid = ?1"), &args![uid])?;
     }
     Ok(())

@@ -28,6 +28,9 @@ pub struct Device {
     pub push_auth_key: Option<String>,
     /// JSON object of command name → data.
     pub available_commands: String,
+    /// Whether the push service said the endpoint is gone (404/410): nothing is pushed
+    /// to it until the device registers a push endpoint again.
+    pub push_endpoint_expired: bool,
     /// When it registered, ms.
     pub created_at: i64,
     /// When it was last seen, ms.
@@ -35,7 +38,8 @@ pub struct Device {
 }
 
 const DEVICE_COLS: &str = "id, uid, session_id_hash, name, type, push_callback, \
-    push_public_key, push_auth_key, available_commands, created_at, last_access_at";
+    push_public_key, push_auth_key, available_commands, created_at, last_access_at, \
+    push_endpoint_expired";
 
 fn device_row(r: &Row) -> Result<Device, DbError> {
     Ok(Device {
@@ -50,6 +54,7 @@ fn device_row(r: &Row) -> Result<Device, DbError> {
         available_commands: r.text(8)?,
         created_at: r.int(9)?,
         last_access_at: r.int(10)?,
+        push_endpoint_expired: r.int(11)? != 0,
     })
 }
 
@@ -72,13 +77,14 @@ impl Store {
             tx.execute(
                 &format!(
                     "INSERT INTO devices ({DEVICE_COLS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                      ON CONFLICT(id) DO UPDATE SET name = excluded.name, type = excluded.type, \
                      push_callback = excluded.push_callback, \
                      push_public_key = excluded.push_public_key, \
                      push_auth_key = excluded.push_auth_key, \
                      available_commands = excluded.available_commands, \
-                     last_access_at = excluded.last_access_at"
+                     last_access_at = excluded.last_access_at, \
+                     push_endpoint_expired = excluded.push_endpoint_expired"
                 ),
                 &args![
                     &d.id,
@@ -91,7 +97,8 @@ impl Store {
                     &d.push_auth_key,
                     &d.available_commands,
                     d.created_at,
-                    d.last_access_at
+                    d.last_access_at,
+                    d.push_endpoint_expired as i64
                 ],
             )
             .map(drop)
@@ -106,6 +113,24 @@ impl Store {
                 &args![uid],
             )?;
             rows(r, device_row)
+        })
+    }
+
+    /// Marks a device's push endpoint expired, if it is still `endpoint` (a device that
+    /// registered a new one meanwhile keeps it).
+    pub fn expire_push_endpoint(
+        &self,
+        uid: &str,
+        id: &str,
+        endpoint: &str,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE devices SET push_endpoint_expired = 1 \
+                 WHERE uid = ?1 AND id = ?2 AND push_callback = ?3",
+                &args![uid, id, endpoint],
+            )
+            .map(drop)
         })
     }
 

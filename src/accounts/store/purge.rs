@@ -21,8 +21,8 @@ pub struct Retention {
 }
 
 impl Store {
-    /// Drops what has expired or lain unused too long (see [`Retention`]): codes and
-    /// email codes past their expiry, key fetch and password change tokens, idle
+    /// Drops what has expired or lain unused too long (see [`Retention`]): codes, email
+    /// codes and device commands past their expiry, key fetch and password change tokens, idle
     /// sessions (with their devices) and refresh tokens, and unverified accounts (with
     /// everything of theirs). Returns how many rows went.
     pub fn purge(&self, now: i64, r: &Retention) -> Result<u64, StoreError> {
@@ -30,6 +30,10 @@ impl Store {
             let mut n = 0;
             n += tx.execute("DELETE FROM oauth_codes WHERE expires_at < ?1", &args![now])?;
             n += tx.execute("DELETE FROM email_codes WHERE expires_at < ?1", &args![now])?;
+            n += tx.execute(
+                "DELETE FROM device_commands WHERE expires_at <= ?1",
+                &args![now],
+            )?;
             n += tx.execute(
                 "DELETE FROM tokens WHERE kind != 'sessionToken' AND created_at < ?1",
                 &args![now - r.short_token_ms],

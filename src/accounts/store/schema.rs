@@ -18,6 +18,11 @@ pub(super) const PG_SCHEMA_LOCK: i64 = 727_275;
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("accounts", "email_verified", "INTEGER NOT NULL DEFAULT 1"),
     ("refresh_tokens", "auth_at", "INTEGER NOT NULL DEFAULT 0"),
+    (
+        "devices",
+        "push_endpoint_expired",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
 ];
 
 /// Upgrades an older SQLite file (the columns added since; an accounts table whose
