@@ -1133,6 +1133,19 @@ def scheduled_sync(ff, fetch):
     return r
 
 
+def wait_for_fetch(ff, after, secs=30):
+    """`identity.fxaccounts.commands.missed.last_fetch` once it is past `after` (set when
+    Firefox's scheduled fetch of missed commands has finished); fails after `secs`."""
+    deadline = time.monotonic() + secs
+    while True:
+        last = ff.js(LAST_FETCHED)
+        if last > after or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check(last > after, "%s's scheduled fetch of missed commands did not finish in %d s" % (ff.name, secs))
+    return last
+
+
 def device_of(devices, name):
     found = [d for d in devices if d["name"] == name]
     check(len(found) == 1, "not one device %s in %r" % (name, devices))
@@ -1206,10 +1219,7 @@ def send_tab(run):
     check(b.js(LAST_FETCHED) == 0, "B fetched missed commands before its first scheduled sync")
     first = scheduled_sync(b, fetch=True)
     check(first["interval"] == 86400, "the default fetch interval is %r, not a day" % first["interval"])
-    deadline = time.monotonic() + 30
-    while b.js(LAST_FETCHED) == 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    check(b.js(LAST_FETCHED) > 0, "B's scheduled fetch did not finish")
+    fetched = wait_for_fetch(b, 0)
 
     step("A: send %s to B with Firefox's Send Tab API" % url)
     report = a.js(SEND_TAB, dev_b["id"], url, title)
@@ -1224,16 +1234,16 @@ def send_tab(run):
 
     step("B: another scheduled sync, the daily interval not passed: no fetch, no tab")
     scheduled_sync(b, fetch=False)
+    check(b.js(LAST_FETCHED) == fetched, "B's last fetch moved without a fetch")
     check(not any(t["url"] == url for t in b.js(WINDOW_TABS)), "B opened the tab without fetching")
 
     step("B: fetch interval 1 s, then a scheduled sync: Firefox fetches the tab and opens it")
     b.js(SET_FETCH_INTERVAL, 1)
-    time.sleep(2)
-    last = b.js(LAST_FETCHED)
+    time.sleep(2)  # past last_fetch + 1 s
     scheduled_sync(b, fetch=True)
     tab, tabs = wait_for_tab(b, url)
     step("B's tabs: %s" % tabs)
-    check(b.js(LAST_FETCHED) > last, "B's scheduled fetch did not finish")
+    wait_for_fetch(b, fetched)
     check(tab["attention"], "B did not mark the received tab for attention: %r" % tab)
     check("/page/sent-tab" in run.pages.paths, "the page server never served the sent page: %r" % run.pages.paths)
     received = [line for line in b.log_lines() if "Tab received with FxA commands" in line]
