@@ -1042,12 +1042,13 @@ return { succeeded: report.succeeded.map(d => d.id),
          lines: Weave.Service.__test.lines.slice(mark) };
 """
 
-# What Sync's scheduler runs when a scheduled sync is due (its timer calls
-# `syncIfMPUnlocked(engines, "schedule")`; the harness only stopped it from arming that
-# timer by itself): the sync, and, when `identity.fxaccounts.commands.missed.fetch_interval`
-# seconds have passed since `identity.fxaccounts.commands.missed.last_fetch`, Firefox's
-# fetch of missed device commands (`pollDeviceCommands`, which logs "Polling device
-# commands." first). Waits for the sync's end; the fetch runs beside it.
+# A scheduled sync as Sync's scheduler runs one: its own `scheduleNextSync` (the
+# prototype's; the harness's override on the instance only logs) arms the scheduler's
+# timer for 1 s, which then calls `syncIfMPUnlocked(null, "schedule")`: the sync, and,
+# when `identity.fxaccounts.commands.missed.fetch_interval` seconds have passed since
+# `identity.fxaccounts.commands.missed.last_fetch`, Firefox's fetch of missed device
+# commands (`pollDeviceCommands`, which logs "Polling device commands." first). Waits
+# for the sync's end; the fetch runs beside it.
 SCHEDULED_SYNC = """
 const [timeoutMs] = args;
 const svc = Weave.Service;
@@ -1066,7 +1067,7 @@ const observer = { observe(subject, topic) {
 } };
 for (const t of topics) Services.obs.addObserver(observer, t);
 try {
-  svc.scheduler.syncIfMPUnlocked(null, "schedule");
+  Object.getPrototypeOf(svc.scheduler).scheduleNextSync.call(svc.scheduler, 1000, { why: "schedule" });
   while (!done && Date.now() < deadline) await sleep(100);
 } finally {
   for (const t of topics) Services.obs.removeObserver(observer, t);
@@ -1123,6 +1124,8 @@ def scheduled_sync(ff, fetch):
     if and only if `fetch`. The log lines it wrote are checked with the next `sync()`."""
     r = ff.js(SCHEDULED_SYNC, 120000, timeout=150)
     polled = [line for line in r["lines"] if "Polling device commands." in line]
+    check(any("Next sync in 1000 ms. (why=schedule)" in line for line in r["lines"]),
+          "%s: the scheduler did not arm its timer:\n%s" % (ff.name, "\n".join(r["lines"])))
     step("%s: scheduled sync: %s, %s; fetch interval %d s, last fetch %d; %s" % (
         ff.name, r["topic"], r["sync"], r["interval"], r["before"],
         "fetched missed commands" if polled else "no fetch of missed commands"))
