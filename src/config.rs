@@ -199,6 +199,16 @@ pub struct Settings {
     /// storage API's own; higher makes them yield the cores to the storage API whenever
     /// it has work, and sign-ins wait for idle time on a busy machine.
     pub accounts_hardening_nice: u8,
+    /// Send Web Push notices to the account's devices (a tab sent to a device, a
+    /// device connected or gone, a password changed, an account deleted, and the
+    /// devices' own `devices/notify`) through the push service each device registered
+    /// (for Firefox: Mozilla's). false: nothing leaves the machine; devices still get
+    /// their commands at their next fetch (at least daily).
+    pub accounts_push: bool,
+    /// Networks (CIDRs or addresses) a device's push endpoint may be on although they
+    /// are not public, e.g. `127.0.0.1` for a local push service; an endpoint on any
+    /// other private, loopback or link-local address is refused.
+    pub accounts_push_allow_private: Vec<String>,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -281,6 +291,8 @@ impl Default for Settings {
             accounts_hardening_concurrency: 0,
             accounts_hardening_per_sec: 0.0,
             accounts_hardening_nice: 0,
+            accounts_push: true,
+            accounts_push_allow_private: vec![],
         }
     }
 }
@@ -410,6 +422,7 @@ impl Settings {
         if !self.accounts_smtp_url.is_empty() && self.accounts_mail_from.is_empty() {
             return bad("accounts_smtp_url needs accounts_mail_from");
         }
+        self.push_allow_private_nets()?;
         if !self.public_url.is_empty() && self.public_url.parse::<axum::http::Uri>().is_err() {
             return bad("public_url is not a valid URL");
         }
@@ -418,16 +431,15 @@ impl Settings {
 
     /// `trusted_proxies` parsed: a bare address is a network of one.
     pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-        self.trusted_proxies
-            .iter()
-            .map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        ConfigError::Invalid(format!("trusted_proxies: bad address {p:?}"))
-                    })
-            })
-            .collect()
+        parse_nets("trusted_proxies", &self.trusted_proxies)
+    }
+
+    /// `accounts_push_allow_private` parsed: a bare address is a network of one.
+    pub fn push_allow_private_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        parse_nets(
+            "accounts_push_allow_private",
+            &self.accounts_push_allow_private,
+        )
     }
 
     /// Whether this process serves the storage API.
@@ -536,6 +548,17 @@ impl Settings {
         self.secrets = vec![secret];
         Ok(Some(path))
     }
+}
+
+/// A list of networks (CIDRs, or bare addresses: networks of one) of setting `key`.
+fn parse_nets(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid(format!("{key}: bad address {p:?}")))
+        })
+        .collect()
 }
 
 /// Converts an environment value to the TOML type of the key's default.

@@ -34,6 +34,8 @@
 //! * `hardening` — the gates, budget and low-priority threads in front of scrypt.
 //! * `crypto` — onepw: stretching, the scrypt verifier, token derivations, bundles.
 //! * `oauth` — the service's RSA signing keys and its RS256 access tokens.
+//! * `push` — outbound Web Push (encryption, VAPID, the guard against request forgery,
+//!   bounded delivery with retries).
 //! * `mail` — the verification mail of `open` sign-ups (SMTP, when configured).
 //! * `store` — the accounts database (`<data_dir>/accounts.sqlite`, or the shared
 //!   PostgreSQL).
@@ -64,6 +66,7 @@ pub mod oauth;
 mod pages;
 mod password;
 mod profile;
+pub mod push;
 mod sessions;
 mod signin;
 mod signup;
