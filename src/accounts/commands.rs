@@ -109,15 +109,11 @@ impl Accounts {
                 }
             })
             .await?;
-        let _ = (index, name, sender);
-        let (notified, notify_error) = match (&device.push_callback, device.push_endpoint_expired) {
-            (None, _) => (false, Some("noCallback")),
-            (Some(_), true) => (false, Some("expiredCallback")),
-            (Some(_), false) => (false, Some("disabled")),
-        };
+        let ttl = ttl_secs.min(MAX_COMMAND_TTL_SECS) as u32;
+        let pushed = self.push_command(&device, &name, index, sender.as_deref(), ttl);
         Ok(Invoked {
-            notified,
-            notify_error,
+            notified: pushed.is_ok(),
+            notify_error: pushed.err().map(|e| e.as_str()),
         })
     }
 

@@ -317,10 +317,7 @@ async fn deliver(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
                 return;
             }
             Attempt::Again(reason, asked) => {
-                let wait = shared
-                    .backoff
-                    .get(attempt - 1)
-                    .map(|backoff| asked.map_or(*backoff, |a| a.min(MAX_RETRY_AFTER)));
+                let wait = wait_before(&shared.backoff, attempt, asked);
                 let expired = |wait: Duration| {
                     job.ttl_secs > 0
                         && job.queued_at.elapsed() + wait
@@ -343,6 +340,13 @@ async fn deliver(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
             }
         }
     }
+}
+
+/// The wait before the attempt after attempt `attempt` (1, 2, ...): the push service's
+/// `Retry-After` (at most a minute), else the backoff; None after the last attempt.
+fn wait_before(backoff: &[Duration], attempt: usize, asked: Option<Duration>) -> Option<Duration> {
+    let planned = *backoff.get(attempt.checked_sub(1)?)?;
+    Some(asked.map_or(planned, |a| a.min(MAX_RETRY_AFTER)))
 }
 
 /// The TTL left to a message, s.
@@ -412,5 +416,49 @@ async fn try_once(shared: &Shared, job: &Job) -> Attempt {
         404 | 410 => Attempt::Gone(status),
         429 | 500..=599 => Attempt::Again(format!("status {status}"), asked),
         _ => Attempt::Rejected(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_between_attempts() {
+        let s = Duration::from_secs;
+        assert_eq!(wait_before(&BACKOFF, 1, None), Some(s(2)));
+        assert_eq!(wait_before(&BACKOFF, 2, None), Some(s(10)));
+        assert_eq!(
+            wait_before(&BACKOFF, 3, None),
+            None,
+            "three attempts in all"
+        );
+        assert_eq!(wait_before(&BACKOFF, 1, Some(s(30))), Some(s(30)));
+        assert_eq!(
+            wait_before(&BACKOFF, 2, Some(s(3600))),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(wait_before(&BACKOFF, 3, Some(s(1))), None);
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_described_without_its_url() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let allow = ["127.0.0.1/32".parse().unwrap()];
+        let client = guard::client(&allow).unwrap();
+        let e = client
+            .post(format!("http://{addr}/wpush/capability"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("capability"),
+            "reqwest's own text has it"
+        );
+        let why = reason(&e);
+        assert!(why.starts_with("connect"), "{why}");
+        assert!(!why.contains("capability"), "{why}");
     }
 }
