@@ -252,7 +252,7 @@ fn device_json(d: &super::store::Device, current: bool) -> Value {
         "pushCallback": d.push_callback,
         "pushPublicKey": d.push_public_key,
         "pushAuthKey": d.push_auth_key,
-        "pushEndpointExpired": false,
+        "pushEndpointExpired": d.push_endpoint_expired,
         "availableCommands": commands,
         "lastAccessTime": d.last_access_at,
         "createdAt": d.created_at,
