@@ -235,12 +235,12 @@ def check_vapid(authorization, origin):
         pass
 
 
-def errno_of(call):
+def errno_of(call, what):
     try:
         call()
     except fxa.errors.ClientError as e:
         return e.details.get("errno")
-    raise AssertionError("expected the server to refuse")
+    raise AssertionError("expected the server to refuse %s" % what)
 
 
 def invoke(sender, target, url, ttl=None):
@@ -389,7 +389,7 @@ def run_ssrf():
                 "http://[::ffff:127.0.0.1]:%d/push/b" % p,
                 "https://127.0.0.1:%d/push/b" % p, "https://[::1]:%d/push/b" % p,
                 "https://0x7f.1:%d/push/b" % p]:
-        assert errno_of(lambda: b.register(url)) == 107, url
+        assert errno_of(lambda: b.register(url), url) == 107, url
     assert b.listed()[b.id]["pushCallback"] is None
     step("an https name resolving to loopback registers, and is never connected to")
     for url in ["https://localhost:%d/push/b" % p, "https://localhost.:%d/push/b" % p]:
