@@ -436,7 +436,10 @@ impl Settings {
 
     /// `accounts_push_allow_private` parsed: a bare address is a network of one.
     pub fn push_allow_private_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-        parse_nets("accounts_push_allow_private", &self.accounts_push_allow_private)
+        parse_nets(
+            "accounts_push_allow_private",
+            &self.accounts_push_allow_private,
+        )
     }
 
     /// Whether this process serves the storage API.

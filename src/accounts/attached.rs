@@ -26,8 +26,9 @@ impl Accounts {
         refresh: Option<String>,
         device: Option<String>,
     ) -> Result<()> {
-        let uid = uid.to_string();
-        self.blocking(move |s| {
+        let owner = uid.to_string();
+        self.removing_devices(uid, move |s| {
+            let uid = owner;
             if let Some(d) = device {
                 s.delete_device(&uid, &d)?;
             }

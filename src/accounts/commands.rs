@@ -77,7 +77,8 @@ impl Accounts {
         let session = a.token.id_hash.to_vec();
         let now = now_ms();
         let expires_at = now + (ttl_secs.min(MAX_COMMAND_TTL_SECS) as i64) * 1000;
-        let (_index, device) = self
+        let name = command.clone();
+        let (index, device, sender) = self
             .blocking(move |s| {
                 let devices = s.devices(&uid)?;
                 let Some(device) = devices.iter().find(|d| d.id == target).cloned() else {
@@ -92,30 +93,27 @@ impl Accounts {
                 let sender = devices
                     .iter()
                     .find(|d| d.session_id_hash.as_deref() == Some(&session[..]))
-                    .map(|d| d.id.as_str());
+                    .map(|d| d.id.clone());
                 let new = NewCommand {
                     uid: &uid,
                     target: &target,
                     command: &command,
                     payload: &payload,
-                    sender,
+                    sender: sender.as_deref(),
                     expires_at,
                 };
                 match s.queue_command(&new, now)? {
-                    Queued::At(index) => Ok((index, device)),
+                    Queued::At(index) => Ok((index, device, sender)),
                     Queued::UnknownDevice => Err(AccountsError::UnknownDevice),
                     Queued::Full => Err(AccountsError::TooManyRequests(FULL_QUEUE_RETRY_SECS)),
                 }
             })
             .await?;
-        let (notified, notify_error) = match (&device.push_callback, device.push_endpoint_expired) {
-            (None, _) => (false, Some("noCallback")),
-            (Some(_), true) => (false, Some("expiredCallback")),
-            (Some(_), false) => (false, Some("disabled")),
-        };
+        let ttl = ttl_secs.min(MAX_COMMAND_TTL_SECS) as u32;
+        let pushed = self.push_command(&device, &name, index, sender.as_deref(), ttl);
         Ok(Invoked {
-            notified,
-            notify_error,
+            notified: pushed.is_ok(),
+            notify_error: pushed.err().map(|e| e.as_str()),
         })
     }
 

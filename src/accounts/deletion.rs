@@ -26,9 +26,13 @@ impl Accounts {
             return Err(AccountsError::InvalidToken);
         }
         let uid = account.uid.clone();
-        let gone = self
-            .blocking(move |s| Ok(s.delete_account_by_uid(&uid, now_ms())?))
+        let (gone, devices) = self
+            .blocking(move |s| {
+                let devices = s.devices(&uid)?;
+                Ok((s.delete_account_by_uid(&uid, now_ms())?, devices))
+            })
             .await?;
+        self.push_account_destroyed(&devices, &account.uid);
         tracing::info!(uid = %account.uid, deleted = gone.is_some(), "account deleted by its owner");
         Ok(())
     }

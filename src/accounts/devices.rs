@@ -1,15 +1,16 @@
 //! Devices: registration and update of the session's device (`POST /account/device`,
-//! within FxA's field limits), the list (`GET /account/devices`), removal, and the
-//! routes of device commands and push notifications, which this server checks as FxA
-//! does but does not relay (it has no push service).
+//! within FxA's field limits, its push endpoint checked), the list
+//! (`GET /account/devices`), removal (the other devices are told by push), and
+//! `POST /account/devices/notify`, checked as FxA checks it and relayed by push.
 
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::api::{ApiResult, ApiState, AuthRequest, ok, session};
+use super::limits::Rule;
 use super::store::Device;
-use super::{Accounts, AccountsError, Authed, Result, now_ms};
+use super::{Accounts, AccountsError, Authed, Result, now_ms, push};
 
 /// Longest device name (FxA's limit), in characters.
 const MAX_DEVICE_NAME: usize = 255;
@@ -54,7 +55,7 @@ pub struct DeviceUpdate {
 impl DeviceUpdate {
     /// Refuses fields beyond FxA's limits (400 errno 107), so that what an account
     /// stores per device stays small.
-    fn check(&self) -> Result<()> {
+    fn check(&self, allow_private: &[ipnet::IpNet]) -> Result<()> {
         let bad = |name: &str| Err(AccountsError::InvalidParameter(name.into()));
         let b64url = |v: &str| {
             v.trim_end_matches('=')
@@ -82,11 +83,18 @@ impl DeviceUpdate {
         }
         if let Some(u) = &self.push_callback
             && !u.is_empty()
-            && (u.len() > MAX_PUSH_CALLBACK
-                || !u.starts_with("https://")
-                || u.parse::<axum::http::Uri>().is_err())
+            && (u.len() > MAX_PUSH_CALLBACK || push::check_endpoint(u, allow_private).is_err())
         {
             return bad("pushCallback");
+        }
+        // FxA takes the push registration whole (each part may be empty, to clear it).
+        let parts = [
+            &self.push_callback,
+            &self.push_public_key,
+            &self.push_auth_key,
+        ];
+        if parts.iter().any(|p| p.is_some()) && !parts.iter().all(|p| p.is_some()) {
+            return bad("pushCallback, pushPublicKey and pushAuthKey go together");
         }
         for (name, v) in [
             ("pushPublicKey", &self.push_public_key),
@@ -118,61 +126,72 @@ impl DeviceUpdate {
 
 impl Accounts {
     /// Registers (no id) or updates the session's device.
+    /// A new device is announced to the others (`fxaccounts:device_connected`) once the
+    /// account is verified.
     pub async fn put_device(&self, a: &Authed, update: DeviceUpdate) -> Result<Device> {
-        update.check()?;
+        update.check(&self.push_allow)?;
         let uid = a.account.uid.clone();
         let session = a.token.id_hash.to_vec();
-        self.blocking(move |s| {
-            let now = now_ms();
-            let existing = s.devices(&uid)?.into_iter().find(|d| match &update.id {
-                Some(id) => &d.id == id,
-                None => d.session_id_hash.as_deref() == Some(&session[..]),
-            });
-            if update.id.is_some() && existing.is_none() {
-                return Err(AccountsError::InvalidParameter("id".into()));
-            }
-            let mut d = existing.unwrap_or_else(|| Device {
-                id: hex::encode(rand::random::<[u8; 16]>()),
-                uid: uid.clone(),
-                session_id_hash: Some(session.clone()),
-                kind: "desktop".into(),
-                available_commands: "{}".into(),
-                created_at: now,
-                ..Default::default()
-            });
-            if let Some(v) = update.name {
-                d.name = v;
-            }
-            if let Some(v) = update.kind {
-                d.kind = v;
-            }
-            if let Some(v) = update.push_callback {
-                d.push_callback = Some(v);
-            }
-            if let Some(v) = update.push_public_key {
-                d.push_public_key = Some(v);
-            }
-            if let Some(v) = update.push_auth_key {
-                d.push_auth_key = Some(v);
-            }
-            if let Some(v) = update.available_commands {
-                d.available_commands = v.to_string();
-            }
-            // Clearing a push registration (FxA takes empty strings for that).
-            for field in [
-                &mut d.push_callback,
-                &mut d.push_public_key,
-                &mut d.push_auth_key,
-            ] {
-                if field.as_deref() == Some("") {
-                    *field = None;
+        let (d, created, all) = self
+            .blocking(move |s| {
+                let now = now_ms();
+                let all = s.devices(&uid)?;
+                let existing = all.iter().cloned().find(|d| match &update.id {
+                    Some(id) => &d.id == id,
+                    None => d.session_id_hash.as_deref() == Some(&session[..]),
+                });
+                if update.id.is_some() && existing.is_none() {
+                    return Err(AccountsError::InvalidParameter("id".into()));
                 }
-            }
-            d.last_access_at = now;
-            s.upsert_device(&d)?;
-            Ok(d)
-        })
-        .await
+                let created = existing.is_none();
+                let mut d = existing.unwrap_or_else(|| Device {
+                    id: hex::encode(rand::random::<[u8; 16]>()),
+                    uid: uid.clone(),
+                    session_id_hash: Some(session.clone()),
+                    kind: "desktop".into(),
+                    available_commands: "{}".into(),
+                    created_at: now,
+                    ..Default::default()
+                });
+                if let Some(v) = update.name {
+                    d.name = v;
+                }
+                if let Some(v) = update.kind {
+                    d.kind = v;
+                }
+                if let Some(v) = update.push_callback {
+                    // A new registration is live until its push service says otherwise.
+                    d.push_endpoint_expired = false;
+                    d.push_callback = Some(v);
+                }
+                if let Some(v) = update.push_public_key {
+                    d.push_public_key = Some(v);
+                }
+                if let Some(v) = update.push_auth_key {
+                    d.push_auth_key = Some(v);
+                }
+                if let Some(v) = update.available_commands {
+                    d.available_commands = v.to_string();
+                }
+                // Clearing a push registration (FxA takes empty strings for that).
+                for field in [
+                    &mut d.push_callback,
+                    &mut d.push_public_key,
+                    &mut d.push_auth_key,
+                ] {
+                    if field.as_deref() == Some("") {
+                        *field = None;
+                    }
+                }
+                d.last_access_at = now;
+                s.upsert_device(&d)?;
+                Ok((d, created, all))
+            })
+            .await?;
+        if created && a.account.email_verified {
+            self.push_device_connected(&all, &d);
+        }
+        Ok(d)
     }
 
     /// The account's devices.
@@ -181,11 +200,42 @@ impl Accounts {
         self.blocking(move |s| Ok(s.devices(&uid)?)).await
     }
 
-    /// Deletes a device and its session.
+    /// Deletes a device and its session; the account's devices are told.
     pub async fn destroy_device(&self, uid: &str, id: &str) -> Result<()> {
-        let (uid, id) = (uid.to_string(), id.to_string());
-        self.blocking(move |s| Ok(s.delete_device(&uid, &id).map(|_| ())?))
-            .await
+        let (owner, id) = (uid.to_string(), id.to_string());
+        self.removing_devices(uid, move |s| {
+            Ok(s.delete_device(&owner, &id).map(|_| ())?)
+        })
+        .await
+    }
+
+    /// Relays a notice a device asked for (`devices/notify`) to the account's devices
+    /// named by `to` (`"all"` or ids) but `excluded`.
+    async fn relay_notice(&self, a: &Authed, b: &NotifyBody) -> Result<()> {
+        let _counted = self
+            .limiter
+            .reserve(&[self.limiter.key(Rule::NotifySession, a.token.id_hash)])?;
+        let Some(payload) = &b.payload else {
+            // `_endpointAction` alone: FxA sends an empty push, which Firefox ignores.
+            return Ok(());
+        };
+        let devices = self.devices(&a.account.uid).await?;
+        let excluded = b.excluded.as_deref().unwrap_or_default();
+        let named = |d: &&Device| match &b.to {
+            Value::Array(ids) => ids.iter().any(|i| i.as_str() == Some(&d.id)),
+            _ => true,
+        };
+        let ttl = b.ttl.unwrap_or(0).min(MAX_NOTIFY_TTL_SECS) as u32;
+        let payload = Value::Object(payload.clone());
+        self.push_to_all(
+            devices
+                .iter()
+                .filter(named)
+                .filter(|d| !excluded.contains(&d.id)),
+            &payload,
+            ttl,
+        );
+        Ok(())
     }
 }
 
@@ -241,6 +291,19 @@ pub(super) async fn device_destroy(State(st): State<ApiState>, r: AuthRequest) -
 const MAX_NOTIFY_BODY: usize = 16 * 1024;
 /// Most device ids one notification may name (in `to`, and in `excluded`).
 const MAX_NOTIFY_DEVICES: usize = 256;
+/// The longest a relayed notice waits at the push service, seconds (a day).
+const MAX_NOTIFY_TTL_SECS: u64 = 24 * 3600;
+/// The notices a device may ask to relay (FxA's push payload schema).
+const RELAYED_COMMANDS: &[&str] = &[
+    "sync:collection_changed",
+    "fxaccounts:device_connected",
+    "fxaccounts:device_disconnected",
+    "fxaccounts:profile_updated",
+    "fxaccounts:password_changed",
+    "fxaccounts:password_reset",
+    "fxaccounts:account_destroyed",
+    "fxaccounts:command_received",
+];
 
 /// `POST /v1/account/devices/notify`, as FxA takes it: `to` is `"all"` or a list of
 /// device ids, `excluded` a list of device ids, `payload` a push message (an object
@@ -254,7 +317,7 @@ struct NotifyBody {
     #[serde(default)]
     payload: Option<serde_json::Map<String, Value>>,
     #[serde(default, rename = "TTL")]
-    _ttl: Option<u64>,
+    ttl: Option<u64>,
     #[serde(default, rename = "_endpointAction")]
     endpoint_action: Option<String>,
 }
@@ -293,7 +356,7 @@ impl NotifyBody {
                 let command_ok = p
                     .get("command")
                     .and_then(Value::as_str)
-                    .is_some_and(|c| !c.is_empty() && c.len() <= 128);
+                    .is_some_and(|c| RELAYED_COMMANDS.contains(&c));
                 if !p.get("version").is_some_and(Value::is_u64) || !command_ok {
                     return bad("payload");
                 }
@@ -305,9 +368,8 @@ impl NotifyBody {
     }
 }
 
-/// Push notifications to the account's other devices: checked as FxA checks them and
-/// answered `{}` as FxA does, but not delivered (this server has no push service;
-/// devices learn of changes at their next scheduled sync).
+/// Push notifications to the account's devices: checked as FxA checks them, relayed by
+/// push to those with a live push registration, answered `{}` as FxA does.
 pub(super) async fn devices_notify(State(st): State<ApiState>, r: AuthRequest) -> ApiResult {
     let a = session(&st, &r).await?;
     Accounts::require_verified(&a.account)?;
@@ -316,5 +378,6 @@ pub(super) async fn devices_notify(State(st): State<ApiState>, r: AuthRequest) -
     }
     let b: NotifyBody = r.json()?;
     b.check()?;
+    st.accounts.relay_notice(&a, &b).await?;
     ok(json!({}))
 }

@@ -15,8 +15,8 @@
 //! * `grants` — OAuth grants: the token endpoint (session, code, refresh token),
 //!   revocation, access-token verification, the JWKS.
 //! * `authorization` — OAuth authorization codes (with PKCE).
-//! * `devices` — device registration, listing and removal; notifications (checked,
-//!   not relayed).
+//! * `devices` — device registration, listing and removal; `devices/notify`, relayed
+//!   by push.
 //! * `commands` — device commands (Send Tab): invoking one, the target's queue.
 //! * `attached` — attached clients (sessions, devices, refresh tokens) and revoking them.
 //! * `profile` — the profile routes.
@@ -34,6 +34,13 @@
 //! * `hardening` — the gates, budget and low-priority threads in front of scrypt.
 //! * `crypto` — onepw: stretching, the scrypt verifier, token derivations, bundles.
 //! * `oauth` — the service's RSA signing keys and its RS256 access tokens.
+//! * `push` — outbound Web Push (encryption, VAPID, the guard against request forgery,
+//!   bounded delivery with retries).
+//! * `notices` — the Web Push notices FxA sends an account's devices (a command
+//!   queued, a device connected or removed, a password changed, an account deleted,
+//!   what a device asks to relay), through `push`.
+//! * `push` — the Web Push sender: RFC 8291 encryption, VAPID, the endpoint guard,
+//!   bounded delivery with retries.
 //! * `mail` — the verification mail of `open` sign-ups (SMTP, when configured).
 //! * `store` — the accounts database (`<data_dir>/accounts.sqlite`, or the shared
 //!   PostgreSQL).
@@ -60,10 +67,12 @@ mod issuer;
 mod keys;
 pub mod limits;
 pub mod mail;
+mod notices;
 pub mod oauth;
 mod pages;
 mod password;
 mod profile;
+pub mod push;
 mod sessions;
 mod signin;
 mod signup;
@@ -134,6 +143,10 @@ pub struct Accounts {
     /// The key of the email codes' keyed hash (from the deployment secret, never in
     /// the accounts database).
     code_key: [u8; 32],
+    /// The Web Push sender (none: push is off).
+    pusher: Option<Arc<push::Pusher>>,
+    /// Networks a push endpoint may be on although not public.
+    push_allow: Vec<ipnet::IpNet>,
 }
 
 /// Parses a 64-hex-character value.
@@ -168,6 +181,8 @@ impl Accounts {
             hardening: Hardening::new(0, 0.0, 0),
             mailer,
             code_key: email_code_key(secret),
+            pusher: None,
+            push_allow: Vec::new(),
         })
     }
 

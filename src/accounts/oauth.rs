@@ -5,7 +5,9 @@
 //! verifies the others' tokens (the first process to start generates it, under a lock).
 //! `syncstore account rotate-key` adds a new signing key; a retired key stays published
 //! (and trusted) until every token it signed has expired. The OAuth routes and grants
-//! that use these tokens are in `grants` and `authorization`.
+//! that use these tokens are in `grants` and `authorization`. The same key set holds
+//! the server's VAPID key (P-256) of outbound Web Push (`push`), generated when missing
+//! and kept across rotations.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,7 @@ use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::push::VapidKey;
 use super::store::Store;
 use crate::tokenserver::fxa::{FxaError, OAuthUser, OLDSYNC_SCOPE};
 
@@ -62,6 +65,9 @@ struct StoredKey {
 #[derive(Serialize, Deserialize, Default, Clone)]
 struct KeyFile {
     keys: Vec<StoredKey>,
+    /// The VAPID key of Web Push, PKCS#8 PEM (absent in files from before push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vapid: Option<String>,
 }
 
 struct PublicKey {
@@ -77,6 +83,7 @@ pub struct Signer {
     encoding: EncodingKey,
     public: Vec<PublicKey>,
     issuer: String,
+    vapid: VapidKey,
 }
 
 /// The claims of an access token this service signs.
@@ -247,9 +254,22 @@ impl Signer {
     /// of the tokens signed.
     pub fn load(data_dir: &Path, store: &Store, issuer: &str) -> Result<Signer, KeyError> {
         let now = now_ms();
-        let file = edit_keys(data_dir, store, |old| match old {
-            Some(f) if f.keys.iter().any(|k| k.retired_at.is_none()) => Ok(None),
-            other => rotated(other.unwrap_or_default(), now).map(Some),
+        let file = edit_keys(data_dir, store, |old| {
+            let has_key = old
+                .as_ref()
+                .is_some_and(|f| f.keys.iter().any(|k| k.retired_at.is_none()));
+            let has_vapid = old.as_ref().is_some_and(|f| f.vapid.is_some());
+            if has_key && has_vapid {
+                return Ok(None);
+            }
+            let mut file = old.unwrap_or_default();
+            if !has_key {
+                file = rotated(file, now)?;
+            }
+            if !has_vapid {
+                file.vapid = Some(VapidKey::generate().to_pkcs8_pem());
+            }
+            Ok(Some(file))
         })?;
         let current = file
             .keys
@@ -276,12 +296,23 @@ impl Signer {
                 decoding,
             });
         }
+        let vapid = file
+            .vapid
+            .as_deref()
+            .ok_or_else(|| KeyError::Key("no VAPID key".into()))
+            .and_then(|pem| VapidKey::from_pkcs8_pem(pem).map_err(KeyError::Key))?;
         Ok(Signer {
             kid: current.kid.clone(),
             encoding,
             public,
             issuer: issuer.trim_end_matches('/').to_string(),
+            vapid,
         })
+    }
+
+    /// The server's VAPID key of Web Push.
+    pub fn vapid(&self) -> VapidKey {
+        self.vapid.clone()
     }
 
     /// The `iss` of this service's tokens.
@@ -402,5 +433,33 @@ mod tests {
             .sign(&claims)
             .unwrap();
         assert!(signer.decide(&foreign).is_none());
+    }
+
+    #[test]
+    fn vapid_key_is_kept_with_the_signing_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "").unwrap();
+        let first = Signer::load(dir.path(), &store, "http://a.example").unwrap();
+        let kid = first.kid.clone();
+        // A key file from before push: no VAPID key.
+        let path = dir.path().join(KEYS_FILE);
+        let mut old: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("vapid");
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let loaded = Signer::load(dir.path(), &store, "http://a.example").unwrap();
+        assert_eq!(loaded.kid, kid, "the signing key is kept");
+        let vapid = loaded.vapid().public_key_b64();
+        let stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(stored["vapid"].as_str().unwrap().contains("PRIVATE KEY"));
+        // Every load (every process) gets the same key, and a rotation keeps it.
+        let again = Signer::load(dir.path(), &store, "http://a.example").unwrap();
+        assert_eq!(again.vapid().public_key_b64(), vapid);
+        rotate(dir.path(), &store).unwrap();
+        let rotated = Signer::load(dir.path(), &store, "http://a.example").unwrap();
+        assert_ne!(rotated.kid, kid);
+        assert_eq!(rotated.vapid().public_key_b64(), vapid);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -82,8 +82,14 @@ impl Accounts {
         let uid = a.account.uid.clone();
         let now = now_ms();
         let vh = h.verify_hash;
-        self.blocking(move |s| Ok(s.set_password(&uid, &salt, &vh, &wrap_wrap_kb, now, false)?))
+        let devices = self
+            .blocking(move |s| {
+                let devices = s.devices(&uid)?;
+                s.set_password(&uid, &salt, &vh, &wrap_wrap_kb, now, false)?;
+                Ok(devices)
+            })
             .await?;
+        self.push_password_changed(&devices);
         let mut account = a.account.clone();
         account.verifier_set_at = now;
         account.wrap_wrap_kb = wrap_kb;

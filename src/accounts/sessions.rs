@@ -212,11 +212,13 @@ impl Accounts {
         Ok(Authed { token, account })
     }
 
-    /// Destroys a session (and its device).
+    /// Destroys a session (and its device; the account's devices are told).
     pub async fn destroy_session(&self, a: &Authed) -> Result<()> {
         let h = a.token.id_hash;
-        self.blocking(move |s| Ok(s.delete_token(&h).map(|_| ())?))
-            .await
+        self.removing_devices(&a.account.uid, move |s| {
+            Ok(s.delete_token(&h).map(|_| ())?)
+        })
+        .await
     }
 }
 

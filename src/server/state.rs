@@ -136,6 +136,7 @@ pub(super) async fn accounts_service(
         settings.tokenserver_database_url.clone(),
         issuer.to_string(),
     );
+    let contact = issuer.clone();
     // The signing secret (ensured before): keys the email codes' hash.
     let secret = settings.secrets.first().cloned().unwrap_or_default();
     let hardening = (
@@ -150,7 +151,16 @@ pub(super) async fn accounts_service(
     .await
     .map_err(|e| ServerError::Accounts(e.to_string()))?
     .map_err(ServerError::Accounts)?;
-    tracing::info!(signups = %settings.accounts_signups, "accounts service enabled at /v1");
+    // Push: signed with the service's VAPID key, `sub` its public URL.
+    let push = accounts::push::PushConfig {
+        enabled: settings.accounts_push,
+        allow_private: settings
+            .push_allow_private_nets()
+            .map_err(|e| ServerError::Accounts(e.to_string()))?,
+        contact: contact.clone(),
+    };
+    let service = service.with_push(push);
+    tracing::info!(signups = %settings.accounts_signups, push = settings.accounts_push, "accounts service enabled at /v1");
     Ok(Some(accounts::api::ApiState {
         accounts: Arc::new(service),
         public_url: settings.public_url.clone(),

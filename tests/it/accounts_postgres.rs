@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use syncstore::accounts::crypto;
 use syncstore::accounts::oauth::{Signer, rotate};
 use syncstore::accounts::store::{
-    Account, Code, CodeCheck, Device, Inserted, MAX_CODES, MAX_TOKENS_PER_KIND, Refresh, Retention,
-    Store, TokenRow,
+    Account, Code, CodeCheck, Device, Inserted, MAX_CODES, MAX_QUEUED_PER_DEVICE,
+    MAX_TOKENS_PER_KIND, NewCommand, Queued, Refresh, Retention, Store, TokenRow,
 };
 
 fn account(uid: &str, email: &str, now: i64) -> Account {
@@ -249,7 +249,19 @@ fn conformance(store: &Store) {
         Some("https://push.example/x")
     );
     assert_eq!(devices[0].push_auth_key, None);
+    // A push endpoint its push service called gone is marked, unless it changed since.
+    store
+        .expire_push_endpoint(&uid, &device.id, "https://push.example/old")
+        .unwrap();
+    assert!(!store.devices(&uid).unwrap()[0].push_endpoint_expired);
+    store
+        .expire_push_endpoint(&uid, &device.id, "https://push.example/x")
+        .unwrap();
+    assert!(store.devices(&uid).unwrap()[0].push_endpoint_expired);
+    command_queue(store, &uid, &device.id, now);
     assert!(store.delete_device(&uid, &device.id).unwrap());
+    let (left, _) = store.device_commands(&device.id, 0, 100, now).unwrap();
+    assert!(left.is_empty(), "the queue went with its device");
     assert!(
         store.token(&[1; 32], "sessionToken").unwrap().is_none(),
         "its session went too"
@@ -489,6 +501,64 @@ fn conformance(store: &Store) {
         store.accounts().unwrap().len(),
         3,
         "Ann, Yan and Zed, verified"
+    );
+}
+
+/// The device command queue: indices grow, pages are inclusive of `from`, expired
+/// commands are neither fetched nor counted, the bound per device holds, and a device
+/// of another account is unknown.
+fn command_queue(store: &Store, uid: &str, device: &str, now: i64) {
+    let command = |payload: &'static str, expires_at: i64| NewCommand {
+        uid,
+        target: device,
+        command: "https://identity.mozilla.com/cmd/open-uri",
+        payload,
+        sender: Some("s"),
+        expires_at,
+    };
+    let at = |q: Queued| match q {
+        Queued::At(i) => i,
+        other => panic!("not queued: {other:?}"),
+    };
+    let first = at(store
+        .queue_command(&command("{\"n\":1}", now + 1_000), now)
+        .unwrap());
+    let second = at(store
+        .queue_command(&command("{\"n\":2}", now + 10), now)
+        .unwrap());
+    assert!(second > first);
+    let (page, more) = store.device_commands(device, first, 1, now).unwrap();
+    assert_eq!((page.len(), page[0].index, more), (1, first, true));
+    assert_eq!(page[0].payload, "{\"n\":1}");
+    assert_eq!(page[0].sender.as_deref(), Some("s"));
+    let (page, more) = store.device_commands(device, second, 100, now).unwrap();
+    assert_eq!((page.len(), more), (1, false));
+    // The second expires at now + 10: no longer fetched, and its slot is free again.
+    let (page, _) = store.device_commands(device, 0, 100, now + 10).unwrap();
+    assert_eq!(page.len(), 1);
+    let later = now + 20;
+    for _ in 1..MAX_QUEUED_PER_DEVICE {
+        at(store
+            .queue_command(&command("{}", later + 1_000), later)
+            .unwrap());
+    }
+    assert_eq!(
+        store
+            .queue_command(&command("{}", later + 1_000), later)
+            .unwrap(),
+        Queued::Full
+    );
+    let third = at(store
+        .queue_command(&command("{}", now + 5_000), later + 1_000)
+        .unwrap());
+    assert!(third > second, "indices never go back");
+    let elsewhere = NewCommand {
+        uid: "someone-else",
+        ..command("{}", later + 1_000)
+    };
+    assert_eq!(
+        store.queue_command(&elsewhere, later).unwrap(),
+        Queued::UnknownDevice
     );
 }
 
