@@ -136,7 +136,12 @@ pub(super) async fn accounts_service(
         settings.tokenserver_database_url.clone(),
         issuer.to_string(),
     );
-    let contact = issuer.clone();
+    // VAPID's `sub` (RFC 8292: an https URL or mailto:): the public URL when it is https.
+    let contact = if issuer.starts_with("https://") {
+        issuer.clone()
+    } else {
+        String::new()
+    };
     // The signing secret (ensured before): keys the email codes' hash.
     let secret = settings.secrets.first().cloned().unwrap_or_default();
     let hardening = (

@@ -162,6 +162,10 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "syncstore_accounts_push_total",
+        "Outbound Web Push messages by outcome: sent, gone, retried, failed, refused, dropped"
+    );
+    describe_counter!(
         "syncstore_http_requests_total",
         "HTTP requests by method, route template and status"
     );

@@ -615,6 +615,11 @@ async fn processes_on_postgres_share_one_signing_key() {
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
         for s in &signers {
             assert_eq!(s.jwks(), jwks);
+            // One VAPID key for every process too (pushes are signed alike).
+            assert_eq!(
+                s.vapid().public_key_b64(),
+                signers[0].vapid().public_key_b64()
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         assert!(
