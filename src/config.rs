@@ -209,6 +209,10 @@ pub struct Settings {
     /// are not public, e.g. `127.0.0.1` for a local push service; an endpoint on any
     /// other private, loopback or link-local address is refused.
     pub accounts_push_allow_private: Vec<String>,
+    /// The push services the server pushes to: host names, each with its subdomains
+    /// (default Mozilla's, which every Firefox uses); `*`: any public host. A device
+    /// whose endpoint is elsewhere gets no push (it fetches at its next sync).
+    pub accounts_push_services: Vec<String>,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -293,6 +297,7 @@ impl Default for Settings {
             accounts_hardening_nice: 0,
             accounts_push: true,
             accounts_push_allow_private: vec![],
+            accounts_push_services: vec!["push.services.mozilla.com".into()],
         }
     }
 }

@@ -10,6 +10,7 @@ exits 1 with what failed and the tails of the Firefox sync logs.
 """
 
 import argparse
+import base64
 import glob
 import json
 import os
@@ -39,11 +40,15 @@ def check(cond, msg):
 
 
 class TabPages:
-    """Pages on 127.0.0.1 for the tabs the scenarios open (`url(name)`)."""
+    """Pages on 127.0.0.1 for the tabs the scenarios open (`url(name)`); `paths` lists
+    the path of every GET it served, in order."""
 
     def __init__(self):
+        paths = self.paths = []
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - the http.server API
+                paths.append(self.path)
                 body = b"<!doctype html><title>%s</title><p>a test page" % self.path.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -817,17 +822,23 @@ return { user: await fxAccounts.getSignedInUser(), setup: Weave.Status.checkSetu
 """
 
 
-def session_status(origin, session_token):
-    """GET /v1/session/status with a session token as Firefox holds it (hex), sent as a
-    Bearer token of its HKDF-derived id (`fxs_<id>`): (status, JSON)."""
+def session_request(origin, method, path, session_token, body=None):
+    """`method` /v1`path` with a session token as Firefox holds it (hex), sent as a
+    Bearer token of its HKDF-derived id (`fxs_<id>`), and `body` as JSON if given:
+    (status, JSON, or the text when the answer is not JSON)."""
     okm = HKDF(algorithm=hashes.SHA256(), length=3 * 32, salt=None,
                info=b"identity.mozilla.com/picl/v1/sessionToken").derive(bytes.fromhex(session_token))
-    r = requests.get(origin + "/v1/session/status", headers={"Authorization": "Bearer fxs_" + okm[:32].hex()},
-                     timeout=30)
+    r = requests.request(method, origin + "/v1" + path, headers={"Authorization": "Bearer fxs_" + okm[:32].hex()},
+                         json=body, timeout=30)
     try:
         return r.status_code, r.json()
     except ValueError:
         return r.status_code, r.text
+
+
+def session_status(origin, session_token):
+    """GET /v1/session/status with a session token as Firefox holds it: (status, JSON)."""
+    return session_request(origin, "GET", "/session/status", session_token)
 
 
 def sign_out(run):
@@ -1001,12 +1012,300 @@ def deleted_on_settings_page(run):
     sign_in_on_page(b, email, password, "no account with this email")
 
 
+# --- Send Tab: a device command from one profile to the other -------------------------------
+
+OPEN_URI = "https://identity.mozilla.com/cmd/open-uri"
+FETCH_INTERVAL = "identity.fxaccounts.commands.missed.fetch_interval"
+LAST_FETCH = "identity.fxaccounts.commands.missed.last_fetch"
+
+# The device list fetched again (as Firefox's "Send Tab to Device" menu does). On a
+# profile without a push subscription (push is off in these profiles) the refresh also
+# re-registers the device and fetches its missed commands: Firefox's own recovery path.
+DEVICE_LIST = """
+await fxAccounts.device.refreshDeviceList({ ignoreCached: true });
+return (fxAccounts.device.recentDeviceList || []).map(d => ({
+  id: d.id, name: d.name, isCurrentDevice: d.isCurrentDevice,
+  commands: Object.keys(d.availableCommands || {}), pushCallback: d.pushCallback || null }));
+"""
+
+# Firefox's own Send Tab API, as "Send Tab to Device" calls it: the tab is encrypted to
+# the target's open-uri keys (wrapped in Sync's key) and sent with invoke_command.
+SEND_TAB = """
+const [targetId, url, title] = args;
+const device = (fxAccounts.device.recentDeviceList || []).find(d => d.id == targetId);
+if (!device) throw new Error("no device " + targetId + " in the device list");
+const mark = Weave.Service.__test.lines.length;
+const report = await fxAccounts.commands.sendTab.send([device], { url, title });
+return { succeeded: report.succeeded.map(d => d.id),
+         failed: report.failed.map(f => ({ id: f.device.id,
+           error: f.error instanceof Error ? String(f.error) : JSON.stringify(f.error) })),
+         lines: Weave.Service.__test.lines.slice(mark) };
+"""
+
+# A scheduled sync as Sync's scheduler runs one: its own `scheduleNextSync` (the
+# prototype's; the harness's override on the instance only logs) arms the scheduler's
+# timer for 1 s, which then calls `syncIfMPUnlocked(null, "schedule")`: the sync, and,
+# when `identity.fxaccounts.commands.missed.fetch_interval` seconds have passed since
+# `identity.fxaccounts.commands.missed.last_fetch`, Firefox's fetch of missed device
+# commands (`pollDeviceCommands`, which logs "Polling device commands." first). Waits
+# for the sync's end; the fetch runs beside it.
+SCHEDULED_SYNC = """
+const [timeoutMs] = args;
+const svc = Weave.Service;
+const deadline = Date.now() + timeoutMs;
+while (svc.locked) {
+  if (Date.now() > deadline) throw new Error("a sync held the lock too long");
+  await sleep(100);
+}
+const before = Services.prefs.getIntPref("%s", 0);
+const mark = svc.__test.lines.length;
+let started = false, done = null;
+const topics = ["weave:service:sync:start", "weave:service:sync:finish", "weave:service:sync:error"];
+const observer = { observe(subject, topic) {
+  if (topic.endsWith(":start")) started = true;
+  else if (started) done = topic;
+} };
+for (const t of topics) Services.obs.addObserver(observer, t);
+try {
+  Object.getPrototypeOf(svc.scheduler).scheduleNextSync.call(svc.scheduler, 1000, { why: "schedule" });
+  while (!done && Date.now() < deadline) await sleep(100);
+} finally {
+  for (const t of topics) Services.obs.removeObserver(observer, t);
+}
+if (!done) throw new Error("the scheduled sync did not end in time");
+return { topic: done, service: Weave.Status.service, sync: Weave.Status.sync, before,
+         interval: Services.prefs.getIntPref("%s"), lines: svc.__test.lines.slice(mark) };
+""" % (LAST_FETCH, FETCH_INTERVAL)
+
+LAST_FETCHED = """
+return Services.prefs.getIntPref("%s", 0);
+""" % LAST_FETCH
+
+SET_FETCH_INTERVAL = """
+Services.prefs.setIntPref("%s", args[0]);
+""" % FETCH_INTERVAL
+
+# Every tab of every browser window: URL, label (the page's title once loaded), and
+# whether Firefox marked it for attention (as it marks a received tab).
+WINDOW_TABS = """
+const tabs = [];
+for (const win of Services.wm.getEnumerator("navigator:browser")) {
+  for (const tab of win.gBrowser.tabs) {
+    tabs.push({ url: tab.linkedBrowser.currentURI.spec, label: tab.label, selected: tab.selected,
+                attention: tab.hasAttribute("attention") });
+  }
+}
+return tabs;
+"""
+
+SELECT_TAB = """
+const win = Services.wm.getMostRecentWindow("navigator:browser");
+const tab = win.gBrowser.tabs.find(t => t.linkedBrowser.currentURI.spec == args[0]);
+win.gBrowser.selectedTab = tab;
+for (let i = 0; i < 100 && !tab.selected; i++) await sleep(50);
+await sleep(500);
+"""
+
+# The largest command payload the server takes (its JSON; MAX_COMMAND_PAYLOAD in
+# src/accounts/commands.rs, as Firefox caps its own).
+MAX_COMMAND_PAYLOAD = 16 * 1024
+
+PYFXA_SESSION = """
+import json, sys
+from fxa.core import Client
+origin, email, password = sys.argv[1:]
+print(json.dumps(Client(origin + "/v1").login(email, password).token))
+"""
+
+
+def scheduled_sync(ff, fetch):
+    """Runs what Sync's scheduler runs when a scheduled sync is due (SCHEDULED_SYNC) on
+    `ff`; checks that the sync succeeded and that Firefox fetched missed device commands
+    if and only if `fetch`. The log lines it wrote are checked with the next `sync()`."""
+    r = ff.js(SCHEDULED_SYNC, 120000, timeout=150)
+    polled = [line for line in r["lines"] if "Polling device commands." in line]
+    check(any("Next sync in 1000 ms. (why=schedule)" in line for line in r["lines"]),
+          "%s: the scheduler did not arm its timer:\n%s" % (ff.name, "\n".join(r["lines"])))
+    step("%s: scheduled sync: %s, %s; fetch interval %d s, last fetch %d; %s" % (
+        ff.name, r["topic"], r["sync"], r["interval"], r["before"],
+        "fetched missed commands" if polled else "no fetch of missed commands"))
+    check(r["topic"] == "weave:service:sync:finish" and r["service"] == "success.status_ok"
+          and r["sync"] == "success.sync", "%s: the scheduled sync failed: %r" % (ff.name, r))
+    check(bool(polled) == fetch, "%s: the scheduled sync %s missed commands (fetch expected: %s):\n%s" % (
+        ff.name, "fetched" if polled else "did not fetch", fetch, "\n".join(r["lines"])))
+    return r
+
+
+def wait_for_fetch(ff, after, secs=30):
+    """`identity.fxaccounts.commands.missed.last_fetch` once it is past `after` (set when
+    Firefox's scheduled fetch of missed commands has finished); fails after `secs`."""
+    deadline = time.monotonic() + secs
+    while True:
+        last = ff.js(LAST_FETCHED)
+        if last > after or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check(last > after, "%s's scheduled fetch of missed commands did not finish in %d s" % (ff.name, secs))
+    return last
+
+
+def device_of(devices, name):
+    found = [d for d in devices if d["name"] == name]
+    check(len(found) == 1, "not one device %s in %r" % (name, devices))
+    return found[0]
+
+
+def wait_for_tab(ff, url, secs=60):
+    """`ff`'s tab showing `url` once its page has loaded (its label is the page's title,
+    the path); fails after `secs`."""
+    path = url.split("/", 3)[3]
+    deadline = time.monotonic() + secs
+    while True:
+        tabs = ff.js(WINDOW_TABS)
+        found = [t for t in tabs if t["url"] == url]
+        if (found and found[0]["label"] == "/" + path) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    check(found and found[0]["label"] == "/" + path,
+          "%s has no loaded tab with %s %d s after the fetch: %r" % (ff.name, url, secs, tabs))
+    return found[0], tabs
+
+
+def screenshot(ff, path):
+    """A PNG of `ff`'s browser window (chrome context), saved to `path`."""
+    png = ff.m.command("WebDriver:TakeScreenshot", {"full": False, "hash": False})["value"]
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(png))
+    step("%s: screenshot %s" % (ff.name, path))
+
+
+def invoke(run, token, target, payload, command=OPEN_URI):
+    """POST /v1/account/devices/invoke_command with a session token (hex)."""
+    return session_request(run.opts.tokenserver, "POST", "/account/devices/invoke_command", token,
+                           {"target": target, "command": command, "payload": payload})
+
+
+def check_refused(what, status_body, statuses, errnos, summary):
+    status, body = status_body
+    step("%s: %d %s" % (what, status, body))
+    summary[what] = [status, body]
+    check(status in statuses and isinstance(body, dict) and body.get("errno") in errnos,
+          "%s: %d %r, not %s with errno in %s" % (what, status, body, statuses, errnos))
+
+
+def send_tab(run):
+    """Send Tab between two profiles of one account, through Firefox's own code on both
+    sides. Both see each other in Firefox's device list and B's entry offers open-uri; A
+    sends a tab to B with Firefox's Send Tab API (the tab end-to-end encrypted to B's
+    keys, `invoke_command` on the server), reported sent. B has no push (no push service
+    here), so it gets the tab from its fetch of missed commands in a scheduled sync: with
+    the daily interval already used (a first scheduled sync fetched nothing) it does not
+    fetch and no tab opens; with `identity.fxaccounts.commands.missed.fetch_interval`
+    lowered to 1 s the next scheduled sync fetches it, and B opens the URL in a tab
+    (which loads the page from 127.0.0.1). Refused on the server: a device of another
+    account as the target (both ways), a command the target does not offer, an
+    oversized payload; B's queue holds only A's tab, its URL unreadable. In the out dir:
+    a screenshot of B's window with the received tab selected (send-tab-B.png) and the
+    server's answers (send-tab.json)."""
+    a, b = two_profiles(run, "tabs")
+    url, title = run.pages.url("sent-tab"), "A tab sent from A"
+    la, lb = a.js(DEVICE_LIST), b.js(DEVICE_LIST)
+    step("A's device list: %s\nB's device list: %s" % (la, lb))
+    dev_a, dev_b = device_of(la, "profile-A"), device_of(la, "profile-B")
+    check(dev_a["isCurrentDevice"] and not dev_b["isCurrentDevice"], "A's device list: %r" % la)
+    check(device_of(lb, "profile-A")["id"] == dev_a["id"] and device_of(lb, "profile-B")["id"] == dev_b["id"]
+          and device_of(lb, "profile-B")["isCurrentDevice"], "B's device list differs from A's: %r %r" % (lb, la))
+    check(OPEN_URI in dev_b["commands"], "B's device offers no %s: %r" % (OPEN_URI, dev_b))
+    check(OPEN_URI in dev_a["commands"], "A's device offers no %s: %r" % (OPEN_URI, dev_a))
+
+    step("B: a scheduled sync at Firefox's default fetch interval (never fetched yet: it fetches)")
+    check(b.js(LAST_FETCHED) == 0, "B fetched missed commands before its first scheduled sync")
+    first = scheduled_sync(b, fetch=True)
+    check(first["interval"] == 86400, "the default fetch interval is %r, not a day" % first["interval"])
+    fetched = wait_for_fetch(b, 0)
+
+    step("A: send %s to B with Firefox's Send Tab API" % url)
+    report = a.js(SEND_TAB, dev_b["id"], url, title)
+    sent = [line for line in report["lines"] if "sent" in line.lower() or "invoke" in line.lower()]
+    step("A's report: succeeded %s, failed %s\n%s" % (report["succeeded"], report["failed"], "\n".join(sent)))
+    check(report["succeeded"] == [dev_b["id"]] and report["failed"] == [], "A's Send Tab failed: %r" % report)
+    # B has no push registration: queued, not notified (FxA's answer, which Firefox logs
+    # as an ERROR "Sending was only partially successful" and counts as sent).
+    answer = [line for line in report["lines"] if "Successfully sent" in line or "partially successful" in line]
+    check(len(answer) == 1 and '"enqueued":true' in answer[0], "A's log shows no queued command: %r" % report)
+    check("/page/sent-tab" not in run.pages.paths, "the page was fetched before B got the tab")
+
+    step("B: another scheduled sync, the daily interval not passed: no fetch, no tab")
+    scheduled_sync(b, fetch=False)
+    check(b.js(LAST_FETCHED) == fetched, "B's last fetch moved without a fetch")
+    check(not any(t["url"] == url for t in b.js(WINDOW_TABS)), "B opened the tab without fetching")
+
+    step("B: fetch interval 1 s, then a scheduled sync: Firefox fetches the tab and opens it")
+    b.js(SET_FETCH_INTERVAL, 1)
+    time.sleep(2)  # past last_fetch + 1 s
+    scheduled_sync(b, fetch=True)
+    tab, tabs = wait_for_tab(b, url)
+    step("B's tabs: %s" % tabs)
+    wait_for_fetch(b, fetched)
+    check(tab["attention"], "B did not mark the received tab for attention: %r" % tab)
+    check("/page/sent-tab" in run.pages.paths, "the page server never served the sent page: %r" % run.pages.paths)
+    received = [line for line in b.log_lines() if "Tab received with FxA commands" in line]
+    step("B's log: %s" % received)
+    check(len(received) == 1 and title in received[0] and "profile-A" in received[0],
+          "B's log does not show the tab received from profile-A: %r" % received)
+    # The received tab opened in the background; selected, as a click on Firefox's
+    # "Tab received" notification does, for the screenshot (a headless window paints
+    # only the selected tab in its tab strip).
+    b.js(SELECT_TAB, url)
+    screenshot(b, os.path.join(run.opts.out, "send-tab-B.png"))
+    summary = {"B's tabs": tabs, "A's answer from invoke_command": answer[0], "B's log": received}
+    b.sync()  # clean, with everything B logged since its last sync (the fetch included)
+
+    step("refusals on the server")
+    origin = run.opts.tokenserver
+    token_a, token_b = a.js(SESSION_TOKEN), b.js(SESSION_TOKEN)
+    email, password = run.account("stranger")
+    out = subprocess.run([sys.executable, "-c", PYFXA_SESSION, origin, email, password],
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    check(out.returncode == 0, "PyFxA: %s%s" % (out.stdout, out.stderr))
+    token_s = json.loads(out.stdout)
+    status, stranger = session_request(origin, "POST", "/account/device", token_s,
+                                       {"name": "stranger's device", "type": "desktop",
+                                        "availableCommands": {OPEN_URI: "{}"}})
+    check(status == 200 and stranger.get("id"), "registering the stranger's device: %d %r" % (status, stranger))
+    # FxA's errnos: 123 unknown device, 157 unavailable device command, 107 invalid
+    # parameter.
+    check_refused("A -> another account's device", invoke(run, token_a, stranger["id"], {"encrypted": "AAAA"}),
+                  (400,), (123,), summary)
+    check_refused("another account -> B's device", invoke(run, token_s, dev_b["id"], {"encrypted": "AAAA"}),
+                  (400,), (123,), summary)
+    check_refused("A -> B, a command B does not offer",
+                  invoke(run, token_a, dev_b["id"], {"encrypted": "AAAA"}, command=OPEN_URI + "/v9"),
+                  (400,), (157,), summary)
+    # {"encrypted":"AAA…"}: 16 bytes more than the limit.
+    check_refused("A -> B, an oversized payload",
+                  invoke(run, token_a, dev_b["id"], {"encrypted": "A" * MAX_COMMAND_PAYLOAD}), (400, 413), (107,),
+                  summary)
+    status, queue = session_request(origin, "GET", "/account/device/commands?index=0", token_b)
+    step("B's queue: %d %s" % (status, queue))
+    check(status == 200 and isinstance(queue, dict), "B's device/commands: %d %r" % (status, queue))
+    messages = queue.get("messages", [])
+    check(len(messages) == 1 and messages[0]["data"]["command"] == OPEN_URI
+          and messages[0]["data"]["sender"] == dev_a["id"]
+          and list(messages[0]["data"]["payload"]) == ["encrypted"],
+          "B's queue is not A's one tab: %r" % queue)
+    check(url not in json.dumps(queue), "the tab's URL is readable on the server: %r" % queue)
+    summary["B's queue"] = queue
+    with open(os.path.join(run.opts.out, "send-tab.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
               page_sign_in, page_two_profiles, page_sign_up, page_errors, page_invite_sign_up,
               page_email_code_sign_up, sign_out, account_deleted, password_change,
-              deleted_on_settings_page)
+              deleted_on_settings_page, send_tab)
 }
 
 

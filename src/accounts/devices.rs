@@ -136,10 +136,13 @@ impl Accounts {
             .blocking(move |s| {
                 let now = now_ms();
                 let all = s.devices(&uid)?;
-                let existing = all.iter().cloned().find(|d| match &update.id {
-                    Some(id) => &d.id == id,
-                    None => d.session_id_hash.as_deref() == Some(&session[..]),
-                });
+                let existing = all
+                    .iter()
+                    .find(|d| match &update.id {
+                        Some(id) => &d.id == id,
+                        None => d.session_id_hash.as_deref() == Some(&session[..]),
+                    })
+                    .cloned();
                 if update.id.is_some() && existing.is_none() {
                     return Err(AccountsError::InvalidParameter("id".into()));
                 }

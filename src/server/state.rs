@@ -163,6 +163,7 @@ pub(super) async fn accounts_service(
             .push_allow_private_nets()
             .map_err(|e| ServerError::Accounts(e.to_string()))?,
         contact: contact.clone(),
+        services: settings.accounts_push_services.clone(),
     };
     let service = service.with_push(push);
     tracing::info!(signups = %settings.accounts_signups, push = settings.accounts_push, "accounts service enabled at /v1");

@@ -6,7 +6,9 @@
 //! accounts server, no test JWK set): Firefox completes the OAuth flow itself and holds
 //! a genuine syncstore session. The scenarios sync and check both Firefox and the
 //! server (over HTTP with the access token Firefox holds, and the server's files):
-//! syncing between profiles and accounts, node drains, sign-out (the session revoked),
+//! syncing between profiles and accounts, node drains, Send Tab from one profile to
+//! another (the server's device command queue, fetched by Firefox in a scheduled
+//! sync), sign-out (the session revoked),
 //! a password change on `/settings` (Firefox keeps syncing, the data stays), an account
 //! deleted by the operator (refused on the page, its Sync data gone), and the sign-up
 //! policies on the page: `invite` (a code from `syncstore account invite` typed into
@@ -208,6 +210,17 @@ fn both_profiles_keep_syncing_through_live_and_plain_node_drains() {
             TOKEN_SECS.to_string(),
         ],
     );
+}
+
+/// Send Tab between two profiles of one account, Firefox's own code on both sides: A
+/// sends a tab to B with Firefox's Send Tab API (end-to-end encrypted to B's open-uri
+/// keys, queued by `invoke_command`); B, without push here, fetches it in a scheduled
+/// sync once `identity.fxaccounts.commands.missed.fetch_interval` has passed (not
+/// before) and opens the URL in a tab. The server refuses another account's device as
+/// the target and an oversized payload; B's queue holds A's one tab, unreadable.
+#[test]
+fn send_tab_between_two_profiles() {
+    single("send_tab");
 }
 
 /// A server with the built-in accounts service and one account made by

@@ -104,6 +104,7 @@ struct Running {
     shared: Arc<Shared>,
     last_full_warning: Mutex<Option<Instant>>,
     allow_private: Vec<IpNet>,
+    services: Vec<String>,
 }
 
 /// What the worker and the deliveries share.
@@ -199,6 +200,7 @@ impl Pusher {
                 shared,
                 last_full_warning: Mutex::new(None),
                 allow_private: config.allow_private,
+                services: config.services,
             }),
         })
     }
@@ -216,7 +218,14 @@ impl Pusher {
             return false;
         }
         let host = host_of(&target.endpoint);
-        let url = match guard::parse_endpoint(&target.endpoint, &run.allow_private) {
+        let checked = guard::parse_endpoint(&target.endpoint, &run.allow_private).and_then(|url| {
+            if guard::service_allowed(&url, &run.services, &run.allow_private) {
+                Ok(url)
+            } else {
+                Err("not one of the push services (accounts_push_services)".into())
+            }
+        });
+        let url = match checked {
             Ok(url) => url,
             Err(reason) => {
                 tracing::info!(uid = %target.uid, device = %target.device_id, host = %host,

@@ -164,6 +164,24 @@ fn literal_host(url: &Url) -> Result<Option<IpAddr>, String> {
     Ok(host.parse::<Ipv4Addr>().ok().map(IpAddr::V4))
 }
 
+/// Whether `url`'s host is one of the push `services` (a name there, or a subdomain of
+/// one; `*`: any), or a literal address inside `allow_private`.
+pub fn service_allowed(url: &Url, services: &[String], allow_private: &[IpNet]) -> bool {
+    if let Ok(Some(ip)) = literal_host(url)
+        && allowed_private(ip, allow_private)
+    {
+        return true;
+    }
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
+    services.iter().any(|s| {
+        let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        s == "*"
+            || (!s.is_empty()
+                && (host == s || host.strip_suffix(&s).is_some_and(|p| p.ends_with('.'))))
+    })
+}
+
 /// A host name resolved to an address a push may not connect to.
 #[derive(Debug)]
 pub(crate) struct Refused {

@@ -17,7 +17,7 @@ mod guard;
 mod webpush;
 
 pub use delivery::Pusher;
-pub use guard::{address_allowed, check_endpoint, is_public};
+pub use guard::{address_allowed, check_endpoint, is_public, service_allowed};
 pub use webpush::{MAX_PAYLOAD, VapidKey};
 
 /// What the sender does.
@@ -30,6 +30,12 @@ pub struct PushConfig {
     pub allow_private: Vec<ipnet::IpNet>,
     /// VAPID `sub`: the service's public URL (https://...) or mailto:...
     pub contact: String,
+    /// The push services pushed to: host names, each allowing itself and its
+    /// subdomains (`push.services.mozilla.com`: Mozilla's, which every Firefox uses);
+    /// `*`: any public host. An endpoint elsewhere is not pushed to (its device fetches
+    /// at its next sync), so a device cannot make this server post to a host of its
+    /// choosing. A literal address inside `allow_private` is always allowed.
+    pub services: Vec<String>,
 }
 
 /// Where a message goes: the device's registration. Its `Debug` shows the endpoint's

@@ -116,6 +116,7 @@ fn pusher(allow_private: &[&str], queue: usize, in_flight: usize) -> Harness {
         enabled: true,
         allow_private: allow_private.iter().map(|n| n.parse().unwrap()).collect(),
         contact: "mailto:ops@example.com".into(),
+        services: vec!["*".into()],
     };
     let tuning = Tuning {
         queue,
@@ -361,6 +362,7 @@ async fn nothing_is_sent_when_off_or_without_keys() {
             enabled: false,
             allow_private: vec!["127.0.0.1/32".parse().unwrap()],
             contact: String::new(),
+            services: vec!["*".into()],
         },
         VapidKey::generate(),
         Box::new(|_| {}),
@@ -387,4 +389,30 @@ async fn nothing_is_sent_when_off_or_without_keys() {
     assert_eq!(h.outcomes.recv().await, Some(Outcome::Refused));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(r.accepts.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn only_the_listed_push_services_are_pushed_to() {
+    let mozilla = vec!["push.services.mozilla.com".to_string()];
+    let allow: Vec<ipnet::IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+    let ok = |u: &str, services: &[String]| {
+        service_allowed(&reqwest::Url::parse(u).unwrap(), services, &allow)
+    };
+    assert!(ok(
+        "https://updates.push.services.mozilla.com/wpush/v2/x",
+        &mozilla
+    ));
+    assert!(ok("https://push.services.mozilla.com/x", &mozilla));
+    assert!(ok("https://UPDATES.Push.Services.Mozilla.com./x", &mozilla));
+    assert!(!ok(
+        "https://evilpush.services.mozilla.com.example.org/x",
+        &mozilla
+    ));
+    assert!(!ok("https://notpush.services.mozilla.com/x", &mozilla));
+    assert!(!ok("https://example.org/x", &mozilla));
+    assert!(!ok("https://example.org/x", &[]));
+    assert!(ok("https://example.org/x", &["*".to_string()]));
+    // A literal address allowed as private is a local push service.
+    assert!(ok("http://127.0.0.1:8080/push", &mozilla));
+    assert!(!ok("https://93.184.216.34/push", &mozilla));
 }
