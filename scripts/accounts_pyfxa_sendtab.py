@@ -9,8 +9,11 @@ Usage: accounts_pyfxa_sendtab.py MODE BASE_URL EMAIL PASSWORD   (EMAIL made by
         endpoint and is fetched from the pushed URL; device connected/disconnected, a
         devices/notify relay; a 410 marks the endpoint expired until it is registered
         again; a password change and the account's deletion reach the devices.
-  ssrf  the server allows no private endpoint: http and literal private addresses are
-        refused at registration, a name resolving to loopback is never connected to.
+  ssrf  the server allows no private endpoint (and any push service): http and literal
+        private addresses are refused at registration, a name resolving to loopback is
+        never connected to.
+  services  the server allows 127.0.0.1 and only its default push services: an
+        endpoint on 127.0.0.1 is pushed to, one at another host name is not.
   off   the server runs with push turned off: nothing is POSTed, the command is still
         fetched.
 Prints "ok" when every check passed.
@@ -38,7 +41,7 @@ ARRIVAL = 15.0
 QUIET = 3.0
 
 mode, base, email, password = sys.argv[1], sys.argv[2].rstrip("/"), sys.argv[3], sys.argv[4]
-assert mode in ("push", "ssrf", "off"), mode
+assert mode in ("push", "ssrf", "services", "off"), mode
 client = fxa.core.Client(server_url=base + "/v1")
 
 
@@ -341,7 +344,7 @@ def run_push():
     rx.wait(b.path, b_seen + 1)
     deadline = time.time() + ARRIVAL
     while not a.listed()[b.id]["pushEndpointExpired"]:
-        assert time.time() < deadline, a.listed()
+        assert time.time() < deadline, ("B's pushEndpointExpired never turned true", a.listed())
         time.sleep(0.2)
     assert a.listed()[a.id]["pushEndpointExpired"] is False
     r = invoke(a, b, "https://example.org/third")
@@ -411,6 +414,29 @@ def run_ssrf():
     assert len(got["messages"]) == 2, got
 
 
+# ---- services: only the listed push services are pushed to ------------------------------
+
+def run_services():
+    rx = Receiver()
+    a = Device("pyfxa A", {OPEN_URI: "keys-of-a"})
+    a.register(rx.url("/push/a"))
+    b = Device("pyfxa B", {OPEN_URI: "keys-of-b"})
+    step("an endpoint outside the push services registers, and gets no push")
+    b.register("https://localhost:%d/push/b" % rx.port)
+    r = invoke(b, a, "https://example.org/to-a")
+    assert r == {"enqueued": True, "notified": True}, r
+    # The control: the allowed address is pushed to (B's connection, then the tab).
+    msgs = a.until(rx, 0, "fxaccounts:command_received")
+    assert by_command(msgs, "fxaccounts:device_connected"), msgs
+    rx.quiet(lambda: rx.connections, 0.5)
+    seen = rx.connections
+    invoke(a, b, "https://example.org/to-b")
+    rx.quiet(lambda: rx.connections, QUIET)
+    assert rx.connections == seen, rx.requests
+    got = fetch(b, "/account/device/commands?index=0")
+    assert [m["data"]["sender"] for m in got["messages"]] == [a.id], got
+
+
 # ---- off: push turned off --------------------------------------------------------------
 
 def run_off():
@@ -433,5 +459,5 @@ def run_off():
     assert got["messages"][0]["data"]["payload"]["encrypted"] == b64u(b"https://example.org/no-push")
 
 
-{"push": run_push, "ssrf": run_ssrf, "off": run_off}[mode]()
+{"push": run_push, "ssrf": run_ssrf, "services": run_services, "off": run_off}[mode]()
 print("ok")

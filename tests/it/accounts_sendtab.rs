@@ -4,8 +4,9 @@
 //! decrypts its body with the device's own keys (PyPI's `http_ece`); a command reaches
 //! its target's endpoint and is fetched from the URL the push names; device and account
 //! events and `devices/notify` reach the right devices; a 410 marks the endpoint
-//! expired; endpoints on private addresses are refused or never connected to; with push
-//! off nothing is sent and the command is still fetched. The queue's own rules are in
+//! expired; endpoints on private addresses are refused or never connected to, and
+//! endpoints outside the listed push services never pushed to; with push off nothing
+//! is sent and the command is still fetched. The queue's own rules are in
 //! `accounts_commands`.
 
 use std::io::Read;
@@ -83,10 +84,21 @@ fn pyfxa_devices_receive_commands_and_events_by_web_push() {
 }
 
 /// Without the allow setting, a push endpoint on a private address is refused at
-/// registration, and a name that resolves to one is never connected to.
+/// registration, and a name that resolves to one is never connected to, even where
+/// any push service is allowed (`accounts_push_services = ["*"]`).
 #[test]
 fn push_endpoints_on_private_addresses_are_refused_or_never_reached() {
-    sendtab("ssrf", &[]);
+    sendtab("ssrf", &[("SYNCSTORE_ACCOUNTS_PUSH_SERVICES", "*")]);
+}
+
+/// With the default push services, an endpoint at another host is never pushed to,
+/// although its address (127.0.0.1) is allowed; a literal allowed address is.
+#[test]
+fn only_the_listed_push_services_are_pushed_to() {
+    sendtab(
+        "services",
+        &[("SYNCSTORE_ACCOUNTS_PUSH_ALLOW_PRIVATE", "127.0.0.1")],
+    );
 }
 
 /// `accounts_push = false`: nothing leaves the server, and the command still waits for
