@@ -306,7 +306,7 @@ def run_push():
     assert got["messages"][0]["data"] == {
         "command": OPEN_URI, "sender": a.id,
         "payload": {"encrypted": b64u(b"https://example.org/sent-by-a")}}, got
-    # A's own queue stays empty; a device of the same account offering nothing refuses.
+    # A's own queue stays empty.
     assert fetch(a, "/account/device/commands?index=0")["messages"] == []
 
     step("device C comes and goes: connected, then disconnected {id: C} to A and B")
