@@ -430,7 +430,8 @@ def run_services():
     assert by_command(msgs, "fxaccounts:device_connected"), msgs
     rx.quiet(lambda: rx.connections, 0.5)
     seen = rx.connections
-    invoke(a, b, "https://example.org/to-b")
+    r = invoke(a, b, "https://example.org/to-b")
+    assert r["notified"] is False and r["notifyError"], r
     rx.quiet(lambda: rx.connections, QUIET)
     assert rx.connections == seen, rx.requests
     got = fetch(b, "/account/device/commands?index=0")
