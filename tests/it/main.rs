@@ -27,6 +27,7 @@ mod accounts_lockout;
 mod accounts_password;
 mod accounts_pending;
 mod accounts_postgres;
+mod accounts_sendtab;
 mod accounts_signups;
 mod accounts_state;
 mod accounts_tokens;
