@@ -1,0 +1,214 @@
+//! `syncstore restore SRC --data-dir EMPTY_DIR`: a backup generation (see
+//! [`super::backup`]) put back as a data dir. Every file's size and SHA-256 are checked
+//! against the manifest before anything is written, and a data dir that holds anything
+//! is refused; user files are installed as any file from outside is (SQLite's integrity
+//! check and exactly a known version's schema, `storage::schema_check`); then the
+//! restored dir gets `check`'s integrity check of every user file.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::AdminError;
+use super::backup::{self, FileEntry, Kind, Manifest};
+use crate::storage::files;
+
+fn invalid(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Invalid(e.to_string())
+}
+
+/// A manifest path that stays inside the directory it is joined to: relative, no
+/// `..`, no root, nothing but plain names.
+fn safe_rel(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(rel);
+    let plain = !rel.is_empty()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    plain.then(|| p.to_path_buf())
+}
+
+/// Where a file of the manifest belongs in a data dir: user files only at their
+/// uid's path, the others only by their own name.
+fn expected_rel(f: &FileEntry) -> Option<String> {
+    Some(match f.kind {
+        Kind::User => {
+            let uid = f.uid?;
+            format!("users/{:03}/{uid}.sqlite", uid % 1000)
+        }
+        Kind::Tokenserver => "tokenserver.sqlite".into(),
+        Kind::Accounts => "accounts.sqlite".into(),
+        Kind::Secret => "secret".into(),
+        Kind::Keys => crate::accounts::oauth::KEYS_FILE.into(),
+    })
+}
+
+/// Checks every file of `manifest` in the generation at `dir`: present, of its size and
+/// SHA-256, at the path its kind allows. Returns every problem found (empty: sound).
+pub fn verify(dir: &Path, manifest: &Manifest) -> Vec<String> {
+    let bar = super::users::progress(manifest.files.len() as u64, "verifying");
+    let mut problems = Vec::new();
+    for f in &manifest.files {
+        bar.inc(1);
+        if expected_rel(f).as_deref() != Some(f.path.as_str()) || safe_rel(&f.path).is_none() {
+            problems.push(format!("{}: not where a {:?} file goes", f.path, f.kind));
+            continue;
+        }
+        match backup::digest_file(&dir.join(&f.path)) {
+            Ok((sha, size)) if size != f.size => problems.push(format!(
+                "{}: {size} bytes, the manifest says {} (sha256 {sha})",
+                f.path, f.size
+            )),
+            Ok((sha, _)) if sha != f.sha256 => problems.push(format!(
+                "{}: checksum {sha} does not match the manifest's {}",
+                f.path, f.sha256
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{}: {e}", f.path)),
+        }
+    }
+    bar.finish_and_clear();
+    problems
+}
+
+/// Whether `dir` is missing or an empty directory.
+fn is_empty_dir(dir: &Path) -> Result<bool, AdminError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(invalid(format!("{}: {e}", dir.display()))),
+    }
+}
+
+/// What a restore did; `sound` is `check`'s verdict on the restored user files.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    /// The report's text.
+    pub text: String,
+    /// Whether every restored user file passed the integrity check.
+    pub sound: bool,
+}
+
+/// `restore SRC --data-dir DIR`: `src` is a backup destination (its `LATEST`
+/// generation is restored) or one generation's directory.
+pub fn restore(src: &Path, data_dir: &Path) -> Result<RestoreReport, AdminError> {
+    let dir = backup::generation_dir(src)?;
+    let manifest = backup::read_manifest(&dir)?;
+    if !is_empty_dir(data_dir)? {
+        return Err(invalid(format!(
+            "{} is not empty: restore only into an empty (or new) data dir, with the \
+             server stopped",
+            data_dir.display()
+        )));
+    }
+    if manifest.user_schema_version > crate::storage::userdbs::USER_SCHEMA_VERSION {
+        return Err(invalid(format!(
+            "the backup was taken by a newer syncstore ({}, user schema version {}); \
+             this one knows up to {}: restore with that version",
+            manifest.syncstore_version,
+            manifest.user_schema_version,
+            crate::storage::userdbs::USER_SCHEMA_VERSION
+        )));
+    }
+    let problems = verify(&dir, &manifest);
+    if !problems.is_empty() {
+        let mut msg = format!(
+            "refused: the backup {} is damaged, nothing was written:\n",
+            dir.display()
+        );
+        for p in &problems {
+            let _ = writeln!(msg, "  {p}");
+        }
+        return Err(invalid(msg.trim_end()));
+    }
+
+    crate::private::create_dir(data_dir)
+        .map_err(|e| invalid(format!("cannot create {}: {e}", data_dir.display())))?;
+    let bar = super::users::progress(manifest.files.len() as u64, "restoring");
+    let (mut users, mut records, mut others) = (0usize, 0i64, Vec::new());
+    for f in &manifest.files {
+        let from = dir.join(&f.path);
+        let bytes = std::fs::read(&from)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", from.display())))?;
+        // Read again after the check: the bytes written are the bytes checked.
+        if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != f.sha256 {
+            return Err(invalid(format!("{}: changed while restoring", f.path)));
+        }
+        match (f.kind, f.uid) {
+            (Kind::User, Some(uid)) => {
+                let checked = files::install_user_file(data_dir, uid, &bytes)?;
+                users += 1;
+                records += checked.records;
+            }
+            _ => {
+                let to = data_dir.join(&f.path);
+                write_new(&to, &bytes)?;
+                others.push(f.path.clone());
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let (check, sound) = super::users::check(data_dir)?;
+    let mut text = format!(
+        "restored generation {} (taken by syncstore {}; every write acknowledged before {} \
+         is in it) into {}: {users} users ({records} records)",
+        manifest.generation,
+        manifest.syncstore_version,
+        manifest.consistent_to,
+        data_dir.display()
+    );
+    if !others.is_empty() {
+        let _ = write!(text, ", {}", others.join(", "));
+    }
+    text.push('\n');
+    text.push_str(&check);
+    for s in &manifest.skipped {
+        let _ = writeln!(text, "not in the backup: {s}");
+    }
+    if manifest.secret_in_settings {
+        let _ = writeln!(
+            text,
+            "the secret was set in the settings (secrets) when the backup was taken: \
+             start the server with the same settings"
+        );
+    }
+    for f in &manifest.failed {
+        let _ = writeln!(
+            text,
+            "NOT RESTORED {}: the backup could not copy it ({})",
+            f.path, f.error
+        );
+    }
+    Ok(RestoreReport { text, sound })
+}
+
+/// Writes a new owner-only file (its folder made owner-only too) and syncs it.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        crate::private::create_dir(parent).map_err(invalid)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| invalid(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_paths_stay_inside_the_data_dir() {
+        assert!(safe_rel("users/042/1042.sqlite").is_some());
+        for bad in ["", "/etc/passwd", "../x", "users/../../x", "./secret"] {
+            assert!(safe_rel(bad).is_none(), "{bad}");
+        }
+    }
+}
