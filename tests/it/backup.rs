@@ -1,0 +1,333 @@
+//! `syncstore backup DEST` and `syncstore restore SRC`, black-box: the real server
+//! under write load is backed up by the real command, killed, its data dir deleted and
+//! restored from the backup; every write acknowledged before the manifest's
+//! consistency time is there, the account signs in with its password and gets the
+//! same kB, and tokens minted before the backup still verify. A damaged backup and a
+//! data dir in use are refused before anything is written; a second backup copies only
+//! the users who changed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use syncstore::accounts::crypto;
+
+use crate::common::fxa::{self, FIREFOX, OLDSYNC, hex32, sync_token, token_bearer};
+use crate::common::{self, Client, Server};
+
+const EMAIL: &str = "backup@example.org";
+const PASSWORD: &str = "a passphrase worth keeping";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Runs `syncstore ARGS… --data-dir DATA` (with no secret in the environment: the data
+/// dir's generated one); its status, stdout and stderr.
+fn syncstore(data: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("SYNCSTORE_SECRETS")
+        .output()
+        .expect("run syncstore");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A server on `data` at `listen` using the data dir's generated secret.
+fn serve(data: tempfile::TempDir, listen: &str) -> Server {
+    Server::start_with(data, listen, &[], |cmd| {
+        cmd.env_remove("SYNCSTORE_SECRETS");
+    })
+}
+
+/// A storage client of `uid` with a token signed by the data dir's generated secret.
+fn client(s: &Server, uid: u64) -> Client {
+    let secret = std::fs::read_to_string(s.data.path().join("secret")).unwrap();
+    let (id, key) = common::token(secret.trim(), uid, &s.url(), 3600.0);
+    Client::with_token(s, uid, id, key)
+}
+
+fn manifest(dest: &Path) -> Value {
+    let latest = std::fs::read_to_string(dest.join("LATEST")).unwrap();
+    let text = std::fs::read(dest.join(latest.trim()).join("manifest.json")).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// What writers were told succeeded: (uid, id) → (payload, when the answer came, ms).
+type Acked = Arc<Mutex<BTreeMap<(u64, String), (String, i64)>>>;
+
+async fn writer(c: Client, task: u64, stop: Arc<AtomicBool>, acked: Acked) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let id = format!("t{task}n{n}");
+        let payload = format!("{id}-{}", "x".repeat((n % 50) as usize * 20));
+        let body = serde_json::to_vec(&json!({ "payload": payload })).unwrap();
+        let Ok(r) = c
+            .try_json("PUT", &format!("/storage/load/{id}"), body)
+            .await
+        else {
+            return;
+        };
+        if r.status == 200 {
+            acked
+                .lock()
+                .unwrap()
+                .insert((c.uid, id), (payload, now_ms()));
+        }
+    }
+}
+
+/// A signed-in session: its Bearer, kB and X-KeyID.
+async fn sign_in(s: &Server) -> (String, [u8; 32], String) {
+    let (status, session) = fxa::login(s, EMAIL, PASSWORD, true).await;
+    assert_eq!(status, 200, "{session}");
+    let bearer = token_bearer("fxs", &hex32(&session["sessionToken"]), "sessionToken");
+    let kb = fxa::kb(s, EMAIL, PASSWORD, &hex32(&session["keyFetchToken"])).await;
+    let kca = fxa::keys_changed_at(s, &bearer).await;
+    let kid = common::key_id(kca, &crypto::client_state(&kb));
+    (bearer, kb, kid)
+}
+
+async fn access_token(s: &Server, bearer: &str) -> String {
+    let body = json!({"grant_type": "fxa-credentials", "client_id": FIREFOX, "scope": OLDSYNC});
+    let (status, g) = common::fxa_post(s, "/v1/oauth/token", &body, Some(bearer)).await;
+    assert_eq!(status, 200, "{g}");
+    g["access_token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_server_backed_up_under_load_is_restored_with_every_acknowledged_write_its_accounts_and_tokens()
+{
+    let data = tempfile::tempdir().unwrap();
+    fxa::add_account(data.path(), EMAIL, PASSWORD);
+    let s = serve(data, "127.0.0.1:0");
+    let addr = s.addr.clone();
+    let dest = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Before: the account syncs a record with a token from the tokenserver.
+    let (bearer, kb, kid) = rt.block_on(sign_in(&s));
+    let access = rt.block_on(access_token(&s, &bearer));
+    let (status, sync) = rt.block_on(sync_token(&s, &access, &kid));
+    assert_eq!(status, 200, "{sync}");
+    let owner = fxa::storage_client(&s, &sync);
+    let r = rt.block_on(owner.put("/storage/bookmarks/root", &json!({"payload": "mine"})));
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Writers on three users while the backup runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let tasks: Vec<_> = (0..6u64)
+        .map(|t| {
+            let c = client(&s, 101 + t % 3);
+            rt.spawn(writer(c, t, stop.clone(), acked.clone()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let dest_arg = dest.path().to_str().unwrap();
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg]);
+    assert!(ok, "backup failed: {out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    let m = manifest(dest.path());
+    let consistent_to = m["consistent_to_ms"].as_i64().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let before: Vec<_> = acked.iter().filter(|(_, v)| v.1 < consistent_to).collect();
+    let after = acked.len() - before.len();
+    assert!(
+        before.len() > 10 && after > 10,
+        "writes before ({}) and after ({after}) the backup's consistency time",
+        before.len()
+    );
+    // The manifest describes every file: owner-only, with its checksum.
+    let kinds: Vec<&str> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["secret", "keys", "tokenserver", "accounts", "user"] {
+        assert!(kinds.contains(&kind), "{kind} missing: {m}");
+    }
+    assert_eq!(m["failed"], json!([]));
+    assert!(out.contains("copied"), "{out}");
+    let generation = dest.path().join(m["generation"].as_str().unwrap());
+    for f in m["files"].as_array().unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(generation.join(f["path"].as_str().unwrap())).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    let dir_mode = std::fs::metadata(&generation).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(dir_mode.permissions().mode() & 0o777, 0o700);
+
+    // The disk dies: the server is killed and its data dir is gone.
+    let data = s.stop();
+    std::fs::remove_dir_all(data.path()).unwrap();
+    let (ok, out, err) = syncstore(data.path(), &["restore", dest_arg]);
+    assert!(ok, "restore failed: {out}{err}");
+    assert!(out.contains("checked 4 user files: 4 ok, 0 bad"), "{out}");
+    let s = serve(data, &addr);
+
+    rt.block_on(async {
+        // Every write acknowledged before the consistency time is there.
+        for ((uid, id), (payload, _)) in &before {
+            let r = client(&s, *uid).get(&format!("/storage/load/{id}")).await;
+            assert_eq!(r.status, 200, "user {uid} record {id}: {}", r.text);
+            assert_eq!(r.json()["payload"], payload.as_str());
+        }
+        // The storage token minted before the backup still verifies, and the data is
+        // there; the access token minted before still gets the same uid.
+        let r = owner.get("/storage/bookmarks/root").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json()["payload"], "mine");
+        let (status, again) = sync_token(&s, &access, &kid).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["uid"], sync["uid"]);
+        // The account signs in with its password and gets the same kB.
+        let (_, kb_after, kid_after) = sign_in(&s).await;
+        assert_eq!(kb_after, kb);
+        assert_eq!(kid_after, kid);
+    });
+}
+
+/// A server with five users holding a record each; backed up once into `dest`.
+fn five_users_backed_up(dest: &Path) -> (Server, tokio::runtime::Runtime) {
+    let data = tempfile::tempdir().unwrap();
+    let s = serve(data, "127.0.0.1:0");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for uid in 1..=5 {
+            let r = client(&s, uid)
+                .put(
+                    "/storage/tabs/a",
+                    &json!({"payload": format!("user {uid}")}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            let r = client(&s, uid)
+                .put("/storage/forms/b", &json!({"payload": "f"}))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    });
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("5 users (5 copied, 0 unchanged)"), "{out}");
+    (s, rt)
+}
+
+/// The uids of a manifest's user files, by whether this generation copied them.
+fn copied_and_kept(m: &Value) -> (Vec<u64>, Vec<u64>) {
+    let gen_name = m["generation"].as_str().unwrap();
+    let (mut copied, mut kept) = (Vec::new(), Vec::new());
+    for f in m["files"].as_array().unwrap() {
+        if f["kind"] != "user" {
+            continue;
+        }
+        let uid = f["uid"].as_u64().unwrap();
+        if f["copied_in"] == gen_name {
+            copied.push(uid);
+        } else {
+            kept.push(uid);
+        }
+    }
+    (copied, kept)
+}
+
+#[test]
+fn a_second_backup_copies_only_the_users_who_changed() {
+    let dest = tempfile::tempdir().unwrap();
+    let (s, rt) = five_users_backed_up(dest.path());
+    let first = manifest(dest.path());
+    let dest_arg = dest.path().to_str().unwrap();
+
+    // Nothing changed: nothing copied, every user linked.
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("5 users (0 copied, 5 unchanged)"), "{out}");
+
+    // User 2 writes, user 4 deletes a collection; the others stay idle.
+    rt.block_on(async {
+        let r = client(&s, 2)
+            .put("/storage/tabs/a", &json!({"payload": "changed"}))
+            .await;
+        assert_eq!(r.status, 200);
+        let r = client(&s, 4).delete("/storage/forms").await;
+        assert_eq!(r.status, 200);
+    });
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("5 users (2 copied, 3 unchanged)"), "{out}");
+    let third = manifest(dest.path());
+    assert_eq!(copied_and_kept(&third), (vec![2, 4], vec![1, 3, 5]));
+    // Kept users are the first generation's bytes, linked.
+    let first_gen = first["generation"].as_str().unwrap();
+    for f in third["files"].as_array().unwrap() {
+        if f["kind"] == "user" && f["uid"] != 2 && f["uid"] != 4 {
+            assert_eq!(f["copied_in"], first_gen);
+        }
+    }
+
+    // The latest generation restores the changes.
+    let data = s.stop();
+    let restored = tempfile::tempdir().unwrap();
+    let (ok, out, err) = syncstore(restored.path(), &["restore", dest_arg]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("5 users"), "{out}");
+    std::fs::copy(data.path().join("secret"), restored.path().join("secret")).unwrap();
+    let s = serve(restored, "127.0.0.1:0");
+    rt.block_on(async {
+        let r = client(&s, 2).get("/storage/tabs/a").await;
+        assert_eq!(r.json()["payload"], "changed");
+        let r = client(&s, 4).get("/storage/forms/b").await;
+        assert_eq!(r.status, 404);
+        let r = client(&s, 5).get("/storage/forms/b").await;
+        assert_eq!(r.status, 200);
+    });
+}
+
+#[test]
+fn a_damaged_backup_or_a_data_dir_in_use_is_refused_before_anything_is_written() {
+    let dest = tempfile::tempdir().unwrap();
+    let (s, _rt) = five_users_backed_up(dest.path());
+    let dest_arg = dest.path().to_str().unwrap();
+
+    // A data dir that holds anything (here: the running server's) is refused.
+    let (ok, out, err) = syncstore(s.data.path(), &["restore", dest_arg]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("is not empty"), "{err}");
+
+    // One byte of one user's copy flipped: refused, nothing written.
+    let m = manifest(dest.path());
+    let generation = dest.path().join(m["generation"].as_str().unwrap());
+    let victim = generation.join("users/003/3.sqlite");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&victim, &bytes).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let into = target.path().join("data");
+    let (ok, out, err) = syncstore(&into, &["restore", dest_arg]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("users/003/3.sqlite: checksum"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(!into.exists(), "the data dir was created");
+}
