@@ -11,9 +11,9 @@
 //!
 //! SQLite files are copied with SQLite's online backup in a single step, so each copy
 //! is one read transaction of the live file (WAL mode: the server's writers go on, and
-//! the copy is the file as of one commit), never a copy of the file's bytes. The copy
-//! is made by a read-only connection: it never writes to, checkpoints or truncates the
-//! server's files, so the server's file stamps (`summary::WalStamp`) stay true.
+//! the copy is the file as of one commit), never a copy of the file's bytes. The live
+//! files are opened as the other admin commands open them (`storage::files`): SQLite's
+//! own locking shares them with the server, and only reads are run.
 //!
 //! **Incremental**: a user whose file has not changed since the previous generation is
 //! not copied again; its copy is hard-linked from that generation. Unchanged means:
@@ -265,8 +265,8 @@ pub trait Destination {
     fn begin(&mut self, name: &str) -> Result<PathBuf, AdminError>;
     /// Keeps the file made at `rel` in the staging directory as part of the generation.
     fn store(&self, rel: &str) -> Result<(), AdminError>;
-    /// Makes `rel` of generation `from` part of the new generation without copying
-    /// its bytes from the data dir again.
+    /// Makes `rel` of generation `from` (the latest, which is never pruned while a run
+    /// goes on) part of the new generation without copying its bytes again.
     fn reuse(&self, from: &str, rel: &str) -> Result<(), AdminError>;
     /// Completes the generation with its manifest; from then on it is the latest.
     fn commit(&mut self, manifest: &Manifest) -> Result<(), AdminError>;
@@ -511,11 +511,14 @@ pub fn digest_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), n))
 }
 
-/// Opens a live SQLite file read-only (it never writes, checkpoints or truncates).
+/// Opens a live SQLite file (never creating one) as the admin commands do: read and
+/// write, so that when this is the file's last connection its close removes the WAL
+/// and WAL index SQLite made for it (a read-only connection would leave a `-wal` and a
+/// 32 KB `-shm` beside every idle user's file). Only reads are run on it.
 fn open_live(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
     Ok(conn)
@@ -593,6 +596,7 @@ fn user_rel(uid: u64) -> String {
 fn backup_user(
     data_dir: &Path,
     uid: u64,
+    previous: &str,
     prev: Option<&FileEntry>,
     generation: &str,
     staging: &Path,
@@ -621,15 +625,12 @@ fn backup_user(
                 Err(e) => return UserOutcome::Failed(e.to_string()),
             }
         }
-        if unchanged {
-            return match dest.reuse(&prev.copied_in, &rel) {
-                Ok(()) => {
-                    let mut entry = prev.clone();
-                    entry.stamp = trusted;
-                    UserOutcome::Kept(entry)
-                }
-                Err(e) => UserOutcome::Failed(e.to_string()),
-            };
+        // Linked from the previous generation (which holds the same bytes, however
+        // long ago they were copied); if that fails, the user is copied again.
+        if unchanged && dest.reuse(previous, &rel).is_ok() {
+            let mut entry = prev.clone();
+            entry.stamp = trusted;
+            return UserOutcome::Kept(entry);
         }
     }
     let dst = staging.join(&rel);
@@ -722,8 +723,16 @@ impl BackupReport {
         if !self.pruned.is_empty() {
             let _ = writeln!(out, "removed older generations: {}", self.pruned.join(", "));
         }
-        for f in &m.failed {
+        const SHOWN: usize = 20;
+        for f in m.failed.iter().take(SHOWN) {
             let _ = writeln!(out, "FAILED {}: {}", f.path, f.error);
+        }
+        if m.failed.len() > SHOWN {
+            let _ = writeln!(
+                out,
+                "… and {} more (every one is listed in the generation's {MANIFEST})",
+                m.failed.len() - SHOWN
+            );
         }
         out
     }
@@ -902,6 +911,7 @@ fn run(
                 .collect()
         })
         .unwrap_or_default();
+    let prev_name = previous.map_or("", |m| m.generation.as_str());
     let bar = super::users::progress(users.len() as u64, "backing up");
     let next = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<(u64, UserOutcome)>> = Mutex::new(Vec::with_capacity(users.len()));
@@ -915,7 +925,7 @@ fn run(
                         break;
                     };
                     let prev = before.get(uid).copied();
-                    let out = backup_user(data_dir, *uid, prev, name, staging, dest);
+                    let out = backup_user(data_dir, *uid, prev_name, prev, name, staging, dest);
                     outcomes.lock().expect("no panics").push((*uid, out));
                     bar.inc(1);
                 }

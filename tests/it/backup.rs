@@ -286,6 +286,20 @@ fn a_second_backup_copies_only_the_users_who_changed() {
         }
     }
 
+    // Only the newest generation kept, twice: the first generation, whose run copied
+    // the idle users' bytes, goes, and they are still linked from the one before.
+    for _ in 0..2 {
+        let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg, "--keep", "1"]);
+        assert!(ok, "{out}{err}");
+        assert!(out.contains("5 users (0 copied, 5 unchanged)"), "{out}");
+    }
+    let generations: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.') && n != "LATEST")
+        .collect();
+    assert_eq!(generations.len(), 1, "{generations:?}");
+
     // The latest generation restores the changes.
     let data = s.stop();
     let restored = tempfile::tempdir().unwrap();
