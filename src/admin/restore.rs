@@ -83,7 +83,7 @@ fn is_empty_dir(dir: &Path) -> Result<bool, AdminError> {
 pub struct RestoreReport {
     /// The report's text.
     pub text: String,
-    /// Whether every restored user file passed the integrity check.
+    /// Whether every restored user file and database passed the integrity check.
     pub sound: bool,
 }
 
@@ -148,9 +148,40 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<RestoreReport, AdminError>
     }
     bar.finish_and_clear();
 
-    let (check, sound) = super::users::check(data_dir)?;
+    let (mut check, mut sound) = super::users::check(data_dir)?;
+    // The databases too: SQLite's integrity check of each restored one.
+    for f in manifest
+        .files
+        .iter()
+        .filter(|f| matches!(f.kind, Kind::Tokenserver | Kind::Accounts))
+    {
+        let path = data_dir.join(&f.path);
+        let verdict = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        )
+        .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)));
+        match verdict {
+            Ok(ok) if ok == "ok" => {
+                let _ = writeln!(check, "checked {}: ok", f.path);
+            }
+            Ok(problem) => {
+                sound = false;
+                let _ = writeln!(check, "BAD {}: {problem}", f.path);
+            }
+            Err(e) => {
+                sound = false;
+                let _ = writeln!(check, "BAD {}: {e}", f.path);
+            }
+        }
+    }
+    let incomplete = if manifest.failed.is_empty() {
+        ""
+    } else {
+        "INCOMPLETE "
+    };
     let mut text = format!(
-        "restored generation {} (taken by syncstore {}; every write acknowledged before {} \
+        "restored {incomplete}generation {} (taken by syncstore {}; every write acknowledged before {} \
          is in it) into {}: {users} users ({records} records)",
         manifest.generation,
         manifest.syncstore_version,
@@ -175,7 +206,8 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<RestoreReport, AdminError>
     for f in &manifest.failed {
         let _ = writeln!(
             text,
-            "NOT RESTORED {}: the backup could not copy it ({})",
+            "NOT RESTORED {}: the backup could not copy it ({}); an earlier generation may \
+             have it",
             f.path, f.error
         );
     }

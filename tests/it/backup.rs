@@ -184,6 +184,8 @@ fn a_server_backed_up_under_load_is_restored_with_every_acknowledged_write_its_a
     let (ok, out, err) = syncstore(data.path(), &["restore", dest_arg]);
     assert!(ok, "restore failed: {out}{err}");
     assert!(out.contains("checked 4 user files: 4 ok, 0 bad"), "{out}");
+    assert!(out.contains("checked tokenserver.sqlite: ok"), "{out}");
+    assert!(out.contains("checked accounts.sqlite: ok"), "{out}");
     let s = serve(data, &addr);
 
     rt.block_on(async {
