@@ -32,11 +32,17 @@ fn now_ms() -> i64 {
 /// Runs `syncstore ARGS… --data-dir DATA` (with no secret in the environment: the data
 /// dir's generated one); its status, stdout and stderr.
 fn syncstore(data: &Path, args: &[&str]) -> (bool, String, String) {
+    syncstore_with(data, args, &[])
+}
+
+/// [`syncstore`] with `env` set.
+fn syncstore_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_syncstore"))
         .args(args)
         .arg("--data-dir")
         .arg(data)
         .env_remove("SYNCSTORE_SECRETS")
+        .envs(env.iter().copied())
         .output()
         .expect("run syncstore");
     (
@@ -346,4 +352,46 @@ fn a_damaged_backup_or_a_data_dir_in_use_is_refused_before_anything_is_written()
     assert!(err.contains("users/003/3.sqlite: checksum"), "{err}");
     assert!(err.contains("nothing was written"), "{err}");
     assert!(!into.exists(), "the data dir was created");
+}
+
+#[test]
+fn with_postgresql_the_shared_databases_are_named_as_left_out_and_the_rest_is_copied() {
+    let data = tempfile::tempdir().unwrap();
+    let export = json!({"format": "syncstore-user/1", "uid": 7, "modified": 1700000000.0,
+        "collections": [{"name": "tabs", "modified": 1700000000.0,
+            "records": [{"id": "a", "payload": "p", "modified": 1700000000.0}]}]});
+    let file = data.path().join("7.json");
+    std::fs::write(&file, export.to_string()).unwrap();
+    let (ok, out, err) = syncstore(data.path(), &["user", "import", file.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(data.path().join("secret"), "s3cret\n").unwrap();
+    // A stale SQLite file beside a PostgreSQL URL is not the assignment database.
+    std::fs::write(data.path().join("tokenserver.sqlite"), "").unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    // Nothing connects to PostgreSQL: the URL alone says the databases live there.
+    let env = [(
+        "SYNCSTORE_TOKENSERVER_DATABASE_URL",
+        "postgres://syncstore@127.0.0.1:1/syncstore",
+    )];
+    let (ok, out, err) = syncstore_with(
+        data.path(),
+        &["backup", dest.path().to_str().unwrap()],
+        &env,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("not backed up: the assignment and accounts databases are in PostgreSQL"),
+        "{out}"
+    );
+    let m = manifest(dest.path());
+    let kinds: Vec<&str> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["secret", "user"], "{m}");
+    assert_eq!(m["files"][1]["records"], 1);
+    assert!(m["skipped"][0].as_str().unwrap().contains("pg_dump"), "{m}");
 }
