@@ -395,3 +395,32 @@ fn with_postgresql_the_shared_databases_are_named_as_left_out_and_the_rest_is_co
     assert_eq!(m["files"][1]["records"], 1);
     assert!(m["skipped"][0].as_str().unwrap().contains("pg_dump"), "{m}");
 }
+
+#[test]
+fn a_file_that_cannot_be_copied_is_named_and_the_run_fails() {
+    let dest = tempfile::tempdir().unwrap();
+    let (s, _rt) = five_users_backed_up(dest.path());
+    // User 9's file is not a database at all.
+    let bad = s.data.path().join("users/009/9.sqlite");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, vec![b'x'; 8192]).unwrap();
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest.path().to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("FAILED users/009/9.sqlite"), "{err}");
+    assert!(err.contains("1 files could not be copied"), "{err}");
+    // The generation holds everything else, and names what it lacks.
+    let m = manifest(dest.path());
+    assert_eq!(m["failed"][0]["path"], "users/009/9.sqlite", "{m}");
+    let users = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "user")
+        .count();
+    assert_eq!(users, 5);
+    let restored = tempfile::tempdir().unwrap();
+    let (ok, out, err) = syncstore(restored.path(), &["restore", dest.path().to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("restored INCOMPLETE generation"), "{out}");
+    assert!(out.contains("NOT RESTORED users/009/9.sqlite"), "{out}");
+}
