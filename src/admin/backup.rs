@@ -22,6 +22,8 @@
 //! [`QUIET_SECS`] before that look, so a write in the same clock tick cannot hide), or
 //! else, looked up in the file, the same schema version, last-modified time (every
 //! storage write sets a new, strictly larger one) and stored bytes as the copy has.
+//! (`user import` of data older than the user's latest write may keep both: `--full`
+//! copies everyone. Records that upkeep purged as expired may stay in a kept copy.)
 //!
 //! The destination is behind [`Destination`], a directory today ([`DirDestination`]);
 //! object storage can implement the same few operations.
@@ -738,13 +740,31 @@ impl BackupReport {
     }
 }
 
+/// How a backup runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BackupOptions {
+    /// The generations kept (older ones are removed after a run).
+    pub keep: usize,
+    /// Copy every user, changed or not.
+    pub full: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> BackupOptions {
+        BackupOptions {
+            keep: DEFAULT_KEEP,
+            full: false,
+        }
+    }
+}
+
 /// `backup DEST`: copies everything in `settings.data_dir` that cannot be made again
-/// into a new generation of `dest`, keeping the newest `keep` generations. Fails (after
-/// committing the generation, which lists them) if any file could not be copied.
+/// into a new generation of `dest`, keeping the newest `opts.keep` generations. Fails
+/// (after committing the generation, which lists them) if any file could not be copied.
 pub fn backup(
     settings: &Settings,
     dest: &mut (dyn Destination + Sync),
-    keep: usize,
+    opts: &BackupOptions,
 ) -> Result<BackupReport, AdminError> {
     let started = Instant::now();
     let start_ms = now_ms();
@@ -764,7 +784,7 @@ pub fn backup(
     let result = run(
         settings,
         &*dest,
-        previous.as_ref(),
+        previous.as_ref().filter(|_| !opts.full),
         &name,
         &staging,
         start_ms,
@@ -780,7 +800,7 @@ pub fn backup(
         dest.abandon();
         return Err(e);
     }
-    let pruned = dest.prune(keep)?;
+    let pruned = dest.prune(opts.keep)?;
     let report = BackupReport {
         manifest,
         copied,

@@ -20,6 +20,10 @@ pub struct BackupArgs {
     /// How many generations to keep (older ones are removed after a successful run)
     #[arg(long, default_value_t = backup::DEFAULT_KEEP)]
     keep: usize,
+    /// Copy every user, changed or not (after changing user files by other means than
+    /// the server, e.g. `user import` of older data, which an incremental run may miss)
+    #[arg(long)]
+    full: bool,
 }
 
 /// Flags of `restore`.
@@ -36,7 +40,11 @@ pub struct RestoreArgs {
 pub fn backup(args: BackupArgs) -> Result<(), CliError> {
     let settings = load(&args.common)?;
     let mut dest = DirDestination::open(&args.dest)?;
-    let report = backup::backup(&settings, &mut dest, args.keep)?;
+    let opts = backup::BackupOptions {
+        keep: args.keep,
+        full: args.full,
+    };
+    let report = backup::backup(&settings, &mut dest, &opts)?;
     println!(
         "{}",
         report.summary(&args.dest.display().to_string()).trim_end()

@@ -294,6 +294,11 @@ fn a_second_backup_copies_only_the_users_who_changed() {
         }
     }
 
+    // --full copies everyone again.
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg, "--full"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("5 users (5 copied, 0 unchanged)"), "{out}");
+
     // Only the newest generation kept, twice: the first generation, whose run copied
     // the idle users' bytes, goes, and they are still linked from the one before.
     for _ in 0..2 {
