@@ -747,6 +747,9 @@ pub struct BackupOptions {
     pub keep: usize,
     /// Copy every user, changed or not.
     pub full: bool,
+    /// Show a progress bar on stderr when it is a terminal (the command does; a
+    /// backup run inside the server would not).
+    pub progress: bool,
 }
 
 impl Default for BackupOptions {
@@ -754,6 +757,7 @@ impl Default for BackupOptions {
         BackupOptions {
             keep: DEFAULT_KEEP,
             full: false,
+            progress: false,
         }
     }
 }
@@ -788,6 +792,7 @@ pub fn backup(
         &name,
         &staging,
         start_ms,
+        opts.progress,
     );
     let (manifest, copied, kept, gone, bytes_copied) = match result {
         Ok(r) => r,
@@ -829,6 +834,7 @@ fn run(
     name: &str,
     staging: &Path,
     start_ms: i64,
+    progress: bool,
 ) -> Result<RunResult, AdminError> {
     let data_dir = &settings.data_dir;
     let mut entries = Vec::new();
@@ -932,7 +938,11 @@ fn run(
         })
         .unwrap_or_default();
     let prev_name = previous.map_or("", |m| m.generation.as_str());
-    let bar = super::users::progress(users.len() as u64, "backing up");
+    let bar = if progress {
+        super::users::progress(users.len() as u64, "backing up")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let next = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<(u64, UserOutcome)>> = Mutex::new(Vec::with_capacity(users.len()));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

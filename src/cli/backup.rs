@@ -43,6 +43,7 @@ pub fn backup(args: BackupArgs) -> Result<(), CliError> {
     let opts = backup::BackupOptions {
         keep: args.keep,
         full: args.full,
+        progress: true,
     };
     let report = backup::backup(&settings, &mut dest, &opts)?;
     println!(
