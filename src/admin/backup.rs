@@ -138,7 +138,7 @@ pub struct FileEntry {
     pub size: u64,
     /// SHA-256 of the bytes, hex.
     pub sha256: String,
-    /// For a SQLite file: `PRAGMA user_version`.
+    /// For a SQLite file with a version number: `PRAGMA user_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<i64>,
     /// For a user file: records in it.
@@ -907,7 +907,9 @@ fn run(
                     uid: None,
                     size,
                     sha256,
-                    schema_version: Some(v),
+                    // These databases carry no version number (their tables are
+                    // made and upgraded at start): the syncstore version says it.
+                    schema_version: (v != 0).then_some(v),
                     records: None,
                     last_modified: None,
                     usage_bytes: None,
