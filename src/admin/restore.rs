@@ -232,6 +232,96 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
         .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))
 }
 
+/// `restore SRC --user UID` into a running node: the user's copy in the backup
+/// (checked against the manifest first) is sent to the node `node` over its internal
+/// listener, signed with `secret`, where it is put in place by the path a live move's
+/// target takes (`POST /__internal__/restore/{uid}`: the user's writes held, the file
+/// checked and swapped, the open handle closed). Returns the report's text.
+pub async fn restore_user(
+    src: &Path,
+    uid: u64,
+    db: &crate::tokenserver::db::AssignmentDb,
+    secret: &str,
+    node: &str,
+) -> Result<String, AdminError> {
+    let dir = backup::generation_dir(src)?;
+    let manifest = backup::read_manifest(&dir)?;
+    let entry = manifest
+        .files
+        .iter()
+        .find(|f| f.kind == Kind::User && f.uid == Some(uid))
+        .ok_or_else(|| {
+            invalid(format!(
+                "user {uid} is not in generation {}",
+                manifest.generation
+            ))
+        })?;
+    if expected_rel(entry).as_deref() != Some(entry.path.as_str()) {
+        return Err(invalid(format!(
+            "{}: not where a user file goes",
+            entry.path
+        )));
+    }
+    let from = dir.join(&entry.path);
+    let bytes = std::fs::read(&from)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", from.display())))?;
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    if bytes.len() as u64 != entry.size || sha != entry.sha256 {
+        return Err(invalid(format!(
+            "refused: {} does not match the manifest (size {}, sha256 {sha}; the \
+             manifest says {} and {}): nothing was sent",
+            entry.path,
+            bytes.len(),
+            entry.size,
+            entry.sha256
+        )));
+    }
+    let base = crate::cluster::internal_base(db, node)
+        .await
+        .map_err(invalid)?;
+    let path = format!("/__internal__/restore/{uid}");
+    let answer = crate::cluster::signed_post(secret, &base, node, &path, bytes)
+        .await
+        .map_err(AdminError::Invalid)?;
+    let got: serde_json::Value = serde_json::from_slice(&answer).map_err(invalid)?;
+    if got["sha256"] != entry.sha256.as_str() {
+        return Err(invalid(format!("node {node}: the copy arrived damaged")));
+    }
+    Ok(format!(
+        "user {uid}: restored on {node} from generation {} (its data as of {}; {} records); \
+         its writes were held while the file was swapped",
+        manifest.generation,
+        backup::rfc3339(entry.copied_ms),
+        got["records"]
+    ))
+}
+
+/// The node whose data dir this is, for `restore --user`: `node` when given, else the
+/// settings' `node_url` or `public_url`, else the only node the assignment database
+/// lists.
+pub fn this_node(
+    settings: &crate::config::Settings,
+    node: Option<&str>,
+    db: &crate::tokenserver::db::AssignmentDb,
+) -> Result<String, AdminError> {
+    let configured = [node.unwrap_or(""), &settings.node_url, &settings.public_url]
+        .into_iter()
+        .find(|u| !u.is_empty());
+    if let Some(url) = configured {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    let nodes = db.transaction(|tx| crate::tokenserver::store::nodes(tx))?;
+    match nodes.as_slice() {
+        [only] => Ok(only.node.clone()),
+        [] => Err(invalid(
+            "the assignment database lists no node: is the server running here?",
+        )),
+        _ => Err(invalid(
+            "the assignment database lists several nodes: name this one with --node URL",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

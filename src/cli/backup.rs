@@ -7,7 +7,7 @@ use clap::Args;
 use syncstore::admin::backup::{self, DirDestination};
 use syncstore::admin::restore;
 
-use super::{CliError, Common, load};
+use super::{CliError, Common, live_moves, load};
 
 /// Flags of `backup`.
 #[derive(Args)]
@@ -34,6 +34,15 @@ pub struct RestoreArgs {
     /// The backup directory (its latest generation is restored) or one generation's
     /// directory
     src: PathBuf,
+    /// Restore only this user, into the running server of this data dir, as a live
+    /// move installs a user: its writes held, the file checked and swapped. Needs the
+    /// server's internal listener (internal_listen)
+    #[arg(long, value_name = "UID")]
+    user: Option<u64>,
+    /// With --user: the node's URL, when the settings (node_url, public_url) do not
+    /// give it and the assignment database lists several nodes
+    #[arg(long, value_name = "URL", requires = "user")]
+    node: Option<String>,
 }
 
 /// `backup DEST [--keep N]`.
@@ -53,8 +62,16 @@ pub fn backup(args: BackupArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `restore SRC --data-dir DIR`.
+/// `restore SRC --data-dir DIR`, or `restore SRC --user UID [--node URL]`.
 pub fn restore(args: RestoreArgs) -> Result<(), CliError> {
+    if let Some(uid) = args.user {
+        let settings = load(&args.common)?;
+        let (src, node) = (args.src.clone(), args.node.clone());
+        return live_moves(&args.common, move |db, secret| async move {
+            let node = restore::this_node(&settings, node.as_deref(), &db)?;
+            restore::restore_user(&src, uid, &db, &secret, &node).await
+        });
+    }
     let settings = load(&args.common)?;
     let report = restore::restore(&args.src, &settings.data_dir)?;
     println!("{}", report.text.trim_end());

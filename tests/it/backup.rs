@@ -429,3 +429,101 @@ fn a_file_that_cannot_be_copied_is_named_and_the_run_fails() {
     assert!(out.contains("restored INCOMPLETE generation"), "{out}");
     assert!(out.contains("NOT RESTORED users/009/9.sqlite"), "{out}");
 }
+
+#[test]
+fn one_user_is_restored_into_the_running_server_as_a_live_move_installs_it() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        data,
+        "127.0.0.1:0",
+        &[("SYNCSTORE_INTERNAL_LISTEN", "127.0.0.1:0")],
+        |cmd| {
+            cmd.env_remove("SYNCSTORE_SECRETS");
+        },
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let dest_arg = dest.path().to_str().unwrap();
+    let put = |uid: u64, id: &str, payload: &str| {
+        let r = rt.block_on(
+            client(&s, uid).put(&format!("/storage/tabs/{id}"), &json!({"payload": payload})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+    };
+    for uid in 1..=3 {
+        put(uid, "a", &format!("before {uid}"));
+    }
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg]);
+    assert!(ok, "{out}{err}");
+    put(2, "a", "after");
+    put(2, "new", "new");
+    put(3, "a", "after 3");
+
+    // User 2 goes back to the backup while a client keeps writing to it: every answer
+    // is a success or a 503 (writes held), never an error.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (c, stop) = (client(&s, 2), stop.clone());
+        rt.spawn(async move {
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let body = serde_json::to_vec(&json!({"payload": format!("w{n}")})).unwrap();
+                let r = c.try_json("PUT", "/storage/forms/w", body).await.unwrap();
+                statuses.push(r.status.as_u16());
+            }
+            statuses
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, out, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "2"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("user 2: restored on http://127.0.0.1:"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let statuses = rt.block_on(writer).unwrap();
+    assert!(statuses.len() > 5, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+
+    rt.block_on(async {
+        let c = client(&s, 2);
+        assert_eq!(c.get("/storage/tabs/a").await.json()["payload"], "before 2");
+        assert_eq!(c.get("/storage/tabs/new").await.status, 404);
+        // Writes after the swap land in the restored file (no stale handle).
+        let r = c.put("/storage/tabs/a", &json!({"payload": "later"})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(c.get("/storage/tabs/a").await.json()["payload"], "later");
+        let info = c.get("/info/collections").await.json();
+        assert!(info["tabs"].is_number(), "{info}");
+        // The other users are left as they are.
+        let c3 = client(&s, 3);
+        assert_eq!(c3.get("/storage/tabs/a").await.json()["payload"], "after 3");
+    });
+
+    // A user the backup lacks: refused, nothing sent.
+    let (ok, _, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "99"]);
+    assert!(!ok);
+    assert!(err.contains("user 99 is not in generation"), "{err}");
+}
+
+#[test]
+fn one_user_cannot_be_restored_into_a_server_without_an_internal_listener() {
+    let dest = tempfile::tempdir().unwrap();
+    let (s, _rt) = five_users_backed_up(dest.path());
+    let dest_arg = dest.path().to_str().unwrap();
+    let before = std::fs::read(s.data.path().join("users/001/1.sqlite")).unwrap();
+    let (ok, out, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "1"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("has no internal address"), "{err}");
+    assert_eq!(
+        std::fs::read(s.data.path().join("users/001/1.sqlite")).unwrap(),
+        before
+    );
+}
