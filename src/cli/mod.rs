@@ -78,7 +78,7 @@ enum Command {
     /// runs, with a manifest; a second run copies only the users who changed.
     Backup(backup::BackupArgs),
     /// Put a backup back into an empty data dir (checksums checked first), then check
-    /// every user file.
+    /// every file; or, with --user, one user into the running server.
     Restore(backup::RestoreArgs),
 }
 
