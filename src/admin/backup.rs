@@ -881,8 +881,9 @@ fn run(
     // The shared databases, when they are this data dir's SQLite files.
     if crate::db::is_postgres_url(&settings.tokenserver_database_url) {
         skipped.push(
-            "the assignment and accounts databases are in PostgreSQL \
-             (tokenserver_database_url): back them up with pg_dump"
+            "the assignment and accounts databases (with the accounts service's \
+             signing keys) are in PostgreSQL (tokenserver_database_url): back them up \
+             with pg_dump"
                 .to_string(),
         );
     } else {

@@ -386,7 +386,7 @@ fn with_postgresql_the_shared_databases_are_named_as_left_out_and_the_rest_is_co
     );
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("not backed up: the assignment and accounts databases are in PostgreSQL"),
+        out.contains("not backed up: the assignment and accounts databases (with the accounts service's signing keys) are in PostgreSQL"),
         "{out}"
     );
     let m = manifest(dest.path());
