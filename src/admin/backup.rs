@@ -1029,4 +1029,18 @@ mod tests {
         assert!(!is_generation_name("LATEST"));
         assert!(generation_order("20261207T170000Z-10") > generation_order("20261207T170000Z-9"));
     }
+
+    #[test]
+    fn a_stamp_is_trusted_only_once_the_file_and_its_wal_were_quiet() {
+        // The WAL, written at 9 s, is the newer of the two.
+        let s = Stamp {
+            db: (1, 4096, 5_000_000_000),
+            wal: Some((2, 0, 9_000_000_000)),
+        };
+        assert!(!s.quiet_at(9_500));
+        assert!(!s.quiet_at(11_000));
+        assert!(s.quiet_at(11_001));
+        let no_wal = Stamp { wal: None, ..s };
+        assert!(no_wal.quiet_at(7_001));
+    }
 }
