@@ -697,7 +697,7 @@ impl BackupReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "backup {} in {dest}: {users} users ({} copied, {} unchanged{}), {} other files; \
+            "backup {} in {dest}: {users} users ({} copied, {} unchanged{}){}; \
              {} copied; consistent to {}; took {:.1} s",
             m.generation,
             self.copied,
@@ -707,7 +707,11 @@ impl BackupReport {
             } else {
                 String::new()
             },
-            m.files.len() - users,
+            m.files
+                .iter()
+                .filter(|f| f.kind != Kind::User)
+                .map(|f| format!(", {}", f.path))
+                .collect::<String>(),
             super::users::human_bytes(self.bytes_copied),
             m.consistent_to,
             self.elapsed.as_secs_f64()
