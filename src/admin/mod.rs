@@ -3,7 +3,9 @@
 //! Changes take effect on the next token request; no restart is needed.
 
 pub mod accounts;
+pub mod backup;
 pub mod moves;
+pub mod restore;
 pub mod users;
 
 use std::fmt::Write;

@@ -3,6 +3,7 @@
 //! through [`run`] and prints the error.
 
 mod account;
+mod backup;
 mod import;
 mod maintenance;
 mod memory;
@@ -72,6 +73,13 @@ enum Command {
     Account(account::AccountCommand),
     /// Open or close sign-ups of new users.
     Signups(rollout::SignupsArgs),
+    /// Copy everything that cannot be made again (user files, the assignment and
+    /// accounts databases, the secret and signing keys) into DEST while the server
+    /// runs, with a manifest; a second run copies only the users who changed.
+    Backup(backup::BackupArgs),
+    /// Put a backup back into an empty data dir (checksums checked first), then check
+    /// every file; or, with --user, one user into the running server.
+    Restore(backup::RestoreArgs),
 }
 
 /// Runs the command the flags name.
@@ -89,6 +97,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check(args) => maintenance::check(args),
         Command::Compact(args) => maintenance::compact(args),
         Command::Stats(args) => maintenance::stats(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
     }
 }
 

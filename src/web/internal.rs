@@ -26,6 +26,8 @@ use crate::auth::internal::{
 };
 use crate::cluster::{self, MoveError};
 
+mod restore;
+
 /// Largest move order (a small JSON object), bytes.
 const MAX_ORDER_BYTES: usize = 64 * 1024;
 
@@ -48,6 +50,7 @@ pub fn router(app: AppState) -> Router {
         .route("/__internal__/move/{uid}", post(move_user))
         .route("/__internal__/receive/{uid}", post(receive))
         .route("/__internal__/delete/{uid}", post(delete_user))
+        .route("/__internal__/restore/{uid}", post(restore::restore_user))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
 }

@@ -33,6 +33,7 @@ mod accounts_state;
 mod accounts_tokens;
 mod admin_users;
 mod auth;
+mod backup;
 mod batches;
 mod cli;
 mod client_address;
