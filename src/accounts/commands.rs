@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::api::{ApiResult, ApiState, AuthRequest, ok, session};
 use super::limits::Rule;
+use super::notices::NotPushed;
 use super::store::{NewCommand, Queued, QueuedCommand};
 use super::{Accounts, AccountsError, Authed, Result, now_ms};
 
@@ -110,7 +111,12 @@ impl Accounts {
             })
             .await?;
         let ttl = ttl_secs.min(MAX_COMMAND_TTL_SECS) as u32;
-        let pushed = self.push_command(&device, &name, index, sender.as_deref(), ttl);
+        // A command with TTL 0 is expired already: nothing to wake the target for.
+        let pushed = if ttl == 0 {
+            Err(NotPushed::Unavailable)
+        } else {
+            self.push_command(&device, &name, index, sender.as_deref(), ttl)
+        };
         Ok(Invoked {
             notified: pushed.is_ok(),
             notify_error: pushed.err().map(|e| e.as_str()),

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::api::{ApiResult, ApiState, AuthRequest, ok, session};
 use super::limits::Rule;
-use super::store::Device;
+use super::store::{Device, Store};
 use super::{Accounts, AccountsError, Authed, Result, now_ms, push};
 
 /// Longest device name (FxA's limit), in characters.
@@ -134,61 +134,13 @@ impl Accounts {
         let session = a.token.id_hash.to_vec();
         let (d, created, all) = self
             .blocking(move |s| {
-                let now = now_ms();
-                let all = s.devices(&uid)?;
-                let existing = all
-                    .iter()
-                    .find(|d| match &update.id {
-                        Some(id) => &d.id == id,
-                        None => d.session_id_hash.as_deref() == Some(&session[..]),
-                    })
-                    .cloned();
-                if update.id.is_some() && existing.is_none() {
-                    return Err(AccountsError::InvalidParameter("id".into()));
+                // Two registrations of one session at once may both find none and both
+                // insert: the second loses on the session's uniqueness, and its retry
+                // updates the device the first made.
+                match register(&s, &uid, &session, &update) {
+                    Err(AccountsError::Internal(_)) => register(&s, &uid, &session, &update),
+                    done => done,
                 }
-                let created = existing.is_none();
-                let mut d = existing.unwrap_or_else(|| Device {
-                    id: hex::encode(rand::random::<[u8; 16]>()),
-                    uid: uid.clone(),
-                    session_id_hash: Some(session.clone()),
-                    kind: "desktop".into(),
-                    available_commands: "{}".into(),
-                    created_at: now,
-                    ..Default::default()
-                });
-                if let Some(v) = update.name {
-                    d.name = v;
-                }
-                if let Some(v) = update.kind {
-                    d.kind = v;
-                }
-                if let Some(v) = update.push_callback {
-                    // A new registration is live until its push service says otherwise.
-                    d.push_endpoint_expired = false;
-                    d.push_callback = Some(v);
-                }
-                if let Some(v) = update.push_public_key {
-                    d.push_public_key = Some(v);
-                }
-                if let Some(v) = update.push_auth_key {
-                    d.push_auth_key = Some(v);
-                }
-                if let Some(v) = update.available_commands {
-                    d.available_commands = v.to_string();
-                }
-                // Clearing a push registration (FxA takes empty strings for that).
-                for field in [
-                    &mut d.push_callback,
-                    &mut d.push_public_key,
-                    &mut d.push_auth_key,
-                ] {
-                    if field.as_deref() == Some("") {
-                        *field = None;
-                    }
-                }
-                d.last_access_at = now;
-                s.upsert_device(&d)?;
-                Ok((d, created, all))
             })
             .await?;
         if created && a.account.email_verified {
@@ -240,6 +192,74 @@ impl Accounts {
         );
         Ok(())
     }
+}
+
+/// Registers or updates the device of `session` (an account `uid`): the device made or
+/// updated, whether it is new, and the account's devices before.
+fn register(
+    s: &Store,
+    uid: &str,
+    session: &[u8],
+    update: &DeviceUpdate,
+) -> Result<(Device, bool, Vec<Device>)> {
+    let now = now_ms();
+    let all = s.devices(uid)?;
+    let mine = |d: &&Device| d.session_id_hash.as_deref() == Some(session);
+    let existing = match &update.id {
+        // A device is updated only by its own session; another id is unknown to it
+        // (FxA's errno 123, on which Firefox registers anew).
+        Some(id) => Some(
+            all.iter()
+                .filter(mine)
+                .find(|d| &d.id == id)
+                .cloned()
+                .ok_or(AccountsError::UnknownDevice)?,
+        ),
+        None => all.iter().find(mine).cloned(),
+    };
+    let created = existing.is_none();
+    let mut d = existing.unwrap_or_else(|| Device {
+        id: hex::encode(rand::random::<[u8; 16]>()),
+        uid: uid.to_string(),
+        session_id_hash: Some(session.to_vec()),
+        kind: "desktop".into(),
+        available_commands: "{}".into(),
+        created_at: now,
+        ..Default::default()
+    });
+    if let Some(v) = &update.name {
+        d.name = v.clone();
+    }
+    if let Some(v) = &update.kind {
+        d.kind = v.clone();
+    }
+    if let Some(v) = &update.push_callback {
+        // A new registration is live until its push service says otherwise.
+        d.push_endpoint_expired = false;
+        d.push_callback = Some(v.clone());
+    }
+    if let Some(v) = &update.push_public_key {
+        d.push_public_key = Some(v.clone());
+    }
+    if let Some(v) = &update.push_auth_key {
+        d.push_auth_key = Some(v.clone());
+    }
+    if let Some(v) = &update.available_commands {
+        d.available_commands = v.to_string();
+    }
+    // Clearing a push registration (FxA takes empty strings for that).
+    for field in [
+        &mut d.push_callback,
+        &mut d.push_public_key,
+        &mut d.push_auth_key,
+    ] {
+        if field.as_deref() == Some("") {
+            *field = None;
+        }
+    }
+    d.last_access_at = now;
+    s.upsert_device(&d)?;
+    Ok((d, created, all))
 }
 
 fn device_json(d: &super::store::Device, current: bool) -> Value {
@@ -296,17 +316,11 @@ const MAX_NOTIFY_BODY: usize = 16 * 1024;
 const MAX_NOTIFY_DEVICES: usize = 256;
 /// The longest a relayed notice waits at the push service, seconds (a day).
 const MAX_NOTIFY_TTL_SECS: u64 = 24 * 3600;
-/// The notices a device may ask to relay (FxA's push payload schema).
-const RELAYED_COMMANDS: &[&str] = &[
-    "sync:collection_changed",
-    "fxaccounts:device_connected",
-    "fxaccounts:device_disconnected",
-    "fxaccounts:profile_updated",
-    "fxaccounts:password_changed",
-    "fxaccounts:password_reset",
-    "fxaccounts:account_destroyed",
-    "fxaccounts:command_received",
-];
+/// The notices a device may ask to relay: what devices tell each other (Firefox sends
+/// `sync:collection_changed`). The account's own notices (a device gone, the password
+/// changed, the account deleted, a command queued) come from the server only: relayed,
+/// they would sign a device out or send it fetching on a device's word.
+const RELAYED_COMMANDS: &[&str] = &["sync:collection_changed", "fxaccounts:profile_updated"];
 
 /// `POST /v1/account/devices/notify`, as FxA takes it: `to` is `"all"` or a list of
 /// device ids, `excluded` a list of device ids, `payload` a push message (an object

@@ -89,15 +89,22 @@ impl Accounts {
         }
     }
 
-    /// Pushes `payload` to each of `devices` that has a live push registration.
+    /// Pushes `payload` to each of `devices` that has a live push registration, once
+    /// per endpoint (devices may share one).
     pub(super) fn push_to_all<'a>(
         &self,
         devices: impl IntoIterator<Item = &'a Device>,
         payload: &Value,
         ttl_secs: u32,
     ) {
+        let mut seen = std::collections::HashSet::new();
         for d in devices {
-            let _ = self.push_to(d, payload, ttl_secs);
+            if d.push_callback
+                .as_ref()
+                .is_some_and(|e| seen.insert(e.clone()))
+            {
+                let _ = self.push_to(d, payload, ttl_secs);
+            }
         }
     }
 

@@ -29,7 +29,9 @@ mod tokens;
 
 pub use accounts::{Account, Inserted, MAX_PENDING_SIGN_IN};
 pub use codes::CodeCheck;
-pub use commands::{MAX_QUEUED_PER_DEVICE, NewCommand, Queued, QueuedCommand};
+pub use commands::{
+    MAX_QUEUED_BYTES_PER_DEVICE, MAX_QUEUED_PER_DEVICE, NewCommand, Queued, QueuedCommand,
+};
 pub use devices::{Device, MAX_DEVICES};
 pub use invites::Invite;
 pub use oauth::{Code, MAX_CODES, MAX_REFRESH_TOKENS, Refresh};

@@ -201,3 +201,108 @@ async fn a_device_queue_is_bounded_under_concurrent_senders_and_goes_with_the_de
     let (status, e) = invoke(&s, &senders[0], &tab(&target_id, 0)).await;
     assert_eq!((status, errno(&e)), (400, Some(123)), "{e}");
 }
+
+#[tokio::test]
+async fn fetching_acknowledges_what_came_before_and_frees_the_device_bound() {
+    let s = fxa::server_with_account("a@example.org", "correct horse", &[]);
+    let (target, target_id) = device(&s, "a@example.org", "phone").await;
+    let mut senders = Vec::new();
+    for n in 0..2 {
+        senders.push(device(&s, "a@example.org", &format!("sender {n}")).await.0);
+    }
+    // A device that received 100 tabs and handled them all is not full: its next fetch,
+    // from the index after the last one it handled (as Firefox asks), acknowledges them.
+    let mut last = 0;
+    for n in 0..100 {
+        let (status, r) = invoke(&s, &senders[n % 2], &tab(&target_id, n)).await;
+        assert_eq!(status, 200, "{n}: {r}");
+    }
+    let (status, e) = invoke(&s, &senders[0], &tab(&target_id, 100)).await;
+    assert_eq!(
+        (status, errno(&e)),
+        (429, Some(114)),
+        "full before the fetch: {e}"
+    );
+    for _ in 0..3 {
+        let path = format!("/v1/account/device/commands?index={last}");
+        let (_, page) = bearer_get(&s, &path, &target).await;
+        if let Some(i) = page["messages"].as_array().unwrap().last() {
+            last = i["index"].as_i64().unwrap() + 1;
+        }
+    }
+    let path = format!("/v1/account/device/commands?index={last}");
+    let (_, page) = bearer_get(&s, &path, &target).await;
+    assert_eq!(page["messages"], json!([]));
+    let (status, r) = invoke(&s, &senders[1], &tab(&target_id, 101)).await;
+    assert_eq!(status, 200, "room again after the fetch: {r}");
+
+    // The bytes one device holds are bounded too (256 KiB): 15 KiB payloads fill it
+    // long before 100 commands.
+    let mut big = tab(&target_id, 0);
+    big["payload"] = json!({"encrypted": "x".repeat(15 * 1024)});
+    let mut accepted = 0;
+    for n in 0..30 {
+        let (status, _) = invoke(&s, &senders[n % 2], &big).await;
+        if status == 200 {
+            accepted += 1;
+        } else {
+            assert_eq!(status, 429);
+        }
+    }
+    assert_eq!(
+        accepted, 17,
+        "256 KiB / 15 KiB, beside the one small command"
+    );
+}
+
+#[tokio::test]
+async fn a_device_is_changed_only_by_its_own_session_and_server_notices_are_not_relayed() {
+    let s = fxa::server_with_account("a@example.org", "correct horse", &[]);
+    let (a, _) = device(&s, "a@example.org", "a").await;
+    let (_, b_id) = device(&s, "a@example.org", "b").await;
+    // Another session of the account cannot rewrite b (its keys, its commands).
+    let (status, e) = common::fxa_post(
+        &s,
+        "/v1/account/device",
+        &json!({"id": b_id, "availableCommands": {OPEN_URI: "attacker's keys"}}),
+        Some(&a),
+    )
+    .await;
+    assert_eq!((status, errno(&e)), (400, Some(123)), "{e}");
+    let (_, list) = bearer_get(&s, "/v1/account/devices", &a).await;
+    let b = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == json!(b_id))
+        .unwrap();
+    assert_eq!(
+        b["availableCommands"][OPEN_URI],
+        json!("keys-bundle"),
+        "{b}"
+    );
+
+    // A device may ask to relay what devices tell each other, not the server's notices.
+    let notify = |command: &str| {
+        json!({"to": "all", "payload": {"version": 1, "command": command,
+            "data": {"id": b_id, "collections": ["clients"]}}})
+    };
+    let (status, r) = common::fxa_post(
+        &s,
+        "/v1/account/devices/notify",
+        &notify("sync:collection_changed"),
+        Some(&a),
+    )
+    .await;
+    assert_eq!((status, r), (200, json!({})));
+    for command in [
+        "fxaccounts:device_disconnected",
+        "fxaccounts:account_destroyed",
+        "fxaccounts:password_changed",
+        "fxaccounts:command_received",
+    ] {
+        let (status, e) =
+            common::fxa_post(&s, "/v1/account/devices/notify", &notify(command), Some(&a)).await;
+        assert_eq!((status, errno(&e)), (400, Some(107)), "{command}: {e}");
+    }
+}

@@ -533,12 +533,16 @@ fn command_queue(store: &Store, uid: &str, device: &str, now: i64) {
     assert_eq!(page[0].sender.as_deref(), Some("s"));
     let (page, more) = store.device_commands(device, second, 100, now).unwrap();
     assert_eq!((page.len(), more), (1, false));
+    // Fetching from `second` acknowledged the first: it is gone.
+    let (page, _) = store.device_commands(device, 0, 100, now).unwrap();
+    assert_eq!(page.iter().map(|c| c.index).collect::<Vec<_>>(), [second]);
     // The second expires at now + 10: no longer fetched, and its slot is free again.
     let (page, _) = store.device_commands(device, 0, 100, now + 10).unwrap();
-    assert_eq!(page.len(), 1);
+    assert!(page.is_empty());
     let later = now + 20;
-    for _ in 1..MAX_QUEUED_PER_DEVICE {
-        at(store
+    let mut last = 0;
+    for _ in 0..MAX_QUEUED_PER_DEVICE {
+        last = at(store
             .queue_command(&command("{}", later + 1_000), later)
             .unwrap());
     }
@@ -548,10 +552,13 @@ fn command_queue(store: &Store, uid: &str, device: &str, now: i64) {
             .unwrap(),
         Queued::Full
     );
+    // A fetch from the last one on acknowledges the others and frees their room.
+    let (page, _) = store.device_commands(device, last, 1, later).unwrap();
+    assert_eq!(page.len(), 1);
     let third = at(store
-        .queue_command(&command("{}", now + 5_000), later + 1_000)
+        .queue_command(&command("{}", later + 5_000), later)
         .unwrap());
-    assert!(third > second, "indices never go back");
+    assert!(third > last, "indices never go back");
     let elsewhere = NewCommand {
         uid: "someone-else",
         ..command("{}", later + 1_000)

@@ -14,6 +14,7 @@
 //! service), `refused` (the endpoint, its address or the target's keys are not
 //! acceptable), `dropped` (the queue was full).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,10 @@ use super::{PushConfig, PushTarget, VapidKey};
 
 /// Most messages queued, in flight or waiting for a retry at once.
 pub const QUEUE: usize = 1024;
+/// Most messages of one account queued, in flight or waiting for a retry at once: one
+/// account (a slow or hostile push endpoint, a flood of notices) cannot take the queue
+/// from the others.
+pub const PER_ACCOUNT: usize = 64;
 /// Most push requests in flight at once.
 pub const IN_FLIGHT: usize = 16;
 /// The waits before the second and third attempts.
@@ -101,6 +106,8 @@ struct Running {
     tx: mpsc::UnboundedSender<Job>,
     /// One permit per message queued, in flight or waiting for a retry.
     slots: Arc<Semaphore>,
+    /// Messages held per account (uid → count; an account with none has no entry).
+    accounts: Arc<Mutex<HashMap<String, usize>>>,
     shared: Arc<Shared>,
     last_full_warning: Mutex<Option<Instant>>,
     allow_private: Vec<IpNet>,
@@ -139,6 +146,41 @@ struct Job {
     ttl_secs: u32,
     queued_at: Instant,
     _slot: OwnedSemaphorePermit,
+    _share: AccountShare,
+}
+
+/// One message's place in its account's share of the queue, given back when dropped.
+struct AccountShare {
+    accounts: Arc<Mutex<HashMap<String, usize>>>,
+    uid: String,
+}
+
+impl AccountShare {
+    /// Takes a place for `uid`, unless it already holds [`PER_ACCOUNT`].
+    fn take(accounts: &Arc<Mutex<HashMap<String, usize>>>, uid: &str) -> Option<AccountShare> {
+        let mut map = accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let held = map.entry(uid.to_string()).or_insert(0);
+        if *held >= PER_ACCOUNT {
+            return None;
+        }
+        *held += 1;
+        Some(AccountShare {
+            accounts: accounts.clone(),
+            uid: uid.to_string(),
+        })
+    }
+}
+
+impl Drop for AccountShare {
+    fn drop(&mut self) {
+        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = map.get_mut(&self.uid) {
+            *held -= 1;
+            if *held == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// The result of one attempt.
@@ -197,6 +239,7 @@ impl Pusher {
             running: Some(Running {
                 tx,
                 slots: Arc::new(Semaphore::new(tuning.queue.max(1))),
+                accounts: Arc::new(Mutex::new(HashMap::new())),
                 shared,
                 last_full_warning: Mutex::new(None),
                 allow_private: config.allow_private,
@@ -234,6 +277,11 @@ impl Pusher {
                 return false;
             }
         };
+        let Some(share) = AccountShare::take(&run.accounts, &target.uid) else {
+            tracing::debug!(uid = %target.uid, "push dropped: the account's share is full");
+            run.shared.count(Outcome::Dropped);
+            return false;
+        };
         let Ok(slot) = run.slots.clone().try_acquire_owned() else {
             run.shared.count(Outcome::Dropped);
             let mut last = run
@@ -269,6 +317,7 @@ impl Pusher {
             ttl_secs,
             queued_at: Instant::now(),
             _slot: slot,
+            _share: share,
         };
         run.tx.send(job).is_ok()
     }
@@ -327,10 +376,9 @@ async fn deliver(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
             }
             Attempt::Again(reason, asked) => {
                 let wait = wait_before(&shared.backoff, attempt, asked);
+                // A message with TTL 0 is for now or never: no second attempt.
                 let expired = |wait: Duration| {
-                    job.ttl_secs > 0
-                        && job.queued_at.elapsed() + wait
-                            >= Duration::from_secs(job.ttl_secs.into())
+                    job.queued_at.elapsed() + wait >= Duration::from_secs(job.ttl_secs.into())
                 };
                 match wait {
                     Some(wait) if !expired(wait) => {

@@ -21,7 +21,7 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::delivery::{Outcome, Tuning};
+use super::delivery::{self, Outcome, Tuning};
 use super::*;
 
 /// A push service on 127.0.0.1 answering with the statuses given (then 201).
@@ -323,7 +323,9 @@ async fn a_burst_keeps_to_the_in_flight_bound() {
     let r = receiver(&[], Duration::from_millis(50)).await;
     let mut h = pusher(&["127.0.0.1/32"], 1024, 16);
     for i in 0..100 {
-        let (target, _, _) = device(&format!("http://{}/wpush/{i}", r.addr));
+        // Of 100 accounts (one account holds at most its share).
+        let (mut target, _, _) = device(&format!("http://{}/wpush/{i}", r.addr));
+        target.uid = format!("{i:032x}");
         assert!(h.pusher.send(target, &payload(), 60));
     }
     let mut retried = 0;
@@ -415,4 +417,20 @@ fn only_the_listed_push_services_are_pushed_to() {
     // A literal address allowed as private is a local push service.
     assert!(ok("http://127.0.0.1:8080/push", &mozilla));
     assert!(!ok("https://93.184.216.34/push", &mozilla));
+}
+
+#[tokio::test]
+async fn one_account_cannot_take_the_queue_from_the_others() {
+    // A receiver that answers only after a while: the attacker's messages stay held.
+    let r = receiver(&[], Duration::from_secs(2)).await;
+    let h = pusher(&["127.0.0.1/32"], 1024, 16);
+    let endpoint = format!("http://{}/wpush/a", r.addr);
+    let sent = (0..200)
+        .filter(|_| h.pusher.send(device(&endpoint).0, &payload(), 60))
+        .count();
+    assert_eq!(sent, delivery::PER_ACCOUNT, "one account's share");
+    // Another account still gets its messages queued.
+    let mut other = device(&endpoint).0;
+    other.uid = "ef".repeat(16);
+    assert!(h.pusher.send(other, &payload(), 60));
 }

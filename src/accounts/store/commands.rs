@@ -2,14 +2,20 @@
 //! same account (Send Tab's `open-uri`), kept until the target fetches it and its TTL
 //! ends. Indices come from one sequence for the whole table, so a device's indices
 //! only ever grow (Firefox remembers the last one it handled), and a command goes with
-//! its target device (a foreign key, `ON DELETE CASCADE`) and with the account.
+//! its target device (a foreign key, `ON DELETE CASCADE`) and with the account; the
+//! target's next fetch from a later index acknowledges it.
 
 use super::{Store, StoreError, rows};
 use crate::db::{DbError, Row, args, one};
 
-/// Most unexpired commands one device holds; a sender beyond it is refused until the
-/// target fetches or they expire (nothing queued is ever dropped to make room).
+/// Most unexpired, unacknowledged commands one device holds; a sender beyond it is
+/// refused until the target fetches or they expire (nothing queued is ever dropped to
+/// make room).
 pub const MAX_QUEUED_PER_DEVICE: i64 = 100;
+/// Most payload bytes (characters) those commands hold together: a Send Tab payload is
+/// under 1 KB, so this leaves room for hundreds while one account cannot make the
+/// database keep 16 KiB × 100 per device for weeks.
+pub const MAX_QUEUED_BYTES_PER_DEVICE: i64 = 256 * 1024;
 
 /// A queued command as the target fetches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +37,8 @@ pub enum Queued {
     At(i64),
     /// The target device is not the account's (or is gone).
     UnknownDevice,
-    /// The target already holds [`MAX_QUEUED_PER_DEVICE`] unexpired commands.
+    /// The target already holds [`MAX_QUEUED_PER_DEVICE`] unacknowledged commands, or
+    /// this one would take it over [`MAX_QUEUED_BYTES_PER_DEVICE`].
     Full,
 }
 
@@ -79,15 +86,17 @@ impl Store {
                 "DELETE FROM device_commands WHERE device_id = ?1 AND expires_at <= ?2",
                 &args![c.target, now],
             )?;
-            let held = one(
+            let (held, bytes) = match one(
                 tx,
-                "SELECT COUNT(*) FROM device_commands WHERE device_id = ?1",
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM device_commands \
+                 WHERE device_id = ?1",
                 &args![c.target],
-            )?
-            .map(|r| r.int(0))
-            .transpose()?
-            .unwrap_or(0);
-            if held >= MAX_QUEUED_PER_DEVICE {
+            )? {
+                Some(r) => (r.int(0)?, r.int(1)?),
+                None => (0, 0),
+            };
+            let adding = c.payload.chars().count() as i64;
+            if held >= MAX_QUEUED_PER_DEVICE || bytes + adding > MAX_QUEUED_BYTES_PER_DEVICE {
                 return Ok(Queued::Full);
             }
             let row = one(
@@ -111,7 +120,10 @@ impl Store {
     }
 
     /// Up to `limit` unexpired commands of `device` from index `from` on (in order),
-    /// and whether there are more after them.
+    /// and whether there are more after them. The commands below `from` go: a device
+    /// asks from the index after the last one it handled (Firefox's
+    /// `lastCommandIndex + 1`), so they are done with and no longer hold room in the
+    /// device's bound.
     pub fn device_commands(
         &self,
         device: &str,
@@ -119,7 +131,11 @@ impl Store {
         limit: i64,
         now: i64,
     ) -> Result<(Vec<QueuedCommand>, bool), StoreError> {
-        self.read(|tx| {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM device_commands WHERE device_id = ?1 AND idx < ?2",
+                &args![device, from],
+            )?;
             let found = tx.query(
                 "SELECT idx, command, payload, sender FROM device_commands \
                  WHERE device_id = ?1 AND idx >= ?2 AND expires_at > ?3 \
@@ -130,21 +146,6 @@ impl Store {
             let more = list.len() as i64 > limit;
             list.truncate(limit.max(0) as usize);
             Ok((list, more))
-        })
-    }
-
-    /// The highest index ever given to a command of `device` that is still stored
-    /// (0 when none).
-    pub fn last_command_index(&self, device: &str) -> Result<i64, StoreError> {
-        self.read(|tx| {
-            one(
-                tx,
-                "SELECT COALESCE(MAX(idx), 0) FROM device_commands WHERE device_id = ?1",
-                &args![device],
-            )?
-            .map(|r| r.int(0))
-            .transpose()
-            .map(|v| v.unwrap_or(0))
         })
     }
 }
