@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 
 import hawkauthlib
 import requests
@@ -414,3 +415,52 @@ class SyncUser:
     def records(self, collection):
         """id -> modified of every record of a collection."""
         return {b["id"]: b["modified"] for b in self.get("/storage/%s?full=1" % collection)}
+
+
+class Served:
+    """A `syncstore serve` that a scenario starts, stops and starts again itself, as an
+    operator does, always on the same 127.0.0.1 port and data dir; each run's log goes
+    to `log_dir/server-N.log`."""
+
+    def __init__(self, binary, data_dir, secret, log_dir):
+        self.binary, self.data_dir, self.secret, self.log_dir = binary, data_dir, secret, log_dir
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.proc = None
+        self.runs = 0
+
+    def log_path(self):
+        return os.path.join(self.log_dir, "server-%d.log" % self.runs)
+
+    def start(self, secs=30):
+        """Starts the server; returns once it logs that it listens (fails after `secs`)."""
+        self.runs += 1
+        log = open(self.log_path(), "wb")
+        env = dict(os.environ, SYNCSTORE_SECRETS=self.secret, RUST_LOG="info")
+        self.proc = subprocess.Popen(
+            [self.binary, "serve", "--listen", "127.0.0.1:%d" % self.port, "--data-dir", self.data_dir],
+            stdout=subprocess.DEVNULL, stderr=log, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + secs
+        while time.monotonic() < deadline:
+            with open(self.log_path(), errors="replace") as f:
+                if "listening on %s" % self.url in f.read():
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError("the server did not start on %s (see %s)" % (self.url, self.log_path()))
+
+    def stop(self):
+        """Stops the server (SIGTERM, then SIGKILL after 10 s)."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None

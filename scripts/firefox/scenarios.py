@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import hawkauthlib  # noqa: E402
 import requests  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
-from harness import AUTOCONFIGURED, Firefox, Refuser, SyncUser  # noqa: E402
+from harness import AUTOCONFIGURED, Firefox, Refuser, Served, SyncUser  # noqa: E402
 from smtpsink import read_mails  # noqa: E402
 
 ENGINES = ["bookmarks", "clients", "passwords", "history", "tabs"]
@@ -76,6 +77,8 @@ class Run:
         self.pages = TabPages()
         self.profiles = []
         self.accounts = {}
+        # A server the scenario runs itself (restore_resync), stopped at the end.
+        self.served = None
 
     def account(self, name):
         """(email, password) of the account `name`, made on first use by
@@ -148,6 +151,8 @@ class Run:
         for ff in self.profiles:
             ff.close()
         self.pages.server.shutdown()
+        if self.served:
+            self.served.stop()
 
 
 def step(msg):
@@ -1300,12 +1305,133 @@ def send_tab(run):
         json.dump(summary, f, indent=1)
 
 
+# --- A server restored from a backup ---------------------------------------------------------
+
+META_SYNC_ID = "return Weave.Service.syncID;"
+
+
+def bookmark_ids(ff, prefix):
+    """Record ids (Places GUIDs) of `ff`'s bookmarks under http://example.com/PREFIX/."""
+    return {b["guid"] for b in ff.js(BOOKMARKS, "http://example.com/%s/" % prefix)}
+
+
+def meta_global(s):
+    return json.loads(s.get("/storage/meta/global")["payload"])
+
+
+def restore_resync(run):
+    """The server restored from a backup (`syncstore backup` while it runs; stopped, its
+    data dir deleted, `syncstore restore`, started again on the same address) goes back
+    in time: the bookmarks synced after the backup are gone from it. With
+    `--no-resync` Firefox does not notice: its next syncs upload nothing of them, and they
+    stay missing on the server. By default restore marks each user (a new syncID in
+    meta/global): Firefox's next sync merges (nothing deleted on any profile) and uploads
+    what the server lacks; the other profile keeps everything, and a new profile gets
+    every bookmark. The scenario starts the server itself (`Served`) in --accounts-dir."""
+    data = run.opts.accounts_dir
+    served = run.served = Served(run.opts.bin, data, run.opts.secret, run.opts.out)
+    run.opts.tokenserver = served.url
+    served.start()
+
+    def restore(dest, *flags):
+        step("the server is stopped, its data dir deleted, restored from %s %s and started" % (dest, flags))
+        served.stop()
+        shutil.rmtree(data)
+        out = run.admin(["restore", dest, "--data-dir", data, *flags])
+        served.start()
+        return out.stdout
+
+    def make(ff, prefix, n):
+        ff.js(ADD_BOOKMARKS, prefix, n)
+        ff.sync()
+        return bookmark_ids(ff, prefix)
+
+    # Without the marking: Firefox does not notice, the server stays without them.
+    plain = os.path.join(run.opts.backups, "plain")
+    step("without the marking: L syncs 5 bookmarks, the server is backed up, L syncs 5 more")
+    lost = run.firefox("L", "lost")
+    lost.sync()
+    kept_l = make(lost, "before", 5)
+    run.admin(["backup", plain, "--data-dir", data])
+    later_l = make(lost, "after", 5)
+    s = run.server("lost")
+    check(kept_l | later_l <= set(s.records("bookmarks")), "L's bookmarks are not all on the server")
+    sync_id = meta_global(s)["syncID"]
+    out = restore(plain, "--no-resync")
+    check("not marked for re-sync" in out, "restore --no-resync says: %s" % out)
+    s = run.server("lost")
+    on_server = set(s.records("bookmarks"))
+    check(kept_l <= on_server and not later_l & on_server,
+          "the restored server should hold the 5 earlier bookmarks and none of the later: %r" % on_server)
+    check(meta_global(s)["syncID"] == sync_id, "--no-resync changed meta/global")
+    for _ in range(2):
+        lost.sync()
+    on_server = set(s.records("bookmarks"))
+    step("after two syncs of L, the server holds %d of L's 5 later bookmarks" % len(later_l & on_server))
+    check(not later_l & on_server, "L uploaded bookmarks again without the marking: %r" % (later_l & on_server))
+    check(len(bookmark_ids(lost, "after")) == 5, "L lost its own later bookmarks")
+    lost.close()
+    run.profiles.remove(lost)
+
+    # With the marking (restore's default).
+    marked = os.path.join(run.opts.backups, "marked")
+    step("with the marking: A and B sync, A makes 5 bookmarks, backup, A makes 5 more, B gets them")
+    a, b = two_profiles(run, "kept")
+    kept = make(a, "before", 5)
+    b.sync()
+    run.admin(["backup", marked, "--data-dir", data])
+    later = make(a, "after", 5)
+    b.sync()
+    check(bookmark_ids(b, "after") == later, "B did not get A's later bookmarks before the restore")
+    s = run.server("kept")
+    meta = meta_global(s)
+    out = restore(marked)
+    counts = re.search(r"marked (\d+) of (\d+) users for re-sync", out)
+    check(counts and counts.group(1) == counts.group(2) != "0", "restore says: %s" % out)
+    s = run.server("kept")
+    on_server = set(s.records("bookmarks"))
+    check(kept <= on_server and not later & on_server,
+          "the restored server should hold the 5 earlier bookmarks and none of the later: %r" % on_server)
+    marked_meta = meta_global(s)
+    step("meta/global before the restore: %s\nafter: %s" % (meta, marked_meta))
+    check(marked_meta["syncID"] != meta["syncID"], "meta/global's syncID was not replaced")
+    check({k: v for k, v in marked_meta.items() if k != "syncID"} == {k: v for k, v in meta.items() if k != "syncID"},
+          "the marking changed more than the syncID")
+
+    step("A syncs: it notices the new syncID, merges and uploads what the server lacks")
+    first = a.sync()
+    noticed = [x for x in first["lines"] if "Sync IDs differ" in x]
+    step("A's log: %s" % noticed)
+    check(noticed, "A's log does not show the new syncID noticed")
+    check(a.js(META_SYNC_ID) == marked_meta["syncID"], "A did not take the new syncID")
+    on_server = set(s.records("bookmarks"))
+    check(kept | later <= on_server, "after A's sync the server lacks %r" % ((kept | later) - on_server))
+    check(meta_global(s)["syncID"] == marked_meta["syncID"], "A replaced meta/global (a server wipe?)")
+    b.sync()
+    a.sync()
+    for ff in (a, b):
+        check(bookmark_ids(ff, "before") == kept and bookmark_ids(ff, "after") == later,
+              "%s's bookmarks after the restore differ" % ff.name)
+    step("a new profile C signs in after the restore: it gets every bookmark")
+    c = run.firefox("C", "kept")
+    c.sync()
+    check(bookmark_ids(c, "before") == kept and bookmark_ids(c, "after") == later,
+          "C lacks %r" % ((kept | later) - bookmark_ids(c, "before") - bookmark_ids(c, "after")))
+    titles = sorted(x["title"] for x in c.js(BOOKMARKS, "http://example.com/"))
+    check(titles == sorted(["before %d" % i for i in range(5)] + ["after %d" % i for i in range(5)]),
+          "C's bookmarks: %r" % titles)
+    with open(os.path.join(run.opts.out, "restore-resync.json"), "w") as f:
+        json.dump({"meta/global before the restore": meta, "after": marked_meta,
+                   "A's log": noticed, "server bookmarks": sorted(s.records("bookmarks"))}, f, indent=1)
+
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (first_sync, data_reaches_b, edits_reach_a, devices, many_bookmarks, second_account, node_drains,
               page_sign_in, page_two_profiles, page_sign_up, page_errors, page_invite_sign_up,
               page_email_code_sign_up, sign_out, account_deleted, password_change,
-              deleted_on_settings_page, send_tab)
+              deleted_on_settings_page, send_tab, restore_resync)
 }
 
 
@@ -1323,6 +1449,7 @@ def main():
     p.add_argument("--email", default="")
     p.add_argument("--password", default="")
     p.add_argument("--mail-dir", default="")
+    p.add_argument("--backups", default="")
     opts = p.parse_args()
     run = Run(opts)
     failed = False

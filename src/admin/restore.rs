@@ -4,13 +4,28 @@
 //! is refused; user files are installed as any file from outside is (SQLite's integrity
 //! check and exactly a known version's schema, `storage::schema_check`); then the
 //! restored dir gets `check`'s integrity check of every user file.
+//!
+//! A restore puts each user back in time, and Firefox would not notice: its engines ask
+//! only for records newer than their own last sync (later than anything restored), and
+//! upload only what changed locally since, so what it synced after the backup's
+//! consistency time would stay missing on the server for good. So by default every
+//! restored user is **marked for re-sync** ([`mark_for_resync`]): meta/global gets a
+//! new global `syncID` (everything else in it, and crypto/keys, unchanged). On its next
+//! sync each Firefox sees the new syncID, resets its local Sync state (every engine's
+//! last-sync time; bookmarks marked "new") and merges with the server as on a first
+//! sync: it downloads everything, keeps its local data, and uploads what the server
+//! lacks. No device wipes anything, and the server is not wiped either (as a missing
+//! meta/global or a new storageVersion would make the first client do).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use rusqlite::OptionalExtension;
+
 use super::AdminError;
 use super::backup::{self, FileEntry, Kind, Manifest};
-use crate::storage::files;
+use crate::storage::model::{BsoInput, Field, Millis, Timestamp};
+use crate::storage::{files, queries};
 
 fn invalid(e: impl std::fmt::Display) -> AdminError {
     AdminError::Invalid(e.to_string())
@@ -78,6 +93,122 @@ fn is_empty_dir(dir: &Path) -> Result<bool, AdminError> {
     }
 }
 
+/// How a restore treats what it restores.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Mark every restored user for re-sync ([`mark_for_resync`]), so that Firefox
+    /// uploads again what it synced after the backup. On unless asked otherwise.
+    pub resync: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions { resync: true }
+    }
+}
+
+/// What [`mark_for_resync`] did to one user's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resync {
+    /// meta/global's global syncID was replaced (`old` → `new`), at server time `at`.
+    Marked {
+        /// The syncID the backup held.
+        old: String,
+        /// The syncID the clients will find.
+        new: String,
+        /// The new timestamp of meta/global (and of the meta collection).
+        at: Timestamp,
+    },
+    /// The user has no meta/global (or none a client could use): Firefox starts over
+    /// on its own, nothing to mark.
+    NoMetaGlobal,
+}
+
+/// A new syncID as Sync makes them (`Utils.makeGUID`): 12 characters of URL-safe
+/// base64, from 9 random bytes.
+fn new_sync_id() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 9]>())
+}
+
+/// Marks the user file at `path` so that every Sync client re-syncs it: meta/global's
+/// global `syncID` is replaced by a new one and meta/global is written with a new
+/// timestamp, later than any of the user's (so `info/collections` shows `meta` changed
+/// and every client fetches it again). Nothing else changes: storageVersion, the
+/// engines' syncIDs and versions, declined, crypto/keys and all other records stay.
+///
+/// What Firefox does with it (services-sync `service.sys.mjs`, `_remoteSetup`): "Sync
+/// IDs differ" → `resetClient()` (every engine's last-sync time to 0; the bookmarks
+/// engine marks every local bookmark "new" and clears its mirror; nothing local is
+/// deleted), take the new syncID, fetch the (same) keys; then each engine syncs as a
+/// first sync: all server records downloaded and merged with the local ones, and what
+/// the server lacks uploaded. A missing meta/global, no syncID or a new storageVersion
+/// would instead make the first client wipe the server (`_freshStart`), losing what
+/// only the backup held.
+pub fn mark_for_resync(path: &Path) -> Result<Resync, AdminError> {
+    let fail = |e: rusqlite::Error| invalid(format!("{}: {e}", path.display()));
+    let mut conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(fail)?;
+    let tx = conn.transaction().map_err(fail)?;
+    let now = Millis::now();
+    let Some((coll, _)) = queries::collection(&tx, "meta").map_err(fail)? else {
+        return Ok(Resync::NoMetaGlobal);
+    };
+    let payload: Option<String> = tx
+        .query_row(
+            "SELECT payload FROM bso WHERE collection = ?1 AND id = 'global' AND expiry > ?2",
+            rusqlite::params![coll, now.0],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(fail)?;
+    let Some(mut meta) = payload
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .filter(|m| m.is_object())
+    else {
+        return Ok(Resync::NoMetaGlobal);
+    };
+    let Some(old) = meta["syncID"].as_str().map(str::to_string) else {
+        return Ok(Resync::NoMetaGlobal);
+    };
+    let new = new_sync_id();
+    meta["syncID"] = serde_json::Value::String(new.clone());
+    let last = queries::storage_modified(&tx).map_err(fail)?;
+    let at = now.timestamp().max(Timestamp(last.0 + 1));
+    let record = BsoInput {
+        id: "global".into(),
+        payload: Field::Set(meta.to_string()),
+        sortindex: Field::Absent,
+        ttl: Field::Absent,
+    };
+    queries::store_bsos(&tx, "meta", &[record], at, now).map_err(fail)?;
+    queries::set_storage_modified(&tx, at).map_err(fail)?;
+    tx.commit().map_err(fail)?;
+    Ok(Resync::Marked { old, new, at })
+}
+
+/// `bytes` (a user's SQLite file) marked for re-sync, through a private temporary
+/// file: the marked file's bytes and what was done.
+fn mark_bytes(uid: u64, bytes: &[u8]) -> Result<(Vec<u8>, Resync), AdminError> {
+    let dir = std::env::temp_dir().join(format!(
+        "syncstore-restore-{uid}-{:016x}",
+        rand::random::<u64>()
+    ));
+    let path = dir.join("user.sqlite");
+    let result = write_new(&path, bytes)
+        .and_then(|()| mark_for_resync(&path))
+        .and_then(|done| {
+            let marked = std::fs::read(&path)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+            Ok((marked, done))
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// What a restore did; `sound` is `check`'s verdict on the restored user files.
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
@@ -88,8 +219,18 @@ pub struct RestoreReport {
 }
 
 /// `restore SRC --data-dir DIR`: `src` is a backup destination (its `LATEST`
-/// generation is restored) or one generation's directory.
+/// generation is restored) or one generation's directory. Every user is marked for
+/// re-sync ([`RestoreOptions::default`]).
 pub fn restore(src: &Path, data_dir: &Path) -> Result<RestoreReport, AdminError> {
+    restore_with(src, data_dir, &RestoreOptions::default())
+}
+
+/// [`restore`] with `opts`.
+pub fn restore_with(
+    src: &Path,
+    data_dir: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, AdminError> {
     let dir = backup::generation_dir(src)?;
     let manifest = backup::read_manifest(&dir)?;
     if !is_empty_dir(data_dir)? {
@@ -124,6 +265,7 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<RestoreReport, AdminError>
         .map_err(|e| invalid(format!("cannot create {}: {e}", data_dir.display())))?;
     let bar = super::users::progress(manifest.files.len() as u64, "restoring");
     let (mut users, mut records, mut others) = (0usize, 0i64, Vec::new());
+    let mut marked = 0usize;
     for f in &manifest.files {
         let from = dir.join(&f.path);
         let bytes = std::fs::read(&from)
@@ -137,6 +279,19 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<RestoreReport, AdminError>
                 let checked = files::install_user_file(data_dir, uid, &bytes)?;
                 users += 1;
                 records += checked.records;
+                if opts.resync {
+                    let path = data_dir.join(&f.path);
+                    match mark_for_resync(&path) {
+                        Ok(Resync::Marked { .. }) => marked += 1,
+                        Ok(Resync::NoMetaGlobal) => {}
+                        Err(e) => {
+                            return Err(invalid(format!(
+                                "user {uid} was restored but not marked for re-sync ({e}): \
+                                 restore again into an empty data dir"
+                            )));
+                        }
+                    }
+                }
             }
             _ => {
                 let to = data_dir.join(&f.path);
@@ -192,6 +347,21 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<RestoreReport, AdminError>
         let _ = write!(text, ", {}", others.join(", "));
     }
     text.push('\n');
+    if opts.resync {
+        let _ = writeln!(
+            text,
+            "marked {marked} of {users} users for re-sync (meta/global has a new syncID; the \
+             others have no meta/global): each Firefox merges its data with the server on \
+             its next sync and uploads what the server lacks"
+        );
+    } else {
+        let _ = writeln!(
+            text,
+            "not marked for re-sync (--no-resync): Firefox will not upload again what it \
+             synced after {}",
+            manifest.consistent_to
+        );
+    }
     text.push_str(&check);
     for s in &manifest.skipped {
         let _ = writeln!(text, "not in the backup: {s}");
@@ -244,6 +414,19 @@ pub async fn restore_user(
     secret: &str,
     node: &str,
 ) -> Result<String, AdminError> {
+    restore_user_with(src, uid, db, secret, node, &RestoreOptions::default()).await
+}
+
+/// [`restore_user`] with `opts`: with `resync`, the copy sent is marked for re-sync
+/// ([`mark_for_resync`]) first.
+pub async fn restore_user_with(
+    src: &Path,
+    uid: u64,
+    db: &crate::tokenserver::db::AssignmentDb,
+    secret: &str,
+    node: &str,
+    opts: &RestoreOptions,
+) -> Result<String, AdminError> {
     let dir = backup::generation_dir(src)?;
     let manifest = backup::read_manifest(&dir)?;
     let entry = manifest
@@ -276,6 +459,13 @@ pub async fn restore_user(
             entry.sha256
         )));
     }
+    let (bytes, resync) = if opts.resync {
+        let (bytes, done) = mark_bytes(uid, &bytes)?;
+        (bytes, Some(done))
+    } else {
+        (bytes, None)
+    };
+    let sent_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let base = crate::cluster::internal_base(db, node)
         .await
         .map_err(invalid)?;
@@ -284,12 +474,20 @@ pub async fn restore_user(
         .await
         .map_err(AdminError::Invalid)?;
     let got: serde_json::Value = serde_json::from_slice(&answer).map_err(invalid)?;
-    if got["sha256"] != entry.sha256.as_str() {
+    if got["sha256"] != sent_sha.as_str() {
         return Err(invalid(format!("node {node}: the copy arrived damaged")));
     }
+    let resync = match resync {
+        Some(Resync::Marked { .. }) => {
+            "; marked for re-sync (meta/global has a new syncID): each Firefox merges its \
+             data with the server on its next sync and uploads what the server lacks"
+        }
+        Some(Resync::NoMetaGlobal) => "; no meta/global to mark for re-sync",
+        None => "; not marked for re-sync (--no-resync)",
+    };
     Ok(format!(
         "user {uid}: restored on {node} from generation {} (its data as of {}; {} records); \
-         its writes were held while the file was swapped",
+         its writes were held while the file was swapped{resync}",
         manifest.generation,
         backup::rfc3339(entry.copied_ms),
         got["records"]
@@ -325,6 +523,77 @@ pub fn this_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(path: &Path, collection: &str, id: &str, payload: &str, ts: i64) {
+        let mut conn = rusqlite::Connection::open(path).unwrap();
+        let tx = conn.transaction().unwrap();
+        let bso = BsoInput {
+            id: id.into(),
+            payload: Field::Set(payload.into()),
+            sortindex: Field::Absent,
+            ttl: Field::Absent,
+        };
+        queries::store_bsos(&tx, collection, &[bso], Timestamp(ts), Millis::now()).unwrap();
+        queries::set_storage_modified(&tx, Timestamp(ts)).unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn read(path: &Path, sql: &str) -> String {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .map(|v| match v {
+                rusqlite::types::Value::Text(t) => t,
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn marking_replaces_only_the_global_sync_id_with_a_later_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        files::open_or_create(dir.path(), 7).unwrap();
+        let path = crate::storage::userdbs::user_path(dir.path(), 7);
+        // A user without meta/global: nothing to mark.
+        assert_eq!(mark_for_resync(&path).unwrap(), Resync::NoMetaGlobal);
+        let meta = r#"{"syncID":"oldGlobalId1","storageVersion":5,"engines":{"bookmarks":{"version":2,"syncID":"bookmarksId1"}},"declined":["addons"]}"#;
+        put(&path, "meta", "global", meta, 100);
+        put(&path, "crypto", "keys", "{\"ciphertext\":\"x\"}", 101);
+        // A user whose timestamps run ahead of the clock still gets a later one.
+        let ahead = Millis::now().timestamp().0 + 50_000;
+        put(&path, "bookmarks", "abc", "{}", ahead);
+        let Resync::Marked { old, new, at } = mark_for_resync(&path).unwrap() else {
+            panic!("not marked");
+        };
+        assert_eq!(old, "oldGlobalId1");
+        assert_eq!(new.len(), 12);
+        assert_ne!(new, old);
+        assert!(at.0 > ahead, "{at:?}");
+        let payload: serde_json::Value = serde_json::from_str(&read(
+            &path,
+            "SELECT payload FROM bso WHERE id = 'global'",
+        ))
+        .unwrap();
+        let mut want: serde_json::Value = serde_json::from_str(meta).unwrap();
+        want["syncID"] = new.clone().into();
+        assert_eq!(payload, want);
+        let at_s = at.0.to_string();
+        assert_eq!(read(&path, "SELECT modified FROM bso WHERE id = 'global'"), at_s);
+        assert_eq!(
+            read(&path, "SELECT modified FROM collections WHERE name = 'meta'"),
+            at_s
+        );
+        assert_eq!(
+            read(&path, "SELECT value FROM meta WHERE key = 'last_modified'"),
+            at_s
+        );
+        assert_eq!(read(&path, "SELECT modified FROM bso WHERE id = 'keys'"), "101");
+        // Marking again makes yet another syncID.
+        let Resync::Marked { old: again, .. } = mark_for_resync(&path).unwrap() else {
+            panic!("not marked");
+        };
+        assert_eq!(again, new);
+    }
 
     #[test]
     fn manifest_paths_stay_inside_the_data_dir() {

@@ -43,6 +43,12 @@ pub struct RestoreArgs {
     /// give it and the assignment database lists several nodes
     #[arg(long, value_name = "URL", requires = "user")]
     node: Option<String>,
+    /// Leave each user's meta/global as the backup has it. By default every restored
+    /// user gets a new syncID in meta/global, so that each Firefox merges its data with
+    /// the server on its next sync and uploads what it synced after the backup (without
+    /// it, Firefox does not notice the restore and that data stays missing)
+    #[arg(long)]
+    no_resync: bool,
 }
 
 /// `backup DEST [--keep N]`.
@@ -64,16 +70,19 @@ pub fn backup(args: BackupArgs) -> Result<(), CliError> {
 
 /// `restore SRC --data-dir DIR`, or `restore SRC --user UID [--node URL]`.
 pub fn restore(args: RestoreArgs) -> Result<(), CliError> {
+    let opts = restore::RestoreOptions {
+        resync: !args.no_resync,
+    };
     if let Some(uid) = args.user {
         let settings = load(&args.common)?;
         let (src, node) = (args.src.clone(), args.node.clone());
         return live_moves(&args.common, move |db, secret| async move {
             let node = restore::this_node(&settings, node.as_deref(), &db)?;
-            restore::restore_user(&src, uid, &db, &secret, &node).await
+            restore::restore_user_with(&src, uid, &db, &secret, &node, &opts).await
         });
     }
     let settings = load(&args.common)?;
-    let report = restore::restore(&args.src, &settings.data_dir)?;
+    let report = restore::restore_with(&args.src, &settings.data_dir, &opts)?;
     println!("{}", report.text.trim_end());
     if report.sound {
         Ok(())
