@@ -569,25 +569,32 @@ mod tests {
         assert_eq!(new.len(), 12);
         assert_ne!(new, old);
         assert!(at.0 > ahead, "{at:?}");
-        let payload: serde_json::Value = serde_json::from_str(&read(
-            &path,
-            "SELECT payload FROM bso WHERE id = 'global'",
-        ))
-        .unwrap();
+        let payload: serde_json::Value =
+            serde_json::from_str(&read(&path, "SELECT payload FROM bso WHERE id = 'global'"))
+                .unwrap();
         let mut want: serde_json::Value = serde_json::from_str(meta).unwrap();
         want["syncID"] = new.clone().into();
         assert_eq!(payload, want);
         let at_s = at.0.to_string();
-        assert_eq!(read(&path, "SELECT modified FROM bso WHERE id = 'global'"), at_s);
         assert_eq!(
-            read(&path, "SELECT modified FROM collections WHERE name = 'meta'"),
+            read(&path, "SELECT modified FROM bso WHERE id = 'global'"),
+            at_s
+        );
+        assert_eq!(
+            read(
+                &path,
+                "SELECT modified FROM collections WHERE name = 'meta'"
+            ),
             at_s
         );
         assert_eq!(
             read(&path, "SELECT value FROM meta WHERE key = 'last_modified'"),
             at_s
         );
-        assert_eq!(read(&path, "SELECT modified FROM bso WHERE id = 'keys'"), "101");
+        assert_eq!(
+            read(&path, "SELECT modified FROM bso WHERE id = 'keys'"),
+            "101"
+        );
         // Marking again makes yet another syncID.
         let Resync::Marked { old: again, .. } = mark_for_resync(&path).unwrap() else {
             panic!("not marked");

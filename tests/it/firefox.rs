@@ -495,11 +495,17 @@ fn a_restore_marks_users_so_firefox_uploads_again_what_the_server_lost() {
         .arg("--backups")
         .arg(backups.path())
         // The scenario's own server is the tokenserver; it sets the URL once started.
-        .args(["--tokenserver", "", "--bin", env!("CARGO_BIN_EXE_syncstore")])
+        .args([
+            "--tokenserver",
+            "",
+            "--bin",
+            env!("CARGO_BIN_EXE_syncstore"),
+        ])
         .args(["--secret", SECRET])
         .output()
         .expect("run scripts/firefox/scenarios.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::write(out_dir.join("scenario-output.txt"), stdout.as_bytes());
     if !(out.status.success() && stdout.lines().last() == Some("ok")) {
         let mut logs = String::new();
         for run in 1..=3 {
