@@ -603,6 +603,29 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_sent_by_restore_user_is_marked_through_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(files::open_or_create(dir.path(), 8).unwrap());
+        let path = crate::storage::userdbs::user_path(dir.path(), 8);
+        let meta = r#"{"syncID":"oldGlobalId2","storageVersion":5,"engines":{}}"#;
+        put(&path, "meta", "global", meta, 100);
+        let bytes = std::fs::read(&path).unwrap();
+        let (marked, done) = mark_bytes(8, &bytes).unwrap();
+        let Resync::Marked { old, new, .. } = done else {
+            panic!("not marked");
+        };
+        assert_eq!(old, "oldGlobalId2");
+        let copy = dir.path().join("copy.sqlite");
+        std::fs::write(&copy, &marked).unwrap();
+        let payload = read(&copy, "SELECT payload FROM bso WHERE id = 'global'");
+        let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(payload["syncID"], new.as_str());
+        // The source is untouched.
+        let before = read(&path, "SELECT payload FROM bso WHERE id = 'global'");
+        assert!(before.contains("oldGlobalId2"), "{before}");
+    }
+
+    #[test]
     fn manifest_paths_stay_inside_the_data_dir() {
         assert!(safe_rel("users/042/1042.sqlite").is_some());
         for bad in ["", "/etc/passwd", "../x", "users/../../x", "./secret"] {
