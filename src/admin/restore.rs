@@ -348,12 +348,20 @@ pub fn restore_with(
     }
     text.push('\n');
     if opts.resync {
-        let _ = writeln!(
+        let _ = write!(
             text,
-            "marked {marked} of {users} users for re-sync (meta/global has a new syncID; the \
-             others have no meta/global): each Firefox merges its data with the server on \
-             its next sync and uploads what the server lacks"
+            "marked {marked} of {users} users for re-sync (meta/global has a new syncID): \
+             each Firefox merges its data with the server on its next sync and uploads what \
+             the server lacks"
         );
+        if marked < users {
+            let _ = write!(
+                text,
+                "; {} have no meta/global (Firefox starts them over by itself)",
+                users - marked
+            );
+        }
+        text.push('\n');
     } else {
         let _ = writeln!(
             text,
