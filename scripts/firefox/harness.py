@@ -422,8 +422,9 @@ class Served:
     operator does, always on the same 127.0.0.1 port and data dir; each run's log goes
     to `log_dir/server-N.log`."""
 
-    def __init__(self, binary, data_dir, secret, log_dir):
+    def __init__(self, binary, data_dir, secret, log_dir, env=None):
         self.binary, self.data_dir, self.secret, self.log_dir = binary, data_dir, secret, log_dir
+        self.env = env or {}
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         self.proc = None
@@ -436,7 +437,7 @@ class Served:
         """Starts the server; returns once it logs that it listens (fails after `secs`)."""
         self.runs += 1
         log = open(self.log_path(), "wb")
-        env = dict(os.environ, SYNCSTORE_SECRETS=self.secret, RUST_LOG="info")
+        env = dict(os.environ, SYNCSTORE_SECRETS=self.secret, RUST_LOG="info", **self.env)
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--listen", "127.0.0.1:%d" % self.port, "--data-dir", self.data_dir],
             stdout=subprocess.DEVNULL, stderr=log, env=env,

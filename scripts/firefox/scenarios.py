@@ -1327,9 +1327,13 @@ def restore_resync(run):
     stay missing on the server. By default restore marks each user (a new syncID in
     meta/global): Firefox's next sync merges (nothing deleted on any profile) and uploads
     what the server lacks; the other profile keeps everything, and a new profile gets
-    every bookmark. The scenario starts the server itself (`Served`) in --accounts-dir."""
+    every bookmark. Then one user alone is restored into the running server (`restore
+    --user`, marked too) and the same holds. The scenario starts the server itself
+    (`Served`) in --accounts-dir."""
     data = run.opts.accounts_dir
-    served = run.served = Served(run.opts.bin, data, run.opts.secret, run.opts.out)
+    # An internal listener for `restore --user`, which sends the user's copy to it.
+    served = run.served = Served(run.opts.bin, data, run.opts.secret, run.opts.out,
+                                 env={"SYNCSTORE_INTERNAL_LISTEN": "127.0.0.1:0"})
     run.opts.tokenserver = served.url
     served.start()
 
@@ -1420,9 +1424,34 @@ def restore_resync(run):
     titles = sorted(x["title"] for x in c.js(BOOKMARKS, "http://example.com/"))
     check(titles == sorted(["before %d" % i for i in range(5)] + ["after %d" % i for i in range(5)]),
           "C's bookmarks: %r" % titles)
+    summary = {"meta/global before the restore": meta, "after": marked_meta, "A's log": noticed,
+               "server bookmarks": sorted(s.records("bookmarks"))}
+
+    # One user restored into the running server (`restore --user`): marked too.
+    one = os.path.join(run.opts.backups, "one")
+    step("restore --user: backup, A makes 5 more bookmarks, the user alone is restored while the server runs")
+    run.admin(["backup", one, "--data-dir", data])
+    late = make(a, "late", 5)
+    b.sync()
+    s = run.server("kept")
+    check(late <= set(s.records("bookmarks")), "A's late bookmarks are not on the server")
+    before_user = meta_global(s)
+    out = run.admin(["restore", one, "--user", str(s.uid), "--data-dir", data]).stdout
+    check("marked for re-sync" in out, "restore --user says: %s" % out)
+    on_server = set(s.records("bookmarks"))
+    check(kept | later <= on_server and not late & on_server,
+          "after restore --user the server should hold the 10 earlier bookmarks and none of the late: %r" % on_server)
+    check(meta_global(s)["syncID"] != before_user["syncID"], "restore --user did not replace the syncID")
+    first = a.sync()
+    check(any("Sync IDs differ" in x for x in first["lines"]), "A did not notice restore --user's syncID")
+    check(kept | later | late <= set(s.records("bookmarks")), "after A's sync the server lacks some late bookmarks")
+    for ff in (b, c):
+        ff.sync()
+        check(bookmark_ids(ff, "late") == late and bookmark_ids(ff, "before") == kept
+              and bookmark_ids(ff, "after") == later, "%s's bookmarks after restore --user differ" % ff.name)
+    summary["restore --user"] = out
     with open(os.path.join(run.opts.out, "restore-resync.json"), "w") as f:
-        json.dump({"meta/global before the restore": meta, "after": marked_meta,
-                   "A's log": noticed, "server bookmarks": sorted(s.records("bookmarks"))}, f, indent=1)
+        json.dump(summary, f, indent=1)
 
 
 

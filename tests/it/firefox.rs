@@ -471,7 +471,9 @@ fn get_from(
 /// Restored with `--no-resync`, the bookmarks synced after the backup stay missing on
 /// the server through Firefox's next syncs; restored as by default (every user's
 /// meta/global gets a new syncID), Firefox's next sync uploads them again, the other
-/// profile keeps all, and a new profile gets every bookmark.
+/// profile keeps all, and a new profile gets every bookmark. Then one user alone is
+/// restored into the running server (`restore --user`, over its internal listener),
+/// marked as well, with the same outcome.
 #[test]
 fn a_restore_marks_users_so_firefox_uploads_again_what_the_server_lost() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
