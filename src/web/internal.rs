@@ -38,6 +38,9 @@ pub struct InternalState {
     app: AppState,
     /// Nonces of the signed requests taken within the validity window (replays).
     nonces: Arc<SeenNonces>,
+    /// When these routes began to be served (unix seconds): the nonces taken before
+    /// (by an earlier process) are not remembered, so older signatures are refused.
+    started: i64,
 }
 
 /// The internal listener's routes.
@@ -45,6 +48,7 @@ pub fn router(app: AppState) -> Router {
     let state = InternalState {
         app,
         nonces: Arc::new(SeenNonces::default()),
+        started: unix_now(),
     };
     Router::new()
         .route("/__internal__/move/{uid}", post(move_user))
@@ -98,10 +102,23 @@ fn signed(s: &InternalState, headers: &HeaderMap, path: &str) -> Result<Verified
         now,
     )
     .ok_or_else(refused)?;
+    if !signed_since(&verified, s.started) {
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "signed before this node started (a replay?): sign it again",
+        ));
+    }
     if !s.nonces.first_use(&verified, now) {
         return Err(Refusal(StatusCode::UNAUTHORIZED, "replayed"));
     }
     Ok(verified)
+}
+
+/// Whether a signature was made at or after `started` (unix seconds). The nonces of
+/// the requests an earlier process took are gone with it: a request signed before this
+/// one started could be one of them, replayed, so it is refused on every route.
+fn signed_since(head: &VerifiedHead, started: i64) -> bool {
+    head.ts >= started
 }
 
 fn failed(e: MoveError) -> Response {
@@ -274,5 +291,22 @@ async fn spool(
             let _ = tokio::fs::remove_file(&path).await;
             Err(r)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_older_than_the_process_is_refused() {
+        let head = |ts| VerifiedHead {
+            ts,
+            nonce: "ab".repeat(16),
+            body_sha256: "cd".repeat(32),
+        };
+        assert!(signed_since(&head(1000), 1000));
+        assert!(signed_since(&head(1001), 1000));
+        assert!(!signed_since(&head(999), 1000));
     }
 }
