@@ -355,12 +355,36 @@ fn generation_order(name: &str) -> (String, u64) {
     }
 }
 
-/// Reads the manifest of the generation at `dir`.
+/// The largest manifest read (a million users' entries take about 500 MB less):
+/// a bigger one is refused rather than read into memory.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Reads the manifest of the generation at `dir` (not through a symbolic link, at
+/// most [`MAX_MANIFEST_BYTES`]).
 pub fn read_manifest(dir: &Path) -> Result<Manifest, AdminError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(MANIFEST);
-    let text = std::fs::read(&path)
+    let mut text = Vec::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut text))
         .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-    let m: Manifest = serde_json::from_slice(&text)
+    parse_manifest(&path, &text)
+}
+
+/// A manifest from its bytes, read from `path`: refused when larger than
+/// [`MAX_MANIFEST_BYTES`], not JSON of a manifest, or of another format.
+pub fn parse_manifest(path: &Path, text: &[u8]) -> Result<Manifest, AdminError> {
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!(
+            "{} is larger than {} MiB: not a manifest this version reads",
+            path.display(),
+            MAX_MANIFEST_BYTES >> 20
+        )));
+    }
+    let m: Manifest = serde_json::from_slice(text)
         .map_err(|e| invalid(format!("{} is not a backup manifest: {e}", path.display())))?;
     if m.format != MANIFEST_FORMAT {
         return Err(invalid(format!(

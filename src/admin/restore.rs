@@ -56,18 +56,146 @@ fn expected_rel(f: &FileEntry) -> Option<String> {
     })
 }
 
-/// Checks every file of `manifest` in the generation at `dir`: present, of its size and
-/// SHA-256, at the path its kind allows. Returns every problem found (empty: sound).
+/// At most this many problems are printed (then a count of the others).
+const SHOWN_PROBLEMS: usize = 20;
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Why a path of a backup is not trusted, if it is not: a symlink, not a `dir`ectory
+/// (or not a regular file), not owned by the running user, or writable by group or
+/// others (anyone else who can write it could have put something else there).
+fn untrusted(meta: &std::fs::Metadata, dir: bool) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        return Some("a symbolic link");
+    }
+    if dir && !ft.is_dir() {
+        return Some("not a directory");
+    }
+    if !dir && !ft.is_file() {
+        return Some("not a regular file");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        return Some("not owned by the user running this command");
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some("writable by group or others");
+    }
+    None
+}
+
+/// Checks the generation directory itself (see [`untrusted`]).
+fn check_generation_dir(dir: &Path) -> Result<(), AdminError> {
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+    match untrusted(&meta, true) {
+        Some(why) => Err(invalid(format!(
+            "refused: the generation {} is {why}; nothing was written",
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Opens the file `rel` of the generation at `dir` for reading, without following a
+/// symbolic link anywhere below `dir`: every folder on the way and the file itself
+/// must be trusted ([`untrusted`]). The checks are made on the open file.
+fn open_in_generation(dir: &Path, rel: &str) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let rel_path = safe_rel(rel).ok_or_else(|| "not a plain relative path".to_string())?;
+    let mut at = dir.to_path_buf();
+    let parts: Vec<_> = rel_path.components().collect();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        at.push(c);
+        let meta = std::fs::symlink_metadata(&at).map_err(|e| e.to_string())?;
+        if let Some(why) = untrusted(&meta, true) {
+            return Err(format!("its folder {} is {why}", at.display()));
+        }
+    }
+    let path = dir.join(&rel_path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                "a symbolic link".to_string()
+            } else {
+                e.to_string()
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if let Some(why) = untrusted(&meta, false) {
+        return Err(why.to_string());
+    }
+    Ok(file)
+}
+
+/// Reads the whole of the file `rel` of the generation at `dir` ([`open_in_generation`]).
+fn read_in_generation(dir: &Path, rel: &str) -> Result<Vec<u8>, AdminError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_in_generation(dir, rel)
+        .and_then(|mut f| f.read_to_end(&mut bytes).map_err(|e| e.to_string()))
+        .map_err(|e| invalid(format!("cannot read {rel} of {}: {e}", dir.display())))?;
+    Ok(bytes)
+}
+
+/// SHA-256 (hex) and size of an open file.
+fn digest_open(mut f: std::fs::File) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let got = f.read(&mut buf)?;
+        if got == 0 {
+            break;
+        }
+        h.update(&buf[..got]);
+        n += got as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Checks every file of `manifest` in the generation at `dir`: listed once, at the path
+/// its kind allows, a trusted regular file ([`open_in_generation`]: never a symbolic
+/// link, whose target's size or hash is never shown), of its size and SHA-256, and a
+/// SQLite file where one belongs. Returns every problem found (empty: sound).
 pub fn verify(dir: &Path, manifest: &Manifest) -> Vec<String> {
     let bar = super::users::progress(manifest.files.len() as u64, "verifying");
     let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for f in &manifest.files {
         bar.inc(1);
         if expected_rel(f).as_deref() != Some(f.path.as_str()) || safe_rel(&f.path).is_none() {
             problems.push(format!("{}: not where a {:?} file goes", f.path, f.kind));
             continue;
         }
-        match backup::digest_file(&dir.join(&f.path)) {
+        if !seen.insert(f.path.as_str()) {
+            problems.push(format!("{}: listed more than once in the manifest", f.path));
+            continue;
+        }
+        let file = match open_in_generation(dir, &f.path) {
+            Ok(file) => file,
+            Err(e) => {
+                problems.push(format!("{}: {e}", f.path));
+                continue;
+            }
+        };
+        if matches!(f.kind, Kind::User | Kind::Tokenserver | Kind::Accounts) {
+            use std::os::unix::fs::FileExt;
+            let mut head = [0u8; 16];
+            if file.read_exact_at(&mut head, 0).is_err() || &head != SQLITE_HEADER {
+                problems.push(format!("{}: not a SQLite database", f.path));
+                continue;
+            }
+        }
+        match digest_open(file) {
             Ok((sha, size)) if size != f.size => problems.push(format!(
                 "{}: {size} bytes, the manifest says {} (sha256 {sha})",
                 f.path, f.size
@@ -84,13 +212,128 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Vec<String> {
     problems
 }
 
-/// Whether `dir` is missing or an empty directory.
-fn is_empty_dir(dir: &Path) -> Result<bool, AdminError> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(invalid(format!("{}: {e}", dir.display()))),
+/// `problems`, one a line, at most [`SHOWN_PROBLEMS`] of them and a count of the rest.
+fn list_problems(problems: &[String]) -> String {
+    let mut out = String::new();
+    for p in problems.iter().take(SHOWN_PROBLEMS) {
+        let _ = writeln!(out, "  {p}");
     }
+    if problems.len() > SHOWN_PROBLEMS {
+        let _ = writeln!(
+            out,
+            "  … and {} more problems",
+            problems.len() - SHOWN_PROBLEMS
+        );
+    }
+    out
+}
+
+/// The prefix of the folder inside the data dir where a full restore is built.
+const STAGING_PREFIX: &str = ".restoring-";
+
+/// Whether `dir` is missing or an empty directory; a folder left by a restore that
+/// died part-way ([`STAGING_PREFIX`]) does not count, and is removed.
+fn is_empty_dir(dir: &Path) -> Result<bool, AdminError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(invalid(format!("{}: {e}", dir.display()))),
+    };
+    let mut left = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+        if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            left.push(e.path());
+        } else {
+            return Ok(false);
+        }
+    }
+    for l in left {
+        std::fs::remove_dir_all(&l)
+            .map_err(|e| invalid(format!("cannot remove {}: {e}", l.display())))?;
+    }
+    Ok(true)
+}
+
+/// The (type, name, sql) of every schema object of the SQLite file at `path`.
+fn schema_objects(path: &Path) -> rusqlite::Result<Vec<(String, String, Option<String>)>> {
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+    )?;
+    let mut stmt = c.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
+/// The schema objects this version of the project makes in a new assignment or
+/// accounts database (by opening one, as the server does, in a temporary folder).
+fn fresh_schema(kind: Kind) -> Result<Vec<(String, String, Option<String>)>, String> {
+    let tmp = std::env::temp_dir().join(format!(
+        "syncstore-schema-{:016x}",
+        rand::random::<u64>()
+    ));
+    crate::private::create_dir(&tmp).map_err(|e| e.to_string())?;
+    let result = (|| {
+        let file = match kind {
+            Kind::Tokenserver => {
+                let db = crate::tokenserver::db::AssignmentDb::open("", &tmp)
+                    .map_err(|e| e.to_string())?;
+                drop(db);
+                "tokenserver.sqlite"
+            }
+            _ => {
+                let store =
+                    crate::accounts::store::Store::open(&tmp, "").map_err(|e| e.to_string())?;
+                drop(store);
+                "accounts.sqlite"
+            }
+        };
+        schema_objects(&tmp.join(file)).map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+/// Checks a restored assignment or accounts database at `path`: SQLite's integrity
+/// check, and no schema object (table, index, trigger, view) that this version's
+/// schema does not make; triggers and views exactly as it makes them. Returns the
+/// problem, if any.
+fn check_shared_db(path: &Path, kind: Kind) -> Option<String> {
+    let verdict = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+    )
+    .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)));
+    match verdict {
+        Ok(ok) if ok == "ok" => {}
+        Ok(problem) => return Some(problem),
+        Err(e) => return Some(e.to_string()),
+    }
+    let known = match fresh_schema(kind) {
+        Ok(k) => k,
+        Err(e) => return Some(format!("cannot make the schema to compare with: {e}")),
+    };
+    let have = match schema_objects(path) {
+        Ok(h) => h,
+        Err(e) => return Some(e.to_string()),
+    };
+    let extra: Vec<String> = have
+        .iter()
+        .filter(|(ty, name, sql)| {
+            let same = |k: &&(String, String, Option<String>)| {
+                k.0 == *ty && k.1 == *name && (!matches!(ty.as_str(), "trigger" | "view") || k.2 == *sql)
+            };
+            !known.iter().any(|k| same(&k))
+        })
+        .map(|(ty, name, _)| format!("{ty} {name}"))
+        .collect();
+    (!extra.is_empty()).then(|| {
+        format!(
+            "holds what this version's schema does not make: {}",
+            extra.join(", ")
+        )
+    })
 }
 
 /// How a restore treats what it restores.
@@ -99,11 +342,21 @@ pub struct RestoreOptions {
     /// Mark every restored user for re-sync ([`mark_for_resync`]), so that Firefox
     /// uploads again what it synced after the backup. On unless asked otherwise.
     pub resync: bool,
+    /// `--user`: restore even when the live user's data is newer than the backup's
+    /// copy (its writes since are discarded).
+    pub discard_newer: bool,
+    /// `--user`: restore even a uid the assignment database lists as replaced, or
+    /// assigns to no node, or never issued.
+    pub force: bool,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { resync: true }
+        RestoreOptions {
+            resync: true,
+            discard_newer: false,
+            force: false,
+        }
     }
 }
 
@@ -232,7 +485,8 @@ pub fn restore_with(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, AdminError> {
     let dir = backup::generation_dir(src)?;
-    let manifest = backup::read_manifest(&dir)?;
+    check_generation_dir(&dir)?;
+    let manifest = read_checked_manifest(&dir)?;
     if !is_empty_dir(data_dir)? {
         return Err(invalid(format!(
             "{} is not empty: restore only into an empty (or new) data dir, with the \
@@ -251,84 +505,58 @@ pub fn restore_with(
     }
     let problems = verify(&dir, &manifest);
     if !problems.is_empty() {
-        let mut msg = format!(
-            "refused: the backup {} is damaged, nothing was written:\n",
-            dir.display()
-        );
-        for p in &problems {
-            let _ = writeln!(msg, "  {p}");
-        }
-        return Err(invalid(msg.trim_end()));
+        return Err(invalid(format!(
+            "refused: the backup {} is damaged, nothing was written:\n{}",
+            dir.display(),
+            list_problems(&problems).trim_end()
+        )));
     }
 
+    // Built in a folder inside the data dir, moved into place once every file is
+    // written and checked: a failure leaves the data dir as it was (empty).
     crate::private::create_dir(data_dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        })
         .map_err(|e| invalid(format!("cannot create {}: {e}", data_dir.display())))?;
-    let bar = super::users::progress(manifest.files.len() as u64, "restoring");
-    let (mut users, mut records, mut others) = (0usize, 0i64, Vec::new());
-    let mut marked = 0usize;
-    for f in &manifest.files {
-        let from = dir.join(&f.path);
-        let bytes = std::fs::read(&from)
-            .map_err(|e| invalid(format!("cannot read {}: {e}", from.display())))?;
-        // Read again after the check: the bytes written are the bytes checked.
-        if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != f.sha256 {
-            return Err(invalid(format!("{}: changed while restoring", f.path)));
+    let staging = data_dir.join(format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>()));
+    crate::private::create_dir(&staging)
+        .map_err(|e| invalid(format!("cannot create {}: {e}", staging.display())))?;
+    let built = build(&dir, &manifest, &staging, opts);
+    let (users, records, others, marked) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(invalid(format!(
+                "{e}\nnothing was restored: {} is left empty",
+                data_dir.display()
+            )));
         }
-        match (f.kind, f.uid) {
-            (Kind::User, Some(uid)) => {
-                let checked = files::install_user_file(data_dir, uid, &bytes)?;
-                users += 1;
-                records += checked.records;
-                if opts.resync {
-                    let path = data_dir.join(&f.path);
-                    match mark_for_resync(&path) {
-                        Ok(Resync::Marked { .. }) => marked += 1,
-                        Ok(Resync::NoMetaGlobal) => {}
-                        Err(e) => {
-                            return Err(invalid(format!(
-                                "user {uid} was restored but not marked for re-sync ({e}): \
-                                 restore again into an empty data dir"
-                            )));
-                        }
-                    }
-                }
-            }
-            _ => {
-                let to = data_dir.join(&f.path);
-                write_new(&to, &bytes)?;
-                others.push(f.path.clone());
-            }
+    };
+    let moved = (|| -> std::io::Result<()> {
+        for e in std::fs::read_dir(&staging)? {
+            let e = e?;
+            std::fs::rename(e.path(), data_dir.join(e.file_name()))?;
         }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+        std::fs::remove_dir(&staging)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    })();
+    moved.map_err(|e| {
+        invalid(format!(
+            "cannot move the restored files from {} into {}: {e}",
+            staging.display(),
+            data_dir.display()
+        ))
+    })?;
 
-    let (mut check, mut sound) = super::users::check(data_dir)?;
-    // The databases too: SQLite's integrity check of each restored one.
+    let (mut check, sound) = super::users::check(data_dir)?;
     for f in manifest
         .files
         .iter()
         .filter(|f| matches!(f.kind, Kind::Tokenserver | Kind::Accounts))
     {
-        let path = data_dir.join(&f.path);
-        let verdict = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
-        )
-        .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)));
-        match verdict {
-            Ok(ok) if ok == "ok" => {
-                let _ = writeln!(check, "checked {}: ok", f.path);
-            }
-            Ok(problem) => {
-                sound = false;
-                let _ = writeln!(check, "BAD {}: {problem}", f.path);
-            }
-            Err(e) => {
-                sound = false;
-                let _ = writeln!(check, "BAD {}: {e}", f.path);
-            }
-        }
+        let _ = writeln!(check, "checked {}: ok", f.path);
     }
     let incomplete = if manifest.failed.is_empty() {
         ""
@@ -392,6 +620,81 @@ pub fn restore_with(
     Ok(RestoreReport { text, sound })
 }
 
+/// Reads the manifest of the generation at `dir` ([`open_in_generation`]), at most
+/// [`backup::MAX_MANIFEST_BYTES`].
+fn read_checked_manifest(dir: &Path) -> Result<Manifest, AdminError> {
+    use std::io::Read;
+    let path = dir.join(backup::MANIFEST);
+    let mut text = Vec::new();
+    open_in_generation(dir, backup::MANIFEST)
+        .and_then(|f| {
+            f.take(backup::MAX_MANIFEST_BYTES + 1)
+                .read_to_end(&mut text)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    backup::parse_manifest(&path, &text)
+}
+
+/// Writes every file of `manifest` (verified) from the generation at `dir` into
+/// `staging`, laid out as a data dir, each checked: user files as any file from
+/// outside is, the databases by [`check_shared_db`]. Returns users, records, the
+/// other files' paths and the users marked for re-sync.
+fn build(
+    dir: &Path,
+    manifest: &Manifest,
+    staging: &Path,
+    opts: &RestoreOptions,
+) -> Result<(usize, i64, Vec<String>, usize), AdminError> {
+    let bar = super::users::progress(manifest.files.len() as u64, "restoring");
+    let (mut users, mut records, mut others) = (0usize, 0i64, Vec::new());
+    let mut marked = 0usize;
+    for f in &manifest.files {
+        let bytes = read_in_generation(dir, &f.path)?;
+        // Read again after the check: the bytes written are the bytes checked.
+        if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != f.sha256 {
+            return Err(invalid(format!("{}: changed while restoring", f.path)));
+        }
+        match (f.kind, f.uid) {
+            (Kind::User, Some(uid)) => {
+                let checked = files::install_user_file(staging, uid, &bytes).map_err(|e| {
+                    invalid(format!("{} (user {uid}) of the backup: {e}", f.path))
+                })?;
+                users += 1;
+                records += checked.records;
+                if opts.resync {
+                    let path = staging.join(&f.path);
+                    match mark_for_resync(&path) {
+                        Ok(Resync::Marked { .. }) => marked += 1,
+                        Ok(Resync::NoMetaGlobal) => {}
+                        Err(e) => {
+                            return Err(invalid(format!(
+                                "user {uid} could not be marked for re-sync: {e}"
+                            )));
+                        }
+                    }
+                }
+            }
+            (kind, _) => {
+                let to = staging.join(&f.path);
+                write_new(&to, &bytes)?;
+                if matches!(kind, Kind::Tokenserver | Kind::Accounts)
+                    && let Some(problem) = check_shared_db(&to, kind)
+                {
+                    return Err(invalid(format!(
+                        "{} of the backup is refused: {problem}",
+                        f.path
+                    )));
+                }
+                others.push(f.path.clone());
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((users, records, others, marked))
+}
+
 /// Writes a new owner-only file (its folder made owner-only too) and syncs it.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
     use std::io::Write;
@@ -422,7 +725,54 @@ pub async fn restore_user(
     secret: &str,
     node: &str,
 ) -> Result<String, AdminError> {
-    restore_user_with(src, uid, db, secret, node, &RestoreOptions::default()).await
+    restore_user_with(src, uid, db, secret, node, None, &RestoreOptions::default()).await
+}
+
+/// The live user's last-modified time (10 ms units) in the user file at `path`;
+/// `None` when there is no such file.
+fn live_last_modified(path: &Path) -> Result<Option<i64>, AdminError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let read = || -> rusqlite::Result<i64> {
+        let c = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        )?;
+        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(c.query_row(
+            "SELECT value FROM meta WHERE key = 'last_modified'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+    };
+    read()
+        .map(Some)
+        .map_err(|e| invalid(format!("cannot read the live file {}: {e}", path.display())))
+}
+
+/// Why the assignment database says `uid` should not be restored, if it does: the uid
+/// was never issued, was replaced by a newer one (retired), or is assigned to no node.
+async fn assignment_problem(
+    db: &crate::tokenserver::db::AssignmentDb,
+    uid: u64,
+) -> Result<Option<String>, AdminError> {
+    let placements = db
+        .run(move |tx| crate::tokenserver::store::uid_placements(tx, &[uid as i64]))
+        .await
+        .map_err(invalid)?;
+    Ok(match placements.first() {
+        None => Some(format!("the assignment database never issued uid {uid}")),
+        Some(p) if p.replaced_at.is_some() => Some(format!(
+            "uid {uid} was replaced by a newer uid at {} (retired: its user syncs under \
+             the new one)",
+            backup::rfc3339(p.replaced_at.unwrap_or(0))
+        )),
+        Some(p) if p.node.is_none() => Some(format!("uid {uid} is assigned to no node")),
+        Some(_) => None,
+    })
 }
 
 /// [`restore_user`] with `opts`: with `resync`, the copy sent is marked for re-sync
@@ -433,10 +783,12 @@ pub async fn restore_user_with(
     db: &crate::tokenserver::db::AssignmentDb,
     secret: &str,
     node: &str,
+    data_dir: Option<&Path>,
     opts: &RestoreOptions,
 ) -> Result<String, AdminError> {
     let dir = backup::generation_dir(src)?;
-    let manifest = backup::read_manifest(&dir)?;
+    check_generation_dir(&dir)?;
+    let manifest = read_checked_manifest(&dir)?;
     let entry = manifest
         .files
         .iter()
@@ -454,7 +806,10 @@ pub async fn restore_user_with(
         )));
     }
     let from = dir.join(&entry.path);
-    let bytes = std::fs::read(&from)
+    let file = open_in_generation(&dir, &entry.path)
+        .map_err(|e| invalid(format!("refused: {}: {e}; nothing was sent", from.display())))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut { file }, &mut bytes)
         .map_err(|e| invalid(format!("cannot read {}: {e}", from.display())))?;
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if bytes.len() as u64 != entry.size || sha != entry.sha256 {
@@ -467,6 +822,47 @@ pub async fn restore_user_with(
             entry.sha256
         )));
     }
+    if let Some(problem) = assignment_problem(db, uid).await?
+        && !opts.force
+    {
+        return Err(invalid(format!(
+            "refused: {problem}; nothing was sent (--force restores it anyway)"
+        )));
+    }
+    // What the restore discards: the live user's writes after the backup's copy.
+    let backup_lm = entry.last_modified.unwrap_or(0);
+    let live_lm = match data_dir {
+        Some(d) => live_last_modified(&crate::storage::userdbs::user_path(d, uid))?,
+        None => None,
+    };
+    let at = |t: i64| backup::rfc3339(t.saturating_mul(10));
+    let discarded = match live_lm {
+        Some(live) if live > backup_lm => {
+            let text = format!(
+                "the live user was last written at {}, the backup's copy at {}: writes \
+                 between {} and {} are discarded; Firefox re-uploads what it still has, \
+                 see the re-sync mark",
+                at(live),
+                at(backup_lm),
+                at(backup_lm),
+                at(live)
+            );
+            if !opts.discard_newer {
+                return Err(invalid(format!(
+                    "refused: {text}. Nothing was sent: restore with --discard-newer to \
+                     go back to the backup anyway"
+                )));
+            }
+            format!("\n{text}")
+        }
+        Some(live) => format!(
+            "\nthe live user was last written at {}, not after the backup's copy ({}): \
+             nothing is discarded",
+            at(live),
+            at(backup_lm)
+        ),
+        None => String::new(),
+    };
     let (bytes, resync) = if opts.resync {
         let (bytes, done) = mark_bytes(uid, &bytes)?;
         (bytes, Some(done))
@@ -495,7 +891,7 @@ pub async fn restore_user_with(
     };
     Ok(format!(
         "user {uid}: restored on {node} from generation {} (its data as of {}; {} records); \
-         its writes were held while the file was swapped{resync}",
+         its writes were held while the file was swapped{resync}{discarded}",
         manifest.generation,
         backup::rfc3339(entry.copied_ms),
         got["records"]

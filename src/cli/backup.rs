@@ -49,6 +49,14 @@ pub struct RestoreArgs {
     /// it, Firefox does not notice the restore and that data stays missing)
     #[arg(long)]
     no_resync: bool,
+    /// With --user: restore even when the live user's data is newer than the backup's
+    /// copy (the writes since are discarded; Firefox re-uploads what it still has)
+    #[arg(long, requires = "user")]
+    discard_newer: bool,
+    /// With --user: restore even a uid the assignment database lists as replaced
+    /// (retired), never issued or assigned to no node
+    #[arg(long, requires = "user")]
+    force: bool,
 }
 
 /// `backup DEST [--keep N]`.
@@ -72,13 +80,16 @@ pub fn backup(args: BackupArgs) -> Result<(), CliError> {
 pub fn restore(args: RestoreArgs) -> Result<(), CliError> {
     let opts = restore::RestoreOptions {
         resync: !args.no_resync,
+        discard_newer: args.discard_newer,
+        force: args.force,
     };
     if let Some(uid) = args.user {
         let settings = load(&args.common)?;
         let (src, node) = (args.src.clone(), args.node.clone());
         return live_moves(&args.common, move |db, secret| async move {
             let node = restore::this_node(&settings, node.as_deref(), &db)?;
-            restore::restore_user_with(&src, uid, &db, &secret, &node, &opts).await
+            let data_dir = Some(settings.data_dir.as_path());
+            restore::restore_user_with(&src, uid, &db, &secret, &node, data_dir, &opts).await
         });
     }
     let settings = load(&args.common)?;

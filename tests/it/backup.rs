@@ -444,6 +444,9 @@ fn one_user_is_restored_into_the_running_server_as_a_live_move_installs_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dest = tempfile::tempdir().unwrap();
     let dest_arg = dest.path().to_str().unwrap();
+    for uid in 1..=3 {
+        assign(s.data.path(), uid, false);
+    }
     let put = |uid: u64, id: &str, payload: &str| {
         let r = rt.block_on(
             client(&s, uid).put(&format!("/storage/tabs/{id}"), &json!({"payload": payload})),
@@ -477,12 +480,21 @@ fn one_user_is_restored_into_the_running_server_as_a_live_move_installs_it() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
+    // The live user is newer than the backup: refused unless its writes since may go.
     let (ok, out, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "2"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("are discarded"), "{err}");
+    assert!(err.contains("--discard-newer"), "{err}");
+    let (ok, out, err) = syncstore(
+        s.data.path(),
+        &["restore", dest_arg, "--user", "2", "--discard-newer"],
+    );
     assert!(ok, "{out}{err}");
     assert!(
         out.contains("user 2: restored on http://127.0.0.1:"),
         "{out}"
     );
+    assert!(out.contains("are discarded; Firefox re-uploads"), "{out}");
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     let statuses = rt.block_on(writer).unwrap();
@@ -511,6 +523,25 @@ fn one_user_is_restored_into_the_running_server_as_a_live_move_installs_it() {
     let (ok, _, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "99"]);
     assert!(!ok);
     assert!(err.contains("user 99 is not in generation"), "{err}");
+
+    // A retired uid, and one the assignment database never issued: refused unless
+    // --force (user 1 has not written since the backup: nothing is discarded).
+    let c = rusqlite::Connection::open(s.data.path().join("tokenserver.sqlite")).unwrap();
+    c.execute("UPDATE users SET replaced_at = 1 WHERE uid = 1", [])
+        .unwrap();
+    let (ok, out, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "1"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("uid 1 was replaced by a newer uid"), "{err}");
+    c.execute("DELETE FROM users WHERE uid = 1", []).unwrap();
+    let (ok, out, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "1"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("never issued uid 1"), "{err}");
+    let (ok, out, err) = syncstore(
+        s.data.path(),
+        &["restore", dest_arg, "--user", "1", "--force"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("nothing is discarded"), "{out}");
 }
 
 #[test]
@@ -519,6 +550,7 @@ fn one_user_cannot_be_restored_into_a_server_without_an_internal_listener() {
     let (s, _rt) = five_users_backed_up(dest.path());
     let dest_arg = dest.path().to_str().unwrap();
     let before = std::fs::read(s.data.path().join("users/001/1.sqlite")).unwrap();
+    assign(s.data.path(), 1, false);
     let (ok, out, err) = syncstore(s.data.path(), &["restore", dest_arg, "--user", "1"]);
     assert!(!ok, "{out}");
     assert!(err.contains("has no internal address"), "{err}");
@@ -526,6 +558,24 @@ fn one_user_cannot_be_restored_into_a_server_without_an_internal_listener() {
         std::fs::read(s.data.path().join("users/001/1.sqlite")).unwrap(),
         before
     );
+}
+
+/// Makes the assignment database of the server on `data` list `uid` on its node (as
+/// the tokenserver would have), retired when `replaced`.
+fn assign(data: &Path, uid: u64, replaced: bool) {
+    let c = rusqlite::Connection::open(data.join("tokenserver.sqlite")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute(
+        "INSERT INTO users (uid, fxa_uid, email, generation, client_state, node_id, \
+         created_at, replaced_at) SELECT ?1, ?2, ?2 || '@example.org', 0, '', id, 0, ?3 \
+         FROM nodes LIMIT 1",
+        rusqlite::params![
+            uid as i64,
+            format!("fxa{uid}"),
+            replaced.then_some(now_ms())
+        ],
+    )
+    .unwrap();
 }
 
 /// The internal listener's address, from the server's log.
