@@ -647,3 +647,133 @@ fn a_request_signed_before_the_server_started_is_refused_on_every_internal_route
         );
     }
 }
+
+/// Rewrites the manifest of generation `g` with `edit`.
+fn edit_manifest(g: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = g.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+/// Gives the manifest entry of `rel` in generation `g` the size and hash of its file.
+fn rehash(g: &Path, rel: &str) {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(g.join(rel)).unwrap();
+    edit_manifest(g, |m| {
+        for f in m["files"].as_array_mut().unwrap() {
+            if f["path"] == rel {
+                f["size"] = json!(bytes.len());
+                f["sha256"] = json!(hex::encode(sha2::Sha256::digest(&bytes)));
+            }
+        }
+    });
+}
+
+#[test]
+fn a_generation_someone_else_could_have_changed_is_refused_and_a_failed_restore_leaves_the_dir_empty()
+ {
+    use std::os::unix::fs::PermissionsExt;
+    let dest = tempfile::tempdir().unwrap();
+    let (s, _rt) = five_users_backed_up(dest.path());
+    drop(s);
+    let dest_arg = dest.path().to_str().unwrap();
+    let m = manifest(dest.path());
+    let g = dest.path().join(m["generation"].as_str().unwrap());
+    let manifest_bytes = std::fs::read(g.join("manifest.json")).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let into = target.path().join("data");
+    let refused = |want: &str| {
+        let (ok, out, err) = syncstore(&into, &["restore", dest_arg]);
+        assert!(!ok, "{out}");
+        assert!(err.contains(want), "{want}: {err}");
+        let empty = !into.exists() || std::fs::read_dir(&into).unwrap().next().is_none();
+        assert!(empty, "{want}: something was written into {}", into.display());
+        err
+    };
+
+    // The secret replaced by a symbolic link to a file elsewhere with the same bytes.
+    let secret = g.join("secret");
+    let outside = target.path().join("outside");
+    std::fs::rename(&secret, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &secret).unwrap();
+    refused("secret: a symbolic link");
+    std::fs::remove_file(&secret).unwrap();
+    // Not a regular file: its size and hash are not shown.
+    std::fs::create_dir(&secret).unwrap();
+    let err = refused("secret: not a regular file");
+    assert!(!err.contains("sha256"), "{err}");
+    std::fs::remove_dir(&secret).unwrap();
+    std::fs::rename(&outside, &secret).unwrap();
+
+    // A user file others may write.
+    let user3 = g.join("users/003/3.sqlite");
+    std::fs::set_permissions(&user3, std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused("users/003/3.sqlite: writable by group or others");
+    std::fs::set_permissions(&user3, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A path listed twice.
+    edit_manifest(&g, |m| {
+        let files = m["files"].as_array_mut().unwrap();
+        let last = files.last().unwrap().clone();
+        files.push(last);
+    });
+    refused("listed more than once");
+    std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
+
+    // Many problems: 20 shown, the others counted.
+    edit_manifest(&g, |m| {
+        let files = m["files"].as_array_mut().unwrap();
+        for uid in 1000..1030 {
+            let mut f = files.last().unwrap().clone();
+            f["uid"] = json!(uid);
+            f["path"] = json!(format!("users/{:03}/{uid}.sqlite", uid % 1000));
+            files.push(f);
+        }
+    });
+    let err = refused("… and 10 more problems");
+    assert_eq!(err.matches("No such file").count(), 20, "{err}");
+    std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
+
+    // A manifest too large to be one.
+    std::fs::write(g.join("manifest.json"), vec![b' '; (64 << 20) + 1]).unwrap();
+    refused("larger than 64 MiB");
+    std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
+
+    // An assignment database that is not SQLite: refused before anything is written.
+    let ts = g.join("tokenserver.sqlite");
+    let ts_bytes = std::fs::read(&ts).unwrap();
+    std::fs::write(&ts, vec![b'x'; 8192]).unwrap();
+    rehash(&g, "tokenserver.sqlite");
+    refused("tokenserver.sqlite: not a SQLite database");
+
+    // One with a table (and a trigger) its schema does not make: the data dir (made
+    // 0777 beforehand) is left empty, and a retry of a sound backup restores into it.
+    std::fs::write(&ts, &ts_bytes).unwrap();
+    let c = rusqlite::Connection::open(&ts).unwrap();
+    c.execute_batch(
+        "CREATE TABLE evil (x); CREATE TRIGGER evil_t AFTER INSERT ON users \
+         BEGIN INSERT INTO evil VALUES (1); END;",
+    )
+    .unwrap();
+    drop(c);
+    std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
+    rehash(&g, "tokenserver.sqlite");
+    std::fs::create_dir(&into).unwrap();
+    std::fs::set_permissions(&into, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = refused("tokenserver.sqlite of the backup is refused");
+    assert!(err.contains("table evil") && err.contains("trigger evil_t"), "{err}");
+    assert!(!err.contains("user files"), "{err}");
+    std::fs::write(&ts, &ts_bytes).unwrap();
+    std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
+    let (ok, out, err) = syncstore(&into, &["restore", dest_arg]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("5 users"), "{out}");
+    let mode = std::fs::metadata(&into).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    let names: Vec<_> = std::fs::read_dir(&into)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
+}
