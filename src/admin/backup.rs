@@ -290,17 +290,15 @@ pub struct DirDestination {
 }
 
 impl DirDestination {
-    /// Opens (creating it, owner-only) the destination directory and locks it.
+    /// Opens (creating it, owner-only) the destination directory and locks it. An
+    /// existing one must be owned by the running user and writable by nobody else
+    /// ([`check_dest_dir`]): whoever else can write into it could swap generations.
     pub fn open(root: &Path) -> Result<DirDestination, AdminError> {
         crate::private::create_dir(root)
             .map_err(|e| invalid(format!("cannot create {}: {e}", root.display())))?;
+        check_dest_dir(root)?;
         let lock_path = root.join(".lock");
-        crate::private::create_file(&lock_path)
-            .map_err(|e| invalid(format!("cannot create {}: {e}", lock_path.display())))?;
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&lock_path)
+        let lock = open_lock(&lock_path)
             .map_err(|e| invalid(format!("cannot open {}: {e}", lock_path.display())))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a file descriptor this function owns.
@@ -313,11 +311,19 @@ impl DirDestination {
             )));
         }
         // A run that died part-way left its staging directory: it was never a
-        // generation, so it goes.
+        // generation, so it goes (a link of that name is removed, not followed).
         if let Ok(entries) = std::fs::read_dir(root) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".partial-") {
-                    let _ = std::fs::remove_dir_all(e.path());
+                    match std::fs::symlink_metadata(e.path()) {
+                        Ok(m) if owned_dir(&m) => {
+                            let _ = std::fs::remove_dir_all(e.path());
+                        }
+                        Ok(m) if !m.is_dir() => {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -334,17 +340,78 @@ impl DirDestination {
             .ok_or_else(|| invalid("no generation started"))
     }
 
-    /// The complete generations, oldest first.
+    /// The complete generations, oldest first: real directories owned by the running
+    /// user whose manifest reads and names the generation itself (anything else in
+    /// the destination, planted or damaged, is neither counted nor removed).
     fn generations(&self) -> Result<Vec<String>, AdminError> {
         let mut names: Vec<String> = std::fs::read_dir(&self.root)
             .map_err(|e| invalid(format!("{}: {e}", self.root.display())))?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| is_generation_name(n) && self.root.join(n).join(MANIFEST).is_file())
+            .filter(|n| is_generation_name(n) && self.is_generation(n))
             .collect();
         names.sort_by_key(|n| generation_order(n));
         Ok(names)
     }
+
+    /// Whether `DEST/name` is a generation this user wrote (see [`Self::generations`]).
+    fn is_generation(&self, name: &str) -> bool {
+        let dir = self.root.join(name);
+        std::fs::symlink_metadata(&dir).is_ok_and(|m| owned_dir(&m))
+            && read_manifest(&dir).is_ok_and(|m| m.generation == name)
+    }
+}
+
+/// Whether `meta` (from `symlink_metadata`) is a real directory owned by the running
+/// user.
+fn owned_dir(meta: &std::fs::Metadata) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    meta.file_type().is_dir() && meta.uid() == unsafe { libc::geteuid() }
+}
+
+/// Refuses a destination directory not owned by the running user, or writable by
+/// group or others.
+fn check_dest_dir(root: &Path) -> Result<(), AdminError> {
+    let meta = std::fs::metadata(root).map_err(|e| invalid(format!("{}: {e}", root.display())))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let why = if !meta.is_dir() {
+        "is not a directory"
+    } else if meta.uid() != me {
+        "is not owned by the user running the backup"
+    } else if meta.mode() & 0o022 != 0 {
+        "is writable by group or others"
+    } else {
+        return Ok(());
+    };
+    Err(invalid(format!(
+        "refused: the backup directory {} {why}: it holds the secret and private keys, \
+         and whoever else can write into it could replace a generation; make it the \
+         backup user's own (chmod 700)",
+        root.display()
+    )))
+}
+
+/// Opens (creating it, owner-only) the lock file, never through a symbolic link;
+/// refused unless a regular file owned by the running user.
+fn open_lock(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    if !m.is_file() || m.uid() != unsafe { libc::geteuid() } {
+        return Err(std::io::Error::other(
+            "not a regular file owned by the user running the backup",
+        ));
+    }
+    Ok(f)
 }
 
 /// Sort key of generation names: by time, then by suffix.
@@ -437,8 +504,12 @@ impl Destination for DirDestination {
 
     fn begin(&mut self, name: &str) -> Result<PathBuf, AdminError> {
         let dir = self.root.join(format!(".partial-{name}"));
-        crate::private::create_dir(&dir)
-            .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
+        // Not recursive: fails if anything (a link planted there) has the name.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        }
+        .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
         self.staging = Some((name.to_string(), dir.clone()));
         Ok(dir)
     }
@@ -464,6 +535,16 @@ impl Destination for DirDestination {
         let text = serde_json::to_vec_pretty(manifest).map_err(invalid)?;
         write_private(&dir.join(MANIFEST), &text)?;
         let fin = self.root.join(&name);
+        // What is renamed into place is the directory this run made.
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if owned_dir(&m) => {}
+            _ => {
+                return Err(invalid(format!(
+                    "refused: {} is no longer the directory this backup made",
+                    dir.display()
+                )));
+            }
+        }
         std::fs::rename(&dir, &fin)
             .map_err(|e| invalid(format!("cannot rename {}: {e}", dir.display())))?;
         let tmp = self.root.join(format!(".{LATEST}.tmp"));
@@ -1070,5 +1151,46 @@ mod tests {
         assert!(s.quiet_at(11_001));
         let no_wal = Stamp { wal: None, ..s };
         assert!(no_wal.quiet_at(7_001));
+    }
+
+    #[test]
+    fn a_planted_staging_link_is_neither_followed_nor_committed() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let dest_dir = root.path().join("dest");
+        let mut dest = DirDestination::open(&dest_dir).unwrap();
+        // A link where the next staging folder goes: begin fails, nothing followed.
+        let link = dest_dir.join(".partial-20990101T000000Z");
+        std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+        assert!(dest.begin("20990101T000000Z").is_err());
+        std::fs::remove_file(&link).unwrap();
+        // The staging folder swapped for a link before the commit: refused.
+        let staging = dest.begin("20990101T000000Z").unwrap();
+        std::fs::remove_dir(&staging).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), &staging).unwrap();
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            generation: "20990101T000000Z".into(),
+            syncstore_version: String::new(),
+            user_schema_version: USER_SCHEMA_VERSION,
+            consistent_to_ms: 0,
+            consistent_to: String::new(),
+            finished_ms: 0,
+            secret_in_settings: false,
+            skipped: Vec::new(),
+            failed: Vec::new(),
+            files: Vec::new(),
+        };
+        let err = dest.commit(&manifest).unwrap_err().to_string();
+        assert!(err.contains("no longer the directory"), "{err}");
+        assert!(!dest_dir.join("20990101T000000Z").exists());
+        assert!(!dest_dir.join(LATEST).exists());
+        drop(dest);
+        // A lock file that is a link: refused, its target not created.
+        std::fs::remove_file(dest_dir.join(".lock")).unwrap();
+        let target = elsewhere.path().join("made");
+        std::os::unix::fs::symlink(&target, dest_dir.join(".lock")).unwrap();
+        assert!(DirDestination::open(&dest_dir).is_err());
+        assert!(!target.exists());
     }
 }

@@ -89,8 +89,8 @@ fn untrusted(meta: &std::fs::Metadata, dir: bool) -> Option<&'static str> {
 
 /// Checks the generation directory itself (see [`untrusted`]).
 fn check_generation_dir(dir: &Path) -> Result<(), AdminError> {
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+    let meta =
+        std::fs::symlink_metadata(dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
     match untrusted(&meta, true) {
         Some(why) => Err(invalid(format!(
             "refused: the generation {} is {why}; nothing was written",
@@ -257,10 +257,8 @@ fn is_empty_dir(dir: &Path) -> Result<bool, AdminError> {
 
 /// The (type, name, sql) of every schema object of the SQLite file at `path`.
 fn schema_objects(path: &Path) -> rusqlite::Result<Vec<(String, String, Option<String>)>> {
-    let c = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
-    )?;
+    let c =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     let mut stmt = c.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
@@ -269,10 +267,7 @@ fn schema_objects(path: &Path) -> rusqlite::Result<Vec<(String, String, Option<S
 /// The schema objects this version of the project makes in a new assignment or
 /// accounts database (by opening one, as the server does, in a temporary folder).
 fn fresh_schema(kind: Kind) -> Result<Vec<(String, String, Option<String>)>, String> {
-    let tmp = std::env::temp_dir().join(format!(
-        "syncstore-schema-{:016x}",
-        rand::random::<u64>()
-    ));
+    let tmp = std::env::temp_dir().join(format!("syncstore-schema-{:016x}", rand::random::<u64>()));
     crate::private::create_dir(&tmp).map_err(|e| e.to_string())?;
     let result = (|| {
         let file = match kind {
@@ -300,11 +295,9 @@ fn fresh_schema(kind: Kind) -> Result<Vec<(String, String, Option<String>)>, Str
 /// schema does not make; triggers and views exactly as it makes them. Returns the
 /// problem, if any.
 fn check_shared_db(path: &Path, kind: Kind) -> Option<String> {
-    let verdict = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
-    )
-    .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)));
+    let verdict =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)));
     match verdict {
         Ok(ok) if ok == "ok" => {}
         Ok(problem) => return Some(problem),
@@ -322,7 +315,9 @@ fn check_shared_db(path: &Path, kind: Kind) -> Option<String> {
         .iter()
         .filter(|(ty, name, sql)| {
             let same = |k: &&(String, String, Option<String>)| {
-                k.0 == *ty && k.1 == *name && (!matches!(ty.as_str(), "trigger" | "view") || k.2 == *sql)
+                k.0 == *ty
+                    && k.1 == *name
+                    && (!matches!(ty.as_str(), "trigger" | "view") || k.2 == *sql)
             };
             !known.iter().any(|k| same(&k))
         })
@@ -657,9 +652,8 @@ fn build(
         }
         match (f.kind, f.uid) {
             (Kind::User, Some(uid)) => {
-                let checked = files::install_user_file(staging, uid, &bytes).map_err(|e| {
-                    invalid(format!("{} (user {uid}) of the backup: {e}", f.path))
-                })?;
+                let checked = files::install_user_file(staging, uid, &bytes)
+                    .map_err(|e| invalid(format!("{} (user {uid}) of the backup: {e}", f.path)))?;
                 users += 1;
                 records += checked.records;
                 if opts.resync {
@@ -806,8 +800,12 @@ pub async fn restore_user_with(
         )));
     }
     let from = dir.join(&entry.path);
-    let file = open_in_generation(&dir, &entry.path)
-        .map_err(|e| invalid(format!("refused: {}: {e}; nothing was sent", from.display())))?;
+    let file = open_in_generation(&dir, &entry.path).map_err(|e| {
+        invalid(format!(
+            "refused: {}: {e}; nothing was sent",
+            from.display()
+        ))
+    })?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut { file }, &mut bytes)
         .map_err(|e| invalid(format!("cannot read {}: {e}", from.display())))?;

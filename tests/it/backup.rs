@@ -638,7 +638,10 @@ fn a_request_signed_before_the_server_started_is_refused_on_every_internal_route
         let path = format!("/__internal__/{route}/1");
         let (status, text) = post(&path, before);
         assert_eq!(status, 401, "{route}: {text}");
-        assert!(text.contains("signed before this node started"), "{route}: {text}");
+        assert!(
+            text.contains("signed before this node started"),
+            "{route}: {text}"
+        );
         // Signed now, the same request gets past the signature check.
         let (status, text) = post(&path, common::now());
         assert!(
@@ -688,7 +691,11 @@ fn a_generation_someone_else_could_have_changed_is_refused_and_a_failed_restore_
         assert!(!ok, "{out}");
         assert!(err.contains(want), "{want}: {err}");
         let empty = !into.exists() || std::fs::read_dir(&into).unwrap().next().is_none();
-        assert!(empty, "{want}: something was written into {}", into.display());
+        assert!(
+            empty,
+            "{want}: something was written into {}",
+            into.display()
+        );
         err
     };
 
@@ -762,7 +769,10 @@ fn a_generation_someone_else_could_have_changed_is_refused_and_a_failed_restore_
     std::fs::create_dir(&into).unwrap();
     std::fs::set_permissions(&into, std::fs::Permissions::from_mode(0o777)).unwrap();
     let err = refused("tokenserver.sqlite of the backup is refused");
-    assert!(err.contains("table evil") && err.contains("trigger evil_t"), "{err}");
+    assert!(
+        err.contains("table evil") && err.contains("trigger evil_t"),
+        "{err}"
+    );
     assert!(!err.contains("user files"), "{err}");
     std::fs::write(&ts, &ts_bytes).unwrap();
     std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
@@ -776,4 +786,45 @@ fn a_generation_someone_else_could_have_changed_is_refused_and_a_failed_restore_
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
+}
+
+#[test]
+fn a_backup_directory_others_can_write_is_refused_and_planted_generations_are_not_counted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dest = tempfile::tempdir().unwrap();
+    let (s, _rt) = five_users_backed_up(dest.path());
+    let dest_arg = dest.path().to_str().unwrap();
+    let first = manifest(dest.path())["generation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Writable by others: refused, nothing written.
+    std::fs::set_permissions(dest.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("is writable by group or others"), "{err}");
+    std::fs::set_permissions(dest.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Future-dated folders with a manifest that is not theirs are neither counted
+    // nor removed: the real generations are pruned as if they were not there.
+    for n in 1..=3 {
+        let fake = dest.path().join(format!("29990101T000000Z-{n}"));
+        std::fs::create_dir(&fake).unwrap();
+        std::fs::write(fake.join("manifest.json"), "{}").unwrap();
+    }
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", dest_arg, "--keep", "2"]);
+    assert!(ok, "{out}{err}");
+    assert!(!out.contains("removed older generations"), "{out}");
+    assert!(dest.path().join(&first).join("manifest.json").is_file());
+    for n in 1..=3 {
+        assert!(dest.path().join(format!("29990101T000000Z-{n}")).is_dir());
+    }
+
+    // A new DEST is made owner-only.
+    let fresh = dest.path().join("new");
+    let (ok, out, err) = syncstore(s.data.path(), &["backup", fresh.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 }
