@@ -422,9 +422,10 @@ fn generation_order(name: &str) -> (String, u64) {
     }
 }
 
-/// The largest manifest read (a million users' entries take about 500 MB less):
-/// a bigger one is refused rather than read into memory.
-pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// The largest manifest read: a bigger one is refused rather than read into memory.
+/// A user's entry takes about 620 bytes, so this is about 1.7 million users (a
+/// 100,000-user node's manifest is about 62 MB).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 30;
 
 /// Reads the manifest of the generation at `dir` (not through a symbolic link, at
 /// most [`MAX_MANIFEST_BYTES`]).
@@ -436,9 +437,24 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, AdminError> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
-        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut text))
+        .and_then(|f| {
+            manifest_size_ok(&path, f.metadata()?.len())?;
+            f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut text)
+        })
         .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
     parse_manifest(&path, &text)
+}
+
+/// Refuses a manifest of `size` bytes beyond [`MAX_MANIFEST_BYTES`] before reading it.
+pub fn manifest_size_ok(path: &Path, size: u64) -> std::io::Result<()> {
+    if size > MAX_MANIFEST_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} is larger than {} MiB: not a manifest this version reads",
+            path.display(),
+            MAX_MANIFEST_BYTES >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// A manifest from its bytes, read from `path`: refused when larger than

@@ -87,15 +87,36 @@ fn untrusted(meta: &std::fs::Metadata, dir: bool) -> Option<&'static str> {
     None
 }
 
-/// Checks the generation directory itself (see [`untrusted`]).
-fn check_generation_dir(dir: &Path) -> Result<(), AdminError> {
-    let meta =
-        std::fs::symlink_metadata(dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
-    match untrusted(&meta, true) {
-        Some(why) => Err(invalid(format!(
-            "refused: the generation {} is {why}; nothing was written",
-            dir.display()
-        ))),
+/// Checks the generation directory `dir` found from `src` (see [`untrusted`]): the
+/// generation itself and, when `src` is a destination, `src` and its `LATEST` (which
+/// whoever could write them could point at another generation).
+fn check_generation_dir(src: &Path, dir: &Path) -> Result<(), AdminError> {
+    let refuse = |what: &Path, why: &str| {
+        invalid(format!(
+            "refused: {} is {why}; nothing was written (a backup must be owned by the \
+             user who restores it and writable by nobody else)",
+            what.display()
+        ))
+    };
+    let meta = |p: &Path, follow: bool| {
+        if follow {
+            std::fs::metadata(p)
+        } else {
+            std::fs::symlink_metadata(p)
+        }
+        .map_err(|e| invalid(format!("{}: {e}", p.display())))
+    };
+    if dir != src {
+        if let Some(why) = untrusted(&meta(src, true)?, true) {
+            return Err(refuse(src, why));
+        }
+        let latest = src.join(backup::LATEST);
+        if let Some(why) = untrusted(&meta(&latest, false)?, false) {
+            return Err(refuse(&latest, why));
+        }
+    }
+    match untrusted(&meta(dir, false)?, true) {
+        Some(why) => Err(refuse(dir, why)),
         None => Ok(()),
     }
 }
@@ -480,7 +501,7 @@ pub fn restore_with(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, AdminError> {
     let dir = backup::generation_dir(src)?;
-    check_generation_dir(&dir)?;
+    check_generation_dir(src, &dir)?;
     let manifest = read_checked_manifest(&dir)?;
     if !is_empty_dir(data_dir)? {
         return Err(invalid(format!(
@@ -623,6 +644,8 @@ fn read_checked_manifest(dir: &Path) -> Result<Manifest, AdminError> {
     let mut text = Vec::new();
     open_in_generation(dir, backup::MANIFEST)
         .and_then(|f| {
+            let size = f.metadata().map_err(|e| e.to_string())?.len();
+            backup::manifest_size_ok(&path, size).map_err(|e| e.to_string())?;
             f.take(backup::MAX_MANIFEST_BYTES + 1)
                 .read_to_end(&mut text)
                 .map_err(|e| e.to_string())
@@ -781,7 +804,7 @@ pub async fn restore_user_with(
     opts: &RestoreOptions,
 ) -> Result<String, AdminError> {
     let dir = backup::generation_dir(src)?;
-    check_generation_dir(&dir)?;
+    check_generation_dir(src, &dir)?;
     let manifest = read_checked_manifest(&dir)?;
     let entry = manifest
         .files

@@ -699,6 +699,11 @@ fn a_generation_someone_else_could_have_changed_is_refused_and_a_failed_restore_
         err
     };
 
+    // A destination others may write (they could point LATEST elsewhere).
+    std::fs::set_permissions(dest.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused("writable by group or others");
+    std::fs::set_permissions(dest.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+
     // The secret replaced by a symbolic link to a file elsewhere with the same bytes.
     let secret = g.join("secret");
     let outside = target.path().join("outside");
@@ -743,8 +748,11 @@ fn a_generation_someone_else_could_have_changed_is_refused_and_a_failed_restore_
     std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
 
     // A manifest too large to be one.
-    std::fs::write(g.join("manifest.json"), vec![b' '; (64 << 20) + 1]).unwrap();
-    refused("larger than 64 MiB");
+    // (A sparse file: refused by its size, never read.)
+    let huge = std::fs::File::create(g.join("manifest.json")).unwrap();
+    huge.set_len((1 << 30) + 1).unwrap();
+    drop(huge);
+    refused("larger than 1024 MiB");
     std::fs::write(g.join("manifest.json"), &manifest_bytes).unwrap();
 
     // An assignment database that is not SQLite: refused before anything is written.
