@@ -282,7 +282,10 @@ pub trait Destination {
 
 /// A directory destination: `DEST/<generation>/…`, `DEST/LATEST`; unchanged files
 /// hard-linked from the previous generation; a lock file (`DEST/.lock`) keeps two
-/// backups from writing into one destination at once.
+/// backups from writing into one destination at once. `DEST` holds the secret and
+/// private keys: it must be owned by the running user and writable by nobody else (a
+/// new one is made owner-only); nothing planted in it is followed, committed or
+/// counted as a generation.
 pub struct DirDestination {
     root: PathBuf,
     staging: Option<(String, PathBuf)>,

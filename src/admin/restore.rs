@@ -1,9 +1,21 @@
 //! `syncstore restore SRC --data-dir EMPTY_DIR`: a backup generation (see
 //! [`super::backup`]) put back as a data dir. Every file's size and SHA-256 are checked
 //! against the manifest before anything is written, and a data dir that holds anything
-//! is refused; user files are installed as any file from outside is (SQLite's integrity
-//! check and exactly a known version's schema, `storage::schema_check`); then the
-//! restored dir gets `check`'s integrity check of every user file.
+//! is refused. Only what the running user owns and nobody else can write is trusted:
+//! the destination, its `LATEST`, the generation and every file and folder in it
+//! (never a symbolic link, files opened with `O_NOFOLLOW`, only regular files); a
+//! manifest listing a path twice, or larger than `backup::MAX_MANIFEST_BYTES`, is
+//! refused. The data dir is built in a folder inside it (`.restoring-…`) and its files
+//! moved into place only once every one is written and checked: user files as any file
+//! from outside is (SQLite's integrity check and exactly a known version's schema,
+//! `storage::schema_check`), the assignment and accounts databases by SQLite's
+//! integrity check and by holding no table, index, trigger or view that this version's
+//! schema does not make. A failure leaves the data dir empty (and owner-only).
+//!
+//! `restore SRC --user UID` puts one user back into the running node; it refuses a uid
+//! the assignment database retired, never issued or assigns to no node (`--force`),
+//! and, when the live user was written after the backup's copy, says which writes are
+//! discarded and refuses unless `--discard-newer`.
 //!
 //! A restore puts each user back in time, and Firefox would not notice: its engines ask
 //! only for records newer than their own last sync (later than anything restored), and
