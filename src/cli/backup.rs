@@ -15,7 +15,9 @@ pub struct BackupArgs {
     #[command(flatten)]
     common: Common,
     /// The backup directory: each run adds a generation (DEST/<time>/, DEST/LATEST
-    /// names the newest); users unchanged since the previous one are linked, not copied
+    /// names the newest); users unchanged since the previous one are linked, not copied.
+    /// It holds the secret and private keys: it must be owned by the user running the
+    /// backup and writable by nobody else (a new one is made owner-only)
     dest: PathBuf,
     /// How many generations to keep (older ones are removed after a successful run)
     #[arg(long, default_value_t = backup::DEFAULT_KEEP)]
