@@ -466,9 +466,10 @@ impl Settings {
             crate::admin::backup::BackupTarget::parse(&self.backup_to)
                 .map_err(|e| ConfigError::Invalid(format!("backup_to: {e}")))?;
         }
-        if !self.backup_s3_endpoint.is_empty()
-            && !(self.backup_s3_endpoint.starts_with("https://")
-                || self.backup_s3_endpoint.starts_with("http://"))
+        let endpoint = &self.backup_s3_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("https://")
+            || endpoint.starts_with("http://"))
         {
             return bad("backup_s3_endpoint must be an http:// or https:// URL");
         }

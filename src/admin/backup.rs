@@ -93,9 +93,9 @@ impl BackupTarget {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+                && bucket.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'
+                });
             if !bucket_ok {
                 return Err(format!(
                     "{url:?}: the bucket name must be 3 to 63 lowercase letters, digits, dots \
@@ -139,7 +139,10 @@ impl BackupTarget {
 
     /// Opens it (a directory is created and locked; object storage is not contacted
     /// yet).
-    pub fn open(&self, settings: &Settings) -> Result<Box<dyn Destination + Send + Sync>, AdminError> {
+    pub fn open(
+        &self,
+        settings: &Settings,
+    ) -> Result<Box<dyn Destination + Send + Sync>, AdminError> {
         Ok(match self {
             BackupTarget::Dir(dir) => Box::new(DirDestination::open(dir)?),
             BackupTarget::S3 { bucket, prefix } => Box::new(s3::S3Destination::open(

@@ -96,10 +96,13 @@ fn source(src: &str, settings: &Settings) -> Result<Source, CliError> {
     // s3://bucket/prefix/<generation> names one generation.
     let rest = rest.trim_end_matches('/');
     let (url, generation) = match rest.rsplit_once('/') {
-        Some((head, last)) if backup::is_generation_name(last) => (format!("s3://{head}"), Some(last)),
+        Some((head, last)) if backup::is_generation_name(last) => {
+            (format!("s3://{head}"), Some(last))
+        }
         _ => (format!("s3://{rest}"), None),
     };
-    let BackupTarget::S3 { bucket, prefix } = BackupTarget::parse(&url).map_err(CliError::Failed)?
+    let BackupTarget::S3 { bucket, prefix } =
+        BackupTarget::parse(&url).map_err(CliError::Failed)?
     else {
         unreachable!("an s3:// URL");
     };

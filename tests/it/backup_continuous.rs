@@ -109,7 +109,10 @@ fn syncstore(data: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String,
 
 async fn put(c: &Client, id: &str, payload: &str) {
     let r = c
-        .put(&format!("/storage/col/{id}"), &json!({ "payload": payload }))
+        .put(
+            &format!("/storage/col/{id}"),
+            &json!({ "payload": payload }),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
@@ -158,11 +161,19 @@ fn a_server_backs_up_to_a_directory_on_its_own_incrementally_and_reports_it() {
             .unwrap_or_else(|| panic!("user {uid} missing: {m}"))
     };
     assert_ne!(user(1)["copied_in"], json!(last), "{m}");
-    assert!(dest.join(&last).join(user(1)["path"].as_str().unwrap()).is_file());
+    assert!(
+        dest.join(&last)
+            .join(user(1)["path"].as_str().unwrap())
+            .is_file()
+    );
     assert_eq!(m["failed"], json!([]));
     for kind in ["keys", "tokenserver", "accounts"] {
         assert!(
-            m["files"].as_array().unwrap().iter().any(|f| f["kind"] == kind),
+            m["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["kind"] == kind),
             "{kind} missing: {m}"
         );
     }
@@ -171,10 +182,23 @@ fn a_server_backs_up_to_a_directory_on_its_own_incrementally_and_reports_it() {
     let text = rt.block_on(scrape(&s));
     let last_success = metric(&text, "syncstore_backup_last_success_timestamp_seconds").unwrap();
     let now = crate::common::now() as f64;
-    assert!(last_success > now - 30.0 && last_success <= now + 1.0, "{text}");
-    assert_eq!(metric(&text, "syncstore_backup_failures_total"), Some(0.0), "{text}");
-    assert!(metric(&text, "syncstore_backup_bytes_total").unwrap() > 0.0, "{text}");
-    assert!(metric(&text, "syncstore_backup_users_copied").is_some(), "{text}");
+    assert!(
+        last_success > now - 30.0 && last_success <= now + 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "syncstore_backup_failures_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "syncstore_backup_bytes_total").unwrap() > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "syncstore_backup_users_copied").is_some(),
+        "{text}"
+    );
     let (status, hb) = rt.block_on(get_json(&format!("{}/__heartbeat__", s.url())));
     assert_eq!(status, 200, "{hb}");
     assert_eq!(hb["backup"]["status"], "Ok", "{hb}");
@@ -190,7 +214,11 @@ fn a_server_backs_up_to_a_directory_on_its_own_incrementally_and_reports_it() {
             >= 2
     });
     let text = rt.block_on(scrape(&s));
-    assert_eq!(metric(&text, "syncstore_backup_users_copied"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "syncstore_backup_users_copied"),
+        Some(0.0),
+        "{text}"
+    );
     let log = s.log_text();
     assert!(log.contains("continuous backup on"), "{log}");
 }
@@ -223,7 +251,10 @@ fn a_broken_backup_destination_is_a_heartbeat_warning_not_a_failure() {
     assert!(warning.contains("no backup to"), "{hb}");
     assert!(hb["backup"]["last_error"].is_string(), "{hb}");
     let text = rt.block_on(scrape(&s));
-    assert!(metric(&text, "syncstore_backup_failures_total").unwrap() >= 1.0, "{text}");
+    assert!(
+        metric(&text, "syncstore_backup_failures_total").unwrap() >= 1.0,
+        "{text}"
+    );
     assert_eq!(
         metric(&text, "syncstore_backup_last_success_timestamp_seconds"),
         Some(0.0),
@@ -248,7 +279,10 @@ fn a_bad_backup_to_stops_the_server_at_start_with_a_clear_error() {
             &[("SYNCSTORE_BACKUP_TO", value)],
         );
         assert!(!ok, "{value}: {out}{err}");
-        assert!(err.contains("backup_to") && err.contains(expected), "{value}: {err}");
+        assert!(
+            err.contains("backup_to") && err.contains(expected),
+            "{value}: {err}"
+        );
     }
 }
 
@@ -298,7 +332,11 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
         std::thread::sleep(Duration::from_millis(150));
     }
     let t = text();
-    assert_eq!(metric(&t, "syncstore_backup_failures_total"), Some(0.0), "{t}");
+    assert_eq!(
+        metric(&t, "syncstore_backup_failures_total"),
+        Some(0.0),
+        "{t}"
+    );
     assert!(metric(&t, "syncstore_backup_last_success_timestamp_seconds").unwrap() > 0.0);
     let (status, hb) = rt.block_on(get_json(&format!("{}/__heartbeat__", s.url())));
     assert_eq!(status, 200);
@@ -329,7 +367,10 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
         ],
     );
     assert!(ok, "{out}{err}");
-    assert!(out.contains("0 copied"), "a second run copies no unchanged user: {out}");
+    assert!(
+        out.contains("0 copied"),
+        "a second run copies no unchanged user: {out}"
+    );
 
     // Stop writing, let a run that started after the last write finish (the second
     // to end from now), and stop the server: its data dir is lost.

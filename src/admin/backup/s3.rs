@@ -307,7 +307,7 @@ impl S3Destination {
     fn manifest(&self, name: &str) -> Result<Option<Manifest>, AdminError> {
         let k = key(&self.prefix, &format!("{name}/{MANIFEST}"));
         match self.client.get(&k)? {
-            Some(bytes) => parse_manifest(&k.to_string(), &bytes).map(Some),
+            Some(bytes) => parse_manifest(k.as_ref(), &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -432,8 +432,7 @@ impl Destination for S3Destination {
         };
         let mut dropped = Vec::new();
         for name in &dirs {
-            if kept.contains(name.as_str()) || generation_order(name) > generation_order(&latest)
-            {
+            if kept.contains(name.as_str()) || generation_order(name) > generation_order(&latest) {
                 continue;
             }
             // The manifest first: from then on it is no generation, even if removing
@@ -477,12 +476,9 @@ pub fn download(
     let dest = S3Destination::open(bucket, prefix, opts)?;
     let name = match generation {
         Some(g) => g.to_string(),
-        None => dest.latest_name()?.ok_or_else(|| {
-            invalid(format!(
-                "{} holds no backup (no {LATEST})",
-                dest.describe()
-            ))
-        })?,
+        None => dest
+            .latest_name()?
+            .ok_or_else(|| invalid(format!("{} holds no backup (no {LATEST})", dest.describe())))?,
     };
     let manifest = dest.manifest(&name)?.ok_or_else(|| {
         invalid(format!(
@@ -493,10 +489,15 @@ pub fn download(
     crate::private::create_dir(dir)
         .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
     for f in &manifest.files {
-        if f.path.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+        if f.path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
             || !is_generation_name(&f.copied_in)
         {
-            return Err(invalid(format!("the manifest names a bad path {:?}", f.path)));
+            return Err(invalid(format!(
+                "the manifest names a bad path {:?}",
+                f.path
+            )));
         }
         let k = key(&dest.prefix, &format!("{}/{}", f.copied_in, f.path));
         dest.client.download(&k, &dir.join(&f.path))?;
