@@ -1137,6 +1137,51 @@ mod tests {
     }
 
     #[test]
+    fn backup_targets_are_file_or_s3_urls() {
+        assert_eq!(
+            BackupTarget::parse("file:///var/backups/sync"),
+            Ok(BackupTarget::Dir("/var/backups/sync".into()))
+        );
+        assert_eq!(
+            BackupTarget::parse("s3://my-bucket/a/b/"),
+            Ok(BackupTarget::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            })
+        );
+        assert_eq!(
+            BackupTarget::parse("s3://my.bucket"),
+            Ok(BackupTarget::S3 {
+                bucket: "my.bucket".into(),
+                prefix: String::new()
+            })
+        );
+        for bad in [
+            "",
+            "/var/backups",
+            "file://var/backups",
+            "file:///",
+            "s3://",
+            "s3://ab",
+            "s3://Bucket/x",
+            "s3://b_b/x",
+            "s3://bucket/a//b",
+            "s3://bucket/a/../b",
+            "https://bucket.s3.amazonaws.com/x",
+        ] {
+            assert!(BackupTarget::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            BackupTarget::from_arg("relative/dir"),
+            Ok(BackupTarget::Dir("relative/dir".into()))
+        );
+        assert_eq!(
+            BackupTarget::parse("s3://b-1/p").unwrap().to_string(),
+            "s3://b-1/p"
+        );
+    }
+
+    #[test]
     fn a_stamp_is_trusted_only_once_the_file_and_its_wal_were_quiet() {
         // The WAL, written at 9 s, is the newer of the two.
         let s = Stamp {

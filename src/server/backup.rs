@@ -234,6 +234,19 @@ mod tests {
     }
 
     #[test]
+    fn the_s3_secret_key_is_not_shown_with_the_settings() {
+        let s = Settings {
+            backup_to: "s3://bucket/p".into(),
+            backup_s3_access_key_id: "AKIDEXAMPLE".into(),
+            backup_s3_secret_access_key: "very-secret-key".into(),
+            ..Settings::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("very-secret-key"), "{shown}");
+        assert!(shown.contains("backup_s3_secret_access_key = \"<redacted>\""));
+    }
+
+    #[test]
     fn the_heartbeat_warns_when_backups_are_overdue_or_failing_from_the_start() {
         // None yet: fine during the first intervals, a warning once overdue or failed.
         assert_eq!(status(0, false).heartbeat(11_500)["status"], "Ok");

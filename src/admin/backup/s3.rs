@@ -506,3 +506,84 @@ pub fn download(
     super::write_private(&dir.join(MANIFEST), &text)?;
     Ok(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The S3 server scripts/test started, as a client of a fresh prefix.
+    fn test_server() -> Option<(S3Destination, S3Options, String, String)> {
+        let Ok(endpoint) = std::env::var("SYNCSTORE_TEST_S3_URL") else {
+            eprintln!("skipped: SYNCSTORE_TEST_S3_URL is not set (scripts/test sets it)");
+            return None;
+        };
+        let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+        let opts = S3Options {
+            endpoint,
+            region: String::new(),
+            access_key_id: var("SYNCSTORE_TEST_S3_ACCESS_KEY_ID"),
+            secret_access_key: var("SYNCSTORE_TEST_S3_SECRET_ACCESS_KEY"),
+            allow_http: true,
+        };
+        let bucket = var("SYNCSTORE_TEST_S3_BUCKET");
+        let prefix = format!("unit-{}-{}", std::process::id(), super::super::now_ms());
+        let dest = S3Destination::open(&bucket, &prefix, &opts).unwrap();
+        Some((dest, opts, bucket, prefix))
+    }
+
+    #[test]
+    fn a_large_file_goes_up_in_parts_and_comes_back_whole() {
+        let Some((mut dest, opts, bucket, prefix)) = test_server() else {
+            return;
+        };
+        let name = "20261207T170000Z";
+        let staging = dest.begin(name).unwrap();
+        // Over the single-request limit, not a multiple of the part size.
+        let size = SINGLE_PUT_MAX as usize + (8 << 20) + 12_345;
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let rel = "users/001/1.sqlite";
+        std::fs::create_dir_all(staging.join("users/001")).unwrap();
+        std::fs::write(staging.join(rel), &bytes).unwrap();
+        let (sha256, _) = crate::admin::backup::digest_file(&staging.join(rel)).unwrap();
+        dest.store(rel).unwrap();
+        assert!(
+            !staging.join(rel).exists(),
+            "the staged copy goes once stored"
+        );
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            generation: name.into(),
+            syncstore_version: "test".into(),
+            user_schema_version: 1,
+            consistent_to_ms: 0,
+            consistent_to: String::new(),
+            finished_ms: 0,
+            secret_in_settings: true,
+            skipped: vec![],
+            failed: vec![],
+            files: vec![crate::admin::backup::FileEntry {
+                path: rel.into(),
+                kind: crate::admin::backup::Kind::User,
+                uid: Some(1),
+                size: size as u64,
+                sha256,
+                schema_version: None,
+                records: None,
+                last_modified: None,
+                usage_bytes: None,
+                copied_ms: 0,
+                copied_in: name.into(),
+                stamp: None,
+            }],
+        };
+        dest.commit(&manifest).unwrap();
+        assert_eq!(dest.latest().unwrap().unwrap().generation, name);
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("g");
+        assert_eq!(download(&bucket, &prefix, None, &opts, &dir).unwrap(), name);
+        assert!(std::fs::read(dir.join(rel)).unwrap() == bytes);
+        assert!(dir.join(MANIFEST).is_file());
+        // Pruning to one generation keeps the only (latest) one.
+        assert!(dest.prune(1).unwrap().is_empty());
+    }
+}
