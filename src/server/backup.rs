@@ -85,8 +85,8 @@ impl BackupStatus {
 }
 
 /// Starts the continuous backup when `backup_to` is set: a thread that runs a backup
-/// every `backup_interval_secs` (the first one interval after the start) until `stop`
-/// turns true. A run in progress at shutdown is not waited for: its unfinished
+/// every `backup_interval_secs` (the first one an interval after the destination's
+/// latest generation, see [`first_run`]) until `stop` turns true. A run in progress at shutdown is not waited for: its unfinished
 /// generation is never named by `LATEST`, and the next run clears it.
 pub(super) fn start(settings: &Arc<Settings>, stop: watch::Receiver<bool>) {
     if settings.backup_to.is_empty() {
@@ -128,7 +128,7 @@ pub(super) fn start(settings: &Arc<Settings>, stop: watch::Receiver<bool>) {
                 to = %target, every_secs = interval.as_secs(), keep = settings.backup_keep,
                 "continuous backup on"
             );
-            let mut next = Instant::now() + interval;
+            let mut next = first_run(&settings, &target, &status, interval);
             loop {
                 // Wait for the next run, looking at the stop flag twice a second.
                 while Instant::now() < next {
@@ -148,6 +148,34 @@ pub(super) fn start(settings: &Arc<Settings>, stop: watch::Receiver<bool>) {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "continuous backup thread not started");
     }
+}
+
+/// When the first run is due: one interval after the destination's latest generation
+/// finished (a server restarted more often than the interval still backs up), but not
+/// before min(interval, 30 s) from now; at once after that when the destination has no
+/// generation or cannot be read. The latest generation counts as the last success.
+fn first_run(
+    settings: &Settings,
+    target: &BackupTarget,
+    status: &BackupStatus,
+    interval: Duration,
+) -> Instant {
+    let now = Instant::now();
+    let floor = now + interval.min(Duration::from_secs(30));
+    let previous = target.open(settings).and_then(|dest| dest.latest());
+    let finished = match previous {
+        Ok(Some(m)) => m.finished_ms,
+        Ok(None) => return floor,
+        Err(e) => {
+            tracing::warn!(to = %target, error = %e, "backup destination not readable at start");
+            return floor;
+        }
+    };
+    status.last_success_ms.store(finished, Ordering::Relaxed);
+    metrics::gauge!("syncstore_backup_last_success_timestamp_seconds")
+        .set(finished as f64 / 1000.0);
+    let since = Duration::from_millis(now_ms().saturating_sub(finished).max(0) as u64);
+    (now + interval.saturating_sub(since)).max(floor)
 }
 
 /// One backup run, its outcome logged and recorded.

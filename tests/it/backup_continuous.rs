@@ -221,6 +221,40 @@ fn a_server_backs_up_to_a_directory_on_its_own_incrementally_and_reports_it() {
     );
     let log = s.log_text();
     assert!(log.contains("continuous backup on"), "{log}");
+
+    // A restarted server counts the destination's latest generation as its last
+    // backup: with an hour's interval, nothing is due and the heartbeat is content.
+    let data = s.stop();
+    let newest = latest(&dest).unwrap();
+    let finished = manifest(&dest, &newest)["finished_ms"].as_i64().unwrap();
+    let s = Server::start_in(
+        data,
+        &[
+            ("SYNCSTORE_BACKUP_TO", to.as_str()),
+            ("SYNCSTORE_BACKUP_INTERVAL_SECS", "3600"),
+            ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let mut hb = Value::Null;
+    wait_for(10, "the previous generation in the heartbeat", || {
+        hb = rt
+            .block_on(get_json(&format!("{}/__heartbeat__", s.url())))
+            .1;
+        hb["backup"]["last_success"].is_string()
+    });
+    assert_eq!(hb["backup"]["status"], "Ok", "{hb}");
+    let text = rt.block_on(scrape(&s));
+    let shown = metric(&text, "syncstore_backup_last_success_timestamp_seconds").unwrap();
+    assert!(
+        (shown - finished as f64 / 1000.0).abs() < 0.01,
+        "{shown} {finished}\n{text}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        latest(&dest).unwrap(),
+        newest,
+        "no run before the interval is up"
+    );
 }
 
 #[test]
@@ -385,6 +419,21 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
     assert!(ok, "restore failed: {out}{err}");
     assert!(err.contains("downloaded generation"), "{err}");
     assert!(out.contains("0 bad"), "{out}");
+    let generation = err
+        .split("downloaded generation ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // One named generation can be restored too.
+    let other = tempfile::tempdir().unwrap();
+    let one = format!("{to}/{generation}");
+    let (ok, out, err) = syncstore(other.path(), &["restore", &one], &s3_env);
+    assert!(ok, "restore of {one} failed: {out}{err}");
+    assert!(
+        err.contains(&format!("downloaded generation {generation} of {to}")),
+        "{err}"
+    );
     let s = Server::start_in(data, &[]);
     rt.block_on(async {
         let r = s.client(11).get("/storage/col/kept").await;
