@@ -405,7 +405,7 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
     );
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("0 copied"),
+        out.contains("(0 copied"),
         "a second run copies no unchanged user: {out}"
     );
 
