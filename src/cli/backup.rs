@@ -86,7 +86,9 @@ impl Drop for Source {
     }
 }
 
-fn source(src: &str, settings: &Settings) -> Result<Source, CliError> {
+/// `src` as a local directory; for `s3://…`, its generation downloaded (with `user`,
+/// only that user's file beside the manifest).
+fn source(src: &str, user: Option<u64>, settings: &Settings) -> Result<Source, CliError> {
     let Some(rest) = src.strip_prefix("s3://") else {
         return Ok(Source {
             dir: PathBuf::from(src),
@@ -118,7 +120,7 @@ fn source(src: &str, settings: &Settings) -> Result<Source, CliError> {
     syncstore::private::create_dir(&temp)
         .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", temp.display())))?;
     let opts = backup::s3::S3Options::from_settings(settings);
-    let name = backup::s3::download(&bucket, &prefix, generation, &opts, &source.dir)?;
+    let name = backup::s3::download(&bucket, &prefix, generation, user, &opts, &source.dir)?;
     eprintln!("downloaded generation {name} of {url}");
     Ok(source)
 }
@@ -130,7 +132,7 @@ pub fn restore(args: RestoreArgs) -> Result<(), CliError> {
     };
     if let Some(uid) = args.user {
         let settings = load(&args.common)?;
-        let source = source(&args.src, &settings)?;
+        let source = source(&args.src, Some(uid), &settings)?;
         let (src, node) = (source.dir.clone(), args.node.clone());
         let done = live_moves(&args.common, move |db, secret| async move {
             let node = restore::this_node(&settings, node.as_deref(), &db)?;
@@ -140,7 +142,7 @@ pub fn restore(args: RestoreArgs) -> Result<(), CliError> {
         return done;
     }
     let settings = load(&args.common)?;
-    let source = source(&args.src, &settings)?;
+    let source = source(&args.src, None, &settings)?;
     let report = restore::restore_with(&source.dir, &settings.data_dir, &opts)?;
     println!("{}", report.text.trim_end());
     if report.sound {

@@ -414,6 +414,7 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
     let before = runs(&text());
     wait_for(30, "two more runs", || runs(&text()) >= before + 2.0);
     let written = n;
+    let addr = s.addr.clone();
     drop(s);
 
     // Restore the latest generation from S3 into an empty data dir.
@@ -437,7 +438,8 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
         err.contains(&format!("downloaded generation {generation} of {to}")),
         "{err}"
     );
-    let s = Server::start_in(data, &[]);
+    // At the same address: the restored assignment database names this node by it.
+    let s = Server::start_at(data, &addr, &[("SYNCSTORE_INTERNAL_LISTEN", "127.0.0.1:0")]);
     rt.block_on(async {
         let r = s.client(11).get("/storage/col/kept").await;
         assert_eq!(r.status, 200, "{}", r.text);
@@ -446,5 +448,19 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
         assert_eq!(r.status, 200, "{}", r.text);
         let got = r.json().as_array().unwrap().len();
         assert_eq!(got, written, "every record written before the last run");
+        put(&s.client(11), "later", "not in the backup").await;
+    });
+
+    // One user restored from S3 into the running server.
+    let mut env = s3_env.to_vec();
+    env.push(("SYNCSTORE_SECRETS", crate::common::SECRET));
+    let (ok, out, err) = syncstore(s.data.path(), &["restore", &to, "--user", "11"], &env);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("user 11: restored on"), "{out}");
+    rt.block_on(async {
+        let r = s.client(11).get("/storage/col/later").await;
+        assert_eq!(r.status, 404, "{}", r.text);
+        let r = s.client(11).get("/storage/col/kept").await;
+        assert_eq!(r.status, 200, "{}", r.text);
     });
 }

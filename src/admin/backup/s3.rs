@@ -464,12 +464,14 @@ impl Destination for S3Destination {
 
 /// Downloads generation `generation` (else the one `LATEST` names) of
 /// `s3://bucket/prefix` into the new directory `dir`, laid out as a directory
-/// destination's generation (each file at its path, `manifest.json` beside them).
-/// Returns the generation's name.
+/// destination's generation (each file at its path, `manifest.json` beside them);
+/// with `only_user`, that user's file alone (and the whole manifest), for a one-user
+/// restore. Returns the generation's name.
 pub fn download(
     bucket: &str,
     prefix: &str,
     generation: Option<&str>,
+    only_user: Option<u64>,
     opts: &S3Options,
     dir: &Path,
 ) -> Result<String, AdminError> {
@@ -489,6 +491,9 @@ pub fn download(
     crate::private::create_dir(dir)
         .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
     for f in &manifest.files {
+        if only_user.is_some() && f.uid != only_user {
+            continue;
+        }
         if f.path
             .split('/')
             .any(|p| p.is_empty() || p == "." || p == "..")
@@ -580,7 +585,10 @@ mod tests {
         assert_eq!(dest.latest().unwrap().unwrap().generation, name);
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("g");
-        assert_eq!(download(&bucket, &prefix, None, &opts, &dir).unwrap(), name);
+        assert_eq!(
+            download(&bucket, &prefix, None, None, &opts, &dir).unwrap(),
+            name
+        );
         assert!(std::fs::read(dir.join(rel)).unwrap() == bytes);
         assert!(dir.join(MANIFEST).is_file());
         // Pruning to one generation keeps the only (latest) one.
