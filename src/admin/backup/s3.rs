@@ -430,15 +430,25 @@ impl Destination for S3Destination {
         } else {
             format!("{}/", self.prefix)
         };
+        // The oldest kept generation: an unfinished one older than it is a run that
+        // died (a run in progress elsewhere is newer), and goes.
+        let oldest_kept = kept
+            .iter()
+            .map(|n| generation_order(n))
+            .min()
+            .unwrap_or_else(|| generation_order(&latest));
         let mut dropped = Vec::new();
         for name in &dirs {
-            if kept.contains(name.as_str()) || generation_order(name) > generation_order(&latest) {
+            let was_complete = complete.contains(name);
+            if kept.contains(name.as_str())
+                || generation_order(name) > generation_order(&latest)
+                || (!was_complete && generation_order(name) >= oldest_kept)
+            {
                 continue;
             }
             // The manifest first: from then on it is no generation, even if removing
             // its other objects stops part-way (the next prune finishes it).
             let manifest_key = key(&self.prefix, &format!("{name}/{MANIFEST}"));
-            let was_complete = complete.contains(name);
             self.client.delete(&manifest_key)?;
             for k in self.client.list(&key(&self.prefix, name))? {
                 let rel = k.as_ref().strip_prefix(&root).unwrap_or(k.as_ref());
