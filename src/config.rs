@@ -213,6 +213,26 @@ pub struct Settings {
     /// (default Mozilla's, which every Firefox uses); `*`: any public host. A device
     /// whose endpoint is elsewhere gets no push (it fetches at its next sync).
     pub accounts_push_services: Vec<String>,
+    /// Continuous backup: where the running server writes a backup generation every
+    /// `backup_interval_secs` (the same as `syncstore backup`): `file:///path` (a
+    /// directory) or `s3://bucket/prefix` (S3-compatible object storage); empty: off.
+    pub backup_to: String,
+    /// Seconds between continuous backups (each copies only what changed).
+    pub backup_interval_secs: u64,
+    /// Backup generations kept (older ones are removed after a run).
+    pub backup_keep: usize,
+    /// The S3 endpoint URL for another provider than AWS (MinIO, Garage, a local
+    /// server: `http://127.0.0.1:9000`); empty: AWS (or `AWS_ENDPOINT_URL`).
+    pub backup_s3_endpoint: String,
+    /// The S3 region; empty: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub backup_s3_region: String,
+    /// The S3 access key id; empty: `AWS_ACCESS_KEY_ID`.
+    pub backup_s3_access_key_id: String,
+    /// The S3 secret access key; empty: `AWS_SECRET_ACCESS_KEY`.
+    pub backup_s3_secret_access_key: String,
+    /// Allow a plain-HTTP `backup_s3_endpoint` (a server on this machine or a private
+    /// network); otherwise only HTTPS is used.
+    pub backup_s3_allow_http: bool,
 }
 
 /// A collection's own write limits; a limit left out is the server-wide one.
@@ -298,6 +318,14 @@ impl Default for Settings {
             accounts_push: true,
             accounts_push_allow_private: vec![],
             accounts_push_services: vec!["push.services.mozilla.com".into()],
+            backup_to: String::new(),
+            backup_interval_secs: 86_400,
+            backup_keep: 7,
+            backup_s3_endpoint: String::new(),
+            backup_s3_region: String::new(),
+            backup_s3_access_key_id: String::new(),
+            backup_s3_secret_access_key: String::new(),
+            backup_s3_allow_http: false,
         }
     }
 }
@@ -318,6 +346,9 @@ impl std::fmt::Debug for Settings {
             && let Some((_, host)) = rest.rsplit_once('@')
         {
             shown.accounts_smtp_url = format!("{scheme}://<redacted>@{host}");
+        }
+        if !shown.backup_s3_secret_access_key.is_empty() {
+            shown.backup_s3_secret_access_key = "<redacted>".into();
         }
         let text = toml::to_string(&shown).map_err(|_| std::fmt::Error)?;
         f.write_str(&text)
@@ -428,6 +459,20 @@ impl Settings {
             return bad("accounts_smtp_url needs accounts_mail_from");
         }
         self.push_allow_private_nets()?;
+        if self.backup_interval_secs == 0 || self.backup_keep == 0 {
+            return bad("backup_interval_secs and backup_keep must be at least 1");
+        }
+        if !self.backup_to.is_empty() {
+            crate::admin::backup::BackupTarget::parse(&self.backup_to)
+                .map_err(|e| ConfigError::Invalid(format!("backup_to: {e}")))?;
+        }
+        let endpoint = &self.backup_s3_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("https://")
+            || endpoint.starts_with("http://"))
+        {
+            return bad("backup_s3_endpoint must be an http:// or https:// URL");
+        }
         if !self.public_url.is_empty() && self.public_url.parse::<axum::http::Uri>().is_err() {
             return bad("public_url is not a valid URL");
         }

@@ -25,8 +25,10 @@
 //! (`user import` of data older than the user's latest write may keep both: `--full`
 //! copies everyone. Records that upkeep purged as expired may stay in a kept copy.)
 //!
-//! The destination is behind [`Destination`], a directory today ([`DirDestination`]);
-//! object storage can implement the same few operations.
+//! The destination is behind [`Destination`]: a directory ([`DirDestination`]) or
+//! S3-compatible object storage ([`s3::S3Destination`], `s3://bucket/prefix`), named
+//! by a [`BackupTarget`]. The running server can make the same backups on its own
+//! (`backup_to`, see `server::backup`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,6 +45,8 @@ use sha2::{Digest, Sha256};
 
 use super::AdminError;
 use crate::config::Settings;
+
+pub mod s3;
 use crate::storage::files;
 use crate::storage::userdbs::{USER_SCHEMA_VERSION, user_path};
 
@@ -67,6 +71,97 @@ const ACCOUNTS_DB: &str = "accounts.sqlite";
 
 fn invalid(e: impl std::fmt::Display) -> AdminError {
     AdminError::Invalid(e.to_string())
+}
+
+/// Where backups go: a directory, or S3-compatible object storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupTarget {
+    /// A directory (`file:///path`, or a plain path on the command line).
+    Dir(PathBuf),
+    /// `s3://bucket/prefix`.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix (no leading or trailing `/`; may be empty).
+        prefix: String,
+    },
+}
+
+impl BackupTarget {
+    /// Parses `file:///absolute/path` or `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> Result<BackupTarget, String> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'
+                });
+            if !bucket_ok {
+                return Err(format!(
+                    "{url:?}: the bucket name must be 3 to 63 lowercase letters, digits, dots \
+                     and dashes (s3://bucket/prefix)"
+                ));
+            }
+            let prefix = prefix.trim_matches('/');
+            if !prefix.is_empty()
+                && prefix
+                    .split('/')
+                    .any(|p| p.is_empty() || p == "." || p == ".." || p.contains(['\\', '*']))
+            {
+                return Err(format!("{url:?}: the prefix has an empty, . or .. part"));
+            }
+            return Ok(BackupTarget::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(format!(
+                    "{url:?}: a directory is named by an absolute path, file:///path"
+                ));
+            }
+            return Ok(BackupTarget::Dir(PathBuf::from(path)));
+        }
+        Err(format!(
+            "{url:?} is neither file:///path (a directory) nor s3://bucket/prefix"
+        ))
+    }
+
+    /// A command-line argument: a URL as [`BackupTarget::parse`] reads, or a path.
+    pub fn from_arg(arg: &str) -> Result<BackupTarget, String> {
+        if arg.starts_with("s3://") || arg.starts_with("file://") {
+            BackupTarget::parse(arg)
+        } else {
+            Ok(BackupTarget::Dir(PathBuf::from(arg)))
+        }
+    }
+
+    /// Opens it (a directory is created and locked; object storage is not contacted
+    /// yet).
+    pub fn open(
+        &self,
+        settings: &Settings,
+    ) -> Result<Box<dyn Destination + Send + Sync>, AdminError> {
+        Ok(match self {
+            BackupTarget::Dir(dir) => Box::new(DirDestination::open(dir)?),
+            BackupTarget::S3 { bucket, prefix } => Box::new(s3::S3Destination::open(
+                bucket,
+                prefix,
+                &s3::S3Options::from_settings(settings),
+            )?),
+        })
+    }
+}
+
+impl std::fmt::Display for BackupTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackupTarget::Dir(d) => write!(f, "{}", d.display()),
+            BackupTarget::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            BackupTarget::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
 }
 
 /// What one generation holds: written last, as `manifest.json`.
@@ -223,7 +318,7 @@ fn generation_name(ms: i64) -> String {
 }
 
 /// Whether `name` is a generation's name (possibly with a `-N` suffix).
-fn is_generation_name(name: &str) -> bool {
+pub fn is_generation_name(name: &str) -> bool {
     let base = name.split_once('-').map_or(name, |(b, n)| {
         if n.bytes().all(|c| c.is_ascii_digit()) && !n.is_empty() {
             b
@@ -878,6 +973,8 @@ pub struct BackupOptions {
     /// Show a progress bar on stderr when it is a terminal (the command does; a
     /// backup run inside the server would not).
     pub progress: bool,
+    /// Threads copying user files at once; 0: one per core.
+    pub threads: usize,
 }
 
 impl Default for BackupOptions {
@@ -886,6 +983,7 @@ impl Default for BackupOptions {
             keep: DEFAULT_KEEP,
             full: false,
             progress: false,
+            threads: 0,
         }
     }
 }
@@ -920,7 +1018,7 @@ pub fn backup(
         &name,
         &staging,
         start_ms,
-        opts.progress,
+        opts,
     );
     let (manifest, copied, kept, gone, bytes_copied) = match result {
         Ok(r) => r,
@@ -962,8 +1060,9 @@ fn run(
     name: &str,
     staging: &Path,
     start_ms: i64,
-    progress: bool,
+    opts: &BackupOptions,
 ) -> Result<RunResult, AdminError> {
+    let progress = opts.progress;
     let data_dir = &settings.data_dir;
     let mut entries = Vec::new();
     let mut failed = Vec::new();
@@ -1076,7 +1175,10 @@ fn run(
     };
     let next = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<(u64, UserOutcome)>> = Mutex::new(Vec::with_capacity(users.len()));
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -1156,6 +1258,51 @@ mod tests {
         assert!(!is_generation_name(".partial-20261207T170000Z"));
         assert!(!is_generation_name("LATEST"));
         assert!(generation_order("20261207T170000Z-10") > generation_order("20261207T170000Z-9"));
+    }
+
+    #[test]
+    fn backup_targets_are_file_or_s3_urls() {
+        assert_eq!(
+            BackupTarget::parse("file:///var/backups/sync"),
+            Ok(BackupTarget::Dir("/var/backups/sync".into()))
+        );
+        assert_eq!(
+            BackupTarget::parse("s3://my-bucket/a/b/"),
+            Ok(BackupTarget::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            })
+        );
+        assert_eq!(
+            BackupTarget::parse("s3://my.bucket"),
+            Ok(BackupTarget::S3 {
+                bucket: "my.bucket".into(),
+                prefix: String::new()
+            })
+        );
+        for bad in [
+            "",
+            "/var/backups",
+            "file://var/backups",
+            "file:///",
+            "s3://",
+            "s3://ab",
+            "s3://Bucket/x",
+            "s3://b_b/x",
+            "s3://bucket/a//b",
+            "s3://bucket/a/../b",
+            "https://bucket.s3.amazonaws.com/x",
+        ] {
+            assert!(BackupTarget::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            BackupTarget::from_arg("relative/dir"),
+            Ok(BackupTarget::Dir("relative/dir".into()))
+        );
+        assert_eq!(
+            BackupTarget::parse("s3://b-1/p").unwrap().to_string(),
+            "s3://b-1/p"
+        );
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! * `state` — one process's services from its settings: the tokenserver, the storage
 //!   node's assignment check, the accounts service, and [`build_state`];
 //! * `upkeep` — the loop that runs storage upkeep ticks on the blocking pool;
+//! * `backup` — continuous backup (`backup_to`) on a low-priority thread of its own;
 //! * `startup` — checks at start that adjust the process or warn: the open-descriptor
 //!   limit, reverse-proxy settings.
 
+mod backup;
 mod startup;
 mod state;
 mod upkeep;
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use crate::config::{self, Settings};
 use crate::{cluster, storage, tokenserver, web};
 
+pub use backup::{BackupStatus, status as backup_status};
 pub use state::{build_state, node_url, open_assignments};
 
 /// Errors that stop the server from starting or running.
@@ -138,6 +141,7 @@ pub async fn run(
         idle_secs,
         stop_rx.clone(),
     ));
+    backup::start(&state.settings, stop_rx.clone());
     let deletions = tokio::spawn(web::events::drain_account_deletions(
         state.clone(),
         stop_rx.clone(),

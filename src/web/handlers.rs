@@ -480,7 +480,8 @@ pub async fn delete_all(
 }
 
 /// `GET /__heartbeat__`: checks that the data dir is writable and SQLite works there,
-/// and that the assignment database answers when this process uses one.
+/// and that the assignment database answers when this process uses one. With
+/// continuous backup on, its state is in `backup` (a warning there keeps the 200).
 pub async fn heartbeat(State(s): State<AppState>) -> Response {
     let storage = match s.storage.dbs().health_check().await {
         Ok(()) => true,
@@ -513,6 +514,10 @@ pub async fn heartbeat(State(s): State<AppState>) -> Response {
     let mut body = json!({"status": word(healthy), "database": word(storage)});
     if let Some(ok) = tokenserver_db {
         body["tokenserver_database"] = json!(word(ok));
+    }
+    // Continuous backup: a warning when overdue or failing, never a failure.
+    if let Some(b) = crate::server::backup_status() {
+        body["backup"] = b.heartbeat(crate::admin::backup::now_ms());
     }
     let status = if healthy {
         StatusCode::OK

@@ -232,6 +232,37 @@ fn describe() {
         "syncstore_wal_index_zeroed_total",
         "Cold opens that reset an existing WAL index in place (first open in this process)"
     );
+    describe_gauge!(
+        "syncstore_backup_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When the last continuous backup that succeeded finished (Unix time; 0: none yet)"
+    );
+    describe_gauge!(
+        "syncstore_backup_users_copied",
+        "Users the last successful continuous backup copied (the others were unchanged)"
+    );
+    describe_gauge!(
+        "syncstore_backup_users_kept",
+        "Users the last successful continuous backup found unchanged (not copied again)"
+    );
+    describe_gauge!(
+        "syncstore_backup_last_duration_seconds",
+        Unit::Seconds,
+        "How long the last successful continuous backup took"
+    );
+    describe_counter!(
+        "syncstore_backup_bytes_total",
+        Unit::Bytes,
+        "Bytes the continuous backups copied (the last run's are the latest increase)"
+    );
+    describe_counter!(
+        "syncstore_backup_runs_total",
+        "Continuous backup runs that succeeded"
+    );
+    describe_counter!(
+        "syncstore_backup_failures_total",
+        "Continuous backup runs that failed (the destination unusable, or files not copied)"
+    );
 }
 
 /// `GET /__metrics__`: every metric in Prometheus' text format.

@@ -34,6 +34,7 @@ mod accounts_tokens;
 mod admin_users;
 mod auth;
 mod backup;
+mod backup_continuous;
 mod batches;
 mod cli;
 mod client_address;
