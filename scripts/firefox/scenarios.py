@@ -1436,7 +1436,7 @@ def restore_resync(run):
     s = run.server("kept")
     check(late <= set(s.records("bookmarks")), "A's late bookmarks are not on the server")
     before_user = meta_global(s)
-    out = run.admin(["restore", one, "--user", str(s.uid), "--data-dir", data]).stdout
+    out = run.admin(["restore", one, "--user", str(s.uid), "--discard-newer", "--data-dir", data]).stdout
     check("marked for re-sync" in out, "restore --user says: %s" % out)
     on_server = set(s.records("bookmarks"))
     check(kept | later <= on_server and not late & on_server,

@@ -454,7 +454,11 @@ fn a_server_backs_up_to_s3_and_restore_from_s3_gives_a_working_server() {
     // One user restored from S3 into the running server.
     let mut env = s3_env.to_vec();
     env.push(("SYNCSTORE_SECRETS", crate::common::SECRET));
-    let (ok, out, err) = syncstore(s.data.path(), &["restore", &to, "--user", "11"], &env);
+    let (ok, out, err) = syncstore(
+        s.data.path(),
+        &["restore", &to, "--user", "11", "--force", "--discard-newer"],
+        &env,
+    );
     assert!(ok, "{out}{err}");
     assert!(out.contains("user 11: restored on"), "{out}");
     rt.block_on(async {
