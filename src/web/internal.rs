@@ -81,6 +81,27 @@ fn unix_now() -> i64 {
 
 /// Checks the signature headers (for this node, in time, first use of the nonce)
 /// without touching the body.
+/// [`signed`], for a route whose body is a user's file: also refuses a declared length
+/// over `max_moved_file_bytes` (413) before any of the body is read.
+fn signed_file(
+    s: &InternalState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<VerifiedHead, Box<Response>> {
+    let verified = signed(s, headers, path).map_err(|r| Box::new(r.into_response()))?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.app.settings.max_moved_file_bytes) {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file too large",
+        )));
+    }
+    Ok(verified)
+}
+
 fn signed(s: &InternalState, headers: &HeaderMap, path: &str) -> Result<VerifiedHead, Refusal> {
     let refused = || Refusal(StatusCode::UNAUTHORIZED, "unsigned");
     // Only a node of a cluster (an assignment database naming it) takes these.
@@ -211,21 +232,14 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let verified = match signed(&s, &headers, &format!("/__internal__/receive/{uid}")) {
+    let verified = match signed_file(&s, &headers, &format!("/__internal__/receive/{uid}")) {
         Ok(v) => v,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
-    let cap = s.app.settings.max_moved_file_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > cap) {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "file too large");
-    }
     if let Err(e) = cluster::may_receive(s.app.this_node(), uid).await {
         return failed(e);
     }
+    let cap = s.app.settings.max_moved_file_bytes;
     let incoming = match spool(&s.app, uid, body, cap, &verified.body_sha256).await {
         Ok(path) => path,
         Err(r) => return r.into_response(),

@@ -11,11 +11,11 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{InternalState, error, failed, signed, spool};
+use super::{InternalState, failed, signed_file, spool};
 use crate::cluster::{MoveError, ThisNode};
 use crate::tokenserver::db::DbError;
 use crate::tokenserver::store;
@@ -55,22 +55,15 @@ pub(super) async fn restore_user(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let verified = match signed(&s, &headers, &format!("/__internal__/restore/{uid}")) {
+    let verified = match signed_file(&s, &headers, &format!("/__internal__/restore/{uid}")) {
         Ok(v) => v,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
-    let cap = s.app.settings.max_moved_file_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > cap) {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "file too large");
-    }
     let node = s.app.this_node();
     if let Err(e) = may_restore(node, uid).await {
         return failed(e);
     }
+    let cap = s.app.settings.max_moved_file_bytes;
     let incoming = match spool(&s.app, uid, body, cap, &verified.body_sha256).await {
         Ok(path) => path,
         Err(r) => return r.into_response(),
