@@ -717,7 +717,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
 
 /// SHA-256 (hex) and size of a file.
 pub fn digest_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+    digest_open(std::fs::File::open(path)?)
+}
+
+/// SHA-256 (hex) and size of an open file, read from where it stands to its end.
+pub fn digest_open(mut f: std::fs::File) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut n = 0u64;

@@ -177,24 +177,6 @@ fn read_in_generation(dir: &Path, rel: &str) -> Result<Vec<u8>, AdminError> {
     Ok(bytes)
 }
 
-/// SHA-256 (hex) and size of an open file.
-fn digest_open(mut f: std::fs::File) -> std::io::Result<(String, u64)> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        let got = f.read(&mut buf)?;
-        if got == 0 {
-            break;
-        }
-        h.update(&buf[..got]);
-        n += got as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
-}
-
 /// Checks every file of `manifest` in the generation at `dir`: listed once, at the path
 /// its kind allows, a trusted regular file ([`open_in_generation`]: never a symbolic
 /// link, whose target's size or hash is never shown), of its size and SHA-256, and a
@@ -228,7 +210,7 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Vec<String> {
                 continue;
             }
         }
-        match digest_open(file) {
+        match backup::digest_open(file) {
             Ok((sha, size)) if size != f.size => problems.push(format!(
                 "{}: {size} bytes, the manifest says {} (sha256 {sha})",
                 f.path, f.size
