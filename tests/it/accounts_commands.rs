@@ -306,3 +306,49 @@ async fn a_device_is_changed_only_by_its_own_session_and_server_notices_are_not_
         assert_eq!((status, errno(&e)), (400, Some(107)), "{command}: {e}");
     }
 }
+
+#[tokio::test]
+async fn per_session_rates_hold_for_requests_sent_together() {
+    let s = fxa::server_with_account("a@example.org", "correct horse", &[]);
+    let (sender, _) = device(&s, "a@example.org", "sender").await;
+    let (_, target_id) = device(&s, "a@example.org", "target").await;
+    let post_together = |path: &str, body: Value| {
+        let url = format!("{}{path}", s.url());
+        let sender = sender.clone();
+        fxa::together(100, move |_| {
+            let (url, session, body) = (url.clone(), sender.clone(), body.clone());
+            async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(session)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+            }
+        })
+    };
+    // 100 commands from one session at once: 60 a minute pass, the rest 429 errno 114.
+    let results = post_together("/v1/account/devices/invoke_command", tab(&target_id, 0)).await;
+    let passed = results.iter().filter(|(st, _)| *st == 200).count();
+    assert_eq!(passed, 60);
+    assert!(
+        results
+            .iter()
+            .all(|(st, e)| *st == 200 || (*st == 429 && errno(e) == Some(114))),
+        "{results:?}"
+    );
+    // Likewise 100 notices at once.
+    let notice = json!({"to": "all", "payload": {"version": 1,
+        "command": "sync:collection_changed", "data": {"collections": ["clients"]}}});
+    let results = post_together("/v1/account/devices/notify", notice).await;
+    let passed = results.iter().filter(|(st, _)| *st == 200).count();
+    assert_eq!(passed, 60);
+    assert!(
+        results
+            .iter()
+            .all(|(st, e)| *st == 200 || (*st == 429 && errno(e) == Some(114))),
+        "{results:?}"
+    );
+}
