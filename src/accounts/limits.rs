@@ -196,6 +196,28 @@ impl Limiter {
         self.reserve_at(keys, self.now())
     }
 
+    /// Whether one more event on each of `keys` would be allowed, counting nothing: for
+    /// refusing before expensive work a request that could only end in a refusal.
+    pub fn check(&self, keys: &[Key]) -> Result<(), AccountsError> {
+        let now = self.now();
+        let mut garbage = Vec::new();
+        let wait = {
+            let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+            keys.iter()
+                .filter_map(|k| {
+                    let t = &mut tables[k.rule.index()];
+                    t.advance(now, &mut garbage);
+                    t.refusal(k.hash, now)
+                })
+                .max()
+        };
+        drop(garbage);
+        match wait {
+            Some(ms) => Err(AccountsError::TooManyRequests(ms.div_ceil(1000).max(1))),
+            None => Ok(()),
+        }
+    }
+
     fn reserve_at(&self, keys: &[Key], now: u64) -> Result<Reservation<'_>, AccountsError> {
         self.reserve_inner(keys, None, now)
     }

@@ -216,15 +216,22 @@ impl Accounts {
     }
 
     /// scrypt off the reactor, in a turn of the hardening budget for a request from
-    /// `ip` for `account` (see `hardening::Hardening`: 429 when the budget is spent).
+    /// `ip` for `account` (see `hardening::Hardening`: 429 when the budget is spent),
+    /// unless a limit of `unless_refused` would refuse what follows anyway (429 then,
+    /// without the work).
     async fn harden(
         &self,
         auth_pw: [u8; 32],
         salt: [u8; 32],
         ip: Option<IpAddr>,
         account: Option<&str>,
+        unless_refused: &[limits::Key],
     ) -> Result<crypto::Hardened> {
         let _turn = self.hardening.turn(ip, account).await?;
+        // Checked once the turn is ours: attempts queued behind the one that used up a
+        // limit are refused without hardening.
+        self.limiter.check(unless_refused)?;
+        metrics::counter!("syncstore_accounts_hardenings_total").increment(1);
         self.hardening
             .run(move || crypto::harden(&auth_pw, &salt))
             .await

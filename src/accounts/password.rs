@@ -77,7 +77,9 @@ impl Accounts {
             return Err(AccountsError::InvalidToken);
         }
         let salt = crypto::random32();
-        let h = self.harden(auth_pw, salt, ip, Some(&a.account.uid)).await?;
+        let h = self
+            .harden(auth_pw, salt, ip, Some(&a.account.uid), &[])
+            .await?;
         let wrap_wrap_kb = crypto::xor32(&wrap_kb, &h.wrapwrap_key);
         let uid = a.account.uid.clone();
         let now = now_ms();
@@ -105,7 +107,7 @@ impl Accounts {
         let account = account.ok_or(AccountsError::UnknownAccount)?;
         let auth_pw = hex32("authPW", auth_pw)?;
         let salt = crypto::random32();
-        let h = self.harden(auth_pw, salt, None, None).await?;
+        let h = self.harden(auth_pw, salt, None, None, &[]).await?;
         let now = now_ms();
         let wwkb = crypto::random32();
         self.blocking(move |s| {

@@ -28,7 +28,8 @@ impl Accounts {
     /// clears the (account, address) ones, gives back the rest, and only then counts as
     /// a sign-in (30 a minute per account and per address; over it 429), so attempts
     /// still in flight never hold the account's sign-in budget. The password is
-    /// hardened only after the cheap checks (see `hardening::Hardening`).
+    /// hardened only after the cheap checks (see `hardening::Hardening`), and not at all
+    /// once the account's or the address's sign-ins are used up.
     pub(super) async fn check_password(
         &self,
         email: &str,
@@ -81,10 +82,25 @@ impl Accounts {
         if same_case.is_empty() {
             return Err(AccountsError::IncorrectEmailCase(first.email.clone()));
         }
+        // A correct password here is a sign-in, counted below (30 a minute per account
+        // and per address); when those are used up the attempt can only end in 429, so
+        // it ends there before the hardening (a flood of correct sign-ins to one's own
+        // account costs at most 30 hardenings a minute per address).
+        let sign_in_keys = |uid: &str| {
+            let mut keys = vec![self.limiter.key(Rule::LoginAccount, uid)];
+            keys.extend(ip.map(|ip| self.limiter.address(Rule::LoginAddress, ip)));
+            keys
+        };
         let mut matched = None;
         for account in same_case {
             let h = match self
-                .harden(auth_pw, account.auth_salt, ip, Some(&account.uid))
+                .harden(
+                    auth_pw,
+                    account.auth_salt,
+                    ip,
+                    Some(&account.uid),
+                    &sign_in_keys(&account.uid),
+                )
                 .await
             {
                 Ok(h) => h,
@@ -106,9 +122,7 @@ impl Accounts {
         attempt.give_back(&[Rule::FailAccount]);
         address.give_back(&[Rule::FailAddress]);
         // A sign-in, counted now that it is one.
-        let mut signed_in = vec![self.limiter.key(Rule::LoginAccount, &account.uid)];
-        signed_in.extend(ip.map(|ip| self.limiter.address(Rule::LoginAddress, ip)));
-        self.limiter.reserve(&signed_in)?;
+        self.limiter.reserve(&sign_in_keys(&account.uid))?;
         if account.disabled {
             return Err(AccountsError::Blocked("the account is disabled"));
         }

@@ -183,3 +183,31 @@ fn an_ipv6_client_is_counted_by_its_slash_64() {
     assert!(l.reserve_at(&[l.address(Rule::FailAddress, b)], 0).is_err());
     l.reserve_at(&[l.address(Rule::FailAddress, c)], 0).unwrap();
 }
+
+#[test]
+fn a_check_counts_nothing_and_refuses_exactly_when_a_reservation_would() {
+    let l = Limiter::new(100);
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let keys = [
+        l.key(Rule::LoginAccount, "uid"),
+        l.address(Rule::LoginAddress, ip),
+    ];
+    for _ in 0..30 {
+        // Checking any number of times leaves the count where it was.
+        l.check(&keys).unwrap();
+        l.check(&keys).unwrap();
+        l.reserve(&keys).unwrap();
+    }
+    let Err(AccountsError::TooManyRequests(s)) = l.check(&keys) else {
+        panic!("the 31st sign-in of the minute passed the check");
+    };
+    assert!((1..=120).contains(&s), "{s}");
+    assert!(l.reserve(&keys).is_err());
+    // Another address, same account: the account's own limit refuses it too.
+    let other = [
+        l.key(Rule::LoginAccount, "uid"),
+        l.address(Rule::LoginAddress, "192.0.2.8".parse().unwrap()),
+    ];
+    assert!(l.check(&other).is_err());
+    assert!(l.check(&[l.key(Rule::LoginAccount, "another uid")]).is_ok());
+}

@@ -115,6 +115,26 @@ impl Server {
         format!("http://{addr}")
     }
 
+    /// The value of one series (`name{labels}` as exposed) on the metrics listener
+    /// (see [`Server::metrics_url`]); 0 when it is not exposed yet.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/__metrics__", self.metrics_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// A client for `uid` with a fresh token.
     pub fn client(&self, uid: u64) -> Client {
         Client::new(self, uid, 3600.0)
