@@ -43,16 +43,23 @@ fn with_role<'a>(env: &'a [(&'static str, String)], role: &'a str) -> Vec<(&'a s
     e
 }
 
-/// The assignment database, opened by this test process (a temp dir for SQLite's
-/// sake is not used: the URL is PostgreSQL's).
+/// The assignment database, opened by this test process (the temp dir is unused: the
+/// URL is PostgreSQL's).
 fn open_db(url: &str) -> (tempfile::TempDir, AssignmentDb) {
     let dir = tempfile::tempdir().unwrap();
     let db = AssignmentDb::open(url, dir.path()).unwrap();
     (dir, db)
 }
 
-fn overview(db: &AssignmentDb) -> Value {
-    serde_json::to_value(admin::overview(db, admin::now_ms()).unwrap()).unwrap()
+/// The console's overview, as JSON (read on the blocking pool: the PostgreSQL client
+/// is blocking).
+async fn overview(db: &AssignmentDb) -> Value {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        serde_json::to_value(admin::overview(&db, admin::now_ms()).unwrap()).unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 fn node_of<'a>(o: &'a Value, url: &str) -> &'a Value {
@@ -65,15 +72,15 @@ fn node_of<'a>(o: &'a Value, url: &str) -> &'a Value {
 }
 
 /// Polls `check` every 200 ms until it holds or `secs` pass; returns whether it held.
-async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+async fn eventually(secs: u64, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
-        if check() {
+        if check().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    check()
+    check().await
 }
 
 /// Replaces every user file under `data/users` by garbage, keeping the good ones in
@@ -141,7 +148,10 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
     );
     let ts1 = Server::start(&with_role(&env, "tokenserver"));
     let ts2 = Server::start(&with_role(&env, "tokenserver"));
-    let (_dir, db) = open_db(&db_url);
+    let url = db_url.clone();
+    let (_dir, db) = tokio::task::spawn_blocking(move || open_db(&url))
+        .await
+        .unwrap();
 
     // 30 users, each with a record on its node.
     let mut clients = Vec::new();
@@ -166,15 +176,15 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
     }
 
     // Every node reports: fresh rows with its version.
-    let reported = eventually(15, || {
-        let o = overview(&db);
+    let reported = eventually(15, async || {
+        let o = overview(&db).await;
         [&a, &b, &c]
             .iter()
             .all(|n| node_of(&o, &n.url())["stale"] == false)
     })
     .await;
-    assert!(reported, "no fresh reports: {}", overview(&db));
-    let o = overview(&db);
+    assert!(reported, "no fresh reports: {}", overview(&db).await);
+    let o = overview(&db).await;
     let hc = &node_of(&o, &c.url())["health"];
     assert!(
         hc["version"]
@@ -221,9 +231,12 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
         }));
     }
     let started = Instant::now();
-    let paused = eventually(60, || node_of(&overview(&db), &c_url)["paused_at"].is_i64()).await;
+    let paused = eventually(60, async || {
+        node_of(&overview(&db).await, &c_url)["paused_at"].is_i64()
+    })
+    .await;
     let took = started.elapsed();
-    let o = overview(&db);
+    let o = overview(&db).await;
     // C counted its user files when it started again (they are counted at start, then
     // every few minutes).
     let vc = node_of(&o, &c_url);
@@ -275,7 +288,7 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
             })
             .count()
     };
-    assert!(eventually(5, || warned() > 0).await);
+    assert!(eventually(5, async || warned() > 0).await);
     assert_eq!(warned(), 1);
     let list = cli(&db_url, &["node", "list"]);
     let line = list.lines().find(|l| l.starts_with(&c_url)).unwrap();
@@ -329,14 +342,14 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
         table.find("rollout.resume").unwrap() < table.find("rollout.pause").unwrap(),
         "{table}"
     );
-    let o = overview(&db);
+    let o = overview(&db).await;
     assert!(node_of(&o, &c_url)["paused_at"].is_null());
     assert!(node_of(&o, &c_url)["suspect_since"].is_null());
 
     // A node that stops reporting shows as stale, in `node list` and the overview.
     let a_url = a.url();
     drop(a);
-    let stale = eventually(15, || {
+    let stale = eventually(15, async || {
         let list = cli(&db_url, &["node", "list"]);
         list.lines()
             .find(|l| l.starts_with(&a_url))
@@ -344,7 +357,7 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
     })
     .await;
     assert!(stale, "{}", cli(&db_url, &["node", "list"]));
-    assert_eq!(node_of(&overview(&db), &a_url)["stale"], true);
+    assert_eq!(node_of(&overview(&db).await, &a_url)["stale"], true);
     drop((b, c, ts1, ts2));
 }
 
