@@ -13,6 +13,7 @@ pub mod internal;
 pub mod listen;
 pub mod observe;
 pub mod tokens;
+pub mod window;
 
 pub use listen::{ConnectionLimits, serve_router};
 
