@@ -46,6 +46,9 @@ pub enum ServerError {
     /// Listening or serving failed.
     #[error("network: {0}")]
     Io(#[from] std::io::Error),
+    /// The operator console (`admin_listen`) could not be set up.
+    #[error(transparent)]
+    Console(#[from] web::admin::ConsoleError),
 }
 
 /// Serves the node-to-node routes on their own listener and records its URL in the
@@ -124,6 +127,10 @@ pub async fn run(
     };
     let mut state = build_state(settings, tokenserver, assignments)?;
     state.accounts = accounts;
+    let admin_server = match state.settings.admin_listen.as_str() {
+        "" => None,
+        _ => Some(web::admin::start(&state, limits.clone()).await?),
+    };
     let internal_server = match internal_listener {
         Some(l) => Some(serve_internal(l, &state, limits.clone()).await?),
         None => None,
@@ -174,6 +181,9 @@ pub async fn run(
     }
     if let Some(i) = internal_server {
         i.abort();
+    }
+    if let Some(a) = admin_server {
+        a.abort();
     }
     let closed = tokio::task::spawn_blocking(move || dbs.close_all())
         .await
