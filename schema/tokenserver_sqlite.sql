@@ -12,7 +12,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     downed       INTEGER NOT NULL DEFAULT 0, -- dead: its users move on their next sign-in
     draining     INTEGER NOT NULL DEFAULT 0, -- no new users; its users move on next sign-in
     backoff      INTEGER NOT NULL DEFAULT 0, -- seconds clients should back off (X-Backoff)
-    percent_bp   INTEGER NOT NULL DEFAULT 10000 -- rollout: share of new users, basis points
+    percent_bp   INTEGER NOT NULL DEFAULT 10000, -- rollout: share of new users, basis points
+    -- The canary guard (src/tokenserver/guard.rs): when it paused the node (ms; NULL:
+    -- not paused; a paused node takes no new users, its users stay) and why; since
+    -- when its last minute has looked worse than the other nodes', and how.
+    paused_at      INTEGER,
+    pause_reason   TEXT,
+    suspect_since  INTEGER,
+    suspect_reason TEXT
 );
 
 -- Users for whom a node is always (allow) or never (deny) chosen, by FxA uid or email.
@@ -81,4 +88,63 @@ CREATE TABLE IF NOT EXISTS local_client_states (
     fxa_uid      TEXT PRIMARY KEY,
     client_state TEXT NOT NULL,
     auth_at      INTEGER NOT NULL
+);
+
+-- Each storage node's health, written by the node every `node_report_secs` (one row a
+-- node, replaced each time): its last minute of storage API requests (401s left out),
+-- open user files, user files, free disk. A row older than three of its intervals is
+-- stale (the node stopped reporting).
+CREATE TABLE IF NOT EXISTS node_health (
+    node        TEXT PRIMARY KEY,          -- the node's URL, as in nodes.node
+    reported_at INTEGER NOT NULL,           -- ms
+    interval_ms INTEGER NOT NULL,           -- the node's report interval
+    started_at  INTEGER NOT NULL,           -- when the node's process started, ms
+    version     TEXT NOT NULL,
+    requests    INTEGER NOT NULL,           -- storage requests of the last minute
+    errors      INTEGER NOT NULL,           -- of which answered 5xx
+    p50_us      INTEGER NOT NULL,           -- latency percentiles of the last minute, µs
+    p99_us      INTEGER NOT NULL,
+    open_users  INTEGER NOT NULL,           -- user files open now
+    users       INTEGER NOT NULL,           -- user files in the data dir (counted now and then)
+    disk_free   INTEGER NOT NULL            -- bytes free for the data dir
+);
+
+-- One row a node a minute (the last minute's figures as of the minute's last report),
+-- for the console's chart; each node deletes its rows older than two hours.
+CREATE TABLE IF NOT EXISTS node_health_minutes (
+    node     TEXT NOT NULL,
+    minute   INTEGER NOT NULL,              -- the minute's start, ms
+    requests INTEGER NOT NULL,
+    errors   INTEGER NOT NULL,
+    p50_us   INTEGER NOT NULL,
+    p99_us   INTEGER NOT NULL,
+    PRIMARY KEY (node, minute)
+);
+
+-- Every change an operator (or the canary guard) made, written in the same transaction
+-- as the change: `syncstore audit` prints it.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id          INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,           -- ms
+    via         TEXT NOT NULL,             -- cli, console or guard
+    who         TEXT NOT NULL,             -- $USER@host, the console's client address, the guard's process
+    action      TEXT NOT NULL,             -- e.g. rollout.set, node.down, drain.start
+    target      TEXT NOT NULL,             -- the node, or what else was changed
+    detail      TEXT NOT NULL
+);
+
+-- Live drains (`node drain --live`, or from the console), with their progress as they
+-- go: a row whose updated_at stops moving before finished_at is set is a drain that died
+-- (running it again resumes it).
+CREATE TABLE IF NOT EXISTS drains (
+    node        TEXT PRIMARY KEY,
+    started_at  INTEGER NOT NULL,
+    total       INTEGER NOT NULL,           -- users to move
+    moved       INTEGER NOT NULL,
+    failed      INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    last_error  TEXT,
+    via         TEXT NOT NULL,
+    who         TEXT NOT NULL
 );

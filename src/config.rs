@@ -175,6 +175,31 @@ pub struct Settings {
     /// Largest user file a node accepts in a move (the body is spooled to a file in
     /// the data dir as it arrives, never held in memory), bytes. Default 4 GiB.
     pub max_moved_file_bytes: u64,
+    /// How often a storage node with an assignment database writes its health row
+    /// there (its last minute of storage requests, 5xx, p50/p99, open and stored user
+    /// files, free disk), and how often a tokenserver's canary guard judges the nodes,
+    /// seconds; 0: neither.
+    pub node_report_secs: u64,
+    /// The canary guard (in tokenservers): a node in rollout whose last minute looks
+    /// worse than the other nodes' for `canary_window_secs` takes no new users until
+    /// `syncstore rollout resume`.
+    pub canary_guard: bool,
+    /// How long a node must look worse without a break before the guard pauses it,
+    /// seconds.
+    pub canary_window_secs: u64,
+    /// A node's 5xx rate (0–1) must be above this, and above `canary_error_factor`
+    /// times the other nodes' combined rate, to count against it.
+    pub canary_error_rate: f64,
+    /// See `canary_error_rate`.
+    pub canary_error_factor: f64,
+    /// A node's p99 must be above this many times the other nodes' median p99, and
+    /// above `canary_p99_floor_ms`, to count against it.
+    pub canary_p99_factor: f64,
+    /// See `canary_p99_factor`, milliseconds.
+    pub canary_p99_floor_ms: u64,
+    /// A node with fewer storage requests in its last minute is not judged (nor are
+    /// the others taken as its baseline when they have fewer together).
+    pub canary_min_requests: u64,
     /// Origins that get CORS headers (the request's origin is echoed back); empty:
     /// any origin.
     pub cors_allowed_origins: Vec<String>,
@@ -314,6 +339,14 @@ impl Default for Settings {
             internal_listen: String::new(),
             internal_url: String::new(),
             max_moved_file_bytes: 4 << 30,
+            node_report_secs: 5,
+            canary_guard: true,
+            canary_window_secs: 300,
+            canary_error_rate: 0.01,
+            canary_error_factor: 3.0,
+            canary_p99_factor: 3.0,
+            canary_p99_floor_ms: 100,
+            canary_min_requests: 100,
             cors_allowed_origins: vec![],
             collection_limits: BTreeMap::new(),
             accounts: true,
@@ -467,6 +500,17 @@ impl Settings {
             return bad("accounts_smtp_url needs accounts_mail_from");
         }
         self.push_allow_private_nets()?;
+        if !(0.0..=1.0).contains(&self.canary_error_rate) {
+            return bad("canary_error_rate must be between 0 and 1");
+        }
+        if !(1.0..=1e6).contains(&self.canary_error_factor)
+            || !(1.0..=1e6).contains(&self.canary_p99_factor)
+        {
+            return bad("canary_error_factor and canary_p99_factor must be 1 to 1000000");
+        }
+        if self.canary_window_secs > 86_400 * 7 || self.node_report_secs > 3600 {
+            return bad("canary_window_secs must be at most a week, node_report_secs an hour");
+        }
         if self.backup_interval_secs == 0 || self.backup_keep == 0 {
             return bad("backup_interval_secs and backup_keep must be at least 1");
         }

@@ -8,8 +8,10 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use super::Actor;
 use crate::accounts::store::Store;
 use crate::accounts::{self, crypto};
+use crate::tokenserver::db::AssignmentDb;
 
 /// Errors of the account commands.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,9 @@ pub enum AccountAdminError {
     /// No account has this email.
     #[error("no account {0}")]
     NoSuchAccount(String),
+    /// The change was made but its audit row could not be written.
+    #[error("audit log: {0}")]
+    Audit(#[source] crate::tokenserver::db::DbError),
 }
 
 type Result<T> = std::result::Result<T, AccountAdminError>;
@@ -57,15 +62,49 @@ pub fn parse_valid_for(s: &str) -> Option<i64> {
     n.checked_mul(unit_ms).filter(|ms| *ms <= 366 * 86_400_000)
 }
 
-/// Makes a single-use invite code valid for `valid_for_ms` and prints it (only its
-/// SHA-256 is stored: it cannot be shown again).
-pub fn invite(store: &Store, valid_for_ms: i64) -> Result<String> {
+/// A new invite code: shown once (only its hash is stored).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewInvite {
+    /// The code to hand out.
+    pub code: String,
+    /// When it stops working, ms.
+    pub expires_at: i64,
+}
+
+/// Makes a single-use invite code valid for `valid_for_ms` and records it in the audit
+/// log of the assignment database `db` for `actor`.
+pub fn create_invite(
+    store: &Store,
+    db: &AssignmentDb,
+    actor: &Actor,
+    valid_for_ms: i64,
+) -> Result<NewInvite> {
     let (code, hash) = accounts::new_invite_code();
     let now = accounts::now_ms();
-    store.insert_invite(&hash, now, now + valid_for_ms)?;
+    let expires_at = now + valid_for_ms;
+    store.insert_invite(&hash, now, expires_at)?;
+    // The accounts database may be another database than the assignment database (the
+    // data dir's accounts.sqlite beside tokenserver.sqlite), so the audit row cannot
+    // share the invite's transaction: it is written right after it.
+    let detail = format!("valid until {} UTC", super::time_text(expires_at));
+    db.transaction(|tx| super::audit(tx, actor, "account.invite", "accounts", &detail))
+        .map_err(AccountAdminError::Audit)?;
+    Ok(NewInvite { code, expires_at })
+}
+
+/// `account invite`: makes a single-use invite code (audited) and prints it (only its
+/// SHA-256 is stored: it cannot be shown again).
+pub fn invite(
+    store: &Store,
+    db: &AssignmentDb,
+    actor: &Actor,
+    valid_for_ms: i64,
+) -> Result<String> {
+    let invite = create_invite(store, db, actor, valid_for_ms)?;
     Ok(format!(
-        "{code}\n(single use, valid until {}; only its hash is stored)",
-        time_text(now + valid_for_ms)
+        "{}\n(single use, valid until {}; only its hash is stored)",
+        invite.code,
+        time_text(invite.expires_at)
     ))
 }
 

@@ -3,7 +3,9 @@
 use clap::Subcommand;
 
 use syncstore::accounts::store::Store;
+use syncstore::admin::Actor;
 use syncstore::admin::accounts as acc;
+use syncstore::tokenserver::db::AssignmentDb;
 
 use super::{CliError, Common, load};
 
@@ -154,7 +156,11 @@ pub fn account(cmd: AccountCommand) -> Result<(), CliError> {
                     "--valid-for {valid_for}: expected e.g. 30m, 12h or 7d (at most a year)"
                 ))
             })?;
-            with_accounts(&common, |_, store| acc::invite(store, ms))
+            let settings = load(&common)?;
+            let db = AssignmentDb::open(&settings.tokenserver_database_url, &settings.data_dir)?;
+            with_accounts(&common, |_, store| {
+                acc::invite(store, &db, &Actor::cli(), ms)
+            })
         }
         AccountCommand::Invites { common } => {
             with_accounts(&common, |_, store| acc::invites(store))

@@ -3,6 +3,7 @@
 //! through [`run`] and prints the error.
 
 mod account;
+mod audit;
 mod backup;
 mod import;
 mod maintenance;
@@ -73,6 +74,10 @@ enum Command {
     Account(account::AccountCommand),
     /// Open or close sign-ups of new users.
     Signups(rollout::SignupsArgs),
+    /// Print the audit log: every rollout, node and sign-up change (and the canary
+    /// guard's pauses), newest first, with when, through what (cli, console, guard)
+    /// and who.
+    Audit(audit::AuditArgs),
     /// Copy everything that cannot be made again (user files, the assignment and
     /// accounts databases, the secret and signing keys) into DEST while the server
     /// runs, with a manifest; a second run copies only the users who changed.
@@ -90,6 +95,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(cmd) => node::node(cmd),
         Command::Rollout(cmd) => rollout::rollout(cmd),
         Command::Signups(args) => rollout::signups(args),
+        Command::Audit(args) => audit::audit(args),
         Command::Account(cmd) => account::account(cmd),
         Command::User(cmd) => user::user(cmd),
         Command::Health(args) => maintenance::health(args),

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use syncstore::admin;
+use syncstore::admin::{self, Actor, moves::DrainStep};
 use syncstore::tokenserver::store::NodeChange;
 
 use super::{CliError, Common, live_moves, with_assignments};
@@ -20,7 +20,9 @@ pub enum NodeCommand {
         #[arg(long, default_value_t = 100_000)]
         capacity: i64,
     },
-    /// List nodes with capacity, load, available slots, rollout share and state.
+    /// List nodes with capacity, load, available slots, rollout share, their last
+    /// minute as they reported it (requests, 5xx rate, p99) and state (up, down,
+    /// draining, paused by the canary guard; stale when a node stopped reporting).
     List {
         #[command(flatten)]
         common: Common,
@@ -86,7 +88,9 @@ pub fn node(cmd: NodeCommand) -> Result<(), CliError> {
             common,
             url,
             capacity,
-        } => with_assignments(&common, |db| admin::node_add(db, &url, capacity)),
+        } => with_assignments(&common, |db| {
+            admin::node_add(db, &Actor::cli(), &url, capacity)
+        }),
         NodeCommand::List { common } => with_assignments(&common, admin::node_list),
         NodeCommand::Set {
             common,
@@ -105,14 +109,18 @@ pub fn node(cmd: NodeCommand) -> Result<(), CliError> {
                 draining,
                 percent_bp: None,
             };
-            with_assignments(&common, |db| admin::node_set(db, &url, &change))
+            with_assignments(&common, |db| {
+                admin::node_set(db, &Actor::cli(), &url, &change)
+            })
         }
         NodeCommand::Down { common, url } => {
             let change = NodeChange {
                 downed: Some(true),
                 ..Default::default()
             };
-            with_assignments(&common, |db| admin::node_set(db, &url, &change))
+            with_assignments(&common, |db| {
+                admin::node_set(db, &Actor::cli(), &url, &change)
+            })
         }
         NodeCommand::Drain {
             common,
@@ -120,17 +128,31 @@ pub fn node(cmd: NodeCommand) -> Result<(), CliError> {
             live: true,
             to,
         } => live_moves(&common, |db, secret| async move {
-            admin::moves::drain(&db, &secret, &url, to.as_deref()).await
+            let bar = admin::users::progress(0, "moving");
+            let shown = |step: &DrainStep| {
+                let d = &step.drain;
+                bar.set_length(d.total.max(0) as u64);
+                bar.set_position((d.moved + d.failed).max(0) as u64);
+                if let Some((uid, e)) = &step.failure {
+                    bar.suspend(|| eprintln!("user {uid}: {e}"));
+                }
+            };
+            let done =
+                admin::moves::drain(&db, &Actor::cli(), &secret, &url, to.as_deref(), &shown).await;
+            bar.finish_and_clear();
+            done
         }),
         NodeCommand::Drain { common, url, .. } => {
             let change = NodeChange {
                 draining: Some(true),
                 ..Default::default()
             };
-            with_assignments(&common, |db| admin::node_set(db, &url, &change))
+            with_assignments(&common, |db| {
+                admin::node_set(db, &Actor::cli(), &url, &change)
+            })
         }
         NodeCommand::Remove { common, url } => {
-            with_assignments(&common, |db| admin::node_remove(db, &url))
+            with_assignments(&common, |db| admin::node_remove(db, &Actor::cli(), &url))
         }
     }
 }

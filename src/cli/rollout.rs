@@ -3,8 +3,8 @@
 
 use clap::{Args, Subcommand};
 
-use syncstore::admin;
-use syncstore::tokenserver::store::{ListKind, NodeChange};
+use syncstore::admin::{self, Actor};
+use syncstore::tokenserver::store::ListKind;
 
 use super::{CliError, Common, with_assignments};
 
@@ -51,6 +51,14 @@ pub enum RolloutCommand {
         #[arg(required = true)]
         who: Vec<String>,
     },
+    /// Let a node the canary guard paused take new users again (clears the pause and
+    /// the guard's suspicion; audited).
+    Resume {
+        #[command(flatten)]
+        common: Common,
+        /// The node's URL.
+        url: String,
+    },
     /// Show every node's share, the lists, and whether sign-ups are open.
     Show {
         #[command(flatten)]
@@ -77,20 +85,21 @@ pub fn rollout(cmd: RolloutCommand) -> Result<(), CliError> {
             percent,
         } => {
             let bp = admin::percent_to_bp(&percent)?;
-            let change = NodeChange {
-                percent_bp: Some(bp),
-                ..Default::default()
-            };
-            with_assignments(&common, |db| admin::node_set(db, &url, &change))
+            with_assignments(&common, |db| {
+                admin::rollout_set(db, &Actor::cli(), &url, bp)
+            })
         }
         RolloutCommand::Allow { common, url, who } => with_assignments(&common, |db| {
-            admin::rollout_list(db, &url, Some(ListKind::Allow), &who)
+            admin::rollout_list(db, &Actor::cli(), &url, Some(ListKind::Allow), &who)
         }),
         RolloutCommand::Deny { common, url, who } => with_assignments(&common, |db| {
-            admin::rollout_list(db, &url, Some(ListKind::Deny), &who)
+            admin::rollout_list(db, &Actor::cli(), &url, Some(ListKind::Deny), &who)
         }),
-        RolloutCommand::Unlist { common, url, who } => {
-            with_assignments(&common, |db| admin::rollout_list(db, &url, None, &who))
+        RolloutCommand::Unlist { common, url, who } => with_assignments(&common, |db| {
+            admin::rollout_list(db, &Actor::cli(), &url, None, &who)
+        }),
+        RolloutCommand::Resume { common, url } => {
+            with_assignments(&common, |db| admin::rollout_resume(db, &Actor::cli(), &url))
         }
         RolloutCommand::Show { common } => with_assignments(&common, admin::rollout_show),
     }
@@ -99,5 +108,5 @@ pub fn rollout(cmd: RolloutCommand) -> Result<(), CliError> {
 /// `signups open|close`.
 pub fn signups(args: SignupsArgs) -> Result<(), CliError> {
     let open = args.state == "open";
-    with_assignments(&args.common, |db| admin::signups(db, open))
+    with_assignments(&args.common, |db| admin::signups(db, &Actor::cli(), open))
 }

@@ -7,10 +7,13 @@
 //!   node's assignment check, the accounts service, and [`build_state`];
 //! * `upkeep` — the loop that runs storage upkeep ticks on the blocking pool;
 //! * `backup` — continuous backup (`backup_to`) on a low-priority thread of its own;
+//! * `health` — the storage node's health report to the assignment database (the
+//!   canary guard, `tokenserver::guard`, runs beside it in tokenservers);
 //! * `startup` — checks at start that adjust the process or warn: the open-descriptor
 //!   limit, reverse-proxy settings.
 
 mod backup;
+mod health;
 mod startup;
 mod state;
 mod upkeep;
@@ -153,6 +156,28 @@ pub async fn run(
         state.clone(),
         stop_rx.clone(),
     ));
+    let report_every = Duration::from_secs(state.settings.node_report_secs);
+    let reporter = match &state.assignments {
+        Some(check) if !report_every.is_zero() => Some(tokio::spawn(health::report_loop(
+            check.db().clone(),
+            check.node_url().to_string(),
+            dbs.clone(),
+            report_every,
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
+    let guard = match (
+        &state.tokenserver,
+        tokenserver::guard::CanaryConfig::from_settings(&state.settings),
+    ) {
+        (Some(ts), Some(c)) => Some(tokio::spawn(tokenserver::guard::run(
+            ts.db().clone(),
+            c,
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let signal = async move {
         shutdown.await;
@@ -176,6 +201,9 @@ pub async fn run(
     }
     let _ = upkeep.await;
     deletions.abort();
+    for task in [reporter, guard].into_iter().flatten() {
+        task.abort();
+    }
     if let Some(m) = metrics_server {
         m.abort();
     }

@@ -17,6 +17,16 @@ pub use crate::db::{DbError, Tx as SqlTx};
 const SQLITE_SCHEMA: &str = include_str!("../../schema/tokenserver_sqlite.sql");
 const POSTGRES_SCHEMA: &str = include_str!("../../schema/tokenserver_postgres.sql");
 
+/// Columns added since the first schema, added to older SQLite files on open as
+/// `(table, column, definition)` (PostgreSQL's schema adds its own, `ADD COLUMN IF NOT
+/// EXISTS`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("nodes", "paused_at", "INTEGER"),
+    ("nodes", "pause_reason", "TEXT"),
+    ("nodes", "suspect_since", "INTEGER"),
+    ("nodes", "suspect_reason", "TEXT"),
+];
+
 /// The advisory lock under which the PostgreSQL tables are created.
 const PG_SCHEMA_LOCK: i64 = 727_274;
 
@@ -50,7 +60,10 @@ impl AssignmentDb {
             pragmas: "PRAGMA busy_timeout=10000; PRAGMA journal_mode=WAL; \
                       PRAGMA foreign_keys=ON;",
         };
-        let pool = Pool::sqlite(data_dir, &options, |c| Ok(c.execute_batch(SQLITE_SCHEMA)?))?;
+        let pool = Pool::sqlite(data_dir, &options, |c| {
+            crate::db::add_missing_columns(c, ADDED_COLUMNS)?;
+            Ok(c.execute_batch(SQLITE_SCHEMA)?)
+        })?;
         Ok(AssignmentDb(pool))
     }
 

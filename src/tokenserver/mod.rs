@@ -3,12 +3,14 @@
 //!
 //! `fxa` verifies OAuth tokens (and FxA's event tokens), `events` applies FxA's
 //! account events, `db` is the assignment database (SQLite or PostgreSQL),
-//! `store` its SQL, `rollout` the choice of node for a new user. Storage nodes use
+//! `store` its SQL, `rollout` the choice of node for a new user, `guard` the canary
+//! guard that pauses a node in rollout doing worse than the others. Storage nodes use
 //! `AssignmentCheck` to refuse tokens of users who were moved away.
 
 pub mod db;
 pub mod events;
 pub mod fxa;
+pub mod guard;
 pub mod rollout;
 pub mod store;
 

@@ -26,6 +26,14 @@ pub struct Node {
     pub backoff: i64,
     /// Share of new users it is rolled out to, in basis points (10000 = everyone).
     pub percent_bp: i64,
+    /// When the canary guard paused the node (ms): it takes no new users until resumed.
+    pub paused_at: Option<i64>,
+    /// Why the guard paused it.
+    pub pause_reason: Option<String>,
+    /// Since when (ms) the guard has found the node's last minute worse than the others'.
+    pub suspect_since: Option<i64>,
+    /// How it looked worse, as of the last judgement.
+    pub suspect_reason: Option<String>,
 }
 
 impl Node {
@@ -33,10 +41,15 @@ impl Node {
     pub fn serving(&self) -> bool {
         !self.downed && !self.draining
     }
+
+    /// Whether new users may be sent to the node: serving and not paused by the guard.
+    pub fn takes_new_users(&self) -> bool {
+        self.serving() && self.paused_at.is_none()
+    }
 }
 
-const NODE_COLS: &str =
-    "id, node, capacity, available, current_load, downed, draining, backoff, percent_bp";
+const NODE_COLS: &str = "id, node, capacity, available, current_load, downed, draining, backoff, \
+     percent_bp, paused_at, pause_reason, suspect_since, suspect_reason";
 
 fn node_from(r: &Row) -> Result<Node, DbError> {
     Ok(Node {
@@ -49,6 +62,10 @@ fn node_from(r: &Row) -> Result<Node, DbError> {
         draining: r.int(6)? != 0,
         backoff: r.int(7)?,
         percent_bp: r.int(8)?,
+        paused_at: r.opt_int(9)?,
+        pause_reason: r.opt_text(10)?,
+        suspect_since: r.opt_int(11)?,
+        suspect_reason: r.opt_text(12)?,
     })
 }
 
@@ -679,4 +696,408 @@ pub fn uid_placements(tx: &mut dyn Tx, uids: &[i64]) -> Result<Vec<UidPlacement>
         })
     })
     .collect()
+}
+
+/// A live move in progress: the uid, the node it leaves (if still known) and the target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingMove {
+    /// The user.
+    pub uid: i64,
+    /// The node the user is on until the move flips (None: not assigned, or its node gone).
+    pub from: Option<String>,
+    /// The target node's URL.
+    pub to: String,
+    /// When the move started, ms.
+    pub started_at: i64,
+}
+
+/// Every live move in progress, oldest first.
+pub fn pending_moves(tx: &mut dyn Tx) -> Result<Vec<PendingMove>, DbError> {
+    tx.query(
+        "SELECT p.uid, n.node, p.node, p.started_at FROM pending_moves p
+         LEFT JOIN users u ON u.uid = p.uid AND u.replaced_at IS NULL
+         LEFT JOIN nodes n ON n.id = u.node_id
+         ORDER BY p.started_at, p.uid",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(PendingMove {
+            uid: r.int(0)?,
+            from: r.opt_text(1)?,
+            to: r.text(2)?,
+            started_at: r.int(3)?,
+        })
+    })
+    .collect()
+}
+
+/// A storage node's latest health report (see `node_health` in the schema).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// The node's URL.
+    pub node: String,
+    /// When it reported, ms.
+    pub reported_at: i64,
+    /// Its report interval, ms (three missed make it stale).
+    pub interval_ms: i64,
+    /// When its process started, ms.
+    pub started_at: i64,
+    /// Its version and commit.
+    pub version: String,
+    /// Storage API requests of the last minute (401s left out).
+    pub requests: i64,
+    /// Of which answered 5xx.
+    pub errors: i64,
+    /// Median latency of the last minute, µs.
+    pub p50_us: i64,
+    /// 99th percentile latency of the last minute, µs.
+    pub p99_us: i64,
+    /// User files open now.
+    pub open_users: i64,
+    /// User files in its data dir (counted now and then).
+    pub users: i64,
+    /// Bytes free for its data dir.
+    pub disk_free: i64,
+}
+
+impl Health {
+    /// Whether the node stopped reporting: its row is older than three of its intervals.
+    pub fn is_stale(&self, now: i64) -> bool {
+        now - self.reported_at > 3 * self.interval_ms.max(1)
+    }
+}
+
+/// One minute of a node's figures, for the chart of the last hour.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HealthMinute {
+    /// The node's URL.
+    pub node: String,
+    /// The minute's start, ms.
+    pub minute: i64,
+    /// Storage API requests.
+    pub requests: i64,
+    /// Of which answered 5xx.
+    pub errors: i64,
+    /// Median latency, µs.
+    pub p50_us: i64,
+    /// 99th percentile latency, µs.
+    pub p99_us: i64,
+}
+
+const HEALTH_COLS: &str = "node, reported_at, interval_ms, started_at, version, requests, errors, \
+     p50_us, p99_us, open_users, users, disk_free";
+
+/// Writes (replaces) a node's health row, and its current minute's row.
+pub fn put_health(tx: &mut dyn Tx, h: &Health) -> Result<(), DbError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO node_health ({HEALTH_COLS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (node) DO UPDATE SET reported_at = excluded.reported_at,
+             interval_ms = excluded.interval_ms, started_at = excluded.started_at,
+             version = excluded.version, requests = excluded.requests,
+             errors = excluded.errors, p50_us = excluded.p50_us, p99_us = excluded.p99_us,
+             open_users = excluded.open_users, users = excluded.users,
+             disk_free = excluded.disk_free"
+        ),
+        &[
+            h.node.as_str().into(),
+            h.reported_at.into(),
+            h.interval_ms.into(),
+            h.started_at.into(),
+            h.version.as_str().into(),
+            h.requests.into(),
+            h.errors.into(),
+            h.p50_us.into(),
+            h.p99_us.into(),
+            h.open_users.into(),
+            h.users.into(),
+            h.disk_free.into(),
+        ],
+    )?;
+    let minute = h.reported_at - h.reported_at.rem_euclid(60_000);
+    tx.execute(
+        "INSERT INTO node_health_minutes (node, minute, requests, errors, p50_us, p99_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (node, minute) DO UPDATE SET requests = excluded.requests,
+         errors = excluded.errors, p50_us = excluded.p50_us, p99_us = excluded.p99_us",
+        &[
+            h.node.as_str().into(),
+            minute.into(),
+            h.requests.into(),
+            h.errors.into(),
+            h.p50_us.into(),
+            h.p99_us.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Deletes a node's minute rows older than `before` (ms); returns how many.
+pub fn prune_health_minutes(tx: &mut dyn Tx, node: &str, before: i64) -> Result<u64, DbError> {
+    tx.execute(
+        "DELETE FROM node_health_minutes WHERE node = ?1 AND minute < ?2",
+        &[node.into(), before.into()],
+    )
+}
+
+fn health_from(r: &Row) -> Result<Health, DbError> {
+    Ok(Health {
+        node: r.text(0)?,
+        reported_at: r.int(1)?,
+        interval_ms: r.int(2)?,
+        started_at: r.int(3)?,
+        version: r.text(4)?,
+        requests: r.int(5)?,
+        errors: r.int(6)?,
+        p50_us: r.int(7)?,
+        p99_us: r.int(8)?,
+        open_users: r.int(9)?,
+        users: r.int(10)?,
+        disk_free: r.int(11)?,
+    })
+}
+
+/// Every node's latest health row (nodes that never reported have none).
+pub fn health_rows(tx: &mut dyn Tx) -> Result<Vec<Health>, DbError> {
+    tx.query(
+        &format!("SELECT {HEALTH_COLS} FROM node_health ORDER BY node"),
+        &[],
+    )?
+    .iter()
+    .map(health_from)
+    .collect()
+}
+
+/// Every node's minute rows from `since` (ms) on, by node and minute.
+pub fn health_minutes(tx: &mut dyn Tx, since: i64) -> Result<Vec<HealthMinute>, DbError> {
+    tx.query(
+        "SELECT node, minute, requests, errors, p50_us, p99_us FROM node_health_minutes
+         WHERE minute >= ?1 ORDER BY node, minute",
+        &[since.into()],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(HealthMinute {
+            node: r.text(0)?,
+            minute: r.int(1)?,
+            requests: r.int(2)?,
+            errors: r.int(3)?,
+            p50_us: r.int(4)?,
+            p99_us: r.int(5)?,
+        })
+    })
+    .collect()
+}
+
+/// Records that the guard finds node `id` suspect since `since`, with `reason` (the
+/// reason is refreshed, the time kept when already suspect); nothing for a paused node.
+pub fn set_suspect(tx: &mut dyn Tx, id: i64, since: i64, reason: &str) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE nodes SET suspect_since = coalesce(suspect_since, ?2), suspect_reason = ?3
+         WHERE id = ?1 AND paused_at IS NULL",
+        &[id.into(), since.into(), reason.into()],
+    )?;
+    Ok(())
+}
+
+/// Forgets the guard's suspicion of node `id` (it looks as good as the others again).
+pub fn clear_suspect(tx: &mut dyn Tx, id: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE nodes SET suspect_since = NULL, suspect_reason = NULL
+         WHERE id = ?1 AND suspect_since IS NOT NULL AND paused_at IS NULL",
+        &[id.into()],
+    )?;
+    Ok(())
+}
+
+/// Pauses node `id` (no new users) unless it is paused already; returns whether this
+/// call paused it (of several tokenservers pausing at once exactly one gets `true`).
+pub fn pause_node(tx: &mut dyn Tx, id: i64, now: i64, reason: &str) -> Result<bool, DbError> {
+    let n = tx.execute(
+        "UPDATE nodes SET paused_at = ?2, pause_reason = ?3 WHERE id = ?1 AND paused_at IS NULL",
+        &[id.into(), now.into(), reason.into()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Clears a node's pause and the guard's suspicion; returns the node as it was, if it
+/// exists.
+pub fn resume_node(tx: &mut dyn Tx, url: &str) -> Result<Option<Node>, DbError> {
+    let Some(node) = node_by_url(tx, url)? else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE nodes SET paused_at = NULL, pause_reason = NULL, suspect_since = NULL,
+         suspect_reason = NULL WHERE id = ?1",
+        &[node.id.into()],
+    )?;
+    Ok(Some(node))
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// Row id (increasing).
+    pub id: i64,
+    /// When, ms.
+    pub at: i64,
+    /// `cli`, `console` or `guard`.
+    pub via: String,
+    /// `$USER@host`, the console's client address, or the guard's process.
+    pub who: String,
+    /// What was done, e.g. `rollout.set`.
+    pub action: String,
+    /// The node (or other thing) it was done to.
+    pub target: String,
+    /// The change's details.
+    pub detail: String,
+}
+
+/// Appends a row to the audit log.
+pub fn add_audit(
+    tx: &mut dyn Tx,
+    at: i64,
+    via: &str,
+    who: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO audit_log (at, via, who, action, target, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        &[
+            at.into(),
+            via.into(),
+            who.into(),
+            action.into(),
+            target.into(),
+            detail.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The newest `limit` rows of the audit log, newest first.
+pub fn audit_entries(tx: &mut dyn Tx, limit: i64) -> Result<Vec<AuditEntry>, DbError> {
+    tx.query(
+        "SELECT id, at, via, who, action, target, detail FROM audit_log
+         ORDER BY id DESC LIMIT ?1",
+        &[limit.into()],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(AuditEntry {
+            id: r.int(0)?,
+            at: r.int(1)?,
+            via: r.text(2)?,
+            who: r.text(3)?,
+            action: r.text(4)?,
+            target: r.text(5)?,
+            detail: r.text(6)?,
+        })
+    })
+    .collect()
+}
+
+/// A live drain and its progress (see `drains` in the schema).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Drain {
+    /// The node being emptied.
+    pub node: String,
+    /// When the drain started (a resumed drain keeps its start), ms.
+    pub started_at: i64,
+    /// Users to move.
+    pub total: i64,
+    /// Users moved so far.
+    pub moved: i64,
+    /// Users whose move failed in this run.
+    pub failed: i64,
+    /// Last progress, ms.
+    pub updated_at: i64,
+    /// When it ended, ms (None: running, or died).
+    pub finished_at: Option<i64>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// `cli` or `console`.
+    pub via: String,
+    /// Who started it.
+    pub who: String,
+}
+
+const DRAIN_COLS: &str =
+    "node, started_at, total, moved, failed, updated_at, finished_at, last_error, via, who";
+
+fn drain_from(r: &Row) -> Result<Drain, DbError> {
+    Ok(Drain {
+        node: r.text(0)?,
+        started_at: r.int(1)?,
+        total: r.int(2)?,
+        moved: r.int(3)?,
+        failed: r.int(4)?,
+        updated_at: r.int(5)?,
+        finished_at: r.opt_int(6)?,
+        last_error: r.opt_text(7)?,
+        via: r.text(8)?,
+        who: r.text(9)?,
+    })
+}
+
+/// The drain of `node`, if one was ever recorded.
+pub fn drain(tx: &mut dyn Tx, node: &str) -> Result<Option<Drain>, DbError> {
+    tx.query(
+        &format!("SELECT {DRAIN_COLS} FROM drains WHERE node = ?1"),
+        &[node.into()],
+    )?
+    .first()
+    .map(drain_from)
+    .transpose()
+}
+
+/// Every recorded drain, newest first.
+pub fn drains(tx: &mut dyn Tx) -> Result<Vec<Drain>, DbError> {
+    tx.query(
+        &format!("SELECT {DRAIN_COLS} FROM drains ORDER BY started_at DESC, node"),
+        &[],
+    )?
+    .iter()
+    .map(drain_from)
+    .collect()
+}
+
+/// Writes a drain's row as it is now (insert or replace).
+pub fn put_drain(tx: &mut dyn Tx, d: &Drain) -> Result<(), DbError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO drains ({DRAIN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (node) DO UPDATE SET started_at = excluded.started_at,
+             total = excluded.total, moved = excluded.moved, failed = excluded.failed,
+             updated_at = excluded.updated_at, finished_at = excluded.finished_at,
+             last_error = excluded.last_error, via = excluded.via, who = excluded.who"
+        ),
+        &[
+            d.node.as_str().into(),
+            d.started_at.into(),
+            d.total.into(),
+            d.moved.into(),
+            d.failed.into(),
+            d.updated_at.into(),
+            d.finished_at.into(),
+            d.last_error.as_deref().into(),
+            d.via.as_str().into(),
+            d.who.as_str().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Marks a running drain alive at `now` (a long move in progress).
+pub fn touch_drain(tx: &mut dyn Tx, node: &str, now: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE drains SET updated_at = ?2 WHERE node = ?1 AND finished_at IS NULL",
+        &[node.into(), now.into()],
+    )?;
+    Ok(())
 }

@@ -14,6 +14,7 @@ pub mod internal;
 pub mod listen;
 pub mod observe;
 pub mod tokens;
+pub mod window;
 
 pub use listen::{ConnectionLimits, serve_router};
 

@@ -1,4 +1,5 @@
-//! Observability at the HTTP edge: one log line and two metrics per request, and the
+//! Observability at the HTTP edge: one log line and two metrics per request (and, for
+//! the storage API, a count in the last minute's [`super::window`]), and the
 //! Prometheus exposition at `/__metrics__`.
 //!
 //! The log line names the route template (`/1.5/{uid}/storage/{collection}`), never the
@@ -51,6 +52,10 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         .map_or("unmatched", |r| r.0.as_str())
         .to_owned();
     let status = res.status().as_u16();
+    if uid.is_some() && status != 401 {
+        // The storage API's last minute, for the node's health report (see `window`).
+        super::window::REQUESTS.record(started, elapsed, status >= 500);
+    }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     match uid {
         Some(uid) => tracing::info!(
@@ -258,6 +263,15 @@ fn describe() {
     describe_counter!(
         "syncstore_backup_runs_total",
         "Continuous backup runs that succeeded"
+    );
+    describe_gauge!(
+        "syncstore_canary_paused_nodes",
+        "Nodes the canary guard has paused (no new users until `rollout resume`), as this \
+         tokenserver last saw"
+    );
+    describe_counter!(
+        "syncstore_canary_pauses_total",
+        "Nodes this tokenserver's canary guard paused"
     );
     describe_counter!(
         "syncstore_backup_failures_total",

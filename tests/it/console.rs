@@ -409,3 +409,114 @@ async fn a_hundred_wrong_tokens_at_once_get_exactly_five_comparisons() {
     assert_eq!(compared, 25, "5 + 25 = 30 in all: {statuses:?}");
     assert_eq!(attempt("127.0.0.9", token).await.0, 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_the_console_are_audited_with_its_address_and_shown() {
+    let s = with_console(&[("SYNCSTORE_ACCOUNTS_SIGNUPS", "invite")]);
+    let base = console_url(&s);
+    let api = |p: &str| format!("{base}/admin/api/{p}");
+    // From 127.0.0.3: the audit log names that address.
+    let c = client_from("127.0.0.3", Duration::from_secs(30));
+    let (ok, cookie) = login(&c, &base, &admin_token(&s)).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json["accounts"], true);
+    let csrf = ok.json["csrf"].as_str().unwrap().to_string();
+    let good: &[(&str, &str)] = &[("cookie", &cookie), ("x-csrf-token", &csrf)];
+    let node = s.url();
+
+    let a = send(
+        &c,
+        "POST",
+        &api("rollout"),
+        good,
+        Some(&json!({"node": node, "percent": "12.5"})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let a = send(
+        &c,
+        "POST",
+        &api("list"),
+        good,
+        Some(&json!({"node": node, "list": "deny", "who": ["0123456789abcdef0123456789abcdef"]})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let a = send(
+        &c,
+        "POST",
+        &api("resume"),
+        good,
+        Some(&json!({"node": node})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let a = send(
+        &c,
+        "POST",
+        &api("invite"),
+        good,
+        Some(&json!({"valid_for": "2d"})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let code = a.json["code"].as_str().unwrap().to_string();
+    assert!(code.len() >= 10, "{code}");
+
+    // The overview shows the changes, the invite (not its code) and the audit rows.
+    let o = send(&c, "GET", &api("overview"), &[("cookie", &cookie)], None).await;
+    assert_eq!(o.status, 200);
+    let n = &o.json["nodes"][0];
+    assert_eq!(
+        (n["node"].as_str(), n["percent_bp"].as_i64()),
+        (Some(node.as_str()), Some(1250))
+    );
+    assert_eq!(n["state"], "rollout");
+    assert_eq!(o.json["lists"][0]["kind"], "deny");
+    assert_eq!(o.json["accounts"]["signups"], "invite");
+    assert_eq!(o.json["accounts"]["invites"].as_array().unwrap().len(), 1);
+    assert!(
+        !o.json.to_string().contains(&code),
+        "the code is shown once only"
+    );
+    let audit = o.json["audit"].as_array().unwrap();
+    let actions: Vec<&str> = audit
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "account.invite",
+            "rollout.resume",
+            "rollout.deny",
+            "rollout.set"
+        ],
+        "{audit:?}"
+    );
+    for row in audit {
+        assert_eq!(
+            (row["via"].as_str(), row["who"].as_str()),
+            (Some("console"), Some("127.0.0.3")),
+            "{row}"
+        );
+    }
+    // `syncstore audit` prints the same rows.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["audit", "--json", "--data-dir"])
+        .arg(s.data.path())
+        .env("SYNCSTORE_SECRETS", crate::common::SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for (row, shown) in rows.iter().zip(audit) {
+        assert_eq!(row, shown);
+    }
+}

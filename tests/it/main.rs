@@ -36,6 +36,7 @@ mod auth;
 mod backup;
 mod backup_continuous;
 mod batches;
+mod canary;
 mod cli;
 mod client_address;
 mod cluster;

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::access::{self, SessionInfo};
 use super::{ACCOUNTS_EVERY, Console, ConsoleError};
-use crate::admin;
+use crate::admin::{self, Actor};
 use crate::tokenserver::store::{self, ListKind, NodeChange};
 use crate::web::client_addr::ClientAddr;
 
@@ -180,35 +180,12 @@ pub(super) async fn session(State(c): State<Arc<Console>>, op: Operator) -> ApiR
     Ok(Json(session_json(&op.session, &c)).into_response())
 }
 
-/// `GET /admin/api/overview`: everything the page shows.
+/// `GET /admin/api/overview`: everything the page shows (`admin::overview`), with the
+/// accounts service's block.
 pub(super) async fn overview(State(c): State<Arc<Console>>, _op: Operator) -> ApiResult {
     let db = c.db.clone();
-    let mut view = blocking(move || {
-        db.transaction(|tx| {
-            let nodes = store::nodes(tx)?;
-            let users = store::users_per_node(tx)?;
-            let lists = store::lists(tx)?;
-            let signups = store::setting(tx, "signups")?.unwrap_or_else(|| "open".into());
-            let nodes: Vec<Value> = nodes
-                .iter()
-                .map(|n| {
-                    let count = users.iter().find(|(id, _)| *id == n.id).map_or(0, |u| u.1);
-                    json!({
-                        "node": n.node, "capacity": n.capacity, "available": n.available,
-                        "current_load": n.current_load, "users": count, "downed": n.downed,
-                        "draining": n.draining, "percent_bp": n.percent_bp,
-                        "backoff": n.backoff,
-                    })
-                })
-                .collect();
-            let lists: Vec<Value> = lists
-                .into_iter()
-                .map(|(node, kind, who)| json!({"node": node, "kind": kind, "who": who}))
-                .collect();
-            Ok::<_, ConsoleError>(json!({"nodes": nodes, "lists": lists, "signups": signups}))
-        })
-    })
-    .await?;
+    let view = blocking(move || Ok(admin::overview(&db, admin::now_ms())?)).await?;
+    let mut view = serde_json::to_value(view).map_err(|e| ConsoleError::Internal(e.to_string()))?;
     view["accounts"] = accounts_block(&c).await?;
     Ok(Json(view).into_response())
 }
@@ -281,12 +258,8 @@ pub(super) async fn rollout(State(c): State<Arc<Console>>, op: Operator, body: B
     };
     let bp = admin::percent_to_bp(&percent)?;
     tracing::info!(client = %op.client, node = %node, bp, "admin console: rollout set");
-    let db = c.db.clone();
-    let change = NodeChange {
-        percent_bp: Some(bp),
-        ..Default::default()
-    };
-    done(blocking(move || Ok(admin::node_set(&db, &node, &change)?)).await?)
+    let (db, actor) = (c.db.clone(), Actor::console(op.client));
+    done(blocking(move || Ok(admin::rollout_set(&db, &actor, &node, bp)?)).await?)
 }
 
 /// `POST /admin/api/list` `{"node", "list": "allow"|"deny"|"unlist", "who": […]}`.
@@ -330,8 +303,8 @@ pub(super) async fn list(State(c): State<Arc<Console>>, op: Operator, body: Byte
         )));
     }
     tracing::info!(client = %op.client, node = %node, list = %l.list, "admin console: list change");
-    let db = c.db.clone();
-    done(blocking(move || Ok(admin::rollout_list(&db, &node, kind, &who)?)).await?)
+    let (db, actor) = (c.db.clone(), Actor::console(op.client));
+    done(blocking(move || Ok(admin::rollout_list(&db, &actor, &node, kind, &who)?)).await?)
 }
 
 /// `POST /admin/api/node` `{"node", "action": "down"|"up"|"drain"|"undrain"}`: the
@@ -368,26 +341,22 @@ pub(super) async fn node(State(c): State<Arc<Console>>, op: Operator, body: Byte
         }
     };
     tracing::info!(client = %op.client, node = %node, action = %a.action, "admin console: node change");
-    let db = c.db.clone();
-    done(blocking(move || Ok(admin::node_set(&db, &node, &change)?)).await?)
+    let (db, actor) = (c.db.clone(), Actor::console(op.client));
+    done(blocking(move || Ok(admin::node_set(&db, &actor, &node, &change)?)).await?)
 }
 
 /// `POST /admin/api/resume` `{"node"}`: lets a node the canary guard paused take new
-/// users again.
-pub(super) async fn resume(
-    State(_c): State<Arc<Console>>,
-    _op: Operator,
-    body: Bytes,
-) -> ApiResult {
+/// users again (and clears its suspicion).
+pub(super) async fn resume(State(c): State<Arc<Console>>, op: Operator, body: Bytes) -> ApiResult {
     #[derive(Deserialize)]
     struct Resume {
         node: String,
     }
     let r: Resume = parse(&body)?;
-    let _node = node_name(&r.node)?;
-    Err(ConsoleError::Conflict(
-        "this build has no canary guard to resume from".into(),
-    ))
+    let node = node_name(&r.node)?;
+    tracing::info!(client = %op.client, node = %node, "admin console: rollout resume");
+    let (db, actor) = (c.db.clone(), Actor::console(op.client));
+    done(blocking(move || Ok(admin::rollout_resume(&db, &actor, &node)?)).await?)
 }
 
 /// `POST /admin/api/drain` `{"node", "to"?}`: moves every user of the node, live, in a
@@ -433,8 +402,13 @@ pub(super) async fn drain(State(c): State<Arc<Console>>, op: Operator, body: Byt
     tracing::info!(client = %op.client, node = %node, "admin console: live drain started");
     let task = c.clone();
     let n = node.clone();
+    let actor = Actor::console(op.client);
     tokio::spawn(async move {
-        match admin::moves::drain(&task.db, &task.secret, &n, to.as_deref()).await {
+        // Progress goes to the drains table, which the overview shows.
+        let quiet = |_: &admin::moves::DrainStep| {};
+        let drained =
+            admin::moves::drain(&task.db, &actor, &task.secret, &n, to.as_deref(), &quiet).await;
+        match drained {
             Ok(summary) => tracing::info!(node = %n, "admin console: {summary}"),
             Err(e) => tracing::warn!(node = %n, error = %e, "admin console: live drain"),
         }
@@ -458,8 +432,8 @@ pub(super) async fn signups(State(c): State<Arc<Console>>, op: Operator, body: B
     }
     let s: Signups = parse(&body)?;
     tracing::info!(client = %op.client, open = s.open, "admin console: sign-ups");
-    let db = c.db.clone();
-    done(blocking(move || Ok(admin::signups(&db, s.open)?)).await?)
+    let (db, actor) = (c.db.clone(), Actor::console(op.client));
+    done(blocking(move || Ok(admin::signups(&db, &actor, s.open)?)).await?)
 }
 
 /// `POST /admin/api/invite` `{"valid_for": "7d"}`: a single-use invite code, answered
@@ -482,12 +456,18 @@ pub(super) async fn invite(State(c): State<Arc<Console>>, op: Operator, body: By
         .clone()
         .ok_or_else(|| ConsoleError::NotFound("the accounts service is off".into()))?;
     tracing::info!(client = %op.client, "admin console: invite created");
-    let text = blocking(move || {
-        admin::accounts::invite(accounts.store(), ms)
+    let (db, actor) = (c.db.clone(), Actor::console(op.client));
+    let invite = blocking(move || {
+        admin::accounts::create_invite(accounts.store(), &db, &actor, ms)
             .map_err(|e| ConsoleError::Internal(e.to_string()))
     })
     .await?;
     *c.accounts_cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    let code = text.lines().next().unwrap_or("").to_string();
-    Ok(Json(json!({"ok": true, "code": code, "valid_for": valid_for})).into_response())
+    Ok(Json(json!({
+        "ok": true,
+        "code": invite.code,
+        "expires_at": invite.expires_at,
+        "message": format!("invite created, valid for {valid_for}"),
+    }))
+    .into_response())
 }

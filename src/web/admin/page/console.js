@@ -192,14 +192,16 @@
 
   // ---- nodes ---------------------------------------------------------------------------
 
-  // What state a node is in, and the reason when the guard paused it.
+  // A node's state: the server's (down, draining, paused, rollout, serving), or stale
+  // when a node that should be serving stopped reporting.
+  const STATE_LABELS = {
+    down: "down", draining: "draining", paused: "paused by the guard",
+    rollout: "in rollout", serving: "serving", stale: "stale",
+  };
   function nodeState(n) {
-    if (n.downed) return ["down", "down"];
-    if (n.guard && n.guard.paused_at) return ["paused", "paused by the guard"];
-    if (n.draining || n.drain_running) return ["draining", "draining"];
-    if (n.stale) return ["stale", "stale"];
-    if (n.in_rollout) return ["rollout", "in rollout"];
-    return ["serving", "serving"];
+    let s = n.state || "serving";
+    if (n.stale && (s === "serving" || s === "rollout")) s = "stale";
+    return [s, STATE_LABELS[s] || s];
   }
 
   function makeCard(url) {
@@ -240,7 +242,7 @@
     });
     parts.resume.addEventListener("click", () => {
       const n = cards.get(url).node;
-      const why = n.guard && n.guard.reason ? ` It was paused because: ${n.guard.reason}.` : "";
+      const why = n.pause_reason ? ` It was paused because: ${n.pause_reason}.` : "";
       act("Resume the rollout", `Let ${url} take new users again?${why}`,
         "resume", { node: url }, "Resume");
     });
@@ -294,10 +296,11 @@
       if (i >= 0 && i < SLOTS) slot[i] = m;
     }
     const maxReq = Math.max(1, ...slot.map((m) => (m ? m.requests : 0)));
-    const maxP99 = Math.max(1, ...slot.map((m) => (m && m.p99_ms !== null ? m.p99_ms : 0)));
+    const p99 = (m) => (m && m.p99_us !== null && m.p99_us !== undefined ? m.p99_us / 1000 : null);
+    const maxP99 = Math.max(1, ...slot.map((m) => p99(m) || 0));
     const bw = W / SLOTS;
     const title = svg("title", {});
-    title.textContent = `last hour: up to ${maxReq} requests a minute, p99 up to ${maxP99} ms`;
+    title.textContent = `last hour: up to ${maxReq} requests a minute, p99 up to ${Math.round(maxP99)} ms`;
     c.append(title);
     let line = "";
     slot.forEach((m, i) => {
@@ -310,15 +313,15 @@
         c.append(svg("rect", { class: "err", x: (i * bw + 1).toFixed(1), y: (H - e).toFixed(1),
           width: (bw - 2).toFixed(1), height: e.toFixed(1) }));
       }
-      if (m.p99_ms !== null && m.p99_ms !== undefined) {
-        const y = H - 2 - (m.p99_ms / maxP99) * (H - 8);
+      if (p99(m) !== null) {
+        const y = H - 2 - (p99(m) / maxP99) * (H - 8);
         line += `${line ? "L" : "M"}${(i * bw + bw / 2).toFixed(1)} ${y.toFixed(1)} `;
       }
     });
     if (line) c.append(svg("path", { class: "p99", d: line }));
     parts.legend.replaceChildren(
       el("span", {}, el("span", { class: "k req" }), `requests/min (max ${num(maxReq)})`),
-      el("span", {}, el("span", { class: "k p99" }), `p99 (max ${num(maxP99)} ms)`),
+      el("span", {}, el("span", { class: "k p99" }), `p99 (max ${num(Math.round(maxP99))} ms)`),
       el("span", {}, el("span", { class: "k err" }), "5xx"),
       el("span", { text: "last 60 min" }));
   }
@@ -339,37 +342,45 @@
       parts.badge.className = `badge ${cls}`;
       parts.badge.textContent = label;
       parts.root.dataset.state = cls;
-      const g = n.guard || {};
       let reason = "";
-      if (g.paused_at) reason = `Paused by the canary guard ${ago(g.paused_at, ov.now_ms)}: ${g.reason || "?"}`;
-      else if (g.suspect_since) reason = `Suspect since ${ago(g.suspect_since, ov.now_ms)}: ${g.reason || ""}`;
-      else if (n.stale) reason = `No health report since ${ago(n.health && n.health.reported_at, ov.now_ms)}.`;
+      if (n.paused_at) reason = `Paused by the canary guard ${ago(n.paused_at, ov.now_ms)}: ${n.pause_reason || "?"}`;
+      else if (n.suspect_since) reason = `Suspect since ${ago(n.suspect_since, ov.now_ms)}: ${n.suspect_reason || ""}`;
+      else if (n.stale) reason = n.health ? `No health report since ${ago(n.health.reported_at, ov.now_ms)}.` : "It never reported its health.";
       parts.reason.textContent = reason;
       parts.reason.hidden = !reason;
+      parts.reason.classList.toggle("paused", !!n.paused_at);
       const h = n.health;
-      const rate = h && h.requests !== undefined ? h.requests : null;
+      const rate = h ? h.requests : null;
       parts.figures.replaceChildren(
         figure("users / capacity", `${num(n.users)} / ${num(n.capacity)}`),
         figure("share of new users", pct(n.share, 1)),
         figure("rollout", `${(n.percent_bp / 100).toFixed(2)}%`),
         figure("requests/min", h ? num(rate) : "–"),
-        figure("p99", h ? ms(h.p99_ms) : "–"),
-        figure("5xx rate", h && rate ? pct(h.errors / rate, 2) : (h ? "0%" : "–")),
+        figure("p99", h ? ms(h.p99_us / 1000) : "–"),
+        figure("5xx rate", h ? (rate ? pct(h.errors / rate, 2) : "0%") : "–"),
         figure("open files", h ? num(h.open_users) : "–"),
         figure("disk free", h ? bytes(h.disk_free) : "–"),
         figure("reported", h ? ago(h.reported_at, ov.now_ms) : "never"));
       drawChart(parts, n.minutes, ov.now_ms || Date.now());
-      parts.resume.hidden = !(g.paused_at);
+      parts.resume.hidden = !(n.paused_at || n.suspect_since);
       parts.down.textContent = n.downed ? "Mark up" : "Mark down";
       parts.drainFlag.textContent = n.draining ? "Stop draining" : "Drain";
-      parts.drainLive.disabled = !!n.drain_running;
+      parts.drainLive.disabled = ov.drains.some((d) => d.node === n.node && d.status === "running");
     }
     for (const [url, parts] of cards) {
       if (!seen.has(url)) { parts.root.remove(); cards.delete(url); }
     }
     const counts = {};
     for (const n of ov.nodes) { const s = nodeState(n)[1]; counts[s] = (counts[s] || 0) + 1; }
-    $("nodes-summary").textContent = Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ");
+    let summary = Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ");
+    if (ov.guard) {
+      summary += ` · canary guard: pauses a node in rollout after ${ov.guard.window_secs} s of ` +
+        `5xx > ${pct(ov.guard.error_rate, 1)} and ${ov.guard.error_factor}× the others', or p99 > ` +
+        `${ov.guard.p99_factor}× (and > ${ov.guard.p99_floor_ms} ms); last ran ${ago(ov.guard.at, ov.now_ms)}`;
+    } else {
+      summary += " · canary guard: has not run";
+    }
+    $("nodes-summary").textContent = summary;
   }
 
   // ---- moves and drains ----------------------------------------------------------------
@@ -389,19 +400,25 @@
   function renderWork(ov) {
     const w = $("work");
     const items = [];
-    for (const d of ov.drains) {
-      const finished = !!d.finished_at;
-      const stalled = !finished && d.stalled;
-      const cls = finished ? "done" : (stalled ? "stalled" : "");
-      const state = finished ? `finished ${ago(d.finished_at, ov.now_ms)}` :
-        (stalled ? `stalled (no progress since ${ago(d.updated_at, ov.now_ms)}; run it again to resume)` : "running");
-      items.push(el("div", { class: "work-item drain", "data-node": d.node, "data-state": finished ? "finished" : (stalled ? "stalled" : "running") },
+    // Every drain not done, and the done ones of the last day (at most 5).
+    let doneShown = 0;
+    const drains = ov.drains.filter((d) => d.status !== "done" ||
+      (ov.now_ms - (d.finished_at || 0) < 86400000 && doneShown++ < 5));
+    for (const d of drains) {
+      const cls = { done: "done", stalled: "stalled", failed: "stalled" }[d.status] || "";
+      const state = {
+        running: "running",
+        done: `finished ${ago(d.finished_at, ov.now_ms)}`,
+        failed: `ended with ${num(d.failed)} failed${d.last_error ? ` (${d.last_error})` : ""}: run it again`,
+        stalled: `stalled: no progress since ${ago(d.updated_at, ov.now_ms)}; run it again to resume`,
+      }[d.status] || d.status;
+      items.push(el("div", { class: "work-item drain", "data-node": d.node, "data-status": d.status },
         el("div", { class: "row" },
           el("span", { class: "what" }, el("strong", { text: "Live drain " }), d.node,
-            d.via ? ` (via ${d.via}${d.who ? ` ${d.who}` : ""})` : ""),
-          el("span", { class: "muted", text: `${num(d.moved)} of ${num(d.total)} moved` +
+            ` (via ${d.via} ${d.who}, started ${ago(d.started_at, ov.now_ms)})`),
+          el("span", { class: "muted", text: `${num(d.moved)} of ${num(d.total)} users moved` +
             (d.failed ? `, ${num(d.failed)} failed` : "") + ` · ${state}` })),
-        bar(d.moved + (d.failed || 0), d.total, cls)));
+        bar(d.moved, d.total, cls)));
     }
     for (const m of ov.moves) {
       items.push(el("div", { class: "work-item move" },
@@ -511,7 +528,8 @@
   // The overview as the renderers read it.
   function normalize(ov) {
     return {
-      now_ms: ov.now_ms || Date.now(),
+      now_ms: ov.now || Date.now(),
+      guard: ov.guard || null,
       nodes: ov.nodes || [],
       lists: ov.lists || [],
       signups: ov.signups || "open",
