@@ -520,3 +520,476 @@ async fn changes_from_the_console_are_audited_with_its_address_and_shown() {
         assert_eq!(row, shown);
     }
 }
+
+// ---- a real browser ----------------------------------------------------------------------
+
+/// Debian's chromium, or `SYNCSTORE_CHROMIUM`.
+fn chromium() -> String {
+    std::env::var("SYNCSTORE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// Whether the browser test runs: always under CI (`CI` set: scripts/test installs
+/// chromium and Playwright), elsewhere only where chromium is installed.
+fn browser_wanted() -> bool {
+    if std::path::Path::new(&chromium()).exists() || std::env::var_os("CI").is_some() {
+        return true;
+    }
+    eprintln!(
+        "skipped: {} is not installed (apt-get install chromium; CI=true runs it anyway)",
+        chromium()
+    );
+    false
+}
+
+/// scripts/console_browser.py: a headless chromium driven by Playwright, one JSON
+/// command a line; see the script.
+struct Browser {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    answers: std::sync::mpsc::Receiver<String>,
+    /// Where the screenshots go.
+    shots: std::path::PathBuf,
+}
+
+impl Browser {
+    fn start(shots: &std::path::Path) -> Browser {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let python = std::env::var("SYNCSTORE_PYTHON").unwrap_or_else(|_| "python3".into());
+        let _ = std::fs::remove_dir_all(shots);
+        let mut child = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/console_browser.py"
+            ))
+            .arg("--out")
+            .arg(shots)
+            .args(["--chromium", &chromium()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{python} scripts/console_browser.py: {e}"));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut b = Browser {
+            child,
+            stdin,
+            answers,
+            shots: shots.to_path_buf(),
+        };
+        let ready = b.answer(Duration::from_secs(60));
+        assert_eq!(
+            ready["result"], "ready",
+            "the browser did not start (pip install playwright into $SYNCSTORE_PYTHON; \
+             apt-get install chromium): {ready}"
+        );
+        b
+    }
+
+    fn answer(&mut self, wait: Duration) -> Value {
+        let line = self
+            .answers
+            .recv_timeout(wait)
+            .unwrap_or_else(|_| panic!("no answer from the browser in {wait:?}"));
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+    }
+
+    /// Sends a command; its result, or a panic with the browser's error.
+    fn try_call(&mut self, cmd: Value) -> Result<Value, String> {
+        use std::io::Write;
+        let wait = cmd["timeout"].as_u64().unwrap_or(10_000) + 30_000;
+        writeln!(self.stdin, "{cmd}").expect("write to the browser");
+        self.stdin.flush().unwrap();
+        let a = tokio::task::block_in_place(|| self.answer(Duration::from_millis(wait)));
+        if a["ok"] == true {
+            Ok(a["result"].clone())
+        } else {
+            Err(format!("{cmd}: {}", a["error"]))
+        }
+    }
+
+    fn call(&mut self, cmd: Value) -> Value {
+        self.try_call(cmd)
+            .unwrap_or_else(|e| panic!("browser: {e}"))
+    }
+
+    /// Screenshots at laptop and phone size; asserts that the page does not scroll
+    /// sideways and nothing sticks out on the right at either.
+    fn shots(&mut self, name: &str) {
+        let found = self.call(json!({"cmd": "shots", "name": name}));
+        for size in ["laptop", "phone"] {
+            let f = &found[size];
+            assert!(
+                f["scrollWidth"].as_u64() <= f["clientWidth"].as_u64()
+                    && f["wide"].as_array().is_some_and(|w| w.is_empty()),
+                "{name} at {size} size is wider than the screen: {f} (see {})",
+                self.shots.display()
+            );
+        }
+    }
+
+    /// Waits until `js` (a function of no arguments, or of `arg`) returns something
+    /// truthy; returns it.
+    fn wait_js(&mut self, js: &str, arg: Value, timeout_ms: u64) -> Value {
+        self.call(json!({"cmd": "wait_js", "js": js, "arg": arg, "timeout": timeout_ms}))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces every user file under `data/users` by garbage, keeping the good ones in
+/// `data/users.good` (as tests/it/canary.rs does): every storage request of those users
+/// then fails.
+fn damage_user_files(data: &std::path::Path) -> usize {
+    let (users, good) = (data.join("users"), data.join("users.good"));
+    std::fs::rename(&users, &good).unwrap();
+    let mut n = 0;
+    for shard in std::fs::read_dir(&good).unwrap().flatten() {
+        let dir = users.join(shard.file_name());
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sqlite") {
+                std::fs::write(dir.join(&name), b"not a database ".repeat(1000)).unwrap();
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Puts the good user files back.
+fn repair_user_files(data: &std::path::Path) {
+    std::fs::remove_dir_all(data.join("users")).unwrap();
+    std::fs::rename(data.join("users.good"), data.join("users")).unwrap();
+}
+
+/// A user signed in through the tokenserver: its client and the node it landed on.
+async fn signed_in(ts: &Server, nodes: &[&Server], user: &str) -> (crate::common::Client, String) {
+    let t = crate::common::sign_in(ts, user).await;
+    let endpoint = t["api_endpoint"].as_str().unwrap();
+    let base = endpoint.rsplit_once("/1.5/").unwrap().0.to_string();
+    let server = nodes
+        .iter()
+        .find(|s| s.url() == base)
+        .unwrap_or_else(|| panic!("unknown node {base}"));
+    let c = crate::common::Client::with_token(
+        server,
+        t["uid"].as_u64().unwrap(),
+        t["id"].as_str().unwrap().into(),
+        t["key"].as_str().unwrap().into(),
+    );
+    (c, base)
+}
+
+/// The selector of a node's card, or of something in it.
+fn card(url: &str, inner: &str) -> String {
+    format!("article[data-node=\"{url}\"] {inner}")
+        .trim()
+        .to_string()
+}
+
+/// JS: the state of the card of the node `arg`.
+const CARD_STATE: &str = "(url) => { const c = document.querySelector(`article[data-node=\"${url}\"]`); \
+    return c ? c.dataset.state : null; }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_real_browser_an_operator_signs_in_rolls_out_drains_and_sees_the_guard() {
+    use crate::common::{cli, fake_verifier, fresh_database};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use syncstore::tokenserver::rollout::bucket;
+
+    if !browser_wanted() {
+        return;
+    }
+    // Three storage nodes and a tokenserver (with the console) on PostgreSQL; reports
+    // every second, a guard window of 3 s (as tests/it/canary.rs).
+    let db = fresh_database().await;
+    let verify = fake_verifier().await;
+    let env: Vec<(&str, String)> = vec![
+        ("SYNCSTORE_TOKENSERVER_DATABASE_URL", db.clone()),
+        ("SYNCSTORE_FXA_VERIFY_URL", verify),
+        ("SYNCSTORE_ASSIGNMENT_CHECK_SECS", "0".into()),
+        ("SYNCSTORE_NODE_REPORT_SECS", "1".into()),
+        ("SYNCSTORE_CANARY_WINDOW_SECS", "3".into()),
+        ("SYNCSTORE_CANARY_MIN_REQUESTS", "20".into()),
+        ("SYNCSTORE_CANARY_P99_FLOOR_MS", "5000".into()),
+        ("SYNCSTORE_ACCOUNTS_SIGNUPS", "invite".into()),
+    ];
+    let start = |role: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        e.push(("SYNCSTORE_ROLE", role));
+        e.extend_from_slice(extra);
+        Server::start(&e)
+    };
+    let a = start("storage", &[]);
+    let b = start("storage", &[]);
+    let c = start("storage", &[]);
+    for n in [&a, &b, &c] {
+        cli(&db, &["node", "add", &n.url(), "--capacity", "1000"]);
+    }
+    // C is new: it takes no new users yet.
+    cli(&db, &["rollout", "set", &c.url(), "0"]);
+    let ts = start("tokenserver", &[("SYNCSTORE_ADMIN_LISTEN", "127.0.0.1:0")]);
+    let console = format!("{}/admin/", console_url(&ts));
+    let token = std::fs::read_to_string(ts.data.path().join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (a_url, b_url, c_url) = (a.url(), b.url(), c.url());
+
+    // Ten users before the rollout: none lands on C.
+    let mut users = Vec::new();
+    for i in 0..10 {
+        let (client, base) = signed_in(&ts, &[&a, &b, &c], &format!("early{i}")).await;
+        assert_ne!(base, c_url);
+        let r = client
+            .put("/storage/tabs/mine", &json!({"payload": "x"}))
+            .await;
+        assert_eq!(r.status, 200);
+        users.push((client, base));
+    }
+
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-shots");
+    let mut web = Browser::start(&shots);
+    web.call(json!({"cmd": "open", "url": console}));
+    web.call(json!({"cmd": "wait_js", "js": "() => !document.getElementById('login').hidden"}));
+    web.shots("01-sign-in");
+
+    // A wrong token is refused, on the page.
+    web.call(json!({"cmd": "fill", "sel": "#token", "value": "not-the-admin-token"}));
+    web.call(json!({"cmd": "click", "sel": "#login-button"}));
+    let said = web.call(json!({"cmd": "wait_text", "sel": "#login-error", "text": "refused"}));
+    assert!(
+        said.as_str().unwrap().contains("Wrong admin token"),
+        "{said}"
+    );
+    assert_eq!(
+        web.call(json!({"cmd": "visible", "sel": "#console"})),
+        false
+    );
+    web.shots("02-wrong-token");
+
+    // The right one: three nodes, each reporting.
+    web.call(json!({"cmd": "fill", "sel": "#token", "value": token}));
+    web.call(json!({"cmd": "click", "sel": "#login-button"}));
+    web.wait_js(
+        "() => { const cards = document.querySelectorAll('article.node'); \
+         return cards.length === 3 && [...cards].every((c) => c.dataset.state !== 'stale') \
+         && [...cards].every((c) => c.querySelector('svg rect')); }",
+        Value::Null,
+        30_000,
+    );
+    assert_eq!(web.wait_js(CARD_STATE, json!(c_url), 5_000), "rollout");
+    assert_eq!(web.wait_js(CARD_STATE, json!(a_url), 5_000), "serving");
+    web.shots("03-three-nodes");
+
+    // Raise C's share to 50% on the page; new sign-ins follow it: exactly the users
+    // whose bucket is under 5000 land on C.
+    web.call(json!({"cmd": "fill", "sel": card(&c_url, "input.share"), "value": "50"}));
+    web.call(json!({"cmd": "click", "sel": card(&c_url, "button.set-share")}));
+    let asked = web.call(json!({"cmd": "confirm", "shot": "04-confirm-share"}));
+    assert!(
+        asked.as_str().unwrap().contains("Send 50% of new users"),
+        "{asked}"
+    );
+    web.call(json!({"cmd": "wait_text", "sel": card(&c_url, ".figures"), "text": "50.00%"}));
+    let mut on_c = 0;
+    for i in 0..40 {
+        let user = format!("later{i}");
+        let (client, base) = signed_in(&ts, &[&a, &b, &c], &user).await;
+        let want_c = bucket(&user) < 5000;
+        assert_eq!(
+            base == c_url,
+            want_c,
+            "{user} (bucket {}) landed on {base}",
+            bucket(&user)
+        );
+        for k in 0..5 {
+            let r = client
+                .put(
+                    &format!("/storage/history/r{k}"),
+                    &json!({"payload": "y".repeat(200)}),
+                )
+                .await;
+            assert_eq!(r.status, 200);
+        }
+        on_c += usize::from(want_c);
+        users.push((client, base));
+    }
+    assert!((10..=30).contains(&on_c), "{on_c} of 40 on C");
+    web.call(json!({"cmd": "wait_text", "sel": card(&c_url, ".figures"), "text": &format!("{on_c} / 1,000")}));
+    web.shots("05-share-raised");
+
+    // Drain C live from the page and watch its bar finish.
+    web.call(json!({"cmd": "click", "sel": card(&c_url, "button.drain-live")}));
+    let asked = web.call(json!({"cmd": "confirm", "shot": "06-confirm-drain"}));
+    assert!(
+        asked
+            .as_str()
+            .unwrap()
+            .contains(&format!("Move all {on_c} users")),
+        "{asked}"
+    );
+    let sel = format!(".drain[data-node=\"{c_url}\"]");
+    web.call(json!({"cmd": "wait_js", "js": "(sel) => document.querySelector(sel)", "arg": sel, "timeout": 20_000}));
+    let _ = web.try_call(json!({"cmd": "shots", "name": "07-drain-running"}));
+    let finished = web.wait_js(
+        "(sel) => { const d = document.querySelector(sel); const bar = d && d.querySelector('[role=progressbar]'); \
+         return d && d.dataset.status === 'done' && bar.getAttribute('aria-valuenow') === bar.getAttribute('aria-valuemax') \
+         && bar.getAttribute('aria-valuenow'); }",
+        json!(sel),
+        120_000,
+    );
+    assert_eq!(finished, json!(on_c.to_string()));
+    web.call(json!({"cmd": "wait_text", "sel": card(&c_url, ".figures"), "text": "0 / 1,000"}));
+    assert_eq!(web.wait_js(CARD_STATE, json!(c_url), 10_000), "draining");
+    web.shots("08-drain-done");
+    // C's users went with their data: signed in again, each finds its records elsewhere.
+    for (i, (_, base)) in users
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, b))| *b == c_url)
+        .take(3)
+    {
+        let (client, now) = signed_in(&ts, &[&a, &b, &c], &format!("later{}", i - 10)).await;
+        assert_ne!(now, c_url);
+        assert_ne!(&now, base);
+        let r = client.get("/storage/history?full=1").await;
+        assert_eq!(r.json().as_array().unwrap().len(), 5, "{}", r.text);
+    }
+
+    // B rolls out (60%) and fails: the guard pauses it, the page says why.
+    web.call(json!({"cmd": "fill", "sel": card(&b_url, "input.share"), "value": "60"}));
+    web.call(json!({"cmd": "click", "sel": card(&b_url, "button.set-share")}));
+    web.call(json!({"cmd": "confirm"}));
+    assert_eq!(web.wait_js("(url) => { const s = document.querySelector(`article[data-node=\"${url}\"]`).dataset.state; return s === 'rollout' && s; }", json!(b_url), 10_000), "rollout");
+    let (b_addr, b_data) = (b.addr.clone(), b.stop());
+    assert!(damage_user_files(b_data.path()) >= 3);
+    let e: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain([("SYNCSTORE_ROLE", "storage")])
+        .collect();
+    let b = Server::start_at(b_data, &b_addr, &e);
+    // The same load on A and B: each of their users reads every 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (client, _) in users.iter().filter(|(_, base)| *base != c_url) {
+        let (client, stop) = (client.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let path = format!("/1.5/{}/info/collections", client.uid);
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let _ = client.try_raw("GET", &path, &[], None, true).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    let paused = web.wait_js(
+        "(url) => { const c = document.querySelector(`article[data-node=\"${url}\"]`); \
+         return c.dataset.state === 'paused' && c.querySelector('.reason').textContent; }",
+        json!(b_url),
+        60_000,
+    );
+    let reason = paused.as_str().unwrap();
+    assert!(
+        reason.contains("Paused by the canary guard") && reason.contains("5xx"),
+        "{reason}"
+    );
+    assert_eq!(
+        web.wait_js(CARD_STATE, json!(a_url), 5_000),
+        "serving",
+        "A is not paused"
+    );
+    web.shots("09-guard-paused");
+    // New sign-ins avoid it.
+    for i in 0..10 {
+        let (_, base) = signed_in(&ts, &[&a, &b, &c], &format!("paused{i}")).await;
+        assert_ne!(base, b_url);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+
+    // Repaired, B is resumed on the page.
+    let b_data = b.stop();
+    repair_user_files(b_data.path());
+    let _b = Server::start_at(b_data, &b_addr, &e);
+    web.call(json!({"cmd": "click", "sel": card(&b_url, "button.resume")}));
+    let asked = web.call(json!({"cmd": "confirm"}));
+    assert!(asked.as_str().unwrap().contains("5xx"), "{asked}");
+    assert_eq!(web.wait_js("(url) => { const s = document.querySelector(`article[data-node=\"${url}\"]`).dataset.state; return s !== 'paused' && s; }", json!(b_url), 15_000), "rollout");
+
+    // An invite, shown once; the audit log names the console and its address.
+    web.call(json!({"cmd": "click", "sel": "#invite-form button[type=submit]"}));
+    web.call(json!({"cmd": "confirm"}));
+    let code = web.wait_js(
+        "() => { const c = document.getElementById('invite-code'); return !document.getElementById('invite-result').hidden && c.textContent; }",
+        Value::Null,
+        10_000,
+    );
+    assert!(code.as_str().unwrap().len() >= 10, "{code}");
+    web.wait_js(
+        "() => [...document.querySelectorAll('#audit tbody tr')].some((r) => r.textContent.includes('account.invite'))",
+        Value::Null,
+        40_000,
+    );
+    web.shots("10-resumed-invite-audit");
+    let audit: Vec<Value> = serde_json::from_str(&cli(&db, &["audit", "--json"])).unwrap();
+    let by_console: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["via"] == "console" && r["who"] == "127.0.0.1")
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for action in ["rollout.set", "rollout.resume", "account.invite"] {
+        assert!(by_console.contains(&action), "{action} in {audit:?}");
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["via"] == "guard" && r["target"] == b_url.as_str()),
+        "{audit:?}"
+    );
+
+    // Sign out; nothing went wrong in the page (a failed request's status aside: the
+    // browser logs the 401 of the first session check and the 403 of the wrong token).
+    web.call(json!({"cmd": "click", "sel": "#logout"}));
+    web.call(json!({"cmd": "wait_js", "js": "() => !document.getElementById('login').hidden"}));
+    let errors = web.call(json!({"cmd": "errors"}));
+    let real: Vec<&Value> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e.as_str().unwrap().contains("Failed to load resource"))
+        .collect();
+    assert!(real.is_empty(), "errors in the page: {real:?}");
+}

@@ -80,6 +80,15 @@
     s.classList.toggle("bad", !!bad);
   }
 
+  // A table row whose cells carry their column's name (shown on a phone).
+  function row(labels, cells) {
+    return el("tr", {}, ...cells.map((c, i) => {
+      const td = c instanceof Node && c.tagName === "TD" ? c : el("td", {}, c);
+      if (labels[i]) td.dataset.label = labels[i];
+      return td;
+    }));
+  }
+
   // ---- the API -------------------------------------------------------------------------
 
   async function api(method, path, body) {
@@ -215,14 +224,15 @@
     });
     parts.legend = el("div", { class: "legend" });
     parts.percent = el("input", {
+      class: "share",
       type: "number", min: "0", max: "100", step: "0.01", inputmode: "decimal",
       "aria-label": `share of new users for ${url}, percent`,
     });
-    parts.setShare = el("button", { type: "button", class: "small", text: "Set share" });
-    parts.resume = el("button", { type: "button", class: "small", text: "Resume" });
-    parts.down = el("button", { type: "button", class: "small quiet" });
-    parts.drainFlag = el("button", { type: "button", class: "small quiet" });
-    parts.drainLive = el("button", { type: "button", class: "small quiet", text: "Drain live" });
+    parts.setShare = el("button", { type: "button", class: "small set-share", text: "Set share" });
+    parts.resume = el("button", { type: "button", class: "small resume", text: "Resume" });
+    parts.down = el("button", { type: "button", class: "small quiet down" });
+    parts.drainFlag = el("button", { type: "button", class: "small quiet drain-flag" });
+    parts.drainLive = el("button", { type: "button", class: "small quiet drain-live", text: "Drain live" });
     parts.root = el("article", { class: "card node", "data-node": url },
       el("div", { class: "node-head" }, el("span", { class: "node-url", text: url }), parts.badge),
       parts.reason, parts.figures, parts.chart, parts.legend,
@@ -356,8 +366,8 @@
         figure("share of new users", pct(n.share, 1)),
         figure("rollout", `${(n.percent_bp / 100).toFixed(2)}%`),
         figure("requests/min", h ? num(rate) : "–"),
-        figure("p99", h ? ms(h.p99_us / 1000) : "–"),
-        figure("5xx rate", h ? (rate ? pct(h.errors / rate, 2) : "0%") : "–"),
+        figure("p99", h && rate ? ms(h.p99_us / 1000) : "–"),
+        figure("5xx rate", h && rate ? pct(h.errors / rate, 2) : "–"),
         figure("open files", h ? num(h.open_users) : "–"),
         figure("disk free", h ? bytes(h.disk_free) : "–"),
         figure("reported", h ? ago(h.reported_at, ov.now_ms) : "never"));
@@ -443,8 +453,7 @@
       unlist.addEventListener("click", () => act("Take off the list",
         `Take ${l.who} off the ${l.kind}-list of ${l.node}?`, "list",
         { node: l.node, list: "unlist", who: [l.who] }, "Unlist"));
-      return el("tr", {}, el("td", { text: l.node }), el("td", { text: l.kind }),
-        el("td", { text: l.who }), el("td", {}, unlist));
+      return row(["Node", "List", "User", ""], [l.node, l.kind, l.who, unlist]);
     });
     if (!rows.length) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "4", text: "No lists." })));
     body.replaceChildren(...rows);
@@ -490,12 +499,12 @@
     if (!a) return;
     $("accounts-count").textContent = num(a.count);
     $("accounts-signups").textContent = a.signups;
-    const rows = (a.invites || []).map((i) => el("tr", {},
+    const rows = (a.invites || []).map((i) => row(["Created", "Expires", "Used", "By"], [
       el("td", { class: "nowrap", text: when(i.created_at) }),
       el("td", { class: "nowrap", text: when(i.expires_at) }),
       el("td", { class: "nowrap", text: i.used_at ? when(i.used_at) :
         (i.expires_at <= (ov.now_ms || Date.now()) ? "expired" : "unused") }),
-      el("td", { text: i.used_by || "–" })));
+      i.used_by || "–"]));
     if (!rows.length) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "4", text: "No invites." })));
     $("invites").tBodies[0].replaceChildren(...rows);
   }
@@ -515,10 +524,10 @@
   // ---- audit log -----------------------------------------------------------------------
 
   function renderAudit(ov) {
-    const rows = ov.audit.map((r) => el("tr", {},
-      el("td", { class: "nowrap", text: when(r.at) }), el("td", { text: r.via }),
-      el("td", { text: r.who }), el("td", { text: r.action }),
-      el("td", { text: r.target || "" }), el("td", { text: r.detail || "" })));
+    const rows = ov.audit.map((r) => row(["When", "Via", "Who", "Action", "Target", "Detail"], [
+      el("td", { class: "nowrap", text: when(r.at) }), el("td", { class: "nowrap", text: r.via }),
+      el("td", { class: "nowrap", text: r.who }), el("td", { class: "nowrap", text: r.action }),
+      el("td", { class: "nowrap", text: r.target || "" }), r.detail || ""]));
     if (!rows.length) rows.push(el("tr", {}, el("td", { class: "empty", colspan: "6", text: "Nothing yet." })));
     $("audit").tBodies[0].replaceChildren(...rows);
   }
