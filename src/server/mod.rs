@@ -1,6 +1,6 @@
 //! The server's wiring: [`run`] opens the services the settings ask for, builds the
 //! shared state, serves the listeners (the public one, the internal one for other
-//! nodes, the metrics one), runs the background tasks (storage upkeep, account-deletion
+//! nodes, the metrics one, the operator console's), runs the background tasks (storage upkeep, account-deletion
 //! events) and, at shutdown, stops them and checkpoints and closes every user file.
 //!
 //! * `state` — one process's services from its settings: the tokenserver, the storage

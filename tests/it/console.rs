@@ -340,16 +340,69 @@ async fn sessions_need_the_token_and_every_change_its_csrf_token_and_origin() {
     assert_eq!(a.status, 401);
 }
 
+/// `syncstore serve` with `env` that must fail to start: its stderr.
+fn refused_start(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncstore"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("SYNCSTORE_SECRETS", crate::common::SECRET)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started: {env:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cookie_is_secure_when_the_public_url_is_https() {
-    let s = with_console(&[("SYNCSTORE_PUBLIC_URL", "https://sync.example.org")]);
+async fn a_token_file_of_the_operators_choice_and_a_secure_cookie_with_an_https_public_url() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("console-token");
+    let mine = "my-own-admin-token-of-enough-length";
+    std::fs::write(&file, format!("{mine}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = file.to_str().unwrap();
+    let s = with_console(&[
+        ("SYNCSTORE_PUBLIC_URL", "https://sync.example.org"),
+        ("SYNCSTORE_ADMIN_TOKEN_FILE", path),
+    ]);
+    assert!(!s.data.path().join("admin-token").exists());
     let base = console_url(&s);
-    let (ok, _) = login(&reqwest::Client::new(), &base, &admin_token(&s)).await;
-    assert_eq!(ok.status, 200);
+    let c = reqwest::Client::new();
+    let (ok, _) = login(&c, &base, mine).await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    let set = ok.header("set-cookie");
     assert!(
-        ok.header("set-cookie").contains("; Secure"),
-        "{}",
-        ok.header("set-cookie")
+        set.contains("; Secure") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    // The public URL's host is answered too.
+    let a = send(
+        &c,
+        "GET",
+        &format!("{base}/admin/"),
+        &[("host", "sync.example.org")],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+
+    // A token too short to be one, and a process without the assignment database,
+    // refuse to start, saying why.
+    std::fs::write(&file, "short\n").unwrap();
+    let err = refused_start(&[
+        ("SYNCSTORE_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("SYNCSTORE_ADMIN_TOKEN_FILE", path),
+    ]);
+    assert!(err.contains("at least 16 characters"), "{err}");
+    let err = refused_start(&[
+        ("SYNCSTORE_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("SYNCSTORE_ROLE", "storage"),
+    ]);
+    assert!(
+        err.contains("admin_listen needs the assignment database"),
+        "{err}"
     );
 }
 
