@@ -1033,6 +1033,52 @@ async fn in_a_real_browser_an_operator_signs_in_rolls_out_drains_and_sees_the_gu
         "{audit:?}"
     );
 
+    // The other controls: an allow-list entry added and taken off, a node marked down
+    // and up, sign-ups closed and opened; each shows on the page.
+    web.call(
+        json!({"cmd": "fill", "sel": "#list-who", "value": "0123456789abcdef0123456789abcdef"}),
+    );
+    web.call(json!({"cmd": "click", "sel": "#list-form button[type=submit]"}));
+    let asked = web.call(json!({"cmd": "confirm"}));
+    assert!(
+        asked
+            .as_str()
+            .unwrap()
+            .starts_with("Always send 0123456789abcdef"),
+        "{asked}"
+    );
+    web.call(json!({"cmd": "wait_text", "sel": "#lists tbody", "text": "0123456789abcdef0123456789abcdef"}));
+    web.call(json!({"cmd": "click", "sel": "#lists tbody button"}));
+    web.call(json!({"cmd": "confirm"}));
+    web.call(json!({"cmd": "wait_text", "sel": "#lists tbody", "text": "No lists."}));
+    web.call(json!({"cmd": "click", "sel": card(&a_url, "button.down")}));
+    web.call(json!({"cmd": "confirm"}));
+    assert_eq!(web.wait_js("(url) => { const s = document.querySelector(`article[data-node=\"${url}\"]`).dataset.state; return s === 'down' && s; }", json!(a_url), 10_000), "down");
+    web.shots("11-node-down");
+    web.call(json!({"cmd": "click", "sel": card(&a_url, "button.down")}));
+    web.call(json!({"cmd": "confirm"}));
+    assert_eq!(web.wait_js("(url) => { const s = document.querySelector(`article[data-node=\"${url}\"]`).dataset.state; return s === 'serving' && s; }", json!(a_url), 10_000), "serving");
+    web.call(json!({"cmd": "click", "sel": "#signups-toggle"}));
+    web.call(json!({"cmd": "confirm"}));
+    web.call(json!({"cmd": "wait_text", "sel": "#signups-state", "text": "closed"}));
+    let closed = reqwest::Client::new()
+        .get(format!("{}/1.0/sync/1.5", ts.url()))
+        .bearer_auth("good-while-closed")
+        .header("x-keyid", "1-qg")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        closed.status(),
+        401,
+        "sign-ups closed: a new user is refused"
+    );
+    let body = closed.text().await.unwrap();
+    assert!(body.contains("new-users-disabled"), "{body}");
+    web.call(json!({"cmd": "click", "sel": "#signups-toggle"}));
+    web.call(json!({"cmd": "confirm"}));
+    web.call(json!({"cmd": "wait_text", "sel": "#signups-state", "text": "open"}));
+
     // Sign out; nothing went wrong in the page (a failed request's status aside: the
     // browser logs the 401 of the first session check and the 403 of the wrong token).
     web.call(json!({"cmd": "click", "sel": "#logout"}));

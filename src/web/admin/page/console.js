@@ -207,8 +207,10 @@
     down: "down", draining: "draining", paused: "paused by the guard",
     rollout: "in rollout", serving: "serving", stale: "stale",
   };
-  function nodeState(n) {
+  function nodeState(n, ov) {
     let s = n.state || "serving";
+    const live = ov && ov.drains.some((d) => d.node === n.node && d.status === "running");
+    if (live && s !== "down") return ["draining", "draining live"];
     if (n.stale && (s === "serving" || s === "rollout")) s = "stale";
     return [s, STATE_LABELS[s] || s];
   }
@@ -324,8 +326,9 @@
           width: (bw - 2).toFixed(1), height: e.toFixed(1) }));
       }
       if (p99(m) !== null) {
-        const y = H - 2 - (p99(m) / maxP99) * (H - 8);
-        line += `${line ? "L" : "M"}${(i * bw + bw / 2).toFixed(1)} ${y.toFixed(1)} `;
+        // A step across the minute's slot, so that one minute alone shows too.
+        const y = (H - 2 - (p99(m) / maxP99) * (H - 8)).toFixed(1);
+        line += `${line ? "L" : "M"}${(i * bw).toFixed(1)} ${y} L${((i + 1) * bw).toFixed(1)} ${y} `;
       }
     });
     if (line) c.append(svg("path", { class: "p99", d: line }));
@@ -348,7 +351,7 @@
         holder.append(parts.root);
       }
       parts.node = n;
-      const [cls, label] = nodeState(n);
+      const [cls, label] = nodeState(n, ov);
       parts.badge.className = `badge ${cls}`;
       parts.badge.textContent = label;
       parts.root.dataset.state = cls;
@@ -381,7 +384,7 @@
       if (!seen.has(url)) { parts.root.remove(); cards.delete(url); }
     }
     const counts = {};
-    for (const n of ov.nodes) { const s = nodeState(n)[1]; counts[s] = (counts[s] || 0) + 1; }
+    for (const n of ov.nodes) { const s = nodeState(n, ov)[1]; counts[s] = (counts[s] || 0) + 1; }
     let summary = Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ");
     if (ov.guard) {
       summary += ` · canary guard: pauses a node in rollout after ${ov.guard.window_secs} s of ` +
@@ -431,10 +434,12 @@
         bar(d.moved, d.total, cls)));
     }
     for (const m of ov.moves) {
+      // pending_moves.started_at is written in seconds by the moving node (cluster.rs).
+      const since = m.started_at < 1e11 ? m.started_at * 1000 : m.started_at;
       items.push(el("div", { class: "work-item move" },
         el("div", { class: "row" },
           el("span", { class: "what", text: `Moving user ${m.uid} from ${m.from || "?"} to ${m.to || "?"}` }),
-          el("span", { class: "muted", text: `since ${ago(m.started_at, ov.now_ms)}` }))));
+          el("span", { class: "muted", text: `since ${ago(since, ov.now_ms)}` }))));
     }
     if (!items.length) items.push(el("p", { class: "empty", text: "No moves or drains in progress." }));
     w.replaceChildren(...items);
