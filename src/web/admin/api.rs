@@ -210,9 +210,9 @@ async fn accounts_block(c: &Arc<Console>) -> Result<Value, ConsoleError> {
         let err = |e: crate::accounts::store::StoreError| ConsoleError::Internal(e.to_string());
         let count = store.accounts().map_err(err)?.len();
         let invites = store.invites().map_err(err)?;
+        // Newest first.
         let latest: Vec<Value> = invites
             .iter()
-            .rev()
             .take(50)
             .map(|i| {
                 json!({"created_at": i.created_at, "expires_at": i.expires_at,
@@ -400,28 +400,33 @@ pub(super) async fn drain(State(c): State<Arc<Console>>, op: Operator, body: Byt
         )));
     }
     tracing::info!(client = %op.client, node = %node, "admin console: live drain started");
-    let task = c.clone();
-    let n = node.clone();
+    let slot = DrainSlot(c.clone(), node.clone());
     let actor = Actor::console(op.client);
     tokio::spawn(async move {
+        let (c, n) = (&slot.0, &slot.1);
         // Progress goes to the drains table, which the overview shows.
         let quiet = |_: &admin::moves::DrainStep| {};
-        let drained =
-            admin::moves::drain(&task.db, &actor, &task.secret, &n, to.as_deref(), &quiet).await;
-        match drained {
+        match admin::moves::drain(&c.db, &actor, &c.secret, n, to.as_deref(), &quiet).await {
             Ok(summary) => tracing::info!(node = %n, "admin console: {summary}"),
             Err(e) => tracing::warn!(node = %n, error = %e, "admin console: live drain"),
         }
-        task.drains
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&n);
     });
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"ok": true, "message": format!("draining {node} live")})),
     )
         .into_response())
+}
+
+/// A node this console is draining live; freed when the drain's task ends, however it
+/// ends.
+struct DrainSlot(Arc<Console>, String);
+
+impl Drop for DrainSlot {
+    fn drop(&mut self) {
+        let mut drains = self.0.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.remove(&self.1);
+    }
 }
 
 /// `POST /admin/api/signups` `{"open": bool}`: whether the tokenserver takes new users.
