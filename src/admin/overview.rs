@@ -228,3 +228,32 @@ fn drain_status(d: &Drain, now: i64) -> &'static str {
         None => "running",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_is_running_stalled_done_or_failed() {
+        let d = |moved, failed, updated_at, finished_at| Drain {
+            node: "http://n".into(),
+            started_at: 0,
+            total: 10,
+            moved,
+            failed,
+            updated_at,
+            finished_at,
+            last_error: None,
+            via: "cli".into(),
+            who: "me@here".into(),
+        };
+        let now = 1_000_000;
+        assert_eq!(drain_status(&d(3, 0, now - 5_000, None), now), "running");
+        assert_eq!(
+            drain_status(&d(3, 0, now - DRAIN_STALL_MS - 1, None), now),
+            "stalled"
+        );
+        assert_eq!(drain_status(&d(10, 0, now, Some(now)), now), "done");
+        assert_eq!(drain_status(&d(8, 2, now, Some(now)), now), "failed");
+    }
+}

@@ -346,6 +346,34 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
     assert!(node_of(&o, &c_url)["paused_at"].is_null());
     assert!(node_of(&o, &c_url)["suspect_since"].is_null());
 
+    // A live drain records its progress for anyone to see, and is audited.
+    let out = cli(&db_url, &["node", "drain", &c_url, "--live"]);
+    assert!(out.contains("moved "), "{out}");
+    let o = overview(&db).await;
+    let d = o["drains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["node"] == c_url.as_str())
+        .unwrap_or_else(|| panic!("no drain: {o}"));
+    assert_eq!(d["status"], "done", "{d}");
+    assert!(
+        d["total"].as_i64().unwrap() > 0 && d["moved"] == d["total"],
+        "{d}"
+    );
+    assert_eq!(
+        (&d["via"], &d["failed"]),
+        (&Value::from("cli"), &Value::from(0)),
+        "{d}"
+    );
+    assert_eq!(node_of(&o, &c_url)["state"], "draining");
+    let table = cli(&db_url, &["audit", "--limit", "2"]);
+    assert!(
+        table.contains("drain.end") && table.contains("drain.start"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 3, "a header and 2 rows: {table}");
+
     // A node that stops reporting shows as stale, in `node list` and the overview.
     let a_url = a.url();
     drop(a);
@@ -511,4 +539,40 @@ fn an_assignment_file_made_before_the_guard_gains_its_columns_on_open() {
     let o = admin::overview(&db, now).unwrap();
     assert_eq!(o.nodes[0].node.paused_at, Some(now));
     assert_eq!(o.nodes[0].health.as_ref().map(|h| h.requests), Some(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_made_before_the_guard_gains_its_columns_on_open() {
+    let url = fresh_database().await;
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(include_str!(
+            "../fixtures/tokenserver_postgres_before_canary.sql"
+        ))
+        .unwrap();
+        c.batch_execute(
+            "INSERT INTO nodes (node, capacity, available, percent_bp)
+             VALUES ('http://old.test', 10, 10, 2500);",
+        )
+        .unwrap();
+        drop(c);
+        let (_dir, db) = open_db(&url);
+        let o = admin::overview(&db, admin::now_ms()).unwrap();
+        assert_eq!(o.nodes.len(), 1);
+        assert_eq!(o.nodes[0].node.percent_bp, 2500);
+        assert_eq!(o.nodes[0].node.paused_at, None);
+        admin::rollout_resume(&db, &Actor::cli(), "http://old.test").unwrap();
+        assert_eq!(admin::audit_log(&db, 10).unwrap().len(), 1);
+        // A second process opening it (the columns are there now) changes nothing.
+        let (_dir2, again) = open_db(&url);
+        assert_eq!(
+            admin::overview(&again, admin::now_ms())
+                .unwrap()
+                .nodes
+                .len(),
+            1
+        );
+    })
+    .await
+    .unwrap();
 }
