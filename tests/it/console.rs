@@ -136,6 +136,9 @@ async fn the_console_is_off_by_default_and_serves_only_admin_on_its_own_listener
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "no-referrer");
     assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cross-origin-resource-policy"], "same-origin");
+    assert_eq!(h["cross-origin-opener-policy"], "same-origin");
     assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
     let html = page.text().await.unwrap();
     assert!(html.contains("/admin/console.js") && !html.contains("<script>"));

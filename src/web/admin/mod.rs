@@ -7,7 +7,8 @@
 //! * `page` — the page, its script and style (files of `page/` embedded in the binary).
 //!
 //! Every answer carries a strict content security policy (the page's own script and
-//! style only), `nosniff`, `no-referrer` and `no-store`. Every request must name a host
+//! style only), `nosniff`, `no-referrer`, `no-store`, and same-origin resource and
+//! opener policies. Every request must name a host
 //! the console answers to (an IP address, `localhost`, or the host of `public_url`:
 //! no DNS rebinding), and every change (any method but GET and HEAD) must come from the
 //! console's own origin (`Origin`, `Sec-Fetch-Site`) with a body of at most
@@ -270,6 +271,16 @@ async fn security_headers(req: Request, next: Next) -> Response {
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::REFERRER_POLICY, "no-referrer");
     set(h, header::CACHE_CONTROL, "no-store");
+    set(
+        h,
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        "same-origin",
+    );
+    set(
+        h,
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        "same-origin",
+    );
     res
 }
 
