@@ -135,6 +135,12 @@ pub struct Settings {
     /// Bearer token `/__metrics__` requires; when set, the main listener serves
     /// `/__metrics__` too (with the token), otherwise only `metrics_listen` does.
     pub metrics_token: String,
+    /// Serve the operator console (`/admin/`) on this address, e.g. a private
+    /// `127.0.0.1:8090` reached over an SSH tunnel; empty: no console.
+    pub admin_listen: String,
+    /// The file holding the console's admin token; empty: `<data_dir>/admin-token`
+    /// (generated, owner-only, when missing).
+    pub admin_token_file: String,
     /// FxA's JWK set for verifying OAuth JWTs: a file path, or the JSON inline.
     pub fxa_jwks: String,
     /// Required issuer (`iss`) of OAuth JWTs; empty: not checked.
@@ -318,6 +324,8 @@ impl Default for Settings {
             log_format: "text".into(),
             metrics_listen: String::new(),
             metrics_token: String::new(),
+            admin_listen: String::new(),
+            admin_token_file: String::new(),
             fxa_jwks: String::new(),
             fxa_issuer: "https://accounts.firefox.com".into(),
             fxa_verify_url: "auto".into(),

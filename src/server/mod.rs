@@ -1,6 +1,6 @@
 //! The server's wiring: [`run`] opens the services the settings ask for, builds the
 //! shared state, serves the listeners (the public one, the internal one for other
-//! nodes, the metrics one), runs the background tasks (storage upkeep, account-deletion
+//! nodes, the metrics one, the operator console's), runs the background tasks (storage upkeep, account-deletion
 //! events) and, at shutdown, stops them and checkpoints and closes every user file.
 //!
 //! * `state` — one process's services from its settings: the tokenserver, the storage
@@ -49,6 +49,9 @@ pub enum ServerError {
     /// Listening or serving failed.
     #[error("network: {0}")]
     Io(#[from] std::io::Error),
+    /// The operator console (`admin_listen`) could not be set up.
+    #[error(transparent)]
+    Console(#[from] web::admin::ConsoleError),
 }
 
 /// Serves the node-to-node routes on their own listener and records its URL in the
@@ -127,6 +130,10 @@ pub async fn run(
     };
     let mut state = build_state(settings, tokenserver, assignments)?;
     state.accounts = accounts;
+    let admin_server = match state.settings.admin_listen.as_str() {
+        "" => None,
+        _ => Some(web::admin::start(&state, limits.clone()).await?),
+    };
     let internal_server = match internal_listener {
         Some(l) => Some(serve_internal(l, &state, limits.clone()).await?),
         None => None,
@@ -202,6 +209,9 @@ pub async fn run(
     }
     if let Some(i) = internal_server {
         i.abort();
+    }
+    if let Some(a) = admin_server {
+        a.abort();
     }
     let closed = tokio::task::spawn_blocking(move || dbs.close_all())
         .await

@@ -4,6 +4,7 @@
 //! `extract` the extractors (Hawk identity,
 //! preconditions, query, body), `error` the mapping of every error to a response.
 
+pub mod admin;
 pub mod client_addr;
 pub mod error;
 pub mod events;

@@ -42,6 +42,7 @@ mod client_address;
 mod cluster;
 mod cluster_events;
 mod concurrency;
+mod console;
 mod crash;
 mod faults;
 mod firefox;
