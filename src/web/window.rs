@@ -47,8 +47,9 @@ pub const BUCKETS: usize = 4 * 36;
 /// Octaves of latency (powers of two of microseconds), each four [`BUCKETS`].
 const OCTAVES: usize = BUCKETS / 4;
 
-/// Bins a uid is hashed into for [`PER_USER_PER_SECOND`].
-pub const CAP_BINS: usize = 256;
+/// Bins a uid is hashed into for [`PER_USER_PER_SECOND`] (enough that at 50,000
+/// requests a second of many users a bin rarely holds more than the cap).
+pub const CAP_BINS: usize = 4096;
 
 /// The most requests one user (one of [`CAP_BINS`]) counts in a second.
 pub const PER_USER_PER_SECOND: u32 = 50;
@@ -71,8 +72,6 @@ struct Slot {
     slow_users: [AtomicU64; OCTAVES],
     /// The users (one bit each, by hash) with a 5xx.
     error_users: AtomicU64,
-    /// Requests counted per user bin (see [`PER_USER_PER_SECOND`]).
-    per_user: [AtomicU32; CAP_BINS],
 }
 
 impl Slot {
@@ -84,7 +83,6 @@ impl Slot {
             latency: [const { AtomicU32::new(0) }; BUCKETS],
             slow_users: [const { AtomicU64::new(0) }; OCTAVES],
             error_users: AtomicU64::new(0),
-            per_user: [const { AtomicU32::new(0) }; CAP_BINS],
         }
     }
 
@@ -117,9 +115,6 @@ impl Slot {
                     u.store(0, Ordering::Relaxed);
                 }
                 self.error_users.store(0, Ordering::Relaxed);
-                for u in &self.per_user {
-                    u.store(0, Ordering::Relaxed);
-                }
                 self.second.store(second, Ordering::Release);
                 return true;
             }
@@ -177,6 +172,9 @@ pub struct WindowStats {
 /// The ring (see the module docs).
 pub struct Window {
     slots: [Slot; SLOTS],
+    /// Per user bin: the low 16 bits of the second it counts for (high half) and the
+    /// requests counted in it (low half); a bin of an older second starts again.
+    per_user: [AtomicU32; CAP_BINS],
 }
 
 impl Default for Window {
@@ -190,6 +188,7 @@ impl Window {
     pub const fn new() -> Window {
         Window {
             slots: [const { Slot::new() }; SLOTS],
+            per_user: [const { AtomicU32::new(0) }; CAP_BINS],
         }
     }
 
@@ -201,8 +200,7 @@ impl Window {
             return;
         }
         let h = user_hash(uid);
-        let bin = ((h >> 50) as usize) % CAP_BINS;
-        if slot.per_user[bin].fetch_add(1, Ordering::Relaxed) >= PER_USER_PER_SECOND {
+        if !self.within_share(((h >> 40) as usize) % CAP_BINS, second) {
             return;
         }
         let bit = 1u64 << (h >> 58);
@@ -214,6 +212,27 @@ impl Window {
         let b = bucket(micros);
         slot.latency[b].fetch_add(1, Ordering::Relaxed);
         set_bit(&slot.slow_users[b / 4], bit);
+    }
+
+    /// Counts a request in user bin `bin` for `second`; false when the bin counted
+    /// [`PER_USER_PER_SECOND`] already (then it is not counted again).
+    fn within_share(&self, bin: usize, second: u64) -> bool {
+        let cell = &self.per_user[bin];
+        let tag = (second as u32) << 16;
+        let v = cell.load(Ordering::Relaxed);
+        if v & 0xffff_0000 != tag
+            && cell
+                .compare_exchange(v, tag | 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return true;
+        }
+        // This second's bin (or another thread just started it): count if below the cap.
+        let v = cell.load(Ordering::Relaxed);
+        if v & 0xffff_0000 != tag || v & 0xffff >= PER_USER_PER_SECOND {
+            return v & 0xffff_0000 != tag;
+        }
+        cell.fetch_add(1, Ordering::Relaxed) & 0xffff < PER_USER_PER_SECOND
     }
 
     /// The requests of the last minute as of `second` (that second included).
@@ -452,11 +471,19 @@ mod tests {
         let n = 10_000_000u64;
         let t = Instant::now();
         for i in 0..n {
-            w.record(i % 5000, Instant::now(), Duration::from_micros(300 + i % 900), false);
+            w.record(
+                i % 5000,
+                Instant::now(),
+                Duration::from_micros(300 + i % 900),
+                false,
+            );
         }
         let per = t.elapsed().as_nanos() as f64 / n as f64;
         let t = Instant::now();
         let s = w.stats();
-        eprintln!("record: {per:.1} ns a request (Instant::now included); stats: {:?} {s:?}", t.elapsed());
+        eprintln!(
+            "record: {per:.1} ns a request (Instant::now included); stats: {:?} {s:?}",
+            t.elapsed()
+        );
     }
 }

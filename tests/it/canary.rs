@@ -461,7 +461,10 @@ async fn slow_put(
         .unwrap()
         .unwrap();
     let text = String::from_utf8_lossy(&out);
-    (text.lines().next().unwrap_or("").to_string(), started.elapsed())
+    (
+        text.lines().next().unwrap_or("").to_string(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -478,7 +481,11 @@ async fn a_nodes_figures_count_authenticated_requests_and_the_servers_time_only(
         .unwrap();
     let mut users = Vec::new();
     for i in 0..6 {
-        users.push(signed_in(&ts, &[&node], &format!("figures-user{i}")).await.0);
+        users.push(
+            signed_in(&ts, &[&node], &format!("figures-user{i}"))
+                .await
+                .0,
+        );
     }
     // Each user: one write and four reads, 30 authenticated requests in all.
     for u in &users {
@@ -512,8 +519,16 @@ async fn a_nodes_figures_count_authenticated_requests_and_the_servers_time_only(
             for i in 0..150u64 {
                 let (m, path, auth) = match (i + t) % 4 {
                     0 => (reqwest::Method::GET, format!("/1.5/{i}/x"), None),
-                    1 => (reqwest::Method::PATCH, format!("/1.5/{uid}/storage/tabs"), None),
-                    2 => (reqwest::Method::GET, format!("/1.5/{uid}/info/collections"), None),
+                    1 => (
+                        reqwest::Method::PATCH,
+                        format!("/1.5/{uid}/storage/tabs"),
+                        None,
+                    ),
+                    2 => (
+                        reqwest::Method::GET,
+                        format!("/1.5/{uid}/info/collections"),
+                        None,
+                    ),
                     _ => (
                         reqwest::Method::GET,
                         format!("/1.5/{uid}/info/collections"),
@@ -538,7 +553,10 @@ async fn a_nodes_figures_count_authenticated_requests_and_the_servers_time_only(
     }
     assert_eq!(statuses.values().sum::<u64>(), 3000);
     for s in [401, 404, 405] {
-        assert!(statuses.get(&s).copied().unwrap_or(0) >= 700, "{statuses:?}");
+        assert!(
+            statuses.get(&s).copied().unwrap_or(0) >= 700,
+            "{statuses:?}"
+        );
     }
     // Two more reports: still the 30 authenticated requests.
     tokio::time::sleep(Duration::from_millis(2500)).await;
