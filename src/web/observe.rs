@@ -1,6 +1,8 @@
 //! Observability at the HTTP edge: one log line and two metrics per request (and, for
-//! the storage API, a count in the last minute's [`super::window`]), and the
-//! Prometheus exposition at `/__metrics__`.
+//! authenticated storage API requests, a count in the last minute's [`super::window`],
+//! timed without the wait for the client's body: the extractors say both through a
+//! task-local, see [`mark_authenticated`]), and the Prometheus exposition at
+//! `/__metrics__`.
 //!
 //! The log line names the route template (`/1.5/{uid}/storage/{collection}`), never the
 //! raw path, query, token or payload; the uid comes from the path. Metric labels take

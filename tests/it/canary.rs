@@ -565,8 +565,8 @@ async fn a_nodes_figures_count_authenticated_requests_and_the_servers_time_only(
     // Three users upload slowly (each body trickles in over 1.6 s), the others read:
     // without the upload's wait the p99 is what the server did, not 1.6 s.
     let mut slow = Vec::new();
-    for u in users.iter().take(3).cloned() {
-        let addr = node.addr.clone();
+    for u in &users[..3] {
+        let (u, addr) = (u.clone(), node.addr.clone());
         slow.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for k in 0..2 {
