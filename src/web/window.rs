@@ -461,29 +461,4 @@ mod tests {
         assert!(s.requests > 39_900 && s.requests <= 40_000, "{s:?}");
         assert!(s.errors > 390 && s.errors <= 400, "{s:?}");
     }
-
-    /// The recorder's cost, for the report: `cargo test --release --lib window::tests::
-    /// cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn cost() {
-        let w = Window::new();
-        let n = 10_000_000u64;
-        let t = Instant::now();
-        for i in 0..n {
-            w.record(
-                i % 5000,
-                Instant::now(),
-                Duration::from_micros(300 + i % 900),
-                false,
-            );
-        }
-        let per = t.elapsed().as_nanos() as f64 / n as f64;
-        let t = Instant::now();
-        let s = w.stats();
-        eprintln!(
-            "record: {per:.1} ns a request (Instant::now included); stats: {:?} {s:?}",
-            t.elapsed()
-        );
-    }
 }
