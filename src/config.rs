@@ -200,6 +200,10 @@ pub struct Settings {
     /// A node with fewer storage requests in its last minute is not judged (nor are
     /// the others taken as its baseline when they have fewer together).
     pub canary_min_requests: u64,
+    /// A node in rollout with at least `canary_min_requests` requests and a 5xx rate
+    /// (0–1) above this is suspect whatever the other nodes do (stale, quiet or
+    /// failing too).
+    pub canary_error_ceiling: f64,
     /// Origins that get CORS headers (the request's origin is echoed back); empty:
     /// any origin.
     pub cors_allowed_origins: Vec<String>,
@@ -347,6 +351,7 @@ impl Default for Settings {
             canary_p99_factor: 3.0,
             canary_p99_floor_ms: 100,
             canary_min_requests: 100,
+            canary_error_ceiling: 0.5,
             cors_allowed_origins: vec![],
             collection_limits: BTreeMap::new(),
             accounts: true,
@@ -502,6 +507,9 @@ impl Settings {
         self.push_allow_private_nets()?;
         if !(0.0..=1.0).contains(&self.canary_error_rate) {
             return bad("canary_error_rate must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&self.canary_error_ceiling) {
+            return bad("canary_error_ceiling must be between 0 and 1");
         }
         if !(1.0..=1e6).contains(&self.canary_error_factor)
             || !(1.0..=1e6).contains(&self.canary_p99_factor)

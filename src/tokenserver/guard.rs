@@ -6,6 +6,9 @@
 //!
 //! * a node whose report is stale (older than three of its intervals), or with fewer
 //!   than `canary_min_requests` storage requests in its last minute, is not judged;
+//! * **an absolute rule first**: a node whose 5xx rate is above
+//!   `canary_error_ceiling` (default 0.5) is suspect whatever the others do, so the
+//!   guard does not fail open when the other nodes are stale, quiet or failing too;
 //! * the baseline is the other nodes with fresh reports that the guard has not paused
 //!   (stale nodes are no baseline): their combined 5xx rate and the median of their
 //!   p99s; with fewer than `canary_min_requests` requests among them there is no
@@ -52,6 +55,8 @@ pub struct CanaryConfig {
     pub p99_floor_us: i64,
     /// Fewer requests in the minute: not judged (and no baseline).
     pub min_requests: i64,
+    /// A 5xx rate above this is suspect whatever the baseline (or without one).
+    pub error_ceiling: f64,
 }
 
 impl CanaryConfig {
@@ -66,6 +71,7 @@ impl CanaryConfig {
             p99_factor: s.canary_p99_factor,
             p99_floor_us: (s.canary_p99_floor_ms as i64).saturating_mul(1000),
             min_requests: s.canary_min_requests as i64,
+            error_ceiling: s.canary_error_ceiling,
         })
     }
 }
@@ -141,6 +147,14 @@ pub enum Verdict {
 pub fn judge(node: &Figures, base: Option<&Figures>, c: &CanaryConfig) -> Verdict {
     if node.requests < c.min_requests.max(1) {
         return Verdict::NotJudged("too few requests");
+    }
+    if node.error_rate() > c.error_ceiling {
+        return Verdict::Suspect(format!(
+            "5xx rate {:.1}% of {} requests in the last minute, above the {:.0}% ceiling",
+            node.error_rate() * 100.0,
+            node.requests,
+            c.error_ceiling * 100.0
+        ));
     }
     let Some(base) = base else {
         return Verdict::NotJudged("no baseline: too few requests on the other nodes");
@@ -300,6 +314,7 @@ mod tests {
             p99_factor: 3.0,
             p99_floor_us: 100_000,
             min_requests: 100,
+            error_ceiling: 0.5,
         }
     }
 
@@ -358,7 +373,7 @@ mod tests {
             Verdict::NotJudged("too few requests")
         );
         assert!(matches!(
-            judge(&f(1000, 1000, 10), None, &c),
+            judge(&f(1000, 100, 10), None, &c),
             Verdict::NotJudged(_)
         ));
         assert_eq!(baseline(&[], 100), None);
@@ -369,5 +384,38 @@ mod tests {
             baseline(&[f(200, 2, 8), f(0, 0, 0)], 100),
             Some(f(200, 2, 8))
         );
+    }
+
+    #[test]
+    fn above_the_error_ceiling_is_suspect_whatever_the_others_do() {
+        let c = config();
+        // No baseline (the others stale or quiet), or one failing as badly: suspect.
+        for base in [None, baseline(&[f(1000, 1000, 10)], 100)] {
+            let v = judge(&f(200, 200, 10), base.as_ref(), &c);
+            assert!(
+                format!("{v:?}").contains("5xx rate 100.0% of 200 requests")
+                    && format!("{v:?}").contains("50% ceiling"),
+                "{v:?}"
+            );
+        }
+        // At the ceiling, without a baseline: not judged.
+        assert!(matches!(
+            judge(&f(200, 100, 10), None, &c),
+            Verdict::NotJudged(_)
+        ));
+        // Too few requests: not judged, however many failed.
+        assert_eq!(
+            judge(&f(99, 99, 10), None, &c),
+            Verdict::NotJudged("too few requests")
+        );
+        // A ceiling of 1 never fires: the relative rules alone.
+        let off = CanaryConfig {
+            error_ceiling: 1.0,
+            ..config()
+        };
+        assert!(matches!(
+            judge(&f(200, 200, 10), None, &off),
+            Verdict::NotJudged(_)
+        ));
     }
 }

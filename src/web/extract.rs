@@ -168,6 +168,7 @@ impl FromRequestParts<AppState> for HawkUser {
         if let Some(hash) = &identity.payload_hash {
             parts.extensions.insert(SignedPayloadHash(hash.clone()));
         }
+        super::observe::mark_authenticated(uid);
         Ok(HawkUser(identity))
     }
 }
@@ -347,7 +348,10 @@ impl FromRequest<AppState> for SyncBody {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::PayloadTooLarge);
         }
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let receiving = std::time::Instant::now();
+        let received = axum::body::to_bytes(body, limit).await;
+        super::observe::mark_body_wait(receiving.elapsed());
+        let bytes = received.map_err(|e| {
             let cause = e.into_inner();
             if cause.is::<http_body_util::LengthLimitError>() {
                 ApiError::PayloadTooLarge

@@ -1,6 +1,8 @@
 //! Observability at the HTTP edge: one log line and two metrics per request (and, for
-//! the storage API, a count in the last minute's [`super::window`]), and the
-//! Prometheus exposition at `/__metrics__`.
+//! authenticated storage API requests, a count in the last minute's [`super::window`],
+//! timed without the wait for the client's body: the extractors say both through a
+//! task-local, see [`mark_authenticated`]), and the Prometheus exposition at
+//! `/__metrics__`.
 //!
 //! The log line names the route template (`/1.5/{uid}/storage/{collection}`), never the
 //! raw path, query, token or payload; the uid comes from the path. Metric labels take
@@ -10,9 +12,10 @@
 //! where they happen through the `metrics` facade and rendered here.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -38,23 +41,64 @@ pub async fn tag_route(req: Request, next: Next) -> Response {
     res
 }
 
+/// What the extractors tell [`log_request`] about the request it is serving: a
+/// task-local value the size of a few words, set for the request's future (no
+/// allocation, no lock; outside [`log_request`] the marks go nowhere).
+#[derive(Default)]
+struct Marks {
+    /// The uid whose Hawk authentication succeeded.
+    authenticated: Cell<Option<u64>>,
+    /// Time spent waiting for the client to send the body.
+    body_wait: Cell<Duration>,
+}
+
+tokio::task_local! {
+    static MARKS: Marks;
+}
+
+/// Marks the request being served as authenticated for `uid` (by `HawkUser`).
+pub fn mark_authenticated(uid: u64) {
+    let _ = MARKS.try_with(|m| m.authenticated.set(Some(uid)));
+}
+
+/// Adds `waited` to the time the request being served spent receiving its body (by
+/// `SyncBody`): the client's time, not the server's.
+pub fn mark_body_wait(waited: Duration) {
+    let _ = MARKS.try_with(|m| m.body_wait.set(m.body_wait.get() + waited));
+}
+
 /// Outer layer (runs for every request, 404s included): logs and counts it.
 pub async fn log_request(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let label = method_label(req.method());
     let method = clip(req.method().as_str(), MAX_LOGGED_BYTES).into_owned();
     let uid = path_uid(req.uri().path());
-    let res = next.run(req).await;
-    let elapsed = started.elapsed();
+    let (res, authenticated, body_wait) = MARKS
+        .scope(Marks::default(), async move {
+            let res = next.run(req).await;
+            let (a, w) = MARKS.with(|m| (m.authenticated.get(), m.body_wait.get()));
+            (res, a, w)
+        })
+        .await;
+    let ended = Instant::now();
+    let elapsed = ended - started;
     let route = res
         .extensions()
         .get::<RouteTemplate>()
         .map_or("unmatched", |r| r.0.as_str())
         .to_owned();
     let status = res.status().as_u16();
-    if uid.is_some() && status != 401 {
-        // The storage API's last minute, for the node's health report (see `window`).
-        super::window::REQUESTS.record(started, elapsed, status >= 500);
+    if let Some(user) = authenticated
+        && status != 401
+    {
+        // The storage API's last minute, for the node's health report (see `window`):
+        // authenticated requests only, timed without the wait for the client's body.
+        super::window::REQUESTS.record(
+            user,
+            ended,
+            elapsed.saturating_sub(body_wait),
+            status >= 500,
+        );
     }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     match uid {

@@ -5,7 +5,10 @@
 //! tokenservers pauses it within its window while the two healthy nodes under the same
 //! load are not paused; new sign-ins avoid it; `rollout resume` restores it; a stopped
 //! node's report goes stale. Also: two guards racing make one pause and one audit row,
-//! and an assignment file made before the guard gains its columns on open.
+//! and an assignment file made before the guard gains its columns on open. The node's
+//! figures count only authenticated requests (an anonymous flood of 404s, 405s and 401s
+//! leaves them unchanged, and does not dilute a failing node's) and time what the
+//! server does (slow uploads do not raise its p99).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -230,6 +233,29 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
             }
         }));
     }
+    // Meanwhile clients without credentials flood the failing node with unknown routes
+    // (404), wrong methods (405) and unsigned requests (401): none of it counts, so the
+    // node's 5xx rate stays 100% (the reason below says so).
+    let mut flood = Vec::new();
+    for t in 0..2u64 {
+        let (stop, base) = (stop.clone(), c_url.clone());
+        flood.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let (m, path) = match (sent + t) % 3 {
+                    0 => (reqwest::Method::GET, format!("/1.5/{sent}/x")),
+                    1 => (reqwest::Method::POST, "/1.5/1/info/collections".into()),
+                    _ => (reqwest::Method::GET, "/1.5/1/info/collections".into()),
+                };
+                let _ = http.request(m, format!("{base}{path}")).send().await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        }));
+    }
     let started = Instant::now();
     let paused = eventually(60, async || {
         node_of(&overview(&db).await, &c_url)["paused_at"].is_i64()
@@ -307,6 +333,8 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
     for t in load {
         t.await.unwrap();
     }
+    let flooded: u64 = futures_sum(flood).await;
+    assert!(flooded > 100, "the flood ran: {flooded}");
 
     // Repaired, then resumed: new users land on it again, and the guard leaves it be.
     let c_data = c.stop();
@@ -389,6 +417,190 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
     drop((b, c, ts1, ts2));
 }
 
+/// The sum of what the tasks returned.
+async fn futures_sum(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.unwrap();
+    }
+    n
+}
+
+/// Sends a Hawk-signed `PUT /1.5/{uid}{path}` whose body trickles in `chunks` pieces
+/// `gap` apart (a slow client); returns the status line and how long it took.
+async fn slow_put(
+    client: &Client,
+    addr: &str,
+    path: &str,
+    chunks: usize,
+    gap: Duration,
+) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let full = format!("/1.5/{}{path}", client.uid);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let body = serde_json::to_vec(&serde_json::json!({"payload": "p".repeat(600)})).unwrap();
+    let head = format!(
+        "PUT {full} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        client.authorization("PUT", &full, now),
+        body.len()
+    );
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(body.len().div_ceil(chunks)) {
+        tokio::time::sleep(gap).await;
+        s.write_all(piece).await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    (
+        text.lines().next().unwrap_or("").to_string(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nodes_figures_count_authenticated_requests_and_the_servers_time_only() {
+    let db_url = fresh_database().await;
+    let verify = fake_verifier().await;
+    let env = cluster_env(&db_url, &verify);
+    let node = Server::start(&with_role(&env, "storage"));
+    cli(&db_url, &["node", "add", &node.url(), "--capacity", "100"]);
+    let ts = Server::start(&with_role(&env, "tokenserver"));
+    let url = db_url.clone();
+    let (_dir, db) = tokio::task::spawn_blocking(move || open_db(&url))
+        .await
+        .unwrap();
+    let mut users = Vec::new();
+    for i in 0..6 {
+        users.push(
+            signed_in(&ts, &[&node], &format!("figures-user{i}"))
+                .await
+                .0,
+        );
+    }
+    // Each user: one write and four reads, 30 authenticated requests in all.
+    for u in &users {
+        let r = u
+            .put("/storage/tabs/mine", &serde_json::json!({"payload": "x"}))
+            .await;
+        assert_eq!(r.status, 200);
+        for _ in 0..4 {
+            assert_eq!(u.get("/info/collections").await.status, 200);
+        }
+    }
+    let requests = async || {
+        let o = overview(&db).await;
+        node_of(&o, &node.url())["health"]["requests"].as_i64()
+    };
+    assert!(
+        eventually(10, async || requests().await == Some(30)).await,
+        "{:?}",
+        requests().await
+    );
+
+    // Thousands of requests without credentials, 20 at a time: unknown routes (404),
+    // wrong methods (405), unsigned or badly signed requests (401).
+    let uid = users[0].uid;
+    let mut tasks = Vec::new();
+    for t in 0..20u64 {
+        let base = node.url();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut statuses = BTreeMap::<u16, u64>::new();
+            for i in 0..150u64 {
+                let (m, path, auth) = match (i + t) % 4 {
+                    0 => (reqwest::Method::GET, format!("/1.5/{i}/x"), None),
+                    1 => (
+                        reqwest::Method::PATCH,
+                        format!("/1.5/{uid}/storage/tabs"),
+                        None,
+                    ),
+                    2 => (
+                        reqwest::Method::GET,
+                        format!("/1.5/{uid}/info/collections"),
+                        None,
+                    ),
+                    _ => (
+                        reqwest::Method::GET,
+                        format!("/1.5/{uid}/info/collections"),
+                        Some("Hawk id=\"x\", ts=\"1\", nonce=\"n\", mac=\"m\""),
+                    ),
+                };
+                let mut req = http.request(m, format!("{base}{path}"));
+                if let Some(a) = auth {
+                    req = req.header("authorization", a);
+                }
+                let s = req.send().await.unwrap().status().as_u16();
+                *statuses.entry(s).or_default() += 1;
+            }
+            statuses
+        }));
+    }
+    let mut statuses = BTreeMap::<u16, u64>::new();
+    for t in tasks {
+        for (s, n) in t.await.unwrap() {
+            *statuses.entry(s).or_default() += n;
+        }
+    }
+    assert_eq!(statuses.values().sum::<u64>(), 3000);
+    for s in [401, 404, 405] {
+        assert!(
+            statuses.get(&s).copied().unwrap_or(0) >= 700,
+            "{statuses:?}"
+        );
+    }
+    // Two more reports: still the 30 authenticated requests.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(requests().await, Some(30), "{statuses:?}");
+
+    // Three users upload slowly (each body trickles in over 1.6 s), the others read:
+    // without the upload's wait the p99 is what the server did, not 1.6 s.
+    let mut slow = Vec::new();
+    for u in &users[..3] {
+        let (u, addr) = (u.clone(), node.addr.clone());
+        slow.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for k in 0..2 {
+                let path = format!("/storage/tabs/slow{k}");
+                out.push(slow_put(&u, &addr, &path, 8, Duration::from_millis(200)).await);
+            }
+            out
+        }));
+    }
+    for _ in 0..5 {
+        for u in &users[3..] {
+            assert_eq!(u.get("/info/collections").await.status, 200);
+        }
+    }
+    for t in slow {
+        for (status, took) in t.await.unwrap() {
+            assert!(status.contains(" 200 "), "{status}");
+            assert!(took >= Duration::from_millis(1600), "{took:?}");
+        }
+    }
+    // 30 + 6 slow uploads + 15 reads.
+    assert!(
+        eventually(10, async || requests().await == Some(51)).await,
+        "{:?}",
+        requests().await
+    );
+    let o = overview(&db).await;
+    let h = &node_of(&o, &node.url())["health"];
+    let p99 = h["p99_us"].as_i64().unwrap();
+    assert!(p99 > 0 && p99 < 800_000, "p99 of the server's time: {h}");
+    assert_eq!(h["errors"], 0, "{h}");
+    drop((node, ts));
+}
+
 fn health(node: &str, now: i64, requests: i64, errors: i64) -> Health {
     Health {
         node: node.into(),
@@ -437,6 +649,7 @@ async fn two_guards_pausing_at_once_make_one_pause_and_one_audit_row() {
             p99_factor: 3.0,
             p99_floor_us: 100_000,
             min_requests: 100,
+            error_ceiling: 0.5,
         };
         let barrier = Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8)
