@@ -154,6 +154,11 @@ pub fn shm_indexes_kept() -> u64 {
 ///   that attaches while another is attached. A deleted `-shm` takes its inode with it:
 ///   SQLite creates the next one empty. (Files written into the data directory by other
 ///   means while the server runs are not supported: restores are done stopped.)
+///   Idle users' `-shm` files are deleted (SQLite removes them when the last
+///   connection closes with a checkpoint), and the file system may give a deleted
+///   file's inode to a new `-shm` later: that file is new, so whatever it holds was
+///   written by SQLite under its locking protocol since it was created (empty), and
+///   keeping it is as sound as keeping the file the inode was remembered for.
 /// * Otherwise, for a file of exactly one region, zeros are written over the whole of
 ///   it instead of truncating: the contents SQLite then reads are the same (all zero
 ///   where it looks), the file keeps its blocks, and SQLite finds it large enough; on

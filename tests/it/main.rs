@@ -44,6 +44,7 @@ mod concurrency;
 mod crash;
 mod faults;
 mod firefox;
+mod idle_files;
 mod import_legacy;
 mod interop;
 mod live_moves;
