@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::checkpointer::BACKSTOP_PAGES;
 use crate::storage::StorageError;
 use crate::storage::schema::migrate;
 
@@ -186,7 +187,22 @@ pub(super) fn prepare_connection(
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, false)?;
     conn.busy_timeout(busy)?;
-    conn.execute_batch(pragmas)
+    conn.execute_batch(pragmas)?;
+    // The checkpoint thresholds are set for 4 KB pages; a file of smaller pages writes
+    // more frames for the same bytes, and its inline checkpoint would come before the
+    // background one: its backstop is the same bytes of WAL.
+    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    if (1..LARGE_PAGE_SIZE).contains(&page_size) {
+        let frames = BACKSTOP_PAGES.saturating_mul(LARGE_PAGE_SIZE / page_size);
+        // SAFETY: the handle of a live connection, used on this thread only.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_wal_autocheckpoint(conn.handle(), frames as std::os::raw::c_int)
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None));
+        }
+    }
+    Ok(())
 }
 
 /// Closes `conn`, the last connection of this process to its file, so that SQLite
