@@ -48,7 +48,10 @@ async fn wait_until_bare(s: &Server, db: &Path) {
 /// Writes a light user's data: single records, a POST, and a one-request batch.
 async fn write_light_user(c: &Client) -> Value {
     let r = c
-        .put("/storage/meta/global", &json!({"payload": "{\"syncID\":\"abc\"}"}))
+        .put(
+            "/storage/meta/global",
+            &json!({"payload": "{\"syncID\":\"abc\"}"}),
+        )
         .await;
     assert_eq!(r.status, 200);
     let bookmarks: Vec<Value> = (0..5)
@@ -57,9 +60,7 @@ async fn write_light_user(c: &Client) -> Value {
     let r = c.post("/storage/bookmarks", &json!(bookmarks)).await;
     assert_eq!(r.status, 200);
     let tabs = json!([{"id": "t1", "payload": "t".repeat(1200), "ttl": 1_814_400}]);
-    let r = c
-        .post("/storage/tabs?batch=true&commit=true", &tabs)
-        .await;
+    let r = c.post("/storage/tabs?batch=true&commit=true", &tabs).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     c.get("/storage/bookmarks?full=1&sort=oldest").await.json()
 }
@@ -123,7 +124,9 @@ async fn a_file_evicted_while_active_loses_its_wal_index_once_idle() {
 /// leaves no WAL behind).
 fn page_size(db: &Path) -> (i64, String) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let size = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    let size = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
     let check = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
@@ -192,7 +195,9 @@ async fn small_files_go_to_small_pages_and_large_ones_to_large_keeping_every_rec
          UPDATE meta SET value = (SELECT sum(payload_size) FROM bso) WHERE key = 'usage_bytes';",
     );
     let data = version_five_file(uid, &rows);
-    let db = data.path().join(format!("users/{:03}/{uid}.sqlite", uid % 1000));
+    let db = data
+        .path()
+        .join(format!("users/{:03}/{uid}.sqlite", uid % 1000));
     assert_eq!(page_size(&db).0, 4096);
     let s = Server::start_in(
         data,
@@ -204,12 +209,19 @@ async fn small_files_go_to_small_pages_and_large_ones_to_large_keeping_every_rec
     let c = s.client(uid);
     let before = everything(&c).await;
     assert_eq!(before["records"]["bookmarks"].as_array().unwrap().len(), 12);
-    assert_eq!(before["records"]["tabs"][0]["modified"], json!(1700000003.45));
+    assert_eq!(
+        before["records"]["tabs"][0]["modified"],
+        json!(1700000003.45)
+    );
     wait_until_bare(&s, &db).await;
     let (size, check) = page_size(&db);
     assert!(size < 4096, "a small file gets small pages: {size}");
     assert_eq!(check, "ok");
-    assert_eq!(everything(&c).await, before, "every record and timestamp kept");
+    assert_eq!(
+        everything(&c).await,
+        before,
+        "every record and timestamp kept"
+    );
 
     // Grown past the threshold, it goes back to large pages, whole.
     for n in 0..8 {
@@ -221,6 +233,10 @@ async fn small_files_go_to_small_pages_and_large_ones_to_large_keeping_every_rec
     let grown = everything(&c).await;
     wait_until_bare(&s, &db).await;
     let (size, check) = page_size(&db);
-    assert_eq!((size, check.as_str()), (4096, "ok"), "a large file gets large pages");
+    assert_eq!(
+        (size, check.as_str()),
+        (4096, "ok"),
+        "a large file gets large pages"
+    );
     assert_eq!(everything(&c).await, grown);
 }

@@ -290,7 +290,10 @@ impl UserDbs {
         };
         self.forget_summary(db.uid);
         if !db.close_for_good() {
-            tracing::debug!(uid = db.uid, "an idle file keeps its WAL: another connection has it");
+            tracing::debug!(
+                uid = db.uid,
+                "an idle file keeps its WAL: another connection has it"
+            );
             self.note_lingering(&db);
         }
     }
@@ -299,7 +302,11 @@ impl UserDbs {
     /// active user's next cold open is faster with the index kept), so that upkeep
     /// removes them once the user has been idle for `idle_user_secs`.
     fn note_lingering(&self, db: &UserDb) {
-        let mut lingering = self.inner.lingering.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lingering = self
+            .inner
+            .lingering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if lingering.len() >= LINGERING_MAX {
             lingering.pop_front(); // left to upkeep's walk over every file
         }
@@ -313,7 +320,11 @@ impl UserDbs {
         let mut done = 0;
         for _ in 0..max {
             let next = {
-                let mut lingering = self.inner.lingering.lock().unwrap_or_else(|p| p.into_inner());
+                let mut lingering = self
+                    .inner
+                    .lingering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 match lingering.front() {
                     Some(&(_, last_used)) if last_used <= cutoff => lingering.pop_front(),
                     _ => None,
@@ -325,7 +336,9 @@ impl UserDbs {
                 continue;
             }
             let lock = self.lock_for(uid);
-            let Ok(_guard) = lock.try_lock() else { continue };
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
             if self.peek(uid).is_some() {
                 continue;
             }

@@ -199,7 +199,10 @@ pub(super) fn prepare_connection(
             rusqlite::ffi::sqlite3_wal_autocheckpoint(conn.handle(), frames as std::os::raw::c_int)
         };
         if rc != rusqlite::ffi::SQLITE_OK {
-            return Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None));
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rc),
+                None,
+            ));
         }
     }
     Ok(())
