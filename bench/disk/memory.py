@@ -30,6 +30,18 @@ def rss_kb(pid):
     raise SystemExit("no VmRSS")
 
 
+def rss_parts(pid):
+    """RssAnon, RssFile and RssShmem (kB): the heap, mapped files, shared memory (the
+    WAL indexes SQLite maps)."""
+    parts = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key = line.split(":")[0]
+            if key in ("RssAnon", "RssFile", "RssShmem"):
+                parts[key] = int(line.split()[1])
+    return parts
+
+
 def fds(pid):
     import os
     return len(os.listdir("/proc/%d/fd" % pid))
@@ -65,6 +77,7 @@ def conns(base, pid, n):
         held.append(s)
     after, fd_after = settle(pid), fds(pid)
     print(json.dumps({"connections": n, "rss_kb_before": before, "rss_kb_after": after,
+                      "parts_kb_after": rss_parts(pid),
                       "fds_before": fd_before, "fds_after": fd_after,
                       "bytes_per_connection": (after - before) * 1024 / n}))
     for s in held:
@@ -100,6 +113,7 @@ def users(base, pid, secret, first, count):
         raise SystemExit("users: %s" % errors[0])
     after, fd_after = settle(pid), fds(pid)
     print(json.dumps({"users": count, "rss_kb_before": before, "rss_kb_after": after,
+                      "parts_kb_after": rss_parts(pid),
                       "fds_before": fd_before, "fds_after": fd_after,
                       "bytes_per_user": (after - before) * 1024 / count}))
 
