@@ -37,7 +37,7 @@ pub(super) async fn upkeep_loop(
                 cursor = c;
                 tracing::debug!(?report, "upkeep tick");
                 if report.records_purged + report.batches_purged + report.orphans_deleted > 0
-                    || report.closed > 0
+                    || report.closed + report.emptied > 0
                 {
                     tracing::info!(
                         users = report.users,
@@ -45,6 +45,7 @@ pub(super) async fn upkeep_loop(
                         batches_purged = report.batches_purged,
                         pages_reclaimed = report.pages_reclaimed,
                         idle_closed = report.closed,
+                        idle_emptied = report.emptied,
                         orphans_deleted = report.orphans_deleted,
                         "upkeep"
                     );

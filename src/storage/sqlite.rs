@@ -154,8 +154,14 @@ pub fn shm_indexes_kept() -> u64 {
 ///   that attaches while another is attached. A deleted `-shm` takes its inode with it:
 ///   SQLite creates the next one empty. (Files written into the data directory by other
 ///   means while the server runs are not supported: restores are done stopped.)
-/// * Otherwise, for a file of exactly one region, zeros are written over the whole of
-///   it instead of truncating: the contents SQLite then reads are the same (all zero
+///   Idle users' `-shm` files are deleted (SQLite removes them when the last
+///   connection closes with a checkpoint), and the file system may give a deleted
+///   file's inode to a new `-shm` later: that file is new, so whatever it holds was
+///   written by SQLite under its locking protocol since it was created (empty), and
+///   keeping it is as sound as keeping the file the inode was remembered for.
+/// * Otherwise, for a file of exactly one region or a new, empty one (an idle user's
+///   file has none: see `userdbs`), zeros are written over the whole region instead of
+///   truncating: the contents SQLite then reads are the same (all zero
 ///   where it looks), the file keeps its blocks, and SQLite finds it large enough; on
 ///   ext4 the truncate-and-regrow (freeing and reallocating the blocks, each a
 ///   journalled change) was about a quarter of a cold open.
@@ -176,7 +182,9 @@ unsafe extern "C" fn reset_aware_ftruncate(fd: c_int, len: libc::off_t) -> c_int
         return 0;
     }
     static ZEROS: [u8; SHM_REGION] = [0; SHM_REGION];
-    let rc = if st.st_size == SHM_REGION as libc::off_t
+    // A new (empty) index is given its one region at once too: SQLite would grow it
+    // with eight one-byte writes, one per page.
+    let rc = if (st.st_size == SHM_REGION as libc::off_t || st.st_size == 0)
         // SAFETY: ZEROS is SHM_REGION bytes long; `fd` is SQLite's open descriptor.
         && unsafe { libc::pwrite(fd, ZEROS.as_ptr().cast::<c_void>(), SHM_REGION, 0) }
             == SHM_REGION as isize

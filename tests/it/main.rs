@@ -46,6 +46,7 @@ mod console;
 mod crash;
 mod faults;
 mod firefox;
+mod idle_files;
 mod import_legacy;
 mod interop;
 mod live_moves;

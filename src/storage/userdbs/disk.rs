@@ -75,6 +75,11 @@ pub fn remove_user_files(path: &Path, suffixes: &[&str]) -> std::io::Result<()> 
     Ok(())
 }
 
+/// The page size of new user files, bytes. Every table and index of a file takes at
+/// least one page, so a light user's file is mostly nearly empty pages: see
+/// docs/PERFORMANCE.md ("What an idle user costs") for the sizes weighed.
+pub const NEW_FILE_PAGE_SIZE: u32 = 1024;
+
 /// Builds the template of a new user file: the schema applied, WAL mode set, the WAL
 /// checkpointed away; returns its bytes.
 ///
@@ -91,6 +96,8 @@ pub(super) fn build_template(data_dir: &Path) -> Result<Vec<u8>, StorageError> {
     let sql = |e| StorageError::from_sqlite(0, e);
     {
         let conn = Connection::open(&path).map_err(sql)?;
+        conn.execute_batch(&format!("PRAGMA page_size = {NEW_FILE_PAGE_SIZE};"))
+            .map_err(sql)?;
         migrate(&conn).map_err(sql)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))

@@ -141,6 +141,10 @@ struct Inner {
     /// How upkeep finds files of users who left this node (only with an assignment
     /// database; set once at startup).
     orphans: Mutex<Option<Arc<upkeep::OrphanPolicy>>>,
+    /// Closed files that keep their `-wal` and `-shm` (users evicted from the LRU
+    /// while active), with when each user was last active, oldest first: upkeep
+    /// removes them once the user has been idle for `idle_user_secs`.
+    lingering: Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// Recently active users' collection timestamps.
     summaries: Summaries,
     /// Checkpoints long WALs off the request path.
@@ -153,6 +157,10 @@ struct Inner {
     /// one probe file) and a result is reused for [`HEALTH_CHECK_REUSE`].
     health: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
+
+/// How many closed files with a `-wal` and `-shm` are remembered for upkeep to empty
+/// (16 bytes each); past that, the oldest are left to upkeep's walk over every file.
+const LINGERING_MAX: usize = 1 << 16;
 
 /// How long one health check's result answers later checks.
 const HEALTH_CHECK_REUSE: Duration = Duration::from_secs(1);
@@ -181,6 +189,7 @@ impl UserDbs {
                 moving: Mutex::new(Default::default()),
                 moved_away: Mutex::new(Default::default()),
                 orphans: Mutex::new(None),
+                lingering: Mutex::new(Default::default()),
                 summaries: Summaries::new(config.summary_cache_users),
                 checkpointer,
                 template,
@@ -265,9 +274,100 @@ impl UserDbs {
         };
         let n = closed.len();
         for db in closed {
-            self.inner.checkpointer.retire(db);
+            self.close_for_good(db);
         }
         n
+    }
+
+    /// Closes `db` (out of the LRU, no request holding it) and, unless a write of the
+    /// user is in flight, leaves its file without a `-wal` and a `-shm`: a user idle
+    /// this long gains nothing from a kept WAL index but 32 KB of disk.
+    fn close_for_good(&self, db: Arc<UserDb>) {
+        let lock = self.lock_for(db.uid);
+        let Ok(_guard) = lock.try_lock() else {
+            self.note_lingering(&db);
+            return; // a write is queued: closed when the handle goes, files kept
+        };
+        self.forget_summary(db.uid);
+        if !db.close_for_good() {
+            tracing::debug!(
+                uid = db.uid,
+                "an idle file keeps its WAL: another connection has it"
+            );
+            self.note_lingering(&db);
+        }
+    }
+
+    /// Remembers that `db`'s file, closed now, keeps its `-wal` and `-shm` (a recently
+    /// active user's next cold open is faster with the index kept), so that upkeep
+    /// removes them once the user has been idle for `idle_user_secs`.
+    fn note_lingering(&self, db: &UserDb) {
+        let mut lingering = self
+            .inner
+            .lingering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if lingering.len() >= LINGERING_MAX {
+            lingering.pop_front(); // left to upkeep's walk over every file
+        }
+        lingering.push_back((db.uid, db.last_used.load(Ordering::Relaxed)));
+    }
+
+    /// Removes the `-wal` and `-shm` of up to `max` closed files whose users have been
+    /// idle since `cutoff` (Unix seconds), oldest first; returns how many were done.
+    /// Blocking.
+    pub(super) fn finish_lingering(&self, cutoff: u64, max: usize) -> usize {
+        let mut done = 0;
+        for _ in 0..max {
+            let next = {
+                let mut lingering = self
+                    .inner
+                    .lingering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match lingering.front() {
+                    Some(&(_, last_used)) if last_used <= cutoff => lingering.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((uid, _)) = next else { break };
+            // Open again since (its next eviction or idle close notes it again).
+            if self.peek(uid).is_some() {
+                continue;
+            }
+            let lock = self.lock_for(uid);
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            if self.peek(uid).is_some() {
+                continue;
+            }
+            match self.close_closed_for_good(uid) {
+                Ok(true) => done += 1,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(uid, error = %e, "could not empty an idle file"),
+            }
+        }
+        done
+    }
+
+    /// Opens the closed file of `uid` (not in the LRU) only to close it so that SQLite
+    /// removes its `-wal` and `-shm`; nothing is opened when there are none. Returns
+    /// whether they are gone. Call holding the user's write lock.
+    fn close_closed_for_good(&self, uid: u64) -> Result<bool, StorageError> {
+        let path = self.user_path(uid);
+        if !pool::side_files_exist(&path) || !path.exists() {
+            return Ok(false);
+        }
+        self.forget_summary(uid);
+        let conn = Connection::open_with_flags(&path, OPEN_FLAGS)
+            .and_then(|conn| {
+                prepare_connection(&conn, &self.inner.pragmas, busy_timeout(&self.inner.config))?;
+                Ok(conn)
+            })
+            .map_err(|e| StorageError::from_sqlite(uid, e))?;
+        pool::close_checkpointing(conn, uid);
+        Ok(!pool::side_files_exist(&path))
     }
 
     /// Waits until the files handed to the background thread so far are closed (and
@@ -290,15 +390,13 @@ impl UserDbs {
             }
             Err(_) => return 0,
         };
-        for db in &all {
-            let result = db.connection().and_then(|c| {
-                queries::checkpoint(&c, true).map_err(|e| StorageError::from_sqlite(db.uid, e))
-            });
-            if let Err(e) = result {
-                tracing::warn!(uid = db.uid, error = %e, "checkpoint at shutdown failed");
-            }
+        // Each file is checkpointed as its last connection closes, and its `-wal` and
+        // `-shm` removed: a new process rebuilds every WAL index anyway.
+        let n = all.len();
+        for db in all {
+            self.close_for_good(db);
         }
-        all.len()
+        n
     }
 
     fn open_blocking(&self, uid: u64) -> Result<Arc<UserDb>, StorageError> {
@@ -324,6 +422,7 @@ impl UserDbs {
         };
         if let Some((_, evicted)) = evicted {
             metrics::counter!("syncstore_lru_evictions_total").increment(1);
+            self.note_lingering(&evicted);
             self.inner.checkpointer.retire(evicted);
         }
         Ok(db)

@@ -72,6 +72,10 @@ pub struct UpkeepReport {
     pub pages_reclaimed: i64,
     /// Idle files closed.
     pub closed: usize,
+    /// Closed files of users idle for `idle_secs` whose `-wal` and `-shm` were removed
+    /// (files evicted from the LRU keep them until then: their index makes the next
+    /// cold open cheaper).
+    pub emptied: usize,
     /// Files that could not be visited (busy, corrupt, …).
     pub failed: usize,
     /// Files of users who left this node, deleted.
@@ -103,6 +107,8 @@ impl UserDbs {
             closed: self.close_idle(idle_secs),
             ..Default::default()
         };
+        let idle_since = super::unix_secs().saturating_sub(idle_secs);
+        report.emptied = self.finish_lingering(idle_since, max_users);
         let now = Millis::now();
         let uids = self.next_users(cursor, max_users);
         let placements = self.placements(&uids);
@@ -123,7 +129,7 @@ impl UserDbs {
                     }
                 }
             }
-            match self.upkeep_user(uid, now) {
+            match self.upkeep_user(uid, now, idle_since) {
                 Ok((records, batches, pages)) => {
                     report.records_purged += records;
                     report.batches_purged += batches;
@@ -227,8 +233,14 @@ impl UserDbs {
     /// Purges, checkpoints and vacuums one user's file (skipped this tick if a write
     /// holds the user's lock). An open user is served through its pool; a closed one
     /// through a short-lived connection, so upkeep never churns the LRU, and its WAL
-    /// is emptied.
-    fn upkeep_user(&self, uid: u64, now: Millis) -> Result<(usize, usize, i64), StorageError> {
+    /// is emptied — and removed with its index when the WAL was last written before
+    /// `idle_since` (Unix seconds) or there was none: the user is idle.
+    fn upkeep_user(
+        &self,
+        uid: u64,
+        now: Millis,
+        idle_since: u64,
+    ) -> Result<(usize, usize, i64), StorageError> {
         let sql = |e| StorageError::from_sqlite(uid, e);
         let work = |conn: &mut Connection| -> Result<(usize, usize, i64), StorageError> {
             let tx = conn
@@ -251,15 +263,32 @@ impl UserDbs {
                 Ok(done)
             }
             None => {
+                let path = self.user_path(uid);
+                let idle = wal_written_before(&path, idle_since);
                 let Some(mut conn) = self.open_unpooled(uid).map_err(sql)? else {
                     return Ok((0, 0, 0)); // never written: nothing stored
                 };
                 let done = work(&mut conn)?;
-                // Closed files are left with an empty WAL (one checkpoint, not a
-                // passive one first): cheap to open next time.
-                self.empty_wal(uid, &self.user_path(uid), &conn)?;
+                if idle {
+                    self.forget_summary(uid);
+                    super::pool::close_checkpointing(conn, uid);
+                } else {
+                    // Closed files are left with an empty WAL (one checkpoint, not a
+                    // passive one first): cheap to open next time.
+                    self.empty_wal(uid, &path, &conn)?;
+                }
                 Ok(done)
             }
         }
     }
+}
+
+/// Whether the WAL of the database at `db` was last written before `since` (Unix
+/// seconds), or there is none.
+fn wal_written_before(db: &std::path::Path, since: u64) -> bool {
+    let modified = std::fs::metadata(crate::storage::summary::wal_path(db))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    modified.is_none_or(|t| t.as_secs() < since)
 }
