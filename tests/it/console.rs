@@ -673,7 +673,7 @@ async fn session_cookies_tossed_in_front_of_the_real_one_do_not_lock_the_operato
     .await;
     assert_eq!(a.status, 200, "{}", a.json);
     // The search is bounded: past 8 values of the cookie, the real one is not looked at.
-    let many = format!("{}; {cookie}", vec!["syncstore_admin=junk"; 8].join("; "));
+    let many = format!("{}; {cookie}", ["syncstore_admin=junk"; 8].join("; "));
     let a = send(&c, "GET", &api("session"), &[("cookie", &many)], None).await;
     assert_eq!(a.status, 401);
     // Sign-out ends the real session even behind junk.
