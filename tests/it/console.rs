@@ -685,9 +685,10 @@ async fn session_cookies_tossed_in_front_of_the_real_one_do_not_lock_the_operato
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_believes_the_tcp_peer_never_forwarded_headers() {
-    // The public listener trusts a proxy on this machine; the console must not.
+    // The public listener trusts proxies on this machine (all of loopback); the console
+    // must not.
     let s = with_console(&[
-        ("SYNCSTORE_TRUSTED_PROXIES", "127.0.0.1, ::1"),
+        ("SYNCSTORE_TRUSTED_PROXIES", "127.0.0.0/8, ::1"),
         ("SYNCSTORE_TRUST_FORWARDED_HEADERS", "true"),
         ("SYNCSTORE_MAX_CONNECTIONS_PER_ADDRESS", "3"),
     ]);
