@@ -141,6 +141,10 @@ pub struct Settings {
     /// The file holding the console's admin token; empty: `<data_dir>/admin-token`
     /// (generated, owner-only, when missing).
     pub admin_token_file: String,
+    /// Networks (CIDRs or addresses) whose console logins count in a budget of their
+    /// own, outside the cap in all that a flood from elsewhere can exhaust; default
+    /// loopback (an SSH tunnel).
+    pub admin_operator_networks: Vec<String>,
     /// FxA's JWK set for verifying OAuth JWTs: a file path, or the JSON inline.
     pub fxa_jwks: String,
     /// Required issuer (`iss`) of OAuth JWTs; empty: not checked.
@@ -330,6 +334,7 @@ impl Default for Settings {
             metrics_token: String::new(),
             admin_listen: String::new(),
             admin_token_file: String::new(),
+            admin_operator_networks: vec!["127.0.0.0/8".into(), "::1".into()],
             fxa_jwks: String::new(),
             fxa_issuer: "https://accounts.firefox.com".into(),
             fxa_verify_url: "auto".into(),
@@ -488,6 +493,7 @@ impl Settings {
             return bad("connection timeouts must be at least 1 second");
         }
         self.trusted_proxy_nets()?;
+        self.admin_operator_nets()?;
         if self.max_open_users == 0 || self.connections_per_user == 0 {
             return bad("max_open_users and connections_per_user must be at least 1");
         }
@@ -542,6 +548,11 @@ impl Settings {
     /// `trusted_proxies` parsed: a bare address is a network of one.
     pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
         parse_nets("trusted_proxies", &self.trusted_proxies)
+    }
+
+    /// `admin_operator_networks` parsed: a bare address is a network of one.
+    pub fn admin_operator_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        parse_nets("admin_operator_networks", &self.admin_operator_networks)
     }
 
     /// `accounts_push_allow_private` parsed: a bare address is a network of one.

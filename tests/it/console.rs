@@ -463,7 +463,8 @@ async fn a_hundred_wrong_tokens_at_once_get_exactly_five_comparisons() {
     assert_eq!(attempt("127.0.0.1", token.clone()).await.0, 429);
     // ...but not at another, where it opens a session (and does not count).
     assert_eq!(attempt("127.0.0.2", token.clone()).await.0, 200);
-    // The cap in all: 30 failures a minute from any number of addresses.
+    // The cap in all: 30 failures a minute from any number of addresses (here of the
+    // operator's networks, loopback by default, which have a pool of their own).
     const OTHERS: [&str; 6] = [
         "127.0.0.3",
         "127.0.0.4",
@@ -592,6 +593,213 @@ async fn changes_from_the_console_are_audited_with_its_address_and_shown() {
     for (row, shown) in rows.iter().zip(audit) {
         assert_eq!(row, shown);
     }
+}
+
+/// A login with `token` from `ip` with extra `headers`: the status and `Retry-After`.
+async fn login_from(base: &str, ip: &str, token: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let c = client_from(ip, Duration::from_secs(30));
+    let a = send(
+        &c,
+        "POST",
+        &format!("{base}/admin/api/login"),
+        headers,
+        Some(&json!({ "token": token })),
+    )
+    .await;
+    (a.status, a.header("retry-after"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_elsewhere_does_not_lock_out_the_operators_own_address() {
+    // Only 127.0.0.1 is the operator's here (by default all of loopback is), so that
+    // 127.0.0.2… can stand for the rest of the world.
+    let s = with_console(&[("SYNCSTORE_ADMIN_OPERATOR_NETWORKS", "127.0.0.1")]);
+    let base = console_url(&s);
+    let token = admin_token(&s);
+    // Six other addresses use up the cap in all (30 a minute)...
+    let mut statuses = Vec::new();
+    for n in 2..=7 {
+        let ip = format!("127.0.0.{n}");
+        for i in 0..5 {
+            statuses.push(login_from(&base, &ip, &format!("wrong-{i}"), &[]).await.0);
+        }
+    }
+    assert_eq!(statuses, vec![403; 30]);
+    // ...so the right token from a seventh is refused, with Retry-After...
+    let (status, retry) = login_from(&base, "127.0.0.8", &token, &[]).await;
+    assert_eq!(status, 429);
+    let secs: u64 = retry.parse().unwrap();
+    assert!((1..=60).contains(&secs), "{retry}");
+    // ...but the operator's own address (an SSH tunnel) signs in.
+    assert_eq!(login_from(&base, "127.0.0.1", &token, &[]).await.0, 200);
+    // Its budget is still limited per address: 5 failures, then even the right token
+    // waits.
+    for i in 0..5 {
+        let (status, _) = login_from(&base, "127.0.0.1", &format!("wrong-{i}"), &[]).await;
+        assert_eq!(status, 403);
+    }
+    assert_eq!(login_from(&base, "127.0.0.1", &token, &[]).await.0, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_cookies_tossed_in_front_of_the_real_one_do_not_lock_the_operator_out() {
+    let s = with_console(&[]);
+    let base = console_url(&s);
+    let c = reqwest::Client::new();
+    let api = |p: &str| format!("{base}/admin/api/{p}");
+    let (ok, cookie) = login(&c, &base, &admin_token(&s)).await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    let csrf = ok.json["csrf"].as_str().unwrap().to_string();
+    // A page on another port of the same host set cookies of the same name with a
+    // longer path: the browser sends them first.
+    let unknown = format!("syncstore_admin={}", "A".repeat(43));
+    let junk_first = format!("syncstore_admin=junk; {unknown}; {cookie}");
+    let a = send(&c, "GET", &api("session"), &[("cookie", &junk_first)], None).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["csrf"], csrf.as_str());
+    // Split over two Cookie headers (as HTTP/2 may send them).
+    let two: &[(&str, &str)] = &[("cookie", "syncstore_admin=junk"), ("cookie", &cookie)];
+    let a = send(&c, "GET", &api("overview"), two, None).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    // A change too.
+    let headers: &[(&str, &str)] = &[("cookie", &junk_first), ("x-csrf-token", &csrf)];
+    let a = send(
+        &c,
+        "POST",
+        &api("signups"),
+        headers,
+        Some(&json!({"open": false})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    // The search is bounded: past 8 values of the cookie, the real one is not looked at.
+    let many = format!("{}; {cookie}", ["syncstore_admin=junk"; 8].join("; "));
+    let a = send(&c, "GET", &api("session"), &[("cookie", &many)], None).await;
+    assert_eq!(a.status, 401);
+    // Sign-out ends the real session even behind junk.
+    let a = send(&c, "POST", &api("logout"), headers, Some(&json!({}))).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let a = send(&c, "GET", &api("session"), &[("cookie", &cookie)], None).await;
+    assert_eq!(a.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_believes_the_tcp_peer_never_forwarded_headers() {
+    // The public listener trusts proxies on this machine (all of loopback); the console
+    // must not.
+    let s = with_console(&[
+        ("SYNCSTORE_TRUSTED_PROXIES", "127.0.0.0/8, ::1"),
+        ("SYNCSTORE_TRUST_FORWARDED_HEADERS", "true"),
+        ("SYNCSTORE_MAX_CONNECTIONS_PER_ADDRESS", "3"),
+    ]);
+    let base = console_url(&s);
+    let token = admin_token(&s);
+    // Failures from 127.0.0.1 claiming five other addresses are 127.0.0.1's five.
+    for n in 1..=5 {
+        let xff = format!("198.51.100.{n}");
+        let (status, _) =
+            login_from(&base, "127.0.0.1", "wrong", &[("x-forwarded-for", &xff)]).await;
+        assert_eq!(status, 403);
+    }
+    let xff: &[(&str, &str)] = &[("x-forwarded-for", "198.51.100.99")];
+    assert_eq!(login_from(&base, "127.0.0.1", &token, xff).await.0, 429);
+
+    // A session opened from 127.0.0.4 claiming 198.51.100.7: audited as 127.0.0.4,
+    // and bound to it, not to the claimed address.
+    let xff: &[(&str, &str)] = &[("x-forwarded-for", "198.51.100.7")];
+    let c = client_from("127.0.0.4", Duration::from_secs(30));
+    let a = send(
+        &c,
+        "POST",
+        &format!("{base}/admin/api/login"),
+        xff,
+        Some(&json!({ "token": token })),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let cookie = a
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = a.json["csrf"].as_str().unwrap().to_string();
+    let headers: &[(&str, &str)] = &[
+        ("cookie", &cookie),
+        ("x-csrf-token", &csrf),
+        ("x-forwarded-for", "198.51.100.7"),
+    ];
+    let api = |p: &str| format!("{base}/admin/api/{p}");
+    let a = send(
+        &c,
+        "POST",
+        &api("signups"),
+        headers,
+        Some(&json!({"open": false})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let elsewhere = client_from("127.0.0.5", Duration::from_secs(30));
+    let a = send(&elsewhere, "GET", &api("session"), headers, None).await;
+    assert_eq!(
+        a.status, 401,
+        "the claimed address does not carry the session"
+    );
+    let o = send(&c, "GET", &api("overview"), headers, None).await;
+    let row = &o.json["audit"][0];
+    assert_eq!(
+        (row["action"].as_str(), row["detail"].as_str()),
+        (Some("signups"), Some("closed")),
+        "{row}"
+    );
+    assert_eq!(
+        (row["via"].as_str(), row["who"].as_str()),
+        (Some("console"), Some("127.0.0.4")),
+        "{row}"
+    );
+    let log = s.log_text();
+    assert!(
+        log.contains("127.0.0.4") && !log.contains("198.51.100"),
+        "{log}"
+    );
+
+    // Loopback is no proxy here: the per-address connection cap holds for it.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let to: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let connect = || async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.6:0".parse().unwrap()).unwrap();
+        sock.connect(to).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect().await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = connect().await;
+    let _ = fourth
+        .write_all(b"GET /admin/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), fourth.read_to_end(&mut answer));
+    assert!(read.await.is_ok(), "the fourth connection was kept open");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The three within the cap are served.
+    let first = &mut held[0];
+    first
+        .write_all(b"GET /admin/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 // ---- a real browser ----------------------------------------------------------------------

@@ -7,7 +7,12 @@
 //!   tells anything about the token.
 //! * A login attempt is counted *before* the comparison (per client address and in all),
 //!   and given back only when it succeeds: 100 attempts sent together get exactly as
-//!   many comparisons as the limit allows, the rest 429.
+//!   many comparisons as the limit allows, the rest 429. Clients from the operator's
+//!   networks (`admin_operator_networks`, loopback by default) count in a pool of their
+//!   own, so a flood from elsewhere cannot keep the operator from signing in over SSH.
+//! * The session cookie is looked for in every value the request sends (at most
+//!   [`MAX_COOKIE_VALUES`]): a page on another port of the same host can set cookies of
+//!   the same name that the browser sends first.
 //! * A session is a random 32-byte id in an `HttpOnly; SameSite=Strict` cookie; only its
 //!   SHA-256 is kept, with the client address it was opened from, its CSRF token and its
 //!   times; at most [`MAX_SESSIONS`] exist (the oldest goes first).
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -128,17 +134,29 @@ fn warn_if_shared(path: &Path) {
     }
 }
 
-/// Login attempts counted per client address and in all, in fixed windows.
+/// Login attempts counted per client address and in all, in fixed windows, in two
+/// pools: clients from the operator's networks (`admin_operator_networks`, loopback by
+/// default: an SSH tunnel) and everyone else. Each pool has its own cap in all, so a
+/// flood from elsewhere never closes the operator's way in.
 pub struct LoginLimiter {
     per_address: u32,
     in_all: u32,
     window: Duration,
     start: Instant,
-    counts: Mutex<LoginCounts>,
+    /// The networks whose clients count in the operator's pool.
+    operator_nets: Vec<IpNet>,
+    /// The pools: [`OPERATOR`] and [`OTHERS`].
+    pools: [Mutex<LoginCounts>; 2],
 }
 
-/// The counts of the current window. At most `in_all` addresses get an entry in a
-/// window (an attempt refused by the global cap creates none), so the map is bounded.
+/// The pool of clients from the operator's networks.
+const OPERATOR: usize = 0;
+/// The pool of every other client.
+const OTHERS: usize = 1;
+
+/// The counts of one pool in the current window. At most `in_all` addresses get an
+/// entry in a window (an attempt refused by the cap in all creates none), so the map is
+/// bounded.
 #[derive(Default)]
 struct LoginCounts {
     epoch: u64,
@@ -149,19 +167,27 @@ struct LoginCounts {
 /// One counted login attempt; [`Attempt::succeeded`] gives its count back.
 pub struct Attempt<'a> {
     limiter: &'a LoginLimiter,
+    pool: usize,
     epoch: u64,
     key: IpAddr,
 }
 
 impl LoginLimiter {
-    /// Limits of `per_address` and `in_all` attempts per `window`.
-    pub fn new(per_address: u32, in_all: u32, window: Duration) -> LoginLimiter {
+    /// Limits of `per_address` and `in_all` attempts per `window` in each pool; clients
+    /// in `operator_nets` count in a pool of their own.
+    pub fn new(
+        per_address: u32,
+        in_all: u32,
+        window: Duration,
+        operator_nets: Vec<IpNet>,
+    ) -> LoginLimiter {
         LoginLimiter {
             per_address,
             in_all,
             window,
             start: Instant::now(),
-            counts: Mutex::new(LoginCounts::default()),
+            operator_nets,
+            pools: Default::default(),
         }
     }
 
@@ -172,8 +198,14 @@ impl LoginLimiter {
         let now_ms = elapsed.as_millis() as u64;
         let epoch = now_ms / window_ms;
         let retry = Duration::from_millis((epoch + 1) * window_ms - now_ms);
+        let ip = ip.to_canonical();
+        let pool = if self.operator_nets.iter().any(|n| n.contains(&ip)) {
+            OPERATOR
+        } else {
+            OTHERS
+        };
         let key = client_key(ip);
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.pools[pool].lock().unwrap_or_else(|e| e.into_inner());
         if c.epoch != epoch {
             *c = LoginCounts {
                 epoch,
@@ -188,6 +220,7 @@ impl LoginLimiter {
         c.by_address.insert(key, mine + 1);
         Ok(Attempt {
             limiter: self,
+            pool,
             epoch,
             key,
         })
@@ -197,9 +230,7 @@ impl LoginLimiter {
 impl Attempt<'_> {
     /// The attempt was the right token: it does not count.
     pub fn succeeded(self) {
-        let mut c = self
-            .limiter
-            .counts
+        let mut c = self.limiter.pools[self.pool]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if c.epoch != self.epoch {
@@ -336,12 +367,25 @@ pub fn csrf_matches(session: &SessionInfo, sent: &str) -> bool {
     a.ct_eq(&b).into()
 }
 
-/// The value of cookie `name` in a `Cookie` header.
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k.trim() == name).then(|| v.trim())
-    })
+/// Most values of the session cookie a request's `Cookie` headers are searched for
+/// (another page of the same host can set cookies of the same name that the browser
+/// sends first: cookie tossing).
+pub const MAX_COOKIE_VALUES: usize = 8;
+
+/// The values of cookie `name` in a request's `Cookie` headers, in the order sent, at
+/// most [`MAX_COOKIE_VALUES`].
+pub fn cookie_values<'a>(
+    headers: impl IntoIterator<Item = &'a str>,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    headers
+        .into_iter()
+        .flat_map(|h| h.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+        .take(MAX_COOKIE_VALUES)
 }
 
 #[cfg(test)]
@@ -382,7 +426,7 @@ mod tests {
 
     #[test]
     fn logins_are_counted_before_comparing_and_successes_given_back() {
-        let l = LoginLimiter::new(3, 5, Duration::from_secs(60));
+        let l = LoginLimiter::new(3, 5, Duration::from_secs(60), vec![]);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
@@ -397,15 +441,39 @@ mod tests {
         // 5 counted in all now (3 + 2): the global cap refuses a fresh address.
         assert!(l.reserve("192.0.2.3".parse().unwrap()).is_err());
         // An IPv6 client is its /64.
-        let l = LoginLimiter::new(1, 5, Duration::from_secs(60));
+        let l = LoginLimiter::new(1, 5, Duration::from_secs(60), vec![]);
         let _ = l.reserve("2001:db8::1".parse().unwrap()).unwrap();
         assert!(l.reserve("2001:db8::2".parse().unwrap()).is_err());
         assert!(l.reserve("2001:db8:0:1::2".parse().unwrap()).is_ok());
     }
 
     #[test]
+    fn the_operators_networks_have_a_budget_of_their_own() {
+        let loopback = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let l = LoginLimiter::new(2, 4, Duration::from_secs(60), loopback);
+        // Others exhaust their cap in all.
+        for ip in ["192.0.2.1", "192.0.2.2"] {
+            for _ in 0..2 {
+                let _ = l.reserve(ip.parse().unwrap()).unwrap();
+            }
+        }
+        assert!(l.reserve("198.51.100.1".parse().unwrap()).is_err());
+        // The operator's networks are untouched, still per-address limited, and have
+        // a cap in all of their own.
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        l.reserve(local).unwrap().succeeded();
+        let _ = l.reserve(local).unwrap();
+        let _ = l.reserve("::ffff:127.0.0.1".parse().unwrap()).unwrap();
+        assert!(l.reserve(local).is_err(), "per address");
+        let _ = l.reserve("::1".parse().unwrap()).unwrap();
+        let _ = l.reserve("127.0.0.2".parse().unwrap()).unwrap();
+        assert!(l.reserve("127.0.0.3".parse().unwrap()).is_err(), "in all");
+        assert!(l.reserve("198.51.100.1".parse().unwrap()).is_err());
+    }
+
+    #[test]
     fn the_window_turns() {
-        let l = LoginLimiter::new(1, 1, Duration::from_millis(50));
+        let l = LoginLimiter::new(1, 1, Duration::from_millis(50), vec![]);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let _ = l.reserve(a).unwrap();
         let wait = l.reserve(a).err().unwrap();
@@ -443,9 +511,15 @@ mod tests {
     }
 
     #[test]
-    fn cookies_are_found_by_name() {
-        let h = "a=1; syncstore_admin=abc ; b=2";
-        assert_eq!(cookie_value(h, COOKIE), Some("abc"));
-        assert_eq!(cookie_value("x=1", COOKIE), None);
+    fn cookies_are_found_by_name_in_every_header_and_bounded() {
+        let h = ["a=1; syncstore_admin=abc ; b=2", "syncstore_admin=def"];
+        let found: Vec<&str> = cookie_values(h, COOKIE).collect();
+        assert_eq!(found, ["abc", "def"]);
+        assert_eq!(cookie_values(["x=1"], COOKIE).count(), 0);
+        let many = vec!["syncstore_admin=junk"; 20].join("; ");
+        assert_eq!(
+            cookie_values([many.as_str()], COOKIE).count(),
+            MAX_COOKIE_VALUES
+        );
     }
 }

@@ -2,12 +2,12 @@
 //! overview the page draws, and the controls. Handlers are thin: each control calls the
 //! `admin` function the CLI calls, off the reactor.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,6 @@ use super::access::{self, SessionInfo};
 use super::{ACCOUNTS_EVERY, Console, ConsoleError};
 use crate::admin::{self, Actor};
 use crate::tokenserver::store::{self, ListKind, NodeChange};
-use crate::web::client_addr::ClientAddr;
 
 type ApiResult = Result<Response, ConsoleError>;
 
@@ -32,20 +31,23 @@ const MAX_WHO_CHARS: usize = 200;
 /// session was opened from, and, for any method but GET and HEAD, the session's CSRF
 /// token in `X-Csrf-Token`.
 pub(super) struct Operator {
-    /// The client's address (as `web::client_addr` decides it).
+    /// The client's address: the TCP peer.
     pub client: IpAddr,
     /// The session.
     pub session: SessionInfo,
-    /// The session cookie's value.
+    /// The value of the session cookie that named the session.
     cookie: String,
 }
 
+/// The client: always the TCP peer. The console never reads `X-Forwarded-For`, whatever
+/// the public listener's `trusted_proxies` say (a console behind a proxy is not a
+/// supported setup).
 fn client_of(parts: &Parts) -> Result<IpAddr, ConsoleError> {
     parts
         .extensions
-        .get::<ClientAddr>()
-        .map(|c| c.0)
-        .ok_or_else(|| ConsoleError::Internal("no client address on the request".into()))
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical())
+        .ok_or_else(|| ConsoleError::Internal("no peer address on the request".into()))
 }
 
 impl FromRequestParts<Arc<Console>> for Operator {
@@ -56,17 +58,18 @@ impl FromRequestParts<Arc<Console>> for Operator {
         console: &Arc<Console>,
     ) -> Result<Self, Self::Rejection> {
         let client = client_of(parts)?;
-        let cookie = parts
+        // Every value of the cookie (bounded), in the order sent: another page of the
+        // same host may have set ones of the same name that the browser sends first.
+        let headers = parts
             .headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|h| access::cookie_value(h, access::COOKIE))
-            .ok_or(ConsoleError::NoSession)?
-            .to_string();
-        let session = console
-            .sessions
-            .check(&cookie, client)
+            .filter_map(|v| v.to_str().ok());
+        let (cookie, session) = access::cookie_values(headers, access::COOKIE)
+            .find_map(|value| {
+                let session = console.sessions.check(value, client)?;
+                Some((value.to_string(), session))
+            })
             .ok_or(ConsoleError::NoSession)?;
         if !matches!(parts.method, Method::GET | Method::HEAD) {
             let sent = parts

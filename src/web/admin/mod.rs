@@ -20,7 +20,7 @@ mod api;
 mod page;
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,9 @@ pub async fn start(
     if generated {
         tracing::info!(path = %path.display(), "generated the admin token (mode 0600)");
     }
+    let operator_nets = settings
+        .admin_operator_nets()
+        .map_err(|e| ConsoleError::Setup(e.to_string()))?;
     let addr = settings.admin_listen.as_str();
     let listener = TcpListener::bind(addr)
         .await
@@ -197,6 +200,7 @@ pub async fn start(
             access::LOGINS_PER_ADDRESS,
             access::LOGINS_IN_ALL,
             access::LOGIN_WINDOW,
+            operator_nets,
         ),
         sessions: access::Sessions::new(
             access::MAX_SESSIONS,
@@ -215,13 +219,39 @@ pub async fn start(
         token = %path.display(),
         "admin console on http://{bound}/admin/ (sign in with the token in the file)"
     );
+    if let Some(warning) = exposure_warning(bound) {
+        tracing::warn!("{warning}");
+    }
     let app = router(Arc::new(console));
     Ok(tokio::spawn(serve_router(
         listener,
         app,
-        limits,
+        peer_only(limits),
         std::future::pending(),
     )))
+}
+
+/// The warning for a console bound off loopback (a wildcard address included): it has
+/// no TLS.
+fn exposure_warning(bound: std::net::SocketAddr) -> Option<String> {
+    (!bound.ip().to_canonical().is_loopback()).then(|| {
+        format!(
+            "admin_listen {bound} is not a loopback address: the console has no TLS, so the \
+             admin token and the session cookie cross the network in clear; bind it to \
+             127.0.0.1 and open it over an SSH tunnel"
+        )
+    })
+}
+
+/// The public listener's limits for the console's: the client is always the TCP peer
+/// (no `X-Forwarded-For`, no proxy exempt from the per-address connection cap). A
+/// console behind a reverse proxy is not a supported setup.
+fn peer_only(limits: ConnectionLimits) -> ConnectionLimits {
+    ConnectionLimits {
+        trusted_proxies: Arc::from([]),
+        trust_forwarded_for: false,
+        ..limits
+    }
 }
 
 /// The console's routes; everything outside `/admin/` is 404.
@@ -326,19 +356,25 @@ fn request_host(req: &Request) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
 }
 
-/// Whether the console answers to `host` (`name[:port]`): an IP address, `localhost`,
-/// or the host of `public_url`.
+/// Whether the console answers to `host` (`name[:port]`, `[v6][:port]`): an IP
+/// address, `localhost`, or the host of `public_url`. A bracketed host must be exactly
+/// an IPv6 address in brackets, optionally followed by `:port`.
 fn host_allowed(host: &str, public_host: Option<&str>) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
+    let is_port = |p: &str| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok && inner.parse::<Ipv6Addr>().is_ok();
+    }
+    let name = match host.split_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost" || name.parse::<IpAddr>().is_ok() || public_host == Some(name.as_str())
+    name == "localhost" || name.parse::<Ipv4Addr>().is_ok() || public_host == Some(name.as_str())
 }
 
 /// Whether a change comes from the console's own page: `Sec-Fetch-Site`, when sent,
@@ -382,10 +418,49 @@ mod tests {
         ] {
             assert!(host_allowed(ok, p), "{ok}");
         }
-        for bad in ["evil.example:8090", "127.0.0.1.evil.example", "example.org"] {
+        for bad in [
+            "evil.example:8090",
+            "127.0.0.1.evil.example",
+            "example.org",
+            "[::1].evil.example",
+            "[::1]evil.example:8090",
+            "[::1]:8090.evil.example",
+            "[::1]:80:80",
+            "[::1",
+            "[evil.example]",
+            "[127.0.0.1]",
+            "::1",
+            "127.0.0.1:8090:1",
+            "127.0.0.1:http",
+            "localhost:123456",
+        ] {
             assert!(!host_allowed(bad, p), "{bad}");
         }
         assert!(!host_allowed("sync.example.org", None));
+    }
+
+    #[test]
+    fn a_listener_off_loopback_is_warned_about() {
+        for quiet in [
+            "127.0.0.1:8090",
+            "127.1.2.3:1",
+            "[::1]:8090",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(
+                exposure_warning(quiet.parse().unwrap()).is_none(),
+                "{quiet}"
+            );
+        }
+        for loud in [
+            "0.0.0.0:8090",
+            "10.0.0.5:8090",
+            "[::]:8090",
+            "[2001:db8::1]:1",
+        ] {
+            let w = exposure_warning(loud.parse().unwrap()).unwrap_or_default();
+            assert!(w.contains("no TLS") && w.contains(loud), "{loud}: {w}");
+        }
     }
 
     #[test]
