@@ -153,10 +153,8 @@ pub fn recount_usage(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 }
 
 /// Creates or updates one record as a PUT does: fields not sent are kept (or take
-/// their defaults on a new record); a write of `ttl` alone keeps `modified`; a stored
-/// row that has expired is replaced as if absent. One statement (the conflict on the
-/// primary key decides between insert and update, so no lookup before it); returns the
-/// record's payload bytes after the write.
+/// their defaults on a new record); a write of `ttl` alone keeps `modified`. Returns
+/// the change in stored payload bytes, for the caller to pass to [`add_usage`].
 fn upsert_bso(
     tx: &Transaction<'_>,
     coll: i64,
@@ -164,83 +162,82 @@ fn upsert_bso(
     ts: Timestamp,
     now: Millis,
 ) -> rusqlite::Result<i64> {
-    // The payload to set: `None` keeps a live record's (absent), `null` empties it.
+    // The stored row, live or expired (an expired one is replaced as if absent).
+    let stored: Option<(i64, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT modified, expiry, payload_size FROM bso WHERE collection = ?1 AND id = ?2",
+        )?
+        .query_row(params![coll, bso.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let old_size = stored.map_or(0, |(_, _, size)| size);
+    let live = stored
+        .filter(|&(_, expiry, _)| expiry > now.0)
+        .map(|(modified, expiry, _)| (modified, expiry));
     let payload: Option<&str> = match &bso.payload {
         Field::Set(p) => Some(p),
         Field::Null => Some(""),
         Field::Absent => None,
     };
-    let (sortindex_sent, sortindex) = match bso.sortindex {
+    let (set_sortindex, sortindex) = match bso.sortindex {
         Field::Set(s) => (true, Some(s)),
         Field::Null => (true, None),
         Field::Absent => (false, None),
     };
     // Expiry counts from the write's wall-clock time, not from `ts` (which may have
-    // been bumped ahead of the clock to stay above the user's last write). A new (or
-    // replaced) record without a ttl never expires; a live one keeps its expiry
-    // unless the write sends `ttl`.
-    let expiry = match bso.ttl {
+    // been bumped ahead of the clock to stay above the user's last write).
+    let expiry_from = |old: i64| match bso.ttl {
         Field::Set(t) => now.plus_secs(t),
-        Field::Null | Field::Absent => NEVER,
+        Field::Null => NEVER,
+        Field::Absent => old,
     };
-    // Every SET expression reads the stored row as it was (`expiry > ?8`: it is live).
-    tx.prepare_cached(
-        "INSERT INTO bso (collection, id, sortindex, payload, payload_size, modified, expiry)
-         VALUES (?1, ?2, ?3, coalesce(?4, ''), length(CAST(coalesce(?4, '') AS BLOB)), ?5, ?6)
-         ON CONFLICT (collection, id) DO UPDATE SET
-            payload = CASE WHEN expiry > ?8 THEN coalesce(?4, payload) ELSE excluded.payload END,
-            payload_size = CASE WHEN expiry > ?8
-                THEN coalesce(length(CAST(?4 AS BLOB)), payload_size)
-                ELSE excluded.payload_size END,
-            sortindex = CASE WHEN expiry > ?8 AND NOT ?7 THEN sortindex ELSE excluded.sortindex END,
-            modified = CASE WHEN expiry > ?8 AND NOT ?9 THEN modified ELSE excluded.modified END,
-            expiry = CASE WHEN expiry > ?8 AND NOT ?10 THEN expiry ELSE excluded.expiry END
-         RETURNING payload_size",
-    )?
-    .query_row(
-        params![
-            coll,
-            bso.id,
-            sortindex,
-            payload,
-            ts.0,
-            expiry,
-            sortindex_sent,
-            now.0,
-            bso.changes_data(),
-            bso.ttl.is_sent()
-        ],
-        |r| r.get(0),
-    )
-}
-
-/// Payload bytes of the stored rows (live or expired) of these ids in a collection,
-/// each row once.
-fn stored_bytes(tx: &Transaction<'_>, coll: i64, bsos: &[BsoInput]) -> rusqlite::Result<i64> {
-    if let [one] = bsos {
-        return tx
-            .prepare_cached("SELECT payload_size FROM bso WHERE collection = ?1 AND id = ?2")?
-            .query_row(params![coll, one.id], |r| r.get(0))
-            .optional()
-            .map(Option::unwrap_or_default);
+    match live {
+        Some((modified, expiry)) => {
+            let modified = if bso.changes_data() { ts.0 } else { modified };
+            tx.prepare_cached(
+                "UPDATE bso SET
+                    payload = coalesce(?3, payload),
+                    payload_size = coalesce(length(CAST(?3 AS BLOB)), payload_size),
+                    sortindex = CASE WHEN ?4 THEN ?5 ELSE sortindex END,
+                    modified = ?6, expiry = ?7
+                 WHERE collection = ?1 AND id = ?2",
+            )?
+            .execute(params![
+                coll,
+                bso.id,
+                payload,
+                set_sortindex,
+                sortindex,
+                modified,
+                expiry_from(expiry)
+            ])?;
+            Ok(payload.map_or(0, |p| p.len() as i64 - old_size))
+        }
+        None => {
+            let payload = payload.unwrap_or("");
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO bso
+                    (collection, id, sortindex, payload, payload_size, modified, expiry)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                coll,
+                bso.id,
+                sortindex,
+                payload,
+                payload.len() as i64,
+                ts.0,
+                expiry_from(NEVER)
+            ])?;
+            Ok(payload.len() as i64 - old_size)
+        }
     }
-    let ids: Vec<&str> = bsos.iter().map(|b| b.id.as_str()).collect();
-    let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-    tx.prepare_cached(
-        "SELECT total(payload_size) FROM bso
-         WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2))",
-    )?
-    .query_row(params![coll, ids], |r| r.get::<_, f64>(0))
-    .map(|t| t as i64)
 }
 
 /// Writes records into a collection as one write (PUT semantics for each): creates
 /// the collection if needed and moves its last-modified to `ts`. Nothing is touched
 /// when there are no records.
-///
-/// The user's stored bytes move by the records' sizes after the write less those of
-/// the rows they replace, read in one statement before it: one statement a record
-/// instead of a lookup and a write each.
 pub fn store_bsos(
     tx: &Transaction<'_>,
     collection: &str,
@@ -252,14 +249,11 @@ pub fn store_bsos(
         return Ok(());
     }
     let coll = touch_collection(tx, collection, ts)?;
-    let before = stored_bytes(tx, coll, bsos)?;
-    // An id sent twice is one row: its size is the one after its last write.
-    let mut after: std::collections::HashMap<&str, i64> =
-        std::collections::HashMap::with_capacity(bsos.len());
+    let mut delta = 0;
     for bso in bsos {
-        after.insert(&bso.id, upsert_bso(tx, coll, bso, ts, now)?);
+        delta += upsert_bso(tx, coll, bso, ts, now)?;
     }
-    add_usage(tx, after.values().sum::<i64>() - before)
+    add_usage(tx, delta)
 }
 
 /// Deletes one record; returns whether a live one existed.
