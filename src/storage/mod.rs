@@ -422,13 +422,17 @@ impl Storage {
         self.dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
-                let current = match queries::collection(w.tx, &collection).map_err(sql)? {
-                    Some((coll, _)) => {
-                        queries::bso_modified(w.tx, coll, &bso.id, w.now).map_err(sql)?
-                    }
-                    None => None,
-                };
-                pre.check(current.unwrap_or_default())?;
+                // Without a precondition nothing needs the record's current time: two
+                // statements fewer (each compiled anew on a cold connection).
+                if pre != Precondition::None {
+                    let current = match queries::collection(w.tx, &collection).map_err(sql)? {
+                        Some((coll, _)) => {
+                            queries::bso_modified(w.tx, coll, &bso.id, w.now).map_err(sql)?
+                        }
+                        None => None,
+                    };
+                    pre.check(current.unwrap_or_default())?;
+                }
                 let bsos = std::slice::from_ref(&bso);
                 queries::store_bsos(w.tx, &collection, bsos, w.ts, w.now).map_err(sql)?;
                 w.wrote(bsos);
@@ -448,8 +452,10 @@ impl Storage {
         self.dbs
             .write(uid, move |w| {
                 let sql = |e| StorageError::from_sqlite(uid, e);
-                let current = queries::collection(w.tx, &collection).map_err(sql)?;
-                pre.check(current.map(|c| c.1).unwrap_or_default())?;
+                if pre != Precondition::None {
+                    let current = queries::collection(w.tx, &collection).map_err(sql)?;
+                    pre.check(current.map(|c| c.1).unwrap_or_default())?;
+                }
                 queries::store_bsos(w.tx, &collection, &bsos, w.ts, w.now).map_err(sql)?;
                 w.wrote(&bsos);
                 Ok(PostResult {

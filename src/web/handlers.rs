@@ -156,32 +156,15 @@ pub async fn get_collection(
     let query = list_query(&params)?;
     let full = query.full;
     let listing = s.storage.list(user.uid, collection, query, pre).await?;
-    // Serialize records directly (not through serde_json::Value, whose floats would
-    // print `1700000000.10` as `1700000000.1`).
-    let one = |b: &crate::storage::model::Bso| {
-        if full {
-            serde_json::to_string(b)
-        } else {
-            serde_json::to_string(&b.id)
-        }
-        .expect("records serialize")
-    };
     let count = listing.items.len();
-    let mut r = match format {
-        Format::Json => {
-            let parts: Vec<String> = listing.items.iter().map(one).collect();
-            let text = format!("[{}]", parts.join(","));
-            ([(header::CONTENT_TYPE, "application/json")], text).into_response()
-        }
-        Format::Newlines => {
-            let mut text = String::new();
-            for b in &listing.items {
-                text.push_str(&one(b));
-                text.push('\n');
-            }
-            ([(header::CONTENT_TYPE, "application/newlines")], text).into_response()
-        }
+    let (body, content_type) = match format {
+        Format::Json => (listing_json(&listing.items, full), "application/json"),
+        Format::Newlines => (
+            listing_newlines(&listing.items, full),
+            "application/newlines",
+        ),
     };
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     let h = r.headers_mut();
     h.insert(
         "x-last-modified",
@@ -195,6 +178,62 @@ pub async fn get_collection(
         );
     }
     Ok(r)
+}
+
+/// Appends one listed record to `out`: the whole record as JSON when `full`, else its
+/// id as a JSON string. The same text `serde_json` makes of a [`model::Bso`] (tested),
+/// written straight into the answer: no string per record, and the timestamp without
+/// the parse `serde_json::RawValue` does of it.
+fn write_listed(out: &mut Vec<u8>, b: &model::Bso, full: bool) {
+    use std::io::Write as _;
+    let string = |out: &mut Vec<u8>, s: &str| {
+        serde_json::to_writer(&mut *out, s).expect("a string serializes");
+    };
+    if !full {
+        return string(out, &b.id);
+    }
+    out.extend_from_slice(b"{\"id\":");
+    string(out, &b.id);
+    let _ = write!(out, ",\"modified\":{},\"payload\":", b.modified);
+    string(out, &b.payload);
+    if let Some(i) = b.sortindex {
+        let _ = write!(out, ",\"sortindex\":{i}");
+    }
+    out.push(b'}');
+}
+
+/// Room for a listing's answer: its payloads and ~100 bytes of the rest per record.
+fn listing_capacity(items: &[model::Bso], full: bool) -> usize {
+    let payloads: usize = if full {
+        items.iter().map(|b| b.payload.len()).sum()
+    } else {
+        0
+    };
+    payloads + 100 * items.len() + 2
+}
+
+/// A listing as a JSON array.
+fn listing_json(items: &[model::Bso], full: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(listing_capacity(items, full));
+    out.push(b'[');
+    for (i, b) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_listed(&mut out, b, full);
+    }
+    out.push(b']');
+    out
+}
+
+/// A listing as `application/newlines`: one JSON value a line.
+fn listing_newlines(items: &[model::Bso], full: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(listing_capacity(items, full));
+    for b in items {
+        write_listed(&mut out, b, full);
+        out.push(b'\n');
+    }
+    out
 }
 
 /// `GET storage/{collection}/{bso}`.
@@ -540,4 +579,45 @@ pub async fn version() -> Response {
         "commit": env!("SYNCSTORE_COMMIT"),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_are_written_as_serde_json_writes_records() {
+        let bso = |id: &str, payload: &str, sortindex| model::Bso {
+            id: id.into(),
+            modified: Timestamp(170000000010),
+            payload: payload.into(),
+            sortindex,
+        };
+        let items = [
+            bso("a", "p", None),
+            bso("we\"ird\\id", "{\"ciphertext\":\"\u{1}é\n\"}", Some(-7)),
+            bso("z", "", Some(999_999_999)),
+        ];
+        for full in [true, false] {
+            let each: Vec<String> = items
+                .iter()
+                .map(|b| {
+                    if full {
+                        serde_json::to_string(b).unwrap()
+                    } else {
+                        serde_json::to_string(&b.id).unwrap()
+                    }
+                })
+                .collect();
+            let json = String::from_utf8(listing_json(&items, full)).unwrap();
+            assert_eq!(json, format!("[{}]", each.join(",")));
+            let lines = String::from_utf8(listing_newlines(&items, full)).unwrap();
+            assert_eq!(
+                lines,
+                each.iter().map(|e| format!("{e}\n")).collect::<String>()
+            );
+        }
+        assert_eq!(listing_json(&[], true), b"[]");
+        assert!(listing_newlines(&[], false).is_empty());
+    }
 }

@@ -13,8 +13,9 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -25,15 +26,58 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// The route template a request matched, carried on the response to the outer layer.
-#[derive(Clone)]
-struct RouteTemplate(String);
+#[derive(Clone, Copy)]
+struct RouteTemplate(&'static str);
+
+/// A route template as a `'static` string (a metric label that needs no allocation):
+/// each distinct template is leaked once. Templates are the router's own route
+/// definitions, never text from a request, so there are only as many as routes.
+fn interned_route(route: &str) -> &'static str {
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(Default::default);
+    if let Some(known) = routes.read().ok().and_then(|r| r.get(route).copied()) {
+        return known;
+    }
+    let mut routes = routes.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = routes.get(route) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    routes.insert(leaked);
+    leaked
+}
+
+/// A status code as a metric label: the codes this server answers with as `'static`
+/// strings, any other formatted.
+fn status_label(status: StatusCode) -> Cow<'static, str> {
+    Cow::Borrowed(match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        406 => "406",
+        412 => "412",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        other => return Cow::Owned(other.to_string()),
+    })
+}
 
 /// Inner layer (runs only for matched routes): records the route template.
 pub async fn tag_route(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .map(|p| interned_route(p.as_str()));
     let mut res = next.run(req).await;
     if let Some(route) = route {
         res.extensions_mut().insert(RouteTemplate(route));
@@ -71,7 +115,11 @@ pub fn mark_body_wait(waited: Duration) {
 pub async fn log_request(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let label = method_label(req.method());
-    let method = clip(req.method().as_str(), MAX_LOGGED_BYTES).into_owned();
+    // A standard method is its label; only another one is copied (clipped) for the log.
+    let method: Cow<'static, str> = match label {
+        "other" => Cow::Owned(clip(req.method().as_str(), MAX_LOGGED_BYTES).into_owned()),
+        known => Cow::Borrowed(known),
+    };
     let uid = path_uid(req.uri().path());
     let (res, authenticated, body_wait) = MARKS
         .scope(Marks::default(), async move {
@@ -85,8 +133,7 @@ pub async fn log_request(req: Request, next: Next) -> Response {
     let route = res
         .extensions()
         .get::<RouteTemplate>()
-        .map_or("unmatched", |r| r.0.as_str())
-        .to_owned();
+        .map_or("unmatched", |r| r.0);
     let status = res.status().as_u16();
     if let Some(user) = authenticated
         && status != 401
@@ -111,14 +158,12 @@ pub async fn log_request(req: Request, next: Next) -> Response {
             duration_ms, "request"
         ),
     }
-    let labels = [
-        ("method", label.to_string()),
-        ("route", route),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("syncstore_http_requests_total", &labels).increment(1);
-    metrics::histogram!("syncstore_http_request_duration_seconds", &labels[..2])
-        .record(elapsed.as_secs_f64());
+    metrics::counter!("syncstore_http_requests_total",
+        "method" => label, "route" => route, "status" => status_label(res.status()))
+    .increment(1);
+    metrics::histogram!("syncstore_http_request_duration_seconds",
+        "method" => label, "route" => route)
+    .record(elapsed.as_secs_f64());
     fold_samples_now_and_then();
     res
 }

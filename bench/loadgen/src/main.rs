@@ -39,9 +39,14 @@ struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Stop after this many seconds.
+    /// Stop after this many seconds (of measurement, after `--warmup`).
     #[arg(long, default_value_t = 30)]
     duration: u64,
+    /// Run the workload this many seconds before measuring: requests started during
+    /// the warm-up are not counted, and the elapsed time and the server's and this
+    /// process's CPU count from its end (the server's peak RSS covers the whole run).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
     /// Stop after this many sessions (0: no limit besides the duration).
     #[arg(long, default_value_t = 0)]
     sessions: u64,
@@ -173,6 +178,8 @@ struct Worker {
     /// logins: sign-ins sent so far, and the number of this connection.
     sent: u64,
     index: usize,
+    /// When the warm-up ends: only requests started from then on are counted.
+    measure_from: Instant,
 }
 
 impl Worker {
@@ -263,13 +270,18 @@ impl Worker {
         }
         .await;
         let micros = started.elapsed().as_micros() as u64;
+        let counted = started >= self.measure_from;
         match result {
             Ok((status, bytes, last_modified)) => {
-                self.stats.record(kind, micros, status);
+                if counted {
+                    self.stats.record(kind, micros, status);
+                }
                 Some((status, bytes, last_modified))
             }
             Err(_) => {
-                self.stats.failures += 1;
+                if counted {
+                    self.stats.failures += 1;
+                }
                 None
             }
         }
@@ -287,6 +299,7 @@ impl Worker {
     }
 
     async fn session(&mut self, uid: u64, session: u64) {
+        let counted = Instant::now() >= self.measure_from;
         let base = format!("/1.5/{uid}");
         match self.args.workload {
             Workload::InfoCollections => {
@@ -321,7 +334,9 @@ impl Worker {
             Workload::Tokens => self.sync_token().await,
             Workload::Logins => self.failing_login().await,
         }
-        self.stats.sessions += 1;
+        if counted {
+            self.stats.sessions += 1;
+        }
     }
 
     /// One sign-in with the connection's account; its answer read whole.
@@ -387,6 +402,9 @@ impl Worker {
         }
         .await;
         let micros = started.elapsed().as_micros() as u64;
+        if started < self.measure_from {
+            return;
+        }
         match result {
             Ok(status) => self.stats.record(kind, micros, status),
             Err(_) => self.stats.failures += 1,
@@ -501,11 +519,18 @@ fn process_cpu_secs(pid: u32) -> f64 {
 }
 
 /// Samples a process until `stop` (RSS every 100 ms, descriptors every 500 ms): peak
-/// RSS and descriptors, CPU used.
-fn sample_process(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> ServerUse {
+/// RSS and descriptors over the whole run, CPU used from `measure_from` on.
+fn sample_process(
+    pid: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    measure_from: Instant,
+) -> ServerUse {
     let (mut rss, mut fds) = (0, 0);
-    let cpu_before = process_cpu_secs(pid);
+    let mut cpu_before = None;
     for round in 0u64.. {
+        if cpu_before.is_none() && Instant::now() >= measure_from {
+            cpu_before = Some(process_cpu_secs(pid));
+        }
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             break;
         }
@@ -528,12 +553,20 @@ fn sample_process(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> ServerU
                     .unwrap_or(0),
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Wake at the end of the warm-up too, to read the CPU used before it.
+        let until_measured = measure_from.saturating_duration_since(Instant::now());
+        let nap = Duration::from_millis(100);
+        std::thread::sleep(if until_measured.is_zero() {
+            nap
+        } else {
+            until_measured.min(nap)
+        });
     }
+    let now = process_cpu_secs(pid);
     ServerUse {
         rss_kb: rss,
         fds,
-        cpu_secs: process_cpu_secs(pid) - cpu_before,
+        cpu_secs: now - cpu_before.unwrap_or(now),
     }
 }
 
@@ -769,11 +802,6 @@ async fn main() {
     let last_sync = Arc::new(Mutex::new(BTreeMap::new()));
     let next_session = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = args.pid.map(|pid| {
-        let stop = stop.clone();
-        // Its own thread: reading /proc blocks, and the workers' threads are timing.
-        std::thread::spawn(move || sample_process(pid, stop))
-    });
     // The accounts' sign-in bodies: authPW as a client derives it from the password
     // (quickStretch, then HKDF), once per account.
     let logins: Vec<Value> = (0..args.accounts.max(1))
@@ -792,10 +820,15 @@ async fn main() {
             oauth.push(access_token(&args.url, body).await);
         }
     }
-    // The run's time starts after the sign-ins above.
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
-    let cpu_before = own_cpu_secs();
-    let started = Instant::now();
+    // The run's time starts after the sign-ins above, and is measured from the end of
+    // the warm-up.
+    let measure_from = Instant::now() + Duration::from_secs(args.warmup);
+    let deadline = measure_from + Duration::from_secs(args.duration);
+    let sampler = args.pid.map(|pid| {
+        let stop = stop.clone();
+        // Its own thread: reading /proc blocks, and the workers' threads are timing.
+        std::thread::spawn(move || sample_process(pid, stop, measure_from))
+    });
     let mut tasks = Vec::new();
     for w in 0..args.connections {
         let http = reqwest::Client::builder()
@@ -816,6 +849,7 @@ async fn main() {
             oauth: (!oauth.is_empty()).then(|| oauth[w % oauth.len()].clone()),
             sent: 0,
             index: w,
+            measure_from,
         };
         let (zipf, next_session) = (zipf.clone(), next_session.clone());
         tasks.push(tokio::spawn(async move {
@@ -837,11 +871,13 @@ async fn main() {
             worker.stats
         }));
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = own_cpu_secs();
     let mut stats = Stats::default();
     for t in tasks {
         stats.merge(t.await.expect("worker"));
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = measure_from.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let server = sampler.map(|s| s.join().expect("sampler"));
     let (summary, md) = report(&args, &stats, elapsed, server, own_cpu_secs() - cpu_before);
