@@ -304,7 +304,7 @@ pub fn now_ms() -> i64 {
 
 /// `ms` (Unix milliseconds) as RFC 3339 in UTC, to the millisecond.
 pub fn rfc3339(ms: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(ms.div_euclid(1000));
+    let (y, mo, d, h, mi, s) = super::civil(ms.div_euclid(1000));
     format!(
         "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
         ms.rem_euclid(1000)
@@ -313,7 +313,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// A generation's name for a run started at `ms`: `20261207T171500Z`.
 fn generation_name(ms: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(ms.div_euclid(1000));
+    let (y, mo, d, h, mi, s) = super::civil(ms.div_euclid(1000));
     format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
@@ -331,23 +331,6 @@ pub fn is_generation_name(name: &str) -> bool {
         && base.ends_with('Z')
         && base[..8].bytes().all(|c| c.is_ascii_digit())
         && base[9..15].bytes().all(|c| c.is_ascii_digit())
-}
-
-/// Year, month, day, hour, minute, second of a Unix time (UTC).
-fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Where generations are kept. A directory now; object storage later implements the

@@ -539,7 +539,12 @@ pub fn audit_text(entries: &[AuditEntry]) -> String {
 
 /// A time (ms since the epoch) as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn time_text(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
+    let (y, m, d, h, mi, s) = civil(ms.div_euclid(1000));
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+}
+
+/// Year, month, day, hour, minute, second of a Unix time (UTC).
+pub(crate) fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -551,10 +556,5 @@ pub fn time_text(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
