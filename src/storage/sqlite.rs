@@ -119,7 +119,7 @@ const SHM_RESET_LEN: libc::off_t = 3;
 /// that, files it has not seen yet are reset on every cold open, as SQLite would.
 const SHM_REMEMBERED_MAX: usize = 1 << 20;
 
-/// Cold opens whose `-shm` was reset by zeroing its one region in place.
+/// Cold opens whose existing `-shm` was reset by zeroing its one region in place.
 static SHM_ZEROED: AtomicU64 = AtomicU64::new(0);
 
 /// Cold opens that kept the `-shm` index this process had reset before.
@@ -189,7 +189,10 @@ unsafe extern "C" fn reset_aware_ftruncate(fd: c_int, len: libc::off_t) -> c_int
         && unsafe { libc::pwrite(fd, ZEROS.as_ptr().cast::<c_void>(), SHM_REGION, 0) }
             == SHM_REGION as isize
     {
-        SHM_ZEROED.fetch_add(1, Ordering::Relaxed);
+        // Counted only when an existing index was reset (a new one had nothing in it).
+        if st.st_size != 0 {
+            SHM_ZEROED.fetch_add(1, Ordering::Relaxed);
+        }
         0
     } else {
         // SAFETY: as above.
