@@ -86,26 +86,6 @@ async fn eventually(secs: u64, mut check: impl AsyncFnMut() -> bool) -> bool {
     check().await
 }
 
-/// Replaces every user file under `data/users` by garbage, keeping the good ones in
-/// `data/users.good`: every storage request of those users then fails (503).
-fn damage_user_files(data: &Path) -> usize {
-    let (users, good) = (data.join("users"), data.join("users.good"));
-    std::fs::rename(&users, &good).unwrap();
-    let mut n = 0;
-    for shard in std::fs::read_dir(&good).unwrap().flatten() {
-        let dir = users.join(shard.file_name());
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".sqlite") {
-                std::fs::write(dir.join(&name), b"not a database ".repeat(1000)).unwrap();
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 /// Puts the good user files back.
 fn repair_user_files(data: &Path) {
     std::fs::remove_dir_all(data.join("users")).unwrap();
@@ -207,7 +187,7 @@ async fn the_guard_pauses_a_failing_node_and_resume_restores_it() {
     // C fails for real: stopped, its users' files replaced by garbage, started again.
     let (c_url, c_addr) = (c.url(), c.addr.clone());
     let c_data = c.stop();
-    assert!(damage_user_files(c_data.path()) >= 3);
+    assert!(crate::common::damage_user_files(c_data.path()) >= 3);
     let c = Server::start_at(c_data, &c_addr, &with_role(&env, "storage"));
 
     // The same load on every node: each user reads its collections every 100 ms.

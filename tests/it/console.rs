@@ -953,27 +953,6 @@ impl Drop for Browser {
     }
 }
 
-/// Replaces every user file under `data/users` by garbage, keeping the good ones in
-/// `data/users.good` (as tests/it/canary.rs does): every storage request of those users
-/// then fails.
-fn damage_user_files(data: &std::path::Path) -> usize {
-    let (users, good) = (data.join("users"), data.join("users.good"));
-    std::fs::rename(&users, &good).unwrap();
-    let mut n = 0;
-    for shard in std::fs::read_dir(&good).unwrap().flatten() {
-        let dir = users.join(shard.file_name());
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".sqlite") {
-                std::fs::write(dir.join(&name), b"not a database ".repeat(1000)).unwrap();
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 /// Puts the good user files back.
 fn repair_user_files(data: &std::path::Path) {
     std::fs::remove_dir_all(data.join("users")).unwrap();
@@ -1182,7 +1161,7 @@ async fn in_a_real_browser_an_operator_signs_in_rolls_out_drains_and_sees_the_gu
     web.call(json!({"cmd": "confirm"}));
     assert_eq!(web.wait_js("(url) => { const s = document.querySelector(`article[data-node=\"${url}\"]`).dataset.state; return s === 'rollout' && s; }", json!(b_url), 10_000), "rollout");
     let (b_addr, b_data) = (b.addr.clone(), b.stop());
-    assert!(damage_user_files(b_data.path()) >= 3);
+    assert!(crate::common::damage_user_files(b_data.path()) >= 3);
     let e: Vec<(&str, &str)> = env
         .iter()
         .map(|(k, v)| (*k, v.as_str()))

@@ -660,3 +660,23 @@ pub async fn fxa_post(s: &Server, path: &str, body: &Value, bearer: Option<&str>
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// Replaces every user file under `data/users` by garbage, keeping the good ones in
+/// `data/users.good`: every storage request of those users then fails (503).
+pub fn damage_user_files(data: &std::path::Path) -> usize {
+    let (users, good) = (data.join("users"), data.join("users.good"));
+    std::fs::rename(&users, &good).unwrap();
+    let mut n = 0;
+    for shard in std::fs::read_dir(&good).unwrap().flatten() {
+        let dir = users.join(shard.file_name());
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sqlite") {
+                std::fs::write(dir.join(&name), b"not a database ".repeat(1000)).unwrap();
+                n += 1;
+            }
+        }
+    }
+    n
+}
