@@ -230,8 +230,9 @@ pub struct Settings {
     /// Most password hardenings (scrypt, 64 MiB and a core each) at once; 0: half the
     /// cores, at least one.
     pub accounts_hardening_concurrency: usize,
-    /// Password hardenings per second on average, fractions allowed (a burst of 10 or
-    /// this, whichever is more, then paced; over it 429); 0: one per two cores (at
+    /// Password hardenings per second on average, fractions allowed (a burst of 3 or
+    /// this, whichever is more, then paced; over it 429; one client address at most
+    /// a quarter of it); 0: one per two cores (at
     /// least one), about a sixteenth of the machine at ~0.12 s per hardening.
     pub accounts_hardening_per_sec: f64,
     /// The nice value (0–19) of the threads that run password hardening: 0, the

@@ -3,11 +3,13 @@
 //!
 //! scrypt takes 64 MiB and a core for a tenth of a second or so. Before it runs, a
 //! request passes, in order: one gate per client address (one hardening in flight per
-//! address; others from it wait), one per account (two in flight), a global rate budget
-//! (a token bucket: over it, a first-come first-served wait of at most 10 s, else 429
-//! with `retryAfter`), and the global slots (at most `concurrency` at once). One
-//! address therefore never holds more than one slot. The budget keeps scrypt to a share
-//! of the machine. scrypt runs on threads of its own, started at the first hardening,
+//! address; others from it wait), the address's own token bucket (a quarter of the budget's
+//! rate), one gate per account (two in flight), a global rate budget (a token bucket:
+//! over it, a first-come first-served wait of at most 10 s, else 429 with
+//! `retryAfter`), and the global slots (at most `concurrency` at once). One address
+//! therefore never holds more than one slot, nor more than a quarter of the budget. The budget
+//! keeps scrypt to a share of the machine. scrypt runs on threads of its own, started at
+//! the first hardening, keeping its 64 MiB between hardenings (`server::large_blocks`),
 //! at the CPU priority `accounts_hardening_nice` gives them (0, the default: the same as
 //! the storage API's; up to 19, the lowest, to have them yield the cores whenever the
 //! storage API has work, at the cost of sign-ins that wait for idle time on a busy
@@ -17,6 +19,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AccountsError;
 use super::limits::client_unit;
+use crate::server::large_blocks;
 
 /// At most `permits` holders at once per key; entries exist only while held or awaited.
 struct Gates {
@@ -84,26 +88,56 @@ impl Drop for GatePass<'_> {
     }
 }
 
-/// A token bucket of hardenings (GCRA): `per_sec` on average, `burst` at once, and a
-/// request that would wait longer than `max_wait` for its turn is refused.
-struct Budget {
-    start: Instant,
+/// A token bucket's rule (GCRA): `per_sec` on average, `burst` at once, and a request
+/// that would wait longer than `max_wait` for its turn is refused.
+struct Pace {
     interval_us: u64,
     tolerance_us: u64,
     max_wait_us: u64,
+}
+
+impl Pace {
+    fn new(per_sec: f64, burst: u32, max_wait: Duration) -> Pace {
+        // At least 1 µs apart; a rate below one a second spaces them further.
+        let interval_us = (1e6 / per_sec.max(1e-6)).clamp(1.0, 1e12) as u64;
+        Pace {
+            interval_us,
+            tolerance_us: interval_us * u64::from(burst.max(1) - 1),
+            max_wait_us: max_wait.as_micros() as u64,
+        }
+    }
+
+    /// For a bucket whose next request was due at `tat` (µs), a request at `now`: the
+    /// bucket's new `tat` and this request's wait, or the refusal (`retryAfter` s).
+    fn step(&self, tat: u64, now: u64) -> Result<(u64, Duration), AccountsError> {
+        let t = tat.max(now);
+        let wait = (t.saturating_sub(self.tolerance_us)).saturating_sub(now);
+        if wait > self.max_wait_us {
+            let secs = (wait - self.max_wait_us).div_ceil(1_000_000).max(1);
+            return Err(AccountsError::TooManyRequests(secs));
+        }
+        Ok((t + self.interval_us, Duration::from_micros(wait)))
+    }
+
+    /// How long a bucket's `tat` can matter after it was set.
+    fn horizon_us(&self) -> u64 {
+        self.interval_us + self.tolerance_us + self.max_wait_us
+    }
+}
+
+/// The global budget of hardenings: one bucket.
+struct Budget {
+    start: Instant,
+    pace: Pace,
     /// The theoretical arrival time of the next request, µs since start.
     tat: Mutex<u64>,
 }
 
 impl Budget {
-    fn new(per_sec: f64, burst: u32, max_wait: Duration) -> Budget {
-        // At least 1 µs apart; a rate below one a second spaces them further.
-        let interval_us = (1e6 / per_sec.max(1e-6)).clamp(1.0, 1e12) as u64;
+    fn new(pace: Pace) -> Budget {
         Budget {
             start: Instant::now(),
-            interval_us,
-            tolerance_us: interval_us * u64::from(burst.max(1) - 1),
-            max_wait_us: max_wait.as_micros() as u64,
+            pace,
             tat: Mutex::new(0),
         }
     }
@@ -112,14 +146,73 @@ impl Budget {
     fn take(&self) -> Result<Duration, AccountsError> {
         let now = self.start.elapsed().as_micros() as u64;
         let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
-        let t = (*tat).max(now);
-        let wait = (t.saturating_sub(self.tolerance_us)).saturating_sub(now);
-        if wait > self.max_wait_us {
-            let secs = (wait - self.max_wait_us).div_ceil(1_000_000).max(1);
-            return Err(AccountsError::TooManyRequests(secs));
+        let (next, wait) = self.pace.step(*tat, now)?;
+        *tat = next;
+        Ok(wait)
+    }
+}
+
+/// Buckets by client address (keys: random-keyed hashes). Two generations of maps, each
+/// at least a bucket's horizon long: a key is looked up in the current one, then the
+/// previous one, and a map two generations old is dropped whole, so nothing sweeps. A
+/// current map holds at most `limits::MAX_KEYS` keys; a new key beyond is not paced (the
+/// global budget still holds), rather than anyone's bucket forgotten.
+struct AddressPaces {
+    start: Instant,
+    pace: Pace,
+    generation_us: u64,
+    maps: Mutex<PaceMaps>,
+}
+
+#[derive(Default)]
+struct PaceMaps {
+    generation: u64,
+    current: HashMap<u64, u64>,
+    previous: HashMap<u64, u64>,
+}
+
+impl AddressPaces {
+    fn new(pace: Pace) -> AddressPaces {
+        AddressPaces {
+            start: Instant::now(),
+            generation_us: pace.horizon_us().max(60_000_000),
+            pace,
+            maps: Mutex::new(PaceMaps::default()),
         }
-        *tat = t + self.interval_us;
-        Ok(Duration::from_micros(wait))
+    }
+
+    /// The wait before this address's turn, or the refusal.
+    fn take(&self, key: u64) -> Result<Duration, AccountsError> {
+        self.take_at(key, self.start.elapsed().as_micros() as u64)
+    }
+
+    fn take_at(&self, key: u64, now: u64) -> Result<Duration, AccountsError> {
+        let generation = now / self.generation_us;
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expired = HashMap::new();
+        if generation > maps.generation {
+            let current = std::mem::take(&mut maps.current);
+            expired = if generation == maps.generation + 1 {
+                std::mem::replace(&mut maps.previous, current)
+            } else {
+                maps.previous.clear();
+                current
+            };
+            maps.generation = generation;
+        }
+        let tat = maps
+            .current
+            .get(&key)
+            .or_else(|| maps.previous.get(&key))
+            .copied()
+            .unwrap_or(0);
+        let (next, wait) = self.pace.step(tat, now)?;
+        if maps.current.len() < super::limits::MAX_KEYS || maps.current.contains_key(&key) {
+            maps.current.insert(key, next);
+        }
+        drop(maps);
+        drop(expired);
+        Ok(wait)
     }
 }
 
@@ -130,14 +223,22 @@ const BUDGET_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// Longest wait for an address's or an account's turn at hardening; beyond, 429.
 const GATE_MAX_WAIT: Duration = Duration::from_secs(30);
-/// Hardenings allowed at once above the budget's rate.
-const BUDGET_BURST: u32 = 10;
+/// Hardenings allowed at once above the budget's rate: a few sign-ins together pass
+/// without waiting, while a flood's first seconds cost little more than its rate (with
+/// 10, a flood took 10 hardenings' CPU from the storage API in its first second or two).
+const BUDGET_BURST: u32 = 3;
 /// Hardenings in flight per account.
 const PER_ACCOUNT: usize = 2;
+/// One client address gets at most this share of the budget's rate (with a burst of
+/// `BUDGET_BURST` of its own): a flood from one address leaves the rest to everyone
+/// else, so their sign-ins find a turn at once, and costs the storage API a quarter of
+/// what the budget allows (by default one hardening every 4 s on 2 cores).
+const ADDRESS_SHARE: f64 = 0.25;
 
 /// The gates, budget and slots in front of scrypt.
 pub struct Hardening {
     addresses: Gates,
+    address_paces: AddressPaces,
     accounts: Gates,
     budget: Budget,
     slots: Arc<Semaphore>,
@@ -170,14 +271,19 @@ impl Workers {
                     if nice > 0 {
                         lower_this_threads_priority(nice);
                     }
+                    // scrypt's 64 MiB stays with the thread between hardenings (no
+                    // mapping, page faults and unmapping each time: large_blocks), and
+                    // goes back once the thread has been idle for KEEP_IDLE.
+                    let _release = KeepLargeBlocks::start();
                     loop {
                         let job = match queue.lock() {
-                            Ok(q) => q.recv(),
+                            Ok(q) => q.recv_timeout(KEEP_IDLE),
                             Err(_) => return,
                         };
                         match job {
                             Ok(job) => job(),
-                            Err(_) => return,
+                            Err(RecvTimeoutError::Timeout) => KeepLargeBlocks::release(),
+                            Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
                 });
@@ -186,6 +292,31 @@ impl Workers {
             }
         }
         Workers { jobs }
+    }
+}
+
+/// How long a hardening thread keeps scrypt's memory without work.
+const KEEP_IDLE: Duration = Duration::from_secs(5);
+
+/// The hardening thread's large-block keeping: on from `start` until dropped.
+struct KeepLargeBlocks;
+
+impl KeepLargeBlocks {
+    fn start() -> KeepLargeBlocks {
+        large_blocks::keep_on_this_thread(true);
+        KeepLargeBlocks
+    }
+
+    /// Frees the block kept, and keeps the next one.
+    fn release() {
+        large_blocks::keep_on_this_thread(false);
+        large_blocks::keep_on_this_thread(true);
+    }
+}
+
+impl Drop for KeepLargeBlocks {
+    fn drop(&mut self) {
+        large_blocks::keep_on_this_thread(false);
     }
 }
 
@@ -233,14 +364,17 @@ impl Hardening {
         } else {
             (cores() as f64 / 2.0).max(1.0)
         };
+        let burst = |rate: f64| BUDGET_BURST.max(rate.ceil().min(f64::from(u32::MAX)) as u32);
+        let per_address = per_sec * ADDRESS_SHARE;
         Hardening {
             addresses: Gates::new(1),
-            accounts: Gates::new(PER_ACCOUNT),
-            budget: Budget::new(
-                per_sec,
-                BUDGET_BURST.max(per_sec.ceil().min(f64::from(u32::MAX)) as u32),
+            address_paces: AddressPaces::new(Pace::new(
+                per_address,
+                burst(per_address),
                 BUDGET_MAX_WAIT,
-            ),
+            )),
+            accounts: Gates::new(PER_ACCOUNT),
+            budget: Budget::new(Pace::new(per_sec, burst(per_sec), BUDGET_MAX_WAIT)),
             slots: Arc::new(Semaphore::new(concurrency)),
             hasher: RandomState::new(),
             workers: (concurrency, nice),
@@ -281,14 +415,19 @@ impl Hardening {
     ) -> Result<Turn<'_>, AccountsError> {
         let busy = || AccountsError::TooManyRequests(GATE_MAX_WAIT.as_secs());
         let address = match ip {
-            Some(ip) => Some(
-                tokio::time::timeout(
-                    GATE_MAX_WAIT,
-                    self.addresses.enter(self.hasher.hash_one(client_unit(ip))),
-                )
-                .await
-                .map_err(|_| busy())?,
-            ),
+            Some(ip) => {
+                let key = self.hasher.hash_one(client_unit(ip));
+                let pass = tokio::time::timeout(GATE_MAX_WAIT, self.addresses.enter(key))
+                    .await
+                    .map_err(|_| busy())?;
+                // The address's own share of the budget, waited for holding its gate
+                // (its only place) and nothing shared.
+                let wait = self.address_paces.take(key)?;
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Some(pass)
+            }
             None => None,
         };
         let account = match account {
@@ -338,7 +477,7 @@ mod tests {
 
     #[test]
     fn the_budget_allows_a_burst_then_paces_then_refuses() {
-        let b = Budget::new(2.0, 3, Duration::from_secs(1));
+        let b = Budget::new(Pace::new(2.0, 3, Duration::from_secs(1)));
         for _ in 0..3 {
             assert!(b.take().unwrap() < Duration::from_millis(100));
         }
@@ -346,5 +485,47 @@ mod tests {
         assert!(w > Duration::from_millis(300), "{w:?}");
         let _ = b.take().unwrap();
         assert!(matches!(b.take(), Err(AccountsError::TooManyRequests(_))));
+    }
+
+    #[test]
+    fn each_address_paces_at_its_own_share_and_is_forgotten_after_two_generations() {
+        let p = AddressPaces::new(Pace::new(1.0, 2, Duration::from_secs(5)));
+        let ms = |n: u64| Duration::from_millis(n);
+        // Two at once, then a second apart; another address is not held back.
+        assert_eq!(p.take_at(1, 0).unwrap(), ms(0));
+        assert_eq!(p.take_at(1, 0).unwrap(), ms(0));
+        assert_eq!(p.take_at(1, 0).unwrap(), ms(1000));
+        assert_eq!(p.take_at(2, 0).unwrap(), ms(0));
+        // Far enough ahead, the address is refused, and its bucket is left as it was.
+        while p.take_at(1, 0).is_ok() {}
+        assert!(matches!(
+            p.take_at(1, 0),
+            Err(AccountsError::TooManyRequests(_))
+        ));
+        // A generation later the bucket is still known; two later, dropped whole.
+        let g = p.generation_us;
+        assert!(p.take_at(1, g).is_ok());
+        assert!(p.maps.lock().unwrap().previous.contains_key(&1));
+        p.take_at(3, 3 * g).unwrap();
+        let maps = p.maps.lock().unwrap();
+        assert!(!maps.previous.contains_key(&1) && !maps.current.contains_key(&1));
+        assert_eq!(maps.current.len() + maps.previous.len(), 1);
+    }
+
+    #[test]
+    fn a_full_map_leaves_new_addresses_unpaced_and_keeps_the_known_ones() {
+        let p = AddressPaces::new(Pace::new(1.0, 1, Duration::from_secs(5)));
+        for key in 0..crate::accounts::limits::MAX_KEYS as u64 {
+            p.take_at(key, 0).unwrap();
+        }
+        // A known address is still paced; a new one passes and is not stored.
+        assert_eq!(p.take_at(0, 0).unwrap(), Duration::from_secs(1));
+        let new = u64::MAX;
+        assert_eq!(p.take_at(new, 0).unwrap(), Duration::ZERO);
+        assert_eq!(p.take_at(new, 0).unwrap(), Duration::ZERO);
+        assert_eq!(
+            p.maps.lock().unwrap().current.len(),
+            crate::accounts::limits::MAX_KEYS
+        );
     }
 }

@@ -10,10 +10,13 @@
 //! * `health` — the storage node's health report to the assignment database (the
 //!   canary guard, `tokenserver::guard`, runs beside it in tokenservers);
 //! * `startup` — checks at start that adjust the process or warn: the open-descriptor
-//!   limit, reverse-proxy settings.
+//!   limit, reverse-proxy settings;
+//! * `large_blocks` — the hook by which a thread (password hardening's) keeps its large
+//!   freed block for the next use, where the binary's allocator supports it.
 
 mod backup;
 mod health;
+pub mod large_blocks;
 mod startup;
 mod state;
 mod upkeep;

@@ -171,7 +171,7 @@ fn wrong_logins_in_flight_do_not_hold_the_owners_sign_in_budget() {
 fn sign_up_floods_from_two_addresses_do_not_fail_a_login_from_a_third() {
     let data = tempfile::tempdir().unwrap();
     add_account(data.path(), EMAIL);
-    // One hardening a second (a burst of 10): a flood that took turns would exhaust it.
+    // One hardening a second (a burst of 3): a flood that took turns would exhaust it.
     let s = Arc::new(Server::start_in(
         data,
         &[
