@@ -548,6 +548,7 @@ async fn changes_from_the_console_are_audited_with_its_address_and_shown() {
     assert_eq!(n["state"], "rollout");
     assert_eq!(o.json["lists"][0]["kind"], "deny");
     assert_eq!(o.json["accounts"]["signups"], "invite");
+    assert_eq!(o.json["accounts"]["count"], 0, "no account made yet");
     assert_eq!(o.json["accounts"]["invites"].as_array().unwrap().len(), 1);
     assert!(
         !o.json.to_string().contains(&code),

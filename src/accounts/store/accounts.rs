@@ -208,6 +208,14 @@ impl Store {
         })
     }
 
+    /// How many accounts there are (without reading them).
+    pub fn count_accounts(&self) -> Result<u64, StoreError> {
+        self.read(|tx| match one(tx, "SELECT COUNT(*) FROM accounts", &[])? {
+            Some(r) => Ok(u64::try_from(r.int(0)?).unwrap_or(0)),
+            None => Ok(0),
+        })
+    }
+
     /// Replaces the verifier and wrapped key (a password change or reset), revoking
     /// every token and refresh token of the account.
     pub fn set_password(

@@ -211,7 +211,7 @@ async fn accounts_block(c: &Arc<Console>) -> Result<Value, ConsoleError> {
     let block = blocking(move || {
         let store = accounts.store();
         let err = |e: crate::accounts::store::StoreError| ConsoleError::Internal(e.to_string());
-        let count = store.accounts().map_err(err)?.len();
+        let count = store.count_accounts().map_err(err)?;
         let invites = store.invites().map_err(err)?;
         // Newest first.
         let latest: Vec<Value> = invites
