@@ -7,7 +7,8 @@
 //! rate), one gate per account (two in flight), a global rate budget (a token bucket:
 //! over it, a first-come first-served wait of at most 10 s, else 429 with
 //! `retryAfter`), and the global slots (at most `concurrency` at once). One address
-//! therefore never holds more than one slot, nor more than a quarter of the budget. The budget
+//! therefore never holds more than one slot, nor (past a burst of 3) more than a quarter
+//! of the budget's rate. The budget
 //! keeps scrypt to a share of the machine. scrypt runs on threads of its own, started at
 //! the first hardening, keeping its 64 MiB between hardenings (`server::large_blocks`),
 //! at the CPU priority `accounts_hardening_nice` gives them (0, the default: the same as
@@ -16,11 +17,11 @@
 //! machine: docs/PERFORMANCE.md, "The storage API under a login flood").
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -155,8 +156,8 @@ impl Budget {
 /// Buckets by client address (keys: random-keyed hashes). Two generations of maps, each
 /// at least a bucket's horizon long: a key is looked up in the current one, then the
 /// previous one, and a map two generations old is dropped whole, so nothing sweeps. A
-/// current map holds at most `limits::MAX_KEYS` keys; a new key beyond is not paced (the
-/// global budget still holds), rather than anyone's bucket forgotten.
+/// current map takes at most `limits::MAX_KEYS` new keys; a new key beyond is not paced
+/// (the global budget still holds), rather than anyone's bucket forgotten.
 struct AddressPaces {
     start: Instant,
     pace: Pace,
@@ -207,7 +208,13 @@ impl AddressPaces {
             .copied()
             .unwrap_or(0);
         let (next, wait) = self.pace.step(tat, now)?;
-        if maps.current.len() < super::limits::MAX_KEYS || maps.current.contains_key(&key) {
+        // A full map takes no new address (it goes unpaced: the global budget still
+        // holds), but keeps pacing those it knows, from this generation or the last
+        // (at most twice the cap in all).
+        if maps.current.len() < super::limits::MAX_KEYS
+            || maps.current.contains_key(&key)
+            || maps.previous.contains_key(&key)
+        {
             maps.current.insert(key, next);
         }
         drop(maps);
@@ -256,13 +263,57 @@ type Job = Box<dyn FnOnce() + Send>;
 /// yields when the storage API wants the same cores. The threads end when the
 /// `Hardening` that owns them is dropped.
 struct Workers {
-    jobs: std::sync::mpsc::Sender<Job>,
+    queue: Arc<JobQueue>,
+}
+
+/// The jobs waiting for a hardening thread, and whether the threads are to end. Every
+/// idle thread waits on the condition variable with its own timeout (a channel's
+/// receiver behind a mutex would let only one of them time out and give its memory back).
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<(VecDeque<Job>, bool)>,
+    ready: Condvar,
+}
+
+impl JobQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Job>, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One thread's loop: run jobs; give scrypt's memory back after `KEEP_IDLE`
+    /// without one; end once closed.
+    fn serve(&self) {
+        // scrypt's 64 MiB stays with the thread between hardenings (no mapping, page
+        // faults and unmapping each time: large_blocks) until it has been idle a while.
+        let _release = KeepLargeBlocks::start();
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.0.pop_front() {
+                drop(state);
+                job();
+                state = self.lock();
+                continue;
+            }
+            if state.1 {
+                return;
+            }
+            let (next, waited) = self
+                .ready
+                .wait_timeout(state, KEEP_IDLE)
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if waited.timed_out() && state.0.is_empty() {
+                drop(state);
+                KeepLargeBlocks::release();
+                state = self.lock();
+            }
+        }
+    }
 }
 
 impl Workers {
     fn new(threads: usize, nice: u8) -> Workers {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let queue = Arc::new(JobQueue::default());
         for i in 0..threads.max(1) {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new()
@@ -271,27 +322,25 @@ impl Workers {
                     if nice > 0 {
                         lower_this_threads_priority(nice);
                     }
-                    // scrypt's 64 MiB stays with the thread between hardenings (no
-                    // mapping, page faults and unmapping each time: large_blocks), and
-                    // goes back once the thread has been idle for KEEP_IDLE.
-                    let _release = KeepLargeBlocks::start();
-                    loop {
-                        let job = match queue.lock() {
-                            Ok(q) => q.recv_timeout(KEEP_IDLE),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(RecvTimeoutError::Timeout) => KeepLargeBlocks::release(),
-                            Err(RecvTimeoutError::Disconnected) => return,
-                        }
-                    }
+                    queue.serve();
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "hardening thread not started");
             }
         }
-        Workers { jobs }
+        Workers { queue }
+    }
+
+    fn submit(&self, job: Job) {
+        self.queue.lock().0.push_back(job);
+        self.queue.ready.notify_one();
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.queue.lock().1 = true;
+        self.queue.ready.notify_all();
     }
 }
 
@@ -396,9 +445,7 @@ impl Hardening {
         let (threads, nice) = self.workers;
         self.threads
             .get_or_init(|| Workers::new(threads, nice))
-            .jobs
-            .send(job)
-            .map_err(|_| AccountsError::Internal("no hardening thread".into()))?;
+            .submit(job);
         match result.await {
             Ok(Ok(out)) => Ok(out),
             _ => Err(AccountsError::Internal("hardening failed".into())),
@@ -527,5 +574,40 @@ mod tests {
             p.maps.lock().unwrap().current.len(),
             crate::accounts::limits::MAX_KEYS
         );
+        // A generation later, with the map full of new addresses, one known from the
+        // last generation is still paced.
+        let g = p.generation_us;
+        let max = crate::accounts::limits::MAX_KEYS as u64;
+        for key in max..2 * max {
+            p.take_at(key, g).unwrap();
+        }
+        assert_eq!(p.take_at(0, g).unwrap(), Duration::ZERO);
+        assert_eq!(p.take_at(0, g).unwrap(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn every_worker_thread_takes_jobs_and_all_end_when_dropped() {
+        let workers = Workers::new(2, 0);
+        // Two jobs that can only finish together: two threads serve at once.
+        let both = Arc::new(std::sync::Barrier::new(2));
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let (both, done) = (both.clone(), done.clone());
+            workers.submit(Box::new(move || {
+                both.wait();
+                let _ = done.send(());
+            }));
+        }
+        for _ in 0..2 {
+            finished.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        let queue = workers.queue.clone();
+        drop(workers);
+        // The threads let go of the queue once they see it closed.
+        let until = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&queue) > 1 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(Arc::strong_count(&queue), 1, "the threads ended");
     }
 }

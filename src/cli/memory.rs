@@ -6,8 +6,9 @@ use std::cell::Cell;
 
 /// mimalloc (less time in malloc and less memory lost to fragmentation across the many
 /// threads that serve users' files), with one exception: a thread that asked to keeps
-/// the last block of at least [`LARGE`] bytes it freed and gets it back for its next
-/// allocation of the same layout, instead of mimalloc unmapping it and mapping it again.
+/// one block of at least [`LARGE`] bytes it freed (zeroed at once) and gets it back for
+/// its next allocation of the same layout, instead of mimalloc unmapping it and mapping
+/// it again.
 struct Allocator;
 
 #[global_allocator]
@@ -82,18 +83,20 @@ unsafe impl GlobalAlloc for Allocator {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match Self::take(layout) {
-            Some(p) => {
-                // SAFETY: `p` is a block of `layout.size()` bytes this thread owns.
-                unsafe { p.write_bytes(0, layout.size()) };
-                p
-            }
+            // Zeroed when it was kept.
+            Some(p) => p,
             // SAFETY: as in `alloc`.
             None => unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) },
         }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if !Self::keep(ptr, layout) {
+        if Self::keep(ptr, layout) {
+            // What it held (scrypt's working memory, derived from a password) does not
+            // outlive its use; and whoever gets the block next gets zeroes.
+            // SAFETY: the block of `layout.size()` bytes just freed, now this thread's.
+            unsafe { ptr.write_bytes(0, layout.size()) };
+        } else {
             // SAFETY: a block mimalloc gave out with this layout.
             unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
         }
