@@ -267,6 +267,70 @@ fn successful_logins_are_limited_per_address_and_per_account() {
     });
 }
 
+#[test]
+fn one_address_signing_in_at_once_gets_a_quarter_of_the_budget() {
+    let data = tempfile::tempdir().unwrap();
+    add_account(data.path(), EMAIL);
+    add_account(data.path(), "second@example.org");
+    // Four hardenings a second: one address gets one a second after a burst of 3.
+    let s = Arc::new(Server::start_in(
+        data,
+        &[
+            ("SYNCSTORE_ACCOUNTS_HARDENING_PER_SEC", "4"),
+            ("SYNCSTORE_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    ));
+    const HARDENINGS: &str = "syncstore_accounts_hardenings_total";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let other = client_from("127.0.0.3");
+        let (status, body) = login(&other, &s, "second@example.org", PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        let started = Instant::now();
+        let (status, body) = login(&other, &s, "second@example.org", PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        let quiet = started.elapsed();
+        // Ten correct sign-ins from one address, sent together.
+        let one = client_from("127.0.0.2");
+        let started = Instant::now();
+        let flood = {
+            let (one, s) = (one.clone(), s.clone());
+            tokio::spawn(async move {
+                together(10, |_| {
+                    let (one, s) = (one.clone(), s.clone());
+                    async move { login(&one, &s, EMAIL, PASSWORD).await }
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // 1.5 s in: the burst of 3 and at most one more (two, for a slow start).
+        let early = s.metric(HARDENINGS).await - 2.0;
+        assert!(early <= 5.0, "{early} hardenings for one address in 1.5 s");
+        // Another address finds a turn at once meanwhile.
+        let t = Instant::now();
+        let (status, body) = login(&other, &s, "second@example.org", PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        let took = t.elapsed();
+        let bound = Duration::from_secs(2).max(quiet * 5);
+        assert!(
+            took < bound,
+            "another address waited {took:?} (alone: {quiet:?})"
+        );
+        // Every one of the ten gets through, in turn: the last no sooner than 7 s in.
+        let answers = flood.await.unwrap();
+        for (status, body) in &answers {
+            assert_eq!(*status, 200, "{body}");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_secs(6),
+            "ten sign-ins from one address took only {:?}",
+            started.elapsed()
+        );
+        assert_eq!(s.metric(HARDENINGS).await, 13.0);
+    });
+}
+
 /// Stores `n` invite codes directly (as `syncstore account invite` would); the codes.
 fn invites(data: &std::path::Path, n: usize) -> Vec<String> {
     let store = syncstore::accounts::store::Store::open(data, "").unwrap();
